@@ -1,0 +1,339 @@
+"""Dataclass configs, recipe loading and ``--set key=value`` overrides.
+
+A recipe is a YAML file whose sections mirror :class:`FinetuneConfig`. The command line only ever *overrides* a
+recipe, so every run is fully described by the resolved config that ``finetune`` writes as ``recipe.yaml``.
+Numbers that are pixel magnitudes (eps, alpha) accept fractions such as ``8/255``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from .errors import ConfigError
+
+RECIPES_DIRS = (
+    Path(__file__).resolve().parent.parent / "recipes",  # a source checkout / editable install
+    Path(__file__).resolve().parent / "_recipes",  # a wheel install (recipes/ is packaged there)
+)
+
+
+def parse_number(value: Any, key: str = "value") -> float:
+    """Parse ``0.1``, ``"8/255"`` or ``"1e-3"`` into a float; a clear error otherwise."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}={value!r} is not a number; use a number such as 0.03 or a fraction such as 8/255")
+    if isinstance(value, (int, float)):
+        return float(value)
+    text = str(value).strip()
+    match = re.fullmatch(r"([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)", text)
+    try:
+        if match:
+            return float(match.group(1)) / float(match.group(2))
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(
+            f"{key}={value!r} is not a number; use a number such as 0.03 or a fraction such as 8/255"
+        ) from None
+
+
+@dataclass
+class ModelConfig:
+    """Which backbone to start from (any timm name, ``hf-hub:ORG/NAME``, ``local-dir:PATH``, a run folder)."""
+
+    name: str = "quickstart"
+    pretrained: bool = True
+    checkpoint: str | None = None  # optional weights file (.safetensors) to load into the timm architecture
+    channels_last: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Which data set, and how it reaches the model ([0,1] tensors at the backbone's input size)."""
+
+    name: str = "quickstart"
+    train_split: str = "train"
+    eval_split: str = "test"
+    image_size: int | None = None  # None: the backbone's own input size from its pretrained_cfg
+    augment: str = "none"  # none | flip-crop | timm
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    num_workers: int = 2
+    cache_mb: int = 2048  # data sets smaller than this are decoded once and kept in memory as uint8 tensors
+    max_train_examples: int | None = None
+
+
+@dataclass
+class ThreatConfig:
+    """The threat model: an Lp ball of radius eps around each input, in [0,1] pixel units."""
+
+    norm: str = "Linf"  # Linf | L2
+    eps: float = 8 / 255
+
+
+@dataclass
+class MethodConfig:
+    """The adversarial training method and its attack settings (see ``robustify/methods.py``)."""
+
+    name: str = "fgsm-rs"  # natural | fgsm-rs | free | pgd
+    alpha: float | None = None  # step size; None: 1.25 eps (fgsm-rs), eps (free), 2.5 eps / steps (pgd)
+    steps: int = 7  # pgd only
+    replays: int = 4  # free only: m, each minibatch is replayed m times and the epochs are divided by m
+    bn_mode: str = "train"  # BatchNorm mode while the attack is generated: train (Fast AT) | eval (Madry)
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule (see ``robustify/schedules.py``); stepped every optimizer step."""
+
+    name: str = "slow-start-fast-decay"  # slow-start-fast-decay | cyclic | cosine | piecewise | constant
+    lr: float = 0.05  # peak learning rate
+    rise_fraction: float = 0.7  # slow-start-fast-decay: share of the run spent rising
+    start_factor: float = 0.01  # lr at the very start, as a fraction of the peak
+    end_factor: float = 0.0  # lr at the very end, as a fraction of the peak
+    decay: str = "linear"  # slow-start-fast-decay: shape of the fall, linear | cosine | exponential
+    peak_fraction: float = 0.4  # cyclic: where the triangle peaks
+    warmup_fraction: float = 0.0  # cosine: linear warm-up share
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # piecewise: fractions of the run
+    gamma: float = 0.1  # piecewise: factor applied at each milestone
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    grad_accum: int = 1
+    seed: int = 0
+    probe_size: int = 256  # examples in the fixed PGD probe minibatch (from the training split)
+    probe_steps: int = 10
+    guard_drop: float = 0.2  # a probe robust accuracy this far below the best so far is catastrophic overfitting
+    select: str = "best-robust"  # best-robust | last
+    log_every: int = 20
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation that ``finetune`` runs before and after training (``robustify eval`` has its own flags)."""
+
+    n_examples: int = 1000  # the first N examples of the eval split (RobustBench convention)
+    pgd_steps: int = 20
+    pgd_restarts: int = 1
+    pgd_loss: str = "ce"  # ce | cw
+    autoattack: bool = False
+
+
+@dataclass
+class FinetuneConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    threat: ThreatConfig = field(default_factory=ThreatConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output_dir: str = "runs/robustify"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.augment": ("none", "flip-crop", "timm"),
+    "threat.norm": ("Linf", "L2"),
+    "method.bn_mode": ("train", "eval"),
+    "schedule.decay": ("linear", "cosine", "exponential"),
+    "optim.name": ("sgd", "adamw"),
+    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.select": ("best-robust", "last"),
+    "eval.pgd_loss": ("ce", "cw"),
+}
+PIXEL_KEYS = {"threat.eps", "method.alpha"}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the annotated type, or raise a ConfigError naming the key."""
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin is not None and type(None) in args:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        tp = next(a for a in args if a is not type(None))
+        origin = get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}={value!r} is not accepted; use true or false")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+            raise ConfigError(f"{key}={value!r} is not accepted; use a whole number")
+        return int(value)
+    if tp is float:
+        return parse_number(value, key)
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key}={value!r} is not accepted; use a string")
+        return str(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}={value!r} is not accepted; use a list such as [0.5, 0.75]")
+        return [_coerce(v, args[0], key) for v in value]
+    return value
+
+
+def _build(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
+    data = dict(data or {})
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"'{prefix.rstrip('.')}'" if prefix else "the recipe"
+        raise ConfigError(
+            f"unknown key '{prefix}{unknown[0]}' in {where}; known keys: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(data[f.name], dict):
+                raise ConfigError(f"'{key}' must be a section of keys, got {data[f.name]!r}")
+            kwargs[f.name] = _build(tp, data[f.name], key + ".")
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, key)
+    return cls(**kwargs)
+
+
+def validate(cfg: FinetuneConfig) -> FinetuneConfig:
+    """Check values that the types alone do not constrain; errors name the key and what is accepted."""
+    from .methods import METHODS
+    from .schedules import SCHEDULES
+
+    flat = _flatten(cfg.to_dict())
+    for key, choices in CHOICES.items():
+        if flat[key] not in choices:
+            raise ConfigError(f"{key}={flat[key]!r} is not accepted; choose one of: {', '.join(choices)}")
+    if cfg.method.name not in METHODS:
+        raise ConfigError(f"method.name={cfg.method.name!r} is not accepted; choose one of: {', '.join(METHODS)}")
+    if cfg.schedule.name not in SCHEDULES:
+        raise ConfigError(
+            f"schedule.name={cfg.schedule.name!r} is not accepted; choose one of: {', '.join(SCHEDULES)}"
+        )
+    if cfg.threat.norm == "Linf" and not 0 <= cfg.threat.eps <= 1:
+        raise ConfigError(f"threat.eps={cfg.threat.eps:g} is outside [0, 1]; eps is in [0,1] pixel units, e.g. 8/255")
+    if cfg.threat.eps < 0:
+        raise ConfigError(f"threat.eps={cfg.threat.eps:g} is negative; use a value >= 0 such as 8/255")
+    if cfg.method.name != "natural" and cfg.threat.eps == 0:
+        raise ConfigError(f"threat.eps=0 with method.name={cfg.method.name!r}; use eps > 0 or method natural")
+    positive = {
+        "train.epochs": cfg.train.epochs, "data.batch_size": cfg.data.batch_size,
+        "data.eval_batch_size": cfg.data.eval_batch_size, "method.steps": cfg.method.steps,
+        "method.replays": cfg.method.replays, "train.grad_accum": cfg.train.grad_accum,
+        "train.probe_size": cfg.train.probe_size, "train.probe_steps": cfg.train.probe_steps,
+        "eval.n_examples": cfg.eval.n_examples, "eval.pgd_steps": cfg.eval.pgd_steps,
+        "eval.pgd_restarts": cfg.eval.pgd_restarts, "schedule.lr": cfg.schedule.lr,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}={value} is not accepted; use a value > 0")
+    for key in ("schedule.rise_fraction", "schedule.peak_fraction", "schedule.warmup_fraction",
+                "schedule.start_factor", "schedule.end_factor"):
+        if not 0 <= flat[key] <= 1:
+            raise ConfigError(f"{key}={flat[key]} is outside [0, 1]; use a fraction such as 0.5")
+    if cfg.method.alpha is not None and cfg.method.alpha <= 0:
+        raise ConfigError(f"method.alpha={cfg.method.alpha:g} is not accepted; use a step size > 0 such as 2/255")
+    if cfg.data.image_size is not None and cfg.data.image_size < 8:
+        raise ConfigError(f"data.image_size={cfg.data.image_size} is too small; use 8 or more pixels")
+    return cfg
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resolve_recipe_path(path_or_name: str) -> Path:
+    """A recipe is a YAML path, or the name of one shipped in ``recipes/`` (``quickstart``, ``cifar10-fgsm-rs``)."""
+    p = Path(path_or_name).expanduser()
+    if p.is_file():
+        return p
+    name = path_or_name if path_or_name.endswith((".yaml", ".yml")) else f"{path_or_name}.yaml"
+    for d in RECIPES_DIRS:
+        candidate = d / name
+        if candidate.is_file():
+            return candidate
+    shipped = sorted({q.stem for d in RECIPES_DIRS if d.is_dir() for q in d.rglob("*.yaml")})
+    raise ConfigError(
+        f"recipe {path_or_name!r} not found; give a YAML file path or one of: {', '.join(shipped) or '(none shipped)'}"
+    )
+
+
+def load_recipe(path_or_name: str) -> dict[str, Any]:
+    path = resolve_recipe_path(path_or_name)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {str(path)!r} must be a mapping of sections (model:, data:, ...)")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``section.key=value`` override (value parsed as YAML) to a recipe dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r} is not accepted; use key=value, e.g. --set schedule.lr=0.1")
+    key, raw = assignment.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str) and "/" not in value:
+        value = raw.strip()
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def build_config(recipe: str | None = None, overrides: list[str] | None = None) -> FinetuneConfig:
+    """Recipe (default: the quickstart) + overrides → a validated :class:`FinetuneConfig`."""
+    data = load_recipe(recipe or "quickstart")
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return validate(_build(FinetuneConfig, data))
+
+
+def config_from_dict(data: dict[str, Any]) -> FinetuneConfig:
+    return validate(_build(FinetuneConfig, data))
+
+
+def dump_yaml(cfg: FinetuneConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

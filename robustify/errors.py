@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+A :class:`UserError` is a mistake in what the user asked for (a bad flag, a missing folder, an unknown model).
+The CLI prints its message on one line and exits with status 2, without a traceback; anything else is a bug and
+keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """A recipe or command-line value that is not accepted."""

@@ -1,0 +1,63 @@
+"""Write a run folder: timm hub-format weights, the model card, metrics, the resolved recipe and plots.
+
+``model.safetensors`` + ``config.json`` are exactly what ``timm.models.save_for_hf`` writes for the *backbone*
+(normalization stays in ``pretrained_cfg`` mean/std), so ``timm.create_model("local-dir:RUN_DIR", pretrained=True)``
+loads the robust weights without robustify. ``config.json`` also carries a ``robustness`` block. Everything is
+written into a temporary folder beside the run folder and renamed into place file by file.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+
+from .card import render_card
+from .fileio import atomic_write_json, atomic_write_text
+from .models import RobustModel
+
+EXPORT_FILES = ("model.safetensors", "config.json")
+
+
+def save_backbone(model: RobustModel, folder: Path, robustness: dict[str, Any] | None = None,
+                  label_names: list[str] | None = None) -> None:
+    """``save_for_hf`` of the backbone, recording the input size the model was trained and attacked at."""
+    backbone = model.backbone
+    original = backbone.pretrained_cfg
+    cfg = dict(original)
+    if tuple(cfg.get("input_size", ()))[1:] != tuple(model.input_size)[1:]:
+        cfg.update(input_size=tuple(model.input_size), pool_size=None, crop_pct=1.0)
+    backbone.pretrained_cfg = cfg
+    model_config: dict[str, Any] = {}
+    if robustness is not None:
+        model_config["robustness"] = robustness
+    if label_names:
+        model_config["label_names"] = list(label_names)
+    try:
+        timm.models.save_for_hf(backbone, str(folder), model_config=model_config, safe_serialization=True)
+    finally:
+        backbone.pretrained_cfg = original
+
+
+def write_run_folder(run_dir: Path, model: RobustModel, robustness: dict[str, Any], metrics: dict[str, Any],
+                     recipe_yaml: str, label_names: list[str] | None = None) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".export-") as tmp:
+        tmp_dir = Path(tmp)
+        save_backbone(model, tmp_dir, robustness, label_names)
+        for name in EXPORT_FILES:
+            shutil.move(str(tmp_dir / name), str(run_dir / name))  # same file system: an atomic rename
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
+    license_ = model.backbone.pretrained_cfg.get("license")
+    atomic_write_text(run_dir / "README.md", str(render_card(robustness, metrics, license=license_)))
+
+
+def load_state_dict_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

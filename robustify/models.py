@@ -1,0 +1,184 @@
+"""Backbone loading through timm, the in-model normalizer, and the head reset.
+
+Attacks must see a model whose inputs are pixels in [0,1]; timm backbones expect normalized inputs. So robustify
+wraps each backbone as ``RobustModel = Normalize(mean, std) ∘ backbone`` with mean/std taken from the backbone's
+own ``pretrained_cfg``. Exports save only the backbone (normalization stays in ``pretrained_cfg``, where timm users
+look for it), so plain ``timm.create_model`` loads robustify's weights.
+
+Every model spec goes through ``timm.create_model``: plain names, ``hf-hub:ORG/NAME``, ``local-dir:PATH`` and run
+folders (which are ``local-dir:`` folders), so there is one code path for the Hub and for local files.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+import torch
+from timm.data import resolve_data_config
+from torch import nn
+
+from .errors import UserError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+ALIASES = {"quickstart": PACKAGE_DIR / "assets" / "quickstart" / "backbone"}
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with per-channel buffers, so that the model's inputs live in [0,1] pixel space."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+
+class RobustModel(nn.Module):
+    """The model attacks see: normalization inside, [0,1] inputs at ``input_size``."""
+
+    def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 input_size: tuple[int, int, int], source: str = ""):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.backbone = backbone
+        self.input_size = tuple(input_size)
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+    @property
+    def num_classes(self) -> int:
+        return self.backbone.num_classes
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        return self.backbone.pretrained_cfg
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """A timm hub-format folder: config.json plus model.safetensors (what ``save_for_hf`` and ``finetune`` write)."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+
+
+def resolve_spec(name: str) -> str:
+    """Map a user's model spec to the name timm's ``create_model`` takes.
+
+    ``quickstart`` (the bundled backbone) and existing folders become ``local-dir:`` specs; ``hf-hub:`` and
+    ``local-dir:`` pass through (checked); anything else must be a timm architecture name.
+    """
+    if name in ALIASES:
+        return f"local-dir:{ALIASES[name]}"
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):]).expanduser()
+        if not is_model_folder(folder):
+            raise UserError(f"model {name!r}: {str(folder)!r} is not a model folder (needs config.json and "
+                            "model.safetensors, as written by finetune or timm's save_for_hf)")
+        return f"local-dir:{folder.resolve()}"
+    if name.startswith("hf-hub:"):
+        if name.count("/") < 1 or len(name) <= len("hf-hub:"):
+            raise UserError(f"model {name!r} is not accepted; use hf-hub:ORG/NAME")
+        return name
+    path = Path(name).expanduser()
+    if path.exists() or os.sep in name:
+        if is_model_folder(path):
+            return f"local-dir:{path.resolve()}"
+        raise UserError(f"model {name!r}: {str(path)!r} is not a model folder (needs config.json and "
+                        "model.safetensors, as written by finetune or timm's save_for_hf)")
+    arch = name.split(".", 1)[0]
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch[:12]}*")[:5]
+        hint = f"; similar timm names: {', '.join(close)}" if close else ""
+        raise UserError(f"model {name!r} is not a timm model, a folder, hf-hub:ORG/NAME or local-dir:PATH{hint}")
+    return name
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a TCP connection to the Hub endpoint? (timm alone retries for ~50 s when offline.)"""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _needs_hub(spec: str, pretrained: bool) -> bool:
+    return pretrained and not spec.startswith("local-dir:")
+
+
+def _go_offline() -> None:
+    """Switch huggingface_hub to offline mode for this process, so cached files load and missing ones fail fast."""
+    from huggingface_hub import constants
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    constants.HF_HUB_OFFLINE = True
+
+
+def create_backbone(name: str, pretrained: bool = True, num_classes: int | None = None,
+                    checkpoint: str | None = None) -> nn.Module:
+    """``timm.create_model`` for any spec, failing within seconds (not minutes) when the Hub is out of reach."""
+    spec = resolve_spec(name)
+    offline = False
+    if _needs_hub(spec, pretrained) and not hub_reachable():
+        _go_offline()
+        offline = True
+    kwargs: dict = {}
+    if checkpoint:
+        ckpt = Path(checkpoint).expanduser()
+        if not ckpt.is_file():
+            raise UserError(f"model.checkpoint={checkpoint!r} does not exist; give a .safetensors weights file")
+        if ckpt.suffix != ".safetensors":
+            raise UserError(f"model.checkpoint={checkpoint!r} is not accepted; only .safetensors weights are loaded "
+                            "(pickle files can run code)")
+        kwargs["pretrained_cfg_overlay"] = {"file": str(ckpt), "hf_hub_id": None, "url": None}
+        pretrained = True
+    try:
+        backbone = timm.create_model(spec, pretrained=pretrained, **kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - timm/hub raise many types; report them in one line
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        if offline:
+            raise UserError(f"model {name!r} needs pretrained weights from the Hugging Face Hub ({endpoint}), which "
+                            "is unreachable, and they are not in the local cache; connect, pre-download them, or pass "
+                            "a local folder (local-dir:PATH)") from None
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"model {name!r} could not be loaded: {msg}") from None
+    if num_classes is not None and backbone.num_classes != num_classes:
+        backbone.reset_classifier(num_classes)
+    return backbone
+
+
+def wrap(backbone: nn.Module, image_size: int | None = None, source: str = "") -> RobustModel:
+    """Put the backbone's own normalization inside the model (see module docstring)."""
+    data_cfg = resolve_data_config(model=backbone)
+    input_size = tuple(data_cfg["input_size"])
+    if image_size is not None:
+        input_size = (input_size[0], image_size, image_size)
+    return RobustModel(backbone, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), input_size, source=source)
+
+
+def load_backbone(name: str, pretrained: bool = True, num_classes: int | None = None, image_size: int | None = None,
+                  checkpoint: str | None = None) -> RobustModel:
+    """Load any model spec as a :class:`RobustModel` with a head for ``num_classes`` classes."""
+    backbone = create_backbone(name, pretrained=pretrained, num_classes=num_classes, checkpoint=checkpoint)
+    return wrap(backbone, image_size=image_size, source=name)
+
+
+def load(name_or_run_dir: str, num_classes: int | None = None) -> RobustModel:
+    """The model that attacks see, in eval mode: ``robustify.load("runs/x")`` or ``robustify.load("hf-hub:o/n")``."""
+    model = load_backbone(name_or_run_dir, pretrained=True, num_classes=num_classes)
+    return model.eval()
