@@ -5,10 +5,9 @@ It speaks the subset of the Hub protocol that the installed ``huggingface_hub`` 
 endpoint, the git-LFS batch API with presigned-style upload URLs, the NDJSON commit endpoint and ``/resolve``
 downloads. Point a client at it with ``HF_ENDPOINT=<LocalHub.start()>`` (read by the client at import time).
 
-Storage: blobs are content-addressed on disk (``<root>/blobs/<sha256>``); repo metadata lives in memory and is
-mirrored to ``<root>/state.json`` so a new ``LocalHub`` on the same root sees the same repos. Like the real Hub, a
-new repo starts with an "initial commit" holding a ``.gitattributes`` whose ``filter=lfs`` patterns (plus size >= 10
-MiB or a binary sample) decide which files the preupload endpoint routes through LFS.
+Storage: blobs are content-addressed on disk (``<root>/blobs/<sha256>``); commits and refs live in memory. Like the
+real Hub, a new repo starts with an "initial commit" holding a ``.gitattributes``; its ``filter=lfs`` patterns (plus
+size >= 10 MiB or a binary sample) decide which files the preupload endpoint sends through LFS.
 """
 
 from __future__ import annotations
@@ -20,8 +19,9 @@ import json
 import os
 import re
 import secrets
+import shutil
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,28 +41,9 @@ _LFS_PATTERNS = (  # the default .gitattributes of a new Hub repo
     "*.wasm *.xz *.zip *.zst *tfevents*"
 )
 _DEFAULT_GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in _LFS_PATTERNS.split())
+_KINDS = "create-repo whoami validate-yaml repo-info tree paths-info refs commits create-branch preupload lfs-batch"
 #: Endpoint kinds accepted by :meth:`LocalHub.fail_next` (every routed request has exactly one kind).
-FAIL_KINDS = frozenset(
-    {
-        "create-repo",
-        "delete-repo",
-        "whoami",
-        "validate-yaml",
-        "repo-info",
-        "tree",
-        "paths-info",
-        "refs",
-        "commits",
-        "create-branch",
-        "delete-branch",
-        "preupload",
-        "lfs-batch",
-        "lfs-upload",
-        "lfs-verify",
-        "commit",
-        "resolve",
-    }
-)
+FAIL_KINDS = frozenset(f"{_KINDS} lfs-upload lfs-verify commit resolve".split())
 
 
 def _now() -> str:
@@ -146,9 +127,7 @@ class _Response:
     body: bytes = b""
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
-    file: Path | None = None  # stream ``length`` bytes of this file from ``offset`` instead of ``body``
-    offset: int = 0
-    length: int = 0
+    file: Path | None = None  # stream this file instead of ``body``
 
 
 def _json(obj: Any, status: int = 200, content_type: str = "application/json", **headers: str) -> _Response:
@@ -195,7 +174,6 @@ class LocalHub:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         (self.root / "blobs").mkdir(parents=True, exist_ok=True)
-        self._load()
 
     # ----------------------------------------------------------------------------------------------- lifecycle
     def start(self) -> str:
@@ -279,8 +257,9 @@ class LocalHub:
             os.replace(tmp, path)
         return sha
 
-    def _regular_entry(self, data: bytes) -> dict[str, Any]:
-        return {"sha256": self._store_blob(data), "size": len(data), "lfs": False, "oid": _git_sha1(data)}
+    @staticmethod
+    def _regular_entry(data: bytes) -> dict[str, Any]:
+        return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "lfs": False, "oid": _git_sha1(data)}
 
     @staticmethod
     def _lfs_entry(sha256: str, size: int) -> dict[str, Any]:
@@ -292,20 +271,6 @@ class LocalHub:
         commit = Commit(hashlib.sha1(seed.encode()).hexdigest(), parent, title, description, files, date)
         repo.commits[commit.id] = commit
         return commit
-
-    def _save(self) -> None:
-        state = [{**asdict(r), "commits": [asdict(c) for c in r.commits.values()]} for r in self._repos.values()]
-        tmp = self.root / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.root / "state.json")
-
-    def _load(self) -> None:
-        path = self.root / "state.json"
-        if path.exists():
-            for raw in json.loads(path.read_text()):
-                commits = {c["id"]: Commit(**c) for c in raw.pop("commits")}
-                repo = _Repo(**raw, commits=commits)
-                self._repos[(repo.repo_type, repo.repo_id)] = repo
 
     def _repo_url(self, repo_type: str, repo_id: str) -> str:
         return f"{self.url}/{_URL_PREFIX[repo_type]}{repo_id}"
@@ -350,7 +315,7 @@ class LocalHub:
 
     @staticmethod
     def _send(handler: BaseHTTPRequestHandler, resp: _Response, head: bool) -> None:
-        length = resp.length if resp.file is not None else len(resp.body)
+        length = resp.file.stat().st_size if resp.file is not None else len(resp.body)
         try:
             handler.send_response(resp.status)
             for key, value in resp.headers.items():
@@ -364,11 +329,7 @@ class LocalHub:
                 handler.wfile.write(resp.body)
                 return
             with resp.file.open("rb") as f:
-                f.seek(resp.offset)
-                remaining = length
-                while remaining > 0 and (chunk := f.read(min(remaining, 1 << 20))):
-                    handler.wfile.write(chunk)
-                    remaining -= len(chunk)
+                shutil.copyfileobj(f, handler.wfile)
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True
 
@@ -385,8 +346,6 @@ class LocalHub:
         s, m = req.segs, req.method
         if s == ["api", "repos", "create"] and m == "POST":
             return "create-repo", lambda: self._create_repo(req)
-        if s == ["api", "repos", "delete"] and m == "DELETE":
-            return "delete-repo", lambda: self._delete_repo(req)
         if s == ["api", "whoami-v2"] and m == "GET":
             return "whoami", lambda: self._whoami(req)
         if s == ["api", "validate-yaml"] and m == "POST":
@@ -401,7 +360,6 @@ class LocalHub:
                 ("GET", "refs"): ("refs", lambda: self._refs(req, rtype, rid)),
                 ("GET", "commits"): ("commits", lambda: self._list_commits(req, rtype, rid, rest[0])),
                 ("POST", "branch"): ("create-branch", lambda: self._create_branch(req, rtype, rid, "/".join(rest))),
-                ("DELETE", "branch"): ("delete-branch", lambda: self._delete_branch(req, rtype, rid, "/".join(rest))),
                 ("POST", "preupload"): ("preupload", lambda: self._preupload(req, rtype, rid, rest[0])),
                 ("POST", "commit"): ("commit", lambda: self._commit(req, rtype, rid, rest[0])),
             }
@@ -444,17 +402,8 @@ class LocalHub:
     def _whoami(self, req: _Request) -> _Response:
         if not self._authed(req):
             raise HubError(401, "You must be authenticated")
-        token_info = {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}
-        return _json(
-            {
-                "type": "user",
-                "id": "0" * 24,
-                "name": self.username,
-                "fullname": self.username,
-                "orgs": [],
-                "auth": token_info,
-            }
-        )
+        auth = {"type": "access_token", "accessToken": {"displayName": "test", "role": "write"}}
+        return _json({"type": "user", "name": self.username, "fullname": self.username, "orgs": [], "auth": auth})
 
     def _create_repo(self, req: _Request) -> _Response:
         if not self._authed(req):
@@ -471,21 +420,11 @@ class LocalHub:
                 raise HubError(409, f"You already created this {repo_type} repo", url=url)
             private = payload.get("visibility", "private" if payload.get("private") else "public") == "private"
             repo = _Repo(repo_type, repo_id, private, _now())
+            self._store_blob(_DEFAULT_GITATTRIBUTES.encode())
             files = {".gitattributes": self._regular_entry(_DEFAULT_GITATTRIBUTES.encode())}
             repo.refs["main"] = self._new_commit(repo, None, "initial commit", "", files).id
             self._repos[(repo_type, repo_id)] = repo
-            self._save()
         return _json({"url": url, "name": repo_id, "id": repo_id})
-
-    def _delete_repo(self, req: _Request) -> _Response:
-        payload = req.json()
-        repo_type = payload.get("type") or "model"
-        repo_id = f"{payload.get('organization') or self.username}/{payload.get('name')}"
-        with self._lock:
-            self._access(req, repo_type, repo_id, write=True)
-            del self._repos[(repo_type, repo_id)]
-            self._save()
-        return _json({})
 
     def _info(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> _Response:
         with self._lock:
@@ -497,14 +436,10 @@ class LocalHub:
             if req.flag("blobs"):
                 sibling.update(size=e["size"], blobId=e["oid"])
                 if e["lfs"]:
-                    sibling["lfs"] = {
-                        "sha256": e["sha256"],
-                        "size": e["size"],
-                        "pointerSize": len(_lfs_pointer(e["sha256"], e["size"])),
-                    }
+                    pointer_size = len(_lfs_pointer(e["sha256"], e["size"]))
+                    sibling["lfs"] = {"sha256": e["sha256"], "size": e["size"], "pointerSize": pointer_size}
             siblings.append(sibling)
         info = {
-            "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
             "id": repo_id,
             "author": repo_id.split("/")[0],
             "sha": commit.id,
@@ -513,9 +448,6 @@ class LocalHub:
             "private": repo.private,
             "gated": False,
             "disabled": False,
-            "downloads": 0,
-            "likes": 0,
-            "tags": [],
             "siblings": siblings,
             "usedStorage": sum(e["size"] for e in commit.files.values()),
         }
@@ -562,14 +494,13 @@ class LocalHub:
         return _json(entries[cursor : cursor + size], **headers)
 
     def _paths_info(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> _Response:
+        """Form-encoded ``paths``: info for those that exist (used by the client for ``CommitOperationCopy``)."""
         with self._lock:
             files = self._access(req, repo_type, repo_id).resolve(revision).files
         out = []
-        for path in parse_qs(req.body.decode()).get("paths", []):
-            if path in files:
-                out.append(self._path_info(path, files[path], files))
-            elif any(p.startswith(path.rstrip("/") + "/") for p in files):
-                out.append(self._path_info(path.rstrip("/"), None, files))
+        for path in (p.strip("/") for p in parse_qs(req.body.decode()).get("paths", [])):
+            if path in files or any(p.startswith(path + "/") for p in files):
+                out.append(self._path_info(path, files.get(path), files))
         return _json(out)
 
     def _refs(self, req: _Request, repo_type: str, repo_id: str) -> _Response:
@@ -584,13 +515,9 @@ class LocalHub:
         with self._lock:
             self._access(req, repo_type, repo_id)
             history = self.commits(repo_id, revision, repo_type)[::-1]
-        author = [{"user": self.username, "avatar": ""}]
-        return _json(
-            [
-                {"id": c.id, "title": c.title, "message": c.description, "authors": author, "date": c.date}
-                for c in history
-            ]
-        )
+        authors = [{"user": self.username, "avatar": ""}]
+        rows = [{"id": c.id, "title": c.title, "message": c.description, "date": c.date} for c in history]
+        return _json([{**row, "authors": authors} for row in rows])
 
     def _create_branch(self, req: _Request, repo_type: str, repo_id: str, branch: str) -> _Response:
         payload = req.json()
@@ -601,18 +528,6 @@ class LocalHub:
             if branch in repo.refs:
                 raise HubError(409, f"Reference already exists: refs/heads/{branch}")
             repo.refs[branch] = repo.resolve(payload.get("startingPoint") or "main").id
-            self._save()
-        return _json({})
-
-    def _delete_branch(self, req: _Request, repo_type: str, repo_id: str, branch: str) -> _Response:
-        with self._lock:
-            repo = self._access(req, repo_type, repo_id, write=True)
-            if branch == "main":
-                raise HubError(403, "Cannot delete the default branch")
-            if branch not in repo.refs:
-                raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
-            del repo.refs[branch]
-            self._save()
         return _json({})
 
     def _preupload(self, req: _Request, repo_type: str, repo_id: str, revision: str) -> _Response:
@@ -652,13 +567,8 @@ class LocalHub:
             for obj in payload.get("objects") or []:
                 oid, size = obj.get("oid"), obj.get("size")
                 if not (isinstance(oid, str) and _SHA256_RE.fullmatch(oid) and isinstance(size, int) and size >= 0):
-                    objects.append(
-                        {
-                            "oid": str(oid),
-                            "size": size if isinstance(size, int) else 0,
-                            "error": {"code": 422, "message": "Invalid oid or size"},
-                        }
-                    )
+                    error = {"code": 422, "message": "Invalid oid or size"}
+                    objects.append({"oid": str(oid), "size": size if isinstance(size, int) else 0, "error": error})
                     continue
                 entry: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
                 if repo.lfs_objects.get(oid) != size:  # no "actions" == already uploaded
@@ -670,10 +580,8 @@ class LocalHub:
                         "verify": {"href": verify, "header": {}},
                     }
                 objects.append(entry)
-        return _json(
-            {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
-            content_type="application/vnd.git-lfs+json",
-        )
+        batch = {"transfer": "basic", "objects": objects, "hash_algo": "sha256"}
+        return _json(batch, content_type="application/vnd.git-lfs+json")
 
     def _lfs_upload(self, req: _Request, ticket: str) -> _Response:
         """PUT target of an upload action; the ticket in the URL plays the role of a presigned URL (no auth)."""
@@ -688,7 +596,6 @@ class LocalHub:
         with self._lock:
             if key in self._repos:
                 self._repos[key].lfs_objects[oid] = size
-                self._save()
             self._tickets.pop(ticket, None)
         return _Response(200, headers={"ETag": f'"{hashlib.md5(req.body).hexdigest()}"'})
 
@@ -741,12 +648,7 @@ class LocalHub:
             files = dict(repo.commits[head].files)
             for kind, path, arg in ops:  # validate + apply on a copy: any error leaves the repo untouched
                 if kind == "file":
-                    files[path] = {
-                        "sha256": hashlib.sha256(arg).hexdigest(),
-                        "size": len(arg),
-                        "lfs": False,
-                        "oid": _git_sha1(arg),
-                    }
+                    files[path] = self._regular_entry(arg)
                 elif kind == "lfs":
                     oid, size = arg
                     if oid not in repo.lfs_objects or size not in (None, repo.lfs_objects[oid]):
@@ -771,38 +673,20 @@ class LocalHub:
                 extra["pullRequestUrl"] = f"{self._repo_url(repo_type, repo_id)}/discussions/{number}"
             commit = self._new_commit(repo, head, header["summary"], header.get("description") or "", files)
             repo.refs[target] = commit.id
-            self._save()
         url = f"{self._repo_url(repo_type, repo_id)}/commit/{commit.id}"
         return _json({"success": True, "commitOid": commit.id, "commitUrl": url, "hookOutput": "", **extra})
 
     def _resolve(self, req: _Request, repo_type: str, repo_id: str, revision: str, path: str) -> _Response:
-        """HEAD/GET a file: ETag = git blob id (regular) or sha256 (LFS, plus X-Linked-*); supports one Range."""
+        """HEAD/GET a file: ETag = git blob id (regular) or sha256 (LFS, plus ``X-Linked-Etag``/``X-Linked-Size``).
+
+        ``Range`` is ignored (full 200 answer), which the client handles by restarting the download from scratch.
+        """
         with self._lock:
             commit = self._access(req, repo_type, repo_id).resolve(revision)
         entry = commit.files.get(path)
         if entry is None:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound", headers={"X-Repo-Commit": commit.id})
-        size = entry["size"]
-        headers = {"X-Repo-Commit": commit.id, "Accept-Ranges": "bytes"}
-        headers["ETag"] = f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"'
+        headers = {"X-Repo-Commit": commit.id, "ETag": f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"'}
         if entry["lfs"]:
-            headers.update({"X-Linked-Etag": f'"{entry["sha256"]}"', "X-Linked-Size": str(size)})
-        start, end, status = 0, size - 1, 200
-        requested = req.headers.get("Range")
-        if requested and size > 0:
-            match = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", requested)
-            if match is None or match.groups() == ("", ""):
-                raise HubError(416, f"Unsupported range: {requested}", headers={"Content-Range": f"bytes */{size}"})
-            first, last = match.groups()
-            start, end = (size - int(last), size - 1) if not first else (int(first), min(int(last or end), end))
-            if start < 0 or start > end:
-                raise HubError(416, f"Unsatisfiable range: {requested}", headers={"Content-Range": f"bytes */{size}"})
-            status, headers["Content-Range"] = 206, f"bytes {start}-{end}/{size}"
-        return _Response(
-            status,
-            content_type="application/octet-stream",
-            headers=headers,
-            file=self._blob_path(entry["sha256"]),
-            offset=start,
-            length=max(end - start + 1, 0),
-        )
+            headers.update({"X-Linked-Etag": f'"{entry["sha256"]}"', "X-Linked-Size": str(entry["size"])})
+        return _Response(200, b"", "application/octet-stream", headers, file=self._blob_path(entry["sha256"]))
