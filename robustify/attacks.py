@@ -78,9 +78,10 @@ LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "cw": margin_loss}
 def input_gradient(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
                    loss_fn: LossFn = cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the loss w.r.t. ``delta`` only (weights get no ``.grad``); returns (grad, logits)."""
-    delta = delta.detach().requires_grad_(True)
-    logits = model(x + delta)
-    (grad,) = torch.autograd.grad(loss_fn(logits, y), delta)
+    with torch.enable_grad():  # attacks work inside a caller's no_grad() too
+        delta = delta.detach().requires_grad_(True)
+        logits = model(x + delta)
+        (grad,) = torch.autograd.grad(loss_fn(logits, y), delta)
     return grad.detach(), logits.detach()
 
 

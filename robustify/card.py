@@ -1,59 +1,71 @@
-"""The model card (README.md of a run folder), rendered with ``huggingface_hub.ModelCard``.
+"""The model card (README.md of a run folder and of a pushed repo), rendered with ``huggingface_hub.ModelCard``.
 
-The YAML front matter carries ``library_name: timm``, the base model, the data set, tags and ``model-index``
-results, so the Hub shows the robust accuracy and plain timm users find the model; the body says what the model is
-robust to (and what not), how it was made, and how to load it.
+The YAML front matter is what machines read: ``library_name: timm`` (so the Hub offers the timm snippet), the base
+model, the data set, the inherited license, tags, ``model-index`` results (clean and each robust accuracy, with the
+threat model in the metric config and the attack settings in its args) and a ``robustbench`` block with the fields
+RobustBench's model_info files use, which is also the shape of a ``zoo/`` entry. The body is what people read: what
+the model is robust to and what not, how it was made and what that cost, the results, and how to use it with plain
+timm (pixels in [0,1], normalized by the caller).
+
+Units: ``model-index`` values are fractions in [0,1], as in metrics.json; the ``robustbench`` block uses percent, as
+RobustBench does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .report import pct
 
-BODY = """
-# {title}
+PLOTS = {  # plots a run folder may hold (written by trainer / evaluation), shown in this order when present
+    "eps_curve.png": "Robust accuracy as eps grows (it must fall towards 0; a flat curve would mean gradient masking)",
+    "history.png": "Training history: probe clean/PGD accuracy, loss and learning rate per epoch",
+}
 
-An adversarially robust `{architecture}` image classifier made with
-[robustify](https://github.com/robustify/robustify) by adversarially fine-tuning `{base_model}` on `{dataset}`.
-
-## Threat model
-- {norm} perturbations of radius **eps = {eps_text}** in [0,1] pixel space, at the model's input size {input_size}.
-- Normalization (mean {mean}, std {std}) is part of the threat model's model: attacks perturb pixels *before* it.
-- Robust only to this threat model: not to larger eps, other norms, corruptions, patches or distribution shift.
-
-## Results
-Measured on the first {n_examples} examples of the `{eval_split}` split.
-
-| model | clean | {attack} |{aa_header}
-|---|---|---|{aa_sep}
-| before (`{base_model}`) | {before_clean} | {before_pgd} |{before_aa}
-| after (this model) | {after_clean} | {after_pgd} |{after_aa}
-
-## How it was made
-- Method: `{method}` ({method_args}); BatchNorm mode during attacks: `{bn_mode}`.
-- Schedule: `{schedule}`, peak lr {lr}, {epochs} epochs, batch size {batch_size}, optimizer {optim}.
-- Cost: {wall:.1f} s wall time on {hardware}, {passes} forward/backward passes over examples.
-- The full recipe is in `recipe.yaml`; the per-epoch history in `metrics.json`.
-
-## Usage (plain timm, no robustify needed)
-```python
-import timm, torch
-model = timm.create_model("hf-hub:ORG/NAME", pretrained=True).eval()   # or "local-dir:PATH/TO/THIS/FOLDER"
-cfg = model.pretrained_cfg
-x = torch.rand(1, *cfg["input_size"])                                    # pixels in [0, 1]
-mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1); std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-logits = model((x - mean) / std)                                         # normalize inside your attack's model
-```
-With robustify: `robustify.load("hf-hub:ORG/NAME")` returns the model with normalization inside ([0,1] inputs).
-
-## Citation
-Methods: Wong, Rice, Kolter, *Fast is better than free* (ICLR 2020); Shafahi et al., *Adversarial training for
-free!* (NeurIPS 2019); Jeddi, Shafiee, Wong, *A simple fine-tuning is all you need* (2020); Madry et al., *Towards
-deep learning models resistant to adversarial attacks* (ICLR 2018).
-"""
+BIBTEX = {
+    "wong2020fast": """@inproceedings{wong2020fast,
+  title     = {Fast is better than free: Revisiting adversarial training},
+  author    = {Wong, Eric and Rice, Leslie and Kolter, J. Zico},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2020}
+}""",
+    "shafahi2019free": """@inproceedings{shafahi2019free,
+  title     = {Adversarial Training for Free!},
+  author    = {Shafahi, Ali and Najibi, Mahyar and Ghiasi, Amin and Xu, Zheng and Dickerson, John and
+               Studer, Christoph and Davis, Larry S. and Taylor, Gavin and Goldstein, Tom},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  year      = {2019}
+}""",
+    "madry2018towards": """@inproceedings{madry2018towards,
+  title     = {Towards Deep Learning Models Resistant to Adversarial Attacks},
+  author    = {Madry, Aleksander and Makelov, Aleksandar and Schmidt, Ludwig and Tsipras, Dimitris and Vladu, Adrian},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2018}
+}""",
+    "jeddi2020simple": """@article{jeddi2020simple,
+  title   = {A Simple Fine-tuning Is All You Need: Towards Robust Deep Learning Via Adversarial Fine-tuning},
+  author  = {Jeddi, Ahmadreza and Shafiee, Mohammad Javad and Wong, Alexander},
+  journal = {arXiv preprint arXiv:2012.13628},
+  year    = {2020}
+}""",
+    "croce2020reliable": """@inproceedings{croce2020reliable,
+  title     = {Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free attacks},
+  author    = {Croce, Francesco and Hein, Matthias},
+  booktitle = {International Conference on Machine Learning (ICML)},
+  year      = {2020}
+}""",
+}
+METHOD_PAPERS = {"fgsm-rs": "wong2020fast", "free": "shafahi2019free", "pgd": "madry2018towards"}
+SCHEDULE_PAPERS = {"slow-start-fast-decay": "jeddi2020simple", "cyclic": "wong2020fast"}
+METHOD_TEXT = {
+    "natural": "natural (non-adversarial) fine-tuning: a baseline, not a defense",
+    "fgsm-rs": "FGSM with a random start (Fast AT, Wong et al. 2020)",
+    "free": "free adversarial training (Shafahi et al. 2019)",
+    "pgd": "PGD adversarial training (Madry et al. 2018)",
+}
 
 
 def eps_text(eps: float) -> str:
@@ -62,60 +74,235 @@ def eps_text(eps: float) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:g}"
 
 
-def _results(after: dict[str, Any], dataset: str, split: str) -> list[EvalResult]:
+def hub_base_model(name: str) -> str | None:
+    """The Hub id of the base model for ``base_model:`` (None for local folders and the bundled quickstart).
+
+    ``hf-hub:ORG/NAME`` gives ``ORG/NAME``; a timm name gives the Hub id of its default pretrained weights (timm
+    knows it offline).
+    """
+    if name.startswith("hf-hub:"):
+        return name[len("hf-hub:"):].split("@", 1)[0] or None
+    if name.startswith(("local-dir:", "/", ".", "~")) or name == "quickstart":
+        return None
+    try:
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # noqa: BLE001 - unknown or odd names simply have no Hub id
+        return None
+    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+
+
+def hub_dataset(name: str) -> str | None:
+    """The Hub id of the data set for ``datasets:`` (None for local data and the bundled quickstart digits)."""
+    from .data import ALIASES
+
+    if name in ALIASES:
+        return ALIASES[name][0]
+    if "/" in name and ":" not in name and not name.startswith((".", "/", "~")):
+        return name
+    return None
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else round(100 * float(value), 2)
+
+
+def _attack_text(after: dict[str, Any]) -> str:
     pgd = after.get("pgd", {})
-    common = dict(task_type="image-classification", dataset_type=dataset, dataset_name=dataset, dataset_split=split)
+    return f"PGD-{pgd.get('steps', '?')}, {pgd.get('restarts', 1)} restart(s), {pgd.get('loss', 'ce')} loss"
+
+
+def robustbench_block(robustness: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
+    """RobustBench's model_info fields (threat_model, eps as "8/255", clean_acc, autoattack_acc in percent,
+    additional_data, architecture, ...), plus the PGD figure and how it was measured, since AutoAttack is optional."""
+    after = metrics["after"]
+    tm = robustness["threat_model"]
+    return {
+        "threat_model": tm["norm"],
+        "eps": eps_text(tm["eps"]),
+        "dataset": robustness["dataset"],
+        "architecture": robustness["architecture"],
+        "clean_acc": _percent(after.get("clean_acc")),
+        "autoattack_acc": _percent(after.get("autoattack_acc")),
+        "pgd_acc": _percent(after.get("pgd_acc")),
+        "attack": _attack_text(after),
+        "n_examples": after.get("n_examples"),
+        "additional_data": False,
+        "number_forward_passes": 1,
+        "method": robustness["method"]["name"],
+    }
+
+
+def eval_results(robustness: dict[str, Any], metrics: dict[str, Any]) -> list[EvalResult]:
+    """model-index entries: clean accuracy, then each robust accuracy with its threat model and attack settings."""
+    after = metrics["after"]
+    dataset, split = robustness["dataset"], robustness.get("eval_split", "test")
+    tm = robustness["threat_model"]
+    threat = f"{tm['norm']}, eps={eps_text(tm['eps'])}"
+    common: dict[str, Any] = dict(task_type="image-classification", task_name="Image Classification",
+                                  dataset_type=hub_dataset(dataset) or dataset, dataset_name=dataset,
+                                  dataset_split=split)
+    n = after.get("n_examples")
     results = [EvalResult(metric_type="accuracy", metric_name="clean accuracy", metric_value=after["clean_acc"],
-                          **common)]
-    threat = f"{pgd.get('norm', 'Linf')}, eps={eps_text(pgd.get('eps', 0))}"
+                          metric_config="clean", metric_args={"n_examples": n}, **common)]
+    pgd = after.get("pgd", {})
     results.append(EvalResult(
-        metric_type="robust_accuracy", metric_name=f"PGD accuracy ({threat})", metric_value=after["pgd_acc"],
-        metric_config=threat, metric_args={k: pgd.get(k) for k in ("steps", "restarts", "loss")}
-        | {"attack": "pgd", "n_examples": after.get("n_examples")}, **common))
+        metric_type="robust_accuracy", metric_name=f"PGD robust accuracy ({threat})", metric_value=after["pgd_acc"],
+        metric_config=threat,
+        metric_args={"attack": "pgd", "threat_model": tm["norm"], "eps": tm["eps"], "steps": pgd.get("steps"),
+                     "restarts": pgd.get("restarts"), "loss": pgd.get("loss"), "alpha": pgd.get("alpha"),
+                     "n_examples": n},
+        **common))
     if after.get("autoattack_acc") is not None:
         results.append(EvalResult(
-            metric_type="robust_accuracy", metric_name=f"AutoAttack accuracy ({threat})",
+            metric_type="robust_accuracy", metric_name=f"AutoAttack robust accuracy ({threat})",
             metric_value=after["autoattack_acc"], metric_config=threat,
-            metric_args={"attack": "autoattack", "version": "standard", "n_examples": after.get("n_examples")},
+            metric_args={"attack": "autoattack", "version": after.get("autoattack_version", "standard"),
+                         "threat_model": tm["norm"], "eps": tm["eps"], "n_examples": n},
             **common))
     return results
 
 
-def render_card(robustness: dict[str, Any], metrics: dict[str, Any], license: str | None = None) -> ModelCard:
-    """Build the card from the ``robustness`` block of config.json and metrics.json."""
-    before, after, cost = metrics["before"], metrics["after"], metrics["cost"]
+def _results_table(base_model: str, before: dict[str, Any], after: dict[str, Any]) -> str:
+    has_aa = after.get("autoattack_acc") is not None or before.get("autoattack_acc") is not None
+    pgd = after.get("pgd", {})
+    head = f"| model | clean | PGD-{pgd.get('steps', '?')} x{pgd.get('restarts', 1)} |" + (" AutoAttack |" if has_aa
+                                                                                          else "")
+    rows = [head, "|---|---|---|" + ("---|" if has_aa else "")]
+    for label, row in ((f"before (`{base_model}`)", before), ("after (this model)", after)):
+        cells = [label, pct(row.get("clean_acc")), pct(row.get("pgd_acc"))]
+        if has_aa:
+            cells.append(pct(row.get("autoattack_acc")))
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _method_args(method: dict[str, Any]) -> str:
+    args = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in method.items() if k != "name"]
+    return ", ".join(args) or "no arguments"
+
+
+def _citations(robustness: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
+    keys = [METHOD_PAPERS.get(robustness["method"]["name"]), SCHEDULE_PAPERS.get(robustness["schedule"]["name"])]
+    if metrics["after"].get("autoattack_acc") is not None:
+        keys.append("croce2020reliable")
+    seen: list[str] = []
+    for key in keys:
+        if key and key not in seen:
+            seen.append(key)
+    return [BIBTEX[k] for k in seen]
+
+
+def _body(robustness: dict[str, Any], metrics: dict[str, Any], license: str | None, repo_id: str | None,
+          recipe_yaml: str | None, files: Iterable[str]) -> str:
+    r, before, after, cost = robustness, metrics["before"], metrics["after"], metrics["cost"]
+    tm, method, schedule = r["threat_model"], r["method"], r["schedule"]
+    eps = eps_text(tm["eps"])
+    n = after.get("n_examples")
+    spec = f"hf-hub:{repo_id}" if repo_id else "local-dir:PATH/TO/THIS/FOLDER"
+    aa = after.get("autoattack_acc") is not None
+    files = set(files)
+    hardware = cost.get("hardware", {})
+    lines = [
+        f"# {r.get('name', 'robustify model')}",
+        "",
+        f"An adversarially robust `{r['architecture']}` image classifier for `{r['dataset']}`, made with "
+        f"[robustify](https://github.com/robustify/robustify) by adversarially fine-tuning `{r['base_model']}`. "
+        "It loads with plain timm; robustify is not needed to use it.",
+        "",
+        "## What it is robust to, and what not",
+        f"- **Robust to**: {tm['norm']} perturbations of radius **eps = {eps}** in [0,1] pixel space "
+        f"(before normalization), at the model's input size {tuple(r['input_size'])}: "
+        f"{pct(after.get('pgd_acc'))} accuracy under {_attack_text(after)}"
+        + (f" and {pct(after.get('autoattack_acc'))} under AutoAttack" if aa else "")
+        + f", against {pct(after.get('clean_acc'))} on clean inputs ({n} `{r.get('eval_split', 'test')}` examples).",
+        f"- **Not robust to**: larger eps than {eps}, other norms than {tm['norm']}, common corruptions, patches, "
+        "physical or semantic changes, or inputs unlike the training data. Robust accuracy is an upper bound measured "
+        "by the attacks above; stronger or adaptive attacks may find more errors"
+        + ("." if aa else ", and AutoAttack, the standard evaluation, was not run for this card."),
+    ]
+    if metrics.get("stopped"):
+        lines.append(f"- Training stopped early: {metrics['stopped']}.")
+    lines += [
+        "",
+        "## Results",
+        f"Accuracy on the first {n} examples of the `{r.get('eval_split', 'test')}` split of `{r['dataset']}`; "
+        f"threat model {tm['norm']}, eps = {eps}.",
+        "",
+        _results_table(r["base_model"], before, after),
+        "",
+    ]
+    for name, caption in PLOTS.items():
+        if name in files:
+            lines += [f"![{caption}]({name})", "", f"*{caption}.*", ""]
+    lines += [
+        "## How it was made",
+        f"- Method: `{method['name']}`, {METHOD_TEXT.get(method['name'], method['name'])}; {_method_args(method)}.",
+        f"- BatchNorm mode while attacks were generated: `{method.get('bn_mode', 'n/a')}`.",
+        f"- Learning-rate schedule: `{schedule['name']}`, peak lr {schedule['lr']:g}; {cost.get('epochs')} epochs "
+        f"(selected epoch {metrics.get('selected_epoch', '?')}), batch size {r.get('batch_size')}, optimizer "
+        f"{r.get('optimizer')}.",
+        f"- Cost: {cost.get('wall_seconds', 0.0):.1f} s wall time on {hardware.get('device', '?')} "
+        f"(x{cost.get('world_size', 1)} process(es)); {cost.get('optimizer_steps', '?')} optimizer steps; "
+        f"{cost.get('example_passes', 0):,} forward/backward passes over examples "
+        f"({cost.get('passes_per_batch', '?')} per minibatch).",
+        "- Files: `recipe.yaml` (the fully resolved recipe), `metrics.json` (before/after results, per-epoch "
+        "history, cost), `config.json` (timm config plus a `robustness` block).",
+        "",
+    ]
+    if recipe_yaml:
+        lines += ["<details><summary>The recipe (recipe.yaml)</summary>", "", "```yaml", recipe_yaml.rstrip(), "```",
+                  "", "</details>", ""]
+    lines += [
+        "## Usage with plain timm",
+        "The model expects *normalized* inputs like every timm model; the threat model is defined on pixels in "
+        "[0,1], so an attack must perturb the [0,1] image and normalize inside the model it attacks:",
+        "",
+        "```python",
+        "import timm, torch",
+        f'model = timm.create_model("{spec}", pretrained=True).eval()',
+        "cfg = model.pretrained_cfg",
+        "mean = torch.tensor(cfg[\"mean\"]).view(1, -1, 1, 1)",
+        "std = torch.tensor(cfg[\"std\"]).view(1, -1, 1, 1)",
+        "x = torch.rand(1, *cfg[\"input_size\"])                 # pixels in [0, 1], at the input size above",
+        "logits = model((x - mean) / std)                      # [0,1] -> normalize -> model",
+        "```",
+        "",
+        f'With robustify, `robustify.load("{spec}")` returns the model with normalization inside ([0,1] inputs), '
+        "ready for attacks.",
+        "",
+    ]
+    if license:
+        lines += [f"License: `{license}`, inherited from the base model `{r['base_model']}`.", ""]
+    else:
+        lines += [f"License: the base model `{r['base_model']}` states none; check its terms before reuse.", ""]
+    cites = _citations(r, metrics)
+    if cites:
+        lines += ["## Citation", "The methods that made this model:", "", "```bibtex", "\n\n".join(cites), "```", ""]
+    return "\n".join(lines)
+
+
+def render_card(robustness: dict[str, Any], metrics: dict[str, Any], license: str | None = None, *,
+                repo_id: str | None = None, recipe_yaml: str | None = None,
+                files: Iterable[str] = ()) -> ModelCard:
+    """Build the card from the ``robustness`` block of config.json and metrics.json.
+
+    ``repo_id`` fills the usage snippet (``hf-hub:ORG/NAME``; a ``local-dir:`` placeholder without it),
+    ``recipe_yaml`` is shown in the card, and ``files`` (names in the folder or repo) decides which plots to embed.
+    """
     r = robustness
-    threat_model = r["threat_model"]
     data = ModelCardData(
         library_name="timm",
         pipeline_tag="image-classification",
-        license=license or "apache-2.0",
-        base_model=r["base_model"] if not r["base_model"].startswith(("local-dir:", "/", ".")) else None,
-        datasets=[r["dataset"]] if "/" in r["dataset"] or r["dataset"] in ("cifar10", "cifar100", "mnist") else None,
+        license=license,
+        base_model=hub_base_model(r["base_model"]),
+        datasets=[d] if (d := hub_dataset(r["dataset"])) else None,
         tags=["image-classification", "timm", "adversarial-robustness", "robustify",
-              f"{threat_model['norm'].lower()}-robust"],
+              f"{r['threat_model']['norm'].lower()}-robust", r["method"]["name"]],
         model_name=r.get("name", "robustify-model"),
-        eval_results=_results(after, r["dataset"], r.get("eval_split", "test")),
+        eval_results=eval_results(r, metrics),
+        robustbench=robustbench_block(r, metrics),
     )
-    has_aa = after.get("autoattack_acc") is not None or before.get("autoattack_acc") is not None
-    pgd = after.get("pgd", {})
-    body = BODY.format(
-        title=r.get("name", "robustify model"), architecture=r["architecture"], base_model=r["base_model"],
-        dataset=r["dataset"], norm=threat_model["norm"], eps_text=eps_text(threat_model["eps"]),
-        input_size=tuple(r["input_size"]), mean=tuple(round(m, 4) for m in r["mean"]),
-        std=tuple(round(s, 4) for s in r["std"]), n_examples=after.get("n_examples"),
-        eval_split=r.get("eval_split", "test"),
-        attack=f"PGD-{pgd.get('steps')} x{pgd.get('restarts')} restarts",
-        aa_header=" AutoAttack |" if has_aa else "", aa_sep="---|" if has_aa else "",
-        before_clean=pct(before.get("clean_acc")), before_pgd=pct(before.get("pgd_acc")),
-        before_aa=f" {pct(before.get('autoattack_acc'))} |" if has_aa else "",
-        after_clean=pct(after.get("clean_acc")), after_pgd=pct(after.get("pgd_acc")),
-        after_aa=f" {pct(after.get('autoattack_acc'))} |" if has_aa else "",
-        method=r["method"]["name"], method_args=", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                         for k, v in r["method"].items() if k != "name"),
-        bn_mode=r["method"].get("bn_mode", "train"), schedule=r["schedule"]["name"], lr=r["schedule"]["lr"],
-        epochs=cost.get("epochs"), batch_size=r.get("batch_size"), optim=r.get("optimizer"),
-        wall=cost.get("wall_seconds", 0.0), hardware=cost.get("hardware", {}).get("device", "?"),
-        passes=f"{cost.get('example_passes', 0):,}",
-    )
-    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n" + body)
+    body = _body(r, metrics, license, repo_id, recipe_yaml, files)
+    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + body)

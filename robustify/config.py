@@ -122,6 +122,7 @@ class TrainConfig:
     guard_drop: float = 0.2  # a probe robust accuracy this far below the best so far is catastrophic overfitting
     select: str = "best-robust"  # best-robust | last
     log_every: int = 20
+    stop_after: int | None = None  # stop this invocation after N epochs (time-sliced jobs); continue with --resume
 
 
 @dataclass

@@ -165,6 +165,10 @@ class Loaders:
     input_size: tuple[int, int, int]
     train_size: int
     eval_size: int
+    generator: torch.Generator  # the training shuffle; reseeded per epoch so a resumed run sees the same order
+
+    def set_epoch(self, seed: int, epoch: int) -> None:
+        self.generator.manual_seed(seed * 1_000_003 + epoch)
 
 
 def eval_transform(input_size: tuple[int, int, int], interpolation: str = "bilinear", crop_pct: float = 1.0):
@@ -266,4 +270,4 @@ def build_loaders(cfg: DataConfig, data_config: dict, eval_examples: int, probe_
     evl = torch.utils.data.DataLoader(eval_set, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=workers,
                                       pin_memory=torch.cuda.is_available())
     return Loaders(train, evl, probe, num_classes(train_ds), label_names(train_ds), input_size, len(train_set),
-                   len(eval_set))
+                   len(eval_set), gen)

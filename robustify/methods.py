@@ -121,7 +121,7 @@ class FGSMRandomStart(Method):
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         with batchnorm_mode(ctx.attack_model, self.cfg.bn_mode), ctx.autocast():
-            delta = attacks.fgsm(ctx.attack_model, x, y, self.threat.eps, self.alpha, self.threat.norm, random_start=True)
+            delta = attacks.fgsm(ctx.attack_model, x, y, self.threat.eps, self.alpha, self.threat.norm)
         return self._train_on(ctx, x + delta, y)
 
 

@@ -150,6 +150,17 @@ def _save_checkpoint(accelerator: Accelerator, run_dir: Path, epoch: int, keep: 
     accelerator.wait_for_everyone()
 
 
+def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
+    """True when every process holds bit-identical weights (checked on a per-tensor fingerprint)."""
+    if accelerator.num_processes == 1:
+        return True
+    with torch.no_grad():
+        fp = torch.stack([p.detach().double().sum() + p.detach().double().abs().sum() * 1e-3
+                          for p in model.parameters()]).to(accelerator.device)
+    gathered = accelerator.gather(fp[None]).view(accelerator.num_processes, -1)
+    return bool((gathered == gathered[0]).all().item())
+
+
 def _hardware(accelerator: Accelerator) -> dict[str, Any]:
     dev = accelerator.device
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
@@ -253,9 +264,16 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=accelerator.autocast)
     best_path = run_dir / CHECKPOINTS / BEST
     start = time.perf_counter()
+    first_epoch = state.epoch
     while state.epoch < epochs and not state.stopped:
+        if cfg.train.stop_after is not None and state.epoch - first_epoch >= cfg.train.stop_after:
+            say(f"robustify: stopped after {cfg.train.stop_after} epoch(s) as asked (train.stop_after); "
+                f"continue with: robustify finetune --output-dir {run_dir} --resume --set train.stop_after=null")
+            accelerator.end_training()
+            return {}
         epoch = state.epoch + 1
         t0 = time.perf_counter()
+        loaders.set_epoch(cfg.train.seed, epoch)
         model.train()
         loss_sum = torch.zeros((), device=accelerator.device)
         correct = torch.zeros((), device=accelerator.device)
@@ -318,6 +336,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
 
     # the model that is exported: the best probe-robust epoch, or the last one
     accelerator.wait_for_everyone()
+    in_sync = ranks_in_sync(raw, accelerator)
+    if not in_sync:
+        raise RuntimeError("the processes' weights differ after training: gradients were not synchronised")
     if cfg.train.select == "best-robust" and best_path.is_file() and not state.stopped:
         raw.load_state_dict(load_file(str(best_path)))
     metrics: dict[str, Any] = {}
@@ -330,7 +351,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             "cost": {"wall_seconds": state.wall_seconds, "epochs": state.epoch, "optimizer_steps": state.opt_steps,
                      "batch_passes": state.batch_passes, "example_passes": state.example_passes,
                      "passes_per_batch": method.passes_per_batch, "hardware": _hardware(accelerator),
-                     "world_size": accelerator.num_processes},
+                     "world_size": accelerator.num_processes, "ranks_in_sync": in_sync},
         }
         robustness = {
             "name": run_dir.name, "threat_model": {"norm": cfg.threat.norm, "eps": cfg.threat.eps},

@@ -1,0 +1,361 @@
+"""Publish a run folder to the Hugging Face Hub and pull robust models back.
+
+``push`` sends the run folder's weights, config, a freshly rendered model card, metrics, recipe and plots in **one
+commit** through ``huggingface_hub.HfApi.create_commit``, so a failure at any point (an LFS upload, the commit
+itself) leaves the remote repo exactly as it was. Unlike timm's ``push_to_hf_hub``, which never rewrites an
+existing README, every push replaces the card, so the card always describes the weights beside it.
+Before anything leaves the machine the folder must hold evaluation results and its weights must load with timm.
+
+``pull`` downloads through ``snapshot_download`` (Hub cache or ``--local-dir``), refuses pickle weights unless the
+user trusts them explicitly, checks that the model loads with timm, and prints how to use it.
+
+The token comes from wherever ``huggingface_hub`` finds it (``HF_TOKEN``, ``hf auth login``); it is passed to the
+client and never printed or written (error messages are scrubbed of it, in case a server echoes it).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+PUSH_FILES = ("model.safetensors", "config.json", "metrics.json", "recipe.yaml", "history.json", "eval.json")
+PUSH_PATTERNS = ("*.png",)  # plots: history.png, eps_curve.png, ...
+REQUIRED = ("model.safetensors", "config.json", "metrics.json", "recipe.yaml")
+PICKLE_PATTERNS = ("*.bin", "*.pth", "*.pt", "*.pkl", "*.pickle", "*.ckpt", "*.pth.tar")
+TOKEN_HELP = "set HF_TOKEN or run 'hf auth login'"
+TRUST_FLAG = "--trust-pickle"
+
+
+class HubTransferError(UserError):
+    """The Hub or the network failed (not the user's input): reported in one line, exit status 1."""
+
+    exit_code = 1
+
+
+@dataclass
+class RunFolder:
+    """What ``push`` publishes, read and checked once."""
+
+    path: Path
+    robustness: dict[str, Any]
+    metrics: dict[str, Any]
+    license: str | None
+    recipe_yaml: str
+    files: list[str] = field(default_factory=list)  # names relative to path, in upload order
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    revision: str
+    commit: str
+    url: str
+    files: list[str]
+    created: bool
+
+
+# --------------------------------------------------------------------------------------------- run folders
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{what}: {path.name} cannot be read ({str(e).splitlines()[0]})") from None
+
+
+def _has_results(metrics: Any) -> bool:
+    after = metrics.get("after") if isinstance(metrics, dict) else None
+    if not isinstance(after, dict) or not isinstance(after.get("clean_acc"), (int, float)):
+        return False
+    return any(isinstance(after.get(k), (int, float)) for k in ("pgd_acc", "autoattack_acc"))
+
+
+def read_run_folder(run_dir: str | Path) -> RunFolder:
+    """Check that ``run_dir`` is a finished, evaluated run folder and read what the card needs."""
+    path = Path(run_dir).expanduser()
+    what = f"run folder {str(path)!r}"
+    if not path.is_dir():
+        raise UserError(f"{what} does not exist; give the --output-dir of a finished 'robustify finetune'")
+    missing = [n for n in REQUIRED if not (path / n).is_file()]
+    if missing:
+        hint = " (an interrupted run? finish it with 'robustify finetune --output-dir RUN_DIR --resume')" if (
+            path / "checkpoints").is_dir() else ""
+        raise UserError(f"{what} is not a finished run: missing {', '.join(missing)}{hint}")
+    metrics = _read_json(path / "metrics.json", what)
+    if not _has_results(metrics):
+        raise UserError(f"{what} has no evaluation results (metrics.json needs after.clean_acc and after.pgd_acc or "
+                        "after.autoattack_acc); refusing to publish a model whose robustness was not measured")
+    config = _read_json(path / "config.json", what)
+    robustness = config.get("robustness") if isinstance(config, dict) else None
+    if not isinstance(robustness, dict) or not {"threat_model", "method", "dataset"} <= set(robustness):
+        raise UserError(f"{what}: config.json has no 'robustness' block (threat model, method, data set); was it "
+                        "written by 'robustify finetune'?")
+    license_ = (config.get("pretrained_cfg") or {}).get("license")
+    files = [n for n in PUSH_FILES if (path / n).is_file()]
+    files += sorted(p.name for pat in PUSH_PATTERNS for p in path.glob(pat) if p.is_file())
+    recipe = public_recipe((path / "recipe.yaml").read_text(encoding="utf-8"), robustness.get("name", path.name))
+    return RunFolder(path, robustness, metrics, license_, recipe, files)
+
+
+def public_recipe(recipe_yaml: str, name: str) -> str:
+    """The recipe as published: ``output_dir`` (a path on the author's machine) becomes ``runs/NAME``."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(recipe_yaml)
+    except yaml.YAMLError:
+        return recipe_yaml
+    if not isinstance(data, dict) or "output_dir" not in data:
+        return recipe_yaml
+    data["output_dir"] = f"runs/{name}"
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def verify_loads(folder: Path, what: str) -> dict[str, Any]:
+    """Load ``folder`` exactly as a timm user would (``local-dir:``) and run one forward pass.
+
+    Returns a short description (architecture, classes, input size) for the messages.
+    """
+    import timm
+    import torch
+
+    try:
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        cfg = model.pretrained_cfg
+        input_size = tuple(cfg.get("input_size", (3, 224, 224)))
+        mean = torch.tensor(cfg.get("mean", (0.0,) * input_size[0])).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.get("std", (1.0,) * input_size[0])).view(1, -1, 1, 1)
+        with torch.no_grad():
+            logits = model((torch.rand(2, *input_size) - mean) / std)
+    except Exception as e:  # noqa: BLE001 - any failure to load means the weights cannot be used
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what}: the weights do not load with timm ({type(e).__name__}: {msg})") from None
+    if logits.ndim != 2 or logits.shape[0] != 2 or not torch.isfinite(logits).all():
+        raise UserError(f"{what}: the model loads but its output is not finite class logits (shape "
+                        f"{tuple(logits.shape)})")
+    return {"architecture": cfg.get("architecture", type(model).__name__), "num_classes": model.num_classes,
+            "input_size": input_size}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def resolve_token(required: bool) -> str | None:
+    """The token ``huggingface_hub`` finds (``HF_TOKEN``, then ``hf auth login``'s file); never shown."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if required and not token:
+        raise UserError(f"no Hugging Face token found; {TOKEN_HELP} (a token with write access to the repo)")
+    return token
+
+
+def _one_line(e: BaseException, token: str | None) -> str:
+    """A one-line description of a client error, with the token (if a server echoed it) masked."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    if token:
+        text = text.replace(token, "***")
+    return text[:400]
+
+
+def _check_repo_id(repo_id: str) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id = repo_id.removeprefix("hf-hub:")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UserError(f"repo id {repo_id!r} is not accepted; use ORG/NAME") from None
+    if repo_id.count("/") != 1:
+        raise UserError(f"repo id {repo_id!r} is not accepted; use ORG/NAME")
+    return repo_id
+
+
+def _status(e: BaseException) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _head(api: Any, repo_id: str, revision: str) -> str | None:
+    """The commit a branch points at, or None when the repo or branch does not exist (yet)."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return api.repo_info(repo_id, revision=revision).sha
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return None
+
+
+def load_spec(repo_id: str, revision: str | None = None) -> str:
+    """What ``timm.create_model`` takes for this repo (``hf-hub:ORG/NAME`` or ``hf-hub:ORG/NAME@REV``)."""
+    return f"hf-hub:{repo_id}" + (f"@{revision}" if revision and revision != "main" else "")
+
+
+def usage_text(repo_id: str, revision: str | None = None, local: Path | None = None) -> str:
+    spec = load_spec(repo_id, revision)
+    lines = [
+        "Use it with plain timm (no robustify needed):",
+        f'  import timm; model = timm.create_model("{spec}", pretrained=True).eval()',
+        "  # inputs: pixels in [0,1], normalized with model.pretrained_cfg['mean'] / ['std'] before the model",
+        "With normalization inside ([0,1] inputs, for attacks):",
+        f'  import robustify; model = robustify.load("{spec}")',
+    ]
+    if local is not None:
+        lines += [f'Offline, from the downloaded files: timm.create_model("local-dir:{local}", pretrained=True)']
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- push
+def card_for_push(run: RunFolder, repo_id: str) -> str:
+    from .card import render_card
+
+    card = render_card(run.robustness, run.metrics, license=run.license, repo_id=repo_id,
+                       recipe_yaml=run.recipe_yaml, files=run.files)
+    return str(card)
+
+
+def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
+         commit_message: str | None = None) -> PushResult:
+    """Publish ``run_dir`` to ``repo_id`` (created when missing) in one commit on ``revision`` (default main)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    repo_id = _check_repo_id(repo_id)
+    run = read_run_folder(run_dir)
+    verify_loads(run.path, f"run folder {str(run.path)!r}")
+    token = resolve_token(required=True)
+    branch = revision or "main"
+    api = HfApi(token=token)
+    card = card_for_push(run, repo_id)
+
+    try:
+        before = _head(api, repo_id, "main")
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if branch != "main":
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        head = _head(api, repo_id, branch)
+    except Exception as e:  # noqa: BLE001 - report any client/network failure in one line
+        raise _push_error(e, repo_id, token, "preparing the repo", changed=None) from None
+    created = before is None
+
+    operations = [CommitOperationAdd("README.md", card.encode("utf-8"))]
+    operations += [CommitOperationAdd(name, run.recipe_yaml.encode("utf-8") if name == "recipe.yaml"
+                                      else str(run.path / name)) for name in run.files]
+    r = run.robustness
+    tm = r["threat_model"]
+    from .card import eps_text
+
+    after = run.metrics["after"]
+    message = commit_message or f"robustify push: {r.get('name', run.path.name)}"
+    description = (f"{r['method']['name']} on {r['base_model']} / {r['dataset']}, {tm['norm']} "
+                   f"eps={eps_text(tm['eps'])}: clean {after['clean_acc']:.4f}, PGD {after.get('pgd_acc')}, AutoAttack "
+                   f"{after.get('autoattack_acc')}")
+    try:
+        info = api.create_commit(repo_id, operations, commit_message=message, commit_description=description,
+                                 revision=branch, parent_commit=head)
+    except Exception as e:  # noqa: BLE001 - the commit is atomic: either every file landed or none did
+        now = _safe_head(api, repo_id, branch)
+        raise _push_error(e, repo_id, token, "uploading", changed=None if now is False else now != head,
+                          head=head, branch=branch, created=created) from None
+    return PushResult(repo_id, branch, info.oid, info.commit_url, ["README.md", *run.files], created)
+
+
+def _safe_head(api: Any, repo_id: str, branch: str) -> str | None | bool:
+    """Like :func:`_head`, but False when even that request fails (then the remote state is unknown)."""
+    try:
+        return _head(api, repo_id, branch)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _push_error(e: BaseException, repo_id: str, token: str | None, stage: str, changed: bool | None,
+                head: str | None = None, branch: str = "main", created: bool = False) -> UserError:
+    status = _status(e)
+    reason = _one_line(e, token)
+    if status == 401:
+        return UserError(f"push to {repo_id} refused: the token was not accepted ({TOKEN_HELP} with a valid token)")
+    if status == 403:
+        return UserError(f"push to {repo_id} refused: the token may not write to this repo or namespace ({reason})")
+    if status == 412:
+        return HubTransferError(f"push to {repo_id} failed: {branch} moved while uploading (someone else pushed); "
+                                "the remote was left unchanged; run the same command again")
+    if changed is None:
+        state = "the remote state is unknown (check the repo's commit history)" if stage == "uploading" else (
+            "no files were uploaded")
+    elif changed:
+        state = f"{branch} has moved since the push began (check the repo's commit history)"
+    elif head is None:
+        state = f"no commit was made (the repo {'was created but ' if created else ''}holds none of these files)"
+    else:
+        state = f"the remote was left unchanged: {branch} is still at commit {head[:8]}"
+    return HubTransferError(f"push to {repo_id} failed while {stage} ({reason}); {state}; nothing local was changed, "
+                            "run the same command again")
+
+
+# -------------------------------------------------------------------------------------------------- pull
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(base, p) for p in patterns)
+
+
+def pull(repo_id: str, revision: str | None = None, local_dir: str | Path | None = None,
+         trust_pickle: bool = False) -> tuple[Path, dict[str, Any], list[str]]:
+    """Download ``repo_id`` and check that it loads; returns (folder, model description, skipped pickle files)."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    repo_id = _check_repo_id(repo_id)
+    token = resolve_token(required=False)
+    api = HfApi(token=token)
+    try:
+        files = api.list_repo_files(repo_id, revision=revision)
+    except GatedRepoError:
+        raise UserError(f"{repo_id} is gated: accept its terms on the Hub, then {TOKEN_HELP}") from None
+    except RevisionNotFoundError:
+        raise UserError(f"{repo_id} has no revision {revision!r}; give a branch, tag or commit id") from None
+    except RepositoryNotFoundError:
+        hint = "" if token else f" (if it is private, {TOKEN_HELP})"
+        raise UserError(f"model repo {repo_id} not found{hint}") from None
+    except Exception as e:  # noqa: BLE001
+        raise HubTransferError(f"pull {repo_id} failed while listing files ({_one_line(e, token)})") from None
+
+    safe = [f for f in files if f.endswith(".safetensors")]
+    pickles = [f for f in files if _matches(f, PICKLE_PATTERNS)]
+    if "config.json" not in files:
+        raise UserError(f"{repo_id} is not a timm model repo (no config.json); robustify pulls timm hub-format models")
+    if not safe and pickles and not trust_pickle:
+        raise UserError(f"{repo_id} has only pickle weights ({', '.join(pickles)}), which can run code when loaded; "
+                        f"refusing to download them. Pass {TRUST_FLAG} if you trust this repo")
+    if not safe and not pickles:
+        raise UserError(f"{repo_id} has no weights (no .safetensors file)")
+    ignore = None if trust_pickle else list(PICKLE_PATTERNS)
+    skipped = [] if trust_pickle else pickles
+    try:
+        folder = snapshot_download(repo_id, revision=revision, local_dir=local_dir, ignore_patterns=ignore,
+                                   token=token)
+    except Exception as e:  # noqa: BLE001
+        raise HubTransferError(f"pull {repo_id} failed while downloading ({_one_line(e, token)}); files already "
+                               "downloaded stay in the cache, run the same command again") from None
+    folder_path = Path(folder)
+    info = verify_loads(folder_path, f"{repo_id} (downloaded to {folder_path})")
+    return folder_path, info, skipped
+
+
+def card_summary(folder: Path) -> str | None:
+    """One line of results from the pulled card's robustbench block, if it has one."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        block = ModelCard.load(readme).data.to_dict().get("robustbench")
+    except Exception:  # noqa: BLE001 - a card we cannot parse is not a reason to fail the pull
+        return None
+    if not isinstance(block, dict):
+        return None
+    robust = (f"AutoAttack {block['autoattack_acc']}%" if block.get("autoattack_acc") is not None
+              else f"PGD {block.get('pgd_acc')}%")
+    return (f"{block.get('threat_model')} eps={block.get('eps')}: clean {block.get('clean_acc')}%, {robust} "
+            f"({block.get('n_examples')} examples of {block.get('dataset')})")

@@ -1,0 +1,23 @@
+"""Small models and data for fast unit tests (no training, no downloads)."""
+
+from __future__ import annotations
+
+import torch
+
+from robustify.models import load_backbone
+
+
+def quickstart_model() -> torch.nn.Module:
+    """The bundled, naturally trained (non-robust) quickstart backbone with normalization inside, in eval mode."""
+    return load_backbone("quickstart").eval()
+
+
+def quickstart_batch(n: int = 64, split: str = "test") -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+
+    from robustify.data import QUICKSTART_DIR
+
+    with np.load(QUICKSTART_DIR / "digits.npz") as a:
+        x = torch.from_numpy(a[f"x_{split}"][:n]).permute(0, 3, 1, 2).float().div(255)
+        y = torch.from_numpy(a[f"y_{split}"][:n])
+    return x, y

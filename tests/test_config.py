@@ -1,0 +1,97 @@
+"""Recipes, overrides and the one-line errors users get for bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from robustify.config import build_config, parse_number
+from robustify.errors import ConfigError, UserError
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "robustify", *args], capture_output=True, text=True, env=full_env,
+                          timeout=timeout)
+
+
+def test_fractions_and_numbers():
+    assert parse_number("8/255") == pytest.approx(8 / 255)
+    assert parse_number("0.1") == 0.1 and parse_number(2) == 2.0 and parse_number("1e-3") == 0.001
+    with pytest.raises(ConfigError, match="eps='abc'"):
+        parse_number("abc", "eps")
+
+
+def test_quickstart_recipe_and_overrides():
+    cfg = build_config("quickstart", ["threat.eps=8/255", "method.name=free", "method.replays=8",
+                                      "schedule.milestones=[0.3, 0.6]", "train.stop_after=null"])
+    assert cfg.threat.eps == pytest.approx(8 / 255)
+    assert cfg.method.name == "free" and cfg.method.replays == 8
+    assert cfg.schedule.milestones == [0.3, 0.6] and cfg.train.stop_after is None
+    assert cfg.model.name == "quickstart" and cfg.schedule.name == "slow-start-fast-decay"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method.name=fgsm", "method.name='fgsm' is not accepted; choose one of: natural, fgsm-rs, "),
+    ("schedule.name=step", "schedule.name='step' is not accepted"),
+    ("threat.eps=8", "threat.eps=8 is outside [0, 1]"),
+    ("threat.norm=L1", "threat.norm='L1' is not accepted; choose one of: Linf, L2"),
+    ("train.epochs=0", "train.epochs=0 is not accepted; use a value > 0"),
+    ("train.epochs=two", "train.epochs='two' is not accepted; use a whole number"),
+    ("schedule.lrate=0.1", "unknown key 'schedule.lrate'"),
+    ("method.bn_mode=frozen", "method.bn_mode='frozen' is not accepted; choose one of: train, eval"),
+    ("schedule.rise_fraction=1.5", "schedule.rise_fraction=1.5 is outside [0, 1]"),
+    ("nonsense", "use key=value"),
+])
+def test_bad_values_name_the_key_and_what_is_accepted(override, message):
+    with pytest.raises(ConfigError) as err:
+        build_config("quickstart", [override])
+    assert message in str(err.value)
+
+
+def test_unknown_recipe():
+    with pytest.raises(ConfigError, match="recipe 'nope' not found.*quickstart"):
+        build_config("nope")
+
+
+def test_cli_user_errors_are_one_line_exit_2(tmp_path):
+    for args, needle in [
+        (["finetune", "--method", "bogus"], "method.name='bogus' is not accepted"),
+        (["finetune", "--eps", "ten"], "threat.eps='ten' is not a number"),
+        (["finetune", "--model", str(tmp_path / "missing")], "is not a model folder"),
+        (["finetune", "--model", "resnet_fifty"], "is not a timm model"),
+        (["finetune", "--data", "npz:" + str(tmp_path / "x.npz")], "does not exist"),
+        (["finetune", "--resume"], "--resume needs --output-dir"),
+        (["finetune", "--resume", "--output-dir", str(tmp_path)], "has no checkpoints to resume from"),
+    ]:
+        res = run_cli(*args)
+        assert res.returncode == 2, (args, res.stderr)
+        lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+        assert lines[-1].startswith("robustify: error:") and needle in lines[-1], (args, res.stderr)
+        assert "Traceback" not in res.stderr
+
+
+def test_help_lists_commands_and_defaults():
+    res = run_cli("--help")
+    assert res.returncode == 0 and "finetune" in res.stdout
+    res = run_cli("finetune", "--help")
+    for flag in ("--recipe", "--model", "--data", "--method", "--eps", "--epochs", "--output-dir", "--resume", "--set"):
+        assert flag in res.stdout
+    assert " ".join(res.stdout.split()).count("(default: quickstart)") == 1  # --recipe's default is shown
+
+
+def test_hub_model_fails_fast_and_clearly_when_offline(tmp_path):
+    """A timm name that needs the Hub must fail with a clear message (not hang ~50 s in retries)."""
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "0"}
+    res = run_cli("finetune", "--model", "resnet18.a1_in1k", "--output-dir", str(tmp_path / "run"), env=env,
+                  timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert "needs pretrained weights from the Hugging Face Hub" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_user_error_is_an_exception_type():
+    assert issubclass(ConfigError, UserError) and UserError.exit_code == 2
