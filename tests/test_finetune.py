@@ -28,7 +28,8 @@ def test_quickstart_makes_the_model_robust(quickstart_run: Path):
         assert set(block["pgd"]) >= {"norm", "eps", "steps", "restarts"}
         assert 0 <= block["clean_acc"] <= 1 and 0 <= block["pgd_acc"] <= block["clean_acc"]
         assert block["n_examples"] == 500 and block["pgd"]["eps"] == 0.1
-    assert len(m["history"]) == 10 and {"loss", "train_acc", "probe_robust_acc", "lr", "seconds"} <= set(m["history"][0])
+    assert len(m["history"]) == 10
+    assert {"loss", "train_acc", "probe_robust_acc", "lr", "seconds"} <= set(m["history"][0])
     cost = m["cost"]
     assert cost["epochs"] == 10 and cost["world_size"] == 1 and cost["wall_seconds"] > 0
     assert cost["example_passes"] == 10 * 20 * 64 * 2  # epochs x batches x batch size x (attack + train) passes
