@@ -57,7 +57,18 @@ def test_unknown_recipe():
         build_config("nope")
 
 
-def test_cli_user_errors_are_one_line_exit_2(tmp_path):
+def test_cli_user_error_exits_2_without_traceback():
+    """The real process: exit status 2, one line on stderr, no traceback."""
+    res = run_cli("finetune", "--method", "bogus")
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("robustify: error: method.name='bogus' is not accepted")
+    assert "Traceback" not in res.stderr
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    from robustify.cli import main
+
     for args, needle in [
         (["finetune", "--method", "bogus"], "method.name='bogus' is not accepted"),
         (["finetune", "--eps", "ten"], "threat.eps='ten' is not a number"),
@@ -67,20 +78,25 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path):
         (["finetune", "--resume"], "--resume needs --output-dir"),
         (["finetune", "--resume", "--output-dir", str(tmp_path)], "has no checkpoints to resume from"),
     ]:
-        res = run_cli(*args)
-        assert res.returncode == 2, (args, res.stderr)
-        lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-        assert lines[-1].startswith("robustify: error:") and needle in lines[-1], (args, res.stderr)
-        assert "Traceback" not in res.stderr
+        assert main(args) == 2, args
+        err = capsys.readouterr().err
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        assert lines[-1].startswith("robustify: error:") and needle in lines[-1], (args, err)
 
 
-def test_help_lists_commands_and_defaults():
+def test_help_lists_commands_and_defaults(capsys):
+    from robustify.cli import main
+
     res = run_cli("--help")
     assert res.returncode == 0 and "finetune" in res.stdout
-    res = run_cli("finetune", "--help")
+    with pytest.raises(SystemExit) as exit_:
+        main(["finetune", "--help"])
+    assert exit_.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
     for flag in ("--recipe", "--model", "--data", "--method", "--eps", "--epochs", "--output-dir", "--resume", "--set"):
-        assert flag in res.stdout
-    assert " ".join(res.stdout.split()).count("(default: quickstart)") == 1  # --recipe's default is shown
+        assert flag in out
+    assert out.count("(default: quickstart)") == 1  # --recipe's default is shown
+    assert "quickstart: fgsm-rs" in out and "quickstart: 0.1" in out  # recipe-backed flags show the recipe's value
 
 
 def test_hub_model_fails_fast_and_clearly_when_offline(tmp_path):
