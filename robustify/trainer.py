@@ -15,10 +15,12 @@ and writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import platform
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,19 @@ def _save_checkpoint(accelerator: Accelerator, run_dir: Path, epoch: int, keep: 
 
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def contiguous_weights(model: torch.nn.Module, channels_last: bool) -> Iterator[None]:
+    """safetensors stores only contiguous tensors: switch a channels_last model back while it is being saved."""
+    if not channels_last:
+        yield
+        return
+    model.to(memory_format=torch.contiguous_format)
+    try:
+        yield
+    finally:
+        model.to(memory_format=torch.channels_last)
 
 
 def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
@@ -317,7 +332,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             if main:
                 best_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = best_path.with_suffix(".tmp")
-                save_file({k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()}, str(tmp))
+                with contiguous_weights(raw, cfg.model.channels_last):
+                    save_file({k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()}, str(tmp))
                 tmp.replace(best_path)
         totals = accelerator.reduce(torch.stack([loss_sum, correct]), reduction="sum")
         n_all = seen * accelerator.num_processes
@@ -332,7 +348,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         h = state.history[-1]
         say(f"epoch {epoch}/{epochs}  loss {h['loss']:.3f}  train acc {h['train_acc']:.1%}  probe clean "
             f"{p_clean:.1%}  probe PGD {p_rob:.1%}  lr {h['lr']:.4g}  {h['seconds']:.1f}s  {note}")
-        _save_checkpoint(accelerator, run_dir, epoch)
+        with contiguous_weights(raw, cfg.model.channels_last):
+            _save_checkpoint(accelerator, run_dir, epoch)
 
     # the model that is exported: the best probe-robust epoch, or the last one
     accelerator.wait_for_everyone()
@@ -364,7 +381,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             "optimizer": cfg.optim.name,
             "results": {k: after.get(k) for k in ("clean_acc", "pgd_acc", "autoattack_acc") if k in after},
         }
-        write_run_folder(run_dir, raw, robustness, metrics, dump_yaml(cfg), loaders.label_names)
+        with contiguous_weights(raw, cfg.model.channels_last):
+            write_run_folder(run_dir, raw, robustness, metrics, dump_yaml(cfg), loaders.label_names)
         plot_history(state.history, run_dir / "history.png")
         atomic_write_json(run_dir / "history.json", state.history)
         print_table(history_table(state.history))
