@@ -123,6 +123,7 @@ class TrainConfig:
     select: str = "best-robust"  # best-robust | last
     log_every: int = 20
     stop_after: int | None = None  # stop this invocation after N epochs (time-sliced jobs); continue with --resume
+    log_with: str | None = None  # an Accelerate tracker (tensorboard, wandb, mlflow, ...) fed once per epoch
 
 
 @dataclass
@@ -260,6 +261,17 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
             raise ConfigError(f"{key}={flat[key]} is outside [0, 1]; use a fraction such as 0.5")
     if cfg.method.alpha is not None and cfg.method.alpha <= 0:
         raise ConfigError(f"method.alpha={cfg.method.alpha:g} is not accepted; use a step size > 0 such as 2/255")
+    if cfg.train.log_with is not None:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+        from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+        if cfg.train.log_with not in LOGGER_TYPE_TO_CLASS:
+            raise ConfigError(f"train.log_with={cfg.train.log_with!r} is not accepted; choose one of: "
+                              f"{', '.join(LOGGER_TYPE_TO_CLASS)} (or leave it empty)")
+        checks = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+        if cfg.train.log_with in checks and not checks[cfg.train.log_with]():
+            raise ConfigError(f"train.log_with={cfg.train.log_with!r} needs its package; pip install "
+                              f"{'tensorboard' if cfg.train.log_with == 'tensorboard' else 'wandb'}")
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
         raise ConfigError(f"data.image_size={cfg.data.image_size} is too small; use 8 or more pixels")
     return cfg

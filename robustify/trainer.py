@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -55,8 +55,11 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     if cfg.train.mixed_precision == "fp16" and use_cpu:
         raise UserError("train.mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
+    # trackers that write files need a logging dir at construction; the run folder's logs/ replaces it once the
+    # run folder's name (a timestamp agreed by all processes) is known
+    project = ProjectConfiguration(project_dir=project_dir or os.getcwd(), logging_dir=project_dir or os.getcwd())
     return Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision, log_with=log_with,
-                       project_dir=project_dir)
+                       project_config=project)
 
 
 class TrainState:
@@ -95,6 +98,12 @@ class _MethodState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if hasattr(self.method, "load_state_dict"):
             self.method.load_state_dict(state)
+
+
+def _flatten_cfg(cfg: FinetuneConfig) -> dict[str, Any]:
+    from .config import _flatten
+
+    return _flatten(cfg.to_dict())
 
 
 def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
@@ -208,8 +217,12 @@ def _evaluate(model: RobustModel, loaders: data_mod.Loaders, cfg: FinetuneConfig
 
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     """Adversarially fine-tune ``cfg.model`` on ``cfg.data``; returns metrics.json's content (main process)."""
-    accelerator = make_accelerator(cfg, log_with=None)
+    accelerator = make_accelerator(cfg, log_with=cfg.train.log_with)
     run_dir = resolve_output_dir(cfg, resume, accelerator)
+    if cfg.train.log_with:
+        accelerator.project_configuration.logging_dir = str(run_dir / "logs")
+        accelerator.init_trackers(run_dir.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                        for k, v in _flatten_cfg(cfg).items()})
     cfg = copy.deepcopy(cfg)
     cfg.output_dir = str(run_dir)
     set_seed(cfg.train.seed)
@@ -350,6 +363,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             f"{p_clean:.1%}  probe PGD {p_rob:.1%}  lr {h['lr']:.4g}  {h['seconds']:.1f}s  {note}")
         with contiguous_weights(raw, cfg.model.channels_last):
             _save_checkpoint(accelerator, run_dir, epoch)
+        accelerator.log({k: v for k, v in h.items() if isinstance(v, (int, float))}, step=epoch)
 
     # the model that is exported: the best probe-robust epoch, or the last one
     accelerator.wait_for_everyone()

@@ -45,6 +45,7 @@ def test_quickstart_recipe_and_overrides():
     ("method.bn_mode=frozen", "method.bn_mode='frozen' is not accepted; choose one of: train, eval"),
     ("schedule.rise_fraction=1.5", "schedule.rise_fraction=1.5 is outside [0, 1]"),
     ("nonsense", "use key=value"),
+    ("train.log_with=tensorbored", "train.log_with='tensorbored' is not accepted; choose one of: aim, "),
 ])
 def test_bad_values_name_the_key_and_what_is_accepted(override, message):
     with pytest.raises(ConfigError) as err:
