@@ -135,7 +135,9 @@ def robustbench_block(robustness: dict[str, Any], metrics: dict[str, Any]) -> di
 
 
 def eval_results(robustness: dict[str, Any], metrics: dict[str, Any]) -> list[EvalResult]:
-    """model-index entries: clean accuracy, then each robust accuracy with its threat model and attack settings."""
+    """model-index entries: clean accuracy, then each robust accuracy with its threat model (metric config) and
+    attack settings (metric args): FGSM and PGD when measured, AutoAttack when run, and the per-example worst case
+    over every attack when ``robustify eval`` recorded it."""
     after = metrics["after"]
     dataset, split = robustness["dataset"], robustness.get("eval_split", "test")
     tm = robustness["threat_model"]
@@ -144,38 +146,66 @@ def eval_results(robustness: dict[str, Any], metrics: dict[str, Any]) -> list[Ev
                                   dataset_type=hub_dataset(dataset) or dataset, dataset_name=dataset,
                                   dataset_split=split)
     n = after.get("n_examples")
+    tm_args = {"threat_model": tm["norm"], "eps": tm["eps"]}
+
+    def robust(name: str, value: float, args: dict[str, Any]) -> EvalResult:
+        return EvalResult(metric_type="robust_accuracy", metric_name=f"{name} robust accuracy ({threat})",
+                          metric_value=value, metric_config=threat, metric_args=args | tm_args | {"n_examples": n},
+                          **common)
+
     results = [EvalResult(metric_type="accuracy", metric_name="clean accuracy", metric_value=after["clean_acc"],
                           metric_config="clean", metric_args={"n_examples": n}, **common)]
-    pgd = after.get("pgd", {})
-    results.append(EvalResult(
-        metric_type="robust_accuracy", metric_name=f"PGD robust accuracy ({threat})", metric_value=after["pgd_acc"],
-        metric_config=threat,
-        metric_args={"attack": "pgd", "threat_model": tm["norm"], "eps": tm["eps"], "steps": pgd.get("steps"),
-                     "restarts": pgd.get("restarts"), "loss": pgd.get("loss"), "alpha": pgd.get("alpha"),
-                     "n_examples": n},
-        **common))
+    if after.get("fgsm_acc") is not None:
+        results.append(robust("FGSM", after["fgsm_acc"], {"attack": "fgsm", "steps": 1, "restarts": 1}))
+    if after.get("pgd_acc") is not None:
+        pgd = after.get("pgd", {})
+        results.append(robust("PGD", after["pgd_acc"], {
+            "attack": "pgd", "steps": pgd.get("steps"), "restarts": pgd.get("restarts"), "loss": pgd.get("loss"),
+            "alpha": pgd.get("alpha")}))
     if after.get("autoattack_acc") is not None:
-        results.append(EvalResult(
-            metric_type="robust_accuracy", metric_name=f"AutoAttack robust accuracy ({threat})",
-            metric_value=after["autoattack_acc"], metric_config=threat,
-            metric_args={"attack": "autoattack", "version": after.get("autoattack_version", "standard"),
-                         "threat_model": tm["norm"], "eps": tm["eps"], "n_examples": n},
-            **common))
+        aa = after.get("autoattack") or {}
+        results.append(robust("AutoAttack", after["autoattack_acc"], {
+            "attack": "autoattack", "version": aa.get("version", after.get("autoattack_version", "standard")),
+            "attacks": aa.get("attacks"), "package": aa.get("package")}))
+    if after.get("robust_acc") is not None:
+        results.append(robust("Worst-case", after["robust_acc"], {"attack": "every attack above, per example"}))
     return results
 
 
+def _robust_summary(after: dict[str, Any]) -> str:
+    parts = []
+    if after.get("pgd_acc") is not None:
+        parts.append(f"{pct(after['pgd_acc'])} accuracy under {_attack_text(after)}")
+    if after.get("autoattack_acc") is not None:
+        parts.append(f"{pct(after['autoattack_acc'])} under AutoAttack")
+    if after.get("robust_acc") is not None:
+        parts.append(f"{pct(after['robust_acc'])} against every attack run (per example)")
+    return "; ".join(parts) or "no robust accuracy recorded"
+
+
 def _results_table(base_model: str, before: dict[str, Any], after: dict[str, Any]) -> str:
-    has_aa = after.get("autoattack_acc") is not None or before.get("autoattack_acc") is not None
     pgd = after.get("pgd", {})
-    head = f"| model | clean | PGD-{pgd.get('steps', '?')} x{pgd.get('restarts', 1)} |" + (" AutoAttack |" if has_aa
-                                                                                          else "")
-    rows = [head, "|---|---|---|" + ("---|" if has_aa else "")]
+    columns = [("clean", "clean_acc"), ("FGSM", "fgsm_acc"),
+               (f"PGD-{pgd.get('steps', '?')} x{pgd.get('restarts', 1)}", "pgd_acc"),
+               ("AutoAttack", "autoattack_acc"), ("worst case, all attacks", "robust_acc")]
+    columns = [(title, key) for title, key in columns
+               if key == "clean_acc" or after.get(key) is not None or before.get(key) is not None]
+    rows = ["| model | " + " | ".join(t for t, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for label, row in ((f"before (`{base_model}`)", before), ("after (this model)", after)):
-        cells = [label, pct(row.get("clean_acc")), pct(row.get("pgd_acc"))]
-        if has_aa:
-            cells.append(pct(row.get("autoattack_acc")))
-        rows.append("| " + " | ".join(cells) + " |")
+        rows.append(f"| {label} | " + " | ".join(pct(row.get(k)) for _, k in columns) + " |")
     return "\n".join(rows)
+
+
+def _eps_curve_table(evaluation: dict[str, Any] | None) -> list[str]:
+    curve = (evaluation or {}).get("eps_curve") or {}
+    points = curve.get("points") or []
+    if not points:
+        return []
+    attack = curve.get("attack", {})
+    head = f"Accuracy as eps grows ({attack.get('name', 'pgd').upper()}-{attack.get('steps', '?')}, " \
+           f"{attack.get('loss', 'ce')} loss, one restart):"
+    return [head, "", "| eps | " + " | ".join(eps_text(p["eps"]) if p["eps"] else "0" for p in points) + " |",
+            "|---" * (len(points) + 1) + "|", "| accuracy | " + " | ".join(pct(p["acc"]) for p in points) + " |", ""]
 
 
 def _method_args(method: dict[str, Any]) -> str:
@@ -195,7 +225,7 @@ def _citations(robustness: dict[str, Any], metrics: dict[str, Any]) -> list[str]
 
 
 def _body(robustness: dict[str, Any], metrics: dict[str, Any], license: str | None, repo_id: str | None,
-          recipe_yaml: str | None, files: Iterable[str]) -> str:
+          recipe_yaml: str | None, files: Iterable[str], evaluation: dict[str, Any] | None) -> str:
     r, before, after, cost = robustness, metrics["before"], metrics["after"], metrics["cost"]
     tm, method, schedule = r["threat_model"], r["method"], r["schedule"]
     eps = eps_text(tm["eps"])
@@ -214,9 +244,8 @@ def _body(robustness: dict[str, Any], metrics: dict[str, Any], license: str | No
         "## What it is robust to, and what not",
         f"- **Robust to**: {tm['norm']} perturbations of radius **eps = {eps}** in [0,1] pixel space "
         f"(before normalization), at the model's input size {tuple(r['input_size'])}: "
-        f"{pct(after.get('pgd_acc'))} accuracy under {_attack_text(after)}"
-        + (f" and {pct(after.get('autoattack_acc'))} under AutoAttack" if aa else "")
-        + f", against {pct(after.get('clean_acc'))} on clean inputs ({n} `{r.get('eval_split', 'test')}` examples).",
+        f"{_robust_summary(after)}, against {pct(after.get('clean_acc'))} on clean inputs "
+        f"({n} `{r.get('eval_split', 'test')}` examples).",
         f"- **Not robust to**: larger eps than {eps}, other norms than {tm['norm']}, common corruptions, patches, "
         "physical or semantic changes, or inputs unlike the training data. Robust accuracy is an upper bound measured "
         "by the attacks above; stronger or adaptive attacks may find more errors"
@@ -233,6 +262,11 @@ def _body(robustness: dict[str, Any], metrics: dict[str, Any], license: str | No
         _results_table(r["base_model"], before, after),
         "",
     ]
+    checks = after.get("checks")
+    if isinstance(checks, dict) and checks.get("verdict"):
+        status = "passed" if checks.get("passed") else "FAILED"
+        lines += [f"Gradient-masking checks ({status}): {checks['verdict']}", ""]
+    lines += _eps_curve_table(evaluation)
     for name, caption in PLOTS.items():
         if name in files:
             lines += [f"![{caption}]({name})", "", f"*{caption}.*", ""]
@@ -285,11 +319,12 @@ def _body(robustness: dict[str, Any], metrics: dict[str, Any], license: str | No
 
 def render_card(robustness: dict[str, Any], metrics: dict[str, Any], license: str | None = None, *,
                 repo_id: str | None = None, recipe_yaml: str | None = None,
-                files: Iterable[str] = ()) -> ModelCard:
+                files: Iterable[str] = (), evaluation: dict[str, Any] | None = None) -> ModelCard:
     """Build the card from the ``robustness`` block of config.json and metrics.json.
 
     ``repo_id`` fills the usage snippet (``hf-hub:ORG/NAME``; a ``local-dir:`` placeholder without it),
-    ``recipe_yaml`` is shown in the card, and ``files`` (names in the folder or repo) decides which plots to embed.
+    ``recipe_yaml`` is shown in the card, ``files`` (names in the folder or repo) decides which plots to embed, and
+    ``evaluation`` (eval.json of ``robustify eval``) adds the accuracy-vs-eps table.
     """
     r = robustness
     data = ModelCardData(
@@ -304,5 +339,5 @@ def render_card(robustness: dict[str, Any], metrics: dict[str, Any], license: st
         eval_results=eval_results(r, metrics),
         robustbench=robustbench_block(r, metrics),
     )
-    body = _body(r, metrics, license, repo_id, recipe_yaml, files)
+    body = _body(r, metrics, license, repo_id, recipe_yaml, files, evaluation)
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + body)

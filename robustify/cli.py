@@ -114,13 +114,17 @@ def _run_push(args: argparse.Namespace) -> int:
     from .hub import load_spec, push, usage_text
 
     res = push(args.run_dir, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message)
-    verb = "created and pushed" if res.created else "pushed"
-    print(f"{verb} {len(res.files)} files to {res.repo_id} ({res.revision}) in commit {res.commit[:8]}: "
-          f"{', '.join(res.files)}")
+    if res.changed:
+        verb = "created and pushed" if res.created else "pushed"
+        print(f"{verb} {res.repo_id} ({res.revision}) in one commit {res.commit[:8]}: {', '.join(res.files)}")
+    else:
+        print(f"nothing to push: {res.repo_id} ({res.revision}) already holds these files at commit {res.commit[:8]}")
+    if args.private and not res.created:
+        print(f"note: {res.repo_id} already existed; --private did not change its visibility")
     print(f"commit: {res.url}")
     print(usage_text(res.repo_id, args.revision))
-    print(f"zoo: to list it in 'robustify zoo', add zoo/NAME.yaml with hub_id: {res.repo_id} and the card's "
-          f"robustbench fields (load spec {load_spec(res.repo_id, args.revision)})")
+    print(f"to list it in 'robustify zoo': add zoo/NAME.yaml with hub_id {res.repo_id} and the card's robustbench "
+          f"fields (spec: {load_spec(res.repo_id, args.revision)})")
     return 0
 
 
@@ -187,9 +191,121 @@ def _run_zoo_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench", formatter_class=_Formatter, help="time one training step of each method on this machine",
+        description="Measure what one training minibatch of each method costs on this machine (CUDA if available, "
+                    "else CPU), through the training code itself, on synthetic [0,1] inputs at the model's input size "
+                    "with random labels: seconds and images per second, forward/backward passes, cost relative to "
+                    "natural training per minibatch and per fine-tuning run (free AT divides the epochs by m), peak "
+                    "GPU memory. Settings come from --recipe (default: the quickstart) with these flags and --set "
+                    "applied; plain timm names are built without pretrained weights, so 'robustify bench --model "
+                    "resnet50' works offline.",
+    )
+    p.add_argument("--model", help="timm name, hf-hub:ORG/NAME, local-dir:PATH or a run folder (default: the "
+                   "recipe's; quickstart: the bundled backbone)")
+    p.add_argument("--batch-size", type=int, help="minibatch size (default: the recipe's data.batch_size)")
+    p.add_argument("--image-size", type=int, help="input height and width (default: the model's input size)")
+    p.add_argument("--methods", default="natural,fgsm-rs,free,pgd",
+                   help="comma-separated methods to time; natural is always timed, as the cost unit")
+    p.add_argument("--steps", type=int, default=10, help="timed minibatches per method (the median is reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed minibatches per method before timing")
+    p.add_argument("--epochs", type=int, help="run length E for the per-run relative cost (default: the recipe's "
+                   "train.epochs)")
+    p.add_argument("--num-classes", type=int, help="classifier head size (default: the model's own)")
+    p.add_argument("--mixed-precision", metavar="no|bf16|fp16", help="autocast precision (default: the recipe's "
+                   "train.mixed_precision)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and inputs")
+    p.add_argument("--recipe", default="quickstart", help="recipe YAML path or shipped recipe name to take the "
+                   "settings from")
+    p.add_argument("--output", metavar="FILE.json", help="also write the results as JSON")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any recipe key, e.g. --set method.steps=10 --set method.replays=8")
+    p.set_defaults(handler=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import main as bench
+
+    bench(recipe=args.recipe, model=args.model, batch_size=args.batch_size, image_size=args.image_size,
+          methods=args.methods, steps=args.steps, warmup=args.warmup, epochs=args.epochs,
+          num_classes=args.num_classes, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
+          overrides=args.overrides, output=args.output)
+    return 0
+
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval", formatter_class=_Formatter,
+        help="honest robustness evaluation: clean, PGD, AutoAttack, accuracy vs eps, gradient-masking checks",
+        description="Evaluate any model 'finetune' accepts (a run folder, hf-hub:ORG/NAME, local-dir:PATH, a timm "
+                    "name) on the first N examples of a split: clean accuracy, FGSM, PGD with restarts on the CE and "
+                    "margin losses, AutoAttack (APGD-CE, APGD-T, FAB-T, Square; optional extra: pip install "
+                    "'robustify[autoattack]'), an accuracy-vs-eps curve, and checks that flag gradient masking. On a "
+                    "run folder, data, eps and N default to the run's own, and the results update its metrics.json, "
+                    "config.json and model card.",
+    )
+    p.add_argument("model", metavar="MODEL", help="run folder, hf-hub:ORG/NAME, local-dir:PATH or timm name")
+    p.add_argument("--data", help="quickstart, cifar10, ORG/NAME, imagefolder:PATH or npz:PATH (run folder: its own)")
+    p.add_argument("--split", help="split to evaluate on (run folder: its eval split; else test)")
+    p.add_argument("--attack", default="clean,pgd,autoattack",
+                   help="comma-separated: clean, pgd, autoattack (clean and one-step FGSM always run: the checks "
+                        "compare against them)")
+    p.add_argument("--eps", help="perturbation radius in [0,1] pixel units, e.g. 8/255 (run folder: its own)")
+    p.add_argument("--norm", choices=("Linf", "L2"), help="threat model norm (run folder: its own; else Linf)")
+    p.add_argument("--n-examples", type=int, help="evaluate the first N examples of the split (run folder: as in "
+                                                  "its metrics.json; else 1000)")
+    p.add_argument("--preset", default="standard", choices=("standard", "quick"),
+                   help="standard: PGD-50 x 10 restarts and AutoAttack standard (the final report); quick: PGD-10 x 1 "
+                        "and a reduced AutoAttack, labelled 'quick' (a first look)")
+    p.add_argument("--pgd-steps", type=int, help="PGD steps (default: from --preset)")
+    p.add_argument("--pgd-restarts", type=int, help="PGD random restarts per loss (default: from --preset)")
+    p.add_argument("--pgd-loss", default="ce,cw", help="PGD losses: ce, cw (the margin loss) or ce,cw")
+    p.add_argument("--aa-version", choices=("standard", "quick"), help="AutoAttack budget (default: from --preset)")
+    p.add_argument("--no-curve", action="store_true", help="skip the accuracy-vs-eps curve")
+    p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
+    p.add_argument("--seed", type=int, default=0, help="seed of every attack's randomness")
+    p.add_argument("--batch-size", type=int, default=250, help="examples per attack batch")
+    p.add_argument("--output", metavar="FILE.json", help="write the full report as JSON (and FILE_eps_curve.png)")
+    p.add_argument("--plot", metavar="FILE.png", help="write the accuracy-vs-eps plot here")
+    p.add_argument("--no-update", action="store_true", help="leave a run folder's metrics.json and card unchanged")
+    p.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import time
+
+    from .config import parse_number
+    from .evaluate import run_eval
+    from .report import checks_table, eps_curve_table, eval_table, print_table
+
+    start = time.perf_counter()
+    attacks = tuple(a.strip() for a in args.attack.split(",") if a.strip())
+    eps = parse_number(args.eps, "--eps") if args.eps is not None else None
+    res = run_eval(args.model, data=args.data, split=args.split, eps=eps, norm=args.norm, n_examples=args.n_examples,
+                   attacks=attacks, preset=args.preset, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
+                   pgd_loss=args.pgd_loss, aa_version=args.aa_version, curve=not args.no_curve,
+                   checks=not args.no_checks, seed=args.seed, batch_size=args.batch_size, output=args.output,
+                   plot=args.plot, update_run=not args.no_update)
+    report = res.report
+    print_table(eval_table(report))
+    if "eps_curve" in report:
+        print_table(eps_curve_table(report))
+    if "checks" in report:
+        print_table(checks_table(report))
+    print(f"{report['n_examples']} examples (first {report['n_examples']} of {report['subset']['split']}, sha256 "
+          f"{report['subset']['sha256_16']}), seed {args.seed}, on {report['device']}, "
+          f"{time.perf_counter() - start:.1f} s")
+    if res.not_updated:
+        print(f"run folder not updated: {res.not_updated}")
+    if res.written:
+        print(f"wrote: {', '.join(res.written)}")
+    return 0
+
+
 # Each entry adds one subcommand's parser; the modules named in the handlers own the work.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _finetune_parser, _push_parser, _pull_parser, _zoo_parser,
+    _finetune_parser, _eval_parser, _push_parser, _pull_parser, _zoo_parser, _bench_parser,
 ]
 
 

@@ -188,6 +188,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         return parse_number(value, key)
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads a bare `no` (mixed_precision: no) as False
+            value = "no" if value is False else "true"
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key}={value!r} is not accepted; use a string")
         return str(value)

@@ -54,7 +54,9 @@ def write_run_folder(run_dir: Path, model: RobustModel, robustness: dict[str, An
     atomic_write_json(run_dir / "metrics.json", metrics)
     atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
     license_ = model.backbone.pretrained_cfg.get("license")
-    atomic_write_text(run_dir / "README.md", str(render_card(robustness, metrics, license=license_)))
+    plots = [p.name for p in sorted(run_dir.glob("*.png"))]
+    card = render_card(robustness, metrics, license=license_, recipe_yaml=recipe_yaml, files=plots)
+    atomic_write_text(run_dir / "README.md", str(card))
 
 
 def load_state_dict_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class PushResult:
     url: str
     files: list[str]
     created: bool
+    changed: bool  # False when the remote already held exactly these files (no commit was made)
 
 
 # --------------------------------------------------------------------------------------------- run folders
@@ -154,7 +156,7 @@ def resolve_token(required: bool) -> str | None:
 
 def _one_line(e: BaseException, token: str | None) -> str:
     """A one-line description of a client error, with the token (if a server echoed it) masked."""
-    text = " ".join(str(e).split()) or type(e).__name__
+    text = re.sub(r"\s*For more information check: \S+", "", " ".join(str(e).split())) or type(e).__name__
     if token:
         text = text.replace(token, "***")
     return text[:400]
@@ -211,8 +213,15 @@ def usage_text(repo_id: str, revision: str | None = None, local: Path | None = N
 def card_for_push(run: RunFolder, repo_id: str) -> str:
     from .card import render_card
 
+    evaluation = None
+    if (run.path / "eval.json").is_file():
+        try:
+            evaluation = json.loads((run.path / "eval.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            evaluation = None  # the card is still right without the eps table
     card = render_card(run.robustness, run.metrics, license=run.license, repo_id=repo_id,
-                       recipe_yaml=run.recipe_yaml, files=run.files)
+                       recipe_yaml=run.recipe_yaml, files=run.files,
+                       evaluation=evaluation if isinstance(evaluation, dict) else None)
     return str(card)
 
 
@@ -220,6 +229,8 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
          commit_message: str | None = None) -> PushResult:
     """Publish ``run_dir`` to ``repo_id`` (created when missing) in one commit on ``revision`` (default main)."""
     from huggingface_hub import CommitOperationAdd, HfApi
+
+    from .card import eps_text
 
     repo_id = _check_repo_id(repo_id)
     run = read_run_folder(run_dir)
@@ -244,8 +255,6 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
                                       else str(run.path / name)) for name in run.files]
     r = run.robustness
     tm = r["threat_model"]
-    from .card import eps_text
-
     after = run.metrics["after"]
     message = commit_message or f"robustify push: {r.get('name', run.path.name)}"
     description = (f"{r['method']['name']} on {r['base_model']} / {r['dataset']}, {tm['norm']} "
@@ -258,7 +267,8 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
         now = _safe_head(api, repo_id, branch)
         raise _push_error(e, repo_id, token, "uploading", changed=None if now is False else now != head,
                           head=head, branch=branch, created=created) from None
-    return PushResult(repo_id, branch, info.oid, info.commit_url, ["README.md", *run.files], created)
+    return PushResult(repo_id, branch, info.oid, info.commit_url, ["README.md", *run.files], created,
+                      changed=info.oid != head)
 
 
 def _safe_head(api: Any, repo_id: str, branch: str) -> str | None | bool:

@@ -100,6 +100,35 @@ class _MethodState:
             self.method.load_state_dict(state)
 
 
+class OptimizerStepper:
+    """What a method calls once per training loss: backward, and every ``train.grad_accum`` calls the schedule's
+    learning rate, gradient clipping, the optimizer step and zero_grad. Shared by the trainer and ``bench``, so the
+    benchmark times exactly the training step."""
+
+    def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 cfg: FinetuneConfig, total_micro_steps: int, opt_steps: int = 0) -> None:
+        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        self.lr, self.clip, self.accum = cfg.schedule.lr, cfg.optim.grad_clip, cfg.train.grad_accum
+        self.schedule = build_schedule(cfg.schedule)
+        self.total = max(total_micro_steps // self.accum, 1)  # optimizer steps in the whole run
+        self.micro = 0
+        self.opt_steps = opt_steps
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss / self.accum)
+        self.micro += 1
+        if self.micro % self.accum:
+            return
+        lr = self.lr * self.schedule(self.opt_steps / self.total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.clip:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.opt_steps += 1
+
+
 def _flatten_cfg(cfg: FinetuneConfig) -> dict[str, Any]:
     from .config import _flatten
 
@@ -185,7 +214,7 @@ def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
     return bool((gathered == gathered[0]).all().item())
 
 
-def _hardware(accelerator: Accelerator) -> dict[str, Any]:
+def hardware_info(accelerator: Accelerator) -> dict[str, Any]:
     dev = accelerator.device
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
     return {"device": f"{dev.type}: {name}", "world_size": accelerator.num_processes,
@@ -245,7 +274,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
 
     method = build_method(cfg.method, cfg.threat)
-    schedule = build_schedule(cfg.schedule)
     optimizer = build_optimizer(model, cfg)
     state = TrainState()
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, loaders.train)
@@ -272,23 +300,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     if state.before is None:
         state.before = _evaluate(raw, loaders, cfg, accelerator, "eval before") if main else {}
 
-    accum = cfg.train.grad_accum
-    micro = {"n": 0}
-
-    def optimize(loss: torch.Tensor) -> None:
-        accelerator.backward(loss / accum)
-        micro["n"] += 1
-        if micro["n"] % accum:
-            return
-        lr = cfg.schedule.lr * schedule(state.opt_steps / max(total_steps // accum, 1))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if cfg.optim.grad_clip:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        state.opt_steps += 1
-
+    optimize = OptimizerStepper(accelerator, model, optimizer, cfg, total_steps, opt_steps=state.opt_steps)
     ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=accelerator.autocast)
     best_path = run_dir / CHECKPOINTS / BEST
     start = time.perf_counter()
@@ -319,6 +331,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             seen += y.shape[0]
             if (i + 1) % cfg.train.log_every == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+        state.opt_steps = optimize.opt_steps
         state.batch_passes += batches_per_epoch * method.passes_per_batch
         state.example_passes += seen * accelerator.num_processes * method.passes_per_batch
         # the probe: same fixed minibatch every epoch; the main process measures, everyone acts on its verdict
@@ -381,7 +394,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             "selected_epoch": selected, "stopped": state.stopped,
             "cost": {"wall_seconds": state.wall_seconds, "epochs": state.epoch, "optimizer_steps": state.opt_steps,
                      "batch_passes": state.batch_passes, "example_passes": state.example_passes,
-                     "passes_per_batch": method.passes_per_batch, "hardware": _hardware(accelerator),
+                     "passes_per_batch": method.passes_per_batch, "hardware": hardware_info(accelerator),
                      "world_size": accelerator.num_processes, "ranks_in_sync": in_sync},
         }
         robustness = {
@@ -395,10 +408,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             "optimizer": cfg.optim.name,
             "results": {k: after.get(k) for k in ("clean_acc", "pgd_acc", "autoattack_acc") if k in after},
         }
+        plot_history(state.history, run_dir / "history.png")  # before the card, which embeds it
+        atomic_write_json(run_dir / "history.json", state.history)
         with contiguous_weights(raw, cfg.model.channels_last):
             write_run_folder(run_dir, raw, robustness, metrics, dump_yaml(cfg), loaders.label_names)
-        plot_history(state.history, run_dir / "history.png")
-        atomic_write_json(run_dir / "history.json", state.history)
         print_table(history_table(state.history))
         print_table(before_after_table(state.before, after))
         say(f"run folder: {run_dir}  (load with timm.create_model('local-dir:{run_dir}', pretrained=True))")

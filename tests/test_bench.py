@@ -1,0 +1,123 @@
+"""``robustify bench``: the report's schema and cost accounting, and its errors. Never its timings.
+
+Timings depend on the machine and on whatever else runs on it (these tests share 2 CPU cores with other suites), so
+nothing here compares one time with another: the tests check that every time is measured (positive) and that the
+pass counts and relative costs follow from the method settings.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robustify.cli import main as cli_main
+from tests.test_config import run_cli
+
+TINY = ["--batch-size", "16", "--warmup", "2", "--steps", "3"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    """One tiny bench of all four methods through the real command (a fresh process: its own Accelerator state)."""
+    out = tmp_path_factory.mktemp("bench") / "sub" / "bench.json"
+    # one intra-op thread: on a shared 2-core machine, 2 OpenMP threads competing with other processes can make a
+    # step 100x slower (spin-waits); the numbers are not checked, only the time the test takes matters here
+    res = run_cli("bench", *TINY, "--methods", "natural,fgsm-rs,free,pgd", "--epochs", "8",
+                  "--set", "method.steps=3", "--set", "method.replays=3", "--output", str(out),
+                  env={"OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    return json.loads(out.read_text()), res.stdout
+
+
+def test_schema(report: tuple[dict, str]):
+    data, _ = report
+    assert set(data) == {"hardware", "config", "results"}
+    hw, cfg = data["hardware"], data["config"]
+    assert {"device", "device_type", "device_name", "torch", "cpu_count", "mixed_precision", "channels_last"} <= set(hw)
+    assert hw["device_type"] in ("cpu", "cuda") and hw["mixed_precision"] == "no" and hw["channels_last"] is False
+    assert cfg["model"] == "quickstart" and cfg["input_size"] == [3, 32, 32] and cfg["batch_size"] == 16
+    assert cfg["warmup_steps"] == 2 and cfg["timed_steps"] == 3 and cfg["epochs"] == 8
+    assert cfg["methods"] == ["natural", "fgsm-rs", "free", "pgd"]
+    assert [r["method"] for r in data["results"]] == cfg["methods"]
+    keys = {"method", "seconds_per_batch", "images_per_second", "passes_per_batch", "relative_cost_per_batch",
+            "relative_cost_per_run", "epochs_run", "step_seconds", "peak_memory_mb", "note"}
+    for r in data["results"]:
+        assert keys <= set(r), keys - set(r)
+        assert len(r["step_seconds"]) == 3
+
+
+def test_passes_follow_the_method_settings(report: tuple[dict, str]):
+    passes = {r["method"]: r["passes_per_batch"] for r in report[0]["results"]}
+    assert passes == {"natural": 1, "fgsm-rs": 2, "free": 3, "pgd": 3 + 1}  # free: m; pgd: steps + 1
+
+
+def test_times_are_measured_and_costs_are_relative_to_natural(report: tuple[dict, str]):
+    results = {r["method"]: r for r in report[0]["results"]}
+    for r in results.values():
+        assert all(t > 0 for t in r["step_seconds"]) and r["seconds_per_batch"] > 0
+        assert r["images_per_second"] == pytest.approx(16 / r["seconds_per_batch"])
+        assert r["relative_cost_per_batch"] == pytest.approx(r["seconds_per_batch"]
+                                                             / results["natural"]["seconds_per_batch"])
+    nat = results["natural"]
+    assert nat["relative_cost_per_batch"] == 1 and nat["relative_cost_per_run"] == 1
+    # a run of E=8 epochs: free-3 makes ceil(8/3) = 3 passes over the data, the others 8
+    assert [results[m]["epochs_run"] for m in ("natural", "fgsm-rs", "free", "pgd")] == [8, 8, 3, 8]
+    free = results["free"]
+    assert free["relative_cost_per_run"] == pytest.approx(free["relative_cost_per_batch"] * 3 / 8)
+    assert results["pgd"]["relative_cost_per_run"] == pytest.approx(results["pgd"]["relative_cost_per_batch"])
+
+
+def test_terminal_table(report: tuple[dict, str]):
+    _, stdout = report
+    for text in ("robustify bench", "natural", "fgsm-rs", "free-3", "pgd-3", "replayed m=3", "wrote"):
+        assert text in stdout, text
+
+
+def test_notes_name_the_unit_and_flag_unsteady_times():
+    from robustify.bench import bench_notes
+
+    report = {"hardware": {"device_type": "cpu", "device_name": "x", "cpu_count": 2, "torch_threads": 2,
+                           "torch": "2"},
+              "config": {"methods": ["pgd"], "timed_steps": 3, "warmup_steps": 1},
+              "results": [{"method": "natural", "passes_per_batch": 1, "note": "unit"},
+                          {"method": "pgd", "passes_per_batch": 8, "note": "pgd"}]}
+    lines = bench_notes(report)
+    assert lines[:2] == ["natural: unit", "pgd-7: pgd"] and "natural was timed too" in lines[-1]
+    report["results"][1].update(seconds_per_batch_min=0.1, seconds_per_batch_max=0.3)  # unsteady steps are flagged
+    assert bench_notes(report)[-1].startswith("warning: step times varied") and "pgd-7 100.0 ms-300.0 ms" in \
+        bench_notes(report)[-1]
+
+
+def test_unknown_method_exits_2_with_one_line():
+    res = run_cli("bench", "--methods", "natural,fgsm")
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert "fgsm" in lines[0] and "natural, fgsm-rs" in lines[0] and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "pgd,bogus"], "unknown method 'bogus'"),
+    (["--methods", ","], "--methods is empty"),
+    (["--batch-size", "0"], "--batch-size 0"),
+    (["--batch-size", "-4"], "--batch-size -4"),
+    (["--image-size", "4"], "--image-size 4"),
+    (["--steps", "0"], "--steps 0"),
+    (["--warmup", "-1"], "--warmup -1"),
+    (["--epochs", "0"], "--epochs 0"),
+    (["--mixed-precision", "fp8"], "train.mixed_precision='fp8'"),
+    (["--set", "method.steps=0"], "method.steps=0"),
+    (["--model", "definitely_not_a_model"], "definitely_not_a_model"),
+])
+def test_bad_input_is_a_one_line_user_error(args: list[str], message: str, capsys: pytest.CaptureFixture[str]):
+    assert cli_main(["bench", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("robustify: error:") and message in err[0], err
+
+
+def test_help_lists_bench(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit):
+        cli_main(["bench", "--help"])
+    out = capsys.readouterr().out
+    assert "--methods" in out and "--output" in out and "offline" in out
