@@ -161,7 +161,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("sgd", "adamw"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.select": ("best-robust", "last"),
-    "eval.pgd_loss": ("ce", "cw"),
+    "eval.pgd_loss": ("ce", "cw", "ce+cw"),
 }
 PIXEL_KEYS = {"threat.eps", "method.alpha"}
 

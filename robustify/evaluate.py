@@ -1,24 +1,54 @@
-"""Robust evaluation: clean accuracy and PGD (with restarts) on a fixed, recorded subset of the eval split.
+"""Robust evaluation: clean, FGSM, PGD (restarts, CE and margin losses), AutoAttack, accuracy vs eps, masking checks.
 
-Each example is attacked once per restart and counts as robust only if it survives every restart. Accuracies are
-fractions in [0,1] over the first ``n_examples`` examples of the split (RobustBench's first-N convention).
+A robustness number is only worth the attack behind it, so every example is counted as robust only if it survives
+*every* attack run on it: every PGD restart and loss, and every attack of the AutoAttack cascade. PGD also counts an
+example as broken if *any* iterate fools the model (the logits of each step are computed anyway), which makes it
+strictly stronger than looking at the last iterate only, at no extra cost.
+
+Examples are the first ``n_examples`` of the split (RobustBench's first-N convention), decoded once at the model's
+input size; the subset is recorded with a hash. Randomness comes from generators seeded with ``seed``, so a run is
+reproducible. Inner attack loops never synchronise with the host; between PGD restarts the examples already broken
+are dropped (one synchronisation per restart), which is where most of the saving on robust models comes from.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from . import attacks
 from .data import to_unit
+from .errors import UserError
+
+ATTACK_CHOICES = ("clean", "fgsm", "pgd", "autoattack")
+PRESETS: dict[str, dict[str, Any]] = {
+    # the final report: PGD-50 x 10 restarts on CE and on the margin loss, AutoAttack as in RobustBench
+    "standard": {"pgd_steps": 50, "pgd_restarts": 10, "aa_version": "standard"},
+    # a quick look (seconds on a CPU for small models); labelled "quick" wherever its numbers appear
+    "quick": {"pgd_steps": 10, "pgd_restarts": 1, "aa_version": "quick"},
+}
+CURVE_FACTORS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
+# ------------------------------------------------------------------------------------------------ PGD core
 def _batches(loader: Iterable, device: torch.device):
     for x, y in loader:
         yield to_unit(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
+
+
+def bar_for(total: int, desc: str, progress: bool = True) -> tqdm:
+    """A progress bar per attack. ``disable`` is only passed to switch it off, so ``TQDM_DISABLE=1`` still works."""
+    return tqdm(total=total, desc=desc, unit="ex", leave=False, **({} if progress else {"disable": True}))
 
 
 @torch.no_grad()
@@ -26,40 +56,605 @@ def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1)
 
 
+def _pgd_fooled(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int,
+                alpha: float, loss_fn: attacks.LossFn, generator: torch.Generator | None,
+                step_correct: torch.Tensor | None = None, count: torch.Tensor | None = None) -> torch.Tensor:
+    """One PGD run from a random start; True where *some* iterate (start, each step, the end) fools the model.
+
+    ``step_correct`` (length steps + 1, on the device) accumulates, for the examples in ``count``, how many are
+    classified correctly at each iterate: the last-iterate accuracy after 0..steps steps, for the masking checks.
+    """
+    delta = attacks.random_init(x, eps, norm, generator)
+    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for t in range(steps + 1):
+        if t < steps:
+            grad, logits = attacks.input_gradient(model, x, delta, y, loss_fn)
+        else:
+            with torch.no_grad():
+                logits = model(x + delta)
+        wrong = logits.argmax(1) != y
+        fooled |= wrong
+        if step_correct is not None:
+            step_correct[t] += (~wrong & count).sum()
+        if t < steps:
+            delta = attacks.clamp_to_image(x, attacks.project(attacks.gradient_step(delta, grad, alpha, norm), eps,
+                                                              norm))
+    return fooled
+
+
+def pgd_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
+               steps: int = 50, restarts: int = 1, losses: tuple[str, ...] = ("ce",), alpha: float | None = None,
+               generator: torch.Generator | None = None, robust: torch.Tensor | None = None,
+               step_correct: torch.Tensor | None = None, stages: dict[str, torch.Tensor] | None = None
+               ) -> torch.Tensor:
+    """Per example: correct on ``x`` and not fooled by any of ``restarts`` PGD runs on each loss in ``losses``.
+
+    The first run attacks the whole batch (no host synchronisation at all, as the training probe needs); later runs
+    attack only the examples still robust. ``stages`` (optional) receives the mask after the first run
+    (``"first"``) and after each loss (``"ce"``, ``"cw"``).
+    """
+    attacks._check_norm(norm)
+    if robust is None:
+        robust = predict(model, x) == y
+    if eps <= 0 or steps <= 0:
+        return robust
+    alpha = 2.5 * eps / steps if alpha is None else alpha
+    first = True
+    for loss in losses:
+        loss_fn = attacks.LOSSES[loss]
+        for _ in range(restarts):
+            if first:
+                fooled = _pgd_fooled(model, x, y, eps, norm, steps, alpha, loss_fn, generator, step_correct, robust)
+                robust = robust & ~fooled
+                first = False
+                if stages is not None:
+                    stages["first"] = robust
+                continue
+            idx = robust.nonzero().flatten()  # one host synchronisation per restart, never per step
+            if idx.numel() == 0:
+                break
+            fooled = _pgd_fooled(model, x[idx], y[idx], eps, norm, steps, alpha, loss_fn, generator)
+            robust = robust.index_put((idx,), ~fooled)
+        if stages is not None:
+            stages[loss] = robust
+    return robust
+
+
+def parse_losses(loss: str | Iterable[str]) -> tuple[str, ...]:
+    """``"ce"``, ``"cw"``, ``"ce+cw"`` / ``"ce,cw"`` or a sequence → a tuple of loss names (validated)."""
+    names = tuple(loss.replace("+", ",").split(",")) if isinstance(loss, str) else tuple(loss)
+    names = tuple(n.strip() for n in names if n.strip())
+    bad = [n for n in names if n not in attacks.LOSSES]
+    if bad or not names:
+        raise UserError(f"PGD loss {bad[0] if bad else loss!r} is not accepted; use ce, cw or ce+cw")
+    return names
+
+
 def pgd_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int,
                 restarts: int = 1, alpha: float | None = None, loss: str = "ce",
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-example correctness (bool) under PGD with restarts; clean-misclassified examples count as not robust."""
-    delta = attacks.pgd(model, x, y, eps, alpha, steps, norm, restarts=restarts, loss=loss, generator=generator)
-    return (predict(model, x + delta) == y) & (predict(model, x) == y)
+    return pgd_robust(model, x, y, eps, norm, steps, restarts, parse_losses(loss), alpha, generator)
 
 
 def evaluate_pgd(model: torch.nn.Module, loader: Iterable, eps: float, norm: str = "Linf", steps: int = 20,
                  restarts: int = 1, loss: str = "ce", alpha: float | None = None, seed: int = 0,
                  device: torch.device | str = "cpu", autocast=contextlib.nullcontext, desc: str = "eval",
                  disable_progress: bool = False) -> dict:
-    """Clean and PGD accuracy of ``model`` (in eval mode) on every example the loader yields."""
+    """Clean and PGD accuracy of ``model`` (in eval mode) on every example the loader yields.
+
+    This is what ``finetune`` runs before and after training and, with few steps, as its per-epoch probe; it uses
+    the same PGD as ``robustify eval``.
+    """
     device = torch.device(device)
+    losses = parse_losses(loss)
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=device).manual_seed(seed)
-    clean = robust = total = 0
+    total = 0
     clean_t = torch.zeros((), device=device, dtype=torch.long)
     robust_t = torch.zeros((), device=device, dtype=torch.long)
     try:
         for x, y in tqdm(_batches(loader, device), desc=desc, total=len(loader), leave=False, disable=disable_progress):
             with autocast():
-                clean_t += (predict(model, x) == y).sum()
-                if eps > 0:
-                    robust_t += pgd_correct(model, x, y, eps, norm, steps, restarts, alpha, loss, gen).sum()
+                clean = predict(model, x) == y
+                clean_t += clean.sum()
+                robust_t += pgd_robust(model, x, y, eps, norm, steps, restarts, losses, alpha, gen, clean).sum()
             total += y.numel()
     finally:
         model.train(was_training)
-    clean, robust = clean_t.item(), robust_t.item() if eps > 0 else clean_t.item()
+    clean, robust = clean_t.item(), robust_t.item()
     return {
         "clean_acc": clean / max(total, 1),
         "pgd_acc": robust / max(total, 1),
-        "pgd": {"norm": norm, "eps": eps, "steps": steps, "restarts": restarts, "loss": loss,
+        "pgd": {"norm": norm, "eps": eps, "steps": steps, "restarts": restarts, "loss": "+".join(losses),
                 "alpha": 2.5 * eps / steps if alpha is None else alpha},
         "n_examples": total,
     }
+
+
+def autoattack_accuracy(model: torch.nn.Module, loader: Iterable, threat: Any, device: torch.device | str = "cpu",
+                        version: str = "standard", seed: int = 0) -> dict:
+    """AutoAttack robust accuracy of ``model`` on every example the loader yields (``finetune`` with
+    ``eval.autoattack: true``). ``threat`` has ``norm`` and ``eps``. Needs ``pip install 'robustify[autoattack]'``."""
+    from .autoattack import require, run_autoattack, settings_for
+
+    require()
+    batches = list(loader)
+    x = torch.cat([b[0] for b in batches]) if batches else torch.zeros(0, 3, 1, 1)
+    y = torch.cat([b[1] for b in batches]) if batches else torch.zeros(0, dtype=torch.long)
+    res = run_autoattack(model, x, y, threat.eps, threat.norm, settings_for(version), seed=seed, device=device)
+    return {"autoattack_acc": res["autoattack_acc"], "autoattack": res["autoattack"], "autoattack_version": version}
+
+
+# ------------------------------------------------------------------------------------------- the examples
+@dataclass
+class Examples:
+    """The fixed, recorded subset: the first ``n`` examples of ``split``, as uint8 (N,C,H,W) at the input size."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    data: str
+    split: str
+    num_classes: int
+    label_names: list[str] | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.y.shape[0])
+
+    def record(self) -> dict[str, Any]:
+        digest = hashlib.sha256(self.x.numpy().tobytes() + self.y.numpy().tobytes()).hexdigest()[:16]
+        return {"data": self.data, "split": self.split, "first_n": self.n, "input_size": list(self.x.shape[1:]),
+                "sha256_16": digest}
+
+
+def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module, progress: bool = True) -> Examples:
+    """Decode the first ``n_examples`` of ``split`` once, with timm's eval transform at the model's input size."""
+    from timm.data import resolve_data_config
+
+    from .data import eval_transform, get_dataset, label_names, num_classes
+
+    ds = get_dataset(data, split)
+    n = min(n_examples, len(ds))
+    if n == 0:
+        raise UserError(f"data {data!r} split {split!r} has no examples to evaluate on")
+    ds = ds.select(range(n))
+    backbone = getattr(model, "backbone", model)
+    cfg = resolve_data_config(model=backbone)
+    input_size = tuple(getattr(model, "input_size", cfg["input_size"]))
+    transform = eval_transform(input_size, cfg.get("interpolation", "bilinear"), cfg.get("crop_pct", 1.0))
+    xs: list[torch.Tensor] = []
+    with bar_for(n, f"loading {data} {split}", progress) as bar:
+        for batch in ds.iter(batch_size=256):
+            for img in batch["image"]:
+                xs.append((transform(img.convert("RGB")) * 255.0).round_().to(torch.uint8))
+            bar.update(len(batch["image"]))
+    return Examples(torch.stack(xs), torch.tensor(ds["label"], dtype=torch.long), data, split, num_classes(ds),
+                    label_names(ds))
+
+
+# ------------------------------------------------------------------------------------------ the evaluation
+@dataclass
+class EvalSettings:
+    """What to run. Defaults are the ``standard`` preset (the final report)."""
+
+    eps: float
+    norm: str = "Linf"
+    attacks: tuple[str, ...] = ("clean", "pgd", "autoattack")
+    preset: str = "standard"
+    pgd_steps: int = 50
+    pgd_restarts: int = 10
+    pgd_losses: tuple[str, ...] = ("ce", "cw")
+    pgd_alpha: float | None = None
+    aa_version: str = "standard"
+    aa_overrides: dict[str, Any] = field(default_factory=dict)  # budgets (tests); the version becomes "custom"
+    curve: bool = True
+    checks: bool = True
+    seed: int = 0
+    batch_size: int = 250
+
+    @classmethod
+    def from_preset(cls, preset: str, eps: float, **kwargs: Any) -> EvalSettings:
+        if preset not in PRESETS:
+            raise UserError(f"--preset {preset!r} is not accepted; choose one of: {', '.join(PRESETS)}")
+        values = dict(PRESETS[preset]) | {k: v for k, v in kwargs.items() if v is not None}
+        return cls(eps=eps, preset=preset, **values)
+
+    def validate(self) -> EvalSettings:
+        if self.norm not in attacks.NORMS:
+            _bad("--norm", self.norm, attacks.NORMS)
+        for a in self.attacks:
+            if a not in ATTACK_CHOICES:
+                _bad("--attack", a, ATTACK_CHOICES)
+        if self.eps <= 0 or (self.norm == "Linf" and self.eps > 1):
+            raise UserError(f"--eps {self.eps:g} is not accepted; use eps in (0, 1] pixel units for Linf (e.g. 8/255) "
+                            "or > 0 for L2")
+        for name in ("pgd_steps", "pgd_restarts", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is not accepted; use 1 or more")
+        self.pgd_losses = parse_losses(self.pgd_losses)
+        return self
+
+    @property
+    def alpha(self) -> float:
+        return 2.5 * self.eps / self.pgd_steps if self.pgd_alpha is None else self.pgd_alpha
+
+
+def _bad(flag: str, value: Any, choices: Iterable[str]) -> None:
+    raise UserError(f"{flag} {value!r} is not accepted; choose from: {', '.join(choices)}")
+
+
+def large_eps(norm: str, eps: float, input_size: tuple[int, ...]) -> float:
+    """An eps at which every image can be turned into the same flat grey image, so no classifier can stay accurate:
+    0.5 for Linf, 0.5 * sqrt(C*H*W) for L2 (never smaller than 4 eps)."""
+    base = 0.5 if norm == "Linf" else 0.5 * math.sqrt(math.prod(input_size))
+    return max(base, 4 * eps) if norm == "L2" else min(1.0, max(base, 4 * eps))
+
+
+class _Runner:
+    """Runs one attack over the subset in batches, with a progress bar; returns a per-example bool mask (CPU)."""
+
+    def __init__(self, model: torch.nn.Module, ex: Examples, batch_size: int, device: torch.device, progress: bool):
+        self.model, self.ex, self.bs, self.device, self.progress = model, ex, batch_size, device, progress
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+            start: torch.Tensor | None = None) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = []
+        with bar_for(self.ex.n, name, self.progress) as bar:
+            for i in range(0, self.ex.n, self.bs):
+                x = to_unit(self.ex.x[i:i + self.bs].to(self.device))
+                y = self.ex.y[i:i + self.bs].to(self.device)
+                prior = (start[i:i + self.bs] if start is not None else torch.ones_like(y, dtype=torch.bool))
+                out.append(fn(x, y, prior.to(self.device)).cpu())
+                bar.update(y.numel())
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        return torch.cat(out)
+
+    def generator(self, offset: int, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + offset)
+
+
+def _acc(mask: torch.Tensor) -> float:
+    return int(mask.sum()) / mask.numel() if mask.numel() else 0.0
+
+
+def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torch.device | str = "cpu",
+             progress: bool = True) -> dict[str, Any]:
+    """Every requested attack on the fixed subset, the accuracy-vs-eps curve and the gradient-masking checks.
+
+    Returns the report (JSON-ready): ``clean_acc``, ``fgsm_acc``, ``pgd_acc``, ``autoattack_acc`` (fractions),
+    ``robust_acc`` (robust to every attack run), settings, ``eps_curve``, ``checks`` and timings.
+    """
+    from . import checks as checks_mod
+
+    s.validate()
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    run = _Runner(model, ex, s.batch_size, device, progress)
+    t_start = time.perf_counter()
+    report: dict[str, Any] = {
+        "threat_model": {"norm": s.norm, "eps": s.eps}, "n_examples": ex.n, "subset": ex.record(),
+        "preset": s.preset, "attacks": list(s.attacks), "seed": s.seed, "batch_size": s.batch_size,
+        "device": str(device),
+    }
+    masks: dict[str, torch.Tensor] = {}
+    extra: dict[str, Any] = {}
+    try:
+        masks["clean"] = clean = run.run("clean", lambda x, y, p: predict(model, x) == y)
+        report["clean_acc"] = _acc(clean)
+
+        masks["fgsm"] = run.run("fgsm", lambda x, y, p: p & (predict(
+            model, x + attacks.fgsm(model, x, y, s.eps, norm=s.norm, random_start=False)) == y), clean)
+        report["fgsm_acc"] = _acc(masks["fgsm"])
+        report["fgsm"] = {"norm": s.norm, "eps": s.eps, "alpha": s.eps, "random_start": False}
+
+        if "pgd" in s.attacks:
+            _run_pgd(run, s, report, masks, extra)
+        if s.curve:
+            _run_curve(run, s, report, masks, extra)
+        if s.checks:
+            _run_check_attacks(run, s, report, masks, extra)
+        if "autoattack" in s.attacks:
+            from .autoattack import run_autoattack, settings_for
+
+            t0 = time.perf_counter()
+            res = run_autoattack(model, ex.x, ex.y, s.eps, s.norm, settings_for(s.aa_version, **s.aa_overrides),
+                                 seed=s.seed, batch_size=s.batch_size, device=device, robust=clean, progress=progress)
+            masks["autoattack"] = res.pop("robust_mask")
+            extra["square_only"] = res.pop("square_only_mask")
+            report.update(res)
+            report["autoattack_version"] = report["autoattack"]["version"]
+            run.seconds["autoattack"] = round(time.perf_counter() - t0, 2)
+    finally:
+        model.train(was_training)
+    worst = clean.clone()
+    for name in ("fgsm", "pgd", "autoattack"):
+        if name in masks:
+            worst &= masks[name]
+    report["robust_acc"] = _acc(worst)
+    if s.checks:
+        report["checks"] = checks_mod.run_checks(report, masks, extra)
+    run.seconds["total"] = round(time.perf_counter() - t_start, 2)
+    report["seconds"] = run.seconds
+    return report
+
+
+def _run_pgd(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: dict) -> None:
+    gen = run.generator(2, s.seed)
+    step_correct = torch.zeros(s.pgd_steps + 1, device=run.device, dtype=torch.long)
+    stage_masks: dict[str, list[torch.Tensor]] = {}
+
+    def fn(x: torch.Tensor, y: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        stages: dict[str, torch.Tensor] = {}
+        out = pgd_robust(run.model, x, y, s.eps, s.norm, s.pgd_steps, s.pgd_restarts, s.pgd_losses, s.pgd_alpha,
+                         gen, prior, step_correct, stages)
+        for k, v in stages.items():
+            stage_masks.setdefault(k, []).append(v.cpu())
+        return out
+
+    losses = "+".join(s.pgd_losses)
+    masks["pgd"] = run.run(f"pgd-{s.pgd_steps} x{s.pgd_restarts} {losses}", fn, masks["clean"])
+    stages = {k: torch.cat(v) for k, v in stage_masks.items()}
+    masks["pgd_first"] = stages.get("first", masks["pgd"])
+    report["pgd_acc"] = _acc(masks["pgd"])
+    report["pgd"] = {
+        "norm": s.norm, "eps": s.eps, "steps": s.pgd_steps, "restarts": s.pgd_restarts, "loss": losses,
+        "alpha": s.alpha, "random_start": True, "counts_any_iterate": True,
+        "first_run_acc": _acc(masks["pgd_first"]),
+        "per_loss_acc": {k: _acc(v) for k, v in stages.items() if k in attacks.LOSSES},
+        "last_iterate_acc_by_step": [round(c / max(run.ex.n, 1), 4) for c in step_correct.tolist()],
+    }
+
+
+def _curve_attack(run: _Runner, s: EvalSettings, eps: float, offset: int, name: str,
+                  clean: torch.Tensor) -> torch.Tensor:
+    """PGD-CE, one restart, the main step count (step size 2.5 eps / steps) at ``eps``."""
+    gen = run.generator(offset, s.seed)
+    return run.run(name, lambda x, y, p: pgd_robust(run.model, x, y, eps, s.norm, s.pgd_steps, 1, ("ce",), None,
+                                                     gen, p), clean)
+
+
+def _run_curve(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: dict) -> None:
+    """PGD-CE (one restart, the main step count) at each eps of the curve; raw, so a rise shows up in the checks."""
+    points = []
+    for k, factor in enumerate(CURVE_FACTORS):
+        eps = s.eps * factor
+        if s.norm == "Linf":
+            eps = min(eps, 1.0)
+        if factor == 0:
+            acc = report["clean_acc"]
+        elif factor == 1.0 and "pgd_first" in masks and s.pgd_losses[0] == "ce" and s.pgd_alpha is None:
+            acc = _acc(masks["pgd_first"])  # the main PGD's first run is exactly this attack
+        else:
+            acc = _acc(_curve_attack(run, s, eps, 10 + k, f"curve eps={eps:.4g}", masks["clean"]))
+        points.append({"eps": eps, "acc": acc})
+    report["eps_curve"] = {"attack": {"name": "pgd", "steps": s.pgd_steps, "restarts": 1, "loss": "ce",
+                                      "alpha": "2.5 eps / steps", "norm": s.norm}, "points": points}
+
+
+def _run_check_attacks(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: dict) -> None:
+    """The two measurements the checks need beyond the attacks themselves: PGD at a huge eps, input gradients."""
+    from .checks import LARGE_EPS_ACC, zero_gradient_fractions
+
+    last = report.get("eps_curve", {}).get("points", [{}])[-1]
+    if last.get("acc", 1.0) <= LARGE_EPS_ACC:  # fooled within a smaller ball means fooled within the huge one
+        extra["large_eps"] = {"eps": last["eps"], "acc": last["acc"], "from_curve": True}
+    else:
+        big = large_eps(s.norm, s.eps, tuple(run.ex.x.shape[1:]))
+        mask = _curve_attack(run, s, big, 30, f"large eps={big:.3g}", masks["clean"])
+        extra["large_eps"] = {"eps": big, "acc": _acc(mask)}
+    t0 = time.perf_counter()
+    extra["zero_grad"] = zero_gradient_fractions(run.model, run.ex, s.batch_size, run.device)
+    run.seconds["gradients"] = round(time.perf_counter() - t0, 2)
+
+
+# --------------------------------------------------------------------------------------------- run folders
+@dataclass
+class RunInfo:
+    """What a run folder (``finetune`` output) says about how its model should be evaluated."""
+
+    path: Path
+    robustness: dict[str, Any]
+    metrics: dict[str, Any]
+
+    @property
+    def data(self) -> str:
+        return self.robustness.get("dataset", "")
+
+    @property
+    def split(self) -> str:
+        return self.robustness.get("eval_split", "test")
+
+    @property
+    def eps(self) -> float:
+        return float(self.robustness["threat_model"]["eps"])
+
+    @property
+    def norm(self) -> str:
+        return self.robustness["threat_model"]["norm"]
+
+    @property
+    def n_examples(self) -> int | None:
+        return (self.metrics.get("after") or {}).get("n_examples")
+
+
+def read_run(spec: str) -> RunInfo | None:
+    """The run folder behind ``spec`` (a path or ``local-dir:PATH``), or None if it is not one."""
+    from .fileio import read_json
+    from .models import is_model_folder
+
+    path = Path(spec.removeprefix("local-dir:")).expanduser()
+    if not (is_model_folder(path) and (path / "metrics.json").is_file()):
+        return None
+    try:
+        config, metrics = read_json(path / "config.json"), read_json(path / "metrics.json")
+    except (OSError, ValueError) as e:
+        raise UserError(f"run folder {str(path)!r}: cannot read its JSON files ({str(e).splitlines()[0]})") from None
+    robustness = config.get("robustness") if isinstance(config, dict) else None
+    if not isinstance(robustness, dict) or "threat_model" not in robustness or not isinstance(metrics, dict):
+        return None
+    return RunInfo(path, robustness, metrics)
+
+
+def matches_run(run: RunInfo, report: dict[str, Any]) -> str | None:
+    """None when the evaluation measured the run's own threat model on its own data; else why not."""
+    tm, sub = report["threat_model"], report["subset"]
+    if sub["data"] != run.data or sub["split"] != run.split:
+        return f"evaluated on {sub['data']}/{sub['split']}, but the model was trained for {run.data}/{run.split}"
+    if tm["norm"] != run.norm or not math.isclose(tm["eps"], run.eps, rel_tol=1e-6, abs_tol=1e-9):
+        return f"evaluated at {tm['norm']} eps={tm['eps']:.4g}, but the model is for {run.norm} eps={run.eps:.4g}"
+    return None
+
+
+def after_block(report: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """metrics.json's "after" block from an evaluation. Measurements this evaluation did not make are kept only if
+    they were made on the same examples (same split and n), so a block never mixes subsets."""
+    prev = dict(previous or {})
+    same_subset = prev.get("n_examples") == report["n_examples"] and prev.get("split", report["subset"]["split"]) \
+        == report["subset"]["split"]
+    after = {k: v for k, v in prev.items() if same_subset or k not in ("pgd_acc", "pgd", "autoattack_acc",
+                                                                         "autoattack", "autoattack_version")}
+    after.update({"clean_acc": report["clean_acc"], "n_examples": report["n_examples"],
+                  "split": report["subset"]["split"], "fgsm_acc": report["fgsm_acc"],
+                  "robust_acc": report["robust_acc"]})
+    for key in ("pgd_acc", "pgd", "autoattack_acc", "autoattack_version"):
+        if key in report:
+            after[key] = report[key]
+    if "autoattack" in report:
+        aa = report["autoattack"]
+        after["autoattack"] = {k: aa[k] for k in ("package", "version", "attacks", "per_attack", "settings")}
+    if "checks" in report:
+        after["checks"] = {"passed": report["checks"]["passed"], "verdict": report["checks"]["verdict"]}
+    after["evaluated_by"] = "robustify eval"
+    after["evaluated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return after
+
+
+def update_run_folder(run: RunInfo, report: dict[str, Any], plot: bool = True) -> list[str]:
+    """Write the evaluation into the run folder: eval.json, eps_curve.png, metrics.json "after", config.json's
+    robustness results and the model card. Returns the names of the files written."""
+    from .card import render_card
+    from .fileio import atomic_write_json, atomic_write_text, read_json
+    from .report import plot_eps_curve
+
+    written = ["eval.json"]
+    atomic_write_json(run.path / "eval.json", report)
+    if plot and "eps_curve" in report:
+        plot_eps_curve(report, run.path / "eps_curve.png")
+        written.append("eps_curve.png")
+    metrics = dict(run.metrics)
+    metrics["after"] = after_block(report, metrics.get("after"))
+    atomic_write_json(run.path / "metrics.json", metrics)
+    config = read_json(run.path / "config.json")
+    robustness = dict(config["robustness"])
+    robustness["results"] = {k: metrics["after"][k] for k in ("clean_acc", "pgd_acc", "autoattack_acc")
+                             if metrics["after"].get(k) is not None}
+    config["robustness"] = robustness
+    atomic_write_json(run.path / "config.json", config)
+    written += ["metrics.json", "config.json"]
+    if "before" in metrics and "cost" in metrics:
+        license_ = (config.get("pretrained_cfg") or {}).get("license")
+        files = sorted(p.name for p in run.path.iterdir() if p.is_file())
+        card = render_card(robustness, metrics, license=license_, files=files)
+        atomic_write_text(run.path / "README.md", str(card))
+        written.append("README.md")
+    run.metrics, run.robustness = metrics, robustness
+    return written
+
+
+def settings_record(s: EvalSettings) -> dict[str, Any]:
+    d = asdict(s)
+    d["attacks"], d["pgd_losses"] = list(s.attacks), list(s.pgd_losses)
+    return d
+
+
+# ------------------------------------------------------------------------------------------ the command
+@dataclass
+class EvalOutcome:
+    report: dict[str, Any]
+    run: RunInfo | None = None
+    written: list[str] = field(default_factory=list)  # paths written
+    not_updated: str | None = None  # why a run folder was left as it was
+
+
+def eval_device() -> torch.device:
+    """The device through Accelerate (CUDA when present; ``ACCELERATE_USE_CPU=1`` forces the CPU)."""
+    import os
+
+    from accelerate import PartialState
+
+    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    state = PartialState(cpu=use_cpu)
+    if state.num_processes > 1:
+        raise UserError("robustify eval runs in one process on one device; start it without accelerate launch/torchrun")
+    return state.device
+
+
+def run_eval(model: str, *, data: str | None = None, split: str | None = None, eps: float | None = None,
+             norm: str | None = None, n_examples: int | None = None,
+             attacks: tuple[str, ...] = ("clean", "pgd", "autoattack"), preset: str = "standard",
+             pgd_steps: int | None = None, pgd_restarts: int | None = None, pgd_loss: str | None = None,
+             aa_version: str | None = None, curve: bool = True, checks: bool = True, seed: int = 0,
+             batch_size: int = 250, output: str | Path | None = None, plot: str | Path | None = None,
+             update_run: bool = True, progress: bool = True) -> EvalOutcome:
+    """``robustify eval``: load any model ``finetune`` accepts, evaluate it, write the JSON / PNG, and update a run
+    folder when the evaluation measured the run's own threat model on its own data.
+
+    For a run folder, data, split, eps, norm and the number of examples default to the run's own.
+    """
+    from . import __version__
+    from .fileio import atomic_write_json
+    from .models import load
+    from .report import plot_eps_curve
+
+    run = read_run(model)
+    data = data or (run.data if run else None)
+    if not data:
+        raise UserError(f"--data is needed to evaluate {model!r} (only a run folder knows its data set); e.g. "
+                        "--data cifar10")
+    if eps is None:
+        if run is None:
+            raise UserError(f"--eps is needed to evaluate {model!r} (only a run folder knows its threat model); "
+                            "e.g. --eps 8/255")
+        eps = run.eps
+    norm = norm or (run.norm if run else "Linf")
+    split = split or (run.split if run else "test")
+    n_examples = n_examples or (run.n_examples if run else None) or 1000
+    if n_examples < 1:
+        raise UserError(f"--n-examples {n_examples} is not accepted; use 1 or more")
+    settings = EvalSettings.from_preset(
+        preset, eps, norm=norm, attacks=tuple(attacks), pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
+        pgd_losses=parse_losses(pgd_loss) if pgd_loss else None, aa_version=aa_version, curve=curve, checks=checks,
+        seed=seed, batch_size=batch_size).validate()
+    if "autoattack" in settings.attacks:
+        from .autoattack import require, settings_for
+
+        require()  # before anything slow: a missing optional package is a one-line error
+        settings_for(settings.aa_version)
+    device = eval_device()
+    net = load(model)
+    ex = load_examples(data, split, n_examples, net, progress=progress)
+    if net.num_classes != ex.num_classes:
+        raise UserError(f"model {model!r} has {net.num_classes} outputs but {data!r} has {ex.num_classes} classes; "
+                        "evaluate a model on the data set it was trained for")
+    report: dict[str, Any] = {"model": model, "robustify_version": __version__}
+    report |= evaluate(net, ex, settings, device=device, progress=progress)
+    report["settings"] = settings_record(settings)
+    outcome = EvalOutcome(report, run)
+    if output:
+        out = Path(output).expanduser()
+        atomic_write_json(out, report)
+        outcome.written.append(str(out))
+        plot = plot or out.with_name(out.stem + "_eps_curve.png")
+    if plot and "eps_curve" in report:
+        plot_eps_curve(report, Path(plot).expanduser())
+        outcome.written.append(str(plot))
+    if run is not None:
+        outcome.not_updated = "--no-update was given" if not update_run else matches_run(run, report)
+        if outcome.not_updated is None:
+            outcome.written += [str(run.path / name) for name in update_run_folder(run, report)]
+    return outcome
