@@ -43,6 +43,21 @@ def print_table(table: Table) -> None:
     Console().print(table)
 
 
+def save_figure(fig, path: str | Path) -> None:
+    """Render a matplotlib figure to PNG and write it crash-safely (temporary file, then rename)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from .fileio import atomic_write_bytes
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def plot_history(history: list[dict], path: str | Path) -> None:
     """Loss, train accuracy and probe accuracies per epoch, and the learning rate, as one PNG."""
     import matplotlib
@@ -50,7 +65,6 @@ def plot_history(history: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileio import atomic_write_bytes
 
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -69,13 +83,7 @@ def plot_history(history: list[dict], path: str | Path) -> None:
     lr.plot(epochs, [h["lr"] for h in history], "--", color="tab:gray", label="lr (epoch end)")
     lr.set_ylabel("learning rate")
     ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ robustify eval
@@ -141,14 +149,12 @@ def checks_table(report: dict) -> Table:
 
 def plot_eps_curve(report: dict, path: str | Path) -> None:
     """Robust accuracy against eps (PGD), with the evaluated eps marked and PGD / AutoAttack there, as one PNG."""
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .fileio import atomic_write_bytes
 
     curve = report["eps_curve"]
     tm = report["threat_model"]
@@ -170,8 +176,4 @@ def plot_eps_curve(report: dict, path: str | Path) -> None:
     ax.set_title(f"robust accuracy vs eps, first {report['n_examples']} of {report['subset']['data']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
