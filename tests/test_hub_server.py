@@ -311,10 +311,11 @@ def test_timm_round_trip(hub: LocalHub, tmp_path: Path) -> None:
         import timm, torch
         model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()
         with torch.no_grad():
-            torch.save(model(torch.load({str(tmp_path / "input.pt")!r})), {str(tmp_path / "logits.pt")!r})
+            x = torch.load({str(tmp_path / "input.pt")!r}, weights_only=True)
+            torch.save(model(x), {str(tmp_path / "logits.pt")!r})
         print(json.dumps("ok"))
         """,
         tmp_path / "home_down",
     )
-    assert torch.equal(torch.load(tmp_path / "logits.pt"), expected)
+    assert torch.equal(torch.load(tmp_path / "logits.pt", weights_only=True), expected)
     assert any(p.endswith("/resolve/main/model.safetensors") for p in log_paths(hub, "GET"))
