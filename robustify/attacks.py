@@ -60,6 +60,12 @@ def gradient_step(delta: torch.Tensor, grad: torch.Tensor, alpha: float, norm: s
     return delta + alpha * grad / _per_example_norm(grad)
 
 
+def ascent_step(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, alpha: float, eps: float,
+                norm: str) -> torch.Tensor:
+    """One projected ascent step: step of alpha along the gradient, back into the eps-ball, then into [0,1]."""
+    return clamp_to_image(x, project(gradient_step(delta, grad, alpha, norm), eps, norm))
+
+
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), y, reduction="sum")
 
@@ -118,7 +124,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, al
         delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
         for _ in range(steps):
             grad, _ = input_gradient(model, x, delta, y, loss_fn)
-            delta = clamp_to_image(x, project(gradient_step(delta, grad, alpha, norm), eps, norm))
+            delta = ascent_step(x, delta, grad, alpha, eps, norm)
         with torch.no_grad():
             wrong = model(x + delta).argmax(1) != y
         take = ~fooled  # examples already fooled keep their fooling delta; the rest take this restart's

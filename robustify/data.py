@@ -219,9 +219,17 @@ class _TransformedDataset(torch.utils.data.Dataset):
         return self.transform(row["image"].convert("RGB")), row["label"]
 
 
-def _decode_all(ds, transform) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode and resize every image once into a uint8 (N,C,H,W) tensor (the in-memory fast path)."""
-    xs = [(transform(img.convert("RGB")) * 255.0).round_().to(torch.uint8) for img in ds["image"]]
+def decode_all(ds, transform, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and resize every image once into a uint8 (N,C,H,W) tensor (the in-memory fast path; ``robustify eval``'s
+    fixed subset). Reads the data set in chunks; ``desc`` shows a progress bar."""
+    from tqdm.auto import tqdm
+
+    xs: list[torch.Tensor] = []
+    off = {"disable": True} if desc is None else {}  # pass disable only to switch off, so TQDM_DISABLE still works
+    with tqdm(total=len(ds), desc=desc, unit="ex", leave=False, **off) as bar:
+        for batch in ds.iter(batch_size=256):
+            xs.extend((transform(img.convert("RGB")) * 255.0).round_().to(torch.uint8) for img in batch["image"])
+            bar.update(len(batch["image"]))
     return torch.stack(xs), torch.tensor(ds["label"], dtype=torch.long)
 
 
@@ -247,8 +255,8 @@ def build_loaders(cfg: DataConfig, data_config: dict, eval_examples: int, probe_
     gen = torch.Generator().manual_seed(seed)
 
     if cfg.augment != "timm" and _estimated_mb(len(train_ds) + len(eval_ds), input_size) <= cfg.cache_mb:
-        xtr, ytr = _decode_all(train_ds, ev_tf)
-        xev, yev = _decode_all(eval_ds, ev_tf)
+        xtr, ytr = decode_all(train_ds, ev_tf)
+        xev, yev = decode_all(eval_ds, ev_tf)
         train_set = torch.utils.data.TensorDataset(xtr, ytr)
         eval_set = torch.utils.data.TensorDataset(xev, yev)
         workers = 0

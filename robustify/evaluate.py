@@ -77,8 +77,7 @@ def _pgd_fooled(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
         if step_correct is not None:
             step_correct[t] += (~wrong & count).sum()
         if t < steps:
-            delta = attacks.clamp_to_image(x, attacks.project(attacks.gradient_step(delta, grad, alpha, norm), eps,
-                                                              norm))
+            delta = attacks.ascent_step(x, delta, grad, alpha, eps, norm)
     return fooled
 
 
@@ -213,7 +212,7 @@ def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module
     """Decode the first ``n_examples`` of ``split`` once, with timm's eval transform at the model's input size."""
     from timm.data import resolve_data_config
 
-    from .data import eval_transform, get_dataset, label_names, num_classes
+    from .data import decode_all, eval_transform, get_dataset, label_names, num_classes
 
     ds = get_dataset(data, split)
     n = min(n_examples, len(ds))
@@ -224,14 +223,8 @@ def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module
     cfg = resolve_data_config(model=backbone)
     input_size = tuple(getattr(model, "input_size", cfg["input_size"]))
     transform = eval_transform(input_size, cfg.get("interpolation", "bilinear"), cfg.get("crop_pct", 1.0))
-    xs: list[torch.Tensor] = []
-    with bar_for(n, f"loading {data} {split}", progress) as bar:
-        for batch in ds.iter(batch_size=256):
-            for img in batch["image"]:
-                xs.append((transform(img.convert("RGB")) * 255.0).round_().to(torch.uint8))
-            bar.update(len(batch["image"]))
-    return Examples(torch.stack(xs), torch.tensor(ds["label"], dtype=torch.long), data, split, num_classes(ds),
-                    label_names(ds))
+    x, y = decode_all(ds, transform, desc=f"loading {data} {split}" if progress else None)
+    return Examples(x, y, data, split, num_classes(ds), label_names(ds))
 
 
 # ------------------------------------------------------------------------------------------ the evaluation

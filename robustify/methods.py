@@ -195,8 +195,7 @@ class Free(Method):
             ctx.optimize(loss)  # one backward: weight grads (stepped) and delta.grad
             grad = delta.grad.detach()
             with torch.no_grad():
-                delta = attacks.clamp_to_image(x, attacks.project(attacks.gradient_step(delta, grad, self.alpha, norm),
-                                                                   eps, norm))
+                delta = attacks.ascent_step(x, delta, grad, self.alpha, eps, norm)
         self.delta = delta.detach()
         return StepResult(loss.detach(), logits.detach())
 
