@@ -167,7 +167,7 @@ def run_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps
     settings, per-attack seconds and ``robust_mask`` / ``square_only_mask`` (per-example tensors on the CPU, used by
     the checks; callers drop them before writing JSON).
     """
-    from .evaluate import bar_for
+    from .robust_acc import bar_for
 
     package = require()
     s = settings or VERSIONS["standard"]

@@ -47,8 +47,9 @@ from .errors import UserError
 from .fileio import atomic_write_json
 from .methods import METHODS, Method, StepContext, build_method
 from .models import RobustModel, load_backbone, resolve_spec
-from .trainer import OptimizerStepper, build_optimizer, make_accelerator
+from .optim import OptimizerStepper, build_optimizer
 from .trainer import hardware_info as trainer_hardware
+from .trainer import make_accelerator
 
 DEFAULT_METHODS = ("natural", "fgsm-rs", "free", "pgd")
 BASELINE = "natural"

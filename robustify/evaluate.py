@@ -13,7 +13,6 @@ are dropped (one synchronisation per restart), which is where most of the saving
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import time
@@ -24,11 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from . import attacks
 from .data import to_unit
 from .errors import UserError
+from .robust_acc import (  # noqa: F401  (re-exported: the kernel lives in robust_acc)
+    autoattack_accuracy,
+    bar_for,
+    evaluate_pgd,
+    parse_losses,
+    pgd_correct,
+    pgd_robust,
+    predict,
+)
 
 ATTACK_CHOICES = ("clean", "fgsm", "pgd", "autoattack")
 PRESETS: dict[str, dict[str, Any]] = {
@@ -38,152 +45,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {"pgd_steps": 10, "pgd_restarts": 1, "aa_version": "quick"},
 }
 CURVE_FACTORS = (0.0, 0.25, 0.5, 1.0, 2.0)
-
-
-# ------------------------------------------------------------------------------------------------ PGD core
-def _batches(loader: Iterable, device: torch.device):
-    for x, y in loader:
-        yield to_unit(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
-
-
-def bar_for(total: int, desc: str, progress: bool = True) -> tqdm:
-    """A progress bar per attack. ``disable`` is only passed to switch it off, so ``TQDM_DISABLE=1`` still works."""
-    return tqdm(total=total, desc=desc, unit="ex", leave=False, **({} if progress else {"disable": True}))
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(1)
-
-
-def _pgd_fooled(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int,
-                alpha: float, loss_fn: attacks.LossFn, generator: torch.Generator | None,
-                step_correct: torch.Tensor | None = None, count: torch.Tensor | None = None) -> torch.Tensor:
-    """One PGD run from a random start; True where *some* iterate (start, each step, the end) fools the model.
-
-    ``step_correct`` (length steps + 1, on the device) accumulates, for the examples in ``count``, how many are
-    classified correctly at each iterate: the last-iterate accuracy after 0..steps steps, for the masking checks.
-    """
-    delta = attacks.random_init(x, eps, norm, generator)
-    fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    for t in range(steps + 1):
-        if t < steps:
-            grad, logits = attacks.input_gradient(model, x, delta, y, loss_fn)
-        else:
-            with torch.no_grad():
-                logits = model(x + delta)
-        wrong = logits.argmax(1) != y
-        fooled |= wrong
-        if step_correct is not None:
-            step_correct[t] += (~wrong & count).sum()
-        if t < steps:
-            delta = attacks.ascent_step(x, delta, grad, alpha, eps, norm)
-    return fooled
-
-
-def pgd_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
-               steps: int = 50, restarts: int = 1, losses: tuple[str, ...] = ("ce",), alpha: float | None = None,
-               generator: torch.Generator | None = None, robust: torch.Tensor | None = None,
-               step_correct: torch.Tensor | None = None, stages: dict[str, torch.Tensor] | None = None
-               ) -> torch.Tensor:
-    """Per example: correct on ``x`` and not fooled by any of ``restarts`` PGD runs on each loss in ``losses``.
-
-    The first run attacks the whole batch (no host synchronisation at all, as the training probe needs); later runs
-    attack only the examples still robust. ``stages`` (optional) receives the mask after the first run
-    (``"first"``) and after each loss (``"ce"``, ``"cw"``).
-    """
-    attacks._check_norm(norm)
-    if robust is None:
-        robust = predict(model, x) == y
-    if eps <= 0 or steps <= 0:
-        return robust
-    alpha = 2.5 * eps / steps if alpha is None else alpha
-    first = True
-    for loss in losses:
-        loss_fn = attacks.LOSSES[loss]
-        for _ in range(restarts):
-            if first:
-                fooled = _pgd_fooled(model, x, y, eps, norm, steps, alpha, loss_fn, generator, step_correct, robust)
-                robust = robust & ~fooled
-                first = False
-                if stages is not None:
-                    stages["first"] = robust
-                continue
-            idx = robust.nonzero().flatten()  # one host synchronisation per restart, never per step
-            if idx.numel() == 0:
-                break
-            fooled = _pgd_fooled(model, x[idx], y[idx], eps, norm, steps, alpha, loss_fn, generator)
-            robust = robust.index_put((idx,), ~fooled)
-        if stages is not None:
-            stages[loss] = robust
-    return robust
-
-
-def parse_losses(loss: str | Iterable[str]) -> tuple[str, ...]:
-    """``"ce"``, ``"cw"``, ``"ce+cw"`` / ``"ce,cw"`` or a sequence → a tuple of loss names (validated)."""
-    names = tuple(loss.replace("+", ",").split(",")) if isinstance(loss, str) else tuple(loss)
-    names = tuple(n.strip() for n in names if n.strip())
-    bad = [n for n in names if n not in attacks.LOSSES]
-    if bad or not names:
-        raise UserError(f"PGD loss {bad[0] if bad else loss!r} is not accepted; use ce, cw or ce+cw")
-    return names
-
-
-def pgd_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str, steps: int,
-                restarts: int = 1, alpha: float | None = None, loss: str = "ce",
-                generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per-example correctness (bool) under PGD with restarts; clean-misclassified examples count as not robust."""
-    return pgd_robust(model, x, y, eps, norm, steps, restarts, parse_losses(loss), alpha, generator)
-
-
-def evaluate_pgd(model: torch.nn.Module, loader: Iterable, eps: float, norm: str = "Linf", steps: int = 20,
-                 restarts: int = 1, loss: str = "ce", alpha: float | None = None, seed: int = 0,
-                 device: torch.device | str = "cpu", autocast=contextlib.nullcontext, desc: str = "eval",
-                 disable_progress: bool = False) -> dict:
-    """Clean and PGD accuracy of ``model`` (in eval mode) on every example the loader yields.
-
-    This is what ``finetune`` runs before and after training and, with few steps, as its per-epoch probe; it uses
-    the same PGD as ``robustify eval``.
-    """
-    device = torch.device(device)
-    losses = parse_losses(loss)
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
-    total = 0
-    clean_t = torch.zeros((), device=device, dtype=torch.long)
-    robust_t = torch.zeros((), device=device, dtype=torch.long)
-    try:
-        for x, y in tqdm(_batches(loader, device), desc=desc, total=len(loader), leave=False, disable=disable_progress):
-            with autocast():
-                clean = predict(model, x) == y
-                clean_t += clean.sum()
-                robust_t += pgd_robust(model, x, y, eps, norm, steps, restarts, losses, alpha, gen, clean).sum()
-            total += y.numel()
-    finally:
-        model.train(was_training)
-    clean, robust = clean_t.item(), robust_t.item()
-    return {
-        "clean_acc": clean / max(total, 1),
-        "pgd_acc": robust / max(total, 1),
-        "pgd": {"norm": norm, "eps": eps, "steps": steps, "restarts": restarts, "loss": "+".join(losses),
-                "alpha": 2.5 * eps / steps if alpha is None else alpha},
-        "n_examples": total,
-    }
-
-
-def autoattack_accuracy(model: torch.nn.Module, loader: Iterable, threat: Any, device: torch.device | str = "cpu",
-                        version: str = "standard", seed: int = 0) -> dict:
-    """AutoAttack robust accuracy of ``model`` on every example the loader yields (``finetune`` with
-    ``eval.autoattack: true``). ``threat`` has ``norm`` and ``eps``. Needs ``pip install 'robustify[autoattack]'``."""
-    from .autoattack import require, run_autoattack, settings_for
-
-    require()
-    batches = list(loader)
-    x = torch.cat([b[0] for b in batches]) if batches else torch.zeros(0, 3, 1, 1)
-    y = torch.cat([b[1] for b in batches]) if batches else torch.zeros(0, dtype=torch.long)
-    res = run_autoattack(model, x, y, threat.eps, threat.norm, settings_for(version), seed=seed, device=device)
-    return {"autoattack_acc": res["autoattack_acc"], "autoattack": res["autoattack"], "autoattack_version": version}
 
 
 # ------------------------------------------------------------------------------------------- the examples

@@ -34,13 +34,13 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from .config import FinetuneConfig, dump_yaml
 from .errors import UserError
-from .evaluate import evaluate_pgd
 from .export import write_run_folder
 from .fileio import atomic_write_json
 from .methods import Method, StepContext, build_method
 from .models import RobustModel, load_backbone
+from .optim import OptimizerStepper, build_optimizer
 from .report import before_after_table, history_table, plot_history, print_table
-from .schedules import build_schedule
+from .robust_acc import evaluate_pgd
 
 CHECKPOINTS = "checkpoints"
 BEST = "best.safetensors"
@@ -100,51 +100,10 @@ class _MethodState:
             self.method.load_state_dict(state)
 
 
-class OptimizerStepper:
-    """What a method calls once per training loss: backward, and every ``train.grad_accum`` calls the schedule's
-    learning rate, gradient clipping, the optimizer step and zero_grad. Shared by the trainer and ``bench``, so the
-    benchmark times exactly the training step."""
-
-    def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 cfg: FinetuneConfig, total_micro_steps: int, opt_steps: int = 0) -> None:
-        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
-        self.lr, self.clip, self.accum = cfg.schedule.lr, cfg.optim.grad_clip, cfg.train.grad_accum
-        self.schedule = build_schedule(cfg.schedule)
-        self.total = max(total_micro_steps // self.accum, 1)  # optimizer steps in the whole run
-        self.micro = 0
-        self.opt_steps = opt_steps
-
-    def __call__(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss / self.accum)
-        self.micro += 1
-        if self.micro % self.accum:
-            return
-        lr = self.lr * self.schedule(self.opt_steps / self.total)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        if self.clip:
-            self.accelerator.clip_grad_norm_(self.model.parameters(), self.clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.opt_steps += 1
-
-
 def _flatten_cfg(cfg: FinetuneConfig) -> dict[str, Any]:
     from .config import _flatten
 
     return _flatten(cfg.to_dict())
-
-
-def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
-    o = cfg.optim
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.schedule.lr)
-    return torch.optim.SGD(groups, lr=cfg.schedule.lr, momentum=o.momentum, nesterov=o.nesterov)
 
 
 def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerator) -> Path:
@@ -238,7 +197,7 @@ def _evaluate(model: RobustModel, loaders: data_mod.Loaders, cfg: FinetuneConfig
                        autocast=accelerator.autocast, desc=desc)
     res["split"] = cfg.data.eval_split
     if e.autoattack:
-        from .evaluate import autoattack_accuracy  # provided by the evaluation module when installed
+        from .robust_acc import autoattack_accuracy
 
         res.update(autoattack_accuracy(model, loaders.eval, cfg.threat, device=accelerator.device))
     return res

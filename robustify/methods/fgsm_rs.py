@@ -1,0 +1,29 @@
+"""Fast AT (Wong et al. 2020): FGSM from a uniform random start."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import attacks
+from .base import Method, StepContext, StepResult, batchnorm_mode, register_method
+
+
+@register_method("fgsm-rs")
+class FGSMRandomStart(Method):
+    """Fast AT (Wong et al. 2020): a uniform random start in the eps-ball, one FGSM step of alpha = 1.25 eps."""
+
+    @property
+    def alpha(self) -> float:
+        return self.cfg.alpha if self.cfg.alpha is not None else 1.25 * self.threat.eps
+
+    @property
+    def passes_per_batch(self) -> int:
+        return 2
+
+    def describe(self) -> dict:
+        return {"name": self.name, "alpha": self.alpha, "random_start": True, "bn_mode": self.cfg.bn_mode}
+
+    def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        with batchnorm_mode(ctx.attack_model, self.cfg.bn_mode), ctx.autocast():
+            delta = attacks.fgsm(ctx.attack_model, x, y, self.threat.eps, self.alpha, self.threat.norm)
+        return self._train_on(ctx, x + delta, y)

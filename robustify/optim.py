@@ -1,0 +1,50 @@
+"""The optimizer and the one optimizer step every method calls (shared by the trainer and ``bench``)."""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+
+from .config import FinetuneConfig
+from .schedules import build_schedule
+
+
+def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    o = cfg.optim
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.schedule.lr)
+    return torch.optim.SGD(groups, lr=cfg.schedule.lr, momentum=o.momentum, nesterov=o.nesterov)
+
+
+class OptimizerStepper:
+    """What a method calls once per training loss: backward, and every ``train.grad_accum`` calls the schedule's
+    learning rate, gradient clipping, the optimizer step and zero_grad. Shared by the trainer and ``bench``, so the
+    benchmark times exactly the training step."""
+
+    def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 cfg: FinetuneConfig, total_micro_steps: int, opt_steps: int = 0) -> None:
+        self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
+        self.lr, self.clip, self.accum = cfg.schedule.lr, cfg.optim.grad_clip, cfg.train.grad_accum
+        self.schedule = build_schedule(cfg.schedule)
+        self.total = max(total_micro_steps // self.accum, 1)  # optimizer steps in the whole run
+        self.micro = 0
+        self.opt_steps = opt_steps
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss / self.accum)
+        self.micro += 1
+        if self.micro % self.accum:
+            return
+        lr = self.lr * self.schedule(self.opt_steps / self.total)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.clip:
+            self.accelerator.clip_grad_norm_(self.model.parameters(), self.clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.opt_steps += 1
