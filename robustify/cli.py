@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
-from .errors import UserError
+from .errors import Interrupted, UserError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -288,6 +288,8 @@ def _run_eval(args: argparse.Namespace) -> int:
                    checks=not args.no_checks, seed=args.seed, batch_size=args.batch_size, output=args.output,
                    plot=args.plot, update_run=not args.no_update)
     report = res.report
+    if not res.main:
+        return 0
     print_table(eval_table(report))
     if "eps_curve" in report:
         print_table(eps_curve_table(report))
@@ -336,8 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"robustify: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Interrupted as e:
+        print(f"robustify: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        print("robustify: interrupted; completed epochs are checkpointed, continue with --resume", file=sys.stderr)
+        print("robustify: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
         return 130
 
 

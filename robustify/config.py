@@ -100,6 +100,8 @@ class ScheduleConfig:
     warmup_fraction: float = 0.0  # cosine: linear warm-up share
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # piecewise: fractions of the run
     gamma: float = 0.1  # piecewise: factor applied at each milestone
+    lr_batch: int | None = None  # the global batch size `lr` was tuned for; None: use lr as given at any batch size
+    lr_scaling: str = "linear"  # how lr follows the global batch when it differs from lr_batch: linear | sqrt | none
 
 
 @dataclass
@@ -124,6 +126,9 @@ class TrainConfig:
     log_every: int = 20
     stop_after: int | None = None  # stop this invocation after N epochs (time-sliced jobs); continue with --resume
     log_with: str | None = None  # an Accelerate tracker (tensorboard, wandb, mlflow, ...) fed once per epoch
+    checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (mid-epoch), besides every epoch
+    save_on_each_node: bool = False  # multi-node without a shared file system: each node writes its checkpoints
+    dist_timeout_minutes: float = 60.0  # process-group timeout (see trainer.make_accelerator for why this value)
 
 
 @dataclass
@@ -161,6 +166,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optim.name": ("sgd", "adamw"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.select": ("best-robust", "last"),
+    "schedule.lr_scaling": ("linear", "sqrt", "none"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
 }
 PIXEL_KEYS = {"threat.eps", "method.alpha"}
@@ -274,6 +280,16 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
         if cfg.train.log_with in checks and not checks[cfg.train.log_with]():
             raise ConfigError(f"train.log_with={cfg.train.log_with!r} needs its package; pip install "
                               f"{'tensorboard' if cfg.train.log_with == 'tensorboard' else 'wandb'}")
+    for key, value in (("train.checkpoint_every", cfg.train.checkpoint_every), ("schedule.lr_batch",
+                                                                                 cfg.schedule.lr_batch)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}={value} is not accepted; use a value > 0, or null")
+    if cfg.train.dist_timeout_minutes <= 0:
+        raise ConfigError(f"train.dist_timeout_minutes={cfg.train.dist_timeout_minutes:g} is not accepted; use a "
+                          "value > 0 such as 60")
+    if cfg.method.name == "free" and cfg.train.grad_accum > 1:
+        raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} with method.name='free' is not accepted: free AT "
+                          "takes one optimizer step per replay by definition; use train.grad_accum=1")
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
         raise ConfigError(f"data.image_size={cfg.data.image_size} is too small; use 8 or more pixels")
     return cfg

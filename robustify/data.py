@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -166,9 +167,42 @@ class Loaders:
     train_size: int
     eval_size: int
     generator: torch.Generator  # the training shuffle; reseeded per epoch so a resumed run sees the same order
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
 
-    def set_epoch(self, seed: int, epoch: int) -> None:
-        self.generator.manual_seed(seed * 1_000_003 + epoch)
+    @property
+    def batches_per_epoch(self) -> int:
+        """Minibatches per epoch and process (the same on every process: the tail that does not fill one is dropped)."""
+        return self.train_size // (self.train.batch_size * self.world_size)
+
+    def train_epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This process's minibatches of ``epoch``, from minibatch ``start_batch`` on.
+
+        The order is a pure function of (seed, epoch, rank, world size): one seeded permutation of the whole
+        training set per epoch, cut into global batches, each process taking its slice, so a resumed epoch sees
+        exactly the minibatches the uninterrupted one would have.
+        """
+        bs, n_batches = self.train.batch_size, self.batches_per_epoch
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.train_size, generator=gen)[: n_batches * bs * self.world_size]
+        order = order.view(n_batches, self.world_size, bs)[:, self.rank]
+        batches = [b.tolist() for b in order[start_batch:]]
+        # its own generator: creating a DataLoader iterator draws a worker seed, which must not come from (and
+        # shift) the global RNG that the attacks' random starts use, or a resumed epoch would differ
+        loader = torch.utils.data.DataLoader(self.train.dataset, batch_sampler=batches,
+                                             num_workers=self.train.num_workers, pin_memory=self.train.pin_memory,
+                                             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+        yield from loader
+
+    def eval_examples(self, rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fixed evaluation subset (the first ``eval_size`` examples), as tensors; ``rank``'s contiguous share."""
+        ds = self.eval.dataset
+        start, end = self.eval_size * rank // world_size, self.eval_size * (rank + 1) // world_size
+        if isinstance(ds, torch.utils.data.TensorDataset):
+            return ds.tensors[0][start:end], ds.tensors[1][start:end]
+        xs, ys = zip(*[ds[i] for i in range(start, end)], strict=True)
+        return torch.stack(xs), torch.tensor(ys)
 
 
 def eval_transform(input_size: tuple[int, int, int], interpolation: str = "bilinear", crop_pct: float = 1.0):
@@ -238,7 +272,8 @@ def _estimated_mb(n: int, input_size: tuple[int, int, int]) -> float:
     return n * c * h * w / 2**20
 
 
-def build_loaders(cfg: DataConfig, data_config: dict, eval_examples: int, probe_size: int, seed: int = 0) -> Loaders:
+def build_loaders(cfg: DataConfig, data_config: dict, eval_examples: int, probe_size: int, seed: int = 0,
+                  rank: int = 0, world_size: int = 1) -> Loaders:
     """Train / eval loaders of [0,1] tensors at the backbone's input size (or ``cfg.image_size``)."""
     train_ds = get_dataset(cfg.name, cfg.train_split)
     eval_ds = get_dataset(cfg.name, cfg.eval_split)
@@ -277,5 +312,8 @@ def build_loaders(cfg: DataConfig, data_config: dict, eval_examples: int, probe_
                         "examples); use a smaller batch size")
     evl = torch.utils.data.DataLoader(eval_set, batch_size=cfg.eval_batch_size, shuffle=False, num_workers=workers,
                                       pin_memory=torch.cuda.is_available())
+    if len(train_set) < cfg.batch_size * world_size:
+        raise UserError(f"data.batch_size={cfg.batch_size} x {world_size} processes is larger than the training split "
+                        f"({len(train_set)} examples); use a smaller batch size")
     return Loaders(train, evl, probe, num_classes(train_ds), label_names(train_ds), input_size, len(train_set),
-                   len(eval_set), gen)
+                   len(eval_set), gen, seed, rank, world_size)

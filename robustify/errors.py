@@ -16,3 +16,12 @@ class UserError(Exception):
 
 class ConfigError(UserError):
     """A recipe or command-line value that is not accepted."""
+
+
+class Interrupted(Exception):
+    """Training was stopped by a signal (SIGTERM before preemption, Ctrl-C) after writing a checkpoint; the message
+    says how to resume. Exit code 143 for SIGTERM, 130 for SIGINT, as shells report them."""
+
+    def __init__(self, message: str, exit_code: int = 143) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -28,6 +28,7 @@ from . import attacks
 from .data import to_unit
 from .errors import UserError
 from .robust_acc import (  # noqa: F401  (re-exported: the kernel lives in robust_acc)
+    FP32,
     autoattack_accuracy,
     bar_for,
     evaluate_pgd,
@@ -35,6 +36,7 @@ from .robust_acc import (  # noqa: F401  (re-exported: the kernel lives in robus
     pgd_correct,
     pgd_robust,
     predict,
+    shard_range,
 )
 
 ATTACK_CHOICES = ("clean", "fgsm", "pgd", "autoattack")
@@ -147,28 +149,61 @@ def large_eps(norm: str, eps: float, input_size: tuple[int, ...]) -> float:
 
 
 class _Runner:
-    """Runs one attack over the subset in batches, with a progress bar; returns a per-example bool mask (CPU)."""
+    """Runs one attack over the subset in batches, with a progress bar; returns a per-example bool mask (CPU).
 
-    def __init__(self, model: torch.nn.Module, ex: Examples, batch_size: int, device: torch.device, progress: bool):
-        self.model, self.ex, self.bs, self.device, self.progress = model, ex, batch_size, device, progress
+    Under several processes (``accelerate launch`` / ``torchrun``) each process attacks only its block of whole
+    batches (:func:`robust_acc.shard_range`) and the masks are gathered, so N processes take 1/N of the time. Random
+    starts come from a generator seeded per (attack, batch offset), so the result does not depend on the number of
+    processes.
+    """
+
+    def __init__(self, model: torch.nn.Module, ex: Examples, batch_size: int, device: torch.device, progress: bool,
+                 state: Any = None):
+        self.model, self.ex, self.bs, self.device = model, ex, batch_size, device
+        self.state = state  # accelerate.PartialState (None: one process)
+        self.world = state.num_processes if state is not None else 1
+        rank = state.process_index if state is not None else 0
+        self.progress = progress and rank == 0
+        self.shard = shard_range(ex.n, batch_size, rank, self.world)
+        self.batch_start = 0
         self.seconds: dict[str, float] = {}
 
     def run(self, name: str, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
             start: torch.Tensor | None = None) -> torch.Tensor:
         t0 = time.perf_counter()
-        out = []
-        with bar_for(self.ex.n, name, self.progress) as bar:
-            for i in range(0, self.ex.n, self.bs):
-                x = to_unit(self.ex.x[i:i + self.bs].to(self.device))
-                y = self.ex.y[i:i + self.bs].to(self.device)
-                prior = (start[i:i + self.bs] if start is not None else torch.ones_like(y, dtype=torch.bool))
+        out = [torch.zeros(0, dtype=torch.bool)]
+        first, end = self.shard
+        with bar_for(end - first, name, self.progress) as bar:
+            for i in range(first, end, self.bs):
+                self.batch_start = i
+                x = to_unit(self.ex.x[i:min(i + self.bs, end)].to(self.device))
+                y = self.ex.y[i:min(i + self.bs, end)].to(self.device)
+                prior = (start[i:i + y.numel()] if start is not None else torch.ones_like(y, dtype=torch.bool))
                 out.append(fn(x, y, prior.to(self.device)).cpu())
                 bar.update(y.numel())
         self.seconds[name] = round(time.perf_counter() - t0, 2)
-        return torch.cat(out)
+        return self.gather(torch.cat(out))
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """This process's share (CPU) → the whole subset's, in example order, on every process."""
+        if self.world == 1:
+            return local
+        from accelerate.utils import gather_object
+
+        return torch.cat(gather_object([local]))
+
+    def reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a device tensor over the processes."""
+        if self.world == 1:
+            return t
+        from accelerate.utils import reduce
+
+        return reduce(t, reduction="sum")
 
     def generator(self, offset: int, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(seed * 1_000_003 + offset)
+        """A generator for attack ``offset`` on the current batch (call it inside the batch function)."""
+        return torch.Generator(device=self.device).manual_seed(
+            ((seed * 1_000_003 + offset) * 1_000_003 + self.batch_start) % 2**63)
 
 
 def _acc(mask: torch.Tensor) -> float:
@@ -176,7 +211,7 @@ def _acc(mask: torch.Tensor) -> float:
 
 
 def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torch.device | str = "cpu",
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, state: Any = None) -> dict[str, Any]:
     """Every requested attack on the fixed subset, the accuracy-vs-eps curve and the gradient-masking checks.
 
     Returns the report (JSON-ready): ``clean_acc``, ``fgsm_acc``, ``pgd_acc``, ``autoattack_acc`` (fractions),
@@ -188,12 +223,12 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
-    run = _Runner(model, ex, s.batch_size, device, progress)
+    run = _Runner(model, ex, s.batch_size, device, progress, state)
     t_start = time.perf_counter()
     report: dict[str, Any] = {
         "threat_model": {"norm": s.norm, "eps": s.eps}, "n_examples": ex.n, "subset": ex.record(),
         "preset": s.preset, "attacks": list(s.attacks), "seed": s.seed, "batch_size": s.batch_size,
-        "device": str(device),
+        "device": str(device), "precision": "fp32", "processes": run.world,
     }
     masks: dict[str, torch.Tensor] = {}
     extra: dict[str, Any] = {}
@@ -216,10 +251,19 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
             from .autoattack import run_autoattack, settings_for
 
             t0 = time.perf_counter()
-            res = run_autoattack(model, ex.x, ex.y, s.eps, s.norm, settings_for(s.aa_version, **s.aa_overrides),
-                                 seed=s.seed, batch_size=s.batch_size, device=device, robust=clean, progress=progress)
-            masks["autoattack"] = res.pop("robust_mask")
-            extra["square_only"] = res.pop("square_only_mask")
+            a, b = run.shard
+            res = run_autoattack(model, ex.x[a:b], ex.y[a:b], s.eps, s.norm,
+                                 settings_for(s.aa_version, **s.aa_overrides), seed=s.seed, batch_size=s.batch_size,
+                                 device=device, robust=clean[a:b], progress=run.progress)
+            masks["autoattack"] = run.gather(res.pop("robust_mask"))
+            extra["square_only"] = run.gather(res.pop("square_only_mask"))
+            aa = res["autoattack"]
+            names = list(aa["per_attack"])
+            counts = run.reduce(torch.tensor([aa["per_attack"][k] * (b - a) for k in names], dtype=torch.float64,
+                                             device=device))
+            aa.update(per_attack={k: round(c) / max(ex.n, 1) for k, c in zip(names, counts.tolist(), strict=True)},
+                      n_examples=ex.n)
+            res["autoattack_acc"] = _acc(masks["autoattack"])
             report.update(res)
             report["autoattack_version"] = report["autoattack"]["version"]
             run.seconds["autoattack"] = round(time.perf_counter() - t0, 2)
@@ -238,21 +282,21 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
 
 
 def _run_pgd(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: dict) -> None:
-    gen = run.generator(2, s.seed)
     step_correct = torch.zeros(s.pgd_steps + 1, device=run.device, dtype=torch.long)
     stage_masks: dict[str, list[torch.Tensor]] = {}
 
     def fn(x: torch.Tensor, y: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
         stages: dict[str, torch.Tensor] = {}
         out = pgd_robust(run.model, x, y, s.eps, s.norm, s.pgd_steps, s.pgd_restarts, s.pgd_losses, s.pgd_alpha,
-                         gen, prior, step_correct, stages)
+                         run.generator(2, s.seed), prior, step_correct, stages)
         for k, v in stages.items():
             stage_masks.setdefault(k, []).append(v.cpu())
         return out
 
     losses = "+".join(s.pgd_losses)
     masks["pgd"] = run.run(f"pgd-{s.pgd_steps} x{s.pgd_restarts} {losses}", fn, masks["clean"])
-    stages = {k: torch.cat(v) for k, v in stage_masks.items()}
+    stages = {k: run.gather(torch.cat(v) if v else torch.zeros(0, dtype=torch.bool)) for k, v in stage_masks.items()}
+    step_correct = run.reduce(step_correct)
     masks["pgd_first"] = stages.get("first", masks["pgd"])
     report["pgd_acc"] = _acc(masks["pgd"])
     report["pgd"] = {
@@ -267,9 +311,8 @@ def _run_pgd(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: di
 def _curve_attack(run: _Runner, s: EvalSettings, eps: float, offset: int, name: str,
                   clean: torch.Tensor) -> torch.Tensor:
     """PGD-CE, one restart, the main step count (step size 2.5 eps / steps) at ``eps``."""
-    gen = run.generator(offset, s.seed)
     return run.run(name, lambda x, y, p: pgd_robust(run.model, x, y, eps, s.norm, s.pgd_steps, 1, ("ce",), None,
-                                                     gen, p), clean)
+                                                     run.generator(offset, s.seed), p), clean)
 
 
 def _run_curve(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: dict) -> None:
@@ -433,19 +476,18 @@ class EvalOutcome:
     run: RunInfo | None = None
     written: list[str] = field(default_factory=list)  # paths written
     not_updated: str | None = None  # why a run folder was left as it was
+    main: bool = True  # the process that writes and prints (all processes evaluate)
 
 
-def eval_device() -> torch.device:
-    """The device through Accelerate (CUDA when present; ``ACCELERATE_USE_CPU=1`` forces the CPU)."""
+def eval_state() -> Any:
+    """The processes and device through Accelerate (CUDA when present; ``ACCELERATE_USE_CPU=1`` forces the CPU).
+    Under ``accelerate launch`` / ``torchrun`` every process evaluates its share of the examples."""
     import os
 
     from accelerate import PartialState
 
     use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    state = PartialState(cpu=use_cpu)
-    if state.num_processes > 1:
-        raise UserError("robustify eval runs in one process on one device; start it without accelerate launch/torchrun")
-    return state.device
+    return PartialState(cpu=use_cpu)
 
 
 def run_eval(model: str, *, data: str | None = None, split: str | None = None, eps: float | None = None,
@@ -489,16 +531,19 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
 
         require()  # before anything slow: a missing optional package is a one-line error
         settings_for(settings.aa_version)
-    device = eval_device()
+    state = eval_state()
+    device = state.device
     net = load(model)
     ex = load_examples(data, split, n_examples, net, progress=progress)
     if net.num_classes != ex.num_classes:
         raise UserError(f"model {model!r} has {net.num_classes} outputs but {data!r} has {ex.num_classes} classes; "
                         "evaluate a model on the data set it was trained for")
     report: dict[str, Any] = {"model": model, "robustify_version": __version__}
-    report |= evaluate(net, ex, settings, device=device, progress=progress)
+    report |= evaluate(FP32(net), ex, settings, device=device, progress=progress, state=state)
     report["settings"] = settings_record(settings)
-    outcome = EvalOutcome(report, run)
+    outcome = EvalOutcome(report, run, main=state.is_main_process)
+    if not state.is_main_process:  # the main process writes the files
+        return outcome
     if output:
         out = Path(output).expanduser()
         atomic_write_json(out, report)

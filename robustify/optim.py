@@ -22,25 +22,29 @@ def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.
 
 
 class OptimizerStepper:
-    """What a method calls once per training loss: backward, and every ``train.grad_accum`` calls the schedule's
-    learning rate, gradient clipping, the optimizer step and zero_grad. Shared by the trainer and ``bench``, so the
-    benchmark times exactly the training step."""
+    """What a method calls once per training loss: the backward pass and, when an accumulation group is complete,
+    the schedule's learning rate, gradient clipping, the optimizer step and zero_grad. Shared by the trainer and
+    ``bench``, so the benchmark times exactly the training step.
+
+    Gradient accumulation is Accelerate's: the trainer runs each minibatch inside ``accelerator.accumulate(model)``,
+    which skips DDP's all-reduce on the micro-steps that do not end a group, ``accelerator.backward`` divides the
+    loss by ``train.grad_accum``, and ``accelerator.sync_gradients`` says when the group is complete.
+    """
 
     def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 cfg: FinetuneConfig, total_micro_steps: int, opt_steps: int = 0) -> None:
+                 cfg: FinetuneConfig, total_opt_steps: int, opt_steps: int = 0, lr: float | None = None) -> None:
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
-        self.lr, self.clip, self.accum = cfg.schedule.lr, cfg.optim.grad_clip, cfg.train.grad_accum
+        self.lr = cfg.schedule.lr if lr is None else lr  # the peak lr, after any global-batch scaling
+        self.clip = cfg.optim.grad_clip
         self.schedule = build_schedule(cfg.schedule)
-        self.total = max(total_micro_steps // self.accum, 1)  # optimizer steps in the whole run
-        self.micro = 0
+        self.total = max(total_opt_steps, 1)  # optimizer steps in the whole run
         self.opt_steps = opt_steps
 
     def __call__(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss / self.accum)
-        self.micro += 1
-        if self.micro % self.accum:
+        self.accelerator.backward(loss)
+        if not self.accelerator.sync_gradients:
             return
-        lr = self.lr * self.schedule(self.opt_steps / self.total)
+        lr = self.lr * self.schedule(min(self.opt_steps / self.total, 1.0))
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         if self.clip:

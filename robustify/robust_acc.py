@@ -65,13 +65,14 @@ def _pgd_fooled(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
 def pgd_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
                steps: int = 50, restarts: int = 1, losses: tuple[str, ...] = ("ce",), alpha: float | None = None,
                generator: torch.Generator | None = None, robust: torch.Tensor | None = None,
-               step_correct: torch.Tensor | None = None, stages: dict[str, torch.Tensor] | None = None
-               ) -> torch.Tensor:
+               step_correct: torch.Tensor | None = None, stages: dict[str, torch.Tensor] | None = None,
+               work: list[int] | None = None) -> torch.Tensor:
     """Per example: correct on ``x`` and not fooled by any of ``restarts`` PGD runs on each loss in ``losses``.
 
     The first run attacks the whole batch (no host synchronisation at all, as the training probe needs); later runs
     attack only the examples still robust. ``stages`` (optional) receives the mask after the first run
-    (``"first"``) and after each loss (``"ce"``, ``"cw"``).
+    (``"first"``) and after each loss (``"ce"``, ``"cw"``). ``work`` (optional, a one-element list) is increased by
+    the number of input-gradient evaluations (examples x steps) this call made: the attack's cost.
     """
     attacks._check_norm(norm)
     if robust is None:
@@ -86,6 +87,8 @@ def pgd_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
             if first:
                 fooled = _pgd_fooled(model, x, y, eps, norm, steps, alpha, loss_fn, generator, step_correct, robust)
                 robust = robust & ~fooled
+                if work is not None:
+                    work[0] += x.shape[0] * steps
                 first = False
                 if stages is not None:
                     stages["first"] = robust
@@ -95,6 +98,8 @@ def pgd_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
                 break
             fooled = _pgd_fooled(model, x[idx], y[idx], eps, norm, steps, alpha, loss_fn, generator)
             robust = robust.index_put((idx,), ~fooled)
+            if work is not None:
+                work[0] += idx.numel() * steps
         if stages is not None:
             stages[loss] = robust
     return robust
@@ -165,3 +170,107 @@ def autoattack_accuracy(model: torch.nn.Module, loader: Iterable, threat: Any, d
     y = torch.cat([b[1] for b in batches]) if batches else torch.zeros(0, dtype=torch.long)
     res = run_autoattack(model, x, y, threat.eps, threat.norm, settings_for(version), seed=seed, device=device)
     return {"autoattack_acc": res["autoattack_acc"], "autoattack": res["autoattack"], "autoattack_version": version}
+
+
+# ------------------------------------------------------------------------------ sharded, always-fp32 evaluation
+class FP32(torch.nn.Module):
+    """The model as evaluation must see it: in float32 whatever the training precision.
+
+    Accelerate's ``prepare`` wraps a mixed-precision model's ``forward`` in autocast (and keeps that wrapper on the
+    unwrapped module), so a robust accuracy measured through it would be a bf16/fp16 number while users run the
+    exported weights in fp32. This view calls the original forward with autocast disabled.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        forward = self.model.__dict__.get("_original_forward", self.model.forward)
+        with torch.autocast(x.device.type, enabled=False):
+            return forward(x.float())
+
+
+def shard_range(n: int, batch_size: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The examples ``[start, end)`` one process evaluates: a contiguous block of whole batches.
+
+    Cutting at batch boundaries keeps every batch, and the random generator seeded from its global offset, identical
+    to a single-process evaluation, so the gathered counts equal the single-process counts exactly.
+    """
+    n_batches = -(-n // batch_size)
+    first, last = n_batches * rank // world_size, n_batches * (rank + 1) // world_size
+    return min(first * batch_size, n), min(last * batch_size, n)
+
+
+def sharded_pgd_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
+                         steps: int = 20, restarts: int = 1, loss: str = "ce", alpha: float | None = None,
+                         seed: int = 0, batch_size: int = 256, accelerator: Any = None,
+                         device: torch.device | str = "cpu", desc: str = "eval", progress: bool = True
+                         ) -> dict[str, Any]:
+    """Clean and PGD accuracy on ``x, y`` (all examples, uint8 or [0,1], on the CPU), sharded over the processes of
+    ``accelerator`` (None: one process), always in fp32 (:class:`FP32`).
+
+    Every process attacks only its :func:`shard_range` of the examples; the counts are summed across processes at
+    the end (one collective, exact integers), so N processes take 1/N of the time and report the same numbers as one.
+    Each batch's random starts come from a generator seeded with (seed, the batch's global offset).
+    """
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    device = torch.device(accelerator.device if accelerator is not None else device)
+    losses = parse_losses(loss)
+    start, end = shard_range(int(y.shape[0]), batch_size, rank, world)
+    fp32 = FP32(model)
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(3, dtype=torch.long, device=device)  # clean, robust, examples
+    work = [0]
+    try:
+        batches = range(start, end, batch_size)
+        for i in tqdm(batches, desc=desc, leave=False, **({} if progress and rank == 0 else {"disable": True})):
+            xb = to_unit(x[i:min(i + batch_size, end)].to(device, non_blocking=True))
+            yb = y[i:min(i + batch_size, end)].to(device, non_blocking=True)
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+            clean = predict(fp32, xb) == yb
+            robust = pgd_robust(fp32, xb, yb, eps, norm, steps, restarts, losses, alpha, gen, clean, work=work)
+            counts += torch.stack([clean.sum(), robust.sum(), torch.tensor(yb.numel(), device=device)])
+    finally:
+        model.train(was_training)
+    per_process = [work[0]]
+    if world > 1:
+        counts = accelerator.reduce(counts, reduction="sum")
+        per_process = accelerator.gather(torch.tensor([work[0]], device=device)).tolist()
+    clean_n, robust_n, total = counts.tolist()
+    return {
+        "clean_acc": clean_n / max(total, 1),
+        "pgd_acc": robust_n / max(total, 1),
+        "pgd": {"norm": norm, "eps": eps, "steps": steps, "restarts": restarts, "loss": "+".join(losses),
+                "alpha": 2.5 * eps / steps if alpha is None else alpha},
+        "n_examples": total,
+        "precision": "fp32",
+        "processes": world,
+        "attack_work": per_process,  # input-gradient evaluations (examples x steps) per process
+    }
+
+
+def sharded_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
+                       version: str = "standard", seed: int = 0, batch_size: int = 250, accelerator: Any = None,
+                       device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
+    """AutoAttack robust accuracy, each process running the cascade on its shard; per-attack counts summed."""
+    from .autoattack import require, run_autoattack, settings_for
+
+    require()
+    rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
+    device = torch.device(accelerator.device if accelerator is not None else device)
+    start, end = shard_range(int(y.shape[0]), batch_size, rank, world)
+    res = run_autoattack(FP32(model), x[start:end], y[start:end], eps, norm, settings_for(version), seed=seed,
+                         batch_size=batch_size, device=device, progress=progress and rank == 0)
+    aa = res["autoattack"]
+    names = list(aa["per_attack"])
+    n_local = end - start
+    local = torch.tensor([round(aa["per_attack"][k] * n_local) for k in names] + [res["robust_mask"].sum().item(),
+                                                                                  n_local], device=device)
+    if world > 1:
+        local = accelerator.reduce(local, reduction="sum")
+    *per, robust_n, total = local.tolist()
+    aa = dict(aa, per_attack={k: c / max(total, 1) for k, c in zip(names, per, strict=True)}, n_examples=total,
+              processes=world, precision="fp32")
+    return {"autoattack_acc": robust_n / max(total, 1), "autoattack": aa, "autoattack_version": version}

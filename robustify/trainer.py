@@ -1,109 +1,82 @@
 """The adversarial fine-tuning loop: one readable loop on 🤗 Accelerate.
 
-    before = evaluate(model)
-    for epoch in range(method.epochs(cfg.train.epochs)):
-        for x, y in train_loader:                  # [0,1] tensors at the model's input size
-            methods[cfg.method].step(ctx, x, y)    # which inputs to train on; ctx.optimize() steps the weights
-        probe = PGD on a fixed training minibatch  # catastrophic-overfitting guard, best-robust selection
-        accelerator.save_state(checkpoints/epoch_N)
-    after = evaluate(best model); export run folder
+    run = setup(cfg)                                   # model, data, optimizer, method; resume from a checkpoint
+    before = evaluate(run)                             # sharded over all processes, always fp32
+    for epoch in epochs:
+        for x, y in this process's minibatches:        # from the checkpointed position on a resume
+            methods[cfg.method].step(ctx, x, y)        # which inputs to train on; ctx.optimize() steps the weights
+            checkpoint every N optimizer steps; on SIGTERM/SIGINT checkpoint and exit
+        end_epoch: PGD probe → guard verdict (rollback on catastrophic overfitting) → best-robust selection → checkpoint
+    finalise: the selected weights, evaluate(run), the run folder
 
-The learning rate is set by the schedule before every optimizer step. Accelerate handles devices, DDP across
-processes/nodes (gloo on CPU, NCCL on GPU), mixed precision and checkpoint state; the main process alone evaluates
-and writes the run folder.
+Accelerate handles devices, DDP across processes/nodes (gloo on CPU, NCCL on GPU), mixed precision, gradient
+accumulation and the model/optimizer/RNG state. Every evaluation (before, probe, after) runs on all processes, each
+on its share of the examples, in fp32 (``robust_acc``), so no process waits in a collective for long.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import platform
+import signal
 import time
-from collections.abc import Iterator
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
-from safetensors.torch import load_file, save_file
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
 
 from . import data as data_mod
-from .config import FinetuneConfig, dump_yaml
-from .errors import UserError
+from .checkpoint import (
+    BestWeights,
+    StopSignal,
+    TrainState,
+    checkpoint_dirs,
+    contiguous_weights,
+    load_checkpoint,
+    resume_changes,
+    save_checkpoint,
+)
+from .config import FinetuneConfig, _flatten, config_from_dict, dump_yaml
+from .errors import Interrupted, UserError
 from .export import write_run_folder
 from .fileio import atomic_write_json
 from .methods import Method, StepContext, build_method
 from .models import RobustModel, load_backbone
 from .optim import OptimizerStepper, build_optimizer
 from .report import before_after_table, history_table, plot_history, print_table
-from .robust_acc import evaluate_pgd
-
-CHECKPOINTS = "checkpoints"
-BEST = "best.safetensors"
+from .robust_acc import sharded_autoattack, sharded_pgd_accuracy
+from .schedules import scaled_lr
 
 
 def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_dir: str | None = None) -> Accelerator:
-    """An Accelerator that synchronises processes on CPU too.
+    """An Accelerator that synchronises processes on CPU too, with a deliberate process-group timeout.
 
     A plain ``Accelerator()`` started by torchrun on a machine without CUDA runs unsynchronised copies; passing
     ``cpu=True`` there (or when ``ACCELERATE_USE_CPU`` is set) makes Accelerate set up a gloo process group.
+
+    The timeout (``train.dist_timeout_minutes``, default 60): every evaluation is sharded, so in steady state no
+    process waits in a collective for more than a minibatch or a checkpoint write. The one long wait is the first
+    preparation of a map-style data set (download and Arrow conversion by the main process while the others wait in
+    ``main_process_first``), which can take tens of minutes for a large set on a slow link; NCCL's default of 10
+    minutes would turn that into a crash, an infinite timeout would turn a dead peer into a hang.
     """
     use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     if cfg.train.mixed_precision == "fp16" and use_cpu:
         raise UserError("train.mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
     # trackers that write files need a logging dir at construction; the run folder's logs/ replaces it once the
     # run folder's name (a timestamp agreed by all processes) is known
-    project = ProjectConfiguration(project_dir=project_dir or os.getcwd(), logging_dir=project_dir or os.getcwd())
+    project = ProjectConfiguration(project_dir=project_dir or os.getcwd(), logging_dir=project_dir or os.getcwd(),
+                                   save_on_each_node=cfg.train.save_on_each_node)
+    timeout = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.dist_timeout_minutes))
     return Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision, log_with=log_with,
-                       project_config=project)
-
-
-class TrainState:
-    """Everything besides model/optimizer that a resumed run needs (saved by ``accelerator.save_state``)."""
-
-    def __init__(self) -> None:
-        self.epoch = 0  # epochs completed
-        self.opt_steps = 0
-        self.history: list[dict[str, Any]] = []
-        self.best_probe = -1.0
-        self.best_epoch = -1
-        self.stopped: str | None = None
-        self.wall_seconds = 0.0
-        self.batch_passes = 0
-        self.example_passes = 0
-        self.before: dict[str, Any] | None = None
-        self.output_dir = ""
-
-    def state_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-
-
-class _MethodState:
-    """Adapter so a method's persistent tensors (free AT's delta) are checkpointed too."""
-
-    def __init__(self, method: Method) -> None:
-        self.method = method
-
-    def state_dict(self) -> dict[str, Any]:
-        sd = getattr(self.method, "state_dict", None)
-        return sd() if sd else {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if hasattr(self.method, "load_state_dict"):
-            self.method.load_state_dict(state)
-
-
-def _flatten_cfg(cfg: FinetuneConfig) -> dict[str, Any]:
-    from .config import _flatten
-
-    return _flatten(cfg.to_dict())
+                       project_config=project, gradient_accumulation_steps=cfg.train.grad_accum,
+                       kwargs_handlers=[timeout])
 
 
 def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerator) -> Path:
@@ -112,8 +85,7 @@ def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerat
     if accelerator.num_processes > 1:
         broadcast_object_list(stamp, from_process=0)
     run_dir = Path(cfg.output_dir.replace("{time}", stamp[0])).expanduser()
-    has_ckpt = (run_dir / CHECKPOINTS).is_dir() and any(_epoch_dirs(run_dir))
-    if resume and not has_ckpt:
+    if resume and not checkpoint_dirs(run_dir):
         raise UserError(f"--resume: {str(run_dir)!r} has no checkpoints to resume from; give the --output-dir of an "
                         "interrupted run")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
@@ -122,44 +94,20 @@ def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerat
     return run_dir
 
 
-def _epoch_dirs(run_dir: Path) -> list[Path]:
-    ckpt = run_dir / CHECKPOINTS
-    if not ckpt.is_dir():
+def check_resume(run_dir: Path, cfg: FinetuneConfig) -> list[str]:
+    """Refuse a ``--resume`` that would continue a different run; returns notes on accepted changes."""
+    saved_path = run_dir / "recipe.yaml"
+    if not saved_path.is_file():
         return []
-    return sorted((p for p in ckpt.iterdir() if p.is_dir() and p.name.startswith("epoch_")),
-                  key=lambda p: int(p.name.split("_")[1]))
+    import yaml
 
-
-def _save_checkpoint(accelerator: Accelerator, run_dir: Path, epoch: int, keep: int = 2) -> None:
-    """``accelerator.save_state`` into a temporary folder, renamed to ``checkpoints/epoch_N`` when complete."""
-    final = run_dir / CHECKPOINTS / f"epoch_{epoch:03d}"
-    tmp = run_dir / CHECKPOINTS / f".tmp_epoch_{epoch:03d}"
-    accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if final.exists():
-            import shutil
-
-            shutil.rmtree(final)
-        tmp.rename(final)
-        for old in _epoch_dirs(run_dir)[:-keep]:
-            import shutil
-
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-@contextlib.contextmanager
-def contiguous_weights(model: torch.nn.Module, channels_last: bool) -> Iterator[None]:
-    """safetensors stores only contiguous tensors: switch a channels_last model back while it is being saved."""
-    if not channels_last:
-        yield
-        return
-    model.to(memory_format=torch.contiguous_format)
-    try:
-        yield
-    finally:
-        model.to(memory_format=torch.channels_last)
+    saved = config_from_dict(yaml.safe_load(saved_path.read_text()) or {})
+    refused, notes = resume_changes(_flatten(saved.to_dict()), _flatten(cfg.to_dict()))
+    if refused:
+        raise UserError(f"--resume continues the same run, but {'; '.join(refused)} (the run's own settings are in "
+                        f"{saved_path}); start a new --output-dir for a different run, or only raise train.epochs to "
+                        "extend this one")
+    return notes
 
 
 def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
@@ -181,185 +129,259 @@ def hardware_info(accelerator: Accelerator) -> dict[str, Any]:
             "mixed_precision": accelerator.mixed_precision}
 
 
-def _probe(model: RobustModel, probe: tuple[torch.Tensor, torch.Tensor], cfg: FinetuneConfig,
-           device: torch.device, autocast) -> tuple[float, float]:
-    x, y = probe[0].to(device), probe[1].to(device)
-    res = evaluate_pgd(model, [(x, y)], cfg.threat.eps, cfg.threat.norm, steps=cfg.train.probe_steps,
-                       seed=cfg.train.seed, device=device, autocast=autocast, disable_progress=True)
-    return res["clean_acc"], res["pgd_acc"]
+@dataclass
+class Run:
+    """Everything one fine-tuning run works with; built by :func:`setup`."""
+
+    cfg: FinetuneConfig
+    accelerator: Accelerator
+    run_dir: Path
+    model: torch.nn.Module  # prepared (DDP-wrapped when several processes): training forwards
+    raw: RobustModel  # the module itself: attacks, evaluation, export
+    optimizer: torch.optim.Optimizer
+    loaders: data_mod.Loaders
+    method: Method
+    state: TrainState
+    best: BestWeights
+    stepper: OptimizerStepper
+    ctx: StepContext
+    epochs: int
+    lr: float  # the peak learning rate after global-batch scaling
+    eval_set: tuple[torch.Tensor, torch.Tensor]
+    clock: float = 0.0  # perf_counter at the last wall-time update (see tick)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def say(self, text: str) -> None:
+        self.accelerator.print(text)
+
+    def tick(self) -> None:
+        """Add the time since the last tick to the run's wall time (kept in the checkpointed state)."""
+        now = time.perf_counter()
+        if self.clock:
+            self.state.wall_seconds += now - self.clock
+        self.clock = now
+
+    def resume_command(self) -> str:
+        return f"robustify finetune --output-dir {self.run_dir} --resume"
 
 
-def _evaluate(model: RobustModel, loaders: data_mod.Loaders, cfg: FinetuneConfig, accelerator: Accelerator,
-              desc: str) -> dict[str, Any]:
-    e = cfg.eval
-    res = evaluate_pgd(model, loaders.eval, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
-                       restarts=e.pgd_restarts, loss=e.pgd_loss, seed=cfg.train.seed, device=accelerator.device,
-                       autocast=accelerator.autocast, desc=desc)
-    res["split"] = cfg.data.eval_split
-    if e.autoattack:
-        from .robust_acc import autoattack_accuracy
-
-        res.update(autoattack_accuracy(model, loaders.eval, cfg.threat, device=accelerator.device))
-    return res
-
-
-def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
-    """Adversarially fine-tune ``cfg.model`` on ``cfg.data``; returns metrics.json's content (main process)."""
+# ------------------------------------------------------------------------------------------------------- setup
+def setup(cfg: FinetuneConfig, resume: bool) -> Run:
+    """Accelerator, run folder, model, data, optimizer and method; on ``--resume`` the last checkpoint."""
     accelerator = make_accelerator(cfg, log_with=cfg.train.log_with)
     run_dir = resolve_output_dir(cfg, resume, accelerator)
+    notes = check_resume(run_dir, cfg) if resume else []
+    cfg = copy.deepcopy(cfg)
+    cfg.output_dir = str(run_dir)
     if cfg.train.log_with:
         accelerator.project_configuration.logging_dir = str(run_dir / "logs")
         accelerator.init_trackers(run_dir.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                        for k, v in _flatten_cfg(cfg).items()})
-    cfg = copy.deepcopy(cfg)
-    cfg.output_dir = str(run_dir)
+                                                        for k, v in _flatten(cfg.to_dict()).items()})
     set_seed(cfg.train.seed)
-    main = accelerator.is_main_process
-    say = accelerator.print
 
     # model and data: the backbone's pretrained_cfg decides input size, interpolation and normalization
-    probe_model = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint)
+    base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint)
     from timm.data import resolve_data_config
 
-    data_config = resolve_data_config(model=probe_model.backbone)
-    loaders = data_mod.build_loaders(cfg.data, data_config, cfg.eval.n_examples, cfg.train.probe_size,
-                                     seed=cfg.train.seed)
-    backbone = probe_model.backbone
+    data_config = resolve_data_config(model=base.backbone)
+    with accelerator.main_process_first():
+        loaders = data_mod.build_loaders(cfg.data, data_config, cfg.eval.n_examples, cfg.train.probe_size,
+                                         seed=cfg.train.seed, rank=accelerator.process_index,
+                                         world_size=accelerator.num_processes)
+    backbone = base.backbone
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
-    model = RobustModel(backbone, probe_model.normalize.mean.flatten().tolist(),
-                        probe_model.normalize.std.flatten().tolist(), loaders.input_size, source=cfg.model.name)
+    model = RobustModel(backbone, base.normalize.mean.flatten().tolist(), base.normalize.std.flatten().tolist(),
+                        loaders.input_size, source=cfg.model.name)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     method = build_method(cfg.method, cfg.threat)
+    global_batch = cfg.data.batch_size * accelerator.num_processes * cfg.train.grad_accum
+    lr = scaled_lr(cfg.schedule.lr, global_batch, cfg.schedule.lr_batch, cfg.schedule.lr_scaling)
     optimizer = build_optimizer(model, cfg)
-    state = TrainState()
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, loaders.train)
-    accelerator.register_for_checkpointing(state, _MethodState(method))
+    model, optimizer = accelerator.prepare(model, optimizer)
     raw: RobustModel = accelerator.unwrap_model(model)
+    state, best = TrainState(), BestWeights()
     if resume:
-        last = _epoch_dirs(run_dir)[-1]
-        accelerator.load_state(str(last))
-        say(f"resumed from {last} (epoch {state.epoch} done)")
-        if state.stopped:
-            say(f"that run had already stopped: {state.stopped}")
-    elif main:
+        last = checkpoint_dirs(run_dir)[-1]
+        state, method_state = load_checkpoint(accelerator, last, best, accelerator.device)
+        if hasattr(method, "load_state_dict"):
+            method.load_state_dict(method_state)
+        accelerator.print(f"resumed from {last} (epoch {state.epoch} done, {state.batch} minibatches into the next)")
+        for note in notes:
+            accelerator.print(f"robustify: {note}")
+    elif accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(dump_yaml(cfg))
     accelerator.wait_for_everyone()
 
     epochs = method.epochs(cfg.train.epochs)
-    batches_per_epoch = len(train_loader)
-    total_steps = epochs * batches_per_epoch * method.optimizer_steps_per_batch
-    say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
-        f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x {batches_per_epoch} batches, "
-        f"{accelerator.num_processes} process(es) on {accelerator.device}")
+    steps_per_epoch = -(-loaders.batches_per_epoch // cfg.train.grad_accum) * method.optimizer_steps_per_batch
+    stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
+                               lr=lr)
+    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=accelerator.autocast)
+    run = Run(cfg, accelerator, run_dir, model, raw, optimizer, loaders, method, state, best, stepper, ctx, epochs, lr,
+              loaders.eval_examples())
+    run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
+            f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
+            f"{loaders.batches_per_epoch} batches, {accelerator.num_processes} process(es) on {accelerator.device}, "
+            f"global batch {global_batch}, peak lr {lr:.4g}"
+            + (f" (scaled {cfg.schedule.lr_scaling} from {cfg.schedule.lr:g} at global batch "
+               f"{cfg.schedule.lr_batch})" if lr != cfg.schedule.lr else ""))
+    return run
 
-    if state.before is None:
-        state.before = _evaluate(raw, loaders, cfg, accelerator, "eval before") if main else {}
 
-    optimize = OptimizerStepper(accelerator, model, optimizer, cfg, total_steps, opt_steps=state.opt_steps)
-    ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=accelerator.autocast)
-    best_path = run_dir / CHECKPOINTS / BEST
-    start = time.perf_counter()
-    first_epoch = state.epoch
-    while state.epoch < epochs and not state.stopped:
-        if cfg.train.stop_after is not None and state.epoch - first_epoch >= cfg.train.stop_after:
-            say(f"robustify: stopped after {cfg.train.stop_after} epoch(s) as asked (train.stop_after); "
-                f"continue with: robustify finetune --output-dir {run_dir} --resume --set train.stop_after=null")
-            accelerator.end_training()
-            return {}
-        epoch = state.epoch + 1
-        t0 = time.perf_counter()
-        loaders.set_epoch(cfg.train.seed, epoch)
-        model.train()
-        loss_sum = torch.zeros((), device=accelerator.device)
-        correct = torch.zeros((), device=accelerator.device)
-        seen = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", disable=not main, leave=False)
-        for i, (x, y) in enumerate(bar):
-            x = data_mod.to_unit(x)
-            if cfg.data.augment == "flip-crop":
-                x = data_mod.flip_crop(x)
-            if cfg.model.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            res = method.step(ctx, x, y)
-            loss_sum += res.loss * y.shape[0]
-            correct += (res.logits.argmax(1) == y).sum()
-            seen += y.shape[0]
-            if (i + 1) % cfg.train.log_every == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
-        state.opt_steps = optimize.opt_steps
-        state.batch_passes += batches_per_epoch * method.passes_per_batch
-        state.example_passes += seen * accelerator.num_processes * method.passes_per_batch
-        # the probe: same fixed minibatch every epoch; the main process measures, everyone acts on its verdict
-        verdict = [None]
-        if main:
-            p_clean, p_rob = _probe(raw, loaders.probe, cfg, accelerator.device, accelerator.autocast)
-            note = ""
-            if state.best_epoch > 0 and state.best_probe - p_rob > cfg.train.guard_drop:
-                note = (f"catastrophic overfitting: probe PGD accuracy fell from {state.best_probe:.1%} "
-                        f"(epoch {state.best_epoch}) to {p_rob:.1%}; rolled back to epoch {state.best_epoch}")
-            elif p_rob >= state.best_probe:
-                note = "best"
-            verdict = [(p_clean, p_rob, note)]
-        if accelerator.num_processes > 1:
-            broadcast_object_list(verdict, from_process=0)
-        p_clean, p_rob, note = verdict[0]
-        if note.startswith("catastrophic"):
-            accelerator.wait_for_everyone()
-            raw.load_state_dict(load_file(str(best_path)))
-            state.stopped = note
-            say(f"robustify: {note}")
-        elif note == "best":
-            state.best_probe, state.best_epoch = p_rob, epoch
-            if main:
-                best_path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = best_path.with_suffix(".tmp")
-                with contiguous_weights(raw, cfg.model.channels_last):
-                    save_file({k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()}, str(tmp))
-                tmp.replace(best_path)
-        totals = accelerator.reduce(torch.stack([loss_sum, correct]), reduction="sum")
-        n_all = seen * accelerator.num_processes
-        state.history.append({
-            "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "loss": totals[0].item() / n_all,
-            "train_acc": totals[1].item() / n_all, "probe_clean_acc": p_clean, "probe_robust_acc": p_rob,
-            "seconds": time.perf_counter() - t0, "opt_steps": state.opt_steps, "note": note,
-        })
-        state.epoch = epoch
-        state.wall_seconds += time.perf_counter() - start
-        start = time.perf_counter()
-        h = state.history[-1]
-        say(f"epoch {epoch}/{epochs}  loss {h['loss']:.3f}  train acc {h['train_acc']:.1%}  probe clean "
-            f"{p_clean:.1%}  probe PGD {p_rob:.1%}  lr {h['lr']:.4g}  {h['seconds']:.1f}s  {note}")
-        with contiguous_weights(raw, cfg.model.channels_last):
-            _save_checkpoint(accelerator, run_dir, epoch)
-        accelerator.log({k: v for k, v in h.items() if isinstance(v, (int, float))}, step=epoch)
+# -------------------------------------------------------------------------------------------------- evaluation
+def evaluate(run: Run, desc: str) -> dict[str, Any]:
+    """The before/after evaluation: clean + PGD (and AutoAttack when asked) on the fixed subset, sharded, fp32."""
+    cfg, e = run.cfg, run.cfg.eval
+    x, y = run.eval_set
+    res = sharded_pgd_accuracy(run.raw, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
+                               restarts=e.pgd_restarts, loss=e.pgd_loss, seed=cfg.train.seed,
+                               batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator, desc=desc)
+    res["split"] = cfg.data.eval_split
+    if e.autoattack:
+        res.update(sharded_autoattack(run.raw, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
+                                      batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator))
+    return res
 
-    # the model that is exported: the best probe-robust epoch, or the last one
-    accelerator.wait_for_everyone()
-    in_sync = ranks_in_sync(raw, accelerator)
+
+def probe(run: Run) -> tuple[float, float]:
+    """PGD on the fixed probe minibatch (same examples every epoch), sharded like every evaluation."""
+    x, y = run.loaders.probe
+    res = sharded_pgd_accuracy(run.raw, x, y, run.cfg.threat.eps, run.cfg.threat.norm, steps=run.cfg.train.probe_steps,
+                               seed=run.cfg.train.seed, batch_size=run.cfg.data.eval_batch_size,
+                               accelerator=run.accelerator, progress=False)
+    return res["clean_acc"], res["pgd_acc"]
+
+
+def guard_verdict(state: TrainState, robust: float, epoch: int, guard_drop: float) -> str:
+    """'catastrophic ...' when the probe's robust accuracy collapsed below the best so far (Wong et al. 2020),
+    'best' when it is the best so far (Rice et al. 2020's selection), '' otherwise. Every process computes the same
+    verdict from the same gathered numbers."""
+    if state.best_epoch > 0 and state.best_probe - robust > guard_drop:
+        return (f"catastrophic overfitting: probe PGD accuracy fell from {state.best_probe:.1%} (epoch "
+                f"{state.best_epoch}) to {robust:.1%} at epoch {epoch}; rolled back to epoch {state.best_epoch}")
+    return "best" if robust >= state.best_probe else ""
+
+
+# ------------------------------------------------------------------------------------------------------ epochs
+def checkpoint(run: Run) -> Path:
+    method_state = run.method.state_dict() if hasattr(run.method, "state_dict") else {}
+    run.state.opt_steps = run.stepper.opt_steps
+    run.tick()
+    return save_checkpoint(run.accelerator, run.run_dir, run.state, method_state, run.best, run.raw,
+                           run.cfg.model.channels_last)
+
+
+def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
+    """Train on this process's minibatches of ``epoch`` from the checkpointed position; checkpoint every
+    ``train.checkpoint_every`` optimizer steps; on a stop signal checkpoint and raise :class:`Interrupted`."""
+    cfg, acc, state, loaders = run.cfg, run.accelerator, run.state, run.loaders
+    n_batches, every = loaders.batches_per_epoch, cfg.train.checkpoint_every
+    sums = torch.tensor(state.epoch_sums, dtype=torch.float64, device=acc.device)  # loss*n, correct, n
+    t0 = time.perf_counter() - state.epoch_seconds
+    run.model.train()
+    bar = tqdm(total=n_batches, initial=state.batch, desc=f"epoch {epoch}/{run.epochs}", leave=False,
+               **({} if run.main else {"disable": True}))  # only switch off, so TQDM_DISABLE=1 still works
+    for x, y in loaders.train_epoch(epoch, start_batch=state.batch):
+        x, y = data_mod.to_unit(x.to(acc.device, non_blocking=True)), y.to(acc.device, non_blocking=True)
+        if cfg.data.augment == "flip-crop":
+            x = data_mod.flip_crop(x)
+        if cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if state.batch == n_batches - 1:  # close a partial accumulation group at the epoch's end
+            acc.step = cfg.train.grad_accum - 1
+        steps_before = run.stepper.opt_steps
+        with acc.accumulate(run.model):
+            res = run.method.step(run.ctx, x, y)
+        sums += torch.stack([res.loss.double() * y.shape[0], (res.logits.argmax(1) == y).sum().double(),
+                             torch.tensor(float(y.shape[0]), dtype=torch.float64, device=acc.device)])
+        state.batch += 1
+        state.progress += 1
+        state.batch_passes += run.method.passes_per_batch
+        state.example_passes += y.shape[0] * acc.num_processes * run.method.passes_per_batch
+        bar.update(1)
+        if state.batch % cfg.train.log_every == 0 or state.batch == n_batches:
+            s = sums.tolist()
+            bar.set_postfix(loss=f"{s[0] / max(s[2], 1):.3f}", acc=f"{s[1] / max(s[2], 1):.3f}")
+        due = every is not None and run.stepper.opt_steps // every > steps_before // every
+        # act on a signal only where a checkpoint is exact (an accumulation group is complete), and agree on it
+        # across processes every log_every groups (one small collective) rather than every step
+        check = acc.sync_gradients and (acc.num_processes == 1 or due
+                                        or state.batch % (cfg.train.log_every * cfg.train.grad_accum) == 0)
+        signalled = stop.agreed(acc) if check else None
+        if (due or signalled) and state.batch < n_batches:
+            state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
+            where = checkpoint(run)
+            if signalled:
+                bar.close()
+                name = signal.Signals(signalled).name
+                raise Interrupted(f"{name} received: checkpoint written at epoch {epoch}, minibatch {state.batch} "
+                                  f"({where.name}); continue with: {run.resume_command()}", 130 if name == "SIGINT"
+                                  else 143)
+    bar.close()
+    state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
+
+
+def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """Probe → guard verdict → best-probe capture or rollback → history → checkpoint. Returns the history row."""
+    state, acc = run.state, run.accelerator
+    p_clean, p_rob = probe(run)
+    note = guard_verdict(state, p_rob, epoch, run.cfg.train.guard_drop)
+    if note.startswith("catastrophic"):
+        run.best.restore(run.raw)  # from memory: identical on every process, no shared file system needed
+        state.stopped = note
+        run.say(f"robustify: {note}")
+    elif note == "best":
+        state.best_probe, state.best_epoch = p_rob, epoch
+        run.best.capture(run.raw)
+    totals = acc.reduce(torch.tensor(state.epoch_sums, dtype=torch.float64, device=acc.device), reduction="sum")
+    loss_sum, correct, seen = totals.tolist()
+    row = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"], "loss": loss_sum / max(seen, 1),
+           "train_acc": correct / max(seen, 1), "probe_clean_acc": p_clean, "probe_robust_acc": p_rob,
+           "seconds": state.epoch_seconds, "opt_steps": run.stepper.opt_steps, "note": note}
+    state.history.append(row)
+    state.epoch, state.batch, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
+    run.say(f"epoch {epoch}/{run.epochs}  loss {row['loss']:.3f}  train acc {row['train_acc']:.1%}  probe clean "
+            f"{p_clean:.1%}  probe PGD {p_rob:.1%}  lr {row['lr']:.4g}  {row['seconds']:.1f}s  {note}")
+    checkpoint(run)
+    acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ finalisation
+def finalise(run: Run) -> dict[str, Any]:
+    """Load the selected weights, evaluate them and write the run folder (main process); returns metrics.json."""
+    cfg, acc, state, raw = run.cfg, run.accelerator, run.state, run.raw
+    acc.wait_for_everyone()
+    in_sync = ranks_in_sync(raw, acc)
     if not in_sync:
         raise RuntimeError("the processes' weights differ after training: gradients were not synchronised")
-    if cfg.train.select == "best-robust" and best_path.is_file() and not state.stopped:
-        raw.load_state_dict(load_file(str(best_path)))
-    metrics: dict[str, Any] = {}
-    if main:
-        after = _evaluate(raw, loaders, cfg, accelerator, "eval after")
-        selected = state.best_epoch if cfg.train.select == "best-robust" or state.stopped else state.epoch
-        metrics = {
-            "before": state.before, "after": after, "history": state.history,
-            "selected_epoch": selected, "stopped": state.stopped,
-            "cost": {"wall_seconds": state.wall_seconds, "epochs": state.epoch, "optimizer_steps": state.opt_steps,
-                     "batch_passes": state.batch_passes, "example_passes": state.example_passes,
-                     "passes_per_batch": method.passes_per_batch, "hardware": hardware_info(accelerator),
-                     "world_size": accelerator.num_processes, "ranks_in_sync": in_sync},
-        }
+    if cfg.train.select == "best-robust" and run.best.state is not None and not state.stopped:
+        run.best.restore(raw)
+    after = evaluate(run, "eval after")
+    selected = state.best_epoch if cfg.train.select == "best-robust" or state.stopped else state.epoch
+    global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum
+    metrics = {
+        "before": state.before, "after": after, "history": state.history,
+        "selected_epoch": selected, "stopped": state.stopped,
+        "cost": {"wall_seconds": state.wall_seconds, "epochs": state.epoch, "optimizer_steps": run.stepper.opt_steps,
+                 "batch_passes": state.batch_passes, "example_passes": state.example_passes,
+                 "passes_per_batch": run.method.passes_per_batch, "hardware": hardware_info(acc),
+                 "world_size": acc.num_processes, "ranks_in_sync": in_sync, "global_batch": global_batch,
+                 "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision},
+    }
+    if run.main:
         robustness = {
-            "name": run_dir.name, "threat_model": {"norm": cfg.threat.norm, "eps": cfg.threat.eps},
-            "method": method.describe() | ({"bn_mode": cfg.method.bn_mode} if cfg.method.name != "natural" else {}),
-            "schedule": {"name": cfg.schedule.name, "lr": cfg.schedule.lr},
+            "name": run.run_dir.name, "threat_model": {"norm": cfg.threat.norm, "eps": cfg.threat.eps},
+            "method": run.method.describe() | ({"bn_mode": cfg.method.bn_mode} if cfg.method.name != "natural"
+                                               else {}),
+            "schedule": {"name": cfg.schedule.name, "lr": run.lr},
             "base_model": cfg.model.name, "dataset": cfg.data.name, "eval_split": cfg.data.eval_split,
             "architecture": raw.backbone.pretrained_cfg.get("architecture", type(raw.backbone).__name__),
             "input_size": list(raw.input_size), "mean": raw.normalize.mean.flatten().tolist(),
@@ -367,13 +389,37 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             "optimizer": cfg.optim.name,
             "results": {k: after.get(k) for k in ("clean_acc", "pgd_acc", "autoattack_acc") if k in after},
         }
-        plot_history(state.history, run_dir / "history.png")  # before the card, which embeds it
-        atomic_write_json(run_dir / "history.json", state.history)
+        plot_history(state.history, run.run_dir / "history.png")  # before the card, which embeds it
+        atomic_write_json(run.run_dir / "history.json", state.history)
         with contiguous_weights(raw, cfg.model.channels_last):
-            write_run_folder(run_dir, raw, robustness, metrics, dump_yaml(cfg), loaders.label_names)
+            write_run_folder(run.run_dir, raw, robustness, metrics, dump_yaml(cfg), run.loaders.label_names)
         print_table(history_table(state.history))
         print_table(before_after_table(state.before, after))
-        say(f"run folder: {run_dir}  (load with timm.create_model('local-dir:{run_dir}', pretrained=True))")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+        run.say(f"run folder: {run.run_dir}  (load with timm.create_model('local-dir:{run.run_dir}', "
+                "pretrained=True))")
+    acc.wait_for_everyone()
+    return metrics
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
+    """Adversarially fine-tune ``cfg.model`` on ``cfg.data``; returns metrics.json's content."""
+    run = setup(cfg, resume)
+    state = run.state
+    if state.before is None:
+        state.before = evaluate(run, "eval before")
+    first_epoch = state.epoch
+    run.tick()
+    with StopSignal() as stop:
+        while state.epoch < run.epochs and not state.stopped:
+            if cfg.train.stop_after is not None and state.epoch - first_epoch >= cfg.train.stop_after:
+                run.say(f"robustify: stopped after {cfg.train.stop_after} epoch(s) as asked (train.stop_after); "
+                        f"continue with: {run.resume_command()} --set train.stop_after=null")
+                run.accelerator.end_training()
+                return {}
+            epoch = state.epoch + 1
+            train_epoch(run, epoch, stop)
+            end_epoch(run, epoch)
+    run.tick()
+    metrics = finalise(run)
+    run.accelerator.end_training()
     return metrics

@@ -25,3 +25,14 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = build_config("quickstart", [f"output_dir={run_dir}"])
     finetune(cfg)
     return run_dir
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Accelerate keeps one process-wide state; a test that trains in bf16 or with gradient accumulation must not
+    leak those settings into the next test's Accelerator (the process group, PartialState, is kept)."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()

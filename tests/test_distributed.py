@@ -40,3 +40,64 @@ def test_two_process_run_keeps_ranks_in_sync(tmp_path: Path):
     model = timm.create_model(f"local-dir:{run}", pretrained=True).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+SHARDED_EVAL = """
+import json, sys
+import torch
+from accelerate import Accelerator
+from robustify.robust_acc import sharded_pgd_accuracy
+from tests.helpers import quickstart_batch, quickstart_model
+
+acc = Accelerator(cpu=True)
+x, y = quickstart_batch(200)
+res = sharded_pgd_accuracy(quickstart_model(), x, y, 0.1, steps=3, restarts=2, loss="ce+cw", batch_size=32,
+                           accelerator=acc, progress=False)
+if acc.is_main_process:
+    open(sys.argv[1], "w").write(json.dumps(res))
+"""
+
+
+def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+
+
+def test_sharded_evaluation_equals_single_process(tmp_path: Path):
+    """Two processes each attack half of the examples and report exactly the single-process counts."""
+    from robustify.robust_acc import sharded_pgd_accuracy
+    from tests.helpers import quickstart_batch, quickstart_model
+
+    script = tmp_path / "shard.py"
+    script.write_text(SHARDED_EVAL)
+    res = _torchrun([str(script), str(tmp_path / "out.json")], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = json.loads((tmp_path / "out.json").read_text())
+    x, y = quickstart_batch(200)
+    one = sharded_pgd_accuracy(quickstart_model(), x, y, 0.1, steps=3, restarts=2, loss="ce+cw", batch_size=32,
+                               progress=False)
+    assert two["processes"] == 2 and one["processes"] == 1
+    assert (two["clean_acc"], two["pgd_acc"], two["n_examples"]) == (one["clean_acc"], one["pgd_acc"], 200)
+    assert two["precision"] == "fp32"
+    # the attack's cost is split: each process made about half of the input-gradient evaluations
+    assert sum(two["attack_work"]) == one["attack_work"][0]
+    assert min(two["attack_work"]) >= 0.3 * one["attack_work"][0]
+
+
+def test_robustify_eval_under_torchrun_equals_one_process(tmp_path: Path, quickstart_run: Path):
+    from robustify.cli import main as cli
+
+    args = ["eval", str(quickstart_run), "--attack", "clean,pgd", "--preset", "quick", "--n-examples", "96",
+            "--batch-size", "32", "--no-curve", "--no-checks", "--no-update"]
+    res = _torchrun(["-m", "robustify", *args, "--output", str(tmp_path / "two.json")], tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("examples (first 96") == 1  # one process prints the report
+    assert cli([*args, "--output", str(tmp_path / "one.json")]) == 0
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert two["processes"] == 2 and one["processes"] == 1
+    for key in ("clean_acc", "fgsm_acc", "pgd_acc", "robust_acc"):
+        assert one[key] == two[key], key
+    assert one["pgd"]["last_iterate_acc_by_step"] == two["pgd"]["last_iterate_acc_by_step"]

@@ -1,36 +1,117 @@
-"""An interrupted run continues from its last checkpoint and ends where an uninterrupted run ends."""
+"""Exact resume: a run interrupted anywhere (an invocation limit, kill -9 mid-epoch, SIGTERM) and continued with
+``--resume`` ends with the same weights as the uninterrupted run; ``--resume`` refuses to continue a different run."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from robustify.checkpoint import checkpoint_dirs
+from robustify.cli import main as cli
 from robustify.config import build_config
 from robustify.trainer import finetune
 
-SMALL = ["data.max_train_examples=256", "train.epochs=3", "eval.n_examples=64", "eval.pgd_steps=3",
-         "train.probe_size=64", "train.probe_steps=3", "data.batch_size=64"]
+SMALL = ["data.max_train_examples=384", "train.epochs=2", "eval.n_examples=64", "eval.pgd_steps=2",
+         "train.probe_size=64", "train.probe_steps=2", "data.batch_size=64", "train.log_every=1"]
+PATHS = {"in-memory": [], "workers": ["data.cache_mb=0", "data.num_workers=2"]}
 
 
-def test_resume_continues_an_interrupted_run(tmp_path: Path):
-    straight = tmp_path / "straight"
-    finetune(build_config("quickstart", SMALL + [f"output_dir={straight}"]))
+def _same_weights(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k  # bit-identical, not merely close
 
-    run = tmp_path / "interrupted"
-    finetune(build_config("quickstart", SMALL + [f"output_dir={run}", "train.stop_after=2"]))
-    assert (run / "checkpoints" / "epoch_002").is_dir()
-    assert not (run / "model.safetensors").exists()  # nothing exported from an unfinished run
 
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    """Uninterrupted reference runs, trained on first use."""
+    cache: dict[tuple[str, str], Path] = {}
+
+    class Lazy(dict):
+        def __missing__(self, key: tuple[str, str]) -> Path:
+            method, path = key
+            run = tmp_path_factory.mktemp("straight") / f"{method}-{path}"
+            finetune(build_config("quickstart", SMALL + PATHS[path] + [f"method.name={method}", f"output_dir={run}"]))
+            self[key] = run
+            return run
+
+    return Lazy(cache)
+
+
+def test_stop_after_then_resume_equals_uninterrupted(tmp_path: Path, straight):
+    run = tmp_path / "run"
+    finetune(build_config("quickstart", SMALL + [f"output_dir={run}", "train.stop_after=1"]))
+    assert len(checkpoint_dirs(run)) == 1 and not (run / "model.safetensors").exists()
     metrics = finetune(build_config(str(run / "recipe.yaml"), ["train.stop_after=null"]), resume=True)
-    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
-    assert metrics["cost"]["epochs"] == 3
-    saved = json.loads((run / "metrics.json").read_text())
-    assert saved["history"] == metrics["history"]
-    # the resumed run reproduces the uninterrupted one (same data order, RNG state, optimizer state)
-    a, b = load_file(str(straight / "model.safetensors")), load_file(str(run / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert json.loads((run / "metrics.json").read_text())["history"] == metrics["history"]
+    _same_weights(straight["fgsm-rs", "in-memory"], run)
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    import robustify.trainer as trainer
+    sig, after = getattr(signal, sys.argv[2]), int(sys.argv[3])
+    saved = trainer.checkpoint
+    count = [0]
+    def checkpoint(run):  # the process dies right after its Nth mid-epoch checkpoint is on disk
+        where = saved(run)
+        count[0] += run.state.batch > 0
+        if count[0] == after and run.state.batch > 0:
+            os.kill(os.getpid(), sig)
+        return where
+    trainer.checkpoint = checkpoint
+    from robustify.cli import main
+    sets = [a for kv in sys.argv[4:] for a in ("--set", kv)]
+    sys.exit(main(["finetune", "--output-dir", sys.argv[1], *sets]))
+""")
+
+
+@pytest.mark.parametrize("method,path", [("fgsm-rs", "in-memory"), ("free", "in-memory"), ("fgsm-rs", "workers"),
+                                         ("free", "workers")])
+def test_kill_9_mid_epoch_then_resume_equals_uninterrupted(tmp_path: Path, straight, method: str, path: str):
+    run = tmp_path / "run"
+    args = SMALL + PATHS[path] + [f"method.name={method}", "train.checkpoint_every=2"]
+    res = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run), "SIGKILL", "2", *args], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    state = json.loads((checkpoint_dirs(run)[-1] / "trainer_state.json").read_text())
+    assert state["batch"] > 0  # the last checkpoint is in the middle of an epoch
+    assert cli(["finetune", "--output-dir", str(run), "--resume"]) == 0
+    _same_weights(straight[method, path], run)
+
+
+def test_sigterm_writes_a_checkpoint_and_says_how_to_resume(tmp_path: Path, straight):
+    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run), "SIGTERM", "1", *SMALL,
+                          "train.checkpoint_every=2"], capture_output=True, text=True, timeout=600)
+    # the signal arrives right after a checkpoint; the trainer finishes the minibatch, checkpoints again and exits
+    assert res.returncode == 143, res.stderr[-2000:]
+    assert f"robustify finetune --output-dir {run} --resume" in res.stderr
+    assert cli(["finetune", "--output-dir", str(run), "--resume"]) == 0
+    _same_weights(straight["fgsm-rs", "in-memory"], run)
+
+
+def test_resume_refuses_a_different_run_and_extends_epochs(tmp_path: Path, capsys):
+    run = tmp_path / "run"
+    finetune(build_config("quickstart", SMALL + [f"output_dir={run}", "train.epochs=1", "threat.eps=0.1"]))
+    capsys.readouterr()
+    for change in (["--eps", "0.2"], ["--method", "pgd"], ["--set", "schedule.lr=0.1"], ["--set", "train.seed=1"]):
+        assert cli(["finetune", "--output-dir", str(run), "--resume", *change]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("robustify: error: --resume continues the same run") and err.count("\n") == 1, err
+    before = (run / "model.safetensors").read_bytes()
+    assert cli(["finetune", "--output-dir", str(run), "--resume", "--set", "train.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "train.epochs 1 -> 2" in out
+    assert (run / "model.safetensors").read_bytes() != before
+    assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
