@@ -37,7 +37,7 @@ from .errors import UserError
 from .export import write_run_folder
 from .fileio import atomic_write_json
 from .methods import Method, StepContext, build_method
-from .models import RobustModel, load_backbone
+from .models import RobustModel, build_robust_model, load_backbone
 from .optim import OptimizerStepper, build_optimizer
 from .report import before_after_table, history_table, plot_history, print_table
 from .robust_acc import evaluate_pgd
@@ -227,8 +227,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     backbone = probe_model.backbone
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
-    model = RobustModel(backbone, probe_model.normalize.mean.flatten().tolist(),
-                        probe_model.normalize.std.flatten().tolist(), loaders.input_size, source=cfg.model.name)
+    model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -279,9 +278,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         seen = 0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", disable=not main, leave=False)
         for i, (x, y) in enumerate(bar):
-            x = data_mod.to_unit(x)
-            if cfg.data.augment == "flip-crop":
-                x = data_mod.flip_crop(x)
+            x = data_mod.to_unit(x)  # augmentation happens in the loaders (seeded per example)
             if cfg.model.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             res = method.step(ctx, x, y)
