@@ -307,7 +307,8 @@ def validate_data(cfg: FinetuneConfig) -> None:
     if d.attack_size is not None and d.attack_size < 8:
         raise ConfigError(f"data.attack_size={d.attack_size} is too small; use 8 or more pixels (e.g. 32 for CIFAR)")
     if d.crop_pct is not None and not 0 < d.crop_pct <= 1:
-        raise ConfigError(f"data.crop_pct={d.crop_pct:g} is outside (0, 1]; use e.g. 0.875, or 1.0 to keep whole images")
+        raise ConfigError(f"data.crop_pct={d.crop_pct:g} is outside (0, 1]; use e.g. 0.875, or 1.0 to keep whole "
+                          "images")
     if d.interpolation is not None and d.interpolation not in ("bilinear", "bicubic", "nearest"):
         raise ConfigError(f"data.interpolation={d.interpolation!r} is not accepted; choose one of: bilinear, bicubic, "
                           "nearest")

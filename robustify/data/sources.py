@@ -174,7 +174,8 @@ def read_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, list[str] 
                             f"(max {int(ref.max())}); labels must be class indices seen in y_train")
         distinct = len(np.unique(labels))
         if labels.max() + 1 > 2 * distinct and labels.max() >= 16:
-            raise UserError(f"'{yk}' in {str(path)!r} has label {int(labels.max())} but only {distinct} distinct values; "
+            raise UserError(f"'{yk}' in {str(path)!r} has label {int(labels.max())} but only {distinct} distinct "
+                            "values; "
                             "labels must be class indices 0..K-1 (or store the class names as label_names)")
     return images, labels, names
 
@@ -218,10 +219,12 @@ def standardize(ds, spec: str, image_column: str | None = None, label_column: st
                         "data.streaming=false")
     names = list(feats)
     alias = ALIASES.get(spec)
-    img = image_column or (alias.image_column if alias else None) or (
-        "image" if "image" in feats else next((c for c, f in feats.items() if isinstance(f, datasets.Image)), None))
-    lab = label_column or (alias.label_column if alias else None) or (
-        "label" if "label" in feats else next((c for c, f in feats.items() if isinstance(f, datasets.ClassLabel)), None))
+    images = [c for c, f in feats.items() if isinstance(f, datasets.Image)]
+    classes = [c for c, f in feats.items() if isinstance(f, datasets.ClassLabel)]
+    img = image_column or (alias.image_column if alias else None) or ("image" if "image" in feats else
+                                                                        next(iter(images), None))
+    lab = label_column or (alias.label_column if alias else None) or ("label" if "label" in feats else
+                                                                        next(iter(classes), None))
     for key, col in (("data.image_column", img), ("data.label_column", lab)):
         if col is None or col not in feats:
             what = "an image" if key.endswith("image_column") else "a class-label"
@@ -229,7 +232,7 @@ def standardize(ds, spec: str, image_column: str | None = None, label_column: st
             raise UserError(f"data {spec!r}: {shown}; columns: {', '.join(names)} (set {key}=NAME)")
     if not isinstance(feats[img], datasets.Image):
         raise UserError(f"data {spec!r}: column {img!r} holds {type(feats[img]).__name__}, not images; set "
-                        f"data.image_column to one of: {', '.join(c for c, f in feats.items() if isinstance(f, datasets.Image)) or '(none)'}")
+                        f"data.image_column to one of: {', '.join(images) or '(none)'}")
     ds = ds.select_columns([img, lab])
     if img != "image":
         ds = ds.rename_column(img, "image")
@@ -327,7 +330,8 @@ def _load_hub(repo: str, split: str, streaming: bool, spec: str):
                         "your account, then log in with 'hf auth login' (or set HF_TOKEN)")
     if offline:
         raise UserError(f"data set {repo!r} is not in the local cache and the Hugging Face Hub is unreachable; "
-                        "connect, pre-download it, or use local data (imagefolder:PATH, disk:PATH, parquet:PATH, npz:PATH)")
+                        "connect, pre-download it, or use local data (imagefolder:PATH, disk:PATH, parquet:PATH, "
+                        "npz:PATH)")
     raise UserError(f"data set {repo!r} split {split!r} could not be loaded: {_first_line(last)}")
 
 
