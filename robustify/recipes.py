@@ -113,9 +113,18 @@ def backbone_size(cfg: FinetuneConfig) -> tuple[int, int]:
     if cfg.data.image_size:
         return cfg.data.image_size, cfg.data.image_size
     try:
+        import json
+
         import timm
 
-        size = timm.get_pretrained_cfg(cfg.model.name.split(":", 1)[-1]).input_size
+        from .models import resolve_spec
+
+        spec = resolve_spec(cfg.model.name)
+        if spec.startswith("local-dir:"):
+            size = json.loads((Path(spec[len("local-dir:"):]) / "config.json").read_text())["pretrained_cfg"][
+                "input_size"]
+        else:
+            size = timm.get_pretrained_cfg(spec.split(":", 1)[-1]).input_size
         return int(size[1]), int(size[2])
     except Exception:  # noqa: BLE001 - unknown names have no default config: assume 224
         return 224, 224
