@@ -223,3 +223,30 @@ def test_attack_size_resizes_inside_and_reloads(tmp_path: Path):
     assert again.input_size == (3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(again(x), model(x))
+
+
+def test_gated_hub_errors_are_recognised():
+    from datasets.exceptions import DatasetNotFoundError
+
+    from robustify.data.sources import _is_gated
+
+    err = DatasetNotFoundError("Dataset 'ILSVRC/imagenet-1k' is a gated dataset on the Hub. Visit the dataset page at "
+                               "https://huggingface.co/datasets/ILSVRC/imagenet-1k to ask for access.")
+    assert _is_gated(err) and not _is_gated(DatasetNotFoundError("Dataset 'org/none' doesn't exist on the Hub"))
+
+
+def test_main_process_first_wraps_preparation(tmp_path: Path):
+    import contextlib
+
+    standins.cifar10(16, 8).save_to_disk(str(tmp_path / "c10"))
+    entered: list[str] = []
+
+    @contextlib.contextmanager
+    def first():
+        entered.append("in")
+        yield
+
+    cfg = DataConfig(name=f"disk:{tmp_path / 'c10'}", image_column="img", eval_split="test", batch_size=4)
+    loaders = build_loaders(cfg, DATA_CONFIG, 4, 4, main_process_first=first)
+    assert entered == ["in"] and loaders.num_classes == 10 and loaders.label_names[0] == "airplane"
+    assert loaders.batches_per_epoch == 4 and loaders.eval_size == 4
