@@ -111,3 +111,23 @@ def test_a_runs_recipe_reruns_it_beside_the_run(standin_data: dict, tmp_path: Pa
     (rerun,) = [p for p in tmp_path.iterdir() if p.name.startswith("first-rerun-")]
     assert (rerun / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
     assert os.listdir(run) == os.listdir(run)  # the original is untouched (it would have refused to overwrite)
+
+
+def test_stages_expand_and_validate():
+    from robustify.config import ConfigError, build_config, expand_stages
+
+    cfg = build_config("cifar10-resnet50-pgd10")
+    (n1, s1), (n2, s2) = expand_stages(cfg)
+    assert (n1, s1.method.name, s1.train.epochs, s1.schedule.name) == ("natural", "natural", 2, "cosine")
+    assert (n2, s2.method.name, s2.method.steps, s2.train.epochs) == ("adversarial", "pgd", 10, 10)
+    assert s1.schedule.lr == s2.schedule.lr and not s1.stages and s1.data.attack_size == 32
+    assert [n for n, _ in expand_stages(build_config("quickstart"))] == ["main"]
+    for stages, message in (
+        ([{"name": "a", "model": {"name": "resnet18"}}], "'model' cannot change between stages"),
+        ([{"name": "a", "data": {"name": "cifar100"}}], "'data.name' cannot change between stages"),
+        ([{"name": "a"}, {"name": "a"}], "the name 'a' is used twice"),
+        ([{"name": "a", "method": {"name": "fgsm"}}], r"stages\[0\] \(a\): method.name='fgsm' is not accepted"),
+        (["natural"], "must be a mapping"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            build_config("quickstart", [f"stages={json.dumps(stages)}"])
