@@ -264,6 +264,15 @@ def check_data(cfg: FinetuneConfig) -> str:
     if d.name in ALIASES:
         a = ALIASES[d.name]
         lab = d.label_column or a.label_column
+        for key, col in (("data.image_column", d.image_column), ("data.label_column", d.label_column)):
+            if col is not None and col not in a.columns:
+                raise UserError(f"{key}={col!r} is not a column of {a.repo}; its columns: {', '.join(a.columns)}")
+        for key, split in (("data.train_split", d.train_split), ("data.eval_split", d.eval_split)):
+            if split not in a.splits:
+                raise UserError(f"{key}={split!r} is not a split of {a.repo}; its splits: {', '.join(a.splits)}")
+            if split in a.unlabelled:
+                raise UserError(f"{key}={split!r}: that split of {a.repo} has no labels (all -1); use "
+                                f"{a.eval_split!r}")
         return (f"data {d.name}: alias of {a.repo} (columns {d.image_column or a.image_column}, {lab}; eval split "
                 f"{d.eval_split}); its Hub files are not checked offline")
     if "/" in d.name and ":" not in d.name and not Path(d.name).exists():

@@ -131,3 +131,19 @@ def test_stages_expand_and_validate():
     ):
         with pytest.raises(ConfigError, match=message):
             build_config("quickstart", [f"stages={json.dumps(stages)}"])
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "cifar100", "--set", "data.label_column=nope"], "data.label_column='nope' is not a column of "
+                                                                "uoft-cs/cifar100; its columns: img, fine_label"),
+    (["--data", "imagenet-1k", "--set", "data.eval_split=test"], "has no labels .all -1.; use 'validation'"),
+    (["--model", "resnet50.a1_in1kk"], "timm has no pretrained tag 'a1_in1kk' for resnet50"),
+    (["--limit-train", "0"], "--limit-train 0 is not accepted"),
+])
+def test_dry_run_checks(args: list[str], message: str, capsys):
+    assert main(["finetune", "--dry-run", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robustify: error: ") and len(err.strip().splitlines()) == 1
+    import re
+
+    assert re.search(message, err), err

@@ -49,14 +49,19 @@ class Alias(NamedTuple):
     label_column: str
     eval_split: str
     large: bool = False  # streamed by default (data.streaming: auto)
+    columns: tuple[str, ...] = ()  # every column of the Hub data set (for offline checks)
+    splits: tuple[str, ...] = ("train", "test")
+    unlabelled: tuple[str, ...] = ()  # splits whose labels are all -1
 
 
 ALIASES: dict[str, Alias] = {
-    "cifar10": Alias("uoft-cs/cifar10", "img", "label", "test"),
-    "cifar100": Alias("uoft-cs/cifar100", "img", "fine_label", "test"),
-    "mnist": Alias("ylecun/mnist", "image", "label", "test"),
-    "imagenet-1k": Alias("ILSVRC/imagenet-1k", "image", "label", "validation", large=True),
-    "tiny-imagenet": Alias("zh-plus/tiny-imagenet", "image", "label", "valid"),
+    "cifar10": Alias("uoft-cs/cifar10", "img", "label", "test", columns=("img", "label")),
+    "cifar100": Alias("uoft-cs/cifar100", "img", "fine_label", "test", columns=("img", "fine_label", "coarse_label")),
+    "mnist": Alias("ylecun/mnist", "image", "label", "test", columns=("image", "label")),
+    "imagenet-1k": Alias("ILSVRC/imagenet-1k", "image", "label", "validation", large=True, columns=("image", "label"),
+                         splits=("train", "validation", "test"), unlabelled=("test",)),
+    "tiny-imagenet": Alias("zh-plus/tiny-imagenet", "image", "label", "valid", columns=("image", "label"),
+                           splits=("train", "valid")),
 }
 SPLIT_SYNONYMS = {"test": ("test", "validation", "valid", "val"), "validation": ("validation", "valid", "val", "test"),
                   "val": ("validation", "valid", "val"), "valid": ("valid", "validation", "val")}
