@@ -250,3 +250,71 @@ def test_main_process_first_wraps_preparation(tmp_path: Path):
     loaders = build_loaders(cfg, DATA_CONFIG, 4, 4, main_process_first=first)
     assert entered == ["in"] and loaders.num_classes == 10 and loaders.label_names[0] == "airplane"
     assert loaders.batches_per_epoch == 4 and loaders.eval_size == 4
+
+
+def test_aliases_load_the_real_hub_ids_from_a_local_hub(tmp_path: Path):
+    """The stand-ins uploaded as uoft-cs/cifar10, uoft-cs/cifar100, ILSVRC/imagenet-1k and zh-plus/tiny-imagenet to
+    the test Hub server (Hub parquet layout), loaded by alias through datasets.load_dataset, as a user would, and a
+    recipe trained for a few steps on --data cifar10 itself. A fresh interpreter: huggingface_hub reads HF_ENDPOINT
+    at import."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from tests.hub_server import LocalHub
+
+    code = textwrap.dedent(f"""
+        import json, sys
+        from pathlib import Path
+        import datasets
+        datasets.config.SLEEP_TIME_ON_THREADS_SHUTDOWN = 0.0
+        from huggingface_hub import HfApi
+        from tests import standins
+        from robustify.data import get_dataset
+        api = HfApi()
+        for alias, repo in (("cifar10", "uoft-cs/cifar10"), ("cifar100", "uoft-cs/cifar100"),
+                            ("imagenet-1k", "ILSVRC/imagenet-1k"), ("tiny-imagenet", "zh-plus/tiny-imagenet")):
+            folder = Path({str(tmp_path)!r}) / alias
+            standins.to_parquet(standins.STANDINS[alias](), folder / "data", files_per_split=1)
+            api.create_repo(repo, repo_type="dataset")
+            api.upload_folder(repo_id=repo, repo_type="dataset", folder_path=str(folder))
+        out = {{}}
+        c100 = get_dataset("cifar100", "test")
+        out["cifar100"] = [c100.features["label"].num_classes, c100.column_names]
+        out["coarse"] = get_dataset("cifar100", "train", label_column="coarse_label").features["label"].num_classes
+        # (map-style: the test server ignores HTTP Range requests, which streaming parquet needs; streaming itself
+        # is tested on local parquet files)
+        val = get_dataset("imagenet-1k", "validation")
+        out["imagenet_val"] = [val[0]["image"].size, val.features["label"].num_classes]
+        try:
+            get_dataset("imagenet-1k", "test")
+        except Exception as e:
+            out["imagenet_test"] = str(e)
+        out["tiny_valid"] = len(get_dataset("tiny-imagenet", "valid"))
+        from robustify.cli import main
+        sets = ["model.name=test_resnet", "model.pretrained=false", "model.channels_last=false", "data.batch_size=8",
+                "data.num_workers=0", "train.epochs=1", "train.probe_size=8", "train.probe_steps=1",
+                "eval.pgd_steps=1", "train.mixed_precision=no", "data.image_size=48"]
+        out["rc"] = main(["finetune", "--recipe", "cifar10-resnet50-free4", "--output-dir",
+                          str(Path({str(tmp_path)!r}) / "run"), "--limit-train", "16", "--limit-eval", "8"]
+                         + [a for s in sets for a in ("--set", s)])
+        print(json.dumps(out))
+    """)
+    dropped = ("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+    with LocalHub(tmp_path / "hub") as hub:
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(dropped)}
+        env.update(HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HOME=str(tmp_path / "home"), HF_HUB_DISABLE_XET="1",
+                   HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1",
+                   NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                              cwd=str(Path(__file__).resolve().parent.parent))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["cifar100"] == [100, ["image", "label"]] and out["coarse"] == 20
+    assert out["imagenet_val"] == [[80, 60], 1000]
+    assert "label -1: unlabelled examples" in out["imagenet_test"] and "'validation'" in out["imagenet_test"]
+    assert out["tiny_valid"] == 20 and out["rc"] == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["after"]["n_examples"] == 8
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["robustness"]["dataset"] == "cifar10"
