@@ -25,7 +25,7 @@ DATA_CONFIG = {"input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct
 @pytest.fixture(autouse=True)
 def _no_thread_shutdown_sleep(monkeypatch):
     # datasets sleeps 5 s after each shuffled parquet stream (an Arrow thread-shutdown workaround): not under test
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0.0)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0.0, raising=False)
 
 
 @pytest.mark.parametrize("alias", ["cifar10", "cifar100", "imagenet-1k", "tiny-imagenet"])

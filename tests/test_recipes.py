@@ -24,7 +24,7 @@ TINY = ["model.name=test_resnet", "model.pretrained=false", "model.channels_last
 
 @pytest.fixture(autouse=True)
 def _no_thread_shutdown_sleep(monkeypatch):
-    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0.0)
+    monkeypatch.setattr(datasets.config, "SLEEP_TIME_ON_THREADS_SHUTDOWN", 0.0, raising=False)
 
 
 @pytest.fixture(scope="module")
