@@ -392,17 +392,24 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def recipes_folder() -> Path | None:
+    """The first existing recipes folder: a source checkout's ``recipes/`` wins over the packaged copy, which may be
+    stale in an editable install."""
+    return next((d for d in RECIPES_DIRS if d.is_dir()), None)
+
+
 def resolve_recipe_path(path_or_name: str) -> Path:
-    """A recipe is a YAML path, or the name of one shipped in ``recipes/`` (``quickstart``, ``cifar10-fgsm-rs``)."""
+    """A recipe is a YAML path, or the name of one shipped in ``recipes/`` (``quickstart``,
+    ``cifar10-resnet50-fgsm-rs``), looked up in the first existing recipes folder only (a source checkout's
+    ``recipes/`` wins over a stale packaged copy)."""
     p = Path(path_or_name).expanduser()
     if p.is_file():
         return p
     name = path_or_name if path_or_name.endswith((".yaml", ".yml")) else f"{path_or_name}.yaml"
-    for d in RECIPES_DIRS:
-        candidate = d / name
-        if candidate.is_file():
-            return candidate
-    shipped = sorted({q.stem for d in RECIPES_DIRS if d.is_dir() for q in d.rglob("*.yaml")})
+    folder = recipes_folder()
+    if folder is not None and (folder / name).is_file():
+        return folder / name
+    shipped = sorted(q.stem for q in folder.glob("*.yaml")) if folder is not None else []
     raise ConfigError(
         f"recipe {path_or_name!r} not found; give a YAML file path or one of: {', '.join(shipped) or '(none shipped)'}"
     )

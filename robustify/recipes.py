@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import RECIPES_DIRS, FinetuneConfig, build_config, expand_stages, resolve_recipe_path
+from .config import FinetuneConfig, build_config, expand_stages, resolve_recipe_path
+from .config import recipes_folder as recipes_dir
 from .errors import UserError
 
 # assumed images/s for one forward+backward pass per image, one H100, bf16, channels_last, 224x224 — order-of-
@@ -36,11 +37,6 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
     "imagenet-1k": {"train": 1281167, "validation": 50000, "test": 100000},
     "tiny-imagenet": {"train": 100000, "valid": 10000},
 }
-
-
-def recipes_dir() -> Path | None:
-    """The first existing recipes folder (a wheel's packaged copy is only used when there is no source checkout)."""
-    return next((d for d in RECIPES_DIRS if d.is_dir()), None)
 
 
 def recipe_names() -> list[str]:
