@@ -10,6 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from robustify.config import DataConfig
@@ -318,3 +319,37 @@ def test_aliases_load_the_real_hub_ids_from_a_local_hub(tmp_path: Path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["after"]["n_examples"] == 8
     assert json.loads((tmp_path / "run" / "config.json").read_text())["robustness"]["dataset"] == "cifar10"
+
+
+def test_finetune_and_eval_preprocess_the_same(tmp_path: Path):
+    """The issue's case: a 64 px backbone with crop_pct 0.875 fine-tuned on 32 px CIFAR-schema data; robustify eval
+    on the run folder decodes the same subset identically, so it finds the same clean accuracy as finetune did."""
+    import timm
+
+    from robustify.cli import main
+    from robustify.evaluate import run_eval
+
+    backbone = timm.create_model("test_resnet", pretrained=False, num_classes=10,
+                                 pretrained_cfg_overlay={"input_size": (3, 64, 64), "crop_pct": 0.875})
+    timm.models.save_for_hf(backbone, str(tmp_path / "bb"), safe_serialization=True)
+    standins.cifar10(32, 16).save_to_disk(str(tmp_path / "c10"))
+    run = tmp_path / "run"
+    sets = [f"model.name={tmp_path / 'bb'}", f"data.name=disk:{tmp_path / 'c10'}", "data.image_column=img",
+            "data.batch_size=8", "data.num_workers=0", "train.epochs=1", "train.probe_size=8", "train.probe_steps=1",
+            "eval.pgd_steps=1", "eval.n_examples=16", "output_dir=" + str(run)]
+    assert main(["finetune"] + [a for s in sets for a in ("--set", s)]) == 0
+    after = json.loads((run / "metrics.json").read_text())["after"]
+    res = run_eval(str(run), attacks=("clean",), preset="quick", curve=False, checks=False, update_run=False,
+                   progress=False)
+    assert res.report["n_examples"] == 16 and res.report["clean_acc"] == after["clean_acc"]
+    # the very same uint8 subset: what finetune's loaders decoded and what eval decoded for the run folder
+    from timm.data import resolve_data_config
+
+    from robustify.config import config_from_dict
+
+    cfg = config_from_dict(yaml.safe_load((run / "recipe.yaml").read_text()))
+    loaders = build_loaders(cfg.data, resolve_data_config(model=backbone), 16, 8)
+    assert loaders.eval_record()["sha256_16"] == res.report["subset"]["sha256_16"]
+    assert loaders.preprocessing.crop_pct == 0.875 and loaders.input_size == (3, 64, 64)
+    pre = json.loads((run / "config.json").read_text())
+    assert pre["pretrained_cfg"]["crop_pct"] == pre["preprocessing"]["crop_pct"] == 0.875
