@@ -223,7 +223,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
 
     data_config = resolve_data_config(model=probe_model.backbone)
     loaders = data_mod.build_loaders(cfg.data, data_config, cfg.eval.n_examples, cfg.train.probe_size,
-                                     seed=cfg.train.seed)
+                                     seed=cfg.train.seed, rank=accelerator.process_index,
+                                     world_size=accelerator.num_processes,
+                                     main_process_first=accelerator.main_process_first)
     backbone = probe_model.backbone
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)

@@ -42,8 +42,13 @@ def _estimated_mb(n: int, input_size: tuple[int, int, int]) -> float:
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int) -> list[torch.Tensor]:
     """This process's batches of example indices for ``epoch``: one permutation of all ``n`` examples per (seed,
-    epoch), cut into global batches of ``world_size * batch_size`` (the tail is dropped), each shared out by rank."""
+    epoch), cut into global batches of ``world_size * batch_size`` (the tail is dropped), each shared out by rank.
+
+    On one process this is exactly the order of ``DataLoader(shuffle=True, drop_last=True, generator=g)`` with ``g``
+    seeded as below (the DataLoader draws its workers' base seed from ``g`` first), which robustify used before, so
+    earlier runs reproduce and resume with the same batches."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    torch.empty((), dtype=torch.int64).random_(generator=gen)  # the DataLoader's base-seed draw
     perm = torch.randperm(n, generator=gen)
     per_step = batch_size * world_size
     steps = n // per_step
