@@ -67,19 +67,35 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                    help="continue the interrupted run in --output-dir (with that run's recipe.yaml unless --recipe)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key, e.g. --set schedule.lr=0.1 --set method.replays=8")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved config, stages, planned passes and cost estimate, check the model and "
+                        "data, and exit without training or writing anything")
+    p.add_argument("--limit-train", type=int, metavar="N", help="train on the first N examples only (recipe key "
+                   "data.max_train_examples), for a quick trial")
+    p.add_argument("--limit-eval", type=int, metavar="N", help="evaluate on the first N examples only (recipe key "
+                   "eval.n_examples)")
     p.set_defaults(handler=_run_finetune)
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
     from .config import build_config
-    from .trainer import finetune
 
     overrides = list(args.overrides)
     for flag, key in (("model", "model.name"), ("data", "data.name"), ("method", "method.name"),
-                      ("eps", "threat.eps"), ("epochs", "train.epochs"), ("output_dir", "output_dir")):
+                      ("eps", "threat.eps"), ("epochs", "train.epochs"), ("output_dir", "output_dir"),
+                      ("limit_train", "data.max_train_examples"), ("limit_eval", "eval.n_examples")):
         value = getattr(args, flag)
         if value is not None:
+            if flag.startswith("limit_") and value < 1:
+                raise UserError(f"--{flag.replace('_', '-')} {value} is not accepted; use 1 or more examples")
             overrides.insert(0, f"{key}={value}")
+    if args.dry_run:
+        from .recipes import dry_run
+
+        print(dry_run(args.recipe, overrides))
+        return 0
+    from .trainer import finetune
+
     recipe = args.recipe
     if args.resume:
         if args.output_dir is None:
@@ -88,8 +104,23 @@ def _run_finetune(args: argparse.Namespace) -> int:
         if saved.is_file() and args.recipe == "quickstart":  # continue with the run's own resolved recipe
             recipe = str(saved)
     cfg = build_config(recipe, overrides)
+    if not args.resume and args.output_dir is None:
+        rerun = _rerun_output_dir(recipe, cfg.output_dir)
+        if rerun:
+            print(f"robustify: {recipe} is the recipe of the run in {cfg.output_dir}; this new run goes to {rerun}")
+            cfg.output_dir = rerun
     finetune(cfg, resume=args.resume)
     return 0
+
+
+def _rerun_output_dir(recipe: str, output_dir: str) -> str | None:
+    """A run's own recipe.yaml names the run's folder; rerunning it writes beside it (``RUN-rerun-{time}``)."""
+    path = Path(recipe).expanduser()
+    if path.name != "recipe.yaml" or not path.is_file() or "{time}" in output_dir:
+        return None
+    if path.parent.resolve() != Path(output_dir).expanduser().resolve():
+        return None
+    return f"{output_dir.rstrip('/')}-rerun-{{time}}"
 
 
 def _push_parser(sub: argparse._SubParsersAction) -> None:
@@ -305,9 +336,31 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipes_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "recipes", formatter_class=_Formatter, help="the shipped recipes: what, threat model, passes, cost, expected",
+        description="A table of the shipped recipes: backbone, data, method, threat model (with the resolution the "
+                    "attack lives at), epochs per stage, global batch, planned forward/backward example passes, an "
+                    "H100-hours estimate (from assumed throughputs, not measured) and the expected result with its "
+                    "source. 'robustify finetune --recipe NAME --dry-run' shows one recipe's full plan.",
+    )
+    p.set_defaults(handler=_run_recipes)
+
+
+def _run_recipes(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .recipes import THROUGHPUT_NOTE, catalogue_table, recipes_dir
+
+    Console().print(catalogue_table())
+    print(f"recipes from {recipes_dir()}; H100-hours: {THROUGHPUT_NOTE}")
+    print("details: robustify finetune --recipe NAME --dry-run")
+    return 0
+
+
 # Each entry adds one subcommand's parser; the modules named in the handlers own the work.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _finetune_parser, _eval_parser, _push_parser, _pull_parser, _zoo_parser, _bench_parser,
+    _finetune_parser, _eval_parser, _push_parser, _pull_parser, _zoo_parser, _bench_parser, _recipes_parser,
 ]
 
 

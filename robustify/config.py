@@ -57,14 +57,22 @@ class DataConfig:
 
     name: str = "quickstart"
     train_split: str = "train"
-    eval_split: str = "test"
+    eval_split: str | None = None  # None: the data set's labelled evaluation split (test; validation for imagenet-1k)
+    image_column: str | None = None  # None: the alias's column, else the column with the Image feature
+    label_column: str | None = None  # None: the alias's (cifar100: fine_label), else the ClassLabel column
     image_size: int | None = None  # None: the backbone's own input size from its pretrained_cfg
+    attack_size: int | None = None  # decode and attack at this size; the model resizes to image_size inside
+    crop_pct: float | None = None  # None: the backbone's at its native size, else 1.0 (resize whole images)
+    interpolation: str | None = None  # None: the backbone's (bilinear | bicubic | nearest)
     augment: str = "none"  # none | flip-crop | timm
-    batch_size: int = 128
+    batch_size: int = 128  # per process
     eval_batch_size: int = 256
     num_workers: int = 2
     cache_mb: int = 2048  # data sets smaller than this are decoded once and kept in memory as uint8 tensors
     max_train_examples: int | None = None
+    streaming: str = "auto"  # auto | true | false; auto streams the sets known to be large (imagenet-1k)
+    shuffle_buffer: int = 10000  # streaming: examples in the shuffle buffer
+    holdout: float = 0.1  # single-split local data: the seeded fraction held out as the eval split
 
 
 @dataclass
@@ -91,7 +99,8 @@ class ScheduleConfig:
     """Learning-rate schedule (see ``robustify/schedules.py``); stepped every optimizer step."""
 
     name: str = "slow-start-fast-decay"  # slow-start-fast-decay | cyclic | cosine | piecewise | constant
-    lr: float = 0.05  # peak learning rate
+    lr: float = 0.05  # peak learning rate, stated for train.global_batch examples per optimizer step
+    lr_scale_rule: str = "none"  # none | linear | sqrt: lr x rule(actual global batch / train.global_batch)
     rise_fraction: float = 0.7  # slow-start-fast-decay: share of the run spent rising
     start_factor: float = 0.01  # lr at the very start, as a fraction of the peak
     end_factor: float = 0.0  # lr at the very end, as a fraction of the peak
@@ -100,8 +109,6 @@ class ScheduleConfig:
     warmup_fraction: float = 0.0  # cosine: linear warm-up share
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # piecewise: fractions of the run
     gamma: float = 0.1  # piecewise: factor applied at each milestone
-    lr_batch: int | None = None  # the global batch size `lr` was tuned for; None: use lr as given at any batch size
-    lr_scaling: str = "linear"  # how lr follows the global batch when it differs from lr_batch: linear | sqrt | none
 
 
 @dataclass
@@ -116,6 +123,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
+    global_batch: int | None = None  # the global batch schedule.lr is stated for (None: whatever the run uses)
     mixed_precision: str = "no"  # no | bf16 | fp16
     grad_accum: int = 1
     seed: int = 0
@@ -153,6 +161,7 @@ class FinetuneConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output_dir: str = "runs/robustify"
+    stages: list[dict[str, Any]] = field(default_factory=list)  # named partial overrides run one after another
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,13 +169,14 @@ class FinetuneConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.augment": ("none", "flip-crop", "timm"),
+    "data.streaming": ("auto", "true", "false"),
+    "schedule.lr_scale_rule": ("none", "linear", "sqrt"),
     "threat.norm": ("Linf", "L2"),
     "method.bn_mode": ("train", "eval"),
     "schedule.decay": ("linear", "cosine", "exponential"),
     "optim.name": ("sgd", "adamw"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.select": ("best-robust", "last"),
-    "schedule.lr_scaling": ("linear", "sqrt", "none"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
 }
 PIXEL_KEYS = {"threat.eps", "method.alpha"}
@@ -236,6 +246,7 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     from .methods import METHODS
     from .schedules import SCHEDULES
 
+    validate_data(cfg)
     flat = _flatten(cfg.to_dict())
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
@@ -280,19 +291,107 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
         if cfg.train.log_with in checks and not checks[cfg.train.log_with]():
             raise ConfigError(f"train.log_with={cfg.train.log_with!r} needs its package; pip install "
                               f"{'tensorboard' if cfg.train.log_with == 'tensorboard' else 'wandb'}")
-    for key, value in (("train.checkpoint_every", cfg.train.checkpoint_every), ("schedule.lr_batch",
-                                                                                 cfg.schedule.lr_batch)):
-        if value is not None and value <= 0:
-            raise ConfigError(f"{key}={value} is not accepted; use a value > 0, or null")
+    if cfg.train.checkpoint_every is not None and cfg.train.checkpoint_every <= 0:
+        raise ConfigError(f"train.checkpoint_every={cfg.train.checkpoint_every} is not accepted; use a value > 0, or "
+                          "null")
     if cfg.train.dist_timeout_minutes <= 0:
         raise ConfigError(f"train.dist_timeout_minutes={cfg.train.dist_timeout_minutes:g} is not accepted; use a "
                           "value > 0 such as 60")
     if cfg.method.name == "free" and cfg.train.grad_accum > 1:
         raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} with method.name='free' is not accepted: free AT "
                           "takes one optimizer step per replay by definition; use train.grad_accum=1")
+    if cfg.stages:
+        expand_stages(cfg)  # each stage is validated as a full config
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
         raise ConfigError(f"data.image_size={cfg.data.image_size} is too small; use 8 or more pixels")
     return cfg
+
+
+def validate_data(cfg: FinetuneConfig) -> None:
+    """The ``data`` keys that name data-set properties: the labelled eval split, streaming, resolutions."""
+    from .data.sources import default_eval_split
+
+    d = cfg.data
+    if d.eval_split is None:
+        d.eval_split = default_eval_split(d.name)
+    d.streaming = {"no": "false", "yes": "true", "1": "true", "0": "false"}.get(str(d.streaming).lower(),
+                                                                                 str(d.streaming).lower())
+    if d.attack_size is not None and d.attack_size < 8:
+        raise ConfigError(f"data.attack_size={d.attack_size} is too small; use 8 or more pixels (e.g. 32 for CIFAR)")
+    if d.crop_pct is not None and not 0 < d.crop_pct <= 1:
+        raise ConfigError(f"data.crop_pct={d.crop_pct:g} is outside (0, 1]; use e.g. 0.875, or 1.0 to keep whole "
+                          "images")
+    if d.interpolation is not None and d.interpolation not in ("bilinear", "bicubic", "nearest"):
+        raise ConfigError(f"data.interpolation={d.interpolation!r} is not accepted; choose one of: bilinear, bicubic, "
+                          "nearest")
+    if not 0 <= d.holdout < 1:
+        raise ConfigError(f"data.holdout={d.holdout:g} is outside [0, 1); use a fraction such as 0.1")
+    if d.shuffle_buffer < 1:
+        raise ConfigError(f"data.shuffle_buffer={d.shuffle_buffer} is not accepted; use 1 or more examples")
+    if cfg.train.global_batch is not None and cfg.train.global_batch < 1:
+        raise ConfigError(f"train.global_batch={cfg.train.global_batch} is not accepted; use a value > 0")
+    if cfg.schedule.lr_scale_rule != "none" and cfg.train.global_batch is None:
+        raise ConfigError(f"schedule.lr_scale_rule={cfg.schedule.lr_scale_rule!r} needs train.global_batch (the global "
+                          "batch schedule.lr is stated for)")
+
+
+def scaled_lr(cfg: FinetuneConfig, global_batch: int) -> float:
+    """schedule.lr scaled by ``schedule.lr_scale_rule`` from ``train.global_batch`` to the run's actual global batch
+    (per-process batch x processes x grad_accum); for the trainer."""
+    rule, ref = cfg.schedule.lr_scale_rule, cfg.train.global_batch
+    if rule == "none" or not ref:
+        return cfg.schedule.lr
+    ratio = global_batch / ref
+    return cfg.schedule.lr * (ratio if rule == "linear" else ratio ** 0.5)
+
+
+# keys a stage may override: what is trained how, not which model, data or threat model the run is about
+STAGE_SECTIONS = ("method", "schedule", "optim", "train", "data")
+STAGE_FIXED = {"data.name", "data.train_split", "data.eval_split", "data.image_column", "data.label_column",
+               "data.attack_size", "data.holdout", "data.streaming", "train.seed", "train.global_batch"}
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def expand_stages(cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
+    """The run's stages in order, each a full validated config (``[("main", cfg)]`` without ``stages:``).
+
+    A stage is ``{name: ..., method: {...}, train: {epochs: ...}, schedule: {...}, data: {image_size: ...}}``: a
+    partial override of the recipe's sections (model, threat, eval and the data set itself stay the run's). Each
+    stage starts from the recipe, not from the previous stage, so reordering stages never changes their settings.
+    """
+    if not cfg.stages:
+        return [("main", cfg)]
+    base = cfg.to_dict()
+    base["stages"] = []
+    out: list[tuple[str, FinetuneConfig]] = []
+    for i, stage in enumerate(cfg.stages):
+        if not isinstance(stage, dict):
+            raise ConfigError(f"stages[{i}] must be a mapping with a name and sections to override, got {stage!r}")
+        stage = dict(stage)
+        name = str(stage.pop("name", f"stage{i + 1}"))
+        if name in {n for n, _ in out}:
+            raise ConfigError(f"stages[{i}]: the name {name!r} is used twice; give each stage its own name")
+        for section, value in stage.items():
+            if section not in STAGE_SECTIONS:
+                raise ConfigError(f"stages[{i}] ({name}): '{section}' cannot change between stages; a stage may "
+                                  f"override: name, {', '.join(STAGE_SECTIONS)}")
+            if not isinstance(value, dict):
+                raise ConfigError(f"stages[{i}] ({name}): '{section}' must be a section of keys, got {value!r}")
+            fixed = sorted(f"{section}.{k}" for k in value if f"{section}.{k}" in STAGE_FIXED)
+            if fixed:
+                raise ConfigError(f"stages[{i}] ({name}): '{fixed[0]}' cannot change between stages (it defines the "
+                                  "run's data and threat model)")
+        try:
+            out.append((name, validate(_build(FinetuneConfig, _merge(base, stage)))))
+        except ConfigError as e:
+            raise ConfigError(f"stages[{i}] ({name}): {e}") from None
+    return out
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -305,17 +404,24 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def recipes_folder() -> Path | None:
+    """The first existing recipes folder: a source checkout's ``recipes/`` wins over the packaged copy, which may be
+    stale in an editable install."""
+    return next((d for d in RECIPES_DIRS if d.is_dir()), None)
+
+
 def resolve_recipe_path(path_or_name: str) -> Path:
-    """A recipe is a YAML path, or the name of one shipped in ``recipes/`` (``quickstart``, ``cifar10-fgsm-rs``)."""
+    """A recipe is a YAML path, or the name of one shipped in ``recipes/`` (``quickstart``,
+    ``cifar10-resnet50-fgsm-rs``), looked up in the first existing recipes folder only (a source checkout's
+    ``recipes/`` wins over a stale packaged copy)."""
     p = Path(path_or_name).expanduser()
     if p.is_file():
         return p
     name = path_or_name if path_or_name.endswith((".yaml", ".yml")) else f"{path_or_name}.yaml"
-    for d in RECIPES_DIRS:
-        candidate = d / name
-        if candidate.is_file():
-            return candidate
-    shipped = sorted({q.stem for d in RECIPES_DIRS if d.is_dir() for q in d.rglob("*.yaml")})
+    folder = recipes_folder()
+    if folder is not None and (folder / name).is_file():
+        return folder / name
+    shipped = sorted(q.stem for q in folder.glob("*.yaml")) if folder is not None else []
     raise ConfigError(
         f"recipe {path_or_name!r} not found; give a YAML file path or one of: {', '.join(shipped) or '(none shipped)'}"
     )

@@ -72,21 +72,23 @@ class Examples:
 
 
 def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module, progress: bool = True) -> Examples:
-    """Decode the first ``n_examples`` of ``split`` once, with timm's eval transform at the model's input size."""
+    """Decode the first ``n_examples`` of ``split`` once, with the model's one preprocessing (the run's own for a
+    robustify model; else the backbone's timm data config at the model's input size)."""
     from timm.data import resolve_data_config
 
-    from .data import decode_all, eval_transform, get_dataset, label_names, num_classes
+    from .data import Preprocessing, decode_all, get_dataset, label_names, num_classes
 
     ds = get_dataset(data, split)
     n = min(n_examples, len(ds))
     if n == 0:
         raise UserError(f"data {data!r} split {split!r} has no examples to evaluate on")
     ds = ds.select(range(n))
-    backbone = getattr(model, "backbone", model)
-    cfg = resolve_data_config(model=backbone)
-    input_size = tuple(getattr(model, "input_size", cfg["input_size"]))
-    transform = eval_transform(input_size, cfg.get("interpolation", "bilinear"), cfg.get("crop_pct", 1.0))
-    x, y = decode_all(ds, transform, desc=f"loading {data} {split}" if progress else None)
+    pre = getattr(model, "preprocessing", None)
+    if pre is None:
+        cfg = dict(resolve_data_config(model=getattr(model, "backbone", model)))
+        cfg["input_size"] = tuple(getattr(model, "input_size", cfg["input_size"]))
+        pre = Preprocessing.from_data_config(cfg)
+    x, y = decode_all(ds, pre.transform(), desc=f"loading {data} {split}" if progress else None)
     return Examples(x, y, data, split, num_classes(ds), label_names(ds))
 
 

@@ -25,14 +25,27 @@ EXPORT_FILES = ("model.safetensors", "config.json")
 
 def save_backbone(model: RobustModel, folder: Path, robustness: dict[str, Any] | None = None,
                   label_names: list[str] | None = None) -> None:
-    """``save_for_hf`` of the backbone, recording the input size the model was trained and attacked at."""
+    """``save_for_hf`` of the backbone with the run's one preprocessing as its ``pretrained_cfg``.
+
+    ``input_size``, ``interpolation``, ``crop_pct``, ``crop_mode``, mean and std are those training and evaluation
+    used, so ``timm.data.create_transform(**resolve_data_config(model=timm.create_model("local-dir:RUN",
+    pretrained=True)))`` reproduces robustify's evaluation preprocessing. ``config.json`` also gets a
+    ``preprocessing`` block (robustify's full record: the attack resolution and the in-model resize, if any), from
+    which ``robustify.load(RUN)`` rebuilds the same model.
+    """
+    from .data.preprocessing import Preprocessing
+
     backbone = model.backbone
+    pre = getattr(model, "preprocessing", None)
+    if pre is None:  # a model built without one: its current input size and the backbone's own transform settings
+        pre = Preprocessing.from_data_config(dict(backbone.pretrained_cfg, input_size=tuple(model.input_size)))
     original = backbone.pretrained_cfg
     cfg = dict(original)
-    if tuple(cfg.get("input_size", ()))[1:] != tuple(model.input_size)[1:]:
-        cfg.update(input_size=tuple(model.input_size), pool_size=None, crop_pct=1.0)
+    if tuple(cfg.get("input_size", ()))[1:] != tuple(pre.backbone_input_size)[1:]:
+        cfg["pool_size"] = None
+    cfg.update(pre.pretrained_cfg())
     backbone.pretrained_cfg = cfg
-    model_config: dict[str, Any] = {}
+    model_config: dict[str, Any] = {"preprocessing": pre.record()}
     if robustness is not None:
         model_config["robustness"] = robustness
     if label_names:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
@@ -39,19 +40,48 @@ class Normalize(nn.Module):
         return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
-class RobustModel(nn.Module):
-    """The model attacks see: normalization inside, [0,1] inputs at ``input_size``."""
+class Resize(nn.Module):
+    """Resize [0,1] images to the backbone's input size inside the model (the attack lives at the smaller size).
 
-    def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
-                 input_size: tuple[int, int, int], source: str = ""):
+    It runs *before* normalization, in pixel space, as timm's own pipeline does (PIL resize, then Normalize): the
+    per-channel affine normalization commutes with bilinear/bicubic resizing (their weights sum to one), so the order
+    changes nothing but rounding, except that bicubic overshoots [0,1], which PIL's uint8 output clips, and clipping
+    belongs in pixel space."""
+
+    def __init__(self, size: tuple[int, int], interpolation: str = "bilinear"):
         super().__init__()
-        self.normalize = Normalize(mean, std)
-        self.backbone = backbone
-        self.input_size = tuple(input_size)
-        self.source = source
+        self.size = tuple(int(v) for v in size)
+        self.mode = interpolation if interpolation in ("bilinear", "bicubic", "nearest") else "bilinear"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.normalize(x))
+        if tuple(x.shape[-2:]) == self.size:
+            return x
+        kw = {} if self.mode == "nearest" else {"align_corners": False}
+        out = nn.functional.interpolate(x, size=self.size, mode=self.mode, **kw)
+        return out.clamp(0, 1) if self.mode == "bicubic" else out
+
+
+class RobustModel(nn.Module):
+    """The model attacks see: [Resize] then normalization inside, [0,1] inputs at ``input_size``."""
+
+    def __init__(self, backbone: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 input_size: tuple[int, int, int], source: str = "",
+                 model_input_size: tuple[int, int, int] | None = None, interpolation: str = "bilinear",
+                 preprocessing: Any = None):
+        super().__init__()
+        self.input_size = tuple(input_size)
+        model_input_size = tuple(model_input_size) if model_input_size else None
+        if model_input_size is not None and model_input_size[1:] != self.input_size[1:]:
+            self.resize: nn.Module = Resize(model_input_size[1:], interpolation)
+        else:
+            self.resize = nn.Identity()
+        self.normalize = Normalize(mean, std)
+        self.backbone = backbone
+        self.source = source
+        self.preprocessing = preprocessing
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(self.resize(x)))
 
     @property
     def num_classes(self) -> int:
@@ -60,6 +90,13 @@ class RobustModel(nn.Module):
     @property
     def pretrained_cfg(self) -> dict:
         return self.backbone.pretrained_cfg
+
+
+def build_robust_model(backbone: nn.Module, preprocessing: Any, source: str = "") -> RobustModel:
+    """The model attacks see, built from the one :class:`robustify.data.Preprocessing` of the run."""
+    p = preprocessing
+    return RobustModel(backbone, tuple(p.mean), tuple(p.std), tuple(p.input_size), source=source,
+                       model_input_size=p.model_input_size, interpolation=p.interpolation, preprocessing=p)
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:
@@ -162,13 +199,41 @@ def create_backbone(name: str, pretrained: bool = True, num_classes: int | None 
     return backbone
 
 
+def saved_preprocessing(spec: str) -> Any:
+    """The ``preprocessing`` block robustify writes into a run folder's config.json (None for other models)."""
+    import json
+
+    from .data.preprocessing import Preprocessing
+
+    if not spec.startswith("local-dir:"):
+        if not spec.startswith("hf-hub:"):
+            return None
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(spec[len("hf-hub:"):], "config.json"))
+        except Exception:  # noqa: BLE001 - the weights loaded already; no record simply means none was written
+            return None
+    else:
+        path = Path(spec[len("local-dir:"):]) / "config.json"
+    try:
+        record = json.loads(path.read_text()).get("preprocessing")
+    except (OSError, ValueError):
+        return None
+    return Preprocessing.from_record(record) if isinstance(record, dict) else None
+
+
 def wrap(backbone: nn.Module, image_size: int | None = None, source: str = "") -> RobustModel:
-    """Put the backbone's own normalization inside the model (see module docstring)."""
-    data_cfg = resolve_data_config(model=backbone)
-    input_size = tuple(data_cfg["input_size"])
-    if image_size is not None:
-        input_size = (input_size[0], image_size, image_size)
-    return RobustModel(backbone, tuple(data_cfg["mean"]), tuple(data_cfg["std"]), input_size, source=source)
+    """Put the backbone's own normalization (and a run's recorded resize) inside the model (see module docstring)."""
+    from .data.preprocessing import Preprocessing
+
+    pre = saved_preprocessing(resolve_spec(source)) if source and image_size is None else None
+    if pre is None:
+        data_cfg = resolve_data_config(model=backbone)
+        if image_size is not None:
+            data_cfg = dict(data_cfg, input_size=(data_cfg["input_size"][0], image_size, image_size))
+        pre = Preprocessing.from_data_config(data_cfg)
+    return build_robust_model(backbone, pre, source=source)
 
 
 def load_backbone(name: str, pretrained: bool = True, num_classes: int | None = None, image_size: int | None = None,
@@ -179,6 +244,9 @@ def load_backbone(name: str, pretrained: bool = True, num_classes: int | None = 
 
 
 def load(name_or_run_dir: str, num_classes: int | None = None) -> RobustModel:
-    """The model that attacks see, in eval mode: ``robustify.load("runs/x")`` or ``robustify.load("hf-hub:o/n")``."""
+    """The model that attacks see, in eval mode: ``robustify.load("runs/x")`` or ``robustify.load("hf-hub:o/n")``.
+
+    A robustify run folder rebuilds the same model as in training: its recorded preprocessing (attack resolution,
+    in-model resize, interpolation, crop) comes from config.json's ``preprocessing`` block."""
     model = load_backbone(name_or_run_dir, pretrained=True, num_classes=num_classes)
     return model.eval()

@@ -98,11 +98,3 @@ def constant(cfg: ScheduleConfig) -> Schedule:
 def build_schedule(cfg: ScheduleConfig) -> Schedule:
     return SCHEDULES[cfg.name](cfg)
 
-
-def scaled_lr(lr: float, global_batch: int, lr_batch: int | None, rule: str = "linear") -> float:
-    """The peak learning rate for ``global_batch`` when ``lr`` was tuned for ``lr_batch`` (Goyal et al. 2017's
-    linear rule, or the square-root rule often used with Adam-type optimizers); unchanged when ``lr_batch`` is None."""
-    if lr_batch is None or rule == "none" or global_batch == lr_batch:
-        return lr
-    ratio = global_batch / lr_batch
-    return lr * (ratio if rule == "linear" else math.sqrt(ratio))

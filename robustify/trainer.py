@@ -42,16 +42,15 @@ from .checkpoint import (
     resume_changes,
     save_checkpoint,
 )
-from .config import FinetuneConfig, _flatten, config_from_dict, dump_yaml
+from .config import FinetuneConfig, _flatten, config_from_dict, dump_yaml, scaled_lr
 from .errors import Interrupted, UserError
 from .export import write_run_folder
 from .fileio import atomic_write_json
 from .methods import Method, StepContext, build_method
-from .models import RobustModel, load_backbone
+from .models import RobustModel, build_robust_model, load_backbone
 from .optim import OptimizerStepper, build_optimizer
 from .report import before_after_table, history_table, plot_history, print_table
 from .robust_acc import sharded_autoattack, sharded_pgd_accuracy
-from .schedules import scaled_lr
 
 
 def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_dir: str | None = None) -> Accelerator:
@@ -187,21 +186,20 @@ def setup(cfg: FinetuneConfig, resume: bool) -> Run:
     from timm.data import resolve_data_config
 
     data_config = resolve_data_config(model=base.backbone)
-    with accelerator.main_process_first():
-        loaders = data_mod.build_loaders(cfg.data, data_config, cfg.eval.n_examples, cfg.train.probe_size,
-                                         seed=cfg.train.seed, rank=accelerator.process_index,
-                                         world_size=accelerator.num_processes)
+    loaders = data_mod.build_loaders(cfg.data, data_config, cfg.eval.n_examples, cfg.train.probe_size,
+                                     seed=cfg.train.seed, rank=accelerator.process_index,
+                                     world_size=accelerator.num_processes,
+                                     main_process_first=accelerator.main_process_first)
     backbone = base.backbone
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
-    model = RobustModel(backbone, base.normalize.mean.flatten().tolist(), base.normalize.std.flatten().tolist(),
-                        loaders.input_size, source=cfg.model.name)
+    model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
     method = build_method(cfg.method, cfg.threat)
     global_batch = cfg.data.batch_size * accelerator.num_processes * cfg.train.grad_accum
-    lr = scaled_lr(cfg.schedule.lr, global_batch, cfg.schedule.lr_batch, cfg.schedule.lr_scaling)
+    lr = scaled_lr(cfg, global_batch)
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw: RobustModel = accelerator.unwrap_model(model)
@@ -230,8 +228,8 @@ def setup(cfg: FinetuneConfig, resume: bool) -> Run:
             f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
             f"{loaders.batches_per_epoch} batches, {accelerator.num_processes} process(es) on {accelerator.device}, "
             f"global batch {global_batch}, peak lr {lr:.4g}"
-            + (f" (scaled {cfg.schedule.lr_scaling} from {cfg.schedule.lr:g} at global batch "
-               f"{cfg.schedule.lr_batch})" if lr != cfg.schedule.lr else ""))
+            + (f" (scaled {cfg.schedule.lr_scale_rule} from {cfg.schedule.lr:g} at global batch "
+               f"{cfg.train.global_batch})" if lr != cfg.schedule.lr else ""))
     return run
 
 
@@ -290,8 +288,6 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
                **({} if run.main else {"disable": True}))  # only switch off, so TQDM_DISABLE=1 still works
     for x, y in loaders.train_epoch(epoch, start_batch=state.batch):
         x, y = data_mod.to_unit(x.to(acc.device, non_blocking=True)), y.to(acc.device, non_blocking=True)
-        if cfg.data.augment == "flip-crop":
-            x = data_mod.flip_crop(x)
         if cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if state.batch == n_batches - 1:  # close a partial accumulation group at the epoch's end

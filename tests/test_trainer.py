@@ -8,9 +8,8 @@ import pytest
 import torch
 
 from robustify.checkpoint import BestWeights, TrainState
-from robustify.config import build_config
+from robustify.config import build_config, scaled_lr
 from robustify.errors import ConfigError
-from robustify.schedules import scaled_lr
 from robustify.trainer import finetune, guard_verdict
 from tests.helpers import quickstart_model
 
@@ -36,16 +35,21 @@ def test_best_weights_live_in_memory_and_restore_exactly():
 
 
 def test_lr_follows_the_global_batch_by_the_recipe_rule():
-    assert scaled_lr(0.1, 2048, 256, "linear") == pytest.approx(0.8)
-    assert scaled_lr(0.1, 1024, 256, "sqrt") == pytest.approx(0.2)
-    assert scaled_lr(0.1, 2048, None, "linear") == 0.1  # no reference batch: lr as given
-    assert scaled_lr(0.1, 2048, 256, "none") == 0.1
+    def cfg(rule: str, ref: int | None = 256):
+        sets = ["schedule.lr=0.1", f"schedule.lr_scale_rule={rule}"] + ([f"train.global_batch={ref}"] if ref else [])
+        return build_config("quickstart", sets)
+
+    assert scaled_lr(cfg("linear"), 2048) == pytest.approx(0.8)
+    assert scaled_lr(cfg("sqrt"), 1024) == pytest.approx(0.2)
+    assert scaled_lr(cfg("none", None), 2048) == 0.1  # no reference batch: lr as given
+    assert scaled_lr(cfg("none"), 2048) == 0.1
 
 
 def test_gradient_accumulation_steps_once_per_group_and_refuses_free(tmp_path: Path, capsys):
     cfg = build_config("quickstart", ["data.max_train_examples=320", "train.epochs=1", "eval.n_examples=32",
                                       "eval.pgd_steps=1", "train.probe_size=32", "train.probe_steps=1",
-                                      "data.batch_size=64", "train.grad_accum=2", "schedule.lr_batch=64",
+                                      "data.batch_size=64", "train.grad_accum=2", "train.global_batch=64",
+                                      "schedule.lr_scale_rule=linear",
                                       f"output_dir={tmp_path / 'run'}"])
     metrics = finetune(cfg)
     # 5 minibatches in groups of 2: steps after minibatches 2, 4 and (closing the epoch's partial group) 5

@@ -1,0 +1,199 @@
+"""The one preprocessing: how a stored image becomes the [0,1] tensor that training, the probe, evaluation and the
+exported ``pretrained_cfg`` all agree on.
+
+:class:`Preprocessing` is derived once from the backbone's timm data config and the recipe's ``data`` section, and
+every consumer asks it for its transform, so ``robustify finetune``, ``robustify eval`` and plain timm users of the
+exported folder (``resolve_data_config`` + ``create_transform``) resize, crop and interpolate identically.
+The transforms themselves are timm's (``create_transform`` with identity mean/std: normalization lives inside the
+model). Written by hand here: the conversion of odd image modes (16-bit, float, palette) to RGB, which PIL's
+``convert("RGB")`` gets wrong for 16-bit images (it clips instead of scaling), and the seeded per-example
+flip-and-crop, whose randomness must be a pure function of (seed, epoch, example) for exact resumption.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Input size, interpolation and crop shared by every consumer.
+
+    ``input_size`` is the size images are decoded to, which is also the resolution the attack lives at.
+    ``model_input_size`` is what the backbone sees; when it differs (``data.attack_size``), the model resizes inside
+    (see :class:`robustify.models.RobustModel`).
+    """
+
+    input_size: tuple[int, int, int]
+    interpolation: str = "bilinear"
+    crop_pct: float = 1.0
+    mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+    std: tuple[float, ...] = (0.229, 0.224, 0.225)
+    model_input_size: tuple[int, int, int] | None = None
+    crop_mode: str = "center"
+
+    @classmethod
+    def from_data_config(cls, data_config: dict[str, Any], cfg: Any = None) -> Preprocessing:
+        """The backbone's timm data config (``resolve_data_config``) plus the recipe's ``data`` section.
+
+        crop_pct: ``data.crop_pct`` when set; else the backbone's own when images are fed at its native size; else
+        1.0 (a resolution chosen by the recipe, e.g. CIFAR's 32 px, is resized whole, not centre-cropped).
+        """
+        c, h, w = (int(v) for v in data_config["input_size"])
+        image_size = getattr(cfg, "image_size", None)
+        attack_size = getattr(cfg, "attack_size", None)
+        model_size = (c, image_size, image_size) if image_size else (c, h, w)
+        crop_pct = getattr(cfg, "crop_pct", None)
+        if crop_pct is None:
+            native = model_size == (c, h, w) and not attack_size
+            crop_pct = float(data_config.get("crop_pct", 1.0)) if native else 1.0
+        interpolation = getattr(cfg, "interpolation", None) or data_config.get("interpolation", "bilinear")
+        input_size = (c, attack_size, attack_size) if attack_size else model_size
+        return cls(input_size=tuple(input_size), interpolation=str(interpolation), crop_pct=float(crop_pct),
+                   mean=tuple(float(v) for v in data_config.get("mean", cls.mean)),
+                   std=tuple(float(v) for v in data_config.get("std", cls.std)),
+                   model_input_size=tuple(model_size) if tuple(model_size) != tuple(input_size) else None)
+
+    @property
+    def backbone_input_size(self) -> tuple[int, int, int]:
+        return tuple(self.model_input_size or self.input_size)
+
+    def transform(self):
+        """PIL image -> float tensor in [0,1] at ``input_size``: timm's eval transform without normalization."""
+        return eval_transform(self.input_size, self.interpolation, self.crop_pct)
+
+    def train_transform(self):
+        """timm's training augmentation at ``input_size`` (RandomResizedCrop, flip, colour jitter), no normalization."""
+        return train_transform(self.input_size, self.interpolation)
+
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """The fields of timm's ``pretrained_cfg`` that make ``create_transform`` reproduce :meth:`transform`.
+
+        With ``model_input_size`` (attack at a smaller size, resized inside the model) the backbone's own input size
+        is what a plain timm user must feed; robustify's exact pipeline is recorded in :meth:`record`.
+        """
+        return {"input_size": list(self.backbone_input_size), "interpolation": self.interpolation,
+                "crop_pct": self.crop_pct if self.model_input_size is None else 1.0, "crop_mode": self.crop_mode,
+                "mean": list(self.mean), "std": list(self.std), "test_input_size": None, "test_crop_pct": None}
+
+    def record(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["attack_input_size"] = list(self.input_size)
+        d["input_size"] = list(self.input_size)
+        d["model_input_size"] = list(self.backbone_input_size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_record(cls, d: dict[str, Any]) -> Preprocessing:
+        inp = tuple(d["input_size"])
+        model = tuple(d.get("model_input_size") or inp)
+        return cls(input_size=inp, interpolation=d.get("interpolation", "bilinear"),
+                   crop_pct=float(d.get("crop_pct", 1.0)), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   model_input_size=model if model != inp else None, crop_mode=d.get("crop_mode", "center"))
+
+
+def eval_transform(input_size: tuple[int, int, int], interpolation: str = "bilinear", crop_pct: float = 1.0):
+    """timm's eval transform (resize, center crop) with identity normalization: pixels stay in [0,1]."""
+    from timm.data import create_transform
+
+    return create_transform(input_size=tuple(input_size), interpolation=interpolation, crop_pct=crop_pct,
+                            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), is_training=False)
+
+
+def train_transform(input_size: tuple[int, int, int], interpolation: str = "bilinear"):
+    """timm's training augmentation (random resized crop, flip, colour jitter), without normalization."""
+    from timm.data import create_transform
+
+    return create_transform(input_size=tuple(input_size), interpolation=interpolation, mean=(0.0, 0.0, 0.0),
+                            std=(1.0, 1.0, 1.0), is_training=True)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB: grayscale, palette and RGBA convert as timm's loader does (``convert("RGB")``);
+    16-bit and 32-bit integer images are scaled down (PIL would clip them to white), float images clipped to [0,255]."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img).astype(np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(np.rint(arr * (255.0 / peak)), 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        if arr.size and arr.max() <= 1.0:
+            arr = arr * 255.0
+        return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_one(img: Image.Image, transform) -> torch.Tensor:
+    """One PIL image -> uint8 (C,H,W) through ``transform`` (float [0,1] out), exactly as stored in memory."""
+    return (transform(to_rgb(img)) * 255.0).round_().to(torch.uint8)
+
+
+def decode_all(ds, transform, desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode and resize every image once into a uint8 (N,C,H,W) tensor (the in-memory fast path; evaluation's fixed
+    subset). Reads the data set in chunks; ``desc`` shows a progress bar."""
+    from tqdm.auto import tqdm
+
+    xs: list[torch.Tensor] = []
+    off = {"disable": True} if desc is None else {}  # pass disable only to switch off, so TQDM_DISABLE still works
+    with tqdm(total=len(ds), desc=desc, unit="ex", leave=False, **off) as bar:
+        for batch in ds.iter(batch_size=256):
+            xs.extend(decode_one(img, transform) for img in batch["image"])
+            bar.update(len(batch["image"]))
+    return torch.stack(xs), torch.tensor(ds["label"], dtype=torch.long)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 batches (the in-memory path) -> float in [0,1]; float batches pass through."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
+def example_seed(seed: int, epoch: int, index: int, rank: int = 0) -> int:
+    """A 63-bit seed for one example's augmentation, a pure function of its coordinates (SeedSequence mixing)."""
+    return int(np.random.SeedSequence([seed, epoch, index, rank]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def flip_crop(x: torch.Tensor, pad: int | None = None, seeds: list[int] | None = None) -> torch.Tensor:
+    """CIFAR-style augmentation on a batch: random crop after reflect padding, random horizontal flip.
+
+    ``seeds`` (one per example, see :func:`example_seed`) make each example's crop and flip independent of the
+    batch it lands in; without them the global torch RNG is used, on ``x``'s device."""
+    x = to_unit(x)
+    n, _, h, w = x.shape
+    pad = max(1, h // 8) if pad is None else pad
+    if seeds is None:
+        i = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+        j = torch.randint(0, 2 * pad + 1, (n,), device=x.device)
+        flip = torch.rand(n, device=x.device) < 0.5
+    else:
+        draws = np.array([np.random.default_rng(s).integers(0, [2 * pad + 1, 2 * pad + 1, 2]) for s in seeds])
+        draws = torch.from_numpy(draws.reshape(n, 3)).to(x.device)
+        i, j, flip = draws[:, 0], draws[:, 1], draws[:, 2] == 1
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    rows = (i[:, None] + torch.arange(h, device=x.device)[None, :])  # (n, h)
+    cols = (j[:, None] + torch.arange(w, device=x.device)[None, :])  # (n, w)
+    out = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[
+        None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    return torch.where(flip[:, None, None, None], out.flip(-1), out)
+
+
+def seeded_transform(transform, img: Image.Image, seed: int) -> torch.Tensor:
+    """Apply a random (timm) transform with the Python and torch RNGs seeded for this example only."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            return transform(to_rgb(img))
+        finally:
+            random.setstate(state)

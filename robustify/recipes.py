@@ -1,0 +1,305 @@
+"""The recipe catalogue: listing the shipped recipes, the dry-run plan and the cost estimate.
+
+A recipe's header comment carries what a table needs besides the config: ``# expected: ...`` (the result to expect,
+with its source, or "not yet measured") and free text. The plan and the cost are computed here from the resolved
+config, never written by hand: per stage, the training examples, batches, epochs over the data, forward/backward
+passes (the method's own ``passes_per_batch``), plus the evaluation before and after and the per-epoch probe.
+
+H100-hours are an *estimate* from assumed training throughputs (:data:`THROUGHPUT`, images/s for one
+forward+backward pass per image on one H100 in bf16 at 224 px, scaled by pixel count to other resolutions). They
+are not measurements: replace them with ``robustify bench`` on your GPU (``--set`` the same model and image size).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import FinetuneConfig, build_config, expand_stages, resolve_recipe_path
+from .config import recipes_folder as recipes_dir
+from .errors import UserError
+
+# assumed images/s for one forward+backward pass per image, one H100, bf16, channels_last, 224x224 — order-of-
+# magnitude figures (roughly 1.5-2x published A100 mixed-precision training rates), NOT measured here
+THROUGHPUT: dict[str, float] = {"resnet18": 7500.0, "resnet50": 2600.0, "convnext_tiny": 2000.0,
+                                "vit_base_patch16_224": 1300.0}
+THROUGHPUT_NOTE = ("estimate: assumed H100 bf16 throughput (resnet18 7,500, resnet50 2,600, convnext_tiny 2,000, "
+                   "vit_base_patch16_224 1,300 images/s per forward+backward pass at 224 px, scaled by pixel count), "
+                   "not measured; run 'robustify bench' on your GPU")
+# split sizes of the aliases, for plans before anything is downloaded
+SPLIT_SIZES: dict[str, dict[str, int]] = {
+    "quickstart": {"train": 1297, "test": 500},
+    "cifar10": {"train": 50000, "test": 10000},
+    "cifar100": {"train": 50000, "test": 10000},
+    "mnist": {"train": 60000, "test": 10000},
+    "imagenet-1k": {"train": 1281167, "validation": 50000, "test": 100000},
+    "tiny-imagenet": {"train": 100000, "valid": 10000},
+}
+
+
+def recipe_names() -> list[str]:
+    d = recipes_dir()
+    return sorted(p.stem for p in d.glob("*.yaml")) if d else []
+
+
+def header(path: Path) -> dict[str, str]:
+    """``# key: value`` lines of a recipe's leading comment (expected, what, ...)."""
+    out: dict[str, str] = {}
+    key = None
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        m = re.match(r"#\s?([a-z][a-z -]*):\s*(.+)", line)
+        if m:
+            key = m.group(1).strip()
+            out[key] = m.group(2).strip()
+        elif key and line.startswith("#   "):  # a continuation line
+            out[key] += " " + line[1:].strip()
+        else:
+            key = None
+    return out
+
+
+@dataclass
+class StagePlan:
+    name: str
+    method: str
+    epochs: int  # requested epochs (free AT divides them by m)
+    data_passes: int  # passes over the training data
+    examples: int
+    global_batch: int
+    batches_per_epoch: int
+    optimizer_steps: int
+    passes_per_batch: int
+    train_passes: int  # example forward/backward passes
+    image_size: tuple[int, int]  # what the backbone computes at
+    hours: float | None
+
+
+@dataclass
+class Plan:
+    name: str
+    cfg: FinetuneConfig
+    stages: list[StagePlan]
+    eval_passes: int
+    eval_hours: float | None
+    header: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def train_passes(self) -> int:
+        return sum(s.train_passes for s in self.stages)
+
+    @property
+    def hours(self) -> float | None:
+        parts = [s.hours for s in self.stages] + [self.eval_hours]
+        return None if any(p is None for p in parts) else sum(parts)
+
+
+def throughput(model_name: str, size: tuple[int, int]) -> float | None:
+    arch = model_name.removeprefix("hf-hub:timm/").split(".", 1)[0]
+    base = THROUGHPUT.get(arch)
+    return None if base is None else base * (224 * 224) / (size[0] * size[1])
+
+
+def backbone_size(cfg: FinetuneConfig) -> tuple[int, int]:
+    """The resolution the backbone computes at (image_size, else the timm default config of the architecture)."""
+    if cfg.data.image_size:
+        return cfg.data.image_size, cfg.data.image_size
+    try:
+        import json
+
+        import timm
+
+        from .models import resolve_spec
+
+        spec = resolve_spec(cfg.model.name)
+        if spec.startswith("local-dir:"):
+            size = json.loads((Path(spec[len("local-dir:"):]) / "config.json").read_text())["pretrained_cfg"][
+                "input_size"]
+        else:
+            size = timm.get_pretrained_cfg(spec.split(":", 1)[-1]).input_size
+        return int(size[1]), int(size[2])
+    except Exception:  # noqa: BLE001 - unknown names have no default config: assume 224
+        return 224, 224
+
+
+def split_size(cfg: FinetuneConfig, split: str) -> int | None:
+    return SPLIT_SIZES.get(cfg.data.name, {}).get(split)
+
+
+def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
+    """The dry-run plan of a recipe: resolved config, stages, passes and the cost estimate."""
+    from .methods import build_method
+
+    cfg = build_config(recipe, overrides)
+    path = resolve_recipe_path(recipe)
+    notes: list[str] = []
+    stages: list[StagePlan] = []
+    for name, scfg in expand_stages(cfg):
+        method = build_method(scfg.method, scfg.threat)
+        total = split_size(scfg, scfg.data.train_split)
+        examples = min(total, scfg.data.max_train_examples) if (total and scfg.data.max_train_examples) else (
+            total or scfg.data.max_train_examples)
+        gb = scfg.train.global_batch or scfg.data.batch_size
+        data_passes = method.epochs(scfg.train.epochs)
+        size = backbone_size(scfg)
+        if examples is None:
+            notes.append(f"stage {name}: the size of {scfg.data.name!r} is not known offline; passes per example only")
+            bpe, passes = 0, 0
+        else:
+            bpe = examples // gb
+            passes = data_passes * bpe * gb * method.passes_per_batch
+        tp = throughput(scfg.model.name, size)
+        stages.append(StagePlan(name, scfg.method.name, scfg.train.epochs, data_passes, examples or 0, gb, bpe,
+                                data_passes * bpe * method.optimizer_steps_per_batch, method.passes_per_batch, passes,
+                                size, None if tp is None or examples is None else passes / tp / 3600))
+    e = cfg.eval
+    n_eval = min(e.n_examples, split_size(cfg, cfg.data.eval_split) or e.n_examples)
+    probe = sum(s.data_passes for s in stages) * cfg.train.probe_size * (cfg.train.probe_steps + 1)
+    eval_passes = 2 * n_eval * (1 + e.pgd_steps * e.pgd_restarts) + probe
+    tp = throughput(cfg.model.name, backbone_size(cfg))
+    if tp is None:
+        notes.append(f"no throughput assumption for {cfg.model.name!r}: no H100-hours estimate (run 'robustify bench')")
+    if e.autoattack:
+        notes.append("the cost leaves out AutoAttack (eval.autoattack: true), which can exceed the training cost")
+    return Plan(path.stem, cfg, stages, eval_passes, None if tp is None else eval_passes / tp / 3600,
+                header(path), notes)
+
+
+def threat_text(cfg: FinetuneConfig) -> str:
+    """``Linf 8/255 @32px``: the norm, eps (in /255 when it is a whole number of levels) and the attack resolution."""
+    eps = cfg.threat.eps
+    levels = eps * 255
+    shown = f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-6 and eps > 0 else f"{eps:g}"
+    return f"{cfg.threat.norm} {shown} @{cfg.data.attack_size or backbone_size(cfg)[0]}px"
+
+
+def method_text(cfg: FinetuneConfig) -> str:
+    m = cfg.method
+    return {"free": f"free m={m.replays}", "pgd": f"pgd-{m.steps}"}.get(m.name, m.name)
+
+
+def _hours(h: float | None) -> str:
+    return "n/a" if h is None else (f"{h:.2f}" if h < 10 else f"{h:,.0f}")
+
+
+def catalogue_table():
+    """The ``robustify recipes`` table (a rich Table)."""
+    from rich.table import Table
+
+    table = Table(title="robustify recipes", show_lines=False)
+    for col in ("name", "backbone", "data", "method", "threat model", "epochs", "global batch", "passes",
+                "est. H100-h", "expected (source)"):
+        table.add_column(col, overflow="fold")
+    for name in recipe_names():
+        try:
+            p = plan(name)
+        except UserError as e:
+            table.add_row(name, "", "", "", "", "", "", "", "", f"invalid: {e}")
+            continue
+        c = p.cfg
+        stages = "+".join(str(s.epochs) for s in p.stages)
+        methods = " → ".join(dict.fromkeys(method_text(sc) for _, sc in expand_stages(c)))
+        table.add_row(name, c.model.name + ("" if c.model.pretrained else " (scratch)"), c.data.name, methods,
+                      threat_text(c), stages, str(p.stages[-1].global_batch), f"{p.train_passes / 1e6:,.1f}M",
+                      _hours(p.hours), p.header.get("expected", "not yet measured"))
+    return table
+
+
+def dry_run_text(p: Plan, checks: list[str]) -> str:
+    """What ``finetune --dry-run`` prints (besides the resolved YAML)."""
+    lines = [f"recipe {p.name}: {p.cfg.model.name} on {p.cfg.data.name}, {threat_text(p.cfg)}"]
+    if "expected" in p.header:
+        lines.append(f"expected: {p.header['expected']}")
+    lines.append("plan:")
+    for s in p.stages:
+        lines.append(f"  stage {s.name}: {s.method}, {s.epochs} epochs ({s.data_passes} over the data) x "
+                     f"{s.batches_per_epoch:,} batches of {s.global_batch} = {s.optimizer_steps:,} optimizer steps; "
+                     f"{s.passes_per_batch} passes/batch = {s.train_passes:,} example passes at "
+                     f"{s.image_size[0]}x{s.image_size[1]}; est. {_hours(s.hours)} H100-hours")
+    lines.append(f"  evaluation before/after and probes: {p.eval_passes:,} example passes; est. "
+                 f"{_hours(p.eval_hours)} H100-hours")
+    lines.append(f"cost: {p.train_passes + p.eval_passes:,} example passes, est. {_hours(p.hours)} H100-hours "
+                 f"({THROUGHPUT_NOTE})")
+    lines += [f"note: {n}" for n in p.notes]
+    lines += [f"check: {c}" for c in checks]
+    return "\n".join(lines)
+
+
+def check_model(name: str, pretrained: bool) -> str:
+    """Is the model spec valid (offline-safe)? One line saying what was and was not checked."""
+    import timm
+
+
+    if name.startswith("hf-hub:"):
+        return f"model {name}: a Hub id, not checked offline (it is downloaded when training starts)"
+    if name == "quickstart" or name.startswith("local-dir:") or Path(name).expanduser().exists():
+        from .models import resolve_spec
+
+        resolve_spec(name)
+        return f"model {name}: folder found"
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        from .models import resolve_spec
+
+        resolve_spec(name)  # raises the one-line error with similar names
+    if tag and pretrained and name not in timm.list_pretrained(name):
+        tags = ", ".join(timm.list_pretrained(f"{arch}.*")[:6])
+        raise UserError(f"model {name!r}: timm has no pretrained tag {tag!r} for {arch}; known: {tags}")
+    return f"model {name}: a timm architecture" + (" with pretrained weights (downloaded when training starts)"
+                                                   if pretrained else " (random init)")
+
+
+def check_data(cfg: FinetuneConfig) -> str:
+    from .data.sources import ALIASES, get_dataset
+
+    d = cfg.data
+    if d.name in ALIASES:
+        a = ALIASES[d.name]
+        lab = d.label_column or a.label_column
+        for key, col in (("data.image_column", d.image_column), ("data.label_column", d.label_column)):
+            if col is not None and col not in a.columns:
+                raise UserError(f"{key}={col!r} is not a column of {a.repo}; its columns: {', '.join(a.columns)}")
+        for key, split in (("data.train_split", d.train_split), ("data.eval_split", d.eval_split)):
+            if split not in a.splits:
+                raise UserError(f"{key}={split!r} is not a split of {a.repo}; its splits: {', '.join(a.splits)}")
+            if split in a.unlabelled:
+                raise UserError(f"{key}={split!r}: that split of {a.repo} has no labels (all -1); use "
+                                f"{a.eval_split!r}")
+        return (f"data {d.name}: alias of {a.repo} (columns {d.image_column or a.image_column}, {lab}; eval split "
+                f"{d.eval_split}); its Hub files are not checked offline")
+    if "/" in d.name and ":" not in d.name and not Path(d.name).exists():
+        try:
+            import datasets
+
+            from .models import hub_reachable
+
+            if not hub_reachable():
+                return f"data {d.name}: a Hub data set; id and columns not checked (the Hub is unreachable)"
+            feats = datasets.load_dataset_builder(d.name).info.features
+            cols = ", ".join(feats) if feats else "unknown"
+            return f"data {d.name}: found on the Hub (columns: {cols})"
+        except Exception as e:  # noqa: BLE001
+            raise UserError(f"data {d.name!r} could not be checked on the Hub: {str(e).splitlines()[0]}") from None
+    kw = {"image_column": d.image_column, "label_column": d.label_column, "holdout": d.holdout}
+    tr = get_dataset(d.name, d.train_split, **kw)
+    ev = get_dataset(d.name, d.eval_split, **kw)
+    return f"data {d.name}: {len(tr)} train / {len(ev)} eval examples, {tr.features['label'].num_classes} classes"
+
+
+def dry_run(recipe: str, overrides: list[str] | None = None) -> str:
+    """Resolve, check and plan a recipe without training or writing anything."""
+    from .config import dump_yaml
+
+    p = plan(recipe, overrides)
+    checks = [check_model(p.cfg.model.name, p.cfg.model.pretrained), check_data(p.cfg)]
+    return "resolved config:\n" + dump_yaml(p.cfg) + "\n" + dry_run_text(p, checks)
+
+
+def summary(p: Plan) -> dict[str, Any]:
+    """A JSON-able summary (for scripts and the README table)."""
+    return {"name": p.name, "train_passes": p.train_passes, "eval_passes": p.eval_passes, "hours": p.hours,
+            "stages": [s.__dict__ for s in p.stages]}
