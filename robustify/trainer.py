@@ -32,13 +32,14 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import data as data_mod
+from . import ema as ema_mod
 from .config import FinetuneConfig, dump_yaml
 from .errors import UserError
 from .export import write_run_folder
 from .fileio import atomic_write_json
 from .methods import Method, StepContext, build_method
 from .models import RobustModel, load_backbone
-from .optim import OptimizerStepper, build_optimizer
+from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs
 from .report import before_after_table, history_table, plot_history, print_table
 from .robust_acc import evaluate_pgd
 
@@ -59,7 +60,7 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     # run folder's name (a timestamp agreed by all processes) is known
     project = ProjectConfiguration(project_dir=project_dir or os.getcwd(), logging_dir=project_dir or os.getcwd())
     return Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision, log_with=log_with,
-                       project_config=project)
+                       project_config=project, kwargs_handlers=ddp_kwargs(cfg))
 
 
 class TrainState:
@@ -238,6 +239,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, loaders.train)
     accelerator.register_for_checkpointing(state, _MethodState(method))
     raw: RobustModel = accelerator.unwrap_model(model)
+    average = ema_mod.create(cfg.train, raw)  # train.ema: the weight average is what is probed and exported
+    if average is not None:
+        accelerator.register_for_checkpointing(average)
+    probed, weights = ema_mod.exported(average, raw)
     if resume:
         last = _epoch_dirs(run_dir)[-1]
         accelerator.load_state(str(last))
@@ -260,6 +265,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         state.before = _evaluate(raw, loaders, cfg, accelerator, "eval before") if main else {}
 
     optimize = OptimizerStepper(accelerator, model, optimizer, cfg, total_steps, opt_steps=state.opt_steps)
+    optimize.after_step = (lambda: average.update(raw)) if average is not None else None
     ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=accelerator.autocast)
     best_path = run_dir / CHECKPOINTS / BEST
     start = time.perf_counter()
@@ -296,7 +302,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         # the probe: same fixed minibatch every epoch; the main process measures, everyone acts on its verdict
         verdict = [None]
         if main:
-            p_clean, p_rob = _probe(raw, loaders.probe, cfg, accelerator.device, accelerator.autocast)
+            p_clean, p_rob = _probe(probed, loaders.probe, cfg, accelerator.device, accelerator.autocast)
             note = ""
             if state.best_epoch > 0 and state.best_probe - p_rob > cfg.train.guard_drop:
                 note = (f"catastrophic overfitting: probe PGD accuracy fell from {state.best_probe:.1%} "
@@ -309,7 +315,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         p_clean, p_rob, note = verdict[0]
         if note.startswith("catastrophic"):
             accelerator.wait_for_everyone()
-            raw.load_state_dict(load_file(str(best_path)))
+            probed.load_state_dict(load_file(str(best_path)))
             state.stopped = note
             say(f"robustify: {note}")
         elif note == "best":
@@ -317,8 +323,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             if main:
                 best_path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = best_path.with_suffix(".tmp")
-                with contiguous_weights(raw, cfg.model.channels_last):
-                    save_file({k: v.detach().cpu().contiguous() for k, v in raw.state_dict().items()}, str(tmp))
+                with contiguous_weights(probed, cfg.model.channels_last):
+                    save_file({k: v.detach().cpu().contiguous() for k, v in probed.state_dict().items()}, str(tmp))
                 tmp.replace(best_path)
         totals = accelerator.reduce(torch.stack([loss_sum, correct]), reduction="sum")
         n_all = seen * accelerator.num_processes
@@ -326,6 +332,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "loss": totals[0].item() / n_all,
             "train_acc": totals[1].item() / n_all, "probe_clean_acc": p_clean, "probe_robust_acc": p_rob,
             "seconds": time.perf_counter() - t0, "opt_steps": state.opt_steps, "note": note,
+            **method.on_epoch_end(epoch),
         })
         state.epoch = epoch
         state.wall_seconds += time.perf_counter() - start
@@ -343,18 +350,19 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     if not in_sync:
         raise RuntimeError("the processes' weights differ after training: gradients were not synchronised")
     if cfg.train.select == "best-robust" and best_path.is_file() and not state.stopped:
-        raw.load_state_dict(load_file(str(best_path)))
+        probed.load_state_dict(load_file(str(best_path)))
     metrics: dict[str, Any] = {}
     if main:
-        after = _evaluate(raw, loaders, cfg, accelerator, "eval after")
+        after = _evaluate(probed, loaders, cfg, accelerator, "eval after")
         selected = state.best_epoch if cfg.train.select == "best-robust" or state.stopped else state.epoch
         metrics = {
             "before": state.before, "after": after, "history": state.history,
-            "selected_epoch": selected, "stopped": state.stopped,
+            "selected_epoch": selected, "stopped": state.stopped, "weights": weights,
             "cost": {"wall_seconds": state.wall_seconds, "epochs": state.epoch, "optimizer_steps": state.opt_steps,
                      "batch_passes": state.batch_passes, "example_passes": state.example_passes,
                      "passes_per_batch": method.passes_per_batch, "hardware": hardware_info(accelerator),
-                     "world_size": accelerator.num_processes, "ranks_in_sync": in_sync},
+                     "world_size": accelerator.num_processes, "ranks_in_sync": in_sync,
+                     "comm_hook": comm_hook_name(model)},
         }
         robustness = {
             "name": run_dir.name, "threat_model": {"norm": cfg.threat.norm, "eps": cfg.threat.eps},
@@ -364,13 +372,13 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             "architecture": raw.backbone.pretrained_cfg.get("architecture", type(raw.backbone).__name__),
             "input_size": list(raw.input_size), "mean": raw.normalize.mean.flatten().tolist(),
             "std": raw.normalize.std.flatten().tolist(), "epochs": state.epoch, "batch_size": cfg.data.batch_size,
-            "optimizer": cfg.optim.name,
+            "optimizer": cfg.optim.name, "weights": weights,
             "results": {k: after.get(k) for k in ("clean_acc", "pgd_acc", "autoattack_acc") if k in after},
         }
         plot_history(state.history, run_dir / "history.png")  # before the card, which embeds it
         atomic_write_json(run_dir / "history.json", state.history)
-        with contiguous_weights(raw, cfg.model.channels_last):
-            write_run_folder(run_dir, raw, robustness, metrics, dump_yaml(cfg), loaders.label_names)
+        with contiguous_weights(probed, cfg.model.channels_last):
+            write_run_folder(run_dir, probed, robustness, metrics, dump_yaml(cfg), loaders.label_names)
         print_table(history_table(state.history))
         print_table(before_after_table(state.before, after))
         say(f"run folder: {run_dir}  (load with timm.create_model('local-dir:{run_dir}', pretrained=True))")
