@@ -84,7 +84,7 @@ class MethodConfig:
     steps: int = 7  # pgd only
     replays: int = 4  # free only: m, each minibatch is replayed m times and the epochs are divided by m
     bn_mode: str = "train"  # BatchNorm mode while the attack is generated: train (Fast AT) | eval (Madry)
-    noise_factor: float = 2.0  # n-fgsm only: the noise is uniform in [-k eps, k eps] (de Jorge et al. 2022: k = 2)
+    noise_factor: float = 2.0  # n-fgsm only: noise uniform in [-k eps, k eps] (de Jorge et al.: k = 2; 0: plain FGSM)
     max_strength: int = 8  # deat only: the most replays per minibatch the M+ criterion may reach
     gamma: float = 1.0  # deat only: M+ threshold factor (1.0 on CIFAR, 1.1 on ImageNet in the reference code)
     loss: str = "ce"  # ce | trades (Zhang et al. 2019; fgsm-rs, n-fgsm and pgd)
@@ -273,10 +273,13 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
                 "schedule.start_factor", "schedule.end_factor"):
         if not 0 <= flat[key] <= 1:
             raise ConfigError(f"{key}={flat[key]} is outside [0, 1]; use a fraction such as 0.5")
-    for key, value in {"method.noise_factor": cfg.method.noise_factor, "method.max_strength": cfg.method.max_strength,
-                       "method.gamma": cfg.method.gamma, "method.beta": cfg.method.beta}.items():
+    for key, value in {"method.max_strength": cfg.method.max_strength, "method.gamma": cfg.method.gamma,
+                       "method.beta": cfg.method.beta}.items():
         if value <= 0:
             raise ConfigError(f"{key}={value:g} is not accepted; use a value > 0")
+    if cfg.method.noise_factor < 0:
+        raise ConfigError(f"method.noise_factor={cfg.method.noise_factor:g} is negative; use 2 (N-FGSM) or 0 (no "
+                          "noise: plain FGSM from the clean input)")
     if not 0 < cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay={cfg.train.ema_decay:g} is outside (0, 1); use a value such as 0.999")
     if cfg.method.loss == "trades" and cfg.method.name not in ("fgsm-rs", "n-fgsm", "pgd"):

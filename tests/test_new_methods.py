@@ -79,6 +79,16 @@ def test_n_fgsm_noise_spans_twice_eps_and_the_step_is_not_projected():
     assert (delta.abs() > eps + 1e-6).float().mean() > 0.4
 
 
+def test_n_fgsm_without_noise_is_plain_fgsm():
+    method = build_method(MethodConfig(name="n-fgsm", noise_factor=0.0), ThreatConfig(eps=0.05))
+    x, y = _mid_batch(8)
+    model = Recorder()
+    delta = method.perturbation(_ctx(model, []), x, y)
+    xg = x.clone().requires_grad_(True)
+    grad = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)[0]
+    assert torch.allclose(delta, 0.05 * grad.sign())  # one signed step of alpha = eps from the clean input
+
+
 def test_n_fgsm_keeps_inputs_in_the_image_box():
     method = build_method(MethodConfig(name="n-fgsm", noise_factor=2.0), ThreatConfig(eps=0.2))
     x = torch.rand(8, 3, 8, 8)
