@@ -131,18 +131,21 @@ def test_deat_strength_follows_the_m_plus_criterion_and_is_restored():
     assert resumed.on_epoch_end(0)["grad_magnitude"] == 11.0 and resumed.strength == 3  # same decision as before
 
 
-def test_deat_strength_is_recorded_in_history_and_survives_resume(tmp_path: Path):
+def test_deat_strength_and_the_weight_average_survive_resume(tmp_path: Path):
     from robustify.trainer import finetune
 
     run = tmp_path / "run"
-    sets = ["method.name=deat", "train.epochs=3", "data.max_train_examples=256", "train.probe_size=32",
-            "train.probe_steps=2", "eval.n_examples=32", "eval.pgd_steps=2", "train.probe_split=train",
-            f"output_dir={run}"]
+    sets = ["method.name=deat", "train.epochs=3", "train.ema=true", "data.max_train_examples=256",
+            "train.probe_size=32", "train.probe_steps=2", "eval.n_examples=32", "eval.pgd_steps=2",
+            "train.probe_split=train", f"output_dir={run}"]
     finetune(build_config("quickstart", [*sets, "train.stop_after=2"]))
     m = finetune(build_config("quickstart", [*sets, "train.stop_after=null"]), resume=True)
     # epoch 1 at one replay, then two; a fresh method object on resume would have gone back to one
     assert [h["strength"] for h in m["history"]] == [1, 2, 2]
     assert json.loads((run / "history.json").read_text())[2]["strength"] == 2
+    # the average was restored too: it has seen every optimizer step of both invocations
+    last = sorted((run / "checkpoints").glob("epoch_*"))[-1]
+    assert torch.load(last / "custom_checkpoint_2.pkl", weights_only=True)["updates"] == m["cost"]["optimizer_steps"]
 
 
 # ------------------------------------------------------------------------------------------------------ TRADES
