@@ -87,11 +87,16 @@ class ThreatConfig:
 class MethodConfig:
     """The adversarial training method and its attack settings (see ``robustify/methods.py``)."""
 
-    name: str = "fgsm-rs"  # natural | fgsm-rs | free | pgd
+    name: str = "fgsm-rs"  # natural | fgsm-rs | n-fgsm | free | pgd | deat
     alpha: float | None = None  # step size; None: 1.25 eps (fgsm-rs), eps (free), 2.5 eps / steps (pgd)
     steps: int = 7  # pgd only
     replays: int = 4  # free only: m, each minibatch is replayed m times and the epochs are divided by m
     bn_mode: str = "train"  # BatchNorm mode while the attack is generated: train (Fast AT) | eval (Madry)
+    noise_factor: float = 2.0  # n-fgsm only: noise uniform in [-k eps, k eps] (de Jorge et al.: k = 2; 0: plain FGSM)
+    max_strength: int = 8  # deat only: the most replays per minibatch the M+ criterion may reach
+    gamma: float = 1.0  # deat only: M+ threshold factor (1.0 on CIFAR, 1.1 on ImageNet in the reference code)
+    loss: str = "ce"  # ce | trades (Zhang et al. 2019; fgsm-rs, n-fgsm and pgd)
+    beta: float = 6.0  # trades only: weight of KL(f(x) || f(x + delta)) against the clean cross-entropy
 
 
 @dataclass
@@ -113,7 +118,7 @@ class ScheduleConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adamw
+    name: str = "sgd"  # sgd | adamw | lamb | lars (layer-wise adaptive, for large global batches; timm.optim)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
@@ -137,6 +142,10 @@ class TrainConfig:
     checkpoint_every: int | None = None  # also checkpoint every N optimizer steps (mid-epoch), besides every epoch
     save_on_each_node: bool = False  # multi-node without a shared file system: each node writes its checkpoints
     dist_timeout_minutes: float = 60.0  # process-group timeout (see trainer.make_accelerator for why this value)
+    ema: bool = False  # keep an exponential moving average of the weights (timm ModelEmaV3); probe and export it
+    ema_decay: float = 0.999  # the EMA's decay (reached after timm's warm-up, so short runs still average)
+    probe_split: str = "heldout"  # heldout: probe examples are held out of training (Rice et al. 2020) | train
+    grad_compression: str = "none"  # none | fp16 | bf16 | powersgd: DDP communication hook for multi-process runs
 
 
 @dataclass
@@ -174,7 +183,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "threat.norm": ("Linf", "L2"),
     "method.bn_mode": ("train", "eval"),
     "schedule.decay": ("linear", "cosine", "exponential"),
-    "optim.name": ("sgd", "adamw"),
+    "optim.name": ("sgd", "adamw", "lamb", "lars"),
+    "method.loss": ("ce", "trades"),
+    "train.probe_split": ("heldout", "train"),
+    "train.grad_compression": ("none", "fp16", "bf16", "powersgd"),
     "train.mixed_precision": ("no", "bf16", "fp16"),
     "train.select": ("best-robust", "last"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
@@ -278,6 +290,18 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
                 "schedule.start_factor", "schedule.end_factor"):
         if not 0 <= flat[key] <= 1:
             raise ConfigError(f"{key}={flat[key]} is outside [0, 1]; use a fraction such as 0.5")
+    for key, value in {"method.max_strength": cfg.method.max_strength, "method.gamma": cfg.method.gamma,
+                       "method.beta": cfg.method.beta}.items():
+        if value <= 0:
+            raise ConfigError(f"{key}={value:g} is not accepted; use a value > 0")
+    if cfg.method.noise_factor < 0:
+        raise ConfigError(f"method.noise_factor={cfg.method.noise_factor:g} is negative; use 2 (N-FGSM) or 0 (no "
+                          "noise: plain FGSM from the clean input)")
+    if not 0 < cfg.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay={cfg.train.ema_decay:g} is outside (0, 1); use a value such as 0.999")
+    if cfg.method.loss == "trades" and cfg.method.name not in ("fgsm-rs", "n-fgsm", "pgd"):
+        raise ConfigError(f"method.loss='trades' with method.name={cfg.method.name!r}; TRADES needs an attack-based "
+                          "method: fgsm-rs, n-fgsm or pgd")
     if cfg.method.alpha is not None and cfg.method.alpha <= 0:
         raise ConfigError(f"method.alpha={cfg.method.alpha:g} is not accepted; use a step size > 0 such as 2/255")
     if cfg.train.log_with is not None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, KwargsHandler
 
 from .config import FinetuneConfig
 from .schedules import build_schedule
@@ -18,7 +21,32 @@ def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.schedule.lr)
+    if o.name in ("lamb", "lars"):
+        # layer-wise adaptive rates for large global batches (DAT uses LAMB); timm's implementations, on the same
+        # decay / no-decay groups as the others
+        from timm.optim import create_optimizer_v2
+
+        extra = {"momentum": o.momentum, "nesterov": o.nesterov} if o.name == "lars" else {}
+        return create_optimizer_v2(groups, opt=o.name, lr=cfg.schedule.lr, weight_decay=o.weight_decay, **extra)
     return torch.optim.SGD(groups, lr=cfg.schedule.lr, momentum=o.momentum, nesterov=o.nesterov)
+
+
+COMM_HOOKS = {"fp16": DDPCommunicationHookType.FP16, "bf16": DDPCommunicationHookType.BF16,
+              "powersgd": DDPCommunicationHookType.POWER_SGD}
+
+
+def ddp_kwargs(cfg: FinetuneConfig) -> list[KwargsHandler]:
+    """Accelerate kwargs handlers for ``Accelerator(kwargs_handlers=...)``: ``train.grad_compression`` as a PyTorch
+    DDP communication hook (fp16 / bf16 compression of the gradient all-reduce, or PowerSGD low-rank compression),
+    registered by Accelerate when it wraps the model in DDP; nothing for a single process."""
+    hook = COMM_HOOKS.get(cfg.train.grad_compression)
+    return [DistributedDataParallelKwargs(comm_hook=hook)] if hook is not None else []
+
+
+def comm_hook_name(model: torch.nn.Module) -> str | None:
+    """The name of the communication hook registered on a DDP-wrapped model (None if none, or not DDP)."""
+    hooks = getattr(model, "_comm_hooks", None) or []
+    return getattr(hooks[-1][0], "__qualname__", str(hooks[-1][0])) if hooks else None
 
 
 class OptimizerStepper:
@@ -39,6 +67,7 @@ class OptimizerStepper:
         self.schedule = build_schedule(cfg.schedule)
         self.total = max(total_opt_steps, 1)  # optimizer steps in the whole run
         self.opt_steps = opt_steps
+        self.after_step: Callable[[], None] | None = None  # called after each optimizer step (weight averaging)
 
     def __call__(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
@@ -52,3 +81,5 @@ class OptimizerStepper:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.opt_steps += 1
+        if self.after_step is not None:
+            self.after_step()

@@ -32,6 +32,7 @@ from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broad
 from tqdm.auto import tqdm
 
 from . import data as data_mod
+from . import ema as ema_mod
 from .checkpoint import (
     BestWeights,
     StopSignal,
@@ -48,7 +49,7 @@ from .export import write_run_folder
 from .fileio import atomic_write_json
 from .methods import Method, StepContext, build_method
 from .models import RobustModel, build_robust_model, load_backbone
-from .optim import OptimizerStepper, build_optimizer
+from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs
 from .report import before_after_table, history_table, plot_history, print_table
 from .robust_acc import sharded_autoattack, sharded_pgd_accuracy
 
@@ -75,7 +76,7 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     timeout = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.dist_timeout_minutes))
     return Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision, log_with=log_with,
                        project_config=project, gradient_accumulation_steps=cfg.train.grad_accum,
-                       kwargs_handlers=[timeout])
+                       kwargs_handlers=[timeout, *ddp_kwargs(cfg)])
 
 
 def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerator) -> Path:
@@ -136,7 +137,9 @@ class Run:
     accelerator: Accelerator
     run_dir: Path
     model: torch.nn.Module  # prepared (DDP-wrapped when several processes): training forwards
-    raw: RobustModel  # the module itself: attacks, evaluation, export
+    raw: RobustModel  # the module itself: attacks and training forwards
+    probed: torch.nn.Module  # what the probe measures, best-robust keeps and the run folder exports (raw or the EMA)
+    weights: str  # "raw" or "ema": which weights `probed` holds
     optimizer: torch.optim.Optimizer
     loaders: data_mod.Loaders
     method: Method
@@ -189,7 +192,8 @@ def setup(cfg: FinetuneConfig, resume: bool) -> Run:
     loaders = data_mod.build_loaders(cfg.data, data_config, cfg.eval.n_examples, cfg.train.probe_size,
                                      seed=cfg.train.seed, rank=accelerator.process_index,
                                      world_size=accelerator.num_processes,
-                                     main_process_first=accelerator.main_process_first)
+                                     main_process_first=accelerator.main_process_first,
+                                     probe_split=cfg.train.probe_split)
     backbone = base.backbone
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
@@ -203,6 +207,10 @@ def setup(cfg: FinetuneConfig, resume: bool) -> Run:
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw: RobustModel = accelerator.unwrap_model(model)
+    average = ema_mod.create(cfg.train, raw)  # train.ema: the weight average is what is probed and exported
+    if average is not None:
+        accelerator.register_for_checkpointing(average)
+    probed, weights = ema_mod.exported(average, raw)
     state, best = TrainState(), BestWeights()
     if resume:
         last = checkpoint_dirs(run_dir)[-1]
@@ -221,9 +229,10 @@ def setup(cfg: FinetuneConfig, resume: bool) -> Run:
     steps_per_epoch = -(-loaders.batches_per_epoch // cfg.train.grad_accum) * method.optimizer_steps_per_batch
     stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
                                lr=lr)
+    stepper.after_step = (lambda: average.update(raw)) if average is not None else None
     ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=accelerator.autocast)
-    run = Run(cfg, accelerator, run_dir, model, raw, optimizer, loaders, method, state, best, stepper, ctx, epochs, lr,
-              loaders.eval_examples())
+    run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
+              ctx, epochs, lr, loaders.eval_examples())
     run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
             f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
             f"{loaders.batches_per_epoch} batches, {accelerator.num_processes} process(es) on {accelerator.device}, "
@@ -238,12 +247,12 @@ def evaluate(run: Run, desc: str) -> dict[str, Any]:
     """The before/after evaluation: clean + PGD (and AutoAttack when asked) on the fixed subset, sharded, fp32."""
     cfg, e = run.cfg, run.cfg.eval
     x, y = run.eval_set
-    res = sharded_pgd_accuracy(run.raw, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
+    res = sharded_pgd_accuracy(run.probed, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
                                restarts=e.pgd_restarts, loss=e.pgd_loss, seed=cfg.train.seed,
                                batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator, desc=desc)
     res["split"] = cfg.data.eval_split
     if e.autoattack:
-        res.update(sharded_autoattack(run.raw, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
+        res.update(sharded_autoattack(run.probed, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
                                       batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator))
     return res
 
@@ -251,7 +260,8 @@ def evaluate(run: Run, desc: str) -> dict[str, Any]:
 def probe(run: Run) -> tuple[float, float]:
     """PGD on the fixed probe minibatch (same examples every epoch), sharded like every evaluation."""
     x, y = run.loaders.probe
-    res = sharded_pgd_accuracy(run.raw, x, y, run.cfg.threat.eps, run.cfg.threat.norm, steps=run.cfg.train.probe_steps,
+    res = sharded_pgd_accuracy(run.probed, x, y, run.cfg.threat.eps, run.cfg.threat.norm,
+                               steps=run.cfg.train.probe_steps,
                                seed=run.cfg.train.seed, batch_size=run.cfg.data.eval_batch_size,
                                accelerator=run.accelerator, progress=False)
     return res["clean_acc"], res["pgd_acc"]
@@ -330,17 +340,18 @@ def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
     p_clean, p_rob = probe(run)
     note = guard_verdict(state, p_rob, epoch, run.cfg.train.guard_drop)
     if note.startswith("catastrophic"):
-        run.best.restore(run.raw)  # from memory: identical on every process, no shared file system needed
+        run.best.restore(run.probed)  # from memory: identical on every process, no shared file system needed
         state.stopped = note
         run.say(f"robustify: {note}")
     elif note == "best":
         state.best_probe, state.best_epoch = p_rob, epoch
-        run.best.capture(run.raw)
+        run.best.capture(run.probed)
     totals = acc.reduce(torch.tensor(state.epoch_sums, dtype=torch.float64, device=acc.device), reduction="sum")
     loss_sum, correct, seen = totals.tolist()
     row = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"], "loss": loss_sum / max(seen, 1),
            "train_acc": correct / max(seen, 1), "probe_clean_acc": p_clean, "probe_robust_acc": p_rob,
-           "seconds": state.epoch_seconds, "opt_steps": run.stepper.opt_steps, "note": note}
+           "seconds": state.epoch_seconds, "opt_steps": run.stepper.opt_steps, "note": note,
+           **run.method.on_epoch_end(epoch)}
     state.history.append(row)
     state.epoch, state.batch, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
     run.say(f"epoch {epoch}/{run.epochs}  loss {row['loss']:.3f}  train acc {row['train_acc']:.1%}  probe clean "
@@ -359,18 +370,20 @@ def finalise(run: Run) -> dict[str, Any]:
     if not in_sync:
         raise RuntimeError("the processes' weights differ after training: gradients were not synchronised")
     if cfg.train.select == "best-robust" and run.best.state is not None and not state.stopped:
-        run.best.restore(raw)
+        run.best.restore(run.probed)
     after = evaluate(run, "eval after")
     selected = state.best_epoch if cfg.train.select == "best-robust" or state.stopped else state.epoch
     global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum
     metrics = {
         "before": state.before, "after": after, "history": state.history,
-        "selected_epoch": selected, "stopped": state.stopped,
+        "selected_epoch": selected, "stopped": state.stopped, "weights": run.weights,
+        "probe": run.loaders.probe_record,
         "cost": {"wall_seconds": state.wall_seconds, "epochs": state.epoch, "optimizer_steps": run.stepper.opt_steps,
                  "batch_passes": state.batch_passes, "example_passes": state.example_passes,
                  "passes_per_batch": run.method.passes_per_batch, "hardware": hardware_info(acc),
                  "world_size": acc.num_processes, "ranks_in_sync": in_sync, "global_batch": global_batch,
-                 "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision},
+                 "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
+                 "comm_hook": comm_hook_name(run.model)},
     }
     if run.main:
         robustness = {
@@ -382,13 +395,13 @@ def finalise(run: Run) -> dict[str, Any]:
             "architecture": raw.backbone.pretrained_cfg.get("architecture", type(raw.backbone).__name__),
             "input_size": list(raw.input_size), "mean": raw.normalize.mean.flatten().tolist(),
             "std": raw.normalize.std.flatten().tolist(), "epochs": state.epoch, "batch_size": cfg.data.batch_size,
-            "optimizer": cfg.optim.name,
+            "optimizer": cfg.optim.name, "weights": run.weights,
             "results": {k: after.get(k) for k in ("clean_acc", "pgd_acc", "autoattack_acc") if k in after},
         }
         plot_history(state.history, run.run_dir / "history.png")  # before the card, which embeds it
         atomic_write_json(run.run_dir / "history.json", state.history)
-        with contiguous_weights(raw, cfg.model.channels_last):
-            write_run_folder(run.run_dir, raw, robustness, metrics, dump_yaml(cfg), run.loaders.label_names)
+        with contiguous_weights(run.probed, cfg.model.channels_last):
+            write_run_folder(run.run_dir, run.probed, robustness, metrics, dump_yaml(cfg), run.loaders.label_names)
         print_table(history_table(state.history))
         print_table(before_after_table(state.before, after))
         run.say(f"run folder: {run.run_dir}  (load with timm.create_model('local-dir:{run.run_dir}', "

@@ -59,3 +59,22 @@ def test_gradient_accumulation_steps_once_per_group_and_refuses_free(tmp_path: P
     assert "scaled linear" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="grad_accum=2 with method.name='free'"):
         build_config("quickstart", ["method.name=free", "train.grad_accum=2"])
+
+
+def test_heldout_probe_is_never_trained_on():
+    """train.probe_split=heldout (the default): the probe's examples are not among the optimizer's minibatches."""
+    from timm.data import resolve_data_config
+
+    from robustify.data import build_loaders
+
+    cfg = build_config("quickstart", ["data.batch_size=50"])
+    data_config = resolve_data_config(model=quickstart_model().backbone)
+    loaders = build_loaders(cfg.data, data_config, 16, 100, seed=0, probe_split="heldout")
+    seen = {bytes(x.numpy()) for xb, _ in loaders.train_epoch(1) for x in xb}
+    probe = {bytes((x * 255).round().to(torch.uint8).numpy()) for x in loaders.probe[0]}
+    assert len(probe) == 100 and not probe & seen
+    assert loaders.train_size == 1297 - 100 and loaders.probe_record["probe_split"] == "heldout"
+    same = build_loaders(cfg.data, data_config, 16, 100, seed=0, probe_split="train")  # the old behaviour
+    trained = {bytes(x.numpy()) for xb, _ in same.train_epoch(1) for x in xb}
+    probed = {bytes((x * 255).round().to(torch.uint8).numpy()) for x in same.probe[0]}
+    assert same.train_size == 1297 and probed & trained

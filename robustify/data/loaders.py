@@ -226,6 +226,7 @@ class Loaders:
     _train: Any
     _eval_rows: Callable[[int, int], Batch]
     eval_batch_size: int = 256
+    probe_record: dict[str, Any] | None = None  # how the probe examples were chosen (held out or not)
 
     def __post_init__(self) -> None:
         self._eval_cache: dict[tuple[int, int], Batch] = {}
@@ -270,16 +271,24 @@ def _decode_rows_inline(rows: list, pre: Preprocessing) -> Batch:
 
 
 def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: int, seed: int = 0, rank: int = 0,
-                  world_size: int = 1, main_process_first: Callable[[], Any] | None = None) -> Loaders:
+                  world_size: int = 1, main_process_first: Callable[[], Any] | None = None,
+                  probe_split: str = "train") -> Loaders:
     """Everything one process needs from the data (see :class:`Loaders` for the contract).
 
     ``cfg`` is the recipe's ``data`` section (:class:`robustify.config.DataConfig`), ``data_config`` the backbone's
     timm data config (``resolve_data_config``); ``main_process_first`` (e.g. ``accelerator.main_process_first``) lets
     the main process download and prepare a map-style set into the ``datasets`` cache before the others read it.
+    ``probe_split="heldout"`` (Rice et al. 2020) takes the probe examples out of training (``robustify.heldout``;
+    streaming: the first ``probe_size`` streamed examples); ``"train"`` probes the first training examples.
     """
     import datasets
 
+    from ..heldout import record as heldout_record
+    from ..heldout import split_indices
+
     pre = Preprocessing.from_data_config(data_config, cfg)
+    probe_record: dict[str, Any] = {"probe_split": "train", "probe_examples": probe_size,
+                                    "rule": "first training examples"}
     streaming = use_streaming(cfg)
     eval_split = cfg.eval_split or default_eval_split(cfg.name)
     kw = {"image_column": cfg.image_column, "label_column": cfg.label_column, "holdout": cfg.holdout, "seed": 0}
@@ -294,6 +303,9 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
         total = streamed_size(train_ds, cfg.name, cfg.train_split)
         n_train = min(total, cfg.max_train_examples) if cfg.max_train_examples else total
         n_batches = n_train // world_size // bs
+        if probe_split == "heldout":  # the first probe_size streamed rows are the probe, never trained on
+            n_train -= probe_size
+            probe_record = {"probe_split": "heldout", "probe_examples": probe_size, "rule": "first streamed rows"}
         head = list(itertools.islice(iter(raw_eval), eval_examples))
         n_eval = len(head)
         del head
@@ -304,12 +316,18 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
 
         probe_rows = [(r["image"], r["label"]) for r in itertools.islice(iter(raw_train), probe_size)]
         px, py = _decode_rows_inline(probe_rows, pre)
-        train: Any = _StreamTrain(lambda: raw_train, pre, cfg.augment, bs, n_batches, seed, rank, world_size,
+        stream = raw_train.skip(probe_size) if probe_split == "heldout" else raw_train
+        train: Any = _StreamTrain(lambda: stream, pre, cfg.augment, bs, n_batches, seed, rank, world_size,
                                   cfg.shuffle_buffer, cfg.num_workers)
         epoch_index = None
     else:
         if cfg.max_train_examples:
             train_ds = train_ds.select(range(min(cfg.max_train_examples, len(train_ds))))
+        probe_ds = train_ds.select(range(min(probe_size, len(train_ds))))
+        if probe_split == "heldout":
+            train_idx, probe_idx = split_indices(len(train_ds), probe_size, seed)
+            probe_ds, train_ds = train_ds.select(probe_idx), train_ds.select(train_idx)
+            probe_record = heldout_record(train_idx, probe_idx, seed)
         n_train = len(train_ds)
         sub = eval_ds.select(range(min(eval_examples, len(eval_ds))))  # the first N: a fixed, recorded subset
         n_eval = len(sub)
@@ -327,11 +345,9 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
         if in_memory:
             xtr, ytr = decode_all(train_ds, transform)
             train = _MemoryTrain(xtr, ytr, cfg.augment)
-            px, py = to_unit(xtr[:probe_size].clone()), ytr[:probe_size].clone()
         else:
             train = _MapTrain(train_ds, pre, cfg.augment, cfg.num_workers)
-            px, py = decode_all(train_ds.select(range(min(probe_size, n_train))), transform)
-            px = to_unit(px)
+        px, py = decode_all(probe_ds, transform)
     if n_eval == 0:
         raise UserError(f"data {cfg.name!r} split {eval_split!r} is empty; give a split with examples to evaluate on")
     if n_batches == 0:
@@ -341,7 +357,7 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
                    num_classes=num_classes(train_ds), label_names=label_names(train_ds), train_size=n_train,
                    eval_size=n_eval, batches_per_epoch=n_batches, probe=(to_unit(px), py), streaming=streaming,
                    _seed=seed, _rank=rank, _world=world_size, _epoch_index=epoch_index, _train=train,
-                   _eval_rows=eval_rows, eval_batch_size=cfg.eval_batch_size)
+                   _eval_rows=eval_rows, eval_batch_size=cfg.eval_batch_size, probe_record=probe_record)
 
 
 __all__ = ["Loaders", "build_loaders", "epoch_batches", "use_streaming"]

@@ -1,4 +1,5 @@
-"""Training-step strategies, one file per method, registered by name (``natural``, ``fgsm-rs``, ``free``, ``pgd``).
+"""Training-step strategies, one file per method, registered by name (``natural``, ``fgsm-rs``, ``n-fgsm``, ``free``,
+``pgd``, ``deat``).
 
 A method turns one minibatch into one or more optimizer steps. It gets a :class:`StepContext` from the trainer,
 whose ``optimize(loss)`` does the backward pass, gradient clipping, learning-rate update and optimizer step
@@ -12,6 +13,8 @@ from . import natural  # noqa: F401, I001
 from . import fgsm_rs  # noqa: F401
 from . import pgd  # noqa: F401
 from . import free  # noqa: F401
+from . import n_fgsm  # noqa: F401
+from . import deat  # noqa: F401
 from .base import METHODS, Method, StepContext, StepResult, batchnorm_mode, build_method, register_method
 
 __all__ = ["METHODS", "Method", "StepContext", "StepResult", "batchnorm_mode", "build_method", "register_method"]

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import attacks
 from ..config import MethodConfig, ThreatConfig
+from . import trades as trades_mod
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -87,12 +89,49 @@ class Method:
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         raise NotImplementedError
 
-    def _train_on(self, ctx: StepContext, x_train: torch.Tensor, y: torch.Tensor) -> StepResult:
+    def on_epoch_end(self, epoch: int) -> dict:
+        """Called by the trainer on every process after each epoch; returns extra fields for that epoch's history
+        entry (DEAT: the attack strength it used). Methods that adapt between epochs decide here."""
+        return {}
+
+    def _train_on(self, ctx: StepContext, x_train: torch.Tensor, y: torch.Tensor,
+                  x_clean: torch.Tensor | None = None) -> StepResult:
+        if self.trades and x_clean is not None:
+            return self._train_on_trades(ctx, x_train, y, x_clean)
         with ctx.autocast():
             logits = ctx.model(x_train)
             loss = F.cross_entropy(logits.float(), y)
         ctx.optimize(loss)
         return StepResult(loss.detach(), logits.detach())
+
+    # --- method.loss: the TRADES objective for the attack-based methods (see trades.py) -------------------------
+    @property
+    def trades(self) -> bool:
+        return self.cfg.loss == "trades"
+
+    @property
+    def loss_passes(self) -> int:
+        """Extra forward+backward passes per minibatch that the training objective adds to the attack's."""
+        return trades_mod.EXTRA_PASSES if self.trades else 0
+
+    def describe_loss(self) -> dict:
+        return {"loss": "trades", "beta": self.cfg.beta} if self.trades else {}
+
+    def attack_objective(self, ctx: StepContext, x: torch.Tensor,
+                         y: torch.Tensor) -> tuple[attacks.LossFn, torch.Tensor]:
+        """What the attack maximises and against what: CE against the labels, or KL against the clean prediction."""
+        if not self.trades:
+            return attacks.cross_entropy, y
+        return trades_mod.kl_to_clean, trades_mod.clean_probs(ctx.attack_model, x)
+
+    def _train_on_trades(self, ctx: StepContext, x_adv: torch.Tensor, y: torch.Tensor,
+                         x_clean: torch.Tensor) -> StepResult:
+        # one forward of clean and perturbed inputs together: one backward, and DDP sees a single forward
+        with ctx.autocast():
+            logits_clean, logits_adv = ctx.model(torch.cat([x_clean, x_adv])).chunk(2)
+            loss = trades_mod.trades_loss(logits_clean, logits_adv, y, self.cfg.beta)
+        ctx.optimize(loss)
+        return StepResult(loss.detach(), logits_adv.detach())
 
 
 def build_method(cfg: MethodConfig, threat: ThreatConfig) -> Method:

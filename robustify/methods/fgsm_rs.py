@@ -18,12 +18,15 @@ class FGSMRandomStart(Method):
 
     @property
     def passes_per_batch(self) -> int:
-        return 2
+        return 2 + self.loss_passes
 
     def describe(self) -> dict:
-        return {"name": self.name, "alpha": self.alpha, "random_start": True, "bn_mode": self.cfg.bn_mode}
+        return {"name": self.name, "alpha": self.alpha, "random_start": True, "bn_mode": self.cfg.bn_mode,
+                **self.describe_loss()}
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         with batchnorm_mode(ctx.attack_model, self.cfg.bn_mode), ctx.autocast():
-            delta = attacks.fgsm(ctx.attack_model, x, y, self.threat.eps, self.alpha, self.threat.norm)
-        return self._train_on(ctx, x + delta, y)
+            loss_fn, target = self.attack_objective(ctx, x, y)
+            delta = attacks.fgsm(ctx.attack_model, x, target, self.threat.eps, self.alpha, self.threat.norm,
+                                 loss_fn=loss_fn)
+        return self._train_on(ctx, x + delta, y, x_clean=x)
