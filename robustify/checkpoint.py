@@ -51,6 +51,7 @@ class TrainState:
     epoch: int = 0  # epochs completed in this stage
     batch: int = 0  # minibatches of the epoch in progress already trained on
     opt_steps: int = 0  # optimizer steps in this stage
+    prior_opt_steps: int = 0  # optimizer steps of the stages already finished
     progress: int = 0  # minibatches since the start of the run (checkpoint names)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_probe: float = -1.0

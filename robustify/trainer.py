@@ -17,6 +17,7 @@ on its share of the examples, in fp32 (``robust_acc``), so no process waits in a
 from __future__ import annotations
 
 import copy
+import json
 import os
 import platform
 import signal
@@ -34,6 +35,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from . import ema as ema_mod
 from .checkpoint import (
+    STATE_FILE,
     BestWeights,
     StopSignal,
     TrainState,
@@ -43,7 +45,7 @@ from .checkpoint import (
     resume_changes,
     save_checkpoint,
 )
-from .config import FinetuneConfig, _flatten, config_from_dict, dump_yaml, scaled_lr
+from .config import FinetuneConfig, _flatten, config_from_dict, dump_yaml, expand_stages, scaled_lr
 from .errors import Interrupted, UserError
 from .export import write_run_folder
 from .fileio import atomic_write_json
@@ -151,6 +153,7 @@ class Run:
     lr: float  # the peak learning rate after global-batch scaling
     eval_set: tuple[torch.Tensor, torch.Tensor]
     clock: float = 0.0  # perf_counter at the last wall-time update (see tick)
+    stage_name: str = ""  # the stage's name when the recipe has several
 
     @property
     def main(self) -> bool:
@@ -171,30 +174,39 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------------------------- setup
-def setup(cfg: FinetuneConfig, resume: bool) -> Run:
-    """Accelerator, run folder, model, data, optimizer and method; on ``--resume`` the last checkpoint."""
+def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, FinetuneConfig]:
+    """The Accelerator and the run folder (checked, locked against a different ``--resume``, recipe.yaml written)."""
     accelerator = make_accelerator(cfg, log_with=cfg.train.log_with)
     run_dir = resolve_output_dir(cfg, resume, accelerator)
     notes = check_resume(run_dir, cfg) if resume else []
+    for note in notes:
+        accelerator.print(f"robustify: {note}")
     cfg = copy.deepcopy(cfg)
     cfg.output_dir = str(run_dir)
     if cfg.train.log_with:
         accelerator.project_configuration.logging_dir = str(run_dir / "logs")
         accelerator.init_trackers(run_dir.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                         for k, v in _flatten(cfg.to_dict()).items()})
+    if not resume and accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(dump_yaml(cfg))
+    accelerator.wait_for_everyone()
     set_seed(cfg.train.seed)
+    return accelerator, run_dir, cfg
 
-    # model and data: the backbone's pretrained_cfg decides input size, interpolation and normalization
-    base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint)
+
+def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone: torch.nn.Module, state: TrainState,
+          best: BestWeights, resume_from: Path | None = None) -> Run:
+    """One stage's data, model view, optimizer and method around ``backbone`` (the same module through all stages);
+    ``resume_from``: the checkpoint to restore (model, optimizer, RNG, trainer and method state)."""
     from timm.data import resolve_data_config
 
-    data_config = resolve_data_config(model=base.backbone)
-    loaders = data_mod.build_loaders(cfg.data, data_config, cfg.eval.n_examples, cfg.train.probe_size,
-                                     seed=cfg.train.seed, rank=accelerator.process_index,
+    # the backbone's pretrained_cfg decides input size, interpolation and normalization; the stage may resize
+    loaders = data_mod.build_loaders(cfg.data, resolve_data_config(model=backbone), cfg.eval.n_examples,
+                                     cfg.train.probe_size, seed=cfg.train.seed, rank=accelerator.process_index,
                                      world_size=accelerator.num_processes,
                                      main_process_first=accelerator.main_process_first,
                                      probe_split=cfg.train.probe_split)
-    backbone = base.backbone
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
     model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
@@ -211,19 +223,13 @@ def setup(cfg: FinetuneConfig, resume: bool) -> Run:
     if average is not None:
         accelerator.register_for_checkpointing(average)
     probed, weights = ema_mod.exported(average, raw)
-    state, best = TrainState(), BestWeights()
-    if resume:
-        last = checkpoint_dirs(run_dir)[-1]
-        state, method_state = load_checkpoint(accelerator, last, best, accelerator.device)
+    if resume_from is not None:
+        loaded, method_state = load_checkpoint(accelerator, resume_from, best, accelerator.device)
+        state.__dict__.update(loaded.__dict__)
         if hasattr(method, "load_state_dict"):
             method.load_state_dict(method_state)
-        accelerator.print(f"resumed from {last} (epoch {state.epoch} done, {state.batch} minibatches into the next)")
-        for note in notes:
-            accelerator.print(f"robustify: {note}")
-    elif accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(dump_yaml(cfg))
-    accelerator.wait_for_everyone()
+        accelerator.print(f"resumed from {resume_from} (stage {state.stage + 1}, epoch {state.epoch} done, "
+                          f"{state.batch} minibatches into the next)")
 
     epochs = method.epochs(cfg.train.epochs)
     steps_per_epoch = -(-loaders.batches_per_epoch // cfg.train.grad_accum) * method.optimizer_steps_per_batch
@@ -351,13 +357,14 @@ def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
     row = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"], "loss": loss_sum / max(seen, 1),
            "train_acc": correct / max(seen, 1), "probe_clean_acc": p_clean, "probe_robust_acc": p_rob,
            "seconds": state.epoch_seconds, "opt_steps": run.stepper.opt_steps, "note": note,
+           **({"stage": run.stage_name} if run.stage_name else {}),
            **run.method.on_epoch_end(epoch)}
     state.history.append(row)
     state.epoch, state.batch, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
     run.say(f"epoch {epoch}/{run.epochs}  loss {row['loss']:.3f}  train acc {row['train_acc']:.1%}  probe clean "
             f"{p_clean:.1%}  probe PGD {p_rob:.1%}  lr {row['lr']:.4g}  {row['seconds']:.1f}s  {note}")
     checkpoint(run)
-    acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch)
+    acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=len(state.history))
     return row
 
 
@@ -378,7 +385,8 @@ def finalise(run: Run) -> dict[str, Any]:
         "before": state.before, "after": after, "history": state.history,
         "selected_epoch": selected, "stopped": state.stopped, "weights": run.weights,
         "probe": run.loaders.probe_record,
-        "cost": {"wall_seconds": state.wall_seconds, "epochs": state.epoch, "optimizer_steps": run.stepper.opt_steps,
+        "cost": {"wall_seconds": state.wall_seconds, "epochs": len(state.history), "optimizer_steps":
+                 state.prior_opt_steps + run.stepper.opt_steps,
                  "batch_passes": state.batch_passes, "example_passes": state.example_passes,
                  "passes_per_batch": run.method.passes_per_batch, "hardware": hardware_info(acc),
                  "world_size": acc.num_processes, "ranks_in_sync": in_sync, "global_batch": global_batch,
@@ -394,7 +402,8 @@ def finalise(run: Run) -> dict[str, Any]:
             "base_model": cfg.model.name, "dataset": cfg.data.name, "eval_split": cfg.data.eval_split,
             "architecture": raw.backbone.pretrained_cfg.get("architecture", type(raw.backbone).__name__),
             "input_size": list(raw.input_size), "mean": raw.normalize.mean.flatten().tolist(),
-            "std": raw.normalize.std.flatten().tolist(), "epochs": state.epoch, "batch_size": cfg.data.batch_size,
+            "std": raw.normalize.std.flatten().tolist(), "epochs": len(state.history),
+            "batch_size": cfg.data.batch_size,
             "optimizer": cfg.optim.name, "weights": run.weights,
             "results": {k: after.get(k) for k in ("clean_acc", "pgd_acc", "autoattack_acc") if k in after},
         }
@@ -411,24 +420,48 @@ def finalise(run: Run) -> dict[str, Any]:
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
-    """Adversarially fine-tune ``cfg.model`` on ``cfg.data``; returns metrics.json's content."""
-    run = setup(cfg, resume)
-    state = run.state
-    if state.before is None:
-        state.before = evaluate(run, "eval before")
-    first_epoch = state.epoch
-    run.tick()
+    """Adversarially fine-tune ``cfg.model`` on ``cfg.data``, stage after stage; returns metrics.json's content.
+
+    A recipe's ``stages`` (for example natural fine-tuning of a new head, then adversarial fine-tuning; or
+    progressive resizing) run one after another on the same backbone, each with its own data view, method, schedule
+    and optimizer; the checkpoint records the stage, so ``--resume`` continues inside the right one.
+    """
+    stages = expand_stages(cfg)
+    accelerator, run_dir, cfg = start(cfg, resume)
+    state, best = TrainState(), BestWeights()
+    resume_from = checkpoint_dirs(run_dir)[-1] if resume else None
+    if resume_from is not None:
+        state.stage = TrainState.from_json(json.loads((resume_from / STATE_FILE).read_text())).stage
+    base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint)
+    first_epoch, run = None, None
     with StopSignal() as stop:
-        while state.epoch < run.epochs and not state.stopped:
-            if cfg.train.stop_after is not None and state.epoch - first_epoch >= cfg.train.stop_after:
-                run.say(f"robustify: stopped after {cfg.train.stop_after} epoch(s) as asked (train.stop_after); "
-                        f"continue with: {run.resume_command()} --set train.stop_after=null")
-                run.accelerator.end_training()
-                return {}
-            epoch = state.epoch + 1
-            train_epoch(run, epoch, stop)
-            end_epoch(run, epoch)
-    run.tick()
+        for index in range(state.stage, len(stages)):
+            name, stage_cfg = stages[index]
+            stage_cfg.output_dir = str(run_dir)
+            if index != state.stage:  # a new stage: its own epochs, schedule position and best-probe bookkeeping
+                accelerator.free_memory()
+                state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
+                state.best_probe, state.best_epoch, best.state = -1.0, -1, None
+            run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from)
+            run.stage_name = name if len(stages) > 1 else ""
+            resume_from = None
+            if state.before is None:
+                state.before = evaluate(run, "eval before")
+            first_epoch = len(state.history) if first_epoch is None else first_epoch  # epochs before this call
+            run.tick()
+            while state.epoch < run.epochs and not state.stopped:
+                if cfg.train.stop_after is not None and len(state.history) - first_epoch >= cfg.train.stop_after:
+                    run.say(f"robustify: stopped after {cfg.train.stop_after} epoch(s) as asked (train.stop_after); "
+                            f"continue with: {run.resume_command()} --set train.stop_after=null")
+                    accelerator.end_training()
+                    return {}
+                epoch = state.epoch + 1
+                train_epoch(run, epoch, stop)
+                end_epoch(run, epoch)
+            run.tick()
+            state.prior_opt_steps += run.stepper.opt_steps if index < len(stages) - 1 and not state.stopped else 0
+            if state.stopped:
+                break
     metrics = finalise(run)
-    run.accelerator.end_training()
+    accelerator.end_training()
     return metrics

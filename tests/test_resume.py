@@ -115,3 +115,20 @@ def test_resume_refuses_a_different_run_and_extends_epochs(tmp_path: Path, capsy
     assert "train.epochs 1 -> 2" in out
     assert (run / "model.safetensors").read_bytes() != before
     assert [h["epoch"] for h in json.loads((run / "metrics.json").read_text())["history"]] == [1, 2]
+
+
+STAGES = ["--set", "stages=[{name: natural, method: {name: natural}, train: {epochs: 1}}, {name: adversarial}]"]
+
+
+def test_stages_run_in_order_and_resume_inside_the_right_one(tmp_path: Path):
+    """A recipe's stages run one after another; a run stopped inside the second resumes there, bit-identically."""
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    sets = [a for kv in SMALL for a in ("--set", kv)]
+    assert cli(["finetune", "--output-dir", str(straight), *sets, *STAGES]) == 0
+    history = json.loads((straight / "metrics.json").read_text())["history"]
+    assert [(h["stage"], h["epoch"]) for h in history] == [("natural", 1), ("adversarial", 1), ("adversarial", 2)]
+    assert cli(["finetune", "--output-dir", str(run), *sets, *STAGES, "--set", "train.stop_after=2"]) == 0
+    state = json.loads((checkpoint_dirs(run)[-1] / "trainer_state.json").read_text())
+    assert (state["stage"], state["epoch"]) == (1, 1)
+    assert cli(["finetune", "--output-dir", str(run), "--resume", "--set", "train.stop_after=null"]) == 0
+    _same_weights(straight, run)
