@@ -109,9 +109,12 @@ class _KeyBatches(torch.utils.data.Sampler):
 class _MapTrain:
     def __init__(self, ds, pre: Preprocessing, augment: str, num_workers: int):
         self.sampler = _KeyBatches()
+        # its own generator: starting the workers draws a seed, which must not come from (and shift) the global RNG
+        # that the attacks' random starts use, or a run resumed mid-epoch would differ from the uninterrupted one
         self.loader = torch.utils.data.DataLoader(_Rows(ds, pre, augment), batch_sampler=self.sampler,
                                                   num_workers=num_workers, persistent_workers=num_workers > 0,
-                                                  pin_memory=torch.cuda.is_available())
+                                                  pin_memory=torch.cuda.is_available(),
+                                                  generator=torch.Generator().manual_seed(0))
 
     def batches(self, idx: list[torch.Tensor], seed: int, epoch: int) -> Iterator[Batch]:
         self.sampler.keys = [[(int(i), example_seed(seed, epoch, int(i))) for i in b] for b in idx]
