@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import data as data_mod
+from . import runrecord
 from .config import FinetuneConfig, dump_yaml
 from .errors import UserError
 from .export import write_run_folder
@@ -348,29 +349,18 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     if main:
         after = _evaluate(raw, loaders, cfg, accelerator, "eval after")
         selected = state.best_epoch if cfg.train.select == "best-robust" or state.stopped else state.epoch
-        metrics = {
-            "before": state.before, "after": after, "history": state.history,
-            "selected_epoch": selected, "stopped": state.stopped,
-            "cost": {"wall_seconds": state.wall_seconds, "epochs": state.epoch, "optimizer_steps": state.opt_steps,
-                     "batch_passes": state.batch_passes, "example_passes": state.example_passes,
-                     "passes_per_batch": method.passes_per_batch, "hardware": hardware_info(accelerator),
-                     "world_size": accelerator.num_processes, "ranks_in_sync": in_sync},
-        }
-        robustness = {
-            "name": run_dir.name, "threat_model": {"norm": cfg.threat.norm, "eps": cfg.threat.eps},
-            "method": method.describe() | ({"bn_mode": cfg.method.bn_mode} if cfg.method.name != "natural" else {}),
-            "schedule": {"name": cfg.schedule.name, "lr": cfg.schedule.lr},
-            "base_model": cfg.model.name, "dataset": cfg.data.name, "eval_split": cfg.data.eval_split,
-            "architecture": raw.backbone.pretrained_cfg.get("architecture", type(raw.backbone).__name__),
-            "input_size": list(raw.input_size), "mean": raw.normalize.mean.flatten().tolist(),
-            "std": raw.normalize.std.flatten().tolist(), "epochs": state.epoch, "batch_size": cfg.data.batch_size,
-            "optimizer": cfg.optim.name,
-            "results": {k: after.get(k) for k in ("clean_acc", "pgd_acc", "autoattack_acc") if k in after},
-        }
+        cost = {"wall_seconds": state.wall_seconds, "epochs": state.epoch, "optimizer_steps": state.opt_steps,
+                "batch_passes": state.batch_passes, "example_passes": state.example_passes,
+                "passes_per_batch": method.passes_per_batch, "hardware": hardware_info(accelerator),
+                "world_size": accelerator.num_processes, "ranks_in_sync": in_sync}
+        record = runrecord.from_finetune(cfg, raw, name=run_dir.name, method=method.describe(), before=state.before,
+                                         after=after, history=state.history, cost=cost, selected_epoch=selected,
+                                         stopped=state.stopped)
+        metrics = record.metrics()
         plot_history(state.history, run_dir / "history.png")  # before the card, which embeds it
         atomic_write_json(run_dir / "history.json", state.history)
         with contiguous_weights(raw, cfg.model.channels_last):
-            write_run_folder(run_dir, raw, robustness, metrics, dump_yaml(cfg), loaders.label_names)
+            write_run_folder(run_dir, raw, record, dump_yaml(cfg), loaders.label_names)
         print_table(history_table(state.history))
         print_table(before_after_table(state.before, after))
         say(f"run folder: {run_dir}  (load with timm.create_model('local-dir:{run_dir}', pretrained=True))")
