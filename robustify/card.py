@@ -235,6 +235,7 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
     hardware = cost.get("hardware", {})
     start = f"adversarially fine-tuning `{t.base_model}`" if t.pretrained else \
         f"adversarial training of `{t.architecture}` from random initialisation"
+    bn = t.bn_mode or ("n/a (natural training)" if t.method.get("name") == "natural" else "not recorded")
     lines = [
         f"# {t.name}",
         "",
@@ -246,7 +247,7 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
         f"- {t.norm} perturbations of radius **eps = {eps}** in [0,1] pixel space (before normalization), at the "
         f"resolution the attacks perturb: **{resolution_text(s.input_size)}** (the model's input size "
         f"{tuple(t.input_size)}; eps means something else at another resolution).",
-        f"- BatchNorm mode while the training attacks were generated: `{t.bn_mode or 'n/a (natural training)'}`; "
+        f"- BatchNorm mode while the training attacks were generated: `{bn}`; "
         "every evaluation attacks the model in eval mode.",
         "",
         "## What it is robust to, and what not",

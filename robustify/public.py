@@ -25,7 +25,7 @@ from typing import Any
 # and relative paths ("runs/x") out
 _ABS_PATH = re.compile(
     r"(?<![\w:/.\-~])(?:/(?:home|Users|root|tmp|var|private|mnt|media|data|scratch|work|opt|srv|nfs|gpfs|lustre|"
-    r"storage|net|Volumes|lus|p|u)/[^\s\"'<>|,;)\]}]+)"
+    r"storage|net|Volumes|lus|p|u)/[^\s\"'<>|,;:)\]}]+)"
     r"|(?<![\w])[A-Za-z]:\\\\?[^\s\"'<>|,;)\]}]+"
     r"|file://\S+"
     r"|~/[^\s\"'<>|,;)\]}]+"
@@ -100,7 +100,7 @@ def dataset_name(spec: str) -> tuple[str, str | None]:
         if spec.startswith(f"{prefix}:"):
             base = Path(spec[len(prefix) + 1:].rstrip("/\\")).name
             return f"local {prefix} data set ({base})" if base else f"local {prefix} data set", None
-    if "/" in spec and ":" not in spec and not _is_local(spec) and spec.count("/") == 1:
+    if re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*", spec):  # ORG/NAME: how get_dataset reads it too
         return spec, spec
     return "local data set", None
 

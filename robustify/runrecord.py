@@ -123,8 +123,13 @@ class Evaluation:
         """A one-line name: who measured, which attacks, on how many examples."""
         who = "finetune's evaluation" if self.source == "finetune" else (
             f"robustify eval --preset {self.preset}" if self.preset else "robustify eval")
-        attacks = [t for t in (self.pgd_text, self.aa_text) if t] or ["clean only"]
-        return f"{who}: {' + '.join(a.split(',')[0] for a in attacks)}, n={self.n_examples}, {self.precision}, " \
+        attacks = []
+        if self.pgd_acc is not None:
+            p = self.pgd or {}
+            attacks.append(f"PGD-{p.get('steps', '?')} x{p.get('restarts', 1)} ({p.get('loss', 'ce')})")
+        if self.aa_version:
+            attacks.append(f"AutoAttack {self.aa_version}")
+        return f"{who}: {' + '.join(attacks) or 'clean only'}, n={self.n_examples}, {self.precision}, " \
                f"{resolution_text(self.input_size)}"
 
     def strength(self) -> tuple[int, int, int, int]:
