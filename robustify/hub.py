@@ -138,6 +138,13 @@ def publish_contents(run: RunFolder, repo_id: str) -> dict[str, bytes | Path]:
                                   "recipe.yaml": run.recipe_yaml.encode("utf-8")}
     if evaluation is not None:
         rendered["eval.json"] = _json_bytes(evaluation)
+    if "history.json" in run.files:  # the trainer's per-epoch notes are free text: paths in them are redacted
+        try:
+            history = json.loads((run.path / "history.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            history = None  # uploaded as it is, after the scan below
+        if history is not None:
+            rendered["history.json"] = _json_bytes(public.redact_all(history))
     card = render_card(run.record, license=run.license, repo_id=repo_id, recipe_yaml=run.recipe_yaml,
                        files=run.files, evaluation=evaluation)
     contents: dict[str, bytes | Path] = {"README.md": str(card).encode("utf-8")}

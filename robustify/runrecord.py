@@ -34,6 +34,7 @@ from .errors import UserError
 
 SCHEMA = 2  # 1: the inline blocks before this module (read as legacy)
 AA_RANK = {"standard": 3}  # any other AutoAttack version ranks 2
+AA_KEYS = ("package", "version", "attacks", "per_attack", "settings")  # what a record keeps of an AutoAttack run
 PRECISIONS = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
@@ -214,7 +215,7 @@ class Evaluation:
             if key:
                 aa_acc, version = d[key], version or key[len("autoattack_"):-len("_acc")]
         if aa_acc is not None:
-            aa = dict(aa or {}) | {"version": version or "standard"}
+            aa = {k: v for k, v in (aa or {}).items() if k in AA_KEYS} | {"version": version or "standard"}
         sub = d.get("subset") if isinstance(d.get("subset"), Mapping) else {}
         tm = d.get("threat_model") if isinstance(d.get("threat_model"), Mapping) else {}
         pgd = d.get("pgd") if isinstance(d.get("pgd"), Mapping) else None
@@ -249,7 +250,7 @@ class Evaluation:
             pgd={k: v for k, v in report["pgd"].items() if k in ("norm", "eps", "steps", "restarts", "loss", "alpha")}
             if "pgd" in report else None,
             autoattack_acc=report.get("autoattack_acc"),
-            autoattack={k: aa[k] for k in ("package", "version", "attacks", "per_attack", "settings") if k in aa}
+            autoattack={k: aa[k] for k in AA_KEYS if k in aa}
             if aa else None,
             robust_acc=report.get("robust_acc"),
             checks={"passed": checks["passed"], "verdict": checks["verdict"]} if checks else None,
@@ -516,7 +517,7 @@ def from_finetune(cfg: Any, model: Any, *, name: str, method: Mapping[str, Any],
         batch_size=cfg.data.batch_size, epochs=int(cost.get("epochs") or cfg.train.epochs),
         selection=cfg.train.select, selected_epoch=selected_epoch, stopped=stopped, mixed_precision=precision)
     ev = _finetune_evaluation(after, before, training, precision, cfg.data.name)
-    return RunRecord(training, [ev], list(history), public.redact_all(dict(cost)))
+    return RunRecord(training, [ev], public.redact_all(list(history)), public.redact_all(dict(cost)))
 
 
 def public_report(report: Mapping[str, Any], model_label: str) -> dict[str, Any]:

@@ -42,7 +42,7 @@ class ZooEntry:
     threat_model: str  # Linf | L2
     eps: str  # "8/255" or a decimal
     clean_acc: float
-    attack: str  # how pgd_acc was measured, e.g. "PGD-20, 1 restart(s), ce loss"
+    attack: str  # how pgd_acc was measured, e.g. "PGD-20 x1 restart (ce), step 0.00157"
     n_examples: int  # examples of the eval split the accuracies were measured on
     method: str  # fgsm-rs | free | pgd | natural
     recipe: str  # a shipped recipe name (robustify finetune --recipe NAME) or a path/URL to the recipe YAML

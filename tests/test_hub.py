@@ -285,13 +285,19 @@ def test_a_pushed_run_from_local_specs_holds_no_local_trace(hub: LocalHub, tmp_p
 
 def test_push_refuses_a_file_that_still_holds_a_local_path(quickstart_run: Path, hub: LocalHub,
                                                            tmp_path: Path) -> None:
+    from PIL import Image, PngImagePlugin
+
     run = copy_run(quickstart_run, tmp_path / "run")
     history = json.loads((run / "history.json").read_text())
-    history[0]["note"] = f"resumed from {run}/checkpoints/epoch_001"  # a file push copies as it is
+    history[0]["note"] = f"resumed from {run}/checkpoints/epoch_001"  # free text: redacted on the way out
     (run / "history.json").write_text(json.dumps(history))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Source", f"{run}/make_plot.py")  # a plot is uploaded as it is: the scan must catch this
+    with Image.open(run / "history.png") as im:
+        im.save(run / "history.png", pnginfo=info)
     proc = robustify_cli(hub, tmp_path / "home", "push", str(run), "--repo-id", "robustify/leaky")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "refusing to push: history.json would publish a local path" in proc.stderr
+    assert "refusing to push: history.png would publish a local path" in proc.stderr
     assert "Traceback" not in proc.stderr
     with pytest.raises(urllib.error.HTTPError):  # nothing was created
         urllib.request.urlopen(f"{hub.url}/api/models/robustify/leaky", timeout=10)
