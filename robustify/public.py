@@ -23,13 +23,11 @@ from typing import Any
 
 # absolute paths as they appear on POSIX and Windows machines; the look-behind keeps URLs ("https://x/home/...")
 # and relative paths ("runs/x") out
-_ABS_PATH = re.compile(
-    r"(?<![\w:/.\-~])(?:/(?:home|Users|root|tmp|var|private|mnt|media|data|scratch|work|opt|srv|nfs|gpfs|lustre|"
-    r"storage|net|Volumes|lus|p|u)/[^\s\"'<>|,;:)\]}]+)"
-    r"|(?<![\w])[A-Za-z]:\\\\?[^\s\"'<>|,;)\]}]+"
-    r"|file://\S+"
-    r"|~/[^\s\"'<>|,;)\]}]+"
-)
+_POSIX_ROOTS = (r"(?<![\w:/.\-~])(?:/(?:home|Users|root|tmp|var|private|mnt|media|data|scratch|work|opt|srv|nfs|gpfs|"
+                r"lustre|storage|net|Volumes)/[^\s\"'<>|,;:)\]}]+)|file://[^\s\"'<>]+")
+_ABS_PATH = re.compile(_POSIX_ROOTS + r"|(?<![\w])[A-Za-z]:\\\\?[^\s\"'<>|,;)\]}]+|~/[^\s\"'<>|,;)\]}]+")
+# in binary files (plots) only patterns long enough never to occur by chance in compressed bytes
+_ABS_PATH_BINARY = re.compile(_POSIX_ROOTS)
 LOCAL = "<local path>"
 
 
@@ -143,8 +141,10 @@ def _user() -> str | None:
         return None
 
 
-def machine_needles(token: str | None = None, extra: Iterable[str] = ()) -> list[tuple[str, re.Pattern[str]]]:
-    """(what, pattern) pairs that identify this machine or its owner."""
+def machine_needles(token: str | None = None, extra: Iterable[str] = (),
+                    binary: bool = False) -> list[tuple[str, re.Pattern[str]]]:
+    """(what, pattern) pairs that identify this machine or its owner (``binary``: only patterns too long to occur
+    by chance in compressed bytes)."""
     needles: list[tuple[str, re.Pattern[str]]] = []
     if token:
         needles.append(("the Hugging Face token", re.compile(re.escape(token))))
@@ -152,20 +152,28 @@ def machine_needles(token: str | None = None, extra: Iterable[str] = ()) -> list
     if host and len(host) >= 4 and host.lower() not in ("localhost", "ubuntu", "debian"):
         needles.append(("the host name", re.compile(rf"(?<![\w-]){re.escape(host)}(?![\w-])", re.IGNORECASE)))
     user = _user()
-    if user and len(user) >= 2:
+    if user and len(user) >= (4 if binary else 2):
         needles.append(("the user name", re.compile(rf"[/\\]{re.escape(user)}(?:[/\\]|\b)|\b{re.escape(user)}@")))
     for path in {str(Path.home()), *extra}:
         if path and len(path) >= 5 and path not in ("/root", "/home"):
             needles.append(("a local path", re.compile(re.escape(path))))
-    needles.append(("a local path", _ABS_PATH))
+    needles.append(("a local path", _ABS_PATH_BINARY if binary else _ABS_PATH))
     return needles
 
 
 def local_traces(data: bytes | str, token: str | None = None, extra: Iterable[str] = ()) -> list[str]:
-    """What in ``data`` would identify this machine: a description per kind found (empty when clean)."""
-    text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+    """What in ``data`` would identify this machine: a description per kind found (empty when clean). Bytes that
+    are not UTF-8 (a PNG) are searched with the long patterns only; their text chunks are stored uncompressed."""
+    binary = False
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            text, binary = data.decode("latin-1"), True
+    else:
+        text = data
     found: list[str] = []
-    for what, pattern in machine_needles(token, extra):
+    for what, pattern in machine_needles(token, extra, binary):
         match = pattern.search(text)
         if match and what not in found:
             shown = "" if "token" in what else f" ({match.group(0)[:60]!r})"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import stat
 from pathlib import Path
@@ -208,6 +209,10 @@ def test_local_traces_finds_paths_user_and_token() -> None:
     assert not public.local_traces("https://github.com/robustify/robustify and timm/resnet18.a1_in1k, runs/x, "
                                    "local-dir:PATH/TO/THIS/FOLDER, eps 8/255")
     assert public.redact("warning at /tmp/x/y.py:3: slow") == "warning at <local path>:3: slow"
+    # compressed plot bytes never trip the check by chance, but a path in a PNG text chunk does
+    noise = random.Random(0).randbytes(4_000_000)
+    assert public.local_traces(b"\x89PNG" + noise) == []
+    assert public.local_traces(b"\x89PNG" + noise[:1000] + b"tEXtSource\x00/home/alice/plot.py" + noise[:1000])
 
 
 def test_an_older_run_folder_is_read_and_made_public() -> None:
