@@ -32,7 +32,7 @@ def test_shipped_entries_validate_and_the_quickstart_demo_comes_first() -> None:
 
 
 def test_entries_carry_the_cards_robustbench_fields() -> None:
-    robustness = {"threat_model": {"norm": "Linf", "eps": 0.1}, "dataset": "quickstart",
+    robustness = {"threat_model": {"norm": "Linf", "eps": 0.1}, "dataset": "quickstart", "base_model": "quickstart",
                   "architecture": "test_resnet", "method": {"name": "fgsm-rs"}, "input_size": [3, 32, 32]}
     metrics = {"after": {"clean_acc": 0.9, "pgd_acc": 0.6, "pgd": {"steps": 10}, "n_examples": 500}}
     record = RunRecord.from_dicts(robustness, metrics)
