@@ -79,7 +79,8 @@ def _has_results(metrics: Any) -> bool:
     after = metrics.get("after") if isinstance(metrics, dict) else None
     if not isinstance(after, dict) or not isinstance(after.get("clean_acc"), (int, float)):
         return False
-    return any(isinstance(after.get(k), (int, float)) for k in ("pgd_acc", "autoattack_acc"))
+    robust = [k for k in after if k == "pgd_acc" or (k.startswith("autoattack_") and k.endswith("_acc"))]
+    return any(isinstance(after[k], (int, float)) for k in robust)  # autoattack_acc or e.g. autoattack_quick_acc
 
 
 def read_run_folder(run_dir: str | Path) -> RunFolder:
