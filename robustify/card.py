@@ -1,11 +1,16 @@
-"""The model card (README.md of a run folder and of a pushed repo), rendered with ``huggingface_hub.ModelCard``.
+"""The model card (README.md of a run folder and of a pushed repo), rendered from the run's record
+(:class:`robustify.runrecord.RunRecord`) with ``huggingface_hub.ModelCard``.
 
 The YAML front matter is what machines read: ``library_name: timm`` (so the Hub offers the timm snippet), the base
-model, the data set, the inherited license, tags, ``model-index`` results (clean and each robust accuracy, with the
-threat model in the metric config and the attack settings in its args) and a ``robustbench`` block with the fields
-RobustBench's model_info files use, which is also the shape of a ``zoo/`` entry. The body is what people read: what
-the model is robust to and what not, how it was made and what that cost, the results, and how to use it with plain
-timm (pixels in [0,1], normalized by the caller).
+model and the data set (Hub ids only; omitted when there is none), the inherited license, tags, ``model-index``
+results of the strongest evaluation (each metric named with its attack, budget and number of examples; threat
+model, precision and resolution in its config and args) and a ``robustbench`` block with the fields RobustBench's
+model_info files use, meaning what RobustBench means (``additional_data: true`` for a model fine-tuned from
+pretrained weights; ``autoattack_acc`` only from the standard AutoAttack), which is also the shape of a ``zoo/``
+entry. The body is what people read: the threat model (with the resolution attacks perturb at and the BatchNorm
+mode), what the model is robust to and what not, every evaluation under its own header (attack, budget, examples,
+precision, resolution), how it was made and what that cost, which weights were exported, and how to use it with
+plain timm (pixels in [0,1], normalized by the caller).
 
 Units: ``model-index`` values are fractions in [0,1], as in metrics.json; the ``robustbench`` block uses percent, as
 RobustBench does.
@@ -19,6 +24,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .report import pct
+from .runrecord import Evaluation, RunRecord, eps_text, resolution_text
 
 PLOTS = {  # plots a run folder may hold (written by trainer / evaluation), shown in this order when present
     "eps_curve.png": "Robust accuracy as eps grows (it must fall towards 0; a flat curve would mean gradient masking)",
@@ -68,132 +74,102 @@ METHOD_TEXT = {
 }
 
 
-def eps_text(eps: float) -> str:
-    """8/255 for eps values that are whole multiples of 1/255, else the decimal."""
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:g}"
-
-
-def hub_base_model(name: str) -> str | None:
-    """The Hub id of the base model for ``base_model:`` (None for local folders and the bundled quickstart).
-
-    ``hf-hub:ORG/NAME`` gives ``ORG/NAME``; a timm name gives the Hub id of its default pretrained weights (timm
-    knows it offline).
-    """
-    if name.startswith("hf-hub:"):
-        return name[len("hf-hub:"):].split("@", 1)[0] or None
-    if name.startswith(("local-dir:", "/", ".", "~")) or name == "quickstart":
-        return None
-    try:
-        import timm
-
-        cfg = timm.models.get_pretrained_cfg(name)
-    except Exception:  # noqa: BLE001 - unknown or odd names simply have no Hub id
-        return None
-    return getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-
-
-def hub_dataset(name: str) -> str | None:
-    """The Hub id of the data set for ``datasets:`` (None for local data and the bundled quickstart digits)."""
-    from .data import ALIASES
-
-    if name in ALIASES:
-        return ALIASES[name][0]
-    if "/" in name and ":" not in name and not name.startswith((".", "/", "~")):
-        return name
-    return None
-
-
 def _percent(value: float | None) -> float | None:
     return None if value is None else round(100 * float(value), 2)
 
 
-def _attack_text(after: dict[str, Any]) -> str:
-    pgd = after.get("pgd", {})
-    return f"PGD-{pgd.get('steps', '?')}, {pgd.get('restarts', 1)} restart(s), {pgd.get('loss', 'ce')} loss"
+def _threat(record: RunRecord, ev: Evaluation | None = None) -> str:
+    t = record.training
+    size = ev.input_size if ev is not None else t.input_size
+    return f"{t.norm}, eps={eps_text(t.eps)}, {resolution_text(size)}"
 
 
-def robustbench_block(robustness: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    """RobustBench's model_info fields (threat_model, eps as "8/255", clean_acc, autoattack_acc in percent,
-    additional_data, architecture, ...), plus the PGD figure and how it was measured, since AutoAttack is optional."""
-    after = metrics["after"]
-    tm = robustness["threat_model"]
-    return {
-        "threat_model": tm["norm"],
-        "eps": eps_text(tm["eps"]),
-        "dataset": robustness["dataset"],
-        "architecture": robustness["architecture"],
-        "clean_acc": _percent(after.get("clean_acc")),
-        "autoattack_acc": _percent(after.get("autoattack_acc")),
-        "pgd_acc": _percent(after.get("pgd_acc")),
-        "attack": _attack_text(after),
-        "n_examples": after.get("n_examples"),
-        "additional_data": False,
-        "number_forward_passes": 1,
-        "method": robustness["method"]["name"],
+def robustbench_block(record: RunRecord) -> dict[str, Any]:
+    """RobustBench's model_info fields for the strongest evaluation (accuracies in percent), plus how the PGD
+    figure was measured and at which resolution and precision. ``autoattack_acc`` appears only for the standard
+    AutoAttack; ``additional_data`` is true whenever training started from pretrained weights."""
+    t, s = record.training, record.strongest()
+    block: dict[str, Any] = {
+        "threat_model": t.norm, "eps": eps_text(t.eps), "dataset": t.dataset, "architecture": t.architecture,
+        "clean_acc": _percent(s.clean_acc),
     }
+    if s.aa_version == "standard":
+        block["autoattack_acc"] = _percent(s.autoattack_acc)
+    block |= {"pgd_acc": _percent(s.pgd_acc), "attack": s.pgd_text or "none", "n_examples": s.n_examples,
+              "resolution": resolution_text(s.input_size), "precision": s.precision,
+              "additional_data": bool(t.pretrained), "number_forward_passes": 1, "method": t.method.get("name", "?")}
+    return block
 
 
-def eval_results(robustness: dict[str, Any], metrics: dict[str, Any]) -> list[EvalResult]:
-    """model-index entries: clean accuracy, then each robust accuracy with its threat model (metric config) and
-    attack settings (metric args): FGSM and PGD when measured, AutoAttack when run, and the per-example worst case
-    over every attack when ``robustify eval`` recorded it."""
-    after = metrics["after"]
-    dataset, split = robustness["dataset"], robustness.get("eval_split", "test")
-    tm = robustness["threat_model"]
-    threat = f"{tm['norm']}, eps={eps_text(tm['eps'])}"
+def eval_results(record: RunRecord) -> list[EvalResult]:
+    """model-index entries of the strongest evaluation: clean accuracy, then each robust accuracy, each named with
+    its attack, budget and number of examples, with the threat model (incl. resolution) as metric config and every
+    setting in the metric args."""
+    t, s = record.training, record.strongest()
+    threat = _threat(record, s)
+    n = s.n_examples
     common: dict[str, Any] = dict(task_type="image-classification", task_name="Image Classification",
-                                  dataset_type=hub_dataset(dataset) or dataset, dataset_name=dataset,
-                                  dataset_split=split)
-    n = after.get("n_examples")
-    tm_args = {"threat_model": tm["norm"], "eps": tm["eps"]}
+                                  dataset_type=t.dataset_hub_id or t.dataset, dataset_name=t.dataset,
+                                  dataset_split=s.split)
+    setup = {"n_examples": n, "precision": s.precision, "input_size": list(s.input_size), "evaluation": s.label}
+    tm_args = {"threat_model": t.norm, "eps": t.eps}
 
     def robust(name: str, value: float, args: dict[str, Any]) -> EvalResult:
-        return EvalResult(metric_type="robust_accuracy", metric_name=f"{name} robust accuracy ({threat})",
-                          metric_value=value, metric_config=threat, metric_args=args | tm_args | {"n_examples": n},
-                          **common)
+        return EvalResult(metric_type="robust_accuracy", metric_name=f"{name} robust accuracy ({threat}, n={n})",
+                          metric_value=value, metric_config=threat, metric_args=args | tm_args | setup, **common)
 
-    results = [EvalResult(metric_type="accuracy", metric_name="clean accuracy", metric_value=after["clean_acc"],
-                          metric_config="clean", metric_args={"n_examples": n}, **common)]
-    if after.get("fgsm_acc") is not None:
-        results.append(robust("FGSM", after["fgsm_acc"], {"attack": "fgsm", "steps": 1, "restarts": 1}))
-    if after.get("pgd_acc") is not None:
-        pgd = after.get("pgd", {})
-        results.append(robust("PGD", after["pgd_acc"], {
-            "attack": "pgd", "steps": pgd.get("steps"), "restarts": pgd.get("restarts"), "loss": pgd.get("loss"),
-            "alpha": pgd.get("alpha")}))
-    if after.get("autoattack_acc") is not None:
-        aa = after.get("autoattack") or {}
-        results.append(robust("AutoAttack", after["autoattack_acc"], {
-            "attack": "autoattack", "version": aa.get("version", after.get("autoattack_version", "standard")),
-            "attacks": aa.get("attacks"), "package": aa.get("package")}))
-    if after.get("robust_acc") is not None:
-        results.append(robust("Worst-case", after["robust_acc"], {"attack": "every attack above, per example"}))
+    clean_name = f"clean accuracy (n={n}, {resolution_text(s.input_size)})"
+    results = [EvalResult(metric_type="accuracy", metric_name=clean_name,
+                          metric_value=s.clean_acc, metric_config="clean", metric_args=dict(setup), **common)]
+    if s.fgsm_acc is not None:
+        results.append(robust("FGSM", s.fgsm_acc, {"attack": "fgsm", "steps": 1, "restarts": 1}))
+    if s.pgd_acc is not None:
+        p = s.pgd or {}
+        results.append(robust(f"PGD-{p.get('steps', '?')} x{p.get('restarts', 1)} ({p.get('loss', 'ce')})", s.pgd_acc,
+                              {"attack": "pgd", "steps": p.get("steps"), "restarts": p.get("restarts"),
+                               "loss": p.get("loss"), "alpha": p.get("alpha")}))
+    if s.autoattack_acc is not None:
+        aa = s.autoattack or {}
+        name = "AutoAttack (standard)" if s.aa_version == "standard" else \
+            f"AutoAttack ({s.aa_version} version, not comparable with RobustBench)"
+        results.append(robust(name, s.autoattack_acc, {"attack": "autoattack", "version": s.aa_version,
+                                                       "attacks": aa.get("attacks"), "package": aa.get("package")}))
+    if s.robust_acc is not None:
+        results.append(robust("Worst-case (per example, every attack above)", s.robust_acc,
+                              {"attack": "every attack above, per example"}))
     return results
 
 
-def _robust_summary(after: dict[str, Any]) -> str:
-    parts = []
-    if after.get("pgd_acc") is not None:
-        parts.append(f"{pct(after['pgd_acc'])} accuracy under {_attack_text(after)}")
-    if after.get("autoattack_acc") is not None:
-        parts.append(f"{pct(after['autoattack_acc'])} under AutoAttack")
-    if after.get("robust_acc") is not None:
-        parts.append(f"{pct(after['robust_acc'])} against every attack run (per example)")
-    return "; ".join(parts) or "no robust accuracy recorded"
-
-
-def _results_table(base_model: str, before: dict[str, Any], after: dict[str, Any]) -> str:
-    pgd = after.get("pgd", {})
-    columns = [("clean", "clean_acc"), ("FGSM", "fgsm_acc"),
-               (f"PGD-{pgd.get('steps', '?')} x{pgd.get('restarts', 1)}", "pgd_acc"),
-               ("AutoAttack", "autoattack_acc"), ("worst case, all attacks", "robust_acc")]
-    columns = [(title, key) for title, key in columns
-               if key == "clean_acc" or after.get(key) is not None or before.get(key) is not None]
-    rows = ["| model | " + " | ".join(t for t, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
-    for label, row in ((f"before (`{base_model}`)", before), ("after (this model)", after)):
-        rows.append(f"| {label} | " + " | ".join(pct(row.get(k)) for _, k in columns) + " |")
-    return "\n".join(rows)
+def _evaluation_section(index: int, ev: Evaluation, record: RunRecord, reported: bool) -> list[str]:
+    """One evaluation under its own header: who, which examples, precision, resolution, when; then its table."""
+    t = record.training
+    title = f"### {index}. {ev.label}" + (" (reported: the strongest evaluation)" if reported else "")
+    when = f"; measured {ev.evaluated_at}" if ev.evaluated_at else ""
+    lines = [title, "", f"{ev.setup_text[0].upper()}{ev.setup_text[1:]}{when}.", ""]
+    before = ev.before or {}
+    columns = ["attack and budget", "this model"] + ([f"base model `{t.base_model}` (before)"] if before else [])
+    rows = [("clean", ev.clean_acc, before.get("clean_acc"))]
+    if ev.fgsm_acc is not None:
+        rows.append(("FGSM, one step of eps, no random start", ev.fgsm_acc, before.get("fgsm_acc")))
+    if ev.pgd_text:
+        rows.append((ev.pgd_text, ev.pgd_acc, before.get("pgd_acc")))
+    if ev.aa_text:
+        aa = ev.autoattack or {}
+        attacks = ", ".join(aa.get("attacks") or [])
+        rows.append((f"{ev.aa_text}" + (f": {attacks}" if attacks else "") +
+                     (f" ({aa['package']})" if aa.get("package") else ""), ev.autoattack_acc, None))
+    if ev.robust_acc is not None:
+        rows.append(("worst case per example over the attacks above", ev.robust_acc, None))
+    lines += ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
+    for name, value, base in rows:
+        cells = [name, pct(value)] + ([pct(base)] if before else [])
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    checks = ev.checks
+    if isinstance(checks, dict) and checks.get("verdict"):
+        status = "passed" if checks.get("passed") else "FAILED"
+        lines += [f"Gradient-masking checks ({status}): {checks['verdict']}", ""]
+    return lines
 
 
 def _eps_curve_table(evaluation: dict[str, Any] | None) -> list[str]:
@@ -202,8 +178,11 @@ def _eps_curve_table(evaluation: dict[str, Any] | None) -> list[str]:
     if not points:
         return []
     attack = curve.get("attack", {})
+    sub = (evaluation or {}).get("subset") or {}
+    where = f" on the first {sub.get('first_n', '?')} `{sub.get('split', '?')}` examples at " \
+            f"{resolution_text(sub.get('input_size') or [])}" if sub else ""
     head = f"Accuracy as eps grows ({attack.get('name', 'pgd').upper()}-{attack.get('steps', '?')}, " \
-           f"{attack.get('loss', 'ce')} loss, one restart):"
+           f"{attack.get('loss', 'ce')} loss, one restart{where}, from the latest `robustify eval`):"
     return [head, "", "| eps | " + " | ".join(eps_text(p["eps"]) if p["eps"] else "0" for p in points) + " |",
             "|---" * (len(points) + 1) + "|", "| accuracy | " + " | ".join(pct(p["acc"]) for p in points) + " |", ""]
 
@@ -213,9 +192,10 @@ def _method_args(method: dict[str, Any]) -> str:
     return ", ".join(args) or "no arguments"
 
 
-def _citations(robustness: dict[str, Any], metrics: dict[str, Any]) -> list[str]:
-    keys = [METHOD_PAPERS.get(robustness["method"]["name"]), SCHEDULE_PAPERS.get(robustness["schedule"]["name"])]
-    if metrics["after"].get("autoattack_acc") is not None:
+def _citations(record: RunRecord) -> list[str]:
+    t = record.training
+    keys = [METHOD_PAPERS.get(t.method.get("name", "")), SCHEDULE_PAPERS.get(t.schedule.get("name", ""))]
+    if any(e.autoattack_acc is not None for e in record.evaluations):
         keys.append("croce2020reliable")
     seen: list[str] = []
     for key in keys:
@@ -224,65 +204,99 @@ def _citations(robustness: dict[str, Any], metrics: dict[str, Any]) -> list[str]
     return [BIBTEX[k] for k in seen]
 
 
-def _body(robustness: dict[str, Any], metrics: dict[str, Any], license: str | None, repo_id: str | None,
-          recipe_yaml: str | None, files: Iterable[str], evaluation: dict[str, Any] | None) -> str:
-    r, before, after, cost = robustness, metrics["before"], metrics["after"], metrics["cost"]
-    tm, method, schedule = r["threat_model"], r["method"], r["schedule"]
-    eps = eps_text(tm["eps"])
-    n = after.get("n_examples")
+def _robust_summary(ev: Evaluation) -> str:
+    parts = []
+    if ev.pgd_text:
+        parts.append(f"{pct(ev.pgd_acc)} accuracy under {ev.pgd_text}")
+    if ev.aa_text:
+        parts.append(f"{pct(ev.autoattack_acc)} under {ev.aa_text}")
+    if ev.robust_acc is not None:
+        parts.append(f"{pct(ev.robust_acc)} against every attack run (per example)")
+    return "; ".join(parts) or "no robust accuracy recorded"
+
+
+def _weights_text(record: RunRecord) -> str:
+    t = record.training
+    epoch = t.selected_epoch if t.selected_epoch is not None else "?"
+    which = "the exponential moving average of the weights (train.ema) at " if t.weights == "ema" else ""
+    probe = "held-out" if (t.probe or {}).get("probe_split") == "heldout" else "training"
+    if t.stopped:
+        return f"{which}epoch {epoch}, the last good epoch before training stopped ({t.stopped})"
+    if t.selection == "best-robust":
+        return f"{which}epoch {epoch} of {t.epochs}, the epoch with the best robust accuracy on the {probe} probe"
+    return f"{which}epoch {epoch}, the last epoch"
+
+
+def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_yaml: str | None,
+          files: Iterable[str], evaluation: dict[str, Any] | None) -> str:
+    t, cost = record.training, record.cost
+    s = record.strongest()
+    eps = eps_text(t.eps)
     spec = f"hf-hub:{repo_id}" if repo_id else "local-dir:PATH/TO/THIS/FOLDER"
-    aa = after.get("autoattack_acc") is not None
     files = set(files)
     hardware = cost.get("hardware", {})
+    start = f"adversarially fine-tuning `{t.base_model}`" if t.pretrained else \
+        f"adversarial training of `{t.architecture}` from random initialisation"
+    bn = t.bn_mode or ("n/a (natural training)" if t.method.get("name") == "natural" else "not recorded")
     lines = [
-        f"# {r.get('name', 'robustify model')}",
+        f"# {t.name}",
         "",
-        f"An adversarially robust `{r['architecture']}` image classifier for `{r['dataset']}`, made with "
-        f"[robustify](https://github.com/robustify/robustify) by adversarially fine-tuning `{r['base_model']}`. "
+        f"An adversarially robust `{t.architecture}` image classifier for `{t.dataset}`, made with "
+        f"[robustify](https://github.com/robustify/robustify) by {start}. "
         "It loads with plain timm; robustify is not needed to use it.",
         "",
+        "## Threat model",
+        f"- {t.norm} perturbations of radius **eps = {eps}** in [0,1] pixel space (before normalization), at the "
+        f"resolution the attacks perturb: **{resolution_text(s.input_size)}** (the model's input size "
+        f"{tuple(t.input_size)}; eps means something else at another resolution).",
+        f"- BatchNorm mode while the training attacks were generated: `{bn}`; "
+        "every evaluation attacks the model in eval mode.",
+        "",
         "## What it is robust to, and what not",
-        f"- **Robust to**: {tm['norm']} perturbations of radius **eps = {eps}** in [0,1] pixel space "
-        f"(before normalization), at the model's input size {tuple(r['input_size'])}: "
-        f"{_robust_summary(after)}, against {pct(after.get('clean_acc'))} on clean inputs "
-        f"({n} `{r.get('eval_split', 'test')}` examples).",
-        f"- **Not robust to**: larger eps than {eps}, other norms than {tm['norm']}, common corruptions, patches, "
+        f"- **Robust to**: the threat model above: {_robust_summary(s)}, against {pct(s.clean_acc)} on clean "
+        f"inputs ({s.n_examples} `{s.split}` examples, {s.precision}).",
+        f"- **Not robust to**: larger eps than {eps}, other norms than {t.norm}, common corruptions, patches, "
         "physical or semantic changes, or inputs unlike the training data. Robust accuracy is an upper bound measured "
-        "by the attacks above; stronger or adaptive attacks may find more errors"
-        + ("." if aa else ", and AutoAttack, the standard evaluation, was not run for this card."),
+        "by the attacks named here; stronger or adaptive attacks may find more errors"
+        + ("." if s.aa_version == "standard" else
+           ", and the standard AutoAttack (RobustBench's evaluation) was not run for the reported numbers."),
     ]
-    if metrics.get("stopped"):
-        lines.append(f"- Training stopped early: {metrics['stopped']}.")
-    lines += [
-        "",
-        "## Results",
-        f"Accuracy on the first {n} examples of the `{r.get('eval_split', 'test')}` split of `{r['dataset']}`; "
-        f"threat model {tm['norm']}, eps = {eps}.",
-        "",
-        _results_table(r["base_model"], before, after),
-        "",
-    ]
-    checks = after.get("checks")
-    if isinstance(checks, dict) and checks.get("verdict"):
-        status = "passed" if checks.get("passed") else "FAILED"
-        lines += [f"Gradient-masking checks ({status}): {checks['verdict']}", ""]
+    if t.stopped:
+        lines.append(f"- Training stopped early: {t.stopped}.")
+    worst = record.worst_case(s)
+    lines += ["", "## Results",
+              "Each evaluation below names its attacks and budgets, its examples, precision and resolution. The "
+              "reported one (the front matter's `model-index` and `robustbench` numbers) is the strongest: the most "
+              "examples, then AutoAttack standard > other AutoAttack versions > PGD, then the larger budget; a weaker "
+              "evaluation never replaces it.", ""]
+    order = [s] + [e for e in reversed(record.evaluations) if e is not s]
+    for i, ev in enumerate(order, 1):
+        lines += _evaluation_section(i, ev, record, reported=ev is s)
+    if worst is not None and worst[0] < min((acc for acc, _ in s.robust_numbers()), default=2.0):
+        lines += [f"Lowest robust accuracy any evaluation found on the reported examples: **{pct(worst[0])}** "
+                  f"({worst[1]}).", ""]
     lines += _eps_curve_table(evaluation)
     for name, caption in PLOTS.items():
         if name in files:
             lines += [f"![{caption}]({name})", "", f"*{caption}.*", ""]
     lines += [
         "## How it was made",
-        f"- Method: `{method['name']}`, {METHOD_TEXT.get(method['name'], method['name'])}; {_method_args(method)}.",
-        f"- BatchNorm mode while attacks were generated: `{method.get('bn_mode', 'n/a')}`.",
-        f"- Learning-rate schedule: `{schedule['name']}`, peak lr {schedule['lr']:g}; {cost.get('epochs')} epochs "
-        f"(selected epoch {metrics.get('selected_epoch', '?')}), batch size {r.get('batch_size')}, optimizer "
-        f"{r.get('optimizer')}.",
+        f"- Base model: `{t.base_model}`" + (f" ([{t.base_model_hub_id}](https://huggingface.co/"
+                                            f"{t.base_model_hub_id}))" if t.base_model_hub_id else "")
+        + ("" if t.pretrained else " (architecture only: trained from scratch)") + f"; data: `{t.dataset}` "
+        f"(`{t.train_split}` to train, `{t.eval_split}` to evaluate).",
+        f"- Method: `{t.method.get('name')}`, {METHOD_TEXT.get(t.method.get('name', ''), t.method.get('name'))}; "
+        f"{_method_args(t.method)}.",
+        f"- Learning-rate schedule: `{t.schedule.get('name')}`, peak lr {t.schedule.get('lr', 0):g}; {t.epochs} "
+        f"epochs, batch size {t.batch_size}, optimizer {t.optimizer}, training precision {t.mixed_precision}.",
+        f"- Exported weights: {_weights_text(record)}.",
         f"- Cost: {cost.get('wall_seconds', 0.0):.1f} s wall time on {hardware.get('device', '?')} "
         f"(x{cost.get('world_size', 1)} process(es)); {cost.get('optimizer_steps', '?')} optimizer steps; "
         f"{cost.get('example_passes', 0):,} forward/backward passes over examples "
         f"({cost.get('passes_per_batch', '?')} per minibatch).",
-        "- Files: `recipe.yaml` (the fully resolved recipe), `metrics.json` (before/after results, per-epoch "
-        "history, cost), `config.json` (timm config plus a `robustness` block).",
+        "- Files: `recipe.yaml` (the resolved recipe; local paths reduced to file names), `metrics.json` "
+        "(`before`/`after`, every evaluation, per-epoch history, cost), `config.json` (timm config plus a "
+        "`robustness` block).",
         "",
     ]
     if recipe_yaml:
@@ -308,36 +322,36 @@ def _body(robustness: dict[str, Any], metrics: dict[str, Any], license: str | No
         "",
     ]
     if license:
-        lines += [f"License: `{license}`, inherited from the base model `{r['base_model']}`.", ""]
+        lines += [f"License: `{license}`, inherited from the base model `{t.base_model}`.", ""]
     else:
-        lines += [f"License: the base model `{r['base_model']}` states none; check its terms before reuse.", ""]
-    cites = _citations(r, metrics)
+        lines += [f"License: the base model `{t.base_model}` states none; check its terms before reuse.", ""]
+    cites = _citations(record)
     if cites:
         lines += ["## Citation", "The methods that made this model:", "", "```bibtex", "\n\n".join(cites), "```", ""]
     return "\n".join(lines)
 
 
-def render_card(robustness: dict[str, Any], metrics: dict[str, Any], license: str | None = None, *,
-                repo_id: str | None = None, recipe_yaml: str | None = None,
-                files: Iterable[str] = (), evaluation: dict[str, Any] | None = None) -> ModelCard:
-    """Build the card from the ``robustness`` block of config.json and metrics.json.
+def render_card(record: RunRecord, license: str | None = None, *, repo_id: str | None = None,
+                recipe_yaml: str | None = None, files: Iterable[str] = (),
+                evaluation: dict[str, Any] | None = None) -> ModelCard:
+    """The card of ``record``.
 
     ``repo_id`` fills the usage snippet (``hf-hub:ORG/NAME``; a ``local-dir:`` placeholder without it),
     ``recipe_yaml`` is shown in the card, ``files`` (names in the folder or repo) decides which plots to embed, and
     ``evaluation`` (eval.json of ``robustify eval``) adds the accuracy-vs-eps table.
     """
-    r = robustness
+    t = record.training
     data = ModelCardData(
         library_name="timm",
         pipeline_tag="image-classification",
         license=license,
-        base_model=hub_base_model(r["base_model"]),
-        datasets=[d] if (d := hub_dataset(r["dataset"])) else None,
-        tags=["image-classification", "timm", "adversarial-robustness", "robustify",
-              f"{r['threat_model']['norm'].lower()}-robust", r["method"]["name"]],
-        model_name=r.get("name", "robustify-model"),
-        eval_results=eval_results(r, metrics),
-        robustbench=robustbench_block(r, metrics),
+        base_model=t.base_model_hub_id if t.pretrained else None,
+        datasets=[t.dataset_hub_id] if t.dataset_hub_id else None,
+        tags=["image-classification", "timm", "adversarial-robustness", "robustify", f"{t.norm.lower()}-robust",
+              t.method.get("name", "?")],
+        model_name=t.name,
+        eval_results=eval_results(record),
+        robustbench=robustbench_block(record),
     )
-    body = _body(r, metrics, license, repo_id, recipe_yaml, files, evaluation)
+    body = _body(record, license, repo_id, recipe_yaml, files, evaluation)
     return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + body)

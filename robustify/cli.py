@@ -331,6 +331,8 @@ def _run_eval(args: argparse.Namespace) -> int:
           f"{time.perf_counter() - start:.1f} s")
     if res.not_updated:
         print(f"run folder not updated: {res.not_updated}")
+    if res.update_note:
+        print(f"run folder: the evaluation was {res.update_note}")
     if res.written:
         print(f"wrote: {', '.join(res.written)}")
     return 0

@@ -18,13 +18,12 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import attacks
+from . import attacks, public, runrecord
 from .data import to_unit
 from .errors import UserError
 from .robust_acc import (  # noqa: F401  (re-exported: the kernel lives in robust_acc)
@@ -38,6 +37,7 @@ from .robust_acc import (  # noqa: F401  (re-exported: the kernel lives in robus
     predict,
     shard_range,
 )
+from .runrecord import Evaluation, RunRecord
 
 ATTACK_CHOICES = ("clean", "fgsm", "pgd", "autoattack")
 PRESETS: dict[str, dict[str, Any]] = {
@@ -354,31 +354,45 @@ def _run_check_attacks(run: _Runner, s: EvalSettings, report: dict, masks: dict,
 # --------------------------------------------------------------------------------------------- run folders
 @dataclass
 class RunInfo:
-    """What a run folder (``finetune`` output) says about how its model should be evaluated."""
+    """A run folder (``finetune`` output) and its record: how its model should be evaluated by default."""
 
     path: Path
-    robustness: dict[str, Any]
-    metrics: dict[str, Any]
+    record: RunRecord
+    data_spec: str  # the --data spec the run was trained with (recipe.yaml; the record holds only public names)
 
     @property
     def data(self) -> str:
-        return self.robustness.get("dataset", "")
+        return self.data_spec
 
     @property
     def split(self) -> str:
-        return self.robustness.get("eval_split", "test")
+        return self.record.training.eval_split
 
     @property
     def eps(self) -> float:
-        return float(self.robustness["threat_model"]["eps"])
+        return self.record.training.eps
 
     @property
     def norm(self) -> str:
-        return self.robustness["threat_model"]["norm"]
+        return self.record.training.norm
 
     @property
     def n_examples(self) -> int | None:
-        return (self.metrics.get("after") or {}).get("n_examples")
+        return self.record.strongest().n_examples if self.record.evaluations else None
+
+
+def _recipe_data(path: Path, fallback: str) -> str:
+    """The local --data spec from recipe.yaml (a pulled run's recipe holds only a file name; then the public one)."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8"))
+        spec = str(recipe["data"]["name"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return fallback
+    if spec.startswith(("npz:", "imagefolder:")) and not Path(spec.split(":", 1)[1]).expanduser().is_absolute():
+        return fallback
+    return spec
 
 
 def read_run(spec: str) -> RunInfo | None:
@@ -390,79 +404,50 @@ def read_run(spec: str) -> RunInfo | None:
     if not (is_model_folder(path) and (path / "metrics.json").is_file()):
         return None
     try:
-        config, metrics = read_json(path / "config.json"), read_json(path / "metrics.json")
+        config = read_json(path / "config.json")
     except (OSError, ValueError) as e:
         raise UserError(f"run folder {str(path)!r}: cannot read its JSON files ({str(e).splitlines()[0]})") from None
     robustness = config.get("robustness") if isinstance(config, dict) else None
-    if not isinstance(robustness, dict) or "threat_model" not in robustness or not isinstance(metrics, dict):
+    if not isinstance(robustness, dict) or "threat_model" not in robustness:
         return None
-    return RunInfo(path, robustness, metrics)
+    record = RunRecord.read(path)
+    return RunInfo(path, record, _recipe_data(path, record.training.dataset))
 
 
 def matches_run(run: RunInfo, report: dict[str, Any]) -> str | None:
     """None when the evaluation measured the run's own threat model on its own data; else why not."""
-    tm, sub = report["threat_model"], report["subset"]
-    if sub["data"] != run.data or sub["split"] != run.split:
-        return f"evaluated on {sub['data']}/{sub['split']}, but the model was trained for {run.data}/{run.split}"
-    if tm["norm"] != run.norm or not math.isclose(tm["eps"], run.eps, rel_tol=1e-6, abs_tol=1e-9):
-        return f"evaluated at {tm['norm']} eps={tm['eps']:.4g}, but the model is for {run.norm} eps={run.eps:.4g}"
-    return None
+    sub = report["subset"]
+    if sub["data"] != run.data and public.dataset_name(sub["data"])[0] != run.record.training.dataset:
+        return f"evaluated on {sub['data']}, but the model was trained for {run.record.training.dataset}"
+    return run.record.mismatch(Evaluation.from_report(report))
 
 
-def after_block(report: dict[str, Any], previous: dict[str, Any] | None = None) -> dict[str, Any]:
-    """metrics.json's "after" block from an evaluation. Measurements this evaluation did not make are kept only if
-    they were made on the same examples (same split and n), so a block never mixes subsets."""
-    prev = dict(previous or {})
-    same_subset = prev.get("n_examples") == report["n_examples"] and prev.get("split", report["subset"]["split"]) \
-        == report["subset"]["split"]
-    after = {k: v for k, v in prev.items() if same_subset or k not in ("pgd_acc", "pgd", "autoattack_acc",
-                                                                         "autoattack", "autoattack_version")}
-    after.update({"clean_acc": report["clean_acc"], "n_examples": report["n_examples"],
-                  "split": report["subset"]["split"], "fgsm_acc": report["fgsm_acc"],
-                  "robust_acc": report["robust_acc"]})
-    for key in ("pgd_acc", "pgd", "autoattack_acc", "autoattack_version"):
-        if key in report:
-            after[key] = report[key]
-    if "autoattack" in report:
-        aa = report["autoattack"]
-        after["autoattack"] = {k: aa[k] for k in ("package", "version", "attacks", "per_attack", "settings")}
-    if "checks" in report:
-        after["checks"] = {"passed": report["checks"]["passed"], "verdict": report["checks"]["verdict"]}
-    after["evaluated_by"] = "robustify eval"
-    after["evaluated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return after
-
-
-def update_run_folder(run: RunInfo, report: dict[str, Any], plot: bool = True) -> list[str]:
-    """Write the evaluation into the run folder: eval.json, eps_curve.png, metrics.json "after", config.json's
-    robustness results and the model card. Returns the names of the files written."""
+def update_run_folder(run: RunInfo, report: dict[str, Any], plot: bool = True) -> tuple[list[str], str]:
+    """Add the evaluation to the run's record (a weaker one is stored beside a stronger one, never over it) and
+    rewrite what renders from it: eval.json (without local paths), eps_curve.png, metrics.json, config.json's
+    robustness block and the model card. Returns the names of the files written and what happened."""
     from .card import render_card
     from .fileio import atomic_write_json, atomic_write_text, read_json
     from .report import plot_eps_curve
 
+    record = run.record
+    note = record.add(Evaluation.from_report(report))
     written = ["eval.json"]
-    atomic_write_json(run.path / "eval.json", report)
+    kept = runrecord.public_report(report, f"this run folder ({record.training.name})")
+    atomic_write_json(run.path / "eval.json", kept)
     if plot and "eps_curve" in report:
         plot_eps_curve(report, run.path / "eps_curve.png")
         written.append("eps_curve.png")
-    metrics = dict(run.metrics)
-    metrics["after"] = after_block(report, metrics.get("after"))
-    atomic_write_json(run.path / "metrics.json", metrics)
-    config = read_json(run.path / "config.json")
-    robustness = dict(config["robustness"])
-    robustness["results"] = {k: metrics["after"][k] for k in ("clean_acc", "pgd_acc", "autoattack_acc")
-                             if metrics["after"].get(k) is not None}
-    config["robustness"] = robustness
-    atomic_write_json(run.path / "config.json", config)
+    record.write(run.path)
     written += ["metrics.json", "config.json"]
-    if "before" in metrics and "cost" in metrics:
-        license_ = (config.get("pretrained_cfg") or {}).get("license")
-        files = sorted(p.name for p in run.path.iterdir() if p.is_file())
-        card = render_card(robustness, metrics, license=license_, files=files)
-        atomic_write_text(run.path / "README.md", str(card))
-        written.append("README.md")
-    run.metrics, run.robustness = metrics, robustness
-    return written
+    license_ = (read_json(run.path / "config.json").get("pretrained_cfg") or {}).get("license")
+    files = sorted(p.name for p in run.path.iterdir() if p.is_file())
+    recipe = (run.path / "recipe.yaml").read_text(encoding="utf-8") if (run.path / "recipe.yaml").is_file() else None
+    card = render_card(record, license=license_, files=files, evaluation=kept,
+                       recipe_yaml=public.recipe(recipe, record.training.name) if recipe else None)
+    atomic_write_text(run.path / "README.md", str(card))
+    written.append("README.md")
+    return written, note
 
 
 def settings_record(s: EvalSettings) -> dict[str, Any]:
@@ -479,6 +464,7 @@ class EvalOutcome:
     written: list[str] = field(default_factory=list)  # paths written
     not_updated: str | None = None  # why a run folder was left as it was
     main: bool = True  # the process that writes and prints (all processes evaluate)
+    update_note: str | None = None  # how the evaluation was stored in the run folder's record
 
 
 def eval_state() -> Any:
@@ -557,5 +543,6 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
     if run is not None:
         outcome.not_updated = "--no-update was given" if not update_run else matches_run(run, report)
         if outcome.not_updated is None:
-            outcome.written += [str(run.path / name) for name in update_run_folder(run, report)]
+            names, outcome.update_note = update_run_folder(run, report)
+            outcome.written += [str(run.path / name) for name in names]
     return outcome

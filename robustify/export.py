@@ -2,12 +2,15 @@
 
 ``model.safetensors`` + ``config.json`` are exactly what ``timm.models.save_for_hf`` writes for the *backbone*
 (normalization stays in ``pretrained_cfg`` mean/std), so ``timm.create_model("local-dir:RUN_DIR", pretrained=True)``
-loads the robust weights without robustify. ``config.json`` also carries a ``robustness`` block. Everything is
-written into a temporary folder beside the run folder and renamed into place file by file.
+loads the robust weights without robustify. ``config.json`` also carries the ``robustness`` block and
+``metrics.json`` the results, both rendered from the run's record (:mod:`robustify.runrecord`), as is the card.
+Everything is written into a temporary folder beside the run folder and renamed into place file by file, readable
+by everyone (0644) like any other file the run writes.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,9 +19,11 @@ from typing import Any
 import timm
 import torch
 
+from . import public
 from .card import render_card
-from .fileio import atomic_write_json, atomic_write_text
+from .fileio import atomic_write_text
 from .models import RobustModel
+from .runrecord import RunRecord
 
 EXPORT_FILES = ("model.safetensors", "config.json")
 
@@ -56,19 +61,22 @@ def save_backbone(model: RobustModel, folder: Path, robustness: dict[str, Any] |
         backbone.pretrained_cfg = original
 
 
-def write_run_folder(run_dir: Path, model: RobustModel, robustness: dict[str, Any], metrics: dict[str, Any],
-                     recipe_yaml: str, label_names: list[str] | None = None) -> None:
+def write_run_folder(run_dir: Path, model: RobustModel, record: RunRecord, recipe_yaml: str,
+                     label_names: list[str] | None = None) -> None:
+    """Weights + config.json (with ``record``'s robustness block), metrics.json, recipe.yaml and the card."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=run_dir, prefix=".export-") as tmp:
         tmp_dir = Path(tmp)
-        save_backbone(model, tmp_dir, robustness, label_names)
+        save_backbone(model, tmp_dir, record.robustness(), label_names)
         for name in EXPORT_FILES:
+            os.chmod(tmp_dir / name, 0o644)  # save_for_hf's files inherit the private temporary folder's 0600
             shutil.move(str(tmp_dir / name), str(run_dir / name))  # same file system: an atomic rename
-    atomic_write_json(run_dir / "metrics.json", metrics)
+    record.write(run_dir)
     atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
     license_ = model.backbone.pretrained_cfg.get("license")
     plots = [p.name for p in sorted(run_dir.glob("*.png"))]
-    card = render_card(robustness, metrics, license=license_, recipe_yaml=recipe_yaml, files=plots)
+    card = render_card(record, license=license_, recipe_yaml=public.recipe(recipe_yaml, record.training.name),
+                       files=plots)
     atomic_write_text(run_dir / "README.md", str(card))
 
 

@@ -5,6 +5,10 @@ commit** through ``huggingface_hub.HfApi.create_commit``, so a failure at any po
 itself) leaves the remote repo exactly as it was. Unlike timm's ``push_to_hf_hub``, which never rewrites an
 existing README, every push replaces the card, so the card always describes the weights beside it.
 Before anything leaves the machine the folder must hold evaluation results and its weights must load with timm.
+What is uploaded is rendered from the run's record (:mod:`robustify.runrecord`: public names only) rather than copied:
+config.json's ``robustness`` block, metrics.json, the card, eval.json (no local model path or data path) and the
+recipe (local paths reduced to file names). Then every byte about to leave is scanned once more for local paths,
+the user and host name and the token (:func:`robustify.public.local_traces`); anything found refuses the push.
 
 ``pull`` downloads through ``snapshot_download`` (Hub cache or ``--local-dir``), refuses pickle weights unless the
 user trusts them explicitly, checks that the model loads with timm, and prints how to use it.
@@ -22,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import public, runrecord
 from .errors import UserError
+from .runrecord import RunRecord, eps_text
 
 PUSH_FILES = ("model.safetensors", "config.json", "metrics.json", "recipe.yaml", "history.json", "eval.json")
 PUSH_PATTERNS = ("*.png",)  # plots: history.png, eps_curve.png, ...
@@ -43,10 +49,10 @@ class RunFolder:
     """What ``push`` publishes, read and checked once."""
 
     path: Path
-    robustness: dict[str, Any]
-    metrics: dict[str, Any]
+    record: RunRecord
+    config: dict[str, Any]  # config.json as timm's save_for_hf wrote it
     license: str | None
-    recipe_yaml: str
+    recipe_yaml: str  # as published (public.recipe)
     files: list[str] = field(default_factory=list)  # names relative to path, in upload order
 
 
@@ -73,11 +79,12 @@ def _has_results(metrics: Any) -> bool:
     after = metrics.get("after") if isinstance(metrics, dict) else None
     if not isinstance(after, dict) or not isinstance(after.get("clean_acc"), (int, float)):
         return False
-    return any(isinstance(after.get(k), (int, float)) for k in ("pgd_acc", "autoattack_acc"))
+    robust = [k for k in after if k == "pgd_acc" or (k.startswith("autoattack_") and k.endswith("_acc"))]
+    return any(isinstance(after[k], (int, float)) for k in robust)  # autoattack_acc or e.g. autoattack_quick_acc
 
 
 def read_run_folder(run_dir: str | Path) -> RunFolder:
-    """Check that ``run_dir`` is a finished, evaluated run folder and read what the card needs."""
+    """Check that ``run_dir`` is a finished, evaluated run folder and read its record."""
     path = Path(run_dir).expanduser()
     what = f"run folder {str(path)!r}"
     if not path.is_dir():
@@ -96,25 +103,78 @@ def read_run_folder(run_dir: str | Path) -> RunFolder:
     if not isinstance(robustness, dict) or not {"threat_model", "method", "dataset"} <= set(robustness):
         raise UserError(f"{what}: config.json has no 'robustness' block (threat model, method, data set); was it "
                         "written by 'robustify finetune'?")
+    record = RunRecord.from_dicts(robustness, metrics, name=path.name)
+    if not record.evaluations:
+        raise UserError(f"{what} has no evaluation results; refusing to publish a model whose robustness was not "
+                        "measured")
     license_ = (config.get("pretrained_cfg") or {}).get("license")
     files = [n for n in PUSH_FILES if (path / n).is_file()]
     files += sorted(p.name for pat in PUSH_PATTERNS for p in path.glob(pat) if p.is_file())
-    recipe = public_recipe((path / "recipe.yaml").read_text(encoding="utf-8"), robustness.get("name", path.name))
-    return RunFolder(path, robustness, metrics, license_, recipe, files)
+    recipe = public.recipe((path / "recipe.yaml").read_text(encoding="utf-8"), record.training.name)
+    return RunFolder(path, record, config, license_, recipe, files)
 
 
-def public_recipe(recipe_yaml: str, name: str) -> str:
-    """The recipe as published: ``output_dir`` (a path on the author's machine) becomes ``runs/NAME``."""
-    import yaml
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
 
+
+def _public_eval(run: RunFolder) -> dict[str, Any] | None:
+    """eval.json as published (no local model or data path), or None when it is not a JSON object."""
     try:
-        data = yaml.safe_load(recipe_yaml)
-    except yaml.YAMLError:
-        return recipe_yaml
-    if not isinstance(data, dict) or "output_dir" not in data:
-        return recipe_yaml
-    data["output_dir"] = f"runs/{name}"
-    return yaml.safe_dump(data, sort_keys=False)
+        report = json.loads((run.path / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(report, dict):
+        return None
+    return runrecord.public_report(report, f"this model ({run.record.training.name})")
+
+
+def publish_contents(run: RunFolder, repo_id: str) -> dict[str, bytes | Path]:
+    """Every file ``push`` uploads, by name: rendered from the record where it describes the run, else the file."""
+    from .card import render_card
+
+    evaluation = _public_eval(run) if "eval.json" in run.files else None
+    config = dict(run.config) | {"robustness": run.record.robustness()}
+    rendered: dict[str, bytes] = {"config.json": _json_bytes(config), "metrics.json": _json_bytes(run.record.metrics()),
+                                  "recipe.yaml": run.recipe_yaml.encode("utf-8")}
+    if evaluation is not None:
+        rendered["eval.json"] = _json_bytes(evaluation)
+    if "history.json" in run.files:  # the trainer's per-epoch notes are free text: paths in them are redacted
+        try:
+            history = json.loads((run.path / "history.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            history = None  # uploaded as it is, after the scan below
+        if history is not None:
+            rendered["history.json"] = _json_bytes(public.redact_all(history))
+    card = render_card(run.record, license=run.license, repo_id=repo_id, recipe_yaml=run.recipe_yaml,
+                       files=run.files, evaluation=evaluation)
+    contents: dict[str, bytes | Path] = {"README.md": str(card).encode("utf-8")}
+    for name in run.files:
+        contents[name] = rendered.get(name, run.path / name)
+    return contents
+
+
+def _scanned_bytes(name: str, content: bytes | Path) -> bytes:
+    """What to scan: the whole file, or a safetensors file's header (its metadata; the rest is tensors)."""
+    if isinstance(content, bytes):
+        return content
+    if name.endswith(".safetensors"):
+        with open(content, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            return f.read(min(size, 100_000_000))
+    return content.read_bytes()
+
+
+def check_nothing_local(contents: dict[str, bytes | Path], token: str | None, run_dir: Path) -> None:
+    """Refuse (one line, nothing uploaded) when a file about to be pushed still identifies this machine."""
+    from huggingface_hub import constants
+
+    extra = [str(run_dir.resolve()), str(Path.cwd()), str(constants.HF_HUB_CACHE), str(constants.HF_HOME)]
+    for name, content in contents.items():
+        found = public.local_traces(_scanned_bytes(name, content), token, extra)
+        if found:
+            raise UserError(f"refusing to push: {name} would publish {', '.join(found)}; nothing was uploaded "
+                            "(remove it from the run folder's file, or report this as a robustify bug)")
 
 
 def verify_loads(folder: Path, what: str) -> dict[str, Any]:
@@ -210,35 +270,19 @@ def usage_text(repo_id: str, revision: str | None = None, local: Path | None = N
 
 
 # -------------------------------------------------------------------------------------------------- push
-def card_for_push(run: RunFolder, repo_id: str) -> str:
-    from .card import render_card
-
-    evaluation = None
-    if (run.path / "eval.json").is_file():
-        try:
-            evaluation = json.loads((run.path / "eval.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            evaluation = None  # the card is still right without the eps table
-    card = render_card(run.robustness, run.metrics, license=run.license, repo_id=repo_id,
-                       recipe_yaml=run.recipe_yaml, files=run.files,
-                       evaluation=evaluation if isinstance(evaluation, dict) else None)
-    return str(card)
-
-
 def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
          commit_message: str | None = None) -> PushResult:
     """Publish ``run_dir`` to ``repo_id`` (created when missing) in one commit on ``revision`` (default main)."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from .card import eps_text
-
     repo_id = _check_repo_id(repo_id)
     run = read_run_folder(run_dir)
     verify_loads(run.path, f"run folder {str(run.path)!r}")
     token = resolve_token(required=True)
+    contents = publish_contents(run, repo_id)
+    check_nothing_local(contents, token, run.path)
     branch = revision or "main"
     api = HfApi(token=token)
-    card = card_for_push(run, repo_id)
 
     try:
         before = _head(api, repo_id, "main")
@@ -250,16 +294,13 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
         raise _push_error(e, repo_id, token, "preparing the repo", changed=None) from None
     created = before is None
 
-    operations = [CommitOperationAdd("README.md", card.encode("utf-8"))]
-    operations += [CommitOperationAdd(name, run.recipe_yaml.encode("utf-8") if name == "recipe.yaml"
-                                      else str(run.path / name)) for name in run.files]
-    r = run.robustness
-    tm = r["threat_model"]
-    after = run.metrics["after"]
-    message = commit_message or f"robustify push: {r.get('name', run.path.name)}"
-    description = (f"{r['method']['name']} on {r['base_model']} / {r['dataset']}, {tm['norm']} "
-                   f"eps={eps_text(tm['eps'])}: clean {after['clean_acc']:.4f}, PGD {after.get('pgd_acc')}, AutoAttack "
-                   f"{after.get('autoattack_acc')}")
+    operations = [CommitOperationAdd(name, content if isinstance(content, bytes) else str(content))
+                  for name, content in contents.items()]
+    t, best = run.record.training, run.record.strongest()
+    message = commit_message or f"robustify push: {t.name}"
+    description = (f"{t.method.get('name')} on {t.base_model} / {t.dataset}, {t.norm} eps={eps_text(t.eps)}: "
+                   f"{best.label}: clean {best.clean_acc:.4f}, PGD {best.pgd_acc}, "
+                   f"{best.aa_text or 'AutoAttack not run'} {best.autoattack_acc if best.aa_text else ''}".rstrip())
     try:
         info = api.create_commit(repo_id, operations, commit_message=message, commit_description=description,
                                  revision=branch, parent_commit=head)
@@ -267,7 +308,7 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
         now = _safe_head(api, repo_id, branch)
         raise _push_error(e, repo_id, token, "uploading", changed=None if now is False else now != head,
                           head=head, branch=branch, created=created) from None
-    return PushResult(repo_id, branch, info.oid, info.commit_url, ["README.md", *run.files], created,
+    return PushResult(repo_id, branch, info.oid, info.commit_url, list(contents), created,
                       changed=info.oid != head)
 
 

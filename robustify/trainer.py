@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import ema as ema_mod
+from . import runrecord
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -381,36 +382,23 @@ def finalise(run: Run) -> dict[str, Any]:
     after = evaluate(run, "eval after")
     selected = state.best_epoch if cfg.train.select == "best-robust" or state.stopped else state.epoch
     global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum
-    metrics = {
-        "before": state.before, "after": after, "history": state.history,
-        "selected_epoch": selected, "stopped": state.stopped, "weights": run.weights,
-        "probe": run.loaders.probe_record,
-        "cost": {"wall_seconds": state.wall_seconds, "epochs": len(state.history), "optimizer_steps":
-                 state.prior_opt_steps + run.stepper.opt_steps,
-                 "batch_passes": state.batch_passes, "example_passes": state.example_passes,
-                 "passes_per_batch": run.method.passes_per_batch, "hardware": hardware_info(acc),
-                 "world_size": acc.num_processes, "ranks_in_sync": in_sync, "global_batch": global_batch,
-                 "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
-                 "comm_hook": comm_hook_name(run.model)},
-    }
+    cost = {"wall_seconds": state.wall_seconds, "epochs": len(state.history),
+            "optimizer_steps": state.prior_opt_steps + run.stepper.opt_steps, "batch_passes": state.batch_passes,
+            "example_passes": state.example_passes, "passes_per_batch": run.method.passes_per_batch,
+            "hardware": hardware_info(acc), "world_size": acc.num_processes, "ranks_in_sync": in_sync,
+            "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
+            "comm_hook": comm_hook_name(run.model)}
+    record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
+                                     name=run.run_dir.name, method=run.method.describe(), before=state.before,
+                                     after=after, history=state.history, cost=cost, selected_epoch=selected,
+                                     stopped=state.stopped, weights=run.weights, probe=run.loaders.probe_record,
+                                     lr=run.lr)
+    metrics = record.metrics()
     if run.main:
-        robustness = {
-            "name": run.run_dir.name, "threat_model": {"norm": cfg.threat.norm, "eps": cfg.threat.eps},
-            "method": run.method.describe() | ({"bn_mode": cfg.method.bn_mode} if cfg.method.name != "natural"
-                                               else {}),
-            "schedule": {"name": cfg.schedule.name, "lr": run.lr},
-            "base_model": cfg.model.name, "dataset": cfg.data.name, "eval_split": cfg.data.eval_split,
-            "architecture": raw.backbone.pretrained_cfg.get("architecture", type(raw.backbone).__name__),
-            "input_size": list(raw.input_size), "mean": raw.normalize.mean.flatten().tolist(),
-            "std": raw.normalize.std.flatten().tolist(), "epochs": len(state.history),
-            "batch_size": cfg.data.batch_size,
-            "optimizer": cfg.optim.name, "weights": run.weights,
-            "results": {k: after.get(k) for k in ("clean_acc", "pgd_acc", "autoattack_acc") if k in after},
-        }
         plot_history(state.history, run.run_dir / "history.png")  # before the card, which embeds it
         atomic_write_json(run.run_dir / "history.json", state.history)
         with contiguous_weights(run.probed, cfg.model.channels_last):
-            write_run_folder(run.run_dir, run.probed, robustness, metrics, dump_yaml(cfg), run.loaders.label_names)
+            write_run_folder(run.run_dir, run.probed, record, dump_yaml(cfg), run.loaders.label_names)
         print_table(history_table(state.history))
         print_table(before_after_table(state.before, after))
         run.say(f"run folder: {run.run_dir}  (load with timm.create_model('local-dir:{run.run_dir}', "

@@ -1,10 +1,11 @@
 """The model zoo: one small YAML file per published robust model, under ``zoo/``.
 
 Adding a model is adding a file ``zoo/NAME.yaml``. Its fields are the card's ``robustbench`` block (see
-:func:`robustify.card.robustbench_block`: threat model, eps, clean/robust accuracy in percent, ...) plus where the
-weights live (``hub_id``) and the recipe that made them, so ``robustify zoo show NAME`` can say both how to load a
-model and how to make it again. Files are parsed with ``yaml.safe_load`` and checked against :class:`ZooEntry`;
-a mistake names the file and the field.
+:func:`robustify.card.robustbench_block`: threat model, eps, clean/robust accuracy in percent, the resolution the
+attacks perturb at, ...) plus where the weights live (``hub_id``) and the recipe that made them, so
+``robustify zoo show NAME`` can say both how to load a model and how to make it again. :func:`entry_from_record`
+renders an entry from a run's record, so an entry says exactly what the card says. Files are parsed with
+``yaml.safe_load`` and checked against :class:`ZooEntry`; a mistake names the file and the field.
 """
 
 from __future__ import annotations
@@ -41,13 +42,15 @@ class ZooEntry:
     threat_model: str  # Linf | L2
     eps: str  # "8/255" or a decimal
     clean_acc: float
-    attack: str  # how pgd_acc was measured, e.g. "PGD-20, 1 restart(s), ce loss"
+    attack: str  # how pgd_acc was measured, e.g. "PGD-20 x1 restart (ce), step 0.00157"
     n_examples: int  # examples of the eval split the accuracies were measured on
     method: str  # fgsm-rs | free | pgd | natural
     recipe: str  # a shipped recipe name (robustify finetune --recipe NAME) or a path/URL to the recipe YAML
     pgd_acc: float | None = None
-    autoattack_acc: float | None = None
-    additional_data: bool = False
+    autoattack_acc: float | None = None  # the standard AutoAttack only (RobustBench's meaning)
+    additional_data: bool = True  # RobustBench: true for models that start from pretrained weights (every fine-tune)
+    resolution: str | None = None  # the resolution the attacks perturb at, e.g. "32x32"
+    precision: str | None = None  # of the evaluation, e.g. "fp32"
     number_forward_passes: int = 1
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE on top of the recipe
     license: str | None = None
@@ -164,6 +167,17 @@ def _check_values(e: ZooEntry, source: str, stem: str | None) -> None:
     for o in e.overrides:
         if "=" not in o:
             raise UserError(f"zoo entry {source}: field 'overrides' item {o!r} is not accepted; use KEY=VALUE")
+
+
+def entry_from_record(record: Any, name: str, hub_id: str, recipe: str, **extra: Any) -> dict[str, Any]:
+    """A zoo entry (as YAML-ready fields) for a run's :class:`~robustify.runrecord.RunRecord`: the card's
+    ``robustbench`` block plus name, Hub id, base model, recipe and the base model's license; validated here."""
+    from .card import robustbench_block
+
+    block = {k: v for k, v in robustbench_block(record).items() if k in {f.name for f in fields(ZooEntry)}}
+    data = block | {"name": name, "hub_id": hub_id, "base_model": record.training.base_model, "recipe": recipe} | extra
+    parse_entry(data, f"entry for {name}")
+    return data
 
 
 def load_file(path: Path) -> ZooEntry:

@@ -209,14 +209,20 @@ def test_eval_command_updates_the_run_folder(quickstart_run, tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["n_examples"] == 100 and "autoattack_acc" not in report
     assert (tmp_path / "eval_eps_curve.png").is_file() and (run / "eps_curve.png").is_file()
-    assert json.loads((run / "eval.json").read_text())["pgd_acc"] == report["pgd_acc"]
-    after = json.loads((run / "metrics.json").read_text())["after"]
-    assert after["pgd_acc"] == report["pgd_acc"] and after["clean_acc"] == report["clean_acc"]
-    assert after["pgd"]["steps"] == 5 and after["pgd"]["norm"] == "Linf" and after["n_examples"] == 100
-    assert "autoattack_acc" not in after
+    kept = json.loads((run / "eval.json").read_text())
+    assert kept["pgd_acc"] == report["pgd_acc"] and kept["model"] == "this run folder (run)"  # no local path
+    assert "run folder: the evaluation was stored beside" in printed  # 100 examples never replace 500
+    metrics = json.loads((run / "metrics.json").read_text())
+    original = json.loads((quickstart_run / "metrics.json").read_text())
+    assert metrics["after"] == original["after"] and metrics["after"]["n_examples"] == 500
+    stored = metrics["evaluations"][-1]
+    assert stored["pgd_acc"] == report["pgd_acc"] and stored["clean_acc"] == report["clean_acc"]
+    assert stored["pgd"]["steps"] == 5 and stored["n_examples"] == 100 and stored["preset"] == "quick"
+    assert "autoattack_acc" not in stored
     results = json.loads((run / "config.json").read_text())["robustness"]["results"]
-    assert results == {"clean_acc": report["clean_acc"], "pgd_acc": report["pgd_acc"]}
-    assert "eps_curve.png" in (run / "README.md").read_text()
+    assert results["n_examples"] == 500 and results["pgd_acc"] == original["after"]["pgd_acc"]
+    card = (run / "README.md").read_text()
+    assert "eps_curve.png" in card and "robustify eval --preset quick: PGD-5 x1 (ce+cw), n=100" in card
     assert robustify.load(str(run)) is not None  # timm still loads the folder
 
     # another threat model is measured and reported, but never written into the run's card

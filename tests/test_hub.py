@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,9 +22,10 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
+from robustify import public
 from robustify.card import render_card
 from robustify.cli import main
-from robustify.hub import public_recipe
+from robustify.runrecord import RunRecord
 
 try:
     from tests.hub_server import LocalHub
@@ -97,20 +99,26 @@ def test_push_publishes_the_run_in_one_commit(pushed: dict, hub: LocalHub, tmp_p
     readme.write_bytes(files["README.md"])
     card = ModelCard.load(readme)
     data = card.data.to_dict()
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads(files["metrics.json"])  # what was published
+    assert metrics == json.loads((run / "metrics.json").read_text())
     after = metrics["after"]
     assert data["library_name"] == "timm" and data["pipeline_tag"] == "image-classification"
     assert data["license"] == "cc-by-4.0"  # inherited from the quickstart backbone
     assert {"adversarial-robustness", "robustify", "linf-robust"} <= set(data["tags"])
-    results = {r.metric_name: r for r in card.data.eval_results}
-    assert results["clean accuracy"].metric_value == after["clean_acc"]
-    pgd = results["PGD robust accuracy (Linf, eps=0.1)"]
-    assert pgd.metric_value == after["pgd_acc"] and pgd.metric_config == "Linf, eps=0.1"
-    assert {k: pgd.metric_args[k] for k in ("attack", "threat_model", "eps", "steps", "restarts", "n_examples")} == {
-        "attack": "pgd", "threat_model": "Linf", "eps": 0.1, "steps": 10, "restarts": 1, "n_examples": 500}
+    assert "base_model" not in data and "datasets" not in data  # the bundled backbone and digits have no Hub ids
+    results = {r.metric_args.get("attack", "clean"): r for r in card.data.eval_results}
+    assert results["clean"].metric_value == after["clean_acc"]
+    pgd = results["pgd"]
+    assert pgd.metric_value == after["pgd_acc"] and pgd.metric_config == "Linf, eps=0.1, 32x32"
+    assert pgd.metric_name == "PGD-10 x1 (ce) robust accuracy (Linf, eps=0.1, 32x32, n=500)"
+    assert {k: pgd.metric_args[k] for k in ("attack", "threat_model", "eps", "steps", "restarts", "n_examples",
+                                            "precision", "input_size")} == {
+        "attack": "pgd", "threat_model": "Linf", "eps": 0.1, "steps": 10, "restarts": 1, "n_examples": 500,
+        "precision": "fp32", "input_size": [3, 32, 32]}
     rb = data["robustbench"]
     assert rb["threat_model"] == "Linf" and rb["eps"] == "0.1" and rb["architecture"] == "test_resnet"
-    assert rb["clean_acc"] == round(100 * after["clean_acc"], 2) and rb["additional_data"] is False
+    assert rb["clean_acc"] == round(100 * after["clean_acc"], 2) and rb["pgd_acc"] == round(100 * after["pgd_acc"], 2)
+    assert rb["additional_data"] is True and rb["resolution"] == "32x32" and "autoattack_acc" not in rb
     assert f'"hf-hub:{REPO}"' in card.text and "![" in card.text and "history.png" in card.text
 
 
@@ -180,7 +188,7 @@ def test_failed_upload_leaves_the_remote_as_it_was(pushed: dict, hub: LocalHub, 
     assert pushed["proc"].returncode == 0
     files, commits = hub.repo_files(REPO), [c.id for c in hub.commits(REPO)]
     run = copy_run(pushed["run"], tmp_path / "run")
-    (run / "eval.json").write_text(json.dumps({"note": str(tmp_path)}))  # a push that would change the repo
+    (run / "eval.json").write_text(json.dumps({"note": "changed"}))  # a push that would change the repo
     hub.fail_next("commit", status=500)  # after the weights went up through LFS, the commit itself fails
     proc = robustify_cli(hub, tmp_path / "home", "push", str(run), "--repo-id", REPO)
     assert proc.returncode == 1
@@ -222,6 +230,77 @@ def test_push_without_token_is_refused(quickstart_run: Path, tmp_path: Path, mon
     assert main(["push", str(quickstart_run), "--repo-id", "robustify/no-token"]) == 2
     err = capsys.readouterr().err
     assert "no Hugging Face token" in err and "HF_TOKEN" in err and "hf auth login" in err
+
+
+# ------------------------------------------------------------------------------------------ nothing local leaks
+LEAK_RUN = ["data.max_train_examples=128", "train.epochs=1", "eval.n_examples=32", "eval.pgd_steps=2",
+            "train.probe_size=32", "train.probe_steps=2", "data.batch_size=64"]
+
+
+def test_a_pushed_run_from_local_specs_holds_no_local_trace(hub: LocalHub, tmp_path: Path) -> None:
+    """Trained from local-dir: and npz: specs under a path with a recognisable user name, evaluated on it, pushed,
+    downloaded back: no file mentions the path, the user, the host or the token."""
+    import getpass
+    import socket
+
+    from robustify.config import build_config
+    from robustify.data import QUICKSTART_DIR
+    from robustify.models import ALIASES
+    from robustify.trainer import finetune
+
+    home = tmp_path / "alice-home"
+    shutil.copytree(ALIASES["quickstart"], home / "models" / "backbone")
+    (home / "data").mkdir(parents=True)
+    shutil.copy(QUICKSTART_DIR / "digits.npz", home / "data" / "digits.npz")
+    run = home / "runs" / "digits"
+    finetune(build_config("quickstart", LEAK_RUN + [f"model.name=local-dir:{home / 'models' / 'backbone'}",
+                                                    f"data.name=npz:{home / 'data' / 'digits.npz'}",
+                                                    f"output_dir={run}"]))
+    assert main(["eval", str(run), "--preset", "quick", "--attack", "clean,pgd", "--n-examples", "16",
+                 "--no-checks"]) == 0
+    repo = "alice/digits"
+    proc = robustify_cli(hub, tmp_path / "hf", "push", str(run), "--repo-id", repo)
+    assert proc.returncode == 0, proc.stderr
+    pulled = robustify_cli(hub, tmp_path / "hf", "pull", repo, "--local-dir", str(tmp_path / "dl"))
+    assert pulled.returncode == 0, pulled.stderr
+    names = set(hub.repo_files(repo)) - {".gitattributes"}
+    assert {"README.md", "config.json", "metrics.json", "recipe.yaml", "eval.json", "model.safetensors"} <= names
+    user = getpass.getuser()
+    host = socket.gethostname()
+    for name in names:
+        content = (tmp_path / "dl" / name).read_bytes()
+        for needle in (str(home), str(tmp_path), "alice-home", str(Path.home()) + "/", hub.token):
+            assert needle.encode() not in content, (name, needle)
+        if name.endswith((".json", ".yaml", ".md")):
+            text = content.decode()
+            assert "alice" not in text.replace("alice/digits", ""), name  # the repo id is the only "alice"
+            assert not re.search(rf"(?<![\w-]){re.escape(host)}(?![\w-])", text), (name, host)
+            assert not re.search(rf"[/\\\\]{re.escape(user)}\b|\b{re.escape(user)}@", text), (name, user)
+            assert not public.local_traces(text), name
+    config = json.loads((tmp_path / "dl" / "config.json").read_text())["robustness"]
+    assert config["base_model"] == "test_resnet" and config["dataset"] == "local npz data set (digits.npz)"
+    assert json.loads((tmp_path / "dl" / "eval.json").read_text())["subset"]["data"] == config["dataset"]
+    assert "npz:digits.npz" in (tmp_path / "dl" / "recipe.yaml").read_text()
+
+
+def test_push_refuses_a_file_that_still_holds_a_local_path(quickstart_run: Path, hub: LocalHub,
+                                                           tmp_path: Path) -> None:
+    from PIL import Image, PngImagePlugin
+
+    run = copy_run(quickstart_run, tmp_path / "run")
+    history = json.loads((run / "history.json").read_text())
+    history[0]["note"] = f"resumed from {run}/checkpoints/epoch_001"  # free text: redacted on the way out
+    (run / "history.json").write_text(json.dumps(history))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Source", f"{run}/make_plot.py")  # a plot is uploaded as it is: the scan must catch this
+    with Image.open(run / "history.png") as im:
+        im.save(run / "history.png", pnginfo=info)
+    proc = robustify_cli(hub, tmp_path / "home", "push", str(run), "--repo-id", "robustify/leaky")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "refusing to push: history.png would publish a local path" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    with pytest.raises(urllib.error.HTTPError):  # nothing was created
+        urllib.request.urlopen(f"{hub.url}/api/models/robustify/leaky", timeout=10)
 
 
 # ------------------------------------------------------------------------------------------------- pull
@@ -283,7 +362,7 @@ def test_push_refuses_unfinished_folders_and_bad_repo_ids(quickstart_run: Path, 
 
 
 # ------------------------------------------------------------------------------------------------- card
-def _example(evaluated: bool = False) -> tuple[dict, dict]:
+def _example(evaluated: bool = False) -> RunRecord:
     """A run's robustness block and metrics; ``evaluated``: "after" as ``robustify eval`` rewrites it."""
     pgd = {"norm": "Linf", "eps": 8 / 255, "steps": 20, "restarts": 2, "loss": "ce", "alpha": 2 / 255}
     after = {"clean_acc": 0.83, "pgd_acc": 0.46, "pgd": pgd, "n_examples": 1000, "split": "test"}
@@ -302,27 +381,27 @@ def _example(evaluated: bool = False) -> tuple[dict, dict]:
                   "dataset": "cifar10", "eval_split": "test", "architecture": "resnet18", "input_size": [3, 32, 32],
                   "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "epochs": 5, "batch_size": 128,
                   "optimizer": "sgd"}
-    return robustness, metrics
+    return RunRecord.from_dicts(robustness, metrics)  # an older run folder's blocks, read through the record
 
 
 def test_card_parses_back_with_its_results(tmp_path: Path) -> None:
-    robustness, metrics = _example(evaluated=True)
+    record = _example(evaluated=True)
     evaluation = {"eps_curve": {"attack": {"name": "pgd", "steps": 20, "loss": "ce"},
                                 "points": [{"eps": 0.0, "acc": 0.83}, {"eps": 8 / 255, "acc": 0.46},
                                            {"eps": 16 / 255, "acc": 0.12}]}}
-    card = render_card(robustness, metrics, "apache-2.0", repo_id="org/robust-r18", files=["eps_curve.png"],
+    card = render_card(record, "apache-2.0", repo_id="org/robust-r18", files=["eps_curve.png"],
                        evaluation=evaluation)
     card.save(tmp_path / "README.md")
     loaded = ModelCard.load(tmp_path / "README.md")
     data = loaded.data.to_dict()
     assert data["base_model"] == "timm/resnet18.a1_in1k" and data["datasets"] == ["uoft-cs/cifar10"]
-    results = {r.metric_name.split(" robust")[0]: r for r in loaded.data.eval_results}
+    results = {r.metric_args.get("attack", "clean"): r for r in loaded.data.eval_results}
     assert {k: r.metric_value for k, r in results.items()} == {
-        "clean accuracy": 0.83, "FGSM": 0.55, "PGD": 0.46, "AutoAttack": 0.43, "Worst-case": 0.42}
-    aa = results["AutoAttack"]
-    assert aa.metric_config == "Linf, eps=8/255" and aa.metric_args["attack"] == "autoattack"
+        "clean": 0.83, "fgsm": 0.55, "pgd": 0.46, "autoattack": 0.43, "every attack above, per example": 0.42}
+    aa = results["autoattack"]
+    assert aa.metric_config == "Linf, eps=8/255, 32x32" and aa.metric_name.startswith("AutoAttack (standard)")
     assert aa.metric_args["version"] == "standard" and aa.metric_args["n_examples"] == 1000
-    assert results["PGD"].metric_args["restarts"] == 2 and results["PGD"].metric_args["steps"] == 20
+    assert results["pgd"].metric_args["restarts"] == 2 and results["pgd"].metric_args["steps"] == 20
     assert data["robustbench"]["eps"] == "8/255" and data["robustbench"]["autoattack_acc"] == 43.0
     text = loaded.text
     assert "shafahi2019free" in text and "jeddi2020simple" in text and "croce2020reliable" in text
@@ -332,13 +411,12 @@ def test_card_parses_back_with_its_results(tmp_path: Path) -> None:
 
 
 def test_card_without_repo_or_license_stays_honest() -> None:
-    robustness, metrics = _example()
-    card = render_card(robustness, metrics, None)  # the signature trainer/export use
+    card = render_card(_example(), None)
     assert "license" not in card.data.to_dict() and "states none" in card.text
     assert "local-dir:PATH/TO/THIS/FOLDER" in card.text
-    assert "AutoAttack, the standard evaluation, was not run" in card.text
+    assert "the standard AutoAttack (RobustBench's evaluation) was not run" in card.text
 
 
 def test_public_recipe_drops_local_paths() -> None:
-    text = public_recipe("model:\n  name: quickstart\noutput_dir: /home/alice/runs/x\n", "x")
+    text = public.recipe("model:\n  name: quickstart\noutput_dir: /home/alice/runs/x\n", "x")
     assert "/home/alice" not in text and "output_dir: runs/x" in text

@@ -12,6 +12,7 @@ from robustify import zoo
 from robustify.card import robustbench_block
 from robustify.cli import main
 from robustify.errors import UserError
+from robustify.runrecord import RunRecord
 
 QUICKSTART = "quickstart-digits-test_resnet-linf-0.1"
 
@@ -31,14 +32,17 @@ def test_shipped_entries_validate_and_the_quickstart_demo_comes_first() -> None:
 
 
 def test_entries_carry_the_cards_robustbench_fields() -> None:
-    robustness = {"threat_model": {"norm": "Linf", "eps": 0.1}, "dataset": "quickstart",
-                  "architecture": "test_resnet", "method": {"name": "fgsm-rs"}}
+    robustness = {"threat_model": {"norm": "Linf", "eps": 0.1}, "dataset": "quickstart", "base_model": "quickstart",
+                  "architecture": "test_resnet", "method": {"name": "fgsm-rs"}, "input_size": [3, 32, 32]}
     metrics = {"after": {"clean_acc": 0.9, "pgd_acc": 0.6, "pgd": {"steps": 10}, "n_examples": 500}}
-    block = robustbench_block(robustness, metrics)
+    record = RunRecord.from_dicts(robustness, metrics)
+    block = robustbench_block(record)
     assert set(block) <= {f.name for f in dataclasses.fields(zoo.ZooEntry)}
     # a block copied from a card, plus the Hub id and recipe, is a valid entry
     entry = zoo.parse_entry({**block, "name": "x", "hub_id": "o/x", "base_model": "quickstart", "recipe": "quickstart"})
-    assert entry.robust_acc == (60.0, "PGD")
+    assert entry.robust_acc == (60.0, "PGD") and entry.resolution == "32x32" and entry.additional_data
+    assert zoo.entry_from_record(record, "x", "o/x", "quickstart") == {
+        **block, "name": "x", "hub_id": "o/x", "base_model": "quickstart", "recipe": "quickstart"}
 
 
 def test_zoo_list_shows_the_quickstart(capsys) -> None:
