@@ -26,7 +26,7 @@ def test_two_process_run_keeps_ranks_in_sync(tmp_path: Path):
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
            "-m", "robustify", "finetune", "--epochs", "2", "--output-dir", str(run),
            "--set", "data.max_train_examples=512", "--set", "eval.n_examples=64", "--set", "eval.pgd_steps=3",
-           "--set", "train.probe_size=64", "--set", "data.batch_size=64"]
+           "--set", "train.probe_size=64", "--set", "data.batch_size=64", "--set", "train.probe_split=train"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from robustify.checkpoint import checkpoint_dirs
 from robustify.config import FinetuneConfig, MethodConfig, ThreatConfig, build_config
 from robustify.errors import ConfigError, UserError
 from robustify.methods import StepContext, build_method
@@ -144,8 +145,8 @@ def test_deat_strength_and_the_weight_average_survive_resume(tmp_path: Path):
     assert [h["strength"] for h in m["history"]] == [1, 2, 2]
     assert json.loads((run / "history.json").read_text())[2]["strength"] == 2
     # the average was restored too: it has seen every optimizer step of both invocations
-    last = sorted((run / "checkpoints").glob("epoch_*"))[-1]
-    assert torch.load(last / "custom_checkpoint_2.pkl", weights_only=True)["updates"] == m["cost"]["optimizer_steps"]
+    last = checkpoint_dirs(run)[-1]
+    assert torch.load(last / "custom_checkpoint_0.pkl", weights_only=True)["updates"] == m["cost"]["optimizer_steps"]
 
 
 # ------------------------------------------------------------------------------------------------------ TRADES
@@ -194,10 +195,10 @@ def test_n_fgsm_run_gets_robust_and_exports_the_weight_average(tmp_path: Path):
     assert m["after"]["pgd_acc"] >= m["before"]["pgd_acc"] + 0.2  # robust accuracy rises (from ~0)
     assert m["weights"] == "ema" and json.loads((run / "config.json").read_text())["robustness"]["weights"] == "ema"
     exported = load_file(str(run / "model.safetensors"))
-    last = sorted((run / "checkpoints").glob("epoch_*"))[-1]
+    last = checkpoint_dirs(run)[-1]
     raw = load_file(str(last / "model.safetensors"))
-    # accelerate's checkpoint of the registered objects, in order: train state, method state, the weight average
-    ema_state = torch.load(last / "custom_checkpoint_2.pkl", weights_only=True)["module"]
+    # accelerate's checkpoint of the one registered object: the weight average
+    ema_state = torch.load(last / "custom_checkpoint_0.pkl", weights_only=True)["module"]
     for key, value in exported.items():
         assert torch.equal(value, ema_state[f"backbone.{key}"]), key
     differs = [k for k, v in exported.items() if v.is_floating_point() and not torch.equal(v, raw[f"backbone.{k}"])]

@@ -49,7 +49,7 @@ def test_gradient_accumulation_steps_once_per_group_and_refuses_free(tmp_path: P
     cfg = build_config("quickstart", ["data.max_train_examples=320", "train.epochs=1", "eval.n_examples=32",
                                       "eval.pgd_steps=1", "train.probe_size=32", "train.probe_steps=1",
                                       "data.batch_size=64", "train.grad_accum=2", "train.global_batch=64",
-                                      "schedule.lr_scale_rule=linear",
+                                      "schedule.lr_scale_rule=linear", "train.probe_split=train",
                                       f"output_dir={tmp_path / 'run'}"])
     metrics = finetune(cfg)
     # 5 minibatches in groups of 2: steps after minibatches 2, 4 and (closing the epoch's partial group) 5
