@@ -47,7 +47,7 @@ from .errors import UserError
 from .fileio import atomic_write_json
 from .methods import METHODS, Method, StepContext, build_method
 from .models import RobustModel, load_backbone, resolve_spec
-from .optim import OptimizerStepper, build_optimizer
+from .optim import OptimizerStepper, build_optimizer, step_autocast
 from .trainer import hardware_info as trainer_hardware
 from .trainer import make_accelerator
 
@@ -219,7 +219,7 @@ def _measure(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Acc
     model.train()
     total_steps = max((warmup + steps) * method.optimizer_steps_per_batch, 1)
     optimize = OptimizerStepper(accelerator, model, optimizer, cfg, total_steps)  # the trainer's own step
-    ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=accelerator.autocast)
+    ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=step_autocast(accelerator))
 
     def step(i: int) -> None:
         x, y = batches[i % len(batches)]

@@ -1,9 +1,21 @@
-"""The optimizer and the one optimizer step every method calls (shared by the trainer and ``bench``)."""
+"""The optimizer and the one optimizer step every method calls (shared by the trainer and ``bench``).
+
+The step is on the hot path (once per minibatch, m times for free AT), so it does only what a plain PyTorch loop
+does — ``loss.backward()``, ``optimizer.step()``, ``optimizer.zero_grad(set_to_none=True)`` — plus what the config
+asks for (gradient accumulation, clipping) and a learning-rate update when the schedule changes it. Accelerate's
+optimizer wrapper re-checks per call for loss scaling, XLA and LOMO optimizers (``is_lomo_available()`` searches
+the installed packages on every ``step()``: about half a millisecond); when none of them applies, which
+:func:`_plain_optimizer` decides once, the step goes to the wrapped torch optimizer directly.
+"""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 
 from .config import FinetuneConfig
 from .schedules import build_schedule
@@ -21,6 +33,23 @@ def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.
     return torch.optim.SGD(groups, lr=cfg.schedule.lr, momentum=o.momentum, nesterov=o.nesterov)
 
 
+def step_autocast(accelerator: Accelerator) -> Callable[[], contextlib.AbstractContextManager]:
+    """The autocast context for training steps: Accelerate's when mixed precision is on, else a no-op context."""
+    return contextlib.nullcontext if accelerator.mixed_precision == "no" else accelerator.autocast
+
+
+def _plain_optimizer(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside Accelerate's wrapper when the wrapper would add nothing to step/zero_grad:
+    no gradient scaler (fp16), no XLA, not DeepSpeed/Megatron (they own the step), and Accelerate's own gradient
+    accumulation unused (robustify accumulates itself, so ``sync_gradients`` stays True)."""
+    inner = getattr(optimizer, "optimizer", None)
+    plain_types = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    if (inner is None or accelerator.scaler is not None or accelerator.distributed_type not in plain_types
+            or accelerator.gradient_accumulation_steps != 1):
+        return optimizer
+    return inner
+
+
 class OptimizerStepper:
     """What a method calls once per training loss: backward, and every ``train.grad_accum`` calls the schedule's
     learning rate, gradient clipping, the optimizer step and zero_grad. Shared by the trainer and ``bench``, so the
@@ -34,17 +63,21 @@ class OptimizerStepper:
         self.total = max(total_micro_steps // self.accum, 1)  # optimizer steps in the whole run
         self.micro = 0
         self.opt_steps = opt_steps
+        self._step_optimizer = _plain_optimizer(accelerator, optimizer)
+        self._lr_set: float | None = None  # the lr last written into the param groups
 
     def __call__(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss / self.accum)
+        self.accelerator.backward(loss if self.accum == 1 else loss / self.accum)
         self.micro += 1
         if self.micro % self.accum:
             return
         lr = self.lr * self.schedule(self.opt_steps / self.total)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if lr != self._lr_set:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self._lr_set = lr
         if self.clip:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._step_optimizer.step()
+        self._step_optimizer.zero_grad(set_to_none=True)
         self.opt_steps += 1

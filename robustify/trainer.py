@@ -38,7 +38,7 @@ from .export import write_run_folder
 from .fileio import atomic_write_json
 from .methods import Method, StepContext, build_method
 from .models import RobustModel, load_backbone
-from .optim import OptimizerStepper, build_optimizer
+from .optim import OptimizerStepper, build_optimizer, step_autocast
 from .report import before_after_table, history_table, plot_history, print_table
 from .robust_acc import evaluate_pgd
 
@@ -260,7 +260,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         state.before = _evaluate(raw, loaders, cfg, accelerator, "eval before") if main else {}
 
     optimize = OptimizerStepper(accelerator, model, optimizer, cfg, total_steps, opt_steps=state.opt_steps)
-    ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=accelerator.autocast)
+    ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=step_autocast(accelerator))
     best_path = run_dir / CHECKPOINTS / BEST
     start = time.perf_counter()
     first_epoch = state.epoch
