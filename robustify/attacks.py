@@ -150,10 +150,8 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, al
             return delta  # nothing to choose between: no extra forward
         with torch.no_grad(), frozen_batchnorm_stats(model):
             wrong = model(x + delta).argmax(1) != y
-        if best is None:
-            best = delta
-        else:  # examples already fooled keep their fooling delta; the rest take this restart's
-            best = torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), best, delta)
+        # examples already fooled keep their fooling delta; the rest take this restart's
+        best = delta if best is None else torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), best, delta)
         fooled = fooled | wrong
     return torch.zeros_like(x) if best is None else best
 
