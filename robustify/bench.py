@@ -45,6 +45,7 @@ from rich.table import Table
 from .config import FinetuneConfig, apply_override, config_from_dict, load_recipe
 from .errors import UserError
 from .fileio import atomic_write_json
+from .hardware import maybe_compile, resolve_hardware_settings, target_device_type
 from .methods import METHODS, Method, StepContext, build_method
 from .models import RobustModel, load_backbone, resolve_spec
 from .optim import OptimizerStepper, build_optimizer, step_autocast
@@ -203,27 +204,35 @@ def _note(method: Method, epochs: int) -> str:
     return f"{method.passes_per_batch} passes"
 
 
-def _measure(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Accelerator,
-             batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int, warmup: int) -> dict[str, Any]:
-    """Time ``steps`` minibatches of one method, after ``warmup`` untimed ones, through the training-step code."""
+def method_step(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Accelerator,
+                total_batches: int) -> tuple[Method, Callable[[torch.Tensor, torch.Tensor], Any]]:
+    """A fresh copy of ``base`` set up for training with method ``name`` exactly as the trainer sets it up
+    (prepared model and optimizer, :class:`OptimizerStepper`, :class:`StepContext`); returns the method and
+    ``step(x, y)``, one training minibatch through ``method.step``. ``total_batches`` sizes the lr schedule."""
     cfg = copy.deepcopy(cfg)
     cfg.method.name = name
     set_seed(cfg.train.seed)
-    device = accelerator.device
     method = build_method(cfg.method, cfg.threat)
     model = copy.deepcopy(base)
     optimizer = build_optimizer(model, cfg)
-    _release(accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
+    raw = maybe_compile(accelerator.unwrap_model(model), cfg.train.compile)
     model.train()
-    total_steps = max((warmup + steps) * method.optimizer_steps_per_batch, 1)
+    total_steps = max(total_batches * method.optimizer_steps_per_batch, 1)
     optimize = OptimizerStepper(accelerator, model, optimizer, cfg, total_steps)  # the trainer's own step
     ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=step_autocast(accelerator))
+    return method, lambda x, y: method.step(ctx, x, y)
+
+
+def _measure(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Accelerator,
+             batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int, warmup: int) -> dict[str, Any]:
+    """Time ``steps`` minibatches of one method, after ``warmup`` untimed ones, through the training-step code."""
+    device = accelerator.device
+    _release(accelerator)
+    method, train_step = method_step(name, cfg, base, accelerator, warmup + steps)
 
     def step(i: int) -> None:
-        x, y = batches[i % len(batches)]
-        method.step(ctx, x, y)
+        train_step(*batches[i % len(batches)])
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -262,6 +271,7 @@ def run_bench(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_METHODS, ste
     cfg = copy.deepcopy(cfg)
     if epochs is not None:
         cfg.train.epochs = epochs
+    resolve_hardware_settings(cfg, target_device_type())  # 'auto' precision / layout, as make_accelerator
     measured = [BASELINE] + [n for n in names if n != BASELINE]
     base = _build_model(cfg, num_classes)  # before the Accelerator: a bad model spec leaves no process state behind
     accelerator = make_accelerator(cfg)

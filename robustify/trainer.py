@@ -36,6 +36,7 @@ from .config import FinetuneConfig, dump_yaml
 from .errors import UserError
 from .export import write_run_folder
 from .fileio import atomic_write_json
+from .hardware import maybe_compile, resolve_hardware_settings, target_device_type
 from .methods import Method, StepContext, build_method
 from .models import RobustModel, load_backbone
 from .optim import OptimizerStepper, build_optimizer, step_autocast
@@ -52,7 +53,8 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     A plain ``Accelerator()`` started by torchrun on a machine without CUDA runs unsynchronised copies; passing
     ``cpu=True`` there (or when ``ACCELERATE_USE_CPU`` is set) makes Accelerate set up a gloo process group.
     """
-    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    use_cpu = target_device_type() == "cpu"
+    resolve_hardware_settings(cfg, "cpu" if use_cpu else "cuda")  # 'auto' precision / layout, in place
     if cfg.train.mixed_precision == "fp16" and use_cpu:
         raise UserError("train.mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
     # trackers that write files need a logging dir at construction; the run folder's logs/ replaces it once the
@@ -238,6 +240,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, loaders.train)
     accelerator.register_for_checkpointing(state, _MethodState(method))
     raw: RobustModel = accelerator.unwrap_model(model)
+    maybe_compile(raw, cfg.train.compile)
     if resume:
         last = _epoch_dirs(run_dir)[-1]
         accelerator.load_state(str(last))
