@@ -164,7 +164,7 @@ def run_peers(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_PEER_METHODS
     runners = [Runner(PLAIN, "baseline", 1, _plain_natural(*fresh(), data), note="plain PyTorch natural loop")]
     _release(accelerator)
     for name in names:
-        method, step = method_step(name, cfg, base, accelerator, total)
+        method, step, _ = method_step(name, cfg, base, accelerator, total)
 
         def epoch(step: Callable = step) -> None:
             for x, y in data:
@@ -254,4 +254,29 @@ def peers_table(report: dict[str, Any]):
     return table
 
 
-__all__ = ["PLAIN", "FAST_AT", "ART", "run_peers", "peers_table", "art_available"]
+
+
+def peers_notes(report: dict[str, Any]) -> list[str]:
+    hw = report["hardware"]
+    lines = [f"{r['name']}: {r['note']}" for r in report["results"]]
+    lines += [f"skipped {s['name']}: {s['reason']}" for s in report["skipped"]]
+    threads = "" if hw["device_type"] == "cuda" else f", {hw['torch_threads']} torch threads"
+    lines.append(f"{hw['device_type']}: {hw['device_name']} ({hw['cpu_count']} CPUs{threads}), torch {hw['torch']}")
+    lines.append(report["config"]["timing"])
+    return lines
+
+
+def main(recipe: str = "quickstart", model: str | None = None, batch_size: int | None = None,
+         image_size: int | None = None, methods: str | Sequence[str] = DEFAULT_PEER_METHODS, rounds: int = 3,
+         batches: int = 8, warmup: int = 1, num_classes: int | None = None, mixed_precision: str | None = None,
+         channels_last: bool = False, overrides: Sequence[str] = (), output: str | None = None) -> dict[str, Any]:
+    """What ``robustify bench --peers`` does: configure, measure, print the table, write ``output``."""
+    from .bench import bench_config, print_and_save, progress_reporter
+
+    names = parse_methods(methods)
+    cfg = bench_config(recipe, model, batch_size, image_size, mixed_precision, channels_last, overrides)
+    with progress_reporter() as progress:
+        report = run_peers(cfg, names, rounds=rounds, batches=batches, warmup=warmup, num_classes=num_classes,
+                           progress=progress)
+    print_and_save(report, peers_table(report), peers_notes(report), output)
+    return report
