@@ -26,7 +26,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     res = run_cli("bench", *TINY, "--methods", "natural,fgsm-rs,free,pgd", "--epochs", "8",
                   "--set", "method.steps=3", "--set", "method.replays=3", "--output", str(out),
                   "--data", "quickstart", "--data-images", "8",
-                  env={"OMP_NUM_THREADS": "1"})
+                  env={"OMP_NUM_THREADS": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr
     return json.loads(out.read_text()), res.stdout
 
