@@ -73,10 +73,11 @@ def art_available() -> bool:
 
 
 def _plain_natural(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   batches: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[], None]:
+                   batches: list[tuple[torch.Tensor, torch.Tensor]], autocast: Callable) -> Callable[[], None]:
     def epoch() -> None:
         for x, y in batches:
-            loss = F.cross_entropy(model(x), y)
+            with autocast():
+                loss = F.cross_entropy(model(x), y)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -85,7 +86,8 @@ def _plain_natural(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 
 
 def _fast_at_reference(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                       batches: list[tuple[torch.Tensor, torch.Tensor]], eps: float) -> Callable[[], None]:
+                       batches: list[tuple[torch.Tensor, torch.Tensor]], eps: float,
+                       autocast: Callable) -> Callable[[], None]:
     """FGSM with a uniform random start, alpha = 1.25 eps, structured as the reference implementation is."""
     alpha = 1.25 * eps
 
@@ -94,13 +96,15 @@ def _fast_at_reference(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
             delta = torch.zeros_like(x).uniform_(-eps, eps)
             delta.data = torch.min(torch.max(delta, -x), 1 - x)  # keep x + delta in [0,1]
             delta.requires_grad = True
-            loss = F.cross_entropy(model(x + delta), y)
+            with autocast():
+                loss = F.cross_entropy(model(x + delta), y)
             loss.backward()  # through the weights too: their gradients are computed and discarded below
             grad = delta.grad.detach()
             delta.data = torch.clamp(delta + alpha * torch.sign(grad), -eps, eps)
             delta.data = torch.min(torch.max(delta, -x), 1 - x)
             delta = delta.detach()
-            loss = F.cross_entropy(model(x + delta), y)
+            with autocast():
+                loss = F.cross_entropy(model(x + delta), y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -160,8 +164,15 @@ def run_peers(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_PEER_METHODS
         model = copy.deepcopy(base).to(device).train()
         return model, build_optimizer(model, cfg)
 
+    def autocast() -> contextlib.AbstractContextManager:  # the peers get the precision robustify's step gets
+        if cfg.train.mixed_precision == "no":
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.train.mixed_precision == "bf16"
+                              else torch.float16)
+
     total = (warmup + rounds) * batches
-    runners = [Runner(PLAIN, "baseline", 1, _plain_natural(*fresh(), data), note="plain PyTorch natural loop")]
+    runners = [Runner(PLAIN, "baseline", 1, _plain_natural(*fresh(), data, autocast),
+                      note="plain PyTorch natural loop")]
     _release(accelerator)
     for name in names:
         method, step, _ = method_step(name, cfg, base, accelerator, total)
@@ -178,7 +189,7 @@ def run_peers(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_PEER_METHODS
         if cfg.threat.norm != "Linf":
             skipped.append({"name": FAST_AT, "reason": "the reference code is Linf only"})
         else:
-            runners.append(Runner(FAST_AT, "peer", 2, _fast_at_reference(*fresh(), data, eps),
+            runners.append(Runner(FAST_AT, "peer", 2, _fast_at_reference(*fresh(), data, eps, autocast),
                                   note="FGSM-RS, attack loss.backward() through the weights (Fast AT reference style)"))
         if not art_available():
             skipped.append({"name": ART, "reason": "adversarial-robustness-toolbox is not installed "
