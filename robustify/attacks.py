@@ -133,8 +133,9 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, al
     so "robust" means robust to every restart. ``alpha`` defaults to 2.5 eps / steps. Returns ``delta``.
 
     Cost: ``restarts * steps`` forward/backward passes to the input, plus, only when there is more than one restart,
-    one forward per restart to see which examples its last iterate fools (:func:`restart_passes` counts them). That
-    forward never updates BatchNorm running statistics, whatever mode the model is in (it only picks a perturbation).
+    one forward per restart to see which examples its last iterate fools (training uses one restart: PGD-k costs k
+    passes plus the training pass, as ``passes_per_batch`` counts). That forward never updates BatchNorm running
+    statistics, whatever mode the model is in (it only picks a perturbation).
     """
     _check_norm(norm)
     loss_fn = LOSSES[loss]
@@ -154,11 +155,6 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, al
         best = delta if best is None else torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), best, delta)
         fooled = fooled | wrong
     return torch.zeros_like(x) if best is None else best
-
-
-def restart_passes(restarts: int) -> int:
-    """Forward passes :func:`pgd` adds to pick between restarts (none for a single restart)."""
-    return 0 if restarts <= 1 else restarts
 
 
 @contextlib.contextmanager
