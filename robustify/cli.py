@@ -213,8 +213,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="run length E for the per-run relative cost (default: the recipe's "
                    "train.epochs)")
     p.add_argument("--num-classes", type=int, help="classifier head size (default: the model's own)")
-    p.add_argument("--mixed-precision", metavar="no|bf16|fp16", help="autocast precision (default: the recipe's "
-                   "train.mixed_precision)")
+    p.add_argument("--mixed-precision", metavar="auto|no|bf16|fp16", help="autocast precision (default: the "
+                   "recipe's train.mixed_precision; auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and inputs")
     p.add_argument("--recipe", default="quickstart", help="recipe YAML path or shipped recipe name to take the "
                    "settings from")
