@@ -389,7 +389,7 @@ def print_and_save(report: dict[str, Any], table: Table | None, lines: Sequence[
     if table is not None:
         console.print(table)
     for line in lines:
-        console.print(line, markup=False)
+        console.print(line, markup=False, soft_wrap=True)  # whole lines: logs and greps see them unbroken
     if output is not None:
         atomic_write_json(output, report)
         print(f"wrote {output}")
