@@ -4,11 +4,16 @@ Every attack works on the model that the attacker sees: normalization inside, in
 ``delta`` is kept inside the eps-ball *and* such that ``x + delta`` stays in [0,1]. Gradients are taken with
 ``torch.autograd.grad`` with respect to ``delta`` only, so an attack never leaves gradients on the weights, and the
 inner loops never synchronise with the host (no ``.item()``, no boolean indexing).
+
+The primitives return fresh tensors and never modify their arguments; inside, they work in place on the tensors
+they have just allocated (a training step runs them every minibatch, and on a CPU each full-size temporary costs
+an allocation and page faults). Each in-place form computes exactly what the out-of-place one did, bit for bit.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +33,12 @@ def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
 
 def clamp_to_image(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     """Shrink ``delta`` so that ``x + delta`` lies in [0,1]."""
-    return (x + delta).clamp_(0.0, 1.0) - x
+    return (x + delta).clamp_(0.0, 1.0).sub_(x)
+
+
+def _clamp_to_image_(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """:func:`clamp_to_image` in place on a ``delta`` the caller owns (x + d == d + x in IEEE arithmetic)."""
+    return delta.add_(x).clamp_(0.0, 1.0).sub_(x)
 
 
 def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -38,6 +48,13 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
         return delta.clamp(-eps, eps)
     factor = (eps / _per_example_norm(delta)).clamp(max=1.0)
     return delta * factor
+
+
+def _project_(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """:func:`project` in place on a ``delta`` the caller owns."""
+    if norm == "Linf":
+        return delta.clamp_(-eps, eps)
+    return delta.mul_((eps / _per_example_norm(delta)).clamp(max=1.0))
 
 
 def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -50,20 +67,21 @@ def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generat
         direction = direction / _per_example_norm(direction)
         radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype, generator=generator)
         delta = direction * radius * eps
-    return clamp_to_image(x, delta)
+    return _clamp_to_image_(x, delta)
 
 
 def gradient_step(delta: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
     """One ascent step of size alpha: sign(grad) for Linf, grad / ||grad||_2 for L2."""
     if norm == "Linf":
-        return delta + alpha * grad.sign()
+        return delta.add(grad.sign(), alpha=alpha)  # one kernel; alpha * (+-1 or 0) is exact, so the same bits
     return delta + alpha * grad / _per_example_norm(grad)
 
 
 def ascent_step(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, alpha: float, eps: float,
                 norm: str) -> torch.Tensor:
     """One projected ascent step: step of alpha along the gradient, back into the eps-ball, then into [0,1]."""
-    return clamp_to_image(x, project(gradient_step(delta, grad, alpha, norm), eps, norm))
+    _check_norm(norm)
+    return _clamp_to_image_(x, _project_(gradient_step(delta, grad, alpha, norm), eps, norm))
 
 
 def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -103,8 +121,7 @@ def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, a
         alpha = 1.25 * eps if random_start else eps
     delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
     grad, _ = input_gradient(model, x, delta, y, loss_fn)
-    delta = project(gradient_step(delta, grad, alpha, norm), eps, norm)
-    return clamp_to_image(x, delta).detach()
+    return ascent_step(x, delta, grad, alpha, eps, norm)
 
 
 def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float | None = None,
@@ -114,20 +131,41 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, al
 
     Across restarts an example keeps the first perturbation that fools the model (or, if none does, the last one),
     so "robust" means robust to every restart. ``alpha`` defaults to 2.5 eps / steps. Returns ``delta``.
+
+    Cost: ``restarts * steps`` forward/backward passes to the input, plus, only when there is more than one restart,
+    one forward per restart to see which examples its last iterate fools (training uses one restart: PGD-k costs k
+    passes plus the training pass, as ``passes_per_batch`` counts). That forward never updates BatchNorm running
+    statistics, whatever mode the model is in (it only picks a perturbation).
     """
     _check_norm(norm)
     loss_fn = LOSSES[loss]
     alpha = 2.5 * eps / steps if alpha is None else alpha
-    best = torch.zeros_like(x)
+    best: torch.Tensor | None = None
     fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for _ in range(restarts):
         delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
         for _ in range(steps):
             grad, _ = input_gradient(model, x, delta, y, loss_fn)
             delta = ascent_step(x, delta, grad, alpha, eps, norm)
-        with torch.no_grad():
+        if restarts == 1:
+            return delta  # nothing to choose between: no extra forward
+        with torch.no_grad(), frozen_batchnorm_stats(model):
             wrong = model(x + delta).argmax(1) != y
-        take = ~fooled  # examples already fooled keep their fooling delta; the rest take this restart's
-        best = torch.where(take.view(-1, *([1] * (x.dim() - 1))), delta, best)
+        # examples already fooled keep their fooling delta; the rest take this restart's
+        best = delta if best is None else torch.where(fooled.view(-1, *([1] * (x.dim() - 1))), best, delta)
         fooled = fooled | wrong
-    return best.detach()
+    return torch.zeros_like(x) if best is None else best
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(model: torch.nn.Module) -> Iterator[None]:
+    """BatchNorm layers keep their mode (train: batch statistics) but do not update their running statistics."""
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    for m in norms:
+        m.track_running_stats = False  # in train mode: normalise with batch statistics, update nothing
+    try:
+        yield
+    finally:
+        for m in norms:
+            m.track_running_stats = True

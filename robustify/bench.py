@@ -32,7 +32,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +45,10 @@ from rich.table import Table
 from .config import FinetuneConfig, apply_override, config_from_dict, load_recipe
 from .errors import UserError
 from .fileio import atomic_write_json
+from .hardware import maybe_compile, resolve_hardware_settings, target_device_type
 from .methods import METHODS, Method, StepContext, build_method
 from .models import RobustModel, load_backbone, resolve_spec
-from .optim import OptimizerStepper, build_optimizer
+from .optim import OptimizerStepper, build_optimizer, step_autocast
 from .trainer import hardware_info as trainer_hardware
 from .trainer import make_accelerator
 
@@ -203,27 +204,36 @@ def _note(method: Method, epochs: int) -> str:
     return f"{method.passes_per_batch} passes"
 
 
-def _measure(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Accelerator,
-             batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int, warmup: int) -> dict[str, Any]:
-    """Time ``steps`` minibatches of one method, after ``warmup`` untimed ones, through the training-step code."""
+def method_step(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Accelerator,
+                total_batches: int) -> tuple[Method, Callable[[torch.Tensor, torch.Tensor], Any], RobustModel]:
+    """A fresh copy of ``base`` set up for training with method ``name`` exactly as the trainer sets it up
+    (prepared model and optimizer, :class:`OptimizerStepper`, :class:`StepContext`); returns the method and
+    ``step(x, y)``, one training minibatch through ``method.step``, and the (unwrapped) model it trains.
+    ``total_batches`` sizes the lr schedule."""
     cfg = copy.deepcopy(cfg)
     cfg.method.name = name
     set_seed(cfg.train.seed)
-    device = accelerator.device
     method = build_method(cfg.method, cfg.threat)
     model = copy.deepcopy(base)
     optimizer = build_optimizer(model, cfg)
-    _release(accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)
-    raw = accelerator.unwrap_model(model)
+    raw = maybe_compile(accelerator.unwrap_model(model), cfg.train.compile)
     model.train()
-    total_steps = max((warmup + steps) * method.optimizer_steps_per_batch, 1)
+    total_steps = max(total_batches * method.optimizer_steps_per_batch, 1)
     optimize = OptimizerStepper(accelerator, model, optimizer, cfg, total_steps)  # the trainer's own step
-    ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=accelerator.autocast)
+    ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=step_autocast(accelerator))
+    return method, lambda x, y: method.step(ctx, x, y), raw
+
+
+def _measure(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Accelerator,
+             batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int, warmup: int) -> dict[str, Any]:
+    """Time ``steps`` minibatches of one method, after ``warmup`` untimed ones, through the training-step code."""
+    device = accelerator.device
+    _release(accelerator)
+    method, train_step, _ = method_step(name, cfg, base, accelerator, warmup + steps)
 
     def step(i: int) -> None:
-        x, y = batches[i % len(batches)]
-        method.step(ctx, x, y)
+        train_step(*batches[i % len(batches)])
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -262,6 +272,7 @@ def run_bench(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_METHODS, ste
     cfg = copy.deepcopy(cfg)
     if epochs is not None:
         cfg.train.epochs = epochs
+    resolve_hardware_settings(cfg, target_device_type())  # 'auto' precision / layout, as make_accelerator
     measured = [BASELINE] + [n for n in names if n != BASELINE]
     base = _build_model(cfg, num_classes)  # before the Accelerator: a bad model spec leaves no process state behind
     accelerator = make_accelerator(cfg)
@@ -355,32 +366,63 @@ def bench_notes(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def main(recipe: str = "quickstart", model: str | None = None, batch_size: int | None = None,
-         image_size: int | None = None, methods: str | Sequence[str] = DEFAULT_METHODS, steps: int = 10,
-         warmup: int = 3, epochs: int | None = None, num_classes: int | None = None,
-         mixed_precision: str | None = None, channels_last: bool = False, overrides: Sequence[str] = (),
-         output: str | os.PathLike | None = None) -> dict[str, Any]:
-    """What ``robustify bench`` does: configure, measure, print the table, write ``output`` (JSON, atomically)."""
-    names = parse_methods(methods)
-    _check_counts(steps, warmup, epochs, num_classes)
-    cfg = bench_config(recipe, model, batch_size, image_size, mixed_precision, channels_last, overrides)
+@contextlib.contextmanager
+def progress_reporter(first: str = "loading the model") -> Iterator[Callable[[str], None]]:
+    """A spinner line on a terminal, one stderr line per message in a log or CI (a long CPU run shows where it is)."""
     err = Console(stderr=True, highlight=False)
     interactive = sys.stderr.isatty()
-    status = err.status("robustify bench: loading the model") if interactive else contextlib.nullcontext()
+    status = err.status(f"robustify bench: {first}") if interactive else contextlib.nullcontext()
     with status:
         def progress(msg: str) -> None:
             if interactive:
                 status.update(f"robustify bench: {msg}")  # type: ignore[union-attr]
-            else:  # a log or CI: one line per method, so a long CPU run shows where it is
+            else:
                 err.print(f"robustify bench: {msg}", markup=False)
 
-        report = run_bench(cfg, names, steps=steps, warmup=warmup, epochs=epochs, num_classes=num_classes,
-                           progress=progress)
+        yield progress
+
+
+def print_and_save(report: dict[str, Any], table: Table | None, lines: Sequence[str],
+                   output: str | os.PathLike | None) -> None:
+    """The table and notes on stdout; the JSON report written atomically to ``output``."""
     console = Console(highlight=False)
-    console.print(bench_table(report))
-    for line in bench_notes(report):
-        console.print(line, markup=False)
+    if table is not None:
+        console.print(table)
+    for line in lines:
+        console.print(line, markup=False, soft_wrap=True)  # whole lines: logs and greps see them unbroken
     if output is not None:
         atomic_write_json(output, report)
         print(f"wrote {output}")
+
+
+def main(recipe: str = "quickstart", model: str | None = None, batch_size: int | None = None,
+         image_size: int | None = None, methods: str | Sequence[str] = DEFAULT_METHODS, steps: int = 10,
+         warmup: int = 3, epochs: int | None = None, num_classes: int | None = None,
+         mixed_precision: str | None = None, channels_last: bool = False, overrides: Sequence[str] = (),
+         output: str | os.PathLike | None = None, data: str | None = None,
+         data_images: int = 256) -> dict[str, Any]:
+    """What ``robustify bench`` does: configure, measure, print the table, write ``output`` (JSON, atomically).
+    With ``data``, the data pipeline is timed too and the report says which of it and the step bounds training."""
+    names = parse_methods(methods)
+    _check_counts(steps, warmup, epochs, num_classes)
+    if data is not None:
+        overrides = [*overrides, f"data.name={data}"]
+    cfg = bench_config(recipe, model, batch_size, image_size, mixed_precision, channels_last, overrides)
+    with progress_reporter() as progress:
+        report = run_bench(cfg, names, steps=steps, warmup=warmup, epochs=epochs, num_classes=num_classes,
+                           progress=progress)
+        if data is not None:
+            from .bench_data import time_pipeline, verdict
+
+            progress(f"data pipeline: decoding and augmenting {data_images} examples of {data}")
+            shape = tuple(report["config"]["input_size"])
+            report["data_pipeline"] = time_pipeline(data, cfg.data.train_split, shape, cfg.data.augment,
+                                                    data_images, cfg.data.num_workers)
+            report["bound_by"] = verdict(report["data_pipeline"], report["results"])
+    lines = bench_notes(report)
+    if data is not None:
+        from .bench_data import verdict_lines
+
+        lines += verdict_lines(report)
+    print_and_save(report, bench_table(report), lines, output)
     return report

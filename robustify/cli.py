@@ -244,21 +244,57 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="run length E for the per-run relative cost (default: the recipe's "
                    "train.epochs)")
     p.add_argument("--num-classes", type=int, help="classifier head size (default: the model's own)")
-    p.add_argument("--mixed-precision", metavar="no|bf16|fp16", help="autocast precision (default: the recipe's "
-                   "train.mixed_precision)")
+    p.add_argument("--mixed-precision", metavar="auto|no|bf16|fp16", help="autocast precision (default: the "
+                   "recipe's train.mixed_precision; auto: bf16 on CUDA, fp32 on CPU)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and inputs")
     p.add_argument("--recipe", default="quickstart", help="recipe YAML path or shipped recipe name to take the "
                    "settings from")
     p.add_argument("--output", metavar="FILE.json", help="also write the results as JSON")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key, e.g. --set method.steps=10 --set method.replays=8")
+    g = p.add_argument_group("side by side with peers (--peers)")
+    g.add_argument("--peers", action="store_true", help="time robustify's methods next to a plain PyTorch natural "
+                   "loop, FGSM-RS written as the Fast AT reference code does, and IBM ART's FBF trainer (if "
+                   "installed: pip install -e '.[bench]'), interleaved in one process; ratios to the plain loop")
+    g.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one epoch of every runner each)")
+    g.add_argument("--batches", type=int, default=8, help="minibatches per epoch")
+    g = p.add_argument_group("time to robustness (--time-to-robust)")
+    g.add_argument("--time-to-robust", action="store_true", help="fgsm-rs fine-tuning from the pretrained "
+                   "backbone vs PGD-AT from scratch on the recipe's data (default: the quickstart): wall time and "
+                   "passes each needs to first reach the same PGD accuracy on the test split (pretraining excluded)")
+    g.add_argument("--scratch-epochs", type=int, default=15, help="epoch budget of the from-scratch PGD-AT run")
+    g.add_argument("--scratch-steps", type=int, default=7, help="PGD steps of the from-scratch run (7-10)")
+    g.add_argument("--target-acc", type=float, help="robust accuracy to reach (default: the best the fine-tuning "
+                   "run reaches)")
+    g.add_argument("--limit-train", type=int, help="use only the first N training examples")
+    g.add_argument("--limit-eval", type=int, help="evaluate on only the first N test examples")
+    g = p.add_argument_group("data pipeline (--data)")
+    g.add_argument("--data", metavar="SPEC", help="also time the data pipeline alone (decode + augment per worker) "
+                   "for this data set, next to the step, and say which bounds training")
+    g.add_argument("--data-images", type=int, default=256, help="examples decoded and augmented for --data")
     p.set_defaults(handler=_run_bench)
 
 
 def _run_bench(args: argparse.Namespace) -> int:
     from .bench import main as bench
 
-    bench(recipe=args.recipe, model=args.model, batch_size=args.batch_size, image_size=args.image_size,
+    if args.time_to_robust:
+        from .bench_ttr import main as ttr
+
+        ttr(recipe=args.recipe, overrides=args.overrides, scratch_epochs=args.scratch_epochs,
+            finetune_epochs=args.epochs, target_acc=args.target_acc, scratch_steps=args.scratch_steps,
+            limit_train=args.limit_train, limit_eval=args.limit_eval, output=args.output)
+        return 0
+    if args.peers:
+        from .bench_peers import main as peers
+
+        peers(recipe=args.recipe, model=args.model, batch_size=args.batch_size, image_size=args.image_size,
+              methods=args.methods, rounds=args.rounds, batches=args.batches, warmup=min(args.warmup, 1),
+              num_classes=args.num_classes, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
+              overrides=args.overrides, output=args.output)
+        return 0
+    bench(data=args.data, data_images=args.data_images,
+          recipe=args.recipe, model=args.model, batch_size=args.batch_size, image_size=args.image_size,
           methods=args.methods, steps=args.steps, warmup=args.warmup, epochs=args.epochs,
           num_classes=args.num_classes, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
           overrides=args.overrides, output=args.output)

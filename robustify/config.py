@@ -48,7 +48,7 @@ class ModelConfig:
     name: str = "quickstart"
     pretrained: bool = True
     checkpoint: str | None = None  # optional weights file (.safetensors) to load into the timm architecture
-    channels_last: bool = False
+    channels_last: bool | str = "auto"  # auto: true on CUDA, false on CPU (robustify/hardware.py)
 
 
 @dataclass
@@ -129,7 +129,8 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 10
     global_batch: int | None = None  # the global batch schedule.lr is stated for (None: whatever the run uses)
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str = "auto"  # auto | no | bf16 | fp16; auto: bf16 on CUDA, no (fp32) on CPU
+    compile: bool = False  # torch.compile the model forward (nn.Module.compile)
     grad_accum: int = 1
     seed: int = 0
     probe_size: int = 256  # examples in the fixed PGD probe minibatch (from the training split)
@@ -187,7 +188,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.loss": ("ce", "trades"),
     "train.probe_split": ("heldout", "train"),
     "train.grad_compression": ("none", "fp16", "bf16", "powersgd"),
-    "train.mixed_precision": ("no", "bf16", "fp16"),
+    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "train.select": ("best-robust", "last"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
 }
@@ -253,12 +254,22 @@ def _build(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     return cls(**kwargs)
 
 
+def _auto_or_bool(value: Any, key: str) -> bool | str:
+    """A setting that is true, false or ``auto`` (resolved by the hardware at run time, robustify/hardware.py)."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "auto"):
+        return "auto" if value.lower() == "auto" else value.lower() in ("true", "yes", "1")
+    raise ConfigError(f"{key}={value!r} is not accepted; use true, false or auto")
+
+
 def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     """Check values that the types alone do not constrain; errors name the key and what is accepted."""
     from .methods import METHODS
     from .schedules import SCHEDULES
 
     validate_data(cfg)
+    cfg.model.channels_last = _auto_or_bool(cfg.model.channels_last, "model.channels_last")
     flat = _flatten(cfg.to_dict())
     for key, choices in CHOICES.items():
         if flat[key] not in choices:

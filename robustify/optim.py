@@ -1,12 +1,21 @@
-"""The optimizer and the one optimizer step every method calls (shared by the trainer and ``bench``)."""
+"""The optimizer and the one optimizer step every method calls (shared by the trainer and ``bench``).
+
+The step is on the hot path (once per minibatch, m times for free AT), so it does only what a plain PyTorch loop
+does — ``loss.backward()``, ``optimizer.step()``, ``optimizer.zero_grad(set_to_none=True)`` — plus what the config
+asks for (gradient accumulation, clipping) and a learning-rate update when the schedule changes it. Accelerate's
+optimizer wrapper re-checks per call for loss scaling, XLA and LOMO optimizers (``is_lomo_available()`` searches
+the installed packages on every ``step()``: about half a millisecond); when none of them applies, which
+:func:`_plain_optimizer` decides once, the step goes to the wrapped torch optimizer directly.
+"""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, KwargsHandler
+from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, DistributedType, KwargsHandler
 
 from .config import FinetuneConfig
 from .schedules import build_schedule
@@ -49,6 +58,23 @@ def comm_hook_name(model: torch.nn.Module) -> str | None:
     return getattr(hooks[-1][0], "__qualname__", str(hooks[-1][0])) if hooks else None
 
 
+def step_autocast(accelerator: Accelerator) -> Callable[[], contextlib.AbstractContextManager]:
+    """The autocast context for training steps: Accelerate's when mixed precision is on, else a no-op context."""
+    return contextlib.nullcontext if accelerator.mixed_precision == "no" else accelerator.autocast
+
+
+def _plain_optimizer(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside Accelerate's wrapper when the wrapper would add nothing to step/zero_grad:
+    no gradient scaler (fp16), no XLA, not DeepSpeed/Megatron (they own the step), and Accelerate's own gradient
+    accumulation unused (robustify accumulates itself, so ``sync_gradients`` stays True)."""
+    inner = getattr(optimizer, "optimizer", None)
+    plain_types = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    if (inner is None or accelerator.scaler is not None or accelerator.distributed_type not in plain_types
+            or accelerator.gradient_accumulation_steps != 1):
+        return optimizer
+    return inner
+
+
 class OptimizerStepper:
     """What a method calls once per training loss: the backward pass and, when an accumulation group is complete,
     the schedule's learning rate, gradient clipping, the optimizer step and zero_grad. Shared by the trainer and
@@ -68,18 +94,22 @@ class OptimizerStepper:
         self.total = max(total_opt_steps, 1)  # optimizer steps in the whole run
         self.opt_steps = opt_steps
         self.after_step: Callable[[], None] | None = None  # called after each optimizer step (weight averaging)
+        self._step_optimizer = _plain_optimizer(accelerator, optimizer)
+        self._lr_set: float | None = None  # the lr last written into the param groups
 
     def __call__(self, loss: torch.Tensor) -> None:
         self.accelerator.backward(loss)
         if not self.accelerator.sync_gradients:
             return
         lr = self.lr * self.schedule(min(self.opt_steps / self.total, 1.0))
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        if lr != self._lr_set:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self._lr_set = lr
         if self.clip:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._step_optimizer.step()
+        self._step_optimizer.zero_grad(set_to_none=True)
         self.opt_steps += 1
         if self.after_step is not None:
             self.after_step()

@@ -50,9 +50,10 @@ from .config import FinetuneConfig, _flatten, config_from_dict, dump_yaml, expan
 from .errors import Interrupted, UserError
 from .export import write_run_folder
 from .fileio import atomic_write_json
+from .hardware import maybe_compile, resolve_hardware_settings, target_device_type
 from .methods import Method, StepContext, build_method
 from .models import RobustModel, build_robust_model, load_backbone
-from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs
+from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, step_autocast
 from .report import before_after_table, history_table, plot_history, print_table
 from .robust_acc import sharded_autoattack, sharded_pgd_accuracy
 
@@ -69,7 +70,8 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     ``main_process_first``), which can take tens of minutes for a large set on a slow link; NCCL's default of 10
     minutes would turn that into a crash, an infinite timeout would turn a dead peer into a hang.
     """
-    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    use_cpu = target_device_type() == "cpu"
+    resolve_hardware_settings(cfg, "cpu" if use_cpu else "cuda")  # 'auto' precision / layout, in place
     if cfg.train.mixed_precision == "fp16" and use_cpu:
         raise UserError("train.mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
     # trackers that write files need a logging dir at construction; the run folder's logs/ replaces it once the
@@ -220,6 +222,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw: RobustModel = accelerator.unwrap_model(model)
+    maybe_compile(raw, cfg.train.compile)
     average = ema_mod.create(cfg.train, raw)  # train.ema: the weight average is what is probed and exported
     if average is not None:
         accelerator.register_for_checkpointing(average)
@@ -237,7 +240,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
                                lr=lr)
     stepper.after_step = (lambda: average.update(raw)) if average is not None else None
-    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=accelerator.autocast)
+    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator))
     run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
               ctx, epochs, lr, loaders.eval_examples())
     run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
@@ -414,8 +417,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     progressive resizing) run one after another on the same backbone, each with its own data view, method, schedule
     and optimizer; the checkpoint records the stage, so ``--resume`` continues inside the right one.
     """
-    stages = expand_stages(cfg)
     accelerator, run_dir, cfg = start(cfg, resume)
+    stages = expand_stages(cfg)  # after start(): 'auto' precision and layout are resolved for every stage
     state, best = TrainState(), BestWeights()
     resume_from = checkpoint_dirs(run_dir)[-1] if resume else None
     if resume_from is not None:

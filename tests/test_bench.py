@@ -25,17 +25,21 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
     # step 100x slower (spin-waits); the numbers are not checked, only the time the test takes matters here
     res = run_cli("bench", *TINY, "--methods", "natural,fgsm-rs,free,pgd", "--epochs", "8",
                   "--set", "method.steps=3", "--set", "method.replays=3", "--output", str(out),
-                  env={"OMP_NUM_THREADS": "1"})
+                  "--data", "quickstart", "--data-images", "8",
+                  env={"OMP_NUM_THREADS": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr
     return json.loads(out.read_text()), res.stdout
 
 
 def test_schema(report: tuple[dict, str]):
     data, _ = report
-    assert set(data) == {"hardware", "config", "results"}
+    assert set(data) == {"hardware", "config", "results", "data_pipeline", "bound_by"}
     hw, cfg = data["hardware"], data["config"]
     assert {"device", "device_type", "device_name", "torch", "cpu_count", "mixed_precision", "channels_last"} <= set(hw)
-    assert hw["device_type"] in ("cpu", "cuda") and hw["mixed_precision"] == "no" and hw["channels_last"] is False
+    # 'auto' (the default) resolved by the hardware: fp32 and contiguous on a CPU, bf16 and channels-last on CUDA
+    cuda = hw["device_type"] == "cuda"
+    assert hw["device_type"] in ("cpu", "cuda") and (cuda or (hw["mixed_precision"] == "no"
+                                                              and hw["channels_last"] is False))
     assert cfg["model"] == "quickstart" and cfg["input_size"] == [3, 32, 32] and cfg["batch_size"] == 16
     assert cfg["warmup_steps"] == 2 and cfg["timed_steps"] == 3 and cfg["epochs"] == 8
     assert cfg["methods"] == ["natural", "fgsm-rs", "free", "pgd"]
@@ -70,8 +74,79 @@ def test_times_are_measured_and_costs_are_relative_to_natural(report: tuple[dict
 
 def test_terminal_table(report: tuple[dict, str]):
     _, stdout = report
-    for text in ("robustify bench", "natural", "fgsm-rs", "free-3", "pgd-3", "replayed m=3", "wrote"):
+    for text in ("robustify bench", "natural", "fgsm-rs", "free-3", "pgd-3", "replayed m=3", "wrote",
+                 "data pipeline (quickstart/train", "images/s per worker"):
         assert text in stdout, text
+
+
+def test_data_pipeline_is_timed_and_compared_with_each_step(report: tuple[dict, str]):
+    data, _ = report
+    pipe = data["data_pipeline"]
+    assert pipe["data"] == "quickstart" and pipe["images"] == 8 and pipe["input_size"] == [3, 32, 32]
+    assert pipe["images_per_second_per_worker"] > 0 and pipe["decode_seconds"] > 0 and pipe["augment_seconds"] > 0
+    assert [v["method"] for v in data["bound_by"]] == ["natural", "fgsm-rs", "free", "pgd"]
+    for v in data["bound_by"]:
+        assert v["bound"] == ("data" if v["loader_images_per_second"] < v["step_images_per_second"] else "step")
+
+
+def test_peers_side_by_side_report():
+    """The peers harness on the tiny quickstart model: every runner timed, ratios relative to the plain loop."""
+    from robustify.bench import bench_config
+    from robustify.bench_peers import ART, FAST_AT, PLAIN, art_available, run_peers
+
+    report = run_peers(bench_config(batch_size=8, overrides=["method.replays=2"]), ["natural", "free"], rounds=2,
+                       batches=1, warmup=0)
+    names = [r["name"] for r in report["results"]]
+    assert names[:4] == [PLAIN, "robustify:natural", "robustify:free", FAST_AT]
+    assert (ART in names) == art_available() and (ART in [s["name"] for s in report["skipped"]]) != art_available()
+    rows = {r["name"]: r for r in report["results"]}
+    assert rows[PLAIN]["relative_to_plain"] == 1 and rows[PLAIN]["relative_to_plain_cpu"] == 1
+    assert rows["robustify:free"]["passes_per_batch"] == 2 and rows["robustify:free"]["replays"] == 2
+    assert rows["robustify:free"]["relative_per_replay"] == pytest.approx(rows["robustify:free"]["relative_to_plain"]
+                                                                          / 2)
+    for r in report["results"]:
+        assert len(r["epoch_seconds"]) == 2 and r["seconds_per_epoch"] > 0 and r["images_per_second"] > 0
+    assert report["config"]["baseline"] == PLAIN and report["config"]["batch_size"] == 8
+
+
+def test_time_to_robust_json(tmp_path):
+    """A tiny time-to-robustness run through the command: both blocks, their costs and the speedup."""
+    out = tmp_path / "ttr.json"
+    res = run_cli("bench", "--time-to-robust", "--epochs", "1", "--scratch-epochs", "1", "--limit-train", "64",
+                  "--limit-eval", "32", "--set", "data.batch_size=32", "--set", "eval.pgd_steps=2",
+                  "--output", str(out), env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    keys = {"finetune", "scratch", "speedup", "speedup_is_lower_bound", "passes_ratio", "target", "excluded"}
+    assert keys <= set(data)
+    ft, sc = data["finetune"], data["scratch"]
+    for block in (ft, sc):
+        assert {"seconds", "passes", "epochs", "robust_acc", "reached", "history"} <= set(block)
+        assert block["seconds"] > 0 and block["epochs"] == 1 and 0 <= block["robust_acc"] <= 1
+    assert ft["pretrained"] is True and sc["pretrained"] is False
+    assert ft["method"]["name"] == "fgsm-rs" and ft["schedule"] == "slow-start-fast-decay"
+    assert sc["method"] == {"name": "pgd", "alpha": pytest.approx(2.5 * 0.1 / 7), "steps": 7, "bn_mode": "train"}
+    assert ft["passes"] == 2 * 32 * 2 and sc["passes"] == 2 * 32 * 8  # batches x batch size x passes per batch
+    assert data["target"]["pgd_acc"] == max(r["pgd_acc"] for r in ft["history"]) and ft["reached"]
+    assert data["speedup_is_lower_bound"] is (not sc["reached"])
+    assert data["speedup"] == pytest.approx(sc["seconds"] / ft["seconds"])
+    assert "pretraining" in data["excluded"] and "speedup" in res.stdout
+
+
+def test_auto_precision_and_layout_resolve_by_device():
+    from robustify.config import build_config
+    from robustify.errors import ConfigError
+    from robustify.hardware import resolve_channels_last, resolve_hardware_settings, resolve_mixed_precision
+
+    cfg = build_config("quickstart")
+    assert cfg.train.mixed_precision == "auto" and cfg.model.channels_last == "auto" and cfg.train.compile is False
+    resolve_hardware_settings(cfg, "cpu")
+    assert cfg.train.mixed_precision == "no" and cfg.model.channels_last is False
+    assert resolve_channels_last("auto", "cuda") is True and resolve_channels_last(True, "cpu") is True
+    assert resolve_mixed_precision("bf16", "cpu") == "bf16" and resolve_mixed_precision("no", "cuda") == "no"
+    assert build_config("quickstart", ["model.channels_last=false"]).model.channels_last is False
+    with pytest.raises(ConfigError, match="model.channels_last='sideways'.*true, false or auto"):
+        build_config("quickstart", ["model.channels_last=sideways"])
 
 
 def test_notes_name_the_unit_and_flag_unsteady_times():

@@ -9,6 +9,7 @@ Each method also says what one minibatch costs in forward/backward passes, which
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -45,13 +46,24 @@ class StepResult:
     logits: torch.Tensor  # detached logits on the inputs the model was trained on
 
 
+_NORMS: weakref.WeakKeyDictionary[torch.nn.Module, list[torch.nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def _batchnorms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's BatchNorm layers, found once per model (a module walk per minibatch is wasted time)."""
+    norms = _NORMS.get(model)
+    if norms is None:
+        norms = _NORMS[model] = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    return norms
+
+
 @contextlib.contextmanager
 def batchnorm_mode(model: torch.nn.Module, mode: str) -> Iterator[None]:
     """Run the attack with BatchNorm layers in ``mode`` ('train' as in Fast AT, 'eval' as in Madry et al.)."""
     if mode == "train" or not model.training:
         yield
         return
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = _batchnorms(model)
     for m in norms:
         m.eval()
     try:
