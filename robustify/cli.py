@@ -272,6 +272,21 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_eval)
 
 
+def _check_eval_args(args: argparse.Namespace) -> None:
+    """What would otherwise fail only after every attack has run (or silently mean something else): checked first."""
+    from .fileio import check_output_file
+    from .models import resolve_spec
+
+    for flag in ("n_examples", "batch_size", "pgd_steps", "pgd_restarts"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {value} is not accepted; use 1 or more")
+    for flag in ("output", "plot"):
+        if getattr(args, flag) is not None:
+            check_output_file(getattr(args, flag), f"--{flag}")
+    resolve_spec(args.model)  # a missing path or an unknown name, before any data is loaded
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     import time
 
@@ -280,6 +295,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .report import checks_table, eps_curve_table, eval_table, print_table
 
     start = time.perf_counter()
+    _check_eval_args(args)
     attacks = tuple(a.strip() for a in args.attack.split(",") if a.strip())
     eps = parse_number(args.eps, "--eps") if args.eps is not None else None
     res = run_eval(args.model, data=args.data, split=args.split, eps=eps, norm=args.norm, n_examples=args.n_examples,
@@ -334,11 +350,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UserError as e:
-        print(f"robustify: error: {e}", file=sys.stderr)
+        print(f"robustify: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, always
         return e.exit_code
     except KeyboardInterrupt:
         print("robustify: interrupted; completed epochs are checkpointed, continue with --resume", file=sys.stderr)
         return 130
+    finally:
+        if "robustify.runlock" in sys.modules:  # the command is over: its run folder is free again
+            sys.modules["robustify.runlock"].release_all()
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ def parse_number(value: Any, key: str = "value") -> float:
     NaN and infinity are refused here, once, so no key can carry them into training, a schedule or a card.
     """
     bad = f"{key}={value!r} is not a number; use a number such as 0.03 or a fraction such as 8/255"
-    if isinstance(value, bool) or isinstance(value, (dict, list)) or value is None:
+    if isinstance(value, (bool, dict, list)) or value is None:
         raise ConfigError(bad)
     try:
         if isinstance(value, (int, float)):
@@ -308,7 +308,7 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ConfigError(f"train.guard_drop={cfg.train.guard_drop:g} is outside [0, 1]; it is a drop in probe "
                           "accuracy (a fraction), e.g. 0.2")
     ms = cfg.schedule.milestones
-    if any(not 0 < m < 1 for m in ms) or any(a >= b for a, b in zip(ms, ms[1:])):
+    if any(not 0 < m < 1 for m in ms) or any(a >= b for a, b in zip(ms, ms[1:], strict=False)):
         raise ConfigError(f"schedule.milestones={ms} is not accepted; use increasing fractions of the run in (0, 1), "
                           "e.g. [0.5, 0.75]")
     if not cfg.output_dir.strip():

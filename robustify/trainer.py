@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import data as data_mod
+from . import runlock
 from .config import FinetuneConfig, dump_yaml
 from .errors import UserError
 from .export import write_run_folder
@@ -107,18 +108,17 @@ def _flatten_cfg(cfg: FinetuneConfig) -> dict[str, Any]:
 
 
 def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerator) -> Path:
-    """Expand ``{time}`` in ``output_dir`` (the same on every process) and refuse to overwrite a finished run."""
+    """Expand ``{time}`` in ``output_dir`` (the same on every process), lock the run folder and check that a run
+    may start (or resume) there (``runlock``: one run per folder, a folder stopped before its first checkpoint is
+    restartable, temporary files of a killed run are removed)."""
     stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
     if accelerator.num_processes > 1:
         broadcast_object_list(stamp, from_process=0)
     run_dir = Path(cfg.output_dir.replace("{time}", stamp[0])).expanduser()
-    has_ckpt = (run_dir / CHECKPOINTS).is_dir() and any(_epoch_dirs(run_dir))
-    if resume and not has_ckpt:
-        raise UserError(f"--resume: {str(run_dir)!r} has no checkpoints to resume from; give the --output-dir of an "
-                        "interrupted run")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"output dir {str(run_dir)!r} already holds a run; pass --resume to continue it or choose "
-                        "another --output-dir")
+    share = (lambda v: broadcast_object_list(v, from_process=0)) if accelerator.num_processes > 1 else None
+    note = runlock.claim(run_dir, resume, is_main=accelerator.is_main_process, share=share)
+    if note:
+        accelerator.print(f"robustify: {note}")
     return run_dir
 
 
@@ -238,7 +238,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, loaders.train)
     accelerator.register_for_checkpointing(state, _MethodState(method))
     raw: RobustModel = accelerator.unwrap_model(model)
-    if resume:
+    if resume and _epoch_dirs(run_dir):  # runlock: a folder stopped before its first checkpoint starts over
         last = _epoch_dirs(run_dir)[-1]
         accelerator.load_state(str(last))
         say(f"resumed from {last} (epoch {state.epoch} done)")
@@ -269,6 +269,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             say(f"robustify: stopped after {cfg.train.stop_after} epoch(s) as asked (train.stop_after); "
                 f"continue with: robustify finetune --output-dir {run_dir} --resume --set train.stop_after=null")
             accelerator.end_training()
+            runlock.release(run_dir)
             return {}
         epoch = state.epoch + 1
         t0 = time.perf_counter()
@@ -376,4 +377,5 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         say(f"run folder: {run_dir}  (load with timm.create_model('local-dir:{run_dir}', pretrained=True))")
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    runlock.release(run_dir)  # the run is over: the folder may be resumed or evaluated by another process
     return metrics
