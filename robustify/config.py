@@ -91,6 +91,7 @@ class MethodConfig:
     steps: int = 7  # pgd only
     replays: int = 4  # free only: m, each minibatch is replayed m times and the epochs are divided by m
     bn_mode: str = "train"  # BatchNorm mode while the attack is generated: train (Fast AT) | eval (Madry)
+    random_start: bool = True  # fgsm-rs only: false is plain FGSM from the clean input (catastrophic overfitting)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from . import data as data_mod
 from . import runlock
 from .config import FinetuneConfig, dump_yaml
+from .divergence import DivergenceGuard
 from .errors import UserError
 from .export import write_run_folder
 from .fileio import atomic_write_json
@@ -261,6 +262,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
 
     optimize = OptimizerStepper(accelerator, model, optimizer, cfg, total_steps, opt_steps=state.opt_steps)
     ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=accelerator.autocast)
+    guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)  # divergence.py: NaN/inf, exploding loss
     best_path = run_dir / CHECKPOINTS / BEST
     start = time.perf_counter()
     first_epoch = state.epoch
@@ -290,8 +292,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             correct += (res.logits.argmax(1) == y).sum()
             seen += y.shape[0]
             if (i + 1) % cfg.train.log_every == 0:
+                guard.check_loss(loss_sum, seen, optimize.opt_steps, epoch, optimizer.param_groups[0]["lr"])
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
         state.opt_steps = optimize.opt_steps
+        guard.check_loss(loss_sum, seen, optimize.opt_steps, epoch, optimizer.param_groups[0]["lr"])
+        guard.check_model(raw, optimize.opt_steps, epoch, optimizer.param_groups[0]["lr"])  # before probe/best/save
         state.batch_passes += batches_per_epoch * method.passes_per_batch
         state.example_passes += seen * accelerator.num_processes * method.passes_per_batch
         # the probe: same fixed minibatch every epoch; the main process measures, everyone acts on its verdict
