@@ -65,6 +65,9 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                    + recipe("output_dir", "output_dir"))
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --output-dir (with that run's recipe.yaml unless --recipe)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a pickle model.checkpoint (.pth, .bin), which can run code when loaded "
+                        "(recipe key model.trust_pickle)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key, e.g. --set schedule.lr=0.1 --set method.replays=8")
     p.set_defaults(handler=_run_finetune)
@@ -74,7 +77,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     from .config import build_config
     from .trainer import finetune
 
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + (["model.trust_pickle=true"] if args.trust_pickle else [])
     for flag, key in (("model", "model.name"), ("data", "data.name"), ("method", "method.name"),
                       ("eps", "threat.eps"), ("epochs", "train.epochs"), ("output_dir", "output_dir")):
         value = getattr(args, flag)

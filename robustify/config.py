@@ -55,6 +55,7 @@ class ModelConfig:
     name: str = "quickstart"
     pretrained: bool = True
     checkpoint: str | None = None  # optional weights file (.safetensors) to load into the timm architecture
+    trust_pickle: bool = False  # also load a pickle checkpoint (.pth, .bin, ...): only for files you trust
     channels_last: bool = False
 
 

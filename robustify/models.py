@@ -139,11 +139,11 @@ def _go_offline() -> None:
 
 
 def create_backbone(name: str, pretrained: bool = True, num_classes: int | None = None,
-                    checkpoint: str | None = None) -> nn.Module:
+                    checkpoint: str | None = None, trust_pickle: bool = False) -> nn.Module:
     """``timm.create_model`` for any spec, failing within seconds (not minutes) when the Hub is out of reach."""
     spec = resolve_spec(name)
     if checkpoint:
-        ckpt = _checkpoint_path(checkpoint)
+        ckpt = _checkpoint_path(checkpoint, trust_pickle)
         pretrained = False  # the architecture (and its pretrained_cfg) from the spec, the weights from the file
     offline = False
     if _needs_hub(spec, pretrained) and not hub_reachable():
@@ -170,14 +170,32 @@ def create_backbone(name: str, pretrained: bool = True, num_classes: int | None 
     return backbone
 
 
-def _checkpoint_path(checkpoint: str) -> Path:
+def _checkpoint_path(checkpoint: str, trust_pickle: bool = False) -> Path:
     ckpt = Path(checkpoint).expanduser()
     if not ckpt.is_file():
         raise UserError(f"model.checkpoint={checkpoint!r} does not exist; give a .safetensors weights file")
-    if ckpt.suffix != ".safetensors":
+    if ckpt.suffix != ".safetensors" and not trust_pickle:
         raise UserError(f"model.checkpoint={checkpoint!r} is not accepted; only .safetensors weights are loaded "
-                        "(pickle files can run code when loaded; convert yours with safetensors.torch.save_file)")
+                        "(pickle files can run code when loaded; convert yours with safetensors.torch.save_file, or "
+                        "pass --trust-pickle if you trust this file)")
     return ckpt
+
+
+def _read_pickle_state(ckpt: Path, what: str) -> dict[str, torch.Tensor]:
+    """A trusted pickle checkpoint (``--trust-pickle``), still through torch's restricted ``weights_only`` unpickler;
+    a full training checkpoint's weights are found under 'state_dict', 'model' or 'model_state_dict'."""
+    try:
+        obj = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure: the file is not a plain weights file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what} cannot be read as PyTorch weights ({msg[:200]})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{what} holds no state dict of tensors")
+    return obj
 
 
 def load_checkpoint(backbone: nn.Module, ckpt: Path, given: str) -> None:
@@ -191,9 +209,13 @@ def load_checkpoint(backbone: nn.Module, ckpt: Path, given: str) -> None:
     from safetensors.torch import load_file
 
     what = f"model.checkpoint={given!r}"
+    pickled = _read_pickle_state(ckpt, what) if ckpt.suffix != ".safetensors" else None
     try:
-        with safe_open(str(ckpt), framework="pt") as f:
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+        if pickled is not None:
+            shapes = {k: tuple(v.shape) for k, v in pickled.items()}
+        else:
+            with safe_open(str(ckpt), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
     except Exception as e:  # noqa: BLE001 - SafetensorError and OSError: the file cannot be read as safetensors
         raise UserError(f"{what} is not a readable safetensors file (truncated or corrupt: "
                         f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
@@ -217,7 +239,7 @@ def load_checkpoint(backbone: nn.Module, ckpt: Path, given: str) -> None:
         if items:
             raise UserError(f"{what} does not fit {arch}: {len(items)} tensor(s) {label}: {'; '.join(items[:3])}"
                             f"{' ...' if len(items) > 3 else ''}; give weights saved from this architecture")
-    state = load_file(str(ckpt))
+    state = pickled if pickled is not None else load_file(str(ckpt))
     backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items()})
 
 
@@ -231,9 +253,10 @@ def wrap(backbone: nn.Module, image_size: int | None = None, source: str = "") -
 
 
 def load_backbone(name: str, pretrained: bool = True, num_classes: int | None = None, image_size: int | None = None,
-                  checkpoint: str | None = None) -> RobustModel:
+                  checkpoint: str | None = None, trust_pickle: bool = False) -> RobustModel:
     """Load any model spec as a :class:`RobustModel` with a head for ``num_classes`` classes."""
-    backbone = create_backbone(name, pretrained=pretrained, num_classes=num_classes, checkpoint=checkpoint)
+    backbone = create_backbone(name, pretrained=pretrained, num_classes=num_classes, checkpoint=checkpoint,
+                               trust_pickle=trust_pickle)
     return wrap(backbone, image_size=image_size, source=name)
 
 

@@ -219,7 +219,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     say = accelerator.print
 
     # model and data: the backbone's pretrained_cfg decides input size, interpolation and normalization
-    probe_model = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint)
+    probe_model = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
+                                trust_pickle=cfg.model.trust_pickle)
     from timm.data import resolve_data_config
 
     data_config = resolve_data_config(model=probe_model.backbone)

@@ -80,7 +80,8 @@ def test_checkpoint_head_size_is_read_from_the_file(tmp_path: Path):
 @pytest.mark.parametrize("make,needle", [
     ("other_arch", "does not fit test_resnet: "),
     ("truncated", "is not a readable safetensors file (truncated or corrupt"),
-    ("pickle", "only .safetensors weights are loaded (pickle files can run code"),
+    ("pickle", "only .safetensors weights are loaded (pickle files can run code when loaded; convert yours with "
+               "safetensors.torch.save_file, or pass --trust-pickle"),
     ("missing", "does not exist"),
 ])
 def test_bad_checkpoints_are_one_line(tmp_path: Path, make: str, needle: str):
@@ -93,6 +94,19 @@ def test_bad_checkpoints_are_one_line(tmp_path: Path, make: str, needle: str):
     with pytest.raises(UserError) as err:
         create_backbone("test_resnet", checkpoint=str(path))
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_trusted_pickle_checkpoint_loads_through_the_restricted_unpickler(tmp_path: Path, capsys):
+    src = timm.create_model("test_resnet", num_classes=10)
+    torch.save({"epoch": 3, "state_dict": src.state_dict()}, tmp_path / "w.pth")
+    model = create_backbone("test_resnet", checkpoint=str(tmp_path / "w.pth"), trust_pickle=True)
+    assert model.num_classes == 10 and torch.equal(model.fc.weight, src.fc.weight)
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")  # a pickled object, not weights: still refused
+    with pytest.raises(UserError, match="cannot be read as PyTorch weights"):
+        create_backbone("test_resnet", checkpoint=str(tmp_path / "module.pth"), trust_pickle=True)
+    assert main(["finetune", "--set", f"model.checkpoint={tmp_path / 'w.pth'}", "--output-dir",
+                 str(tmp_path / "run")]) == 2  # the CLI without --trust-pickle
+    assert "pass --trust-pickle" in one_error_line(capsys) and not (tmp_path / "run").exists()
 
 
 def test_pull_of_a_missing_repo_offline_is_one_line(tmp_path: Path):
