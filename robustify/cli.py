@@ -65,6 +65,9 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                    + recipe("output_dir", "output_dir"))
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --output-dir (with that run's recipe.yaml unless --recipe)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow a pickle model.checkpoint (.pth, .bin), which can run code when loaded "
+                        "(recipe key model.trust_pickle)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key, e.g. --set schedule.lr=0.1 --set method.replays=8")
     p.add_argument("--dry-run", action="store_true",
@@ -80,7 +83,7 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
 def _run_finetune(args: argparse.Namespace) -> int:
     from .config import build_config
 
-    overrides = list(args.overrides)
+    overrides = list(args.overrides) + (["model.trust_pickle=true"] if args.trust_pickle else [])
     for flag, key in (("model", "model.name"), ("data", "data.name"), ("method", "method.name"),
                       ("eps", "threat.eps"), ("epochs", "train.epochs"), ("output_dir", "output_dir"),
                       ("limit_train", "data.max_train_examples"), ("limit_eval", "eval.n_examples")):
@@ -339,6 +342,21 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_run_eval)
 
 
+def _check_eval_args(args: argparse.Namespace) -> None:
+    """What would otherwise fail only after every attack has run (or silently mean something else): checked first."""
+    from .fileio import check_output_file
+    from .models import resolve_spec
+
+    for flag in ("n_examples", "batch_size", "pgd_steps", "pgd_restarts"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise UserError(f"--{flag.replace('_', '-')} {value} is not accepted; use 1 or more")
+    for flag in ("output", "plot"):
+        if getattr(args, flag) is not None:
+            check_output_file(getattr(args, flag), f"--{flag}")
+    resolve_spec(args.model)  # a missing path or an unknown name, before any data is loaded
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     import time
 
@@ -347,6 +365,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     from .report import checks_table, eps_curve_table, eval_table, print_table
 
     start = time.perf_counter()
+    _check_eval_args(args)
     attacks = tuple(a.strip() for a in args.attack.split(",") if a.strip())
     eps = parse_number(args.eps, "--eps") if args.eps is not None else None
     res = run_eval(args.model, data=args.data, split=args.split, eps=eps, norm=args.norm, n_examples=args.n_examples,
@@ -427,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UserError as e:
-        print(f"robustify: error: {e}", file=sys.stderr)
+        print(f"robustify: error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, always
         return e.exit_code
     except Interrupted as e:
         print(f"robustify: {e}", file=sys.stderr)
@@ -435,6 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robustify: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
         return 130
+    finally:
+        if "robustify.runlock" in sys.modules:  # the command is over: its run folder is free again
+            sys.modules["robustify.runlock"].release_all()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ Numbers that are pixel magnitudes (eps, alpha) accept fractions such as ``8/255`
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -24,21 +26,26 @@ RECIPES_DIRS = (
 
 
 def parse_number(value: Any, key: str = "value") -> float:
-    """Parse ``0.1``, ``"8/255"`` or ``"1e-3"`` into a float; a clear error otherwise."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r} is not a number; use a number such as 0.03 or a fraction such as 8/255")
-    if isinstance(value, (int, float)):
-        return float(value)
-    text = str(value).strip()
-    match = re.fullmatch(r"([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)", text)
+    """Parse ``0.1``, ``"8/255"`` or ``"1e-3"`` into a finite float; a clear error otherwise.
+
+    NaN and infinity are refused here, once, so no key can carry them into training, a schedule or a card.
+    """
+    bad = f"{key}={value!r} is not a number; use a number such as 0.03 or a fraction such as 8/255"
+    if isinstance(value, (bool, dict, list)) or value is None:
+        raise ConfigError(bad)
     try:
-        if match:
-            return float(match.group(1)) / float(match.group(2))
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise ConfigError(
-            f"{key}={value!r} is not a number; use a number such as 0.03 or a fraction such as 8/255"
-        ) from None
+        if isinstance(value, (int, float)):
+            number = float(value)
+        else:
+            text = str(value).strip()
+            match = re.fullmatch(r"([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)", text)
+            number = float(match.group(1)) / float(match.group(2)) if match else float(text)
+    except (ValueError, ZeroDivisionError, OverflowError):
+        raise ConfigError(bad) from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{key}={value!r} is not a finite number; use a number such as 0.03 or a fraction such as "
+                          "8/255 (nan and inf are not accepted)")
+    return number
 
 
 @dataclass
@@ -48,6 +55,7 @@ class ModelConfig:
     name: str = "quickstart"
     pretrained: bool = True
     checkpoint: str | None = None  # optional weights file (.safetensors) to load into the timm architecture
+    trust_pickle: bool = False  # also load a pickle checkpoint (.pth, .bin, ...): only for files you trust
     channels_last: bool | str = "auto"  # auto: true on CUDA, false on CPU (robustify/hardware.py)
 
 
@@ -97,6 +105,7 @@ class MethodConfig:
     gamma: float = 1.0  # deat only: M+ threshold factor (1.0 on CIFAR, 1.1 on ImageNet in the reference code)
     loss: str = "ce"  # ce | trades (Zhang et al. 2019; fgsm-rs, n-fgsm and pgd)
     beta: float = 6.0  # trades only: weight of KL(f(x) || f(x + delta)) against the clean cross-entropy
+    random_start: bool = True  # fgsm-rs only: false is plain FGSM from the clean input (catastrophic overfitting)
 
 
 @dataclass
@@ -211,11 +220,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(f"{key}={value!r} is not accepted; use true or false")
     if tp is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+        if isinstance(value, float) and value.is_integer():  # YAML reads 1e3 as 1000.0
+            value = int(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):  # ASCII digits only
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}={value!r} is not accepted; use a whole number")
-        return int(value)
+        return value
     if tp is float:
         return parse_number(value, key)
+    if value is None:  # a required string (a name, a split, a folder): empty means a mistake, not "None"
+        example = {"output_dir": "runs/my-run"}.get(key, "the recipe's own value")
+        raise ConfigError(f"{key} is empty; give a value, e.g. {example}")
     if tp is str:
         if isinstance(value, bool):  # YAML 1.1 reads a bare `no` (mixed_precision: no) as False
             value = "no" if value is False else "true"
@@ -229,16 +245,35 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
+def all_keys(cls: type | None = None, prefix: str = "") -> list[str]:
+    """Every dotted key a recipe or ``--set`` accepts (``schedule.lr``, ``output_dir``, ...)."""
+    cls = cls or FinetuneConfig
+    hints = get_type_hints(cls)
+    out: list[str] = []
+    for f in fields(cls):
+        tp = hints[f.name]
+        out += all_keys(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else [f"{prefix}{f.name}"]
+    return out
+
+
+def _unknown_key(key: str, section_keys: set[str], prefix: str) -> ConfigError:
+    """An unknown key, with the closest valid key (anywhere in the config: ``train.lr`` -> ``schedule.lr``)."""
+    candidates = all_keys()
+    leaf = key.rsplit(".", 1)[-1]
+    close = [k for k in candidates if k.rsplit(".", 1)[-1] == leaf][:1]  # the right name in the wrong section
+    close = close or difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    where = f"section '{prefix.rstrip('.')}'" if prefix else "the recipe"
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return ConfigError(f"unknown key '{key}' in {where}; {hint}known keys there: {', '.join(sorted(section_keys))}")
+
+
 def _build(cls: type, data: dict[str, Any] | None, prefix: str = "") -> Any:
     data = dict(data or {})
     hints = get_type_hints(cls)
     known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
+    unknown = sorted(str(k) for k in set(data) - known)
     if unknown:
-        where = f"'{prefix.rstrip('.')}'" if prefix else "the recipe"
-        raise ConfigError(
-            f"unknown key '{prefix}{unknown[0]}' in {where}; known keys: {', '.join(sorted(known))}"
-        )
+        raise _unknown_key(f"{prefix}{unknown[0]}", known, prefix)
     kwargs = {}
     for f in fields(cls):
         if f.name not in data:
@@ -280,12 +315,7 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ConfigError(
             f"schedule.name={cfg.schedule.name!r} is not accepted; choose one of: {', '.join(SCHEDULES)}"
         )
-    if cfg.threat.norm == "Linf" and not 0 <= cfg.threat.eps <= 1:
-        raise ConfigError(f"threat.eps={cfg.threat.eps:g} is outside [0, 1]; eps is in [0,1] pixel units, e.g. 8/255")
-    if cfg.threat.eps < 0:
-        raise ConfigError(f"threat.eps={cfg.threat.eps:g} is negative; use a value >= 0 such as 8/255")
-    if cfg.method.name != "natural" and cfg.threat.eps == 0:
-        raise ConfigError(f"threat.eps=0 with method.name={cfg.method.name!r}; use eps > 0 or method natural")
+    _validate_pixels(cfg)
     positive = {
         "train.epochs": cfg.train.epochs, "data.batch_size": cfg.data.batch_size,
         "data.eval_batch_size": cfg.data.eval_batch_size, "method.steps": cfg.method.steps,
@@ -293,10 +323,38 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
         "train.probe_size": cfg.train.probe_size, "train.probe_steps": cfg.train.probe_steps,
         "eval.n_examples": cfg.eval.n_examples, "eval.pgd_steps": cfg.eval.pgd_steps,
         "eval.pgd_restarts": cfg.eval.pgd_restarts, "schedule.lr": cfg.schedule.lr,
+        "train.log_every": cfg.train.log_every,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key}={value} is not accepted; use a value > 0")
+    optional_positive = {  # None switches these off / means "all"; 0 would silently mean the same, so it is refused
+        "optim.grad_clip": cfg.optim.grad_clip, "data.max_train_examples": cfg.data.max_train_examples,
+        "train.stop_after": cfg.train.stop_after,
+    }
+    for key, value in optional_positive.items():
+        if value is not None and value <= 0:
+            raise ConfigError(f"{key}={value} is not accepted; use a value > 0, or null to switch it off")
+    for key, value in {"optim.weight_decay": cfg.optim.weight_decay, "data.num_workers": cfg.data.num_workers,
+                       "data.cache_mb": cfg.data.cache_mb}.items():
+        if value < 0:
+            raise ConfigError(f"{key}={value} is not accepted; use a value >= 0")
+    if not 0 <= cfg.train.seed < 2**32:
+        raise ConfigError(f"train.seed={cfg.train.seed} is not accepted; use a whole number in [0, 2**32 - 1]")
+    if not 0 <= cfg.optim.momentum < 1:
+        raise ConfigError(f"optim.momentum={cfg.optim.momentum:g} is outside [0, 1); use e.g. 0.9 (0 = no momentum)")
+    if not 0 < cfg.schedule.gamma <= 1:
+        raise ConfigError(f"schedule.gamma={cfg.schedule.gamma:g} is outside (0, 1]; it multiplies the learning rate "
+                          "at each milestone, e.g. 0.1")
+    if not 0 <= cfg.train.guard_drop <= 1:
+        raise ConfigError(f"train.guard_drop={cfg.train.guard_drop:g} is outside [0, 1]; it is a drop in probe "
+                          "accuracy (a fraction), e.g. 0.2")
+    ms = cfg.schedule.milestones
+    if any(not 0 < m < 1 for m in ms) or any(a >= b for a, b in zip(ms, ms[1:], strict=False)):
+        raise ConfigError(f"schedule.milestones={ms} is not accepted; use increasing fractions of the run in (0, 1), "
+                          "e.g. [0.5, 0.75]")
+    if not cfg.output_dir.strip():
+        raise ConfigError("output_dir is empty; give a folder for the run, e.g. --output-dir runs/my-run")
     for key in ("schedule.rise_fraction", "schedule.peak_fraction", "schedule.warmup_fraction",
                 "schedule.start_factor", "schedule.end_factor"):
         if not 0 <= flat[key] <= 1:
@@ -313,8 +371,6 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.method.loss == "trades" and cfg.method.name not in ("fgsm-rs", "n-fgsm", "pgd"):
         raise ConfigError(f"method.loss='trades' with method.name={cfg.method.name!r}; TRADES needs an attack-based "
                           "method: fgsm-rs, n-fgsm or pgd")
-    if cfg.method.alpha is not None and cfg.method.alpha <= 0:
-        raise ConfigError(f"method.alpha={cfg.method.alpha:g} is not accepted; use a step size > 0 such as 2/255")
     if cfg.train.log_with is not None:
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
         from accelerate.utils import is_tensorboard_available, is_wandb_available
@@ -429,6 +485,28 @@ def expand_stages(cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
     return out
 
 
+def _over_255_hint(value: float) -> str:
+    """``eps: 8`` on a [0,1] scale almost always means 8/255."""
+    return f"; did you mean {value:g}/255?" if 1 < value <= 255 else ""
+
+
+def _validate_pixels(cfg: FinetuneConfig) -> None:
+    """eps and alpha are in [0,1] pixel units (finite, which parse_number ensures)."""
+    eps, alpha = cfg.threat.eps, cfg.method.alpha
+    if cfg.threat.norm == "Linf" and not 0 <= eps <= 1:
+        raise ConfigError(f"threat.eps={eps:g} is outside [0, 1]; eps is in [0,1] pixel units, e.g. 8/255"
+                          + _over_255_hint(eps))
+    if eps < 0:
+        raise ConfigError(f"threat.eps={eps:g} is negative; use a value >= 0 such as 8/255")
+    if cfg.method.name != "natural" and eps == 0:
+        raise ConfigError(f"threat.eps=0 with method.name={cfg.method.name!r}; use eps > 0 or method natural")
+    if alpha is not None and alpha <= 0:
+        raise ConfigError(f"method.alpha={alpha:g} is not accepted; use a step size > 0 such as 2/255")
+    if alpha is not None and cfg.threat.norm == "Linf" and alpha > 1:
+        raise ConfigError(f"method.alpha={alpha:g} is outside (0, 1]; it is in [0,1] pixel units, e.g. 2/255"
+                          + _over_255_hint(alpha))
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -479,6 +557,8 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r} is not accepted; use key=value, e.g. --set schedule.lr=0.1")
     key, raw = assignment.split("=", 1)
     key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {assignment!r} is not accepted; use section.key=value, e.g. --set schedule.lr=0.1")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

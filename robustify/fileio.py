@@ -36,3 +36,28 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def check_output_file(path: str | os.PathLike, flag: str) -> Path:
+    """Refuse, before any work, an output file that could not be written at the end: a folder, a path under a
+    file, a read-only or full file system. Probes by creating (and removing) a temporary file where it will go."""
+    from .errors import UserError
+
+    p = Path(path).expanduser()
+    if not str(path).strip():
+        raise UserError(f"{flag} is empty; give a file name such as results/eval.json")
+    if p.is_dir():
+        raise UserError(f"{flag} {str(path)!r} is a folder; give a file name inside it, e.g. {str(p / 'eval.json')!r}")
+    parent = p.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{flag} {str(path)!r} cannot be written: {str(parent)!r} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".robustify-probe-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"{flag} {str(path)!r} cannot be written ({e.strerror or type(e).__name__}); choose a "
+                        "writable location") from None
+    return p

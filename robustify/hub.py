@@ -356,8 +356,12 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | Path | None
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
+    from .models import hub_reachable
+
     repo_id = _check_repo_id(repo_id)
     token = resolve_token(required=False)
+    if not hub_reachable():  # seconds, not a minute of retry warnings: use the cache or say so in one line
+        return _pull_offline(repo_id, revision, local_dir, trust_pickle)
     api = HfApi(token=token)
     try:
         files = api.list_repo_files(repo_id, revision=revision)
@@ -391,6 +395,26 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | Path | None
     folder_path = Path(folder)
     info = verify_loads(folder_path, f"{repo_id} (downloaded to {folder_path})")
     return folder_path, info, skipped
+
+
+def _pull_offline(repo_id: str, revision: str | None, local_dir: str | Path | None,
+                  trust_pickle: bool) -> tuple[Path, dict[str, Any], list[str]]:
+    """The Hub is out of reach: a copy already in the cache (or ``--local-dir``) still loads; anything else is one
+    line naming the endpoint, exit status 2."""
+    import os
+
+    from huggingface_hub import constants, snapshot_download
+
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT)
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hugging Face Hub ({endpoint}) is unreachable"
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, local_dir=local_dir, local_files_only=True,
+                                        ignore_patterns=None if trust_pickle else list(PICKLE_PATTERNS)))
+    except Exception:  # noqa: BLE001 - LocalEntryNotFoundError and friends: not cached
+        raise UserError(f"pull {repo_id}: {why} and the repo is not in the local cache; connect to the network (or "
+                        "unset HF_HUB_OFFLINE) and run the same command again") from None
+    info = verify_loads(folder, f"{repo_id} (cached copy in {folder})")
+    return folder, info, []
 
 
 def card_summary(folder: Path) -> str | None:

@@ -115,6 +115,8 @@ def resolve_spec(name: str) -> str:
         return f"local-dir:{ALIASES[name]}"
     if name.startswith("local-dir:"):
         folder = Path(name[len("local-dir:"):]).expanduser()
+        if not folder.exists():
+            raise UserError(f"model {name!r}: the path {str(folder)!r} does not exist")
         if not is_model_folder(folder):
             raise UserError(f"model {name!r}: {str(folder)!r} is not a model folder (needs config.json and "
                             "model.safetensors, as written by finetune or timm's save_for_hf)")
@@ -124,6 +126,9 @@ def resolve_spec(name: str) -> str:
             raise UserError(f"model {name!r} is not accepted; use hf-hub:ORG/NAME")
         return name
     path = Path(name).expanduser()
+    if not path.exists() and (os.sep in name or name.startswith(("~", "."))):
+        raise UserError(f"model {name!r}: the path {str(path)!r} does not exist; give a run folder, a model folder, "
+                        "local-dir:PATH, hf-hub:ORG/NAME or a timm name")
     if path.exists() or os.sep in name:
         if is_model_folder(path):
             return f"local-dir:{path.resolve()}"
@@ -134,6 +139,12 @@ def resolve_spec(name: str) -> str:
         close = timm.list_models(f"*{arch[:12]}*")[:5]
         hint = f"; similar timm names: {', '.join(close)}" if close else ""
         raise UserError(f"model {name!r} is not a timm model, a folder, hf-hub:ORG/NAME or local-dir:PATH{hint}")
+    if "." in name:  # arch.tag: an unknown tag is the user's typo, not an unreachable Hub
+        tags = [t.split(".", 1)[1] for t in timm.list_pretrained(f"{arch}.*")]
+        if name.split(".", 1)[1] not in tags:
+            listed = ", ".join(tags[:12]) + (f", ... ({len(tags)} in all)" if len(tags) > 12 else "")
+            raise UserError(f"model {name!r}: timm has no pretrained tag {name.split('.', 1)[1]!r} for {arch}; "
+                            + (f"valid tags: {listed}" if tags else f"it has no pretrained weights, use {arch!r}"))
     return name
 
 
@@ -165,25 +176,18 @@ def _go_offline() -> None:
 
 
 def create_backbone(name: str, pretrained: bool = True, num_classes: int | None = None,
-                    checkpoint: str | None = None) -> nn.Module:
+                    checkpoint: str | None = None, trust_pickle: bool = False) -> nn.Module:
     """``timm.create_model`` for any spec, failing within seconds (not minutes) when the Hub is out of reach."""
     spec = resolve_spec(name)
+    if checkpoint:
+        ckpt = _checkpoint_path(checkpoint, trust_pickle)
+        pretrained = False  # the architecture (and its pretrained_cfg) from the spec, the weights from the file
     offline = False
     if _needs_hub(spec, pretrained) and not hub_reachable():
         _go_offline()
         offline = True
-    kwargs: dict = {}
-    if checkpoint:
-        ckpt = Path(checkpoint).expanduser()
-        if not ckpt.is_file():
-            raise UserError(f"model.checkpoint={checkpoint!r} does not exist; give a .safetensors weights file")
-        if ckpt.suffix != ".safetensors":
-            raise UserError(f"model.checkpoint={checkpoint!r} is not accepted; only .safetensors weights are loaded "
-                            "(pickle files can run code)")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(ckpt), "hf_hub_id": None, "url": None}
-        pretrained = True
     try:
-        backbone = timm.create_model(spec, pretrained=pretrained, **kwargs)
+        backbone = timm.create_model(spec, pretrained=pretrained)
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - timm/hub raise many types; report them in one line
@@ -193,7 +197,11 @@ def create_backbone(name: str, pretrained: bool = True, num_classes: int | None 
                             "is unreachable, and they are not in the local cache; connect, pre-download them, or pass "
                             "a local folder (local-dir:PATH)") from None
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "deserializ" in msg.lower() or "safetensor" in msg.lower():
+            msg = f"its weights file is truncated or corrupt ({msg})"
         raise UserError(f"model {name!r} could not be loaded: {msg}") from None
+    if checkpoint:
+        load_checkpoint(backbone, ckpt, checkpoint)
     if num_classes is not None and backbone.num_classes != num_classes:
         backbone.reset_classifier(num_classes)
     return backbone
@@ -223,6 +231,79 @@ def saved_preprocessing(spec: str) -> Any:
     return Preprocessing.from_record(record) if isinstance(record, dict) else None
 
 
+def _checkpoint_path(checkpoint: str, trust_pickle: bool = False) -> Path:
+    ckpt = Path(checkpoint).expanduser()
+    if not ckpt.is_file():
+        raise UserError(f"model.checkpoint={checkpoint!r} does not exist; give a .safetensors weights file")
+    if ckpt.suffix != ".safetensors" and not trust_pickle:
+        raise UserError(f"model.checkpoint={checkpoint!r} is not accepted; only .safetensors weights are loaded "
+                        "(pickle files can run code when loaded; convert yours with safetensors.torch.save_file, or "
+                        "pass --trust-pickle if you trust this file)")
+    return ckpt
+
+
+def _read_pickle_state(ckpt: Path, what: str) -> dict[str, torch.Tensor]:
+    """A trusted pickle checkpoint (``--trust-pickle``), still through torch's restricted ``weights_only`` unpickler;
+    a full training checkpoint's weights are found under 'state_dict', 'model' or 'model_state_dict'."""
+    try:
+        obj = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure: the file is not a plain weights file
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what} cannot be read as PyTorch weights ({msg[:200]})") from None
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{what} holds no state dict of tensors")
+    return obj
+
+
+def load_checkpoint(backbone: nn.Module, ckpt: Path, given: str) -> None:
+    """Load a .safetensors state dict into ``backbone``, first giving it the head size the file has (read from the
+    header, so a 10-class checkpoint loads into an architecture whose default head has 1000 classes).
+
+    Why not timm's ``pretrained_cfg_overlay=dict(file=...)``: it cannot resize the head to the file's, and its errors
+    ("Specified path is not a directory" for a local-dir spec) do not say what is wrong. A mismatch here names the
+    keys and shapes."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    what = f"model.checkpoint={given!r}"
+    pickled = _read_pickle_state(ckpt, what) if ckpt.suffix != ".safetensors" else None
+    try:
+        if pickled is not None:
+            shapes = {k: tuple(v.shape) for k, v in pickled.items()}
+        else:
+            with safe_open(str(ckpt), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as e:  # noqa: BLE001 - SafetensorError and OSError: the file cannot be read as safetensors
+        raise UserError(f"{what} is not a readable safetensors file (truncated or corrupt: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
+    prefix = "backbone."  # robustify's own RobustModel checkpoints (checkpoints/best.safetensors)
+    if shapes and all(k.startswith(prefix) for k in shapes):
+        shapes = {k[len(prefix):]: v for k, v in shapes.items()}
+    else:
+        prefix = ""
+    head = backbone.pretrained_cfg.get("classifier")
+    head_shape = shapes.get(f"{head}.weight") if isinstance(head, str) else None
+    if head_shape and head_shape[0] != backbone.num_classes:
+        backbone.reset_classifier(head_shape[0])
+    expected = {k: tuple(v.shape) for k, v in backbone.state_dict().items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [f"{k} {shapes[k]} vs {expected[k]}" for k in sorted(set(shapes) & set(expected))
+             if shapes[k] != expected[k]]
+    arch = backbone.pretrained_cfg.get("architecture", type(backbone).__name__)
+    for label, items in (("shapes differ (file vs model)", wrong), ("missing from the file", missing),
+                         ("not in the model", unexpected)):
+        if items:
+            raise UserError(f"{what} does not fit {arch}: {len(items)} tensor(s) {label}: {'; '.join(items[:3])}"
+                            f"{' ...' if len(items) > 3 else ''}; give weights saved from this architecture")
+    state = pickled if pickled is not None else load_file(str(ckpt))
+    backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items()})
+
+
 def wrap(backbone: nn.Module, image_size: int | None = None, source: str = "") -> RobustModel:
     """Put the backbone's own normalization (and a run's recorded resize) inside the model (see module docstring)."""
     from .data.preprocessing import Preprocessing
@@ -237,9 +318,10 @@ def wrap(backbone: nn.Module, image_size: int | None = None, source: str = "") -
 
 
 def load_backbone(name: str, pretrained: bool = True, num_classes: int | None = None, image_size: int | None = None,
-                  checkpoint: str | None = None) -> RobustModel:
+                  checkpoint: str | None = None, trust_pickle: bool = False) -> RobustModel:
     """Load any model spec as a :class:`RobustModel` with a head for ``num_classes`` classes."""
-    backbone = create_backbone(name, pretrained=pretrained, num_classes=num_classes, checkpoint=checkpoint)
+    backbone = create_backbone(name, pretrained=pretrained, num_classes=num_classes, checkpoint=checkpoint,
+                               trust_pickle=trust_pickle)
     return wrap(backbone, image_size=image_size, source=name)
 
 

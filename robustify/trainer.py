@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from . import data as data_mod
 from . import ema as ema_mod
-from . import runrecord
+from . import runlock, runrecord
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -47,6 +47,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import FinetuneConfig, _flatten, config_from_dict, dump_yaml, expand_stages, scaled_lr
+from .divergence import DivergenceGuard
 from .errors import Interrupted, UserError
 from .export import write_run_folder
 from .fileio import atomic_write_json
@@ -85,17 +86,17 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
 
 
 def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerator) -> Path:
-    """Expand ``{time}`` in ``output_dir`` (the same on every process) and refuse to overwrite a finished run."""
+    """Expand ``{time}`` in ``output_dir`` (the same on every process), lock the run folder and check that a run
+    may start (or resume) there (``runlock``: one run per folder, a folder stopped before its first checkpoint is
+    restartable, temporary files of a killed run are removed)."""
     stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
     if accelerator.num_processes > 1:
         broadcast_object_list(stamp, from_process=0)
     run_dir = Path(cfg.output_dir.replace("{time}", stamp[0])).expanduser()
-    if resume and not checkpoint_dirs(run_dir):
-        raise UserError(f"--resume: {str(run_dir)!r} has no checkpoints to resume from; give the --output-dir of an "
-                        "interrupted run")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"output dir {str(run_dir)!r} already holds a run; pass --resume to continue it or choose "
-                        "another --output-dir")
+    share = (lambda v: broadcast_object_list(v, from_process=0)) if accelerator.num_processes > 1 else None
+    note = runlock.claim(run_dir, resume, is_main=accelerator.is_main_process, share=share)
+    if note:
+        accelerator.print(f"robustify: {note}")
     return run_dir
 
 
@@ -157,6 +158,7 @@ class Run:
     eval_set: tuple[torch.Tensor, torch.Tensor]
     clock: float = 0.0  # perf_counter at the last wall-time update (see tick)
     stage_name: str = ""  # the stage's name when the recipe has several
+    guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
 
     @property
     def main(self) -> bool:
@@ -181,7 +183,7 @@ def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, Finetun
     """The Accelerator and the run folder (checked, locked against a different ``--resume``, recipe.yaml written)."""
     accelerator = make_accelerator(cfg, log_with=cfg.train.log_with)
     run_dir = resolve_output_dir(cfg, resume, accelerator)
-    notes = check_resume(run_dir, cfg) if resume else []
+    notes = check_resume(run_dir, cfg) if resume and checkpoint_dirs(run_dir) else []
     for note in notes:
         accelerator.print(f"robustify: {note}")
     cfg = copy.deepcopy(cfg)
@@ -190,8 +192,8 @@ def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, Finetun
         accelerator.project_configuration.logging_dir = str(run_dir / "logs")
         accelerator.init_trackers(run_dir.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                         for k, v in _flatten(cfg.to_dict()).items()})
-    if not resume and accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    if not checkpoint_dirs(run_dir) and accelerator.is_main_process:  # a new run (or one stopped before its first
+        run_dir.mkdir(parents=True, exist_ok=True)                     # checkpoint, which starts over)
         (run_dir / "recipe.yaml").write_text(dump_yaml(cfg))
     accelerator.wait_for_everyone()
     set_seed(cfg.train.seed)
@@ -243,6 +245,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator))
     run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
               ctx, epochs, lr, loaders.eval_examples())
+    run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
     run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
             f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
             f"{loaders.batches_per_epoch} batches, {accelerator.num_processes} process(es) on {accelerator.device}, "
@@ -323,8 +326,9 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         state.example_passes += y.shape[0] * acc.num_processes * run.method.passes_per_batch
         bar.update(1)
         if state.batch % cfg.train.log_every == 0 or state.batch == n_batches:
-            s = sums.tolist()
+            s = sums.tolist()  # the one host sync every log_every minibatches
             bar.set_postfix(loss=f"{s[0] / max(s[2], 1):.3f}", acc=f"{s[1] / max(s[2], 1):.3f}")
+            run.guard.check_loss(sums[0], int(s[2]), run.stepper.opt_steps, epoch, run.optimizer.param_groups[0]["lr"])
         due = every is not None and run.stepper.opt_steps // every > steps_before // every
         # act on a signal only where a checkpoint is exact (an accumulation group is complete), and agree on it
         # across processes every log_every groups (one small collective) rather than every step
@@ -342,19 +346,22 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
                                   else 143)
     bar.close()
     state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
+    # a NaN model must never be probed, selected as best or checkpointed
+    run.guard.check_model(run.raw, run.stepper.opt_steps, epoch, run.optimizer.param_groups[0]["lr"])
 
 
 def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
     """Probe → guard verdict → best-probe capture or rollback → history → checkpoint. Returns the history row."""
     state, acc = run.state, run.accelerator
     p_clean, p_rob = probe(run)
-    note = guard_verdict(state, p_rob, epoch, run.cfg.train.guard_drop)
+    number = len(state.history) + 1  # the epoch's number in the run (across stages): history, guard and selection
+    note = guard_verdict(state, p_rob, number, run.cfg.train.guard_drop)
     if note.startswith("catastrophic"):
         run.best.restore(run.probed)  # from memory: identical on every process, no shared file system needed
         state.stopped = note
         run.say(f"robustify: {note}")
     elif note == "best":
-        state.best_probe, state.best_epoch = p_rob, epoch
+        state.best_probe, state.best_epoch = p_rob, number
         run.best.capture(run.probed)
     totals = acc.reduce(torch.tensor(state.epoch_sums, dtype=torch.float64, device=acc.device), reduction="sum")
     loss_sum, correct, seen = totals.tolist()
@@ -383,7 +390,7 @@ def finalise(run: Run) -> dict[str, Any]:
     if cfg.train.select == "best-robust" and run.best.state is not None and not state.stopped:
         run.best.restore(run.probed)
     after = evaluate(run, "eval after")
-    selected = state.best_epoch if cfg.train.select == "best-robust" or state.stopped else state.epoch
+    selected = state.best_epoch if cfg.train.select == "best-robust" or state.stopped else len(state.history)
     global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum
     cost = {"wall_seconds": state.wall_seconds, "epochs": len(state.history),
             "optimizer_steps": state.prior_opt_steps + run.stepper.opt_steps, "batch_passes": state.batch_passes,
@@ -420,19 +427,19 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     accelerator, run_dir, cfg = start(cfg, resume)
     stages = expand_stages(cfg)  # after start(): 'auto' precision and layout are resolved for every stage
     state, best = TrainState(), BestWeights()
-    resume_from = checkpoint_dirs(run_dir)[-1] if resume else None
+    resume_from = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
     if resume_from is not None:
         state.stage = TrainState.from_json(json.loads((resume_from / STATE_FILE).read_text())).stage
-    base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint)
+    base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
+                         trust_pickle=cfg.model.trust_pickle)
     first_epoch, run = None, None
     with StopSignal() as stop:
         for index in range(state.stage, len(stages)):
             name, stage_cfg = stages[index]
             stage_cfg.output_dir = str(run_dir)
-            if index != state.stage:  # a new stage: its own epochs, schedule position and best-probe bookkeeping
-                accelerator.free_memory()
+            if index != state.stage:  # a new stage: its own epochs and schedule position; the guard and the
+                accelerator.free_memory()  # best-robust selection span the whole run (same threat model throughout)
                 state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
-                state.best_probe, state.best_epoch, best.state = -1.0, -1, None
             run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from)
             run.stage_name = name if len(stages) > 1 else ""
             resume_from = None
@@ -445,6 +452,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                     run.say(f"robustify: stopped after {cfg.train.stop_after} epoch(s) as asked (train.stop_after); "
                             f"continue with: {run.resume_command()} --set train.stop_after=null")
                     accelerator.end_training()
+                    runlock.release(run_dir)
                     return {}
                 epoch = state.epoch + 1
                 train_epoch(run, epoch, stop)
@@ -455,4 +463,5 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 break
     metrics = finalise(run)
     accelerator.end_training()
+    runlock.release(run_dir)  # the run is over: the folder may be resumed or evaluated by another process
     return metrics

@@ -21,3 +21,13 @@ def quickstart_batch(n: int = 64, split: str = "test") -> tuple[torch.Tensor, to
         x = torch.from_numpy(a[f"x_{split}"][:n]).permute(0, 3, 1, 2).float().div(255)
         y = torch.from_numpy(a[f"y_{split}"][:n])
     return x, y
+
+
+def fake_checkpoint(run_dir, progress: int = 1):
+    """A folder that counts as a complete checkpoint (``checkpoint.checkpoint_dirs``), for run-folder tests."""
+    from robustify.checkpoint import CHECKPOINTS, STATE_FILE
+
+    folder = run_dir / CHECKPOINTS / f"ckpt_{progress:09d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / STATE_FILE).write_text("{}")
+    return folder

@@ -46,11 +46,48 @@ def test_quickstart_recipe_and_overrides():
     ("schedule.rise_fraction=1.5", "schedule.rise_fraction=1.5 is outside [0, 1]"),
     ("nonsense", "use key=value"),
     ("train.log_with=tensorbored", "train.log_with='tensorbored' is not accepted; choose one of: aim, "),
+    # out of range: each would train wrongly, crash mid-epoch or silently mean something else
+    ("optim.grad_clip=-1", "optim.grad_clip=-1.0 is not accepted; use a value > 0, or null"),
+    ("optim.grad_clip=0", "optim.grad_clip=0.0 is not accepted"),
+    ("schedule.gamma=-0.5", "schedule.gamma=-0.5 is outside (0, 1]"),
+    ("schedule.gamma=2", "schedule.gamma=2 is outside (0, 1]"),
+    ("train.log_every=0", "train.log_every=0 is not accepted; use a value > 0"),
+    ("train.guard_drop=-1", "train.guard_drop=-1 is outside [0, 1]"),
+    ("optim.momentum=5", "optim.momentum=5 is outside [0, 1)"),
+    ("optim.momentum=1", "optim.momentum=1 is outside [0, 1)"),
+    ("optim.weight_decay=-1", "optim.weight_decay=-1.0 is not accepted; use a value >= 0"),
+    ("data.num_workers=-3", "data.num_workers=-3 is not accepted; use a value >= 0"),
+    ("schedule.milestones=[2, -1]", "schedule.milestones=[2.0, -1.0] is not accepted; use increasing fractions"),
+    ("schedule.milestones=[0.75, 0.5]", "schedule.milestones=[0.75, 0.5] is not accepted"),
+    ("data.max_train_examples=0", "data.max_train_examples=0 is not accepted; use a value > 0, or null"),
+    ("train.seed=-1", "train.seed=-1 is not accepted; use a whole number in [0, 2**32 - 1]"),
+    ("schedule.lr=nan", "schedule.lr='nan' is not a finite number"),
+    ("schedule.lr=.inf", "schedule.lr=inf is not a finite number"),
+    ("schedule.lr=-0.1", "schedule.lr=-0.1 is not accepted; use a value > 0"),
+    ("threat.eps=nan", "threat.eps='nan' is not a finite number"),
+    ("train.guard_drop=1e400", "train.guard_drop='1e400' is not a finite number"),
+    ("output_dir=", "output_dir is empty; give a value, e.g. runs/my-run"),
+    ("model.name=", "model.name is empty"),
+    ("train.epochs=²", "train.epochs='²' is not accepted; use a whole number"),
+    ("threat.eps=8", "did you mean 8/255?"),
+    ("method.alpha=2", "method.alpha=2 is outside (0, 1]; it is in [0,1] pixel units, e.g. 2/255; did you mean 2/255?"),
+    # unknown keys: the closest valid key is suggested
+    ("schedule.lrate=0.1", "did you mean 'schedule.lr'?"),
+    ("train.lr=0.1", "did you mean 'schedule.lr'?"),
+    ("epochs=3", "did you mean 'train.epochs'?"),
+    ("optim.momentun=0.9", "did you mean 'optim.momentum'?"),
+    ("=3", "use section.key=value"),
 ])
 def test_bad_values_name_the_key_and_what_is_accepted(override, message):
     with pytest.raises(ConfigError) as err:
         build_config("quickstart", [override])
     assert message in str(err.value)
+
+
+def test_l2_eps_may_exceed_one_and_null_switches_off():
+    cfg = build_config("quickstart", ["threat.norm=L2", "threat.eps=3", "optim.grad_clip=null",
+                                      "data.max_train_examples=null", "schedule.gamma=1", "optim.momentum=0"])
+    assert cfg.threat.eps == 3 and cfg.optim.grad_clip is None and cfg.data.max_train_examples is None
 
 
 def test_unknown_recipe():
@@ -73,7 +110,9 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     for args, needle in [
         (["finetune", "--method", "bogus"], "method.name='bogus' is not accepted"),
         (["finetune", "--eps", "ten"], "threat.eps='ten' is not a number"),
-        (["finetune", "--model", str(tmp_path / "missing")], "is not a model folder"),
+        (["finetune", "--model", str(tmp_path / "missing")], "does not exist"),
+        (["finetune", "--output-dir", ""], "output_dir is empty"),
+        (["finetune", "--eps", "inf", "--set", "threat.norm=L2"], "threat.eps='inf' is not a finite number"),
         (["finetune", "--model", "resnet_fifty"], "is not a timm model"),
         (["finetune", "--data", "npz:" + str(tmp_path / "x.npz")], "does not exist"),
         (["finetune", "--resume"], "--resume needs --output-dir"),
