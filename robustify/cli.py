@@ -58,7 +58,7 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                    + recipe("model.name", "model"))
     p.add_argument("--data", help="quickstart, cifar10, cifar100, ORG/NAME, imagefolder:PATH or npz:PATH "
                    + recipe("data.name", "data"))
-    p.add_argument("--method", help="natural | fgsm-rs | free | pgd " + recipe("method.name", "method"))
+    p.add_argument("--method", help="natural | fgsm-rs | n-fgsm | free | deat | pgd " + recipe("method.name", "method"))
     p.add_argument("--eps", help="perturbation radius in [0,1] pixel units, e.g. 8/255 " + recipe("threat.eps", "eps"))
     p.add_argument("--epochs", help="epochs (divided by m for free AT) " + recipe("train.epochs", "epochs"))
     p.add_argument("--output-dir", help="run folder; {time} expands to a timestamp "

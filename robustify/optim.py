@@ -94,6 +94,10 @@ class OptimizerStepper:
         self.total = max(total_opt_steps, 1)  # optimizer steps in the whole run
         self.opt_steps = opt_steps
         self.after_step: Callable[[], None] | None = None  # called after each optimizer step (weight averaging)
+        # the schedule's position in [0, 1]: set by the trainer per minibatch (the share of the stage's minibatches
+        # done, so methods with several optimizer steps per minibatch, free and deat, follow the epochs); None:
+        # optimizer steps done / planned, for callers without a data loop (bench)
+        self.progress: float | None = None
         self._step_optimizer = _plain_optimizer(accelerator, optimizer)
         self._lr_set: float | None = None  # the lr last written into the param groups
 
@@ -101,7 +105,8 @@ class OptimizerStepper:
         self.accelerator.backward(loss)
         if not self.accelerator.sync_gradients:
             return
-        lr = self.lr * self.schedule(min(self.opt_steps / self.total, 1.0))
+        t = self.progress if self.progress is not None else self.opt_steps / self.total
+        lr = self.lr * self.schedule(min(t, 1.0))
         if lr != self._lr_set:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr

@@ -71,7 +71,7 @@ def cifar(data: str, key: str, method: str) -> tuple[str, dict, str, str]:
         "method": section,
         "schedule": dict(SSFD, lr=lr, lr_scale_rule=rule),
         "optim": optim,
-        "train": {"epochs": epochs, "global_batch": 128, "mixed_precision": "bf16", "probe_size": 512},
+        "train": {"epochs": epochs, "global_batch": 128, "mixed_precision": "auto", "probe_size": 512},
         "eval": {"n_examples": 1000, "pgd_steps": 20, "pgd_restarts": 1},
         "stages": [
             {"name": "natural", "method": {"name": "natural"}, "train": {"epochs": 2},
@@ -97,7 +97,7 @@ def scratch(data: str) -> tuple[str, dict, str, str]:
         "schedule": {"name": "piecewise", "lr": 0.1, "milestones": [0.5, 0.75], "gamma": 0.1,
                      "lr_scale_rule": "linear"},
         "optim": SGD,
-        "train": {"epochs": 100, "global_batch": 128, "mixed_precision": "bf16", "probe_size": 512},
+        "train": {"epochs": 100, "global_batch": 128, "mixed_precision": "auto", "probe_size": 512},
         "eval": {"n_examples": 1000, "pgd_steps": 20, "pgd_restarts": 1},
         "output_dir": f"runs/{name}-{{time}}",
     }
@@ -119,7 +119,7 @@ def imagenet(eps: int, key: str, method: str) -> tuple[str, dict, str, str]:
         "method": section,
         "schedule": dict(SSFD, lr=lr, lr_scale_rule=rule),
         "optim": optim,
-        "train": {"epochs": epochs, "global_batch": 1024, "mixed_precision": "bf16", "probe_size": 256},
+        "train": {"epochs": epochs, "global_batch": 1024, "mixed_precision": "auto", "probe_size": 256},
         "eval": {"n_examples": 5000, "pgd_steps": 10, "pgd_restarts": 1},
         "output_dir": f"runs/{name}-{{time}}",
     }

@@ -11,10 +11,9 @@ curvature of the loss surface, which grows as the model becomes robust and a str
 
 The strength used in each epoch is returned by :meth:`on_epoch_end` into that epoch's history entry, and the
 criterion's state travels in :meth:`state_dict` so a resumed run continues where it stopped.
-Known limits: the trainer advances the learning-rate schedule once per optimizer step and plans it for one replay
-per minibatch, so once replays are added the schedule runs ahead of the epochs and finishes early (the reference
-steps its schedule once per minibatch, which needs a per-minibatch schedule position in ``OptimizerStepper``); and
-under fp16 loss scaling the magnitude G includes the loss scale, so prefer bf16 or fp32 with this method.
+The trainer positions the learning-rate schedule by minibatches done (as the reference code steps it once per
+minibatch), so added replays do not make the schedule run ahead of the epochs. Known limit: under fp16 loss scaling
+the magnitude G includes the loss scale, so prefer bf16 or fp32 with this method.
 """
 
 from __future__ import annotations
@@ -45,8 +44,8 @@ class DEAT(Method):
 
     @property
     def optimizer_steps_per_batch(self) -> int:
-        # what the trainer plans the learning-rate schedule with; a constant, so a resumed run (whose strength may
-        # be higher) plans the same schedule. The real count is ``strength`` (see the module's known limits).
+        # the optimizer steps a minibatch starts with (the real count is ``strength``); the trainer positions the
+        # schedule by minibatches, so this only sizes the bench's plan
         return 1
 
     @property
