@@ -50,7 +50,7 @@ from .config import FinetuneConfig, _flatten, config_from_dict, dump_yaml, expan
 from .divergence import DivergenceGuard
 from .errors import Interrupted, UserError
 from .export import write_run_folder
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, atomic_write_text
 from .hardware import maybe_compile, resolve_hardware_settings, target_device_type
 from .methods import Method, StepContext, build_method
 from .models import RobustModel, build_robust_model, load_backbone
@@ -180,7 +180,7 @@ class Run:
 
 # ------------------------------------------------------------------------------------------------------- setup
 def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, FinetuneConfig]:
-    """The Accelerator and the run folder (checked, locked against a different ``--resume``, recipe.yaml written)."""
+    """The Accelerator and the run folder (locked; a ``--resume`` that would continue a different run is refused)."""
     accelerator = make_accelerator(cfg, log_with=cfg.train.log_with)
     run_dir = resolve_output_dir(cfg, resume, accelerator)
     notes = check_resume(run_dir, cfg) if resume and checkpoint_dirs(run_dir) else []
@@ -192,10 +192,6 @@ def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, Finetun
         accelerator.project_configuration.logging_dir = str(run_dir / "logs")
         accelerator.init_trackers(run_dir.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                         for k, v in _flatten(cfg.to_dict()).items()})
-    if not checkpoint_dirs(run_dir) and accelerator.is_main_process:  # a new run (or one stopped before its first
-        run_dir.mkdir(parents=True, exist_ok=True)                     # checkpoint, which starts over)
-        (run_dir / "recipe.yaml").write_text(dump_yaml(cfg))
-    accelerator.wait_for_everyone()
     set_seed(cfg.train.seed)
     return accelerator, run_dir, cfg
 
@@ -443,6 +439,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
             run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from)
             run.stage_name = name if len(stages) > 1 else ""
+            if not checkpoint_dirs(run_dir) and accelerator.is_main_process:
+                # a new run (or one stopped before its first checkpoint, which starts over), written only once the
+                # model and data loaded, so a mistake in either leaves nothing behind
+                atomic_write_text(run_dir / "recipe.yaml", dump_yaml(cfg))
+            accelerator.wait_for_everyone()
             resume_from = None
             if state.before is None:
                 state.before = evaluate(run, "eval before")
