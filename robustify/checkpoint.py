@@ -23,6 +23,7 @@ state it needs to resume.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import shutil
 import signal
@@ -35,6 +36,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
+from .errors import UserError
 from .fileio import atomic_write_json
 
 CHECKPOINTS = "checkpoints"
@@ -124,16 +126,20 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
     if _writes_here(accelerator) and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    with contiguous_weights(model, channels_last):
-        accelerator.save_state(str(tmp), safe_serialization=True)
-    tensors = {k: v.detach().contiguous() for k, v in method_state.items() if isinstance(v, torch.Tensor)}
-    if tensors or method_state:
-        meta = {k: json.dumps(v) for k, v in method_state.items() if not isinstance(v, torch.Tensor)}
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / f"method_rank{accelerator.process_index}"
-                                                                  ".safetensors"), metadata=meta or None)
-    if _writes_here(accelerator):
-        best.save(tmp / BEST_FILE)
-        atomic_write_json(tmp / STATE_FILE, state.to_json())
+    try:
+        with contiguous_weights(model, channels_last):
+            accelerator.save_state(str(tmp), safe_serialization=True)
+        tensors = {k: v.detach().contiguous() for k, v in method_state.items() if isinstance(v, torch.Tensor)}
+        if tensors or method_state:
+            meta = {k: json.dumps(v) for k, v in method_state.items() if not isinstance(v, torch.Tensor)}
+            save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp / f"method_rank{accelerator.process_index}"
+                                                                      ".safetensors"), metadata=meta or None)
+        if _writes_here(accelerator):
+            best.save(tmp / BEST_FILE)
+            atomic_write_json(tmp / STATE_FILE, state.to_json())
+    except (OSError, RuntimeError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_failed(e, final, run_dir) from None
     accelerator.wait_for_everyone()
     if _writes_here(accelerator):
         if final.exists():
@@ -143,6 +149,26 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def write_failed(error: BaseException, final: Path, run_dir: Path) -> BaseException:
+    """A failed checkpoint write as the user needs it: one line for a full disk or a read-only / vanished folder (the
+    partial checkpoint is removed, the previous one kept), the original error otherwise."""
+    text = str(error)
+    errno_ = getattr(error, "errno", None)
+    try:  # torch's zip writer reports a full disk only as "unexpected pos ...": look at the free space too
+        nearly_full = shutil.disk_usage(final.parent).free < 64 * 2**20
+    except OSError:
+        nearly_full = False
+    full = errno_ == errno.ENOSPC or "No space left" in text or nearly_full
+    if not (full or errno_ in (errno.EROFS, errno.EACCES, errno.ENOENT, errno.EDQUOT)):
+        return error
+    cause = "no space left on the device" if full else (text.strip().splitlines()[0] if text.strip() else
+                                                        type(error).__name__)
+    kept = checkpoint_dirs(run_dir)
+    return UserError(f"checkpoint {final.name} could not be written in {final.parent}: {cause}; the partial "
+                     f"checkpoint was removed and {kept[-1].name if kept else 'no earlier checkpoint'} is kept; free "
+                     f"space and continue with: robustify finetune --output-dir {run_dir} --resume")
 
 
 def load_checkpoint(accelerator: Accelerator, folder: Path, best: BestWeights,

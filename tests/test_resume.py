@@ -132,3 +132,19 @@ def test_stages_run_in_order_and_resume_inside_the_right_one(tmp_path: Path):
     assert (state["stage"], state["epoch"]) == (1, 1)
     assert cli(["finetune", "--output-dir", str(run), "--resume", "--set", "train.stop_after=null"]) == 0
     _same_weights(straight, run)
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoint(tmp_path: Path, capsys):
+    """A real full file system (a 2 MB tmpfs; needs root, as CI runs): exit 2, one line, nothing half-written."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        run = mount / "run"
+        assert cli(["finetune", "--output-dir", str(run), *[a for kv in SMALL for a in ("--set", kv)]]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no space left on the device" in err[0] and "--resume" in err[0], err
+        assert not list((run / "checkpoints").glob(".tmp_*"))
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
