@@ -523,7 +523,7 @@ def from_finetune(cfg: Any, model: Any, *, name: str, method: Mapping[str, Any],
         batch_size=cfg.data.batch_size, epochs=int(cost.get("epochs") or cfg.train.epochs),
         selection=cfg.train.select, selected_epoch=selected_epoch, stopped=stopped, mixed_precision=precision,
         weights=weights, probe=dict(probe) if probe else None)
-    ev = _finetune_evaluation(after, before, training, precision, cfg.data.name)
+    ev = _finetune_evaluation(after, before, training, "fp32", cfg.data.name)  # finetune always evaluates in fp32
     return RunRecord(training, [ev], public.redact_all(list(history)), public.redact_all(dict(cost)))
 
 

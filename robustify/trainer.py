@@ -377,8 +377,9 @@ def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ finalisation
-def finalise(run: Run) -> dict[str, Any]:
-    """Load the selected weights, evaluate them and write the run folder (main process); returns metrics.json."""
+def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
+    """Load the selected weights, evaluate them and write the run folder (main process); returns metrics.json.
+    ``recipe_yaml``: the run's whole resolved recipe (all stages), written as the folder's recipe.yaml."""
     cfg, acc, state, raw = run.cfg, run.accelerator, run.state, run.raw
     acc.wait_for_everyone()
     in_sync = ranks_in_sync(raw, acc)
@@ -405,7 +406,7 @@ def finalise(run: Run) -> dict[str, Any]:
         plot_history(state.history, run.run_dir / "history.png")  # before the card, which embeds it
         atomic_write_json(run.run_dir / "history.json", state.history)
         with contiguous_weights(run.probed, cfg.model.channels_last):
-            write_run_folder(run.run_dir, run.probed, record, dump_yaml(cfg), run.loaders.label_names)
+            write_run_folder(run.run_dir, run.probed, record, recipe_yaml, run.loaders.label_names)
         print_table(history_table(state.history))
         print_table(before_after_table(state.before, after))
         run.say(f"run folder: {run.run_dir}  (load with timm.create_model('local-dir:{run.run_dir}', "
@@ -463,7 +464,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             state.prior_opt_steps += run.stepper.opt_steps if index < len(stages) - 1 and not state.stopped else 0
             if state.stopped:
                 break
-    metrics = finalise(run)
+    metrics = finalise(run, dump_yaml(cfg))
     accelerator.end_training()
     runlock.release(run_dir)  # the run is over: the folder may be resumed or evaluated by another process
     return metrics

@@ -125,7 +125,7 @@ def imagenet(eps: int, key: str, method: str) -> tuple[str, dict, str, str]:
     }
     if key == "resnet50" and method == "fgsm-rs":  # Fast AT's progressive resizing, as stages
         r["stages"] = [
-            {"name": "low-res", "data": {"image_size": 160, "batch_size": 256}, "train": {"epochs": 2}},
+            {"name": "low-res", "data": {"image_size": 160}, "train": {"epochs": 2}},
             {"name": "full-res", "train": {"epochs": 2}},
         ]
     what = (f"ImageNet-1k Linf {eps}/255 at 224x224: fine-tuning of timm's {model} with {METHOD_WORDS[method]} "

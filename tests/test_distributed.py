@@ -109,13 +109,13 @@ def test_rollback_and_best_model_come_from_memory_on_every_process(tmp_path: Pat
     from tests.test_guard import STAGES
 
     run = tmp_path / "run"
-    res = _torchrun(["-m", "robustify", "finetune", "--output-dir", str(run), "--set", "data.max_train_examples=512",
-                     "--set", "eval.n_examples=64", "--set", "eval.pgd_steps=3", "--set", "train.probe_size=128",
-                     "--set", "data.batch_size=64", "--set", "train.save_on_each_node=true", "--set", STAGES],
-                    tmp_path)
+    res = _torchrun(["-m", "robustify", "finetune", "--output-dir", str(run), "--set", "eval.n_examples=64",
+                     "--set", "eval.pgd_steps=3", "--set", "train.probe_size=128", "--set", "data.batch_size=32",
+                     "--set", "train.save_on_each_node=true", "--set", STAGES], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((run / "metrics.json").read_text())
-    assert m["stopped"].startswith("catastrophic overfitting") and m["cost"]["ranks_in_sync"] is True
+    assert (m["stopped"] or "").startswith("catastrophic overfitting"), m["history"]
+    assert m["cost"]["ranks_in_sync"] is True
     best = max(m["history"], key=lambda h: h["probe_robust_acc"])
     assert m["history"][m["selected_epoch"] - 1]["probe_robust_acc"] == best["probe_robust_acc"]
     assert m["after"]["pgd_acc"] > m["history"][-1]["probe_robust_acc"]  # the export is the best epoch, not the last

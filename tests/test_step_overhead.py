@@ -80,7 +80,7 @@ def test_optimizer_stepper_steps_the_torch_optimizer_and_writes_lr_only_on_chang
     model, opt = acc.prepare(net, build_optimizer(net, cfg))
     assert _plain_optimizer(acc, opt) is opt.optimizer  # no scaler, no XLA: the wrapper adds nothing
     assert (step_autocast(acc) is contextlib.nullcontext) == (acc.mixed_precision == "no")
-    stepper = OptimizerStepper(acc, model, opt, cfg, total_micro_steps=4)
+    stepper = OptimizerStepper(acc, model, opt, cfg, total_opt_steps=4)
     x, y = _data()
     w0 = net.fc.weight.detach().clone()
     for _ in range(2):
