@@ -94,9 +94,9 @@ class OptimizerStepper:
         self.total = max(total_opt_steps, 1)  # optimizer steps in the whole run
         self.opt_steps = opt_steps
         self.after_step: Callable[[], None] | None = None  # called after each optimizer step (weight averaging)
-        # the schedule's position in [0, 1]: set by the trainer per minibatch (the share of the stage's minibatches
-        # done, so methods with several optimizer steps per minibatch, free and deat, follow the epochs); None:
-        # optimizer steps done / planned, for callers without a data loop (bench)
+        # the schedule's position in [0, 1] when the trainer sets it per minibatch (the share of the stage's
+        # minibatches done: methods whose optimizer steps per minibatch vary, deat); None: optimizer steps done /
+        # planned, the usual case
         self.progress: float | None = None
         self._step_optimizer = _plain_optimizer(accelerator, optimizer)
         self._lr_set: float | None = None  # the lr last written into the param groups

@@ -312,7 +312,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         if state.batch == n_batches - 1:  # close a partial accumulation group at the epoch's end
             acc.step = cfg.train.grad_accum - 1
         steps_before = run.stepper.opt_steps
-        run.stepper.progress = ((epoch - 1) * n_batches + state.batch) / (run.epochs * n_batches)
+        if run.method.dynamic_steps:  # steps per minibatch vary (deat): follow the epochs, not a fixed step plan
+            run.stepper.progress = ((epoch - 1) * n_batches + state.batch) / (run.epochs * n_batches)
         with acc.accumulate(run.model):
             res = run.method.step(run.ctx, x, y)
         sums += torch.stack([res.loss.double() * y.shape[0], (res.logits.argmax(1) == y).sum().double(),

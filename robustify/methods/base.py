@@ -77,6 +77,9 @@ class Method:
     """Base class: subclasses implement :meth:`step`."""
 
     name = "base"
+    # True when the optimizer steps per minibatch change during the run (deat): the trainer then positions the
+    # learning-rate schedule by minibatches done instead of by optimizer steps against a fixed plan
+    dynamic_steps = False
 
     def __init__(self, cfg: MethodConfig, threat: ThreatConfig):
         self.cfg = cfg

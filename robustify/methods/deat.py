@@ -42,10 +42,12 @@ class DEAT(Method):
     def alpha(self) -> float:
         return self.cfg.alpha if self.cfg.alpha is not None else 1.25 * self.threat.eps
 
+    dynamic_steps = True
+
     @property
     def optimizer_steps_per_batch(self) -> int:
         # the optimizer steps a minibatch starts with (the real count is ``strength``); the trainer positions the
-        # schedule by minibatches, so this only sizes the bench's plan
+        # schedule by minibatches for this method (dynamic_steps), so this only sizes the bench's plan
         return 1
 
     @property
