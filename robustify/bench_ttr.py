@@ -40,7 +40,7 @@ from .data import get_dataset
 from .errors import UserError
 from .hardware import resolve_hardware_settings, target_device_type
 from .models import load_backbone
-from .robust_acc import evaluate_pgd
+from .robust_acc import sharded_pgd_accuracy
 from .trainer import make_accelerator
 
 SCRATCH_METHOD = {"name": "pgd", "steps": 7}
@@ -82,8 +82,6 @@ def _run(label: str, cfg: FinetuneConfig, pretrained: bool, train: tuple[torch.T
         raise UserError(f"data.batch_size={b} is larger than the training split ({train[0].shape[0]} examples)")
     method, step, raw = method_step(cfg.method.name, cfg, base, accelerator, epochs * per_epoch)
     xtr, ytr = train[0].to(device), train[1].to(device)
-    eval_batches = [(test[0][i:i + cfg.data.eval_batch_size], test[1][i:i + cfg.data.eval_batch_size])
-                    for i in range(0, test[0].shape[0], cfg.data.eval_batch_size)]
     gen = torch.Generator().manual_seed(cfg.train.seed)
     seconds = eval_seconds = 0.0
     example_passes = 0
@@ -106,8 +104,9 @@ def _run(label: str, cfg: FinetuneConfig, pretrained: bool, train: tuple[torch.T
         seconds += time.perf_counter() - t0
         example_passes += per_epoch * b * method.passes_per_batch
         t1 = time.perf_counter()
-        ev = evaluate_pgd(raw, eval_batches, cfg.threat.eps, cfg.threat.norm, steps=eval_steps, seed=cfg.train.seed,
-                          device=device, disable_progress=True)
+        ev = sharded_pgd_accuracy(raw, test[0], test[1], cfg.threat.eps, cfg.threat.norm, steps=eval_steps,
+                                  seed=cfg.train.seed, batch_size=cfg.data.eval_batch_size, device=device,
+                                  progress=False)
         eval_seconds += time.perf_counter() - t1
         row = {"epoch": epoch, "seconds": seconds, "example_passes": example_passes, "clean_acc": ev["clean_acc"],
                "pgd_acc": ev["pgd_acc"]}

@@ -28,9 +28,7 @@ from .data import to_unit
 from .errors import UserError
 from .robust_acc import (  # noqa: F401  (re-exported: the kernel lives in robust_acc)
     FP32,
-    autoattack_accuracy,
     bar_for,
-    evaluate_pgd,
     parse_losses,
     pgd_correct,
     pgd_robust,

@@ -10,7 +10,6 @@ restart).
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,11 +19,6 @@ from tqdm.auto import tqdm
 from . import attacks
 from .data import to_unit
 from .errors import UserError
-
-
-def _batches(loader: Iterable, device: torch.device):
-    for x, y in loader:
-        yield to_unit(x.to(device, non_blocking=True)), y.to(device, non_blocking=True)
 
 
 def bar_for(total: int, desc: str, progress: bool = True) -> tqdm:
@@ -120,56 +114,6 @@ def pgd_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-example correctness (bool) under PGD with restarts; clean-misclassified examples count as not robust."""
     return pgd_robust(model, x, y, eps, norm, steps, restarts, parse_losses(loss), alpha, generator)
-
-
-def evaluate_pgd(model: torch.nn.Module, loader: Iterable, eps: float, norm: str = "Linf", steps: int = 20,
-                 restarts: int = 1, loss: str = "ce", alpha: float | None = None, seed: int = 0,
-                 device: torch.device | str = "cpu", autocast=contextlib.nullcontext, desc: str = "eval",
-                 disable_progress: bool = False) -> dict:
-    """Clean and PGD accuracy of ``model`` (in eval mode) on every example the loader yields.
-
-    This is what ``finetune`` runs before and after training and, with few steps, as its per-epoch probe; it uses
-    the same PGD as ``robustify eval``.
-    """
-    device = torch.device(device)
-    losses = parse_losses(loss)
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator(device=device).manual_seed(seed)
-    total = 0
-    clean_t = torch.zeros((), device=device, dtype=torch.long)
-    robust_t = torch.zeros((), device=device, dtype=torch.long)
-    try:
-        for x, y in tqdm(_batches(loader, device), desc=desc, total=len(loader), leave=False, disable=disable_progress):
-            with autocast():
-                clean = predict(model, x) == y
-                clean_t += clean.sum()
-                robust_t += pgd_robust(model, x, y, eps, norm, steps, restarts, losses, alpha, gen, clean).sum()
-            total += y.numel()
-    finally:
-        model.train(was_training)
-    clean, robust = clean_t.item(), robust_t.item()
-    return {
-        "clean_acc": clean / max(total, 1),
-        "pgd_acc": robust / max(total, 1),
-        "pgd": {"norm": norm, "eps": eps, "steps": steps, "restarts": restarts, "loss": "+".join(losses),
-                "alpha": 2.5 * eps / steps if alpha is None else alpha},
-        "n_examples": total,
-    }
-
-
-def autoattack_accuracy(model: torch.nn.Module, loader: Iterable, threat: Any, device: torch.device | str = "cpu",
-                        version: str = "standard", seed: int = 0) -> dict:
-    """AutoAttack robust accuracy of ``model`` on every example the loader yields (``finetune`` with
-    ``eval.autoattack: true``). ``threat`` has ``norm`` and ``eps``. Needs ``pip install 'robustify[autoattack]'``."""
-    from .autoattack import require, run_autoattack, settings_for
-
-    require()
-    batches = list(loader)
-    x = torch.cat([b[0] for b in batches]) if batches else torch.zeros(0, 3, 1, 1)
-    y = torch.cat([b[1] for b in batches]) if batches else torch.zeros(0, dtype=torch.long)
-    res = run_autoattack(model, x, y, threat.eps, threat.norm, settings_for(version), seed=seed, device=device)
-    return {"autoattack_acc": res["autoattack_acc"], "autoattack": res["autoattack"], "autoattack_version": version}
 
 
 # ------------------------------------------------------------------------------ sharded, always-fp32 evaluation

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 import robustify
 from robustify import attacks
 from robustify.cli import main
-from robustify.evaluate import EvalSettings, Examples, evaluate, evaluate_pgd, load_examples, pgd_robust
+from robustify.evaluate import EvalSettings, Examples, evaluate, load_examples, pgd_robust
 from robustify.report import plot_eps_curve
+from robustify.robust_acc import sharded_autoattack, sharded_pgd_accuracy
 from tests.helpers import quickstart_batch, quickstart_model
 
 EPS = 0.1  # the quickstart threat model (Linf)
@@ -174,24 +175,21 @@ def test_pgd_agrees_with_an_independent_implementation(robust_model, examples):
     assert ours <= theirs + 1 / len(y)  # counting every iterate can only find more
 
 
-def test_evaluate_pgd_keeps_the_trainer_contract(robust_model):
+def test_sharded_pgd_accuracy_keeps_the_trainer_contract(robust_model):
     x, y = quickstart_batch(32)
-    res = evaluate_pgd(robust_model, [(x, y)], EPS, steps=3, seed=0, disable_progress=True)
-    assert set(res) == {"clean_acc", "pgd_acc", "pgd", "n_examples"} and res["n_examples"] == 32
-    assert res["pgd_acc"] <= res["clean_acc"]
-    assert res == evaluate_pgd(robust_model, [(x, y)], EPS, steps=3, seed=0, disable_progress=True)
-    cw = evaluate_pgd(robust_model, [(x, y)], EPS, steps=3, restarts=2, loss="ce+cw", disable_progress=True)
+    res = sharded_pgd_accuracy(robust_model, x, y, EPS, steps=3, seed=0, batch_size=16, progress=False)
+    assert {"clean_acc", "pgd_acc", "pgd", "n_examples", "precision"} <= set(res) and res["n_examples"] == 32
+    assert res["pgd_acc"] <= res["clean_acc"] and res["precision"] == "fp32"
+    assert res == sharded_pgd_accuracy(robust_model, x, y, EPS, steps=3, seed=0, batch_size=16, progress=False)
+    cw = sharded_pgd_accuracy(robust_model, x, y, EPS, steps=3, restarts=2, loss="ce+cw", progress=False)
     assert cw["pgd"]["loss"] == "ce+cw" and cw["pgd"]["restarts"] == 2
 
 
 def test_autoattack_accuracy_for_finetune(robust_model, monkeypatch):
     from robustify import autoattack
-    from robustify.config import ThreatConfig
-    from robustify.evaluate import autoattack_accuracy
-
     monkeypatch.setitem(autoattack.VERSIONS, "standard", autoattack.AutoAttackSettings(**TINY_AA))
     x, y = quickstart_batch(32)
-    res = autoattack_accuracy(robust_model, [(x[:16], y[:16]), (x[16:], y[16:])], ThreatConfig("Linf", EPS), "cpu")
+    res = sharded_autoattack(robust_model, x, y, EPS, "Linf", batch_size=16, progress=False)
     assert 0 <= res["autoattack_acc"] <= res["autoattack"]["per_attack"]["clean"] <= 1
     assert res["autoattack_version"] == "standard" and res["autoattack"]["n_examples"] == 32
     assert all(p.grad is None for p in robust_model.parameters())  # FAB's .backward() left no weight gradients
