@@ -149,5 +149,24 @@ class Method:
         return StepResult(loss.detach(), logits_adv.detach())
 
 
+def replay(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, times: int, alpha: float,
+           eps: float, norm: str) -> tuple[torch.Tensor, torch.Tensor, StepResult]:
+    """Free AT's replay (shared by ``free`` and ``deat``): ``times`` forward/backward passes on ``x + delta``, each
+    giving the weight gradient (an optimizer step) and the input gradient (an ascent step on delta).
+
+    Returns the last perturbation, the last input gradient and the last replay's loss and logits.
+    """
+    for _ in range(times):
+        delta = delta.detach().requires_grad_(True)
+        with ctx.autocast():
+            logits = ctx.model(x + delta)
+            loss = F.cross_entropy(logits.float(), y)
+        ctx.optimize(loss)  # one backward: weight grads (stepped) and delta.grad
+        grad = delta.grad.detach()
+        with torch.no_grad():
+            delta = attacks.ascent_step(x, delta, grad, alpha, eps, norm)
+    return delta.detach(), grad, StepResult(loss.detach(), logits.detach())
+
+
 def build_method(cfg: MethodConfig, threat: ThreatConfig) -> Method:
     return METHODS[cfg.name](cfg, threat)

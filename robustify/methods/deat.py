@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from .. import attacks
 from ..config import MethodConfig, ThreatConfig
-from .base import Method, StepContext, StepResult, register_method
+from .base import Method, StepContext, StepResult, register_method, replay
 
 
 @register_method("deat")
@@ -60,19 +59,10 @@ class DEAT(Method):
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         eps, norm = self.threat.eps, self.threat.norm
-        delta = attacks.random_init(x, eps, norm)
-        for _ in range(self.strength):
-            delta = delta.detach().requires_grad_(True)
-            with ctx.autocast():
-                logits = ctx.model(x + delta)
-                loss = F.cross_entropy(logits.float(), y)
-            ctx.optimize(loss)  # one backward: weight grads (stepped) and delta.grad
-            grad = delta.grad.detach()
-            with torch.no_grad():
-                delta = attacks.ascent_step(x, delta, grad, self.alpha, eps, norm)
+        _, grad, result = replay(ctx, x, y, attacks.random_init(x, eps, norm), self.strength, self.alpha, eps, norm)
         magnitude = grad.abs().sum()
         self.grad_mag = magnitude if self.grad_mag is None else self.grad_mag + magnitude
-        return StepResult(loss.detach(), logits.detach())
+        return result
 
     def epoch_magnitude(self) -> float:
         """G for the epoch that just ended, summed over all processes so every process makes the same decision."""

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import attacks
 from ..config import MethodConfig, ThreatConfig
-from .base import Method, StepContext, StepResult, register_method
+from .base import Method, StepContext, StepResult, register_method, replay
 
 
 @register_method("free")
@@ -51,17 +50,8 @@ class Free(Method):
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         eps, norm = self.threat.eps, self.threat.norm
         delta = attacks.clamp_to_image(x, self._carried_delta(x))
-        for _ in range(self.cfg.replays):
-            delta = delta.detach().requires_grad_(True)
-            with ctx.autocast():
-                logits = ctx.model(x + delta)
-                loss = F.cross_entropy(logits.float(), y)
-            ctx.optimize(loss)  # one backward: weight grads (stepped) and delta.grad
-            grad = delta.grad.detach()
-            with torch.no_grad():
-                delta = attacks.ascent_step(x, delta, grad, self.alpha, eps, norm)
-        self.delta = delta.detach()
-        return StepResult(loss.detach(), logits.detach())
+        self.delta, _, result = replay(ctx, x, y, delta, self.cfg.replays, self.alpha, eps, norm)
+        return result
 
     def state_dict(self) -> dict:
         return {"delta": self.delta}
