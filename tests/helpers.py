@@ -31,3 +31,29 @@ def fake_checkpoint(run_dir, progress: int = 1):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / STATE_FILE).write_text("{}")
     return folder
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a torchrun rendezvous (torchrun's --master_port 0 never rendezvouses here)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def step_context(model: torch.nn.Module, steps: list[int], lr: float = 0.1):
+    """A StepContext around plain SGD, recording one entry in ``steps`` per optimizer step (method unit tests)."""
+    import contextlib
+
+    from robustify.methods import StepContext
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+
+    def optimize(loss: torch.Tensor) -> None:
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        steps.append(1)
+
+    return StepContext(model=model, attack_model=model, optimize=optimize, autocast=contextlib.nullcontext)

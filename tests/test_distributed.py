@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,18 +11,13 @@ from pathlib import Path
 import timm
 import torch
 
-
-def _free_port() -> int:
-    """A free TCP port on 127.0.0.1 for the rendezvous (torchrun's --master_port 0 never rendezvouses here)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import free_port
 
 
 def test_two_process_run_keeps_ranks_in_sync(tmp_path: Path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "robustify", "finetune", "--epochs", "2", "--output-dir", str(run),
            "--set", "data.max_train_examples=512", "--set", "eval.n_examples=64", "--set", "eval.pgd_steps=3",
            "--set", "train.probe_size=64", "--set", "data.batch_size=64", "--set", "train.probe_split=train"]
@@ -60,7 +54,7 @@ if acc.is_main_process:
 
 def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), *args]
+           "--master_port", str(free_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)

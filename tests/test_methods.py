@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
 from robustify.config import MethodConfig, ThreatConfig
-from robustify.methods import METHODS, StepContext, build_method
+from robustify.methods import METHODS, build_method
+from tests.helpers import step_context
 
 
 class Recorder(torch.nn.Module):
@@ -24,18 +23,6 @@ class Recorder(torch.nn.Module):
         return self.fc(x.flatten(1))
 
 
-def _ctx(model: torch.nn.Module, steps: list[int]) -> StepContext:
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-
-    def optimize(loss: torch.Tensor) -> None:
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        steps.append(1)
-
-    return StepContext(model=model, attack_model=model, optimize=optimize, autocast=contextlib.nullcontext)
-
-
 def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(8, 3, 4, 4, generator=g), torch.randint(0, 3, (8,), generator=g)
@@ -45,7 +32,7 @@ def test_free_replays_m_optimizer_steps_and_carries_delta():
     torch.manual_seed(0)
     model, steps = Recorder(), []
     method = build_method(MethodConfig(name="free", replays=3), ThreatConfig(eps=0.1))
-    ctx = _ctx(model, steps)
+    ctx = step_context(model, steps)
     x1, y1 = _batch(1)
     method.step(ctx, x1, y1)
     assert len(steps) == 3  # m optimizer steps per minibatch
@@ -83,7 +70,7 @@ def test_fgsm_rs_default_alpha_and_single_optimizer_step():
     torch.manual_seed(0)
     model, steps = Recorder(), []
     x, y = _batch(3)
-    res = m.step(_ctx(model, steps), x, y)
+    res = m.step(step_context(model, steps), x, y)
     assert len(steps) == 1
     trained_on = model.inputs[-1]
     assert (trained_on - x).abs().max() <= 0.08 + 1e-6 and trained_on.min() >= 0 and trained_on.max() <= 1
@@ -98,7 +85,7 @@ def test_every_method_reduces_its_training_loss():
         model, steps = Recorder(), []
         method = build_method(MethodConfig(name=name, steps=3, replays=2), ThreatConfig(eps=0.02))
         x, y = _batch(4)
-        ctx = _ctx(model, steps)
+        ctx = step_context(model, steps)
         before = F.cross_entropy(model(x), y).item()
         for _ in range(15):
             method.step(ctx, x, y)

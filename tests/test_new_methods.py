@@ -3,11 +3,9 @@ LAMB/LARS and DDP gradient compression. Each test checks the option's defining s
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,8 +18,9 @@ from safetensors.torch import load_file
 from robustify.checkpoint import checkpoint_dirs
 from robustify.config import FinetuneConfig, MethodConfig, ThreatConfig, build_config
 from robustify.errors import ConfigError, UserError
-from robustify.methods import StepContext, build_method
+from robustify.methods import build_method
 from robustify.methods.trades import kl_to_clean, trades_loss
+from tests.helpers import free_port, step_context
 
 
 class Recorder(torch.nn.Module):
@@ -39,18 +38,6 @@ class Recorder(torch.nn.Module):
         return self.fc(x.flatten(1))
 
 
-def _ctx(model: torch.nn.Module, steps: list[int], lr: float = 0.1) -> StepContext:
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-
-    def optimize(loss: torch.Tensor) -> None:
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        steps.append(1)
-
-    return StepContext(model=model, attack_model=model, optimize=optimize, autocast=contextlib.nullcontext)
-
-
 def _mid_batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs in [0.4, 0.6], so the [0,1] box never clips a perturbation of up to 0.3."""
     g = torch.Generator().manual_seed(seed)
@@ -65,14 +52,14 @@ def test_n_fgsm_noise_spans_twice_eps_and_the_step_is_not_projected():
     x, y = _mid_batch(64)
     torch.manual_seed(0)
     # with a zero input gradient the perturbation is the noise alone: uniform over [-2 eps, 2 eps]
-    noise = method.perturbation(_ctx(Recorder(zero=True), []), x, y)
+    noise = method.perturbation(step_context(Recorder(zero=True), []), x, y)
     assert noise.abs().max() <= 2 * eps + 1e-6
     assert noise.max() > 1.9 * eps and noise.min() < -1.9 * eps  # wider than the eps-ball FGSM-RS starts in
     assert (noise.abs() > eps).float().mean() > 0.4  # ~half the coordinates lie outside the eps-ball
 
     torch.manual_seed(0)
     model, steps = Recorder(), []
-    method.step(_ctx(model, steps), x, y)
+    method.step(step_context(model, steps), x, y)
     assert len(steps) == 1 and len(model.inputs) == 2  # one attack forward, one training forward
     delta = model.inputs[-1] - x
     # no projection back to the eps-ball: noise (up to 2 eps) + a step of alpha = eps reaches up to 3 eps
@@ -84,7 +71,7 @@ def test_n_fgsm_without_noise_is_plain_fgsm():
     method = build_method(MethodConfig(name="n-fgsm", noise_factor=0.0), ThreatConfig(eps=0.05))
     x, y = _mid_batch(8)
     model = Recorder()
-    delta = method.perturbation(_ctx(model, []), x, y)
+    delta = method.perturbation(step_context(model, []), x, y)
     xg = x.clone().requires_grad_(True)
     grad = torch.autograd.grad(F.cross_entropy(model(xg), y, reduction="sum"), xg)[0]
     assert torch.allclose(delta, 0.05 * grad.sign())  # one signed step of alpha = eps from the clean input
@@ -96,7 +83,7 @@ def test_n_fgsm_keeps_inputs_in_the_image_box():
     x[:, :, :2] = 0.0
     x[:, :, -2:] = 1.0
     model = Recorder()
-    method.step(_ctx(model, []), x, torch.zeros(8, dtype=torch.long))
+    method.step(step_context(model, []), x, torch.zeros(8, dtype=torch.long))
     assert model.inputs[-1].min() >= 0 and model.inputs[-1].max() <= 1
 
 
@@ -105,7 +92,7 @@ def test_deat_strength_follows_the_m_plus_criterion_and_is_restored():
     method = build_method(MethodConfig(name="deat", max_strength=3, gamma=1.0), ThreatConfig(eps=0.05))
     x, y = _mid_batch(8)
     model, steps = Recorder(), []
-    ctx = _ctx(model, steps)
+    ctx = step_context(model, steps)
     method.step(ctx, x, y)
     assert len(steps) == 1 and method.passes_per_batch == 1  # strength 1: one replay, one optimizer step
     assert method.grad_mag is not None and float(method.grad_mag) > 0  # G accumulates |input gradient|
@@ -159,12 +146,12 @@ def test_trades_attacks_the_kl_and_trains_on_clean_ce_plus_beta_kl():
     x, y = _mid_batch(8)
     torch.manual_seed(0)
     model = Recorder()
-    loss_fn, target = method.attack_objective(_ctx(model, []), x, y)
+    loss_fn, target = method.attack_objective(step_context(model, []), x, y)
     assert loss_fn is kl_to_clean and torch.allclose(target, F.softmax(model(x), 1))  # KL against f(x), no labels
 
     before = copy.deepcopy(model)
     model.inputs.clear()
-    res = method.step(_ctx(model, []), x, y)
+    res = method.step(step_context(model, []), x, y)
     trained = model.inputs[-1]
     assert trained.shape[0] == 16 and torch.equal(trained[:8], x)  # clean and perturbed inputs, one forward
     x_adv = trained[8:]
@@ -276,16 +263,10 @@ def test_grad_compression_maps_to_accelerate_ddp_kwargs():
         build_config("quickstart", ["train.grad_compression=int8"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_fp16_comm_hook_is_registered_on_a_two_process_run(tmp_path: Path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
            "-m", "robustify", "finetune", "--epochs", "1", "--output-dir", str(run),
            "--set", "train.grad_compression=fp16", "--set", "data.max_train_examples=256",
            "--set", "eval.n_examples=32", "--set", "eval.pgd_steps=2", "--set", "train.probe_size=32",
