@@ -259,6 +259,23 @@ def _measure(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Acc
     }
 
 
+def synthetic_setup(cfg: FinetuneConfig, num_classes: int | None, n_batches: int
+                    ) -> tuple[RobustModel, Accelerator, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """The model, a one-process Accelerator and ``n_batches`` seeded synthetic [0,1] minibatches already on the
+    device (in the recipe's memory format): what every timing in ``bench`` and ``bench --peers`` runs on."""
+    base = _build_model(cfg, num_classes)  # before the Accelerator: a bad model spec leaves no process state behind
+    accelerator = make_accelerator(cfg)
+    if accelerator.num_processes > 1:
+        raise UserError("robustify bench measures one process; run it without accelerate launch / torchrun")
+    device = accelerator.device
+    b, shape = cfg.data.batch_size, tuple(base.input_size)
+    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    batches = [(torch.rand((b, *shape), generator=gen).to(device).contiguous(memory_format=memory_format),
+                torch.randint(0, base.num_classes, (b,), generator=gen).to(device)) for _ in range(n_batches)]
+    return base, accelerator, batches
+
+
 def run_bench(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_METHODS, steps: int = 10, warmup: int = 3,
               epochs: int | None = None, num_classes: int | None = None,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -274,16 +291,8 @@ def run_bench(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_METHODS, ste
         cfg.train.epochs = epochs
     resolve_hardware_settings(cfg, target_device_type())  # 'auto' precision / layout, as make_accelerator
     measured = [BASELINE] + [n for n in names if n != BASELINE]
-    base = _build_model(cfg, num_classes)  # before the Accelerator: a bad model spec leaves no process state behind
-    accelerator = make_accelerator(cfg)
-    if accelerator.num_processes > 1:
-        raise UserError("robustify bench measures one process; run it without accelerate launch / torchrun")
-    device = accelerator.device
+    base, accelerator, batches = synthetic_setup(cfg, num_classes, N_BATCHES)
     b, shape = cfg.data.batch_size, tuple(base.input_size)
-    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    batches = [(torch.rand((b, *shape), generator=gen).to(device).contiguous(memory_format=memory_format),
-                torch.randint(0, base.num_classes, (b,), generator=gen).to(device)) for _ in range(N_BATCHES)]
 
     results = []
     for name in measured:

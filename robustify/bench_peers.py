@@ -40,13 +40,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .bench import _build_model, _release, bench_hardware, method_step, parse_methods
+from .bench import _release, bench_hardware, method_step, parse_methods, synthetic_setup
 from .config import FinetuneConfig
 from .errors import UserError
 from .hardware import resolve_hardware_settings, target_device_type
 from .models import RobustModel
 from .optim import build_optimizer
-from .trainer import make_accelerator
 
 PLAIN = "plain-natural"
 FAST_AT = "fast-at-reference"
@@ -148,16 +147,9 @@ def run_peers(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_PEER_METHODS
         raise UserError(f"--rounds {rounds} / --batches {batches} / --warmup {warmup}: use rounds and batches >= 1, "
                         "warmup >= 0")
     cfg = resolve_hardware_settings(copy.deepcopy(cfg), target_device_type())
-    base = _build_model(cfg, num_classes)
-    accelerator = make_accelerator(cfg)
-    if accelerator.num_processes > 1:
-        raise UserError("robustify bench measures one process; run it without accelerate launch / torchrun")
+    base, accelerator, data = synthetic_setup(cfg, num_classes, batches)
     device = accelerator.device
     b, shape = cfg.data.batch_size, tuple(base.input_size)
-    memory_format = torch.channels_last if cfg.model.channels_last else torch.contiguous_format
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    data = [(torch.rand((b, *shape), generator=gen).to(device).contiguous(memory_format=memory_format),
-             torch.randint(0, base.num_classes, (b,), generator=gen).to(device)) for _ in range(batches)]
     eps = cfg.threat.eps
 
     def fresh() -> tuple[RobustModel, torch.optim.Optimizer]:
