@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from .input_grad import input_only
+
 NORMS = ("Linf", "L2")
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -102,7 +104,7 @@ LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "cw": margin_loss}
 def input_gradient(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor, y: torch.Tensor,
                    loss_fn: LossFn = cross_entropy) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradient of the loss w.r.t. ``delta`` only (weights get no ``.grad``); returns (grad, logits)."""
-    with torch.enable_grad():  # attacks work inside a caller's no_grad() too
+    with torch.enable_grad(), input_only():  # attacks work inside a caller's no_grad() too
         delta = delta.detach().requires_grad_(True)
         logits = model(x + delta)
         (grad,) = torch.autograd.grad(loss_fn(logits, y), delta)

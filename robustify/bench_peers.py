@@ -44,6 +44,7 @@ from .bench import _release, bench_hardware, method_step, parse_methods, synthet
 from .config import FinetuneConfig
 from .errors import UserError
 from .hardware import resolve_hardware_settings, target_device_type
+from .input_grad import use_default_input_grad
 from .models import RobustModel
 from .optim import build_optimizer
 
@@ -154,6 +155,7 @@ def run_peers(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_PEER_METHODS
 
     def fresh() -> tuple[RobustModel, torch.optim.Optimizer]:
         model = copy.deepcopy(base).to(device).train()
+        use_default_input_grad(model)  # the peers run PyTorch's default kernels, as they would for their users
         return model, build_optimizer(model, cfg)
 
     def autocast() -> contextlib.AbstractContextManager:  # the peers get the precision robustify's step gets

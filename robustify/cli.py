@@ -265,7 +265,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--time-to-robust", action="store_true", help="fgsm-rs fine-tuning from the pretrained "
                    "backbone vs PGD-AT from scratch on the recipe's data (default: the quickstart): wall time and "
                    "passes each needs to first reach the same PGD accuracy on the test split (pretraining excluded)")
-    g.add_argument("--scratch-epochs", type=int, default=15, help="epoch budget of the from-scratch PGD-AT run")
+    g.add_argument("--scratch-epochs", default="15,30,60", help="epoch budget(s) of the from-scratch PGD-AT run: "
+                   "tried shortest first, each from a fresh init, until one reaches the target (default: %(default)s)")
     g.add_argument("--scratch-steps", type=int, default=7, help="PGD steps of the from-scratch run (7-10)")
     g.add_argument("--target-acc", type=float, help="robust accuracy to reach (default: the best the fine-tuning "
                    "run reaches)")

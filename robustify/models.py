@@ -23,6 +23,7 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from .errors import UserError
+from .input_grad import use_fast_input_grad
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ALIASES = {"quickstart": PACKAGE_DIR / "assets" / "quickstart" / "backbone"}
@@ -77,6 +78,7 @@ class RobustModel(nn.Module):
             self.resize = nn.Identity()
         self.normalize = Normalize(mean, std)
         self.backbone = backbone
+        use_fast_input_grad(backbone)  # attacks' input gradient through the stem conv: the fast CPU kernel
         self.source = source
         self.preprocessing = preprocessing
 

@@ -112,7 +112,7 @@ def test_peers_side_by_side_report():
 def test_time_to_robust_json(tmp_path):
     """A tiny time-to-robustness run through the command: both blocks, their costs and the speedup."""
     out = tmp_path / "ttr.json"
-    res = run_cli("bench", "--time-to-robust", "--epochs", "1", "--scratch-epochs", "1", "--limit-train", "64",
+    res = run_cli("bench", "--time-to-robust", "--epochs", "1", "--scratch-epochs", "2,1", "--limit-train", "64",
                   "--limit-eval", "32", "--set", "data.batch_size=32", "--set", "eval.pgd_steps=2",
                   "--output", str(out), env={"OMP_NUM_THREADS": "1"}, timeout=300)
     assert res.returncode == 0, res.stderr
@@ -122,15 +122,29 @@ def test_time_to_robust_json(tmp_path):
     ft, sc = data["finetune"], data["scratch"]
     for block in (ft, sc):
         assert {"seconds", "passes", "epochs", "robust_acc", "reached", "history"} <= set(block)
-        assert block["seconds"] > 0 and block["epochs"] == 1 and 0 <= block["robust_acc"] <= 1
+        assert block["seconds"] > 0 and 0 <= block["robust_acc"] <= 1
+    # budgets tried shortest first, each a fresh run, until one reaches the target; the scratch block is the last
+    runs = data["scratch_runs"]
+    assert [r["epoch_budget"] for r in runs] == [1, 2][:len(runs)] and not any(r["reached"] for r in runs[:-1])
+    assert sc["epoch_budget"] == runs[-1]["epoch_budget"] and sc["reached"] == runs[-1]["reached"]
+    assert sc["passes"] == runs[-1]["passes"] == sc["epochs"] * 2 * 32 * 8  # batches x batch size x passes
+    assert ft["epochs"] == 1 and 1 <= sc["epochs"] <= sc["epoch_budget"]
+    assert sc["reached"] or sc["epochs"] == sc["epoch_budget"]
     assert ft["pretrained"] is True and sc["pretrained"] is False
     assert ft["method"]["name"] == "fgsm-rs" and ft["schedule"] == "slow-start-fast-decay"
     assert sc["method"] == {"name": "pgd", "alpha": pytest.approx(2.5 * 0.1 / 7), "steps": 7, "bn_mode": "train"}
-    assert ft["passes"] == 2 * 32 * 2 and sc["passes"] == 2 * 32 * 8  # batches x batch size x passes per batch
+    assert ft["passes"] == 2 * 32 * 2  # batches x batch size x passes per batch
     assert data["target"]["pgd_acc"] == max(r["pgd_acc"] for r in ft["history"]) and ft["reached"]
     assert data["speedup_is_lower_bound"] is (not sc["reached"])
     assert data["speedup"] == pytest.approx(sc["seconds"] / ft["seconds"])
     assert "pretraining" in data["excluded"] and "speedup" in res.stdout
+
+
+@pytest.mark.parametrize("text", ["0", "a,3", "", "0,10"])
+def test_time_to_robust_refuses_bad_budgets(text):
+    res = run_cli("bench", "--time-to-robust", "--scratch-epochs", text)
+    assert res.returncode == 2 and "--scratch-epochs" in res.stderr and "15,30,60" in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_auto_precision_and_layout_resolve_by_device():
