@@ -127,6 +127,8 @@ def test_time_to_robust_json(tmp_path):
     runs = data["scratch_runs"]
     assert [r["epoch_budget"] for r in runs] == [1, 2][:len(runs)] and not any(r["reached"] for r in runs[:-1])
     assert sc["epoch_budget"] == runs[-1]["epoch_budget"] and sc["reached"] == runs[-1]["reached"]
+    if data["speedup"] is not None:
+        assert data["counting_failed_budgets"]["passes"] == sum(r["passes"] for r in runs)
     assert sc["passes"] == runs[-1]["passes"] == sc["epochs"] * 2 * 32 * 8  # batches x batch size x passes
     assert ft["epochs"] == 1 and 1 <= sc["epochs"] <= sc["epoch_budget"]
     assert sc["reached"] or sc["epochs"] == sc["epoch_budget"]
