@@ -1,5 +1,7 @@
 """``robustify bench --time-to-robust``: how much sooner adversarial fine-tuning reaches a robust accuracy than
-adversarial training from scratch, on the quickstart data.
+adversarial training from scratch, on a recipe's data (default: the quickstart's). The splits are decoded once into
+memory at the recipe's attack resolution (:func:`preprocessing`, as the trainer builds it) and neither contender gets
+augmentation, so this suits small data sets or ``--limit-train``.
 
 Two contenders, same architecture, same data, same threat model, same evaluation:
 
@@ -44,9 +46,10 @@ from accelerate.utils import set_seed
 from .bench import _cpu_name, method_step
 from .config import FinetuneConfig, build_config
 from .data import get_dataset
+from .data.preprocessing import Preprocessing
 from .errors import UserError
 from .hardware import resolve_hardware_settings, target_device_type
-from .models import load_backbone
+from .models import build_robust_model, create_backbone
 from .robust_acc import sharded_pgd_accuracy
 from .trainer import make_accelerator
 
@@ -73,6 +76,15 @@ def decode(spec: str, split: str, size: int, limit: int | None = None) -> tuple[
     return x.contiguous(), torch.tensor(labels)
 
 
+def preprocessing(cfg: FinetuneConfig) -> Preprocessing:
+    """The recipe's preprocessing, as the trainer builds it: the backbone's data config plus ``data.image_size`` /
+    ``data.attack_size`` (CIFAR recipes decode and attack at 32 px and let the model resize inside)."""
+    from timm.data import resolve_data_config
+
+    return Preprocessing.from_data_config(resolve_data_config(model=create_backbone(cfg.model.name, pretrained=False)),
+                                          cfg.data)
+
+
 def _run(label: str, cfg: FinetuneConfig, pretrained: bool, train: tuple[torch.Tensor, torch.Tensor],
          test: tuple[torch.Tensor, torch.Tensor], epochs: int, target: float | None, eval_steps: int,
          progress: Callable[[str], None] | None) -> dict[str, Any]:
@@ -80,7 +92,8 @@ def _run(label: str, cfg: FinetuneConfig, pretrained: bool, train: tuple[torch.T
     set_seed(cfg.train.seed)
     accelerator = make_accelerator(cfg)
     device = accelerator.device
-    base = load_backbone(cfg.model.name, pretrained=pretrained, num_classes=int(train[1].max()) + 1)
+    backbone = create_backbone(cfg.model.name, pretrained=pretrained, num_classes=int(train[1].max()) + 1)
+    base = build_robust_model(backbone, preprocessing(cfg), source=cfg.model.name)
     if cfg.model.channels_last:
         base = base.to(memory_format=torch.channels_last)
     b = cfg.data.batch_size
@@ -172,7 +185,7 @@ def run_time_to_robust(recipe: str = "quickstart", overrides: tuple[str, ...] | 
     if finetune_epochs is not None:
         ft.train.epochs = finetune_epochs
     resolve_hardware_settings(ft, target_device_type())
-    size = load_backbone(ft.model.name, pretrained=False).input_size[-1]
+    size = preprocessing(ft).input_size[-1]
     eval_n = min(ft.eval.n_examples, limit_eval) if limit_eval else ft.eval.n_examples
     t0 = time.perf_counter()
     train = decode(ft.data.name, ft.data.train_split, size, limit_train)

@@ -33,7 +33,7 @@ from robustify.data import to_unit
 from robustify.evaluate import load_examples
 from robustify.fileio import atomic_write_json
 from robustify.models import load
-from robustify.robust_acc import evaluate_pgd
+from robustify.robust_acc import sharded_pgd_accuracy
 from robustify.trainer import finetune
 
 # name -> overrides of the quickstart recipe: adversarial fine-tuning of the pretrained backbone at eps 0.1
@@ -65,7 +65,7 @@ def measure(run_dir: Path, eps: float, n_eval: int) -> dict:
     model = load(str(run_dir))
     ex = load_examples("quickstart", "test", n_eval, model, progress=False)
     x, y = to_unit(ex.x), ex.y
-    pgd = evaluate_pgd(model, [(x, y)], eps, "Linf", steps=10, disable_progress=True)
+    pgd = sharded_pgd_accuracy(model, x, y, eps, "Linf", steps=10, seed=0, progress=False)
     aa = run_autoattack(model, ex.x, y, eps, "Linf", settings_for("quick"), progress=False)
     return {"clean_acc": pgd["clean_acc"], "pgd10_acc": pgd["pgd_acc"], "autoattack_quick_acc": aa["autoattack_acc"]}
 

@@ -96,4 +96,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description="Rebuild robustify/assets/quickstart/ (digits.npz and backbone/): overwrites "
+                            "the shipped assets. Needs scikit-learn.").parse_args()
     main()

@@ -173,4 +173,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description="Regenerate recipes/*.yaml (overwrites them; deterministic).").parse_args()
     main()
