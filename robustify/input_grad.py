@@ -25,7 +25,7 @@ does so where it helps and changes nothing else:
 
 * on CPU, in fp32 (no autocast), and only when the input requires a gradient (an attack, a free-AT replay); a
   natural training step, whose input needs no gradient, runs the ordinary convolution, bit for bit;
-* on CUDA (cuDNN) and under autocast the ordinary convolution runs.
+* on CUDA (cuDNN), under autocast and inside ``torch.compile`` (``train.compile``) the ordinary convolution runs.
 
 The input gradient it returns is the same quantity computed in a different order: it agrees with oneDNN's to float
 rounding (~1e-5 relative; ``tests/test_input_grad.py``). This is hand-written because no library offers it: it is a
@@ -94,7 +94,8 @@ class InputGradConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` whose input gradient, on CPU in fp32, comes from the native kernel (see the module doc)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.requires_grad and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+        if (x.requires_grad and x.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+                and not torch.compiler.is_compiling()):  # a compiled model gets inductor's own kernels
             weight, bias = self.weight, self.bias
             if getattr(_STATE, "input_only", False):
                 weight, bias = weight.detach(), None if bias is None else bias.detach()
