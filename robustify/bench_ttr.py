@@ -76,13 +76,12 @@ def decode(spec: str, split: str, size: int, limit: int | None = None) -> tuple[
     return x.contiguous(), torch.tensor(labels)
 
 
-def preprocessing(cfg: FinetuneConfig) -> Preprocessing:
+def preprocessing(backbone: torch.nn.Module, cfg: FinetuneConfig) -> Preprocessing:
     """The recipe's preprocessing, as the trainer builds it: the backbone's data config plus ``data.image_size`` /
     ``data.attack_size`` (CIFAR recipes decode and attack at 32 px and let the model resize inside)."""
     from timm.data import resolve_data_config
 
-    return Preprocessing.from_data_config(resolve_data_config(model=create_backbone(cfg.model.name, pretrained=False)),
-                                          cfg.data)
+    return Preprocessing.from_data_config(resolve_data_config(model=backbone), cfg.data)
 
 
 def _run(label: str, cfg: FinetuneConfig, pretrained: bool, train: tuple[torch.Tensor, torch.Tensor],
@@ -93,7 +92,7 @@ def _run(label: str, cfg: FinetuneConfig, pretrained: bool, train: tuple[torch.T
     accelerator = make_accelerator(cfg)
     device = accelerator.device
     backbone = create_backbone(cfg.model.name, pretrained=pretrained, num_classes=int(train[1].max()) + 1)
-    base = build_robust_model(backbone, preprocessing(cfg), source=cfg.model.name)
+    base = build_robust_model(backbone, preprocessing(backbone, cfg), source=cfg.model.name)
     if cfg.model.channels_last:
         base = base.to(memory_format=torch.channels_last)
     b = cfg.data.batch_size
@@ -157,7 +156,7 @@ def _block(run: dict[str, Any], target: float) -> dict[str, Any]:
 
 def parse_budgets(text: str | int | Sequence[int]) -> tuple[int, ...]:
     """``--scratch-epochs``: one epoch budget or a comma-separated list of them ("15,30,60"), sorted."""
-    items = [text] if isinstance(text, int) else str(text).split(",") if isinstance(text, str) else list(text)
+    items = [text] if isinstance(text, int) else text.split(",") if isinstance(text, str) else list(text)
     try:
         budgets = sorted({int(str(b).strip()) for b in items})
     except ValueError:
@@ -185,7 +184,7 @@ def run_time_to_robust(recipe: str = "quickstart", overrides: tuple[str, ...] | 
     if finetune_epochs is not None:
         ft.train.epochs = finetune_epochs
     resolve_hardware_settings(ft, target_device_type())
-    size = preprocessing(ft).input_size[-1]
+    size = preprocessing(create_backbone(ft.model.name, pretrained=False), ft).input_size[-1]
     eval_n = min(ft.eval.n_examples, limit_eval) if limit_eval else ft.eval.n_examples
     t0 = time.perf_counter()
     train = decode(ft.data.name, ft.data.train_split, size, limit_train)
