@@ -97,7 +97,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
 
         print(dry_run(args.recipe, overrides))
         return 0
-    from .trainer import finetune
+    from .train.trainer import finetune
 
     recipe = args.recipe
     if args.resume:
@@ -145,7 +145,7 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from .hub import load_spec, push, usage_text
+    from .publish.hub import load_spec, push, usage_text
 
     res = push(args.run_dir, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message)
     if res.changed:
@@ -178,7 +178,7 @@ def _pull_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_pull(args: argparse.Namespace) -> int:
-    from .hub import card_summary, pull, usage_text
+    from .publish.hub import card_summary, pull, usage_text
 
     folder, info, skipped = pull(args.repo_id, revision=args.revision, local_dir=args.local_dir,
                                  trust_pickle=args.trust_pickle)
@@ -207,7 +207,7 @@ def _zoo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_zoo_list(args: argparse.Namespace) -> int:
-    from .zoo import load_zoo, print_list
+    from .publish.zoo import load_zoo, print_list
 
     entries = load_zoo()
     if not entries:
@@ -219,7 +219,7 @@ def _run_zoo_list(args: argparse.Namespace) -> int:
 
 
 def _run_zoo_show(args: argparse.Namespace) -> int:
-    from .zoo import get_entry, show_text
+    from .publish.zoo import get_entry, show_text
 
     print(show_text(get_entry(args.name)))
     return 0
@@ -280,17 +280,17 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench
+    from .bench.steps import main as bench
 
     if args.time_to_robust:
-        from .bench_ttr import main as ttr
+        from .bench.time_to_robust import main as ttr
 
         ttr(recipe=args.recipe, overrides=args.overrides, scratch_epochs=args.scratch_epochs,
             finetune_epochs=args.epochs, target_acc=args.target_acc, scratch_steps=args.scratch_steps,
             limit_train=args.limit_train, limit_eval=args.limit_eval, output=args.output)
         return 0
     if args.peers:
-        from .bench_peers import main as peers
+        from .bench.peers import main as peers
 
         peers(recipe=args.recipe, model=args.model, batch_size=args.batch_size, image_size=args.image_size,
               methods=args.methods, rounds=args.rounds, batches=args.batches, warmup=min(args.warmup, 1),
@@ -362,7 +362,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     import time
 
     from .config import parse_number
-    from .evaluate import run_eval
+    from .evaluate.report import run_eval
     from .report import checks_table, eps_curve_table, eval_table, print_table
 
     start = time.perf_counter()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -201,6 +202,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.select": ("best-robust", "last"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
 }
+# The registries that own a section's choices, by module name: config never imports them at module level (they
+# import config's dataclasses), and validate() asks each to check its own section (its names and its keys).
+SECTION_OWNERS = {
+    "data": "robustify.data.sources",
+    "method": "robustify.train.methods",
+    "schedule": "robustify.train.schedules",
+}
+
 PIXEL_KEYS = {"threat.eps", "method.alpha"}
 
 
@@ -300,8 +309,6 @@ def _auto_or_bool(value: Any, key: str) -> bool | str:
 
 def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     """Check values that the types alone do not constrain; errors name the key and what is accepted."""
-    from .methods import METHODS
-    from .schedules import SCHEDULES
 
     validate_data(cfg)
     cfg.model.channels_last = _auto_or_bool(cfg.model.channels_last, "model.channels_last")
@@ -309,12 +316,8 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"{key}={flat[key]!r} is not accepted; choose one of: {', '.join(choices)}")
-    if cfg.method.name not in METHODS:
-        raise ConfigError(f"method.name={cfg.method.name!r} is not accepted; choose one of: {', '.join(METHODS)}")
-    if cfg.schedule.name not in SCHEDULES:
-        raise ConfigError(
-            f"schedule.name={cfg.schedule.name!r} is not accepted; choose one of: {', '.join(SCHEDULES)}"
-        )
+    for owner in SECTION_OWNERS.values():  # each registry validates its own section
+        importlib.import_module(owner).validate_section(cfg)
     _validate_pixels(cfg)
     positive = {
         "train.epochs": cfg.train.epochs, "data.batch_size": cfg.data.batch_size,
@@ -343,34 +346,13 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ConfigError(f"train.seed={cfg.train.seed} is not accepted; use a whole number in [0, 2**32 - 1]")
     if not 0 <= cfg.optim.momentum < 1:
         raise ConfigError(f"optim.momentum={cfg.optim.momentum:g} is outside [0, 1); use e.g. 0.9 (0 = no momentum)")
-    if not 0 < cfg.schedule.gamma <= 1:
-        raise ConfigError(f"schedule.gamma={cfg.schedule.gamma:g} is outside (0, 1]; it multiplies the learning rate "
-                          "at each milestone, e.g. 0.1")
     if not 0 <= cfg.train.guard_drop <= 1:
         raise ConfigError(f"train.guard_drop={cfg.train.guard_drop:g} is outside [0, 1]; it is a drop in probe "
                           "accuracy (a fraction), e.g. 0.2")
-    ms = cfg.schedule.milestones
-    if any(not 0 < m < 1 for m in ms) or any(a >= b for a, b in zip(ms, ms[1:], strict=False)):
-        raise ConfigError(f"schedule.milestones={ms} is not accepted; use increasing fractions of the run in (0, 1), "
-                          "e.g. [0.5, 0.75]")
     if not cfg.output_dir.strip():
         raise ConfigError("output_dir is empty; give a folder for the run, e.g. --output-dir runs/my-run")
-    for key in ("schedule.rise_fraction", "schedule.peak_fraction", "schedule.warmup_fraction",
-                "schedule.start_factor", "schedule.end_factor"):
-        if not 0 <= flat[key] <= 1:
-            raise ConfigError(f"{key}={flat[key]} is outside [0, 1]; use a fraction such as 0.5")
-    for key, value in {"method.max_strength": cfg.method.max_strength, "method.gamma": cfg.method.gamma,
-                       "method.beta": cfg.method.beta}.items():
-        if value <= 0:
-            raise ConfigError(f"{key}={value:g} is not accepted; use a value > 0")
-    if cfg.method.noise_factor < 0:
-        raise ConfigError(f"method.noise_factor={cfg.method.noise_factor:g} is negative; use 2 (N-FGSM) or 0 (no "
-                          "noise: plain FGSM from the clean input)")
     if not 0 < cfg.train.ema_decay < 1:
         raise ConfigError(f"train.ema_decay={cfg.train.ema_decay:g} is outside (0, 1); use a value such as 0.999")
-    if cfg.method.loss == "trades" and cfg.method.name not in ("fgsm-rs", "n-fgsm", "pgd"):
-        raise ConfigError(f"method.loss='trades' with method.name={cfg.method.name!r}; TRADES needs an attack-based "
-                          "method: fgsm-rs, n-fgsm or pgd")
     if cfg.train.log_with is not None:
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
         from accelerate.utils import is_tensorboard_available, is_wandb_available
@@ -388,9 +370,6 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.train.dist_timeout_minutes <= 0:
         raise ConfigError(f"train.dist_timeout_minutes={cfg.train.dist_timeout_minutes:g} is not accepted; use a "
                           "value > 0 such as 60")
-    if cfg.method.name == "free" and cfg.train.grad_accum > 1:
-        raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} with method.name='free' is not accepted: free AT "
-                          "takes one optimizer step per replay by definition; use train.grad_accum=1")
     if cfg.stages:
         expand_stages(cfg)  # each stage is validated as a full config
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
@@ -399,12 +378,9 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
 
 
 def validate_data(cfg: FinetuneConfig) -> None:
-    """The ``data`` keys that name data-set properties: the labelled eval split, streaming, resolutions."""
-    from .data.sources import default_eval_split
-
+    """The ``data`` keys' generic checks: streaming, resolutions, fractions (the data wing fills in the labelled
+    eval split of a named data set, :func:`robustify.data.sources.validate_section`)."""
     d = cfg.data
-    if d.eval_split is None:
-        d.eval_split = default_eval_split(d.name)
     d.streaming = {"no": "false", "yes": "true", "1": "true", "0": "false"}.get(str(d.streaming).lower(),
                                                                                  str(d.streaming).lower())
     if d.attack_size is not None and d.attack_size < 8:

@@ -132,7 +132,7 @@ def split_size(cfg: FinetuneConfig, split: str) -> int | None:
 
 def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
     """The dry-run plan of a recipe: resolved config, stages, passes and the cost estimate."""
-    from .methods import build_method
+    from .train.methods import build_method
 
     cfg = build_config(recipe, overrides)
     path = resolve_recipe_path(recipe)

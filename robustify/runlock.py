@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .runfolder import checkpoint_dirs
 
 try:
     import fcntl
@@ -206,8 +207,6 @@ def clean_temporaries(run_dir: str | os.PathLike) -> list[str]:
 
 
 def has_checkpoints(run_dir: str | os.PathLike) -> bool:
-    from .checkpoint import checkpoint_dirs
-
     return bool(checkpoint_dirs(Path(run_dir)))
 
 

@@ -27,14 +27,14 @@ from pathlib import Path
 
 import torch
 
-from robustify.autoattack import run_autoattack, settings_for
 from robustify.config import build_config
 from robustify.data import to_unit
-from robustify.evaluate import load_examples
+from robustify.evaluate.autoattack import run_autoattack, settings_for
+from robustify.evaluate.kernel import sharded_pgd_accuracy
+from robustify.evaluate.report import load_examples
 from robustify.fileio import atomic_write_json
 from robustify.models import load
-from robustify.robust_acc import sharded_pgd_accuracy
-from robustify.trainer import finetune
+from robustify.train.trainer import finetune
 
 # name -> overrides of the quickstart recipe: adversarial fine-tuning of the pretrained backbone at eps 0.1
 SETTINGS: dict[str, list[str]] = {

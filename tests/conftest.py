@@ -19,7 +19,7 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Tests must not modify it; copy it first (``shutil.copytree``) when a test writes into a run folder.
     """
     from robustify.config import build_config
-    from robustify.trainer import finetune
+    from robustify.train.trainer import finetune
 
     run_dir = tmp_path_factory.mktemp("quickstart") / "run"
     cfg = build_config("quickstart", [f"output_dir={run_dir}"])

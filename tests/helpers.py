@@ -25,7 +25,7 @@ def quickstart_batch(n: int = 64, split: str = "test") -> tuple[torch.Tensor, to
 
 def fake_checkpoint(run_dir, progress: int = 1):
     """A folder that counts as a complete checkpoint (``checkpoint.checkpoint_dirs``), for run-folder tests."""
-    from robustify.checkpoint import CHECKPOINTS, STATE_FILE
+    from robustify.train.checkpoint import CHECKPOINTS, STATE_FILE
 
     folder = run_dir / CHECKPOINTS / f"ckpt_{progress:09d}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -46,7 +46,7 @@ def step_context(model: torch.nn.Module, steps: list[int], lr: float = 0.1):
     """A StepContext around plain SGD, recording one entry in ``steps`` per optimizer step (method unit tests)."""
     import contextlib
 
-    from robustify.methods import StepContext
+    from robustify.train.methods import StepContext
 
     opt = torch.optim.SGD(model.parameters(), lr=lr)
 

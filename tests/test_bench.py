@@ -91,8 +91,8 @@ def test_data_pipeline_is_timed_and_compared_with_each_step(report: tuple[dict, 
 
 def test_peers_side_by_side_report():
     """The peers harness on the tiny quickstart model: every runner timed, ratios relative to the plain loop."""
-    from robustify.bench import bench_config
-    from robustify.bench_peers import ART, FAST_AT, PLAIN, art_available, run_peers
+    from robustify.bench.peers import ART, FAST_AT, PLAIN, art_available, run_peers
+    from robustify.bench.steps import bench_config
 
     report = run_peers(bench_config(batch_size=8, overrides=["method.replays=2"]), ["natural", "free"], rounds=2,
                        batches=1, warmup=0)
@@ -152,7 +152,7 @@ def test_time_to_robust_refuses_bad_budgets(text):
 def test_auto_precision_and_layout_resolve_by_device():
     from robustify.config import build_config
     from robustify.errors import ConfigError
-    from robustify.hardware import resolve_channels_last, resolve_hardware_settings, resolve_mixed_precision
+    from robustify.train.hardware import resolve_channels_last, resolve_hardware_settings, resolve_mixed_precision
 
     cfg = build_config("quickstart")
     assert cfg.train.mixed_precision == "auto" and cfg.model.channels_last == "auto" and cfg.train.compile is False
@@ -166,7 +166,7 @@ def test_auto_precision_and_layout_resolve_by_device():
 
 
 def test_notes_name_the_unit_and_flag_unsteady_times():
-    from robustify.bench import bench_notes
+    from robustify.bench.steps import bench_notes
 
     report = {"hardware": {"device_type": "cpu", "device_name": "x", "cpu_count": 2, "torch_threads": 2,
                            "torch": "2"},

@@ -181,8 +181,8 @@ def test_exported_config_reproduces_evaluation_in_plain_timm(tmp_path: Path, ima
     from timm.data import create_transform, resolve_data_config
 
     from robustify.data.preprocessing import decode_one
-    from robustify.export import save_backbone
     from robustify.models import build_robust_model
+    from robustify.publish.export import save_backbone
 
     backbone = timm.create_model("test_resnet", pretrained=False, num_classes=5,
                                  pretrained_cfg_overlay={"input_size": (3, 48, 48), "crop_pct": 0.875,
@@ -205,8 +205,8 @@ def test_attack_size_resizes_inside_and_reloads(tmp_path: Path):
     import timm
 
     import robustify
-    from robustify.export import save_backbone
     from robustify.models import build_robust_model
+    from robustify.publish.export import save_backbone
 
     backbone = timm.create_model("test_resnet", pretrained=False, num_classes=3).eval()
     pre = Preprocessing.from_data_config(DATA_CONFIG, DataConfig(image_size=64, attack_size=32))
@@ -327,7 +327,7 @@ def test_finetune_and_eval_preprocess_the_same(tmp_path: Path):
     import timm
 
     from robustify.cli import main
-    from robustify.evaluate import run_eval
+    from robustify.evaluate.report import run_eval
 
     backbone = timm.create_model("test_resnet", pretrained=False, num_classes=10,
                                  pretrained_cfg_overlay={"input_size": (3, 64, 64), "crop_pct": 0.875})

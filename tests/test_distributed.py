@@ -40,7 +40,7 @@ SHARDED_EVAL = """
 import json, sys
 import torch
 from accelerate import Accelerator
-from robustify.robust_acc import sharded_pgd_accuracy
+from robustify.evaluate.kernel import sharded_pgd_accuracy
 from tests.helpers import quickstart_batch, quickstart_model
 
 acc = Accelerator(cpu=True)
@@ -62,7 +62,7 @@ def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 def test_sharded_evaluation_equals_single_process(tmp_path: Path):
     """Two processes each attack half of the examples and report exactly the single-process counts."""
-    from robustify.robust_acc import sharded_pgd_accuracy
+    from robustify.evaluate.kernel import sharded_pgd_accuracy
     from tests.helpers import quickstart_batch, quickstart_model
 
     script = tmp_path / "shard.py"

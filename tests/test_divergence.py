@@ -10,7 +10,7 @@ import torch
 
 from robustify.cli import main
 from robustify.config import build_config
-from robustify.divergence import DivergenceGuard, TrainingDiverged, likely_cause
+from robustify.train.divergence import DivergenceGuard, TrainingDiverged, likely_cause
 from tests.helpers import fake_checkpoint
 
 

@@ -15,9 +15,10 @@ import torch.nn.functional as F
 import robustify
 from robustify import attacks
 from robustify.cli import main
-from robustify.evaluate import EvalSettings, Examples, evaluate, load_examples, pgd_robust
+from robustify.evaluate.autoattack import sharded_autoattack
+from robustify.evaluate.kernel import sharded_pgd_accuracy
+from robustify.evaluate.report import EvalSettings, Examples, evaluate, load_examples, pgd_robust
 from robustify.report import plot_eps_curve
-from robustify.robust_acc import sharded_autoattack, sharded_pgd_accuracy
 from tests.helpers import quickstart_batch, quickstart_model
 
 EPS = 0.1  # the quickstart threat model (Linf)
@@ -186,7 +187,7 @@ def test_sharded_pgd_accuracy_keeps_the_trainer_contract(robust_model):
 
 
 def test_autoattack_accuracy_for_finetune(robust_model, monkeypatch):
-    from robustify import autoattack
+    from robustify.evaluate.report import autoattack
     monkeypatch.setitem(autoattack.VERSIONS, "standard", autoattack.AutoAttackSettings(**TINY_AA))
     x, y = quickstart_batch(32)
     res = sharded_autoattack(robust_model, x, y, EPS, "Linf", batch_size=16, progress=False)
@@ -232,7 +233,7 @@ def test_eval_command_updates_the_run_folder(quickstart_run, tmp_path, capsys):
 
 
 def test_eval_errors_are_one_line(quickstart_run, monkeypatch, capsys):
-    from robustify import autoattack
+    from robustify.evaluate.report import autoattack
 
     monkeypatch.setattr(autoattack, "package_version", lambda: None)
     assert main(["eval", str(quickstart_run), "--attack", "clean,pgd,autoattack"]) == 2

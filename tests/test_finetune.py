@@ -12,8 +12,8 @@ import torch
 import yaml
 
 import robustify
-from robustify.checkpoint import checkpoint_dirs
 from robustify.config import config_from_dict
+from robustify.train.checkpoint import checkpoint_dirs
 from tests.test_config import run_cli
 
 

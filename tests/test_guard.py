@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from robustify.config import build_config
 from robustify.fileio import read_json
-from robustify.trainer import finetune
+from robustify.train.trainer import finetune
 from tests.helpers import quickstart_batch
 
 EPS = 0.1

@@ -22,10 +22,10 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from robustify import public
-from robustify.card import render_card
 from robustify.cli import main
-from robustify.runrecord import RunRecord
+from robustify.publish import public
+from robustify.publish.card import render_card
+from robustify.publish.runrecord import RunRecord
 
 try:
     from tests.hub_server import LocalHub
@@ -246,7 +246,7 @@ def test_a_pushed_run_from_local_specs_holds_no_local_trace(hub: LocalHub, tmp_p
     from robustify.config import build_config
     from robustify.data import QUICKSTART_DIR
     from robustify.models import ALIASES
-    from robustify.trainer import finetune
+    from robustify.train.trainer import finetune
 
     home = tmp_path / "alice-home"
     shutil.copytree(ALIASES["quickstart"], home / "models" / "backbone")

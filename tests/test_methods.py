@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from robustify.config import MethodConfig, ThreatConfig
-from robustify.methods import METHODS, build_method
+from robustify.train.methods import METHODS, build_method
 from tests.helpers import step_context
 
 

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from robustify.checkpoint import checkpoint_dirs
 from robustify.config import FinetuneConfig, MethodConfig, ThreatConfig, build_config
 from robustify.errors import ConfigError, UserError
-from robustify.methods import build_method
-from robustify.methods.trades import kl_to_clean, trades_loss
+from robustify.train.checkpoint import checkpoint_dirs
+from robustify.train.methods import build_method
+from robustify.train.methods.trades import kl_to_clean, trades_loss
 from tests.helpers import free_port, step_context
 
 
@@ -120,7 +120,7 @@ def test_deat_strength_follows_the_m_plus_criterion_and_is_restored():
 
 
 def test_deat_strength_and_the_weight_average_survive_resume(tmp_path: Path):
-    from robustify.trainer import finetune
+    from robustify.train.trainer import finetune
 
     run = tmp_path / "run"
     sets = ["method.name=deat", "train.epochs=3", "train.ema=true", "data.max_train_examples=256",
@@ -172,7 +172,7 @@ def test_trades_needs_an_attack_based_method():
 
 # ----------------------------------------------------------------------------------- EMA + n-fgsm end to end
 def test_n_fgsm_run_gets_robust_and_exports_the_weight_average(tmp_path: Path):
-    from robustify.trainer import finetune
+    from robustify.train.trainer import finetune
 
     run = tmp_path / "run"
     cfg = build_config("quickstart", ["method.name=n-fgsm", "train.epochs=3", "train.ema=true", "train.select=last",
@@ -194,7 +194,7 @@ def test_n_fgsm_run_gets_robust_and_exports_the_weight_average(tmp_path: Path):
 
 def test_ema_averages_after_each_step():
     from robustify.config import TrainConfig
-    from robustify.ema import create, exported
+    from robustify.train.ema import create, exported
 
     model = torch.nn.Linear(2, 1)
     assert create(TrainConfig(ema=False), model) is None and exported(None, model) == (model, "raw")
@@ -218,7 +218,7 @@ def test_ema_averages_after_each_step():
 # ------------------------------------------------------------------------------------------ held-out probe split
 def test_heldout_probe_is_disjoint_from_training_and_fixed():
     from robustify.data import get_dataset
-    from robustify.heldout import heldout_split, record, split_indices
+    from robustify.data.heldout import heldout_split, record, split_indices
 
     ds = get_dataset("quickstart", "train")
     train_idx, probe_idx = heldout_split(ds, 256, seed=0)
@@ -237,7 +237,7 @@ def test_heldout_probe_is_disjoint_from_training_and_fixed():
 def test_lamb_and_lars_come_from_timm(name: str):
     import timm.optim
 
-    from robustify.optim import build_optimizer
+    from robustify.train.optim import build_optimizer
 
     cfg = build_config("quickstart", [f"optim.name={name}"])
     model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
@@ -253,7 +253,7 @@ def test_lamb_and_lars_come_from_timm(name: str):
 def test_grad_compression_maps_to_accelerate_ddp_kwargs():
     from accelerate.utils import DDPCommunicationHookType
 
-    from robustify.optim import ddp_kwargs
+    from robustify.train.optim import ddp_kwargs
 
     assert ddp_kwargs(FinetuneConfig()) == []
     for value, hook in [("fp16", DDPCommunicationHookType.FP16), ("powersgd", DDPCommunicationHookType.POWER_SGD)]:

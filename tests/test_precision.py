@@ -6,9 +6,9 @@ from pathlib import Path
 
 import robustify
 from robustify.config import build_config
-from robustify.evaluate import load_examples
-from robustify.robust_acc import sharded_pgd_accuracy
-from robustify.trainer import finetune
+from robustify.evaluate.kernel import sharded_pgd_accuracy
+from robustify.evaluate.report import load_examples
+from robustify.train.trainer import finetune
 
 TINY = ["data.max_train_examples=128", "train.epochs=1", "eval.n_examples=64", "eval.pgd_steps=2",
         "train.probe_size=32", "train.probe_steps=2", "data.batch_size=64"]

@@ -84,8 +84,8 @@ EVAL_FLAGS = st.fixed_dictionaries({}, optional={
 
 @pytest.fixture
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    import robustify.evaluate as evaluate
-    import robustify.trainer as trainer
+    import robustify.evaluate.report as evaluate
+    import robustify.train.trainer as trainer
 
     def reached(*args, **kwargs):
         raise _Reached

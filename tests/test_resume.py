@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robustify.checkpoint import checkpoint_dirs
 from robustify.cli import main as cli
 from robustify.config import build_config
-from robustify.trainer import finetune
+from robustify.train.checkpoint import checkpoint_dirs
+from robustify.train.trainer import finetune
 
 SMALL = ["data.max_train_examples=384", "train.epochs=2", "eval.n_examples=64", "eval.pgd_steps=2",
          "train.probe_size=64", "train.probe_steps=2", "data.batch_size=64", "train.log_every=1"]
@@ -59,7 +59,7 @@ def test_stop_after_then_resume_equals_uninterrupted(tmp_path: Path, straight):
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    import robustify.trainer as trainer
+    import robustify.train.trainer as trainer
     sig, after = getattr(signal, sys.argv[2]), int(sys.argv[3])
     saved = trainer.checkpoint
     count = [0]

@@ -15,12 +15,12 @@ import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from robustify import public
-from robustify.card import render_card, robustbench_block
 from robustify.config import build_config
 from robustify.errors import UserError
-from robustify.runrecord import Evaluation, RunRecord, from_finetune
-from robustify.zoo import entry_from_record, parse_entry
+from robustify.publish import public
+from robustify.publish.card import render_card, robustbench_block
+from robustify.publish.runrecord import Evaluation, RunRecord, from_finetune
+from robustify.publish.zoo import entry_from_record, parse_entry
 from tests.helpers import quickstart_model
 
 EPS = 8 / 255

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from robustify.config import ScheduleConfig
-from robustify.schedules import SCHEDULES, build_schedule
+from robustify.train.schedules import SCHEDULES, build_schedule
 
 T = [i / 1000 for i in range(1001)]
 

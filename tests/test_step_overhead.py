@@ -71,8 +71,8 @@ def test_training_pgd_makes_exactly_its_steps_and_restart_selection_keeps_batchn
 
 def test_optimizer_stepper_steps_the_torch_optimizer_and_writes_lr_only_on_change():
     from robustify.config import build_config
-    from robustify.optim import OptimizerStepper, _plain_optimizer, build_optimizer, step_autocast
-    from robustify.trainer import make_accelerator
+    from robustify.train.optim import OptimizerStepper, _plain_optimizer, build_optimizer, step_autocast
+    from robustify.train.trainer import make_accelerator
 
     cfg = build_config("quickstart", ["schedule.name=constant"])
     acc = make_accelerator(cfg)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from robustify.checkpoint import BestWeights, TrainState
 from robustify.config import build_config, scaled_lr
 from robustify.errors import ConfigError
-from robustify.trainer import finetune, guard_verdict
+from robustify.train.checkpoint import BestWeights, TrainState
+from robustify.train.trainer import finetune, guard_verdict
 from tests.helpers import quickstart_model
 
 

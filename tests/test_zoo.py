@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from robustify import zoo
-from robustify.card import robustbench_block
 from robustify.cli import main
 from robustify.errors import UserError
-from robustify.runrecord import RunRecord
+from robustify.publish import zoo
+from robustify.publish.card import robustbench_block
+from robustify.publish.runrecord import RunRecord
 
 QUICKSTART = "quickstart-digits-test_resnet-linf-0.1"
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from .examples import Examples
 from .preprocessing import Preprocessing, decode_all, decode_one, example_seed, flip_crop, seeded_transform, to_unit
 from .sources import default_eval_split, get_dataset, is_large, label_names, num_classes, streamed_size
 
@@ -254,8 +255,6 @@ class Loaders:
         return self._eval_cache[key]
 
     def eval_record(self) -> dict[str, Any]:
-        from ..evaluate import Examples
-
         x, y = self.eval_examples()
         return Examples(x, y, self.data, self.eval_split, self.num_classes, self.label_names).record()
 
@@ -281,13 +280,13 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
     ``cfg`` is the recipe's ``data`` section (:class:`robustify.config.DataConfig`), ``data_config`` the backbone's
     timm data config (``resolve_data_config``); ``main_process_first`` (e.g. ``accelerator.main_process_first``) lets
     the main process download and prepare a map-style set into the ``datasets`` cache before the others read it.
-    ``probe_split="heldout"`` (Rice et al. 2020) takes the probe examples out of training (``robustify.heldout``;
+    ``probe_split="heldout"`` (Rice et al. 2020) takes the probe examples out of training (``robustify.data.heldout``;
     streaming: the first ``probe_size`` streamed examples); ``"train"`` probes the first training examples.
     """
     import datasets
 
-    from ..heldout import record as heldout_record
-    from ..heldout import split_indices
+    from .heldout import record as heldout_record
+    from .heldout import split_indices
 
     pre = Preprocessing.from_data_config(data_config, cfg)
     probe_record: dict[str, Any] = {"probe_split": "train", "probe_examples": probe_size,

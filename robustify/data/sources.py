@@ -480,3 +480,10 @@ def streamed_size(ds, spec: str, split: str) -> int:
     raise UserError(f"data {spec!r} split {split!r}: the number of examples is not in its metadata, which streaming "
                     "needs to give every process the same number of batches; set data.max_train_examples or "
                     "data.streaming=false")
+
+
+def validate_section(cfg: Any) -> None:
+    """The ``data`` section's part that needs the data wing: the labelled evaluation split of a named data set
+    (``validation`` for imagenet-1k, whose ``test`` split has no labels), when the recipe leaves it empty."""
+    if cfg.data.eval_split is None:
+        cfg.data.eval_split = default_eval_split(cfg.data.name)

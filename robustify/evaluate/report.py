@@ -1,0 +1,525 @@
+"""Robust evaluation: clean, FGSM, PGD (restarts, CE and margin losses), AutoAttack, accuracy vs eps, masking checks.
+
+A robustness number is only worth the attack behind it, so every example is counted as robust only if it survives
+*every* attack run on it: every PGD restart and loss, and every attack of the AutoAttack cascade. PGD also counts an
+example as broken if *any* iterate fools the model (the logits of each step are computed anyway), which makes it
+strictly stronger than looking at the last iterate only, at no extra cost.
+
+Examples are the first ``n_examples`` of the split (RobustBench's first-N convention), decoded once at the model's
+input size; the subset is recorded with a hash. Randomness comes from generators seeded with ``seed``, so a run is
+reproducible. Inner attack loops never synchronise with the host; between PGD restarts the examples already broken
+are dropped (one synchronisation per restart), which is where most of the saving on robust models comes from.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import attacks
+from ..data import to_unit
+from ..data.examples import Examples
+from ..errors import UserError
+from ..publish import public, runrecord
+from ..publish.runrecord import Evaluation, RunRecord
+from .kernel import (  # noqa: F401  (re-exported: the kernel lives in robust_acc)
+    FP32,
+    bar_for,
+    parse_losses,
+    pgd_correct,
+    pgd_robust,
+    predict,
+    shard_range,
+)
+
+ATTACK_CHOICES = ("clean", "fgsm", "pgd", "autoattack")
+PRESETS: dict[str, dict[str, Any]] = {
+    # the final report: PGD-50 x 10 restarts on CE and on the margin loss, AutoAttack as in RobustBench
+    "standard": {"pgd_steps": 50, "pgd_restarts": 10, "aa_version": "standard"},
+    # a quick look (seconds on a CPU for small models); labelled "quick" wherever its numbers appear
+    "quick": {"pgd_steps": 10, "pgd_restarts": 1, "aa_version": "quick"},
+}
+CURVE_FACTORS = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module, progress: bool = True) -> Examples:
+    """Decode the first ``n_examples`` of ``split`` once, with the model's one preprocessing (the run's own for a
+    robustify model; else the backbone's timm data config at the model's input size)."""
+    from timm.data import resolve_data_config
+
+    from ..data import Preprocessing, decode_all, get_dataset, label_names, num_classes
+
+    ds = get_dataset(data, split)
+    n = min(n_examples, len(ds))
+    if n == 0:
+        raise UserError(f"data {data!r} split {split!r} has no examples to evaluate on")
+    ds = ds.select(range(n))
+    pre = getattr(model, "preprocessing", None)
+    if pre is None:
+        cfg = dict(resolve_data_config(model=getattr(model, "backbone", model)))
+        cfg["input_size"] = tuple(getattr(model, "input_size", cfg["input_size"]))
+        pre = Preprocessing.from_data_config(cfg)
+    x, y = decode_all(ds, pre.transform(), desc=f"loading {data} {split}" if progress else None)
+    return Examples(x, y, data, split, num_classes(ds), label_names(ds))
+
+
+# ------------------------------------------------------------------------------------------ the evaluation
+@dataclass
+class EvalSettings:
+    """What to run. Defaults are the ``standard`` preset (the final report)."""
+
+    eps: float
+    norm: str = "Linf"
+    attacks: tuple[str, ...] = ("clean", "pgd", "autoattack")
+    preset: str = "standard"
+    pgd_steps: int = 50
+    pgd_restarts: int = 10
+    pgd_losses: tuple[str, ...] = ("ce", "cw")
+    pgd_alpha: float | None = None
+    aa_version: str = "standard"
+    aa_overrides: dict[str, Any] = field(default_factory=dict)  # budgets (tests); the version becomes "custom"
+    curve: bool = True
+    checks: bool = True
+    seed: int = 0
+    batch_size: int = 250
+
+    @classmethod
+    def from_preset(cls, preset: str, eps: float, **kwargs: Any) -> EvalSettings:
+        if preset not in PRESETS:
+            raise UserError(f"--preset {preset!r} is not accepted; choose one of: {', '.join(PRESETS)}")
+        values = dict(PRESETS[preset]) | {k: v for k, v in kwargs.items() if v is not None}
+        return cls(eps=eps, preset=preset, **values)
+
+    def validate(self) -> EvalSettings:
+        if self.norm not in attacks.NORMS:
+            _bad("--norm", self.norm, attacks.NORMS)
+        for a in self.attacks:
+            if a not in ATTACK_CHOICES:
+                _bad("--attack", a, ATTACK_CHOICES)
+        if self.eps <= 0 or (self.norm == "Linf" and self.eps > 1):
+            raise UserError(f"--eps {self.eps:g} is not accepted; use eps in (0, 1] pixel units for Linf (e.g. 8/255) "
+                            "or > 0 for L2")
+        for name in ("pgd_steps", "pgd_restarts", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is not accepted; use 1 or more")
+        self.pgd_losses = parse_losses(self.pgd_losses)
+        return self
+
+    @property
+    def alpha(self) -> float:
+        return 2.5 * self.eps / self.pgd_steps if self.pgd_alpha is None else self.pgd_alpha
+
+
+def _bad(flag: str, value: Any, choices: Iterable[str]) -> None:
+    raise UserError(f"{flag} {value!r} is not accepted; choose from: {', '.join(choices)}")
+
+
+def large_eps(norm: str, eps: float, input_size: tuple[int, ...]) -> float:
+    """An eps at which every image can be turned into the same flat grey image, so no classifier can stay accurate:
+    0.5 for Linf, 0.5 * sqrt(C*H*W) for L2 (never smaller than 4 eps)."""
+    base = 0.5 if norm == "Linf" else 0.5 * math.sqrt(math.prod(input_size))
+    return max(base, 4 * eps) if norm == "L2" else min(1.0, max(base, 4 * eps))
+
+
+class _Runner:
+    """Runs one attack over the subset in batches, with a progress bar; returns a per-example bool mask (CPU).
+
+    Under several processes (``accelerate launch`` / ``torchrun``) each process attacks only its block of whole
+    batches (:func:`robust_acc.shard_range`) and the masks are gathered, so N processes take 1/N of the time. Random
+    starts come from a generator seeded per (attack, batch offset), so the result does not depend on the number of
+    processes.
+    """
+
+    def __init__(self, model: torch.nn.Module, ex: Examples, batch_size: int, device: torch.device, progress: bool,
+                 state: Any = None):
+        self.model, self.ex, self.bs, self.device = model, ex, batch_size, device
+        self.state = state  # accelerate.PartialState (None: one process)
+        self.world = state.num_processes if state is not None else 1
+        rank = state.process_index if state is not None else 0
+        self.progress = progress and rank == 0
+        self.shard = shard_range(ex.n, batch_size, rank, self.world)
+        self.batch_start = 0
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+            start: torch.Tensor | None = None) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = [torch.zeros(0, dtype=torch.bool)]
+        first, end = self.shard
+        with bar_for(end - first, name, self.progress) as bar:
+            for i in range(first, end, self.bs):
+                self.batch_start = i
+                x = to_unit(self.ex.x[i:min(i + self.bs, end)].to(self.device))
+                y = self.ex.y[i:min(i + self.bs, end)].to(self.device)
+                prior = (start[i:i + y.numel()] if start is not None else torch.ones_like(y, dtype=torch.bool))
+                out.append(fn(x, y, prior.to(self.device)).cpu())
+                bar.update(y.numel())
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        return self.gather(torch.cat(out))
+
+    def gather(self, local: torch.Tensor) -> torch.Tensor:
+        """This process's share (CPU) → the whole subset's, in example order, on every process."""
+        if self.world == 1:
+            return local
+        from accelerate.utils import gather_object
+
+        return torch.cat(gather_object([local]))
+
+    def reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a device tensor over the processes."""
+        if self.world == 1:
+            return t
+        from accelerate.utils import reduce
+
+        return reduce(t, reduction="sum")
+
+    def generator(self, offset: int, seed: int) -> torch.Generator:
+        """A generator for attack ``offset`` on the current batch (call it inside the batch function)."""
+        return torch.Generator(device=self.device).manual_seed(
+            ((seed * 1_000_003 + offset) * 1_000_003 + self.batch_start) % 2**63)
+
+
+def _acc(mask: torch.Tensor) -> float:
+    return int(mask.sum()) / mask.numel() if mask.numel() else 0.0
+
+
+def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torch.device | str = "cpu",
+             progress: bool = True, state: Any = None) -> dict[str, Any]:
+    """Every requested attack on the fixed subset, the accuracy-vs-eps curve and the gradient-masking checks.
+
+    Returns the report (JSON-ready): ``clean_acc``, ``fgsm_acc``, ``pgd_acc``, ``autoattack_acc`` (fractions),
+    ``robust_acc`` (robust to every attack run), settings, ``eps_curve``, ``checks`` and timings.
+    """
+    from . import checks as checks_mod
+
+    s.validate()
+    device = torch.device(device)
+    was_training = model.training
+    model.eval().to(device)
+    run = _Runner(model, ex, s.batch_size, device, progress, state)
+    t_start = time.perf_counter()
+    report: dict[str, Any] = {
+        "threat_model": {"norm": s.norm, "eps": s.eps}, "n_examples": ex.n, "subset": ex.record(),
+        "preset": s.preset, "attacks": list(s.attacks), "seed": s.seed, "batch_size": s.batch_size,
+        "device": str(device), "precision": "fp32", "processes": run.world,
+    }
+    masks: dict[str, torch.Tensor] = {}
+    extra: dict[str, Any] = {}
+    try:
+        masks["clean"] = clean = run.run("clean", lambda x, y, p: predict(model, x) == y)
+        report["clean_acc"] = _acc(clean)
+
+        masks["fgsm"] = run.run("fgsm", lambda x, y, p: p & (predict(
+            model, x + attacks.fgsm(model, x, y, s.eps, norm=s.norm, random_start=False)) == y), clean)
+        report["fgsm_acc"] = _acc(masks["fgsm"])
+        report["fgsm"] = {"norm": s.norm, "eps": s.eps, "alpha": s.eps, "random_start": False}
+
+        if "pgd" in s.attacks:
+            _run_pgd(run, s, report, masks, extra)
+        if s.curve:
+            _run_curve(run, s, report, masks, extra)
+        if s.checks:
+            _run_check_attacks(run, s, report, masks, extra)
+        if "autoattack" in s.attacks:
+            from .autoattack import run_autoattack, settings_for
+
+            t0 = time.perf_counter()
+            a, b = run.shard
+            res = run_autoattack(model, ex.x[a:b], ex.y[a:b], s.eps, s.norm,
+                                 settings_for(s.aa_version, **s.aa_overrides), seed=s.seed, batch_size=s.batch_size,
+                                 device=device, robust=clean[a:b], progress=run.progress)
+            masks["autoattack"] = run.gather(res.pop("robust_mask"))
+            extra["square_only"] = run.gather(res.pop("square_only_mask"))
+            aa = res["autoattack"]
+            names = list(aa["per_attack"])
+            counts = run.reduce(torch.tensor([aa["per_attack"][k] * (b - a) for k in names], dtype=torch.float64,
+                                             device=device))
+            aa.update(per_attack={k: round(c) / max(ex.n, 1) for k, c in zip(names, counts.tolist(), strict=True)},
+                      n_examples=ex.n)
+            res["autoattack_acc"] = _acc(masks["autoattack"])
+            report.update(res)
+            report["autoattack_version"] = report["autoattack"]["version"]
+            run.seconds["autoattack"] = round(time.perf_counter() - t0, 2)
+    finally:
+        model.train(was_training)
+    worst = clean.clone()
+    for name in ("fgsm", "pgd", "autoattack"):
+        if name in masks:
+            worst &= masks[name]
+    report["robust_acc"] = _acc(worst)
+    if s.checks:
+        report["checks"] = checks_mod.run_checks(report, masks, extra)
+    run.seconds["total"] = round(time.perf_counter() - t_start, 2)
+    report["seconds"] = run.seconds
+    return report
+
+
+def _run_pgd(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: dict) -> None:
+    step_correct = torch.zeros(s.pgd_steps + 1, device=run.device, dtype=torch.long)
+    stage_masks: dict[str, list[torch.Tensor]] = {}
+
+    def fn(x: torch.Tensor, y: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+        stages: dict[str, torch.Tensor] = {}
+        out = pgd_robust(run.model, x, y, s.eps, s.norm, s.pgd_steps, s.pgd_restarts, s.pgd_losses, s.pgd_alpha,
+                         run.generator(2, s.seed), prior, step_correct, stages)
+        for k, v in stages.items():
+            stage_masks.setdefault(k, []).append(v.cpu())
+        return out
+
+    losses = "+".join(s.pgd_losses)
+    masks["pgd"] = run.run(f"pgd-{s.pgd_steps} x{s.pgd_restarts} {losses}", fn, masks["clean"])
+    stages = {k: run.gather(torch.cat(v) if v else torch.zeros(0, dtype=torch.bool)) for k, v in stage_masks.items()}
+    step_correct = run.reduce(step_correct)
+    masks["pgd_first"] = stages.get("first", masks["pgd"])
+    report["pgd_acc"] = _acc(masks["pgd"])
+    report["pgd"] = {
+        "norm": s.norm, "eps": s.eps, "steps": s.pgd_steps, "restarts": s.pgd_restarts, "loss": losses,
+        "alpha": s.alpha, "random_start": True, "counts_any_iterate": True,
+        "first_run_acc": _acc(masks["pgd_first"]),
+        "per_loss_acc": {k: _acc(v) for k, v in stages.items() if k in attacks.LOSSES},
+        "last_iterate_acc_by_step": [round(c / max(run.ex.n, 1), 4) for c in step_correct.tolist()],
+    }
+
+
+def _curve_attack(run: _Runner, s: EvalSettings, eps: float, offset: int, name: str,
+                  clean: torch.Tensor) -> torch.Tensor:
+    """PGD-CE, one restart, the main step count (step size 2.5 eps / steps) at ``eps``."""
+    return run.run(name, lambda x, y, p: pgd_robust(run.model, x, y, eps, s.norm, s.pgd_steps, 1, ("ce",), None,
+                                                     run.generator(offset, s.seed), p), clean)
+
+
+def _run_curve(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: dict) -> None:
+    """PGD-CE (one restart, the main step count) at each eps of the curve; raw, so a rise shows up in the checks."""
+    points = []
+    for k, factor in enumerate(CURVE_FACTORS):
+        eps = s.eps * factor
+        if s.norm == "Linf":
+            eps = min(eps, 1.0)
+        if factor == 0:
+            acc = report["clean_acc"]
+        elif factor == 1.0 and "pgd_first" in masks and s.pgd_losses[0] == "ce" and s.pgd_alpha is None:
+            acc = _acc(masks["pgd_first"])  # the main PGD's first run is exactly this attack
+        else:
+            acc = _acc(_curve_attack(run, s, eps, 10 + k, f"curve eps={eps:.4g}", masks["clean"]))
+        points.append({"eps": eps, "acc": acc})
+    report["eps_curve"] = {"attack": {"name": "pgd", "steps": s.pgd_steps, "restarts": 1, "loss": "ce",
+                                      "alpha": "2.5 eps / steps", "norm": s.norm}, "points": points}
+
+
+def _run_check_attacks(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: dict) -> None:
+    """The two measurements the checks need beyond the attacks themselves: PGD at a huge eps, input gradients."""
+    from .checks import LARGE_EPS_ACC, zero_gradient_fractions
+
+    last = report.get("eps_curve", {}).get("points", [{}])[-1]
+    if last.get("acc", 1.0) <= LARGE_EPS_ACC:  # fooled within a smaller ball means fooled within the huge one
+        extra["large_eps"] = {"eps": last["eps"], "acc": last["acc"], "from_curve": True}
+    else:
+        big = large_eps(s.norm, s.eps, tuple(run.ex.x.shape[1:]))
+        mask = _curve_attack(run, s, big, 30, f"large eps={big:.3g}", masks["clean"])
+        extra["large_eps"] = {"eps": big, "acc": _acc(mask)}
+    t0 = time.perf_counter()
+    extra["zero_grad"] = zero_gradient_fractions(run.model, run.ex, s.batch_size, run.device)
+    run.seconds["gradients"] = round(time.perf_counter() - t0, 2)
+
+
+# --------------------------------------------------------------------------------------------- run folders
+@dataclass
+class RunInfo:
+    """A run folder (``finetune`` output) and its record: how its model should be evaluated by default."""
+
+    path: Path
+    record: RunRecord
+    data_spec: str  # the --data spec the run was trained with (recipe.yaml; the record holds only public names)
+
+    @property
+    def data(self) -> str:
+        return self.data_spec
+
+    @property
+    def split(self) -> str:
+        return self.record.training.eval_split
+
+    @property
+    def eps(self) -> float:
+        return self.record.training.eps
+
+    @property
+    def norm(self) -> str:
+        return self.record.training.norm
+
+    @property
+    def n_examples(self) -> int | None:
+        return self.record.strongest().n_examples if self.record.evaluations else None
+
+
+def _recipe_data(path: Path, fallback: str) -> str:
+    """The local --data spec from recipe.yaml (a pulled run's recipe holds only a file name; then the public one)."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8"))
+        spec = str(recipe["data"]["name"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return fallback
+    if spec.startswith(("npz:", "imagefolder:")) and not Path(spec.split(":", 1)[1]).expanduser().is_absolute():
+        return fallback
+    return spec
+
+
+def read_run(spec: str) -> RunInfo | None:
+    """The run folder behind ``spec`` (a path or ``local-dir:PATH``), or None if it is not one."""
+    from ..fileio import read_json
+    from ..models import is_model_folder
+
+    path = Path(spec.removeprefix("local-dir:")).expanduser()
+    if not (is_model_folder(path) and (path / "metrics.json").is_file()):
+        return None
+    try:
+        config = read_json(path / "config.json")
+    except (OSError, ValueError) as e:
+        raise UserError(f"run folder {str(path)!r}: cannot read its JSON files ({str(e).splitlines()[0]})") from None
+    robustness = config.get("robustness") if isinstance(config, dict) else None
+    if not isinstance(robustness, dict) or "threat_model" not in robustness:
+        return None
+    record = RunRecord.read(path)
+    return RunInfo(path, record, _recipe_data(path, record.training.dataset))
+
+
+def matches_run(run: RunInfo, report: dict[str, Any]) -> str | None:
+    """None when the evaluation measured the run's own threat model on its own data; else why not."""
+    sub = report["subset"]
+    if sub["data"] != run.data and public.dataset_name(sub["data"])[0] != run.record.training.dataset:
+        return f"evaluated on {sub['data']}, but the model was trained for {run.record.training.dataset}"
+    return run.record.mismatch(Evaluation.from_report(report))
+
+
+def update_run_folder(run: RunInfo, report: dict[str, Any], plot: bool = True) -> tuple[list[str], str]:
+    """Add the evaluation to the run's record (a weaker one is stored beside a stronger one, never over it) and
+    rewrite what renders from it: eval.json (without local paths), eps_curve.png, metrics.json, config.json's
+    robustness block and the model card. Returns the names of the files written and what happened."""
+    from ..fileio import atomic_write_json, atomic_write_text, read_json
+    from ..publish.card import render_card
+    from ..report import plot_eps_curve
+
+    record = run.record
+    note = record.add(Evaluation.from_report(report))
+    written = ["eval.json"]
+    kept = runrecord.public_report(report, f"this run folder ({record.training.name})")
+    atomic_write_json(run.path / "eval.json", kept)
+    if plot and "eps_curve" in report:
+        plot_eps_curve(report, run.path / "eps_curve.png")
+        written.append("eps_curve.png")
+    record.write(run.path)
+    written += ["metrics.json", "config.json"]
+    license_ = (read_json(run.path / "config.json").get("pretrained_cfg") or {}).get("license")
+    files = sorted(p.name for p in run.path.iterdir() if p.is_file())
+    recipe = (run.path / "recipe.yaml").read_text(encoding="utf-8") if (run.path / "recipe.yaml").is_file() else None
+    card = render_card(record, license=license_, files=files, evaluation=kept,
+                       recipe_yaml=public.recipe(recipe, record.training.name) if recipe else None)
+    atomic_write_text(run.path / "README.md", str(card))
+    written.append("README.md")
+    return written, note
+
+
+def settings_record(s: EvalSettings) -> dict[str, Any]:
+    d = asdict(s)
+    d["attacks"], d["pgd_losses"] = list(s.attacks), list(s.pgd_losses)
+    return d
+
+
+# ------------------------------------------------------------------------------------------ the command
+@dataclass
+class EvalOutcome:
+    report: dict[str, Any]
+    run: RunInfo | None = None
+    written: list[str] = field(default_factory=list)  # paths written
+    not_updated: str | None = None  # why a run folder was left as it was
+    main: bool = True  # the process that writes and prints (all processes evaluate)
+    update_note: str | None = None  # how the evaluation was stored in the run folder's record
+
+
+def eval_state() -> Any:
+    """The processes and device through Accelerate (CUDA when present; ``ACCELERATE_USE_CPU=1`` forces the CPU).
+    Under ``accelerate launch`` / ``torchrun`` every process evaluates its share of the examples."""
+    import os
+
+    from accelerate import PartialState
+
+    use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return PartialState(cpu=use_cpu)
+
+
+def run_eval(model: str, *, data: str | None = None, split: str | None = None, eps: float | None = None,
+             norm: str | None = None, n_examples: int | None = None,
+             attacks: tuple[str, ...] = ("clean", "pgd", "autoattack"), preset: str = "standard",
+             pgd_steps: int | None = None, pgd_restarts: int | None = None, pgd_loss: str | None = None,
+             aa_version: str | None = None, curve: bool = True, checks: bool = True, seed: int = 0,
+             batch_size: int = 250, output: str | Path | None = None, plot: str | Path | None = None,
+             update_run: bool = True, progress: bool = True) -> EvalOutcome:
+    """``robustify eval``: load any model ``finetune`` accepts, evaluate it, write the JSON / PNG, and update a run
+    folder when the evaluation measured the run's own threat model on its own data.
+
+    For a run folder, data, split, eps, norm and the number of examples default to the run's own.
+    """
+    from ..fileio import atomic_write_json
+    from ..models import load
+    from ..report import plot_eps_curve
+    from ..version import __version__
+
+    run = read_run(model)
+    data = data or (run.data if run else None)
+    if not data:
+        raise UserError(f"--data is needed to evaluate {model!r} (only a run folder knows its data set); e.g. "
+                        "--data cifar10")
+    if eps is None:
+        if run is None:
+            raise UserError(f"--eps is needed to evaluate {model!r} (only a run folder knows its threat model); "
+                            "e.g. --eps 8/255")
+        eps = run.eps
+    norm = norm or (run.norm if run else "Linf")
+    split = split or (run.split if run else "test")
+    n_examples = n_examples or (run.n_examples if run else None) or 1000
+    if n_examples < 1:
+        raise UserError(f"--n-examples {n_examples} is not accepted; use 1 or more")
+    settings = EvalSettings.from_preset(
+        preset, eps, norm=norm, attacks=tuple(attacks), pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
+        pgd_losses=parse_losses(pgd_loss) if pgd_loss else None, aa_version=aa_version, curve=curve, checks=checks,
+        seed=seed, batch_size=batch_size).validate()
+    if "autoattack" in settings.attacks:
+        from .autoattack import require, settings_for
+
+        require()  # before anything slow: a missing optional package is a one-line error
+        settings_for(settings.aa_version)
+    state = eval_state()
+    device = state.device
+    net = load(model)
+    ex = load_examples(data, split, n_examples, net, progress=progress)
+    if net.num_classes != ex.num_classes:
+        raise UserError(f"model {model!r} has {net.num_classes} outputs but {data!r} has {ex.num_classes} classes; "
+                        "evaluate a model on the data set it was trained for")
+    report: dict[str, Any] = {"model": model, "robustify_version": __version__}
+    report |= evaluate(FP32(net), ex, settings, device=device, progress=progress, state=state)
+    report["settings"] = settings_record(settings)
+    outcome = EvalOutcome(report, run, main=state.is_main_process)
+    if not state.is_main_process:  # the main process writes the files
+        return outcome
+    if output:
+        out = Path(output).expanduser()
+        atomic_write_json(out, report)
+        outcome.written.append(str(out))
+        plot = plot or out.with_name(out.stem + "_eps_curve.png")
+    if plot and "eps_curve" in report:
+        plot_eps_curve(report, Path(plot).expanduser())
+        outcome.written.append(str(plot))
+    if run is not None:
+        outcome.not_updated = "--no-update was given" if not update_run else matches_run(run, report)
+        if outcome.not_updated is None:
+            names, outcome.update_note = update_run_folder(run, report)
+            outcome.written += [str(run.path / name) for name in names]
+    return outcome

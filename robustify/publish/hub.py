@@ -1,0 +1,437 @@
+"""Publish a run folder to the Hugging Face Hub and pull robust models back.
+
+``push`` sends the run folder's weights, config, a freshly rendered model card, metrics, recipe and plots in **one
+commit** through ``huggingface_hub.HfApi.create_commit``, so a failure at any point (an LFS upload, the commit
+itself) leaves the remote repo exactly as it was. Unlike timm's ``push_to_hf_hub``, which never rewrites an
+existing README, every push replaces the card, so the card always describes the weights beside it.
+Before anything leaves the machine the folder must hold evaluation results and its weights must load with timm.
+What is uploaded is rendered from the run's record (:mod:`robustify.publish.runrecord`: public names only) rather
+than copied:
+config.json's ``robustness`` block, metrics.json, the card, eval.json (no local model path or data path) and the
+recipe (local paths reduced to file names). Then every byte about to leave is scanned once more for local paths,
+the user and host name and the token (:func:`robustify.publish.public.local_traces`); anything found refuses the push.
+
+``pull`` downloads through ``snapshot_download`` (Hub cache or ``--local-dir``), refuses pickle weights unless the
+user trusts them explicitly, checks that the model loads with timm, and prints how to use it.
+
+The token comes from wherever ``huggingface_hub`` finds it (``HF_TOKEN``, ``hf auth login``); it is passed to the
+client and never printed or written (error messages are scrubbed of it, in case a server echoes it).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from . import public, runrecord
+from .runrecord import RunRecord, eps_text
+
+PUSH_FILES = ("model.safetensors", "config.json", "metrics.json", "recipe.yaml", "history.json", "eval.json")
+PUSH_PATTERNS = ("*.png",)  # plots: history.png, eps_curve.png, ...
+REQUIRED = ("model.safetensors", "config.json", "metrics.json", "recipe.yaml")
+PICKLE_PATTERNS = ("*.bin", "*.pth", "*.pt", "*.pkl", "*.pickle", "*.ckpt", "*.pth.tar")
+TOKEN_HELP = "set HF_TOKEN or run 'hf auth login'"
+TRUST_FLAG = "--trust-pickle"
+
+
+class HubTransferError(UserError):
+    """The Hub or the network failed (not the user's input): reported in one line, exit status 1."""
+
+    exit_code = 1
+
+
+@dataclass
+class RunFolder:
+    """What ``push`` publishes, read and checked once."""
+
+    path: Path
+    record: RunRecord
+    config: dict[str, Any]  # config.json as timm's save_for_hf wrote it
+    license: str | None
+    recipe_yaml: str  # as published (public.recipe)
+    files: list[str] = field(default_factory=list)  # names relative to path, in upload order
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    revision: str
+    commit: str
+    url: str
+    files: list[str]
+    created: bool
+    changed: bool  # False when the remote already held exactly these files (no commit was made)
+
+
+# --------------------------------------------------------------------------------------------- run folders
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{what}: {path.name} cannot be read ({str(e).splitlines()[0]})") from None
+
+
+def _has_results(metrics: Any) -> bool:
+    after = metrics.get("after") if isinstance(metrics, dict) else None
+    if not isinstance(after, dict) or not isinstance(after.get("clean_acc"), (int, float)):
+        return False
+    robust = [k for k in after if k == "pgd_acc" or (k.startswith("autoattack_") and k.endswith("_acc"))]
+    return any(isinstance(after[k], (int, float)) for k in robust)  # autoattack_acc or e.g. autoattack_quick_acc
+
+
+def read_run_folder(run_dir: str | Path) -> RunFolder:
+    """Check that ``run_dir`` is a finished, evaluated run folder and read its record."""
+    path = Path(run_dir).expanduser()
+    what = f"run folder {str(path)!r}"
+    if not path.is_dir():
+        raise UserError(f"{what} does not exist; give the --output-dir of a finished 'robustify finetune'")
+    missing = [n for n in REQUIRED if not (path / n).is_file()]
+    if missing:
+        hint = " (an interrupted run? finish it with 'robustify finetune --output-dir RUN_DIR --resume')" if (
+            path / "checkpoints").is_dir() else ""
+        raise UserError(f"{what} is not a finished run: missing {', '.join(missing)}{hint}")
+    metrics = _read_json(path / "metrics.json", what)
+    if not _has_results(metrics):
+        raise UserError(f"{what} has no evaluation results (metrics.json needs after.clean_acc and after.pgd_acc or "
+                        "after.autoattack_acc); refusing to publish a model whose robustness was not measured")
+    config = _read_json(path / "config.json", what)
+    robustness = config.get("robustness") if isinstance(config, dict) else None
+    if not isinstance(robustness, dict) or not {"threat_model", "method", "dataset"} <= set(robustness):
+        raise UserError(f"{what}: config.json has no 'robustness' block (threat model, method, data set); was it "
+                        "written by 'robustify finetune'?")
+    record = RunRecord.from_dicts(robustness, metrics, name=path.name)
+    if not record.evaluations:
+        raise UserError(f"{what} has no evaluation results; refusing to publish a model whose robustness was not "
+                        "measured")
+    license_ = (config.get("pretrained_cfg") or {}).get("license")
+    files = [n for n in PUSH_FILES if (path / n).is_file()]
+    files += sorted(p.name for pat in PUSH_PATTERNS for p in path.glob(pat) if p.is_file())
+    recipe = public.recipe((path / "recipe.yaml").read_text(encoding="utf-8"), record.training.name)
+    return RunFolder(path, record, config, license_, recipe, files)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
+
+
+def _public_eval(run: RunFolder) -> dict[str, Any] | None:
+    """eval.json as published (no local model or data path), or None when it is not a JSON object."""
+    try:
+        report = json.loads((run.path / "eval.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(report, dict):
+        return None
+    return runrecord.public_report(report, f"this model ({run.record.training.name})")
+
+
+def publish_contents(run: RunFolder, repo_id: str) -> dict[str, bytes | Path]:
+    """Every file ``push`` uploads, by name: rendered from the record where it describes the run, else the file."""
+    from .card import render_card
+
+    evaluation = _public_eval(run) if "eval.json" in run.files else None
+    config = dict(run.config) | {"robustness": run.record.robustness()}
+    rendered: dict[str, bytes] = {"config.json": _json_bytes(config), "metrics.json": _json_bytes(run.record.metrics()),
+                                  "recipe.yaml": run.recipe_yaml.encode("utf-8")}
+    if evaluation is not None:
+        rendered["eval.json"] = _json_bytes(evaluation)
+    if "history.json" in run.files:  # the trainer's per-epoch notes are free text: paths in them are redacted
+        try:
+            history = json.loads((run.path / "history.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            history = None  # uploaded as it is, after the scan below
+        if history is not None:
+            rendered["history.json"] = _json_bytes(public.redact_all(history))
+    card = render_card(run.record, license=run.license, repo_id=repo_id, recipe_yaml=run.recipe_yaml,
+                       files=run.files, evaluation=evaluation)
+    contents: dict[str, bytes | Path] = {"README.md": str(card).encode("utf-8")}
+    for name in run.files:
+        contents[name] = rendered.get(name, run.path / name)
+    return contents
+
+
+def _scanned_bytes(name: str, content: bytes | Path) -> bytes:
+    """What to scan: the whole file, or a safetensors file's header (its metadata; the rest is tensors)."""
+    if isinstance(content, bytes):
+        return content
+    if name.endswith(".safetensors"):
+        with open(content, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            return f.read(min(size, 100_000_000))
+    return content.read_bytes()
+
+
+def check_nothing_local(contents: dict[str, bytes | Path], token: str | None, run_dir: Path) -> None:
+    """Refuse (one line, nothing uploaded) when a file about to be pushed still identifies this machine."""
+    from huggingface_hub import constants
+
+    extra = [str(run_dir.resolve()), str(Path.cwd()), str(constants.HF_HUB_CACHE), str(constants.HF_HOME)]
+    for name, content in contents.items():
+        found = public.local_traces(_scanned_bytes(name, content), token, extra)
+        if found:
+            raise UserError(f"refusing to push: {name} would publish {', '.join(found)}; nothing was uploaded "
+                            "(remove it from the run folder's file, or report this as a robustify bug)")
+
+
+def verify_loads(folder: Path, what: str) -> dict[str, Any]:
+    """Load ``folder`` exactly as a timm user would (``local-dir:``) and run one forward pass.
+
+    Returns a short description (architecture, classes, input size) for the messages.
+    """
+    import timm
+    import torch
+
+    try:
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        cfg = model.pretrained_cfg
+        input_size = tuple(cfg.get("input_size", (3, 224, 224)))
+        mean = torch.tensor(cfg.get("mean", (0.0,) * input_size[0])).view(1, -1, 1, 1)
+        std = torch.tensor(cfg.get("std", (1.0,) * input_size[0])).view(1, -1, 1, 1)
+        with torch.no_grad():
+            logits = model((torch.rand(2, *input_size) - mean) / std)
+    except Exception as e:  # noqa: BLE001 - any failure to load means the weights cannot be used
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{what}: the weights do not load with timm ({type(e).__name__}: {msg})") from None
+    if logits.ndim != 2 or logits.shape[0] != 2 or not torch.isfinite(logits).all():
+        raise UserError(f"{what}: the model loads but its output is not finite class logits (shape "
+                        f"{tuple(logits.shape)})")
+    return {"architecture": cfg.get("architecture", type(model).__name__), "num_classes": model.num_classes,
+            "input_size": input_size}
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def resolve_token(required: bool) -> str | None:
+    """The token ``huggingface_hub`` finds (``HF_TOKEN``, then ``hf auth login``'s file); never shown."""
+    from huggingface_hub import get_token
+
+    token = get_token()
+    if required and not token:
+        raise UserError(f"no Hugging Face token found; {TOKEN_HELP} (a token with write access to the repo)")
+    return token
+
+
+def _one_line(e: BaseException, token: str | None) -> str:
+    """A one-line description of a client error, with the token (if a server echoed it) masked."""
+    text = re.sub(r"\s*For more information check: \S+", "", " ".join(str(e).split())) or type(e).__name__
+    if token:
+        text = text.replace(token, "***")
+    return text[:400]
+
+
+def _check_repo_id(repo_id: str) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    repo_id = repo_id.removeprefix("hf-hub:")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise UserError(f"repo id {repo_id!r} is not accepted; use ORG/NAME") from None
+    if repo_id.count("/") != 1:
+        raise UserError(f"repo id {repo_id!r} is not accepted; use ORG/NAME")
+    return repo_id
+
+
+def _status(e: BaseException) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _head(api: Any, repo_id: str, revision: str) -> str | None:
+    """The commit a branch points at, or None when the repo or branch does not exist (yet)."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return api.repo_info(repo_id, revision=revision).sha
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return None
+
+
+def load_spec(repo_id: str, revision: str | None = None) -> str:
+    """What ``timm.create_model`` takes for this repo (``hf-hub:ORG/NAME`` or ``hf-hub:ORG/NAME@REV``)."""
+    return f"hf-hub:{repo_id}" + (f"@{revision}" if revision and revision != "main" else "")
+
+
+def usage_text(repo_id: str, revision: str | None = None, local: Path | None = None) -> str:
+    spec = load_spec(repo_id, revision)
+    lines = [
+        "Use it with plain timm (no robustify needed):",
+        f'  import timm; model = timm.create_model("{spec}", pretrained=True).eval()',
+        "  # inputs: pixels in [0,1], normalized with model.pretrained_cfg['mean'] / ['std'] before the model",
+        "With normalization inside ([0,1] inputs, for attacks):",
+        f'  import robustify; model = robustify.load("{spec}")',
+    ]
+    if local is not None:
+        lines += [f'Offline, from the downloaded files: timm.create_model("local-dir:{local}", pretrained=True)']
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- push
+def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
+         commit_message: str | None = None) -> PushResult:
+    """Publish ``run_dir`` to ``repo_id`` (created when missing) in one commit on ``revision`` (default main)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    repo_id = _check_repo_id(repo_id)
+    run = read_run_folder(run_dir)
+    verify_loads(run.path, f"run folder {str(run.path)!r}")
+    token = resolve_token(required=True)
+    contents = publish_contents(run, repo_id)
+    check_nothing_local(contents, token, run.path)
+    branch = revision or "main"
+    api = HfApi(token=token)
+
+    try:
+        before = _head(api, repo_id, "main")
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if branch != "main":
+            api.create_branch(repo_id, branch=branch, exist_ok=True)
+        head = _head(api, repo_id, branch)
+    except Exception as e:  # noqa: BLE001 - report any client/network failure in one line
+        raise _push_error(e, repo_id, token, "preparing the repo", changed=None) from None
+    created = before is None
+
+    operations = [CommitOperationAdd(name, content if isinstance(content, bytes) else str(content))
+                  for name, content in contents.items()]
+    t, best = run.record.training, run.record.strongest()
+    message = commit_message or f"robustify push: {t.name}"
+    description = (f"{t.method.get('name')} on {t.base_model} / {t.dataset}, {t.norm} eps={eps_text(t.eps)}: "
+                   f"{best.label}: clean {best.clean_acc:.4f}, PGD {best.pgd_acc}, "
+                   f"{best.aa_text or 'AutoAttack not run'} {best.autoattack_acc if best.aa_text else ''}".rstrip())
+    try:
+        info = api.create_commit(repo_id, operations, commit_message=message, commit_description=description,
+                                 revision=branch, parent_commit=head)
+    except Exception as e:  # noqa: BLE001 - the commit is atomic: either every file landed or none did
+        now = _safe_head(api, repo_id, branch)
+        raise _push_error(e, repo_id, token, "uploading", changed=None if now is False else now != head,
+                          head=head, branch=branch, created=created) from None
+    return PushResult(repo_id, branch, info.oid, info.commit_url, list(contents), created,
+                      changed=info.oid != head)
+
+
+def _safe_head(api: Any, repo_id: str, branch: str) -> str | None | bool:
+    """Like :func:`_head`, but False when even that request fails (then the remote state is unknown)."""
+    try:
+        return _head(api, repo_id, branch)
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _push_error(e: BaseException, repo_id: str, token: str | None, stage: str, changed: bool | None,
+                head: str | None = None, branch: str = "main", created: bool = False) -> UserError:
+    status = _status(e)
+    reason = _one_line(e, token)
+    if status == 401:
+        return UserError(f"push to {repo_id} refused: the token was not accepted ({TOKEN_HELP} with a valid token)")
+    if status == 403:
+        return UserError(f"push to {repo_id} refused: the token may not write to this repo or namespace ({reason})")
+    if status == 412:
+        return HubTransferError(f"push to {repo_id} failed: {branch} moved while uploading (someone else pushed); "
+                                "the remote was left unchanged; run the same command again")
+    if changed is None:
+        state = "the remote state is unknown (check the repo's commit history)" if stage == "uploading" else (
+            "no files were uploaded")
+    elif changed:
+        state = f"{branch} has moved since the push began (check the repo's commit history)"
+    elif head is None:
+        state = f"no commit was made (the repo {'was created but ' if created else ''}holds none of these files)"
+    else:
+        state = f"the remote was left unchanged: {branch} is still at commit {head[:8]}"
+    return HubTransferError(f"push to {repo_id} failed while {stage} ({reason}); {state}; nothing local was changed, "
+                            "run the same command again")
+
+
+# -------------------------------------------------------------------------------------------------- pull
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatch(base, p) for p in patterns)
+
+
+def pull(repo_id: str, revision: str | None = None, local_dir: str | Path | None = None,
+         trust_pickle: bool = False) -> tuple[Path, dict[str, Any], list[str]]:
+    """Download ``repo_id`` and check that it loads; returns (folder, model description, skipped pickle files)."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from ..models import hub_reachable
+
+    repo_id = _check_repo_id(repo_id)
+    token = resolve_token(required=False)
+    if not hub_reachable():  # seconds, not a minute of retry warnings: use the cache or say so in one line
+        return _pull_offline(repo_id, revision, local_dir, trust_pickle)
+    api = HfApi(token=token)
+    try:
+        files = api.list_repo_files(repo_id, revision=revision)
+    except GatedRepoError:
+        raise UserError(f"{repo_id} is gated: accept its terms on the Hub, then {TOKEN_HELP}") from None
+    except RevisionNotFoundError:
+        raise UserError(f"{repo_id} has no revision {revision!r}; give a branch, tag or commit id") from None
+    except RepositoryNotFoundError:
+        hint = "" if token else f" (if it is private, {TOKEN_HELP})"
+        raise UserError(f"model repo {repo_id} not found{hint}") from None
+    except Exception as e:  # noqa: BLE001
+        raise HubTransferError(f"pull {repo_id} failed while listing files ({_one_line(e, token)})") from None
+
+    safe = [f for f in files if f.endswith(".safetensors")]
+    pickles = [f for f in files if _matches(f, PICKLE_PATTERNS)]
+    if "config.json" not in files:
+        raise UserError(f"{repo_id} is not a timm model repo (no config.json); robustify pulls timm hub-format models")
+    if not safe and pickles and not trust_pickle:
+        raise UserError(f"{repo_id} has only pickle weights ({', '.join(pickles)}), which can run code when loaded; "
+                        f"refusing to download them. Pass {TRUST_FLAG} if you trust this repo")
+    if not safe and not pickles:
+        raise UserError(f"{repo_id} has no weights (no .safetensors file)")
+    ignore = None if trust_pickle else list(PICKLE_PATTERNS)
+    skipped = [] if trust_pickle else pickles
+    try:
+        folder = snapshot_download(repo_id, revision=revision, local_dir=local_dir, ignore_patterns=ignore,
+                                   token=token)
+    except Exception as e:  # noqa: BLE001
+        raise HubTransferError(f"pull {repo_id} failed while downloading ({_one_line(e, token)}); files already "
+                               "downloaded stay in the cache, run the same command again") from None
+    folder_path = Path(folder)
+    info = verify_loads(folder_path, f"{repo_id} (downloaded to {folder_path})")
+    return folder_path, info, skipped
+
+
+def _pull_offline(repo_id: str, revision: str | None, local_dir: str | Path | None,
+                  trust_pickle: bool) -> tuple[Path, dict[str, Any], list[str]]:
+    """The Hub is out of reach: a copy already in the cache (or ``--local-dir``) still loads; anything else is one
+    line naming the endpoint, exit status 2."""
+    import os
+
+    from huggingface_hub import constants, snapshot_download
+
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT)
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else f"the Hugging Face Hub ({endpoint}) is unreachable"
+    try:
+        folder = Path(snapshot_download(repo_id, revision=revision, local_dir=local_dir, local_files_only=True,
+                                        ignore_patterns=None if trust_pickle else list(PICKLE_PATTERNS)))
+    except Exception:  # noqa: BLE001 - LocalEntryNotFoundError and friends: not cached
+        raise UserError(f"pull {repo_id}: {why} and the repo is not in the local cache; connect to the network (or "
+                        "unset HF_HUB_OFFLINE) and run the same command again") from None
+    info = verify_loads(folder, f"{repo_id} (cached copy in {folder})")
+    return folder, info, []
+
+
+def card_summary(folder: Path) -> str | None:
+    """One line of results from the pulled card's robustbench block, if it has one."""
+    readme = folder / "README.md"
+    if not readme.is_file():
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        block = ModelCard.load(readme).data.to_dict().get("robustbench")
+    except Exception:  # noqa: BLE001 - a card we cannot parse is not a reason to fail the pull
+        return None
+    if not isinstance(block, dict):
+        return None
+    robust = (f"AutoAttack {block['autoattack_acc']}%" if block.get("autoattack_acc") is not None
+              else f"PGD {block.get('pgd_acc')}%")
+    return (f"{block.get('threat_model')} eps={block.get('eps')}: clean {block.get('clean_acc')}%, {robust} "
+            f"({block.get('n_examples')} examples of {block.get('dataset')})")

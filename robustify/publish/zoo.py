@@ -1,0 +1,283 @@
+"""The model zoo: one small YAML file per published robust model, under ``zoo/``.
+
+Adding a model is adding a file ``zoo/NAME.yaml``. Its fields are the card's ``robustbench`` block (see
+:func:`robustify.publish.card.robustbench_block`: threat model, eps, clean/robust accuracy in percent, the resolution
+the
+attacks perturb at, ...) plus where the weights live (``hub_id``) and the recipe that made them, so
+``robustify zoo show NAME`` can say both how to load a model and how to make it again. :func:`entry_from_record`
+renders an entry from a run's record, so an entry says exactly what the card says. Files are parsed with
+``yaml.safe_load`` and checked against :class:`ZooEntry`; a mistake names the file and the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+from ..errors import UserError
+
+ZOO_DIRS = (
+    Path(__file__).resolve().parents[2] / "zoo",  # a source checkout / editable install
+    Path(__file__).resolve().parents[1] / "_zoo",  # a wheel install (zoo/ is packaged there)
+)
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*")
+NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
+THREAT_MODELS = ("Linf", "L2")
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One published model. Accuracies are percentages (RobustBench's convention); eps is in [0,1] pixel units."""
+
+    name: str  # must equal the file name without .yaml
+    hub_id: str  # ORG/NAME on the Hugging Face Hub
+    base_model: str  # what was fine-tuned (timm name, hf-hub:ORG/NAME, quickstart)
+    architecture: str  # timm architecture
+    dataset: str
+    threat_model: str  # Linf | L2
+    eps: str  # "8/255" or a decimal
+    clean_acc: float
+    attack: str  # how pgd_acc was measured, e.g. "PGD-20 x1 restart (ce), step 0.00157"
+    n_examples: int  # examples of the eval split the accuracies were measured on
+    method: str  # fgsm-rs | free | pgd | natural
+    recipe: str  # a shipped recipe name (robustify finetune --recipe NAME) or a path/URL to the recipe YAML
+    pgd_acc: float | None = None
+    autoattack_acc: float | None = None  # the standard AutoAttack only (RobustBench's meaning)
+    additional_data: bool = True  # RobustBench: true for models that start from pretrained weights (every fine-tune)
+    resolution: str | None = None  # the resolution the attacks perturb at, e.g. "32x32"
+    precision: str | None = None  # of the evaluation, e.g. "fp32"
+    number_forward_passes: int = 1
+    overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE on top of the recipe
+    license: str | None = None
+    demo: bool = False  # a demonstration model, not a useful defense
+    notes: str = ""
+
+    @property
+    def eps_value(self) -> float:
+        from ..config import parse_number
+
+        return parse_number(self.eps, "eps")
+
+    @property
+    def robust_acc(self) -> tuple[float | None, str]:
+        """The headline robust accuracy and the attack behind it: AutoAttack when measured, else PGD."""
+        if self.autoattack_acc is not None:
+            return self.autoattack_acc, "AutoAttack"
+        return self.pgd_acc, "PGD"
+
+    @property
+    def load_command(self) -> str:
+        return f'timm.create_model("hf-hub:{self.hub_id}", pretrained=True)'
+
+    @property
+    def recipe_command(self) -> str:
+        sets = "".join(f" --set {o}" for o in self.overrides)
+        return f"robustify finetune --recipe {self.recipe}{sets}"
+
+
+def _check_type(value: Any, tp: Any) -> Any:
+    """Return ``value`` as type ``tp`` or raise ``TypeError`` with what was expected."""
+    if get_origin(tp) is not None and type(None) in get_args(tp):  # X | None
+        if value is None:
+            return None
+        tp = next(a for a in get_args(tp) if a is not type(None))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise TypeError("true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise TypeError("a whole number")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise TypeError("a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise TypeError("a string")
+    if get_origin(tp) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise TypeError("a list of strings")
+    raise TypeError(f"{tp}")  # pragma: no cover - every field type is handled above
+
+
+def parse_entry(data: Any, source: str = "<zoo entry>", stem: str | None = None) -> ZooEntry:
+    """Validate one entry's mapping; errors name ``source`` and the field."""
+    if not isinstance(data, dict):
+        raise UserError(f"zoo entry {source}: must be a mapping of fields (name:, hub_id:, ...)")
+    hints = get_type_hints(ZooEntry)
+    known = [f.name for f in fields(ZooEntry)]
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"zoo entry {source}: unknown field '{key}'{hint}; known fields: {', '.join(known)}")
+    kwargs: dict[str, Any] = {}
+    for f in fields(ZooEntry):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.name not in data:
+            if required:
+                raise UserError(f"zoo entry {source}: missing field '{f.name}'")
+            continue
+        try:
+            kwargs[f.name] = _check_type(data[f.name], hints[f.name])
+        except TypeError as e:
+            raise UserError(f"zoo entry {source}: field '{f.name}'={data[f.name]!r} is not accepted; use {e}") from None
+    entry = ZooEntry(**kwargs)
+    _check_values(entry, source, stem)
+    return entry
+
+
+def _check_values(e: ZooEntry, source: str, stem: str | None) -> None:
+    def bad(key: str, why: str) -> UserError:
+        return UserError(f"zoo entry {source}: field '{key}'={getattr(e, key)!r} is not accepted; {why}")
+
+    if not NAME.fullmatch(e.name):
+        raise bad("name", "use lower-case letters, digits, '-', '_' and '.'")
+    if stem is not None and e.name != stem:
+        raise bad("name", f"it must equal the file name '{stem}'")
+    if not HUB_ID.fullmatch(e.hub_id):
+        raise bad("hub_id", "use ORG/NAME")
+    if e.threat_model not in THREAT_MODELS:
+        raise bad("threat_model", f"choose one of: {', '.join(THREAT_MODELS)}")
+    try:
+        eps = e.eps_value
+    except UserError:
+        raise bad("eps", "use a fraction such as 8/255 or a decimal") from None
+    if not 0 < eps <= (1 if e.threat_model == "Linf" else 1e3):
+        raise bad("eps", "eps is in [0,1] pixel units and must be > 0")
+    for key in ("clean_acc", "pgd_acc", "autoattack_acc"):
+        value = getattr(e, key)
+        if value is not None and not 0 <= value <= 100:
+            raise bad(key, "accuracies are percentages in [0, 100]")
+    if e.pgd_acc is None and e.autoattack_acc is None:
+        raise UserError(f"zoo entry {source}: needs a robust accuracy: field 'pgd_acc' or 'autoattack_acc'")
+    if e.n_examples <= 0:
+        raise bad("n_examples", "use the number of evaluated examples (> 0)")
+    if e.number_forward_passes < 1:
+        raise bad("number_forward_passes", "use 1 or more")
+    for o in e.overrides:
+        if "=" not in o:
+            raise UserError(f"zoo entry {source}: field 'overrides' item {o!r} is not accepted; use KEY=VALUE")
+
+
+def entry_from_record(record: Any, name: str, hub_id: str, recipe: str, **extra: Any) -> dict[str, Any]:
+    """A zoo entry (as YAML-ready fields) for a run's :class:`~robustify.publish.runrecord.RunRecord`: the card's
+    ``robustbench`` block plus name, Hub id, base model, recipe and the base model's license; validated here."""
+    from .card import robustbench_block
+
+    block = {k: v for k, v in robustbench_block(record).items() if k in {f.name for f in fields(ZooEntry)}}
+    data = block | {"name": name, "hub_id": hub_id, "base_model": record.training.base_model, "recipe": recipe} | extra
+    parse_entry(data, f"entry for {name}")
+    return data
+
+
+def load_file(path: Path) -> ZooEntry:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise UserError(f"zoo entry {path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_entry(data, str(path), stem=path.stem)
+
+
+def zoo_files(dirs: tuple[Path, ...] | list[Path] | None = None) -> list[Path]:
+    """``*.yaml`` files of the zoo; a name in an earlier folder hides the same name in a later one."""
+    seen: dict[str, Path] = {}
+    for d in dirs if dirs is not None else ZOO_DIRS:
+        if d.is_dir():
+            for p in sorted(d.glob("*.y*ml")):
+                if p.suffix in (".yaml", ".yml"):
+                    seen.setdefault(p.stem, p)
+    return list(seen.values())
+
+
+def load_zoo(dirs: tuple[Path, ...] | list[Path] | None = None) -> list[ZooEntry]:
+    """Every entry, validated; demo entries first, then by name (so the quickstart demo leads the list)."""
+    entries = [load_file(p) for p in zoo_files(dirs)]
+    return sorted(entries, key=lambda e: (not e.demo, e.name))
+
+
+def get_entry(name: str, dirs: tuple[Path, ...] | list[Path] | None = None) -> ZooEntry:
+    entries = load_zoo(dirs)
+    for e in entries:
+        if e.name == name or e.hub_id == name:
+            return e
+    names = [e.name for e in entries]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.3)
+    hint = f"; did you mean: {', '.join(close)}" if close else f"; known: {', '.join(names) or '(none)'}"
+    raise UserError(f"zoo: no model named {name!r}{hint} (see 'robustify zoo list')")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}%"
+
+
+def list_table(entries: list[ZooEntry]):
+    """The ``zoo list`` table: one row per model."""
+    from rich.table import Table
+
+    table = Table(title="robustify zoo")
+    for col, just in (("name", "left"), ("base model", "left"), ("data", "left"), ("threat model", "left"),
+                      ("eps", "right"), ("clean", "right"), ("robust", "right"), ("method", "left"),
+                      ("Hub id", "left")):
+        table.add_column(col, justify=just, overflow="fold")
+    for e in entries:
+        robust, attack = e.robust_acc
+        table.add_row(e.name + (" (demo)" if e.demo else ""), e.base_model, e.dataset, e.threat_model, e.eps,
+                      _pct(e.clean_acc), f"{_pct(robust)} {attack}", e.method, e.hub_id)
+    return table
+
+
+def print_list(entries: list[ZooEntry]) -> None:
+    """Print the table; when stdout is not a terminal (a pipe, a file) it is not wrapped to 80 columns, so each
+    model stays on one line for grep."""
+    from rich.console import Console
+
+    console = Console()
+    table = list_table(entries)
+    if not console.is_terminal:
+        console = Console(width=1000)  # a table does not expand: this only lifts the limit
+    console.print(table)
+
+
+def show_text(e: ZooEntry) -> str:
+    """``zoo show``: every field, the command that loads the model and the recipe that made it (plain text, so
+    the commands can be copied)."""
+    from ..config import resolve_recipe_path
+
+    width = max(len(f.name) for f in fields(ZooEntry))
+    lines = [f"{e.name}" + ("  [demo]" if e.demo else ""), ""]
+    for f in fields(ZooEntry):
+        value = getattr(e, f.name)
+        if f.name in ("clean_acc", "pgd_acc", "autoattack_acc"):
+            value = _pct(value)
+        elif f.name == "overrides":
+            value = " ".join(value) or "-"
+        lines.append(f"  {f.name:<{width}}  {value if value not in (None, '') else '-'}")
+    lines += [
+        "",
+        "Load it (plain timm, no robustify needed; inputs normalized with the model's pretrained_cfg mean/std):",
+        f"  import timm; model = {e.load_command}",
+        "Load it with normalization inside ([0,1] inputs, for attacks):",
+        f'  import robustify; model = robustify.load("hf-hub:{e.hub_id}")',
+        "Download it:",
+        f"  robustify pull {e.hub_id}",
+        "Make it again:",
+        f"  {e.recipe_command}",
+    ]
+    try:
+        path = resolve_recipe_path(e.recipe)
+    except UserError:
+        lines.append(f"  (recipe {e.recipe!r} is not shipped with this robustify; see the model repo's recipe.yaml)")
+    else:
+        lines += ["", f"Recipe ({path.name}):", *("  " + line for line in path.read_text().rstrip().splitlines())]
+    return "\n".join(lines)

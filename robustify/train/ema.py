@@ -1,0 +1,51 @@
+"""Weight averaging: an exponential moving average of the weights (``train.ema: true``), through timm's ModelEmaV3.
+
+The FastAT benchmark measured several AutoAttack points from averaging PGD-AT weights at almost no cost. The
+average is updated after every optimizer step (the trainer's ``OptimizerStepper.after_step`` callback), and, when
+enabled, it is the model the per-epoch probe measures, the best-robust selection keeps and the run folder exports;
+``metrics.json`` and the ``robustness`` block record ``"weights": "ema"`` (or ``"raw"``). timm's decay warm-up is
+on, so the average covers the short runs of fine-tuning too (the decay rises towards ``train.ema_decay``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from timm.utils.model_ema import ModelEmaV3
+
+from ..config import TrainConfig
+
+
+class WeightAverage:
+    """The averaged model plus the update count that drives timm's decay warm-up; checkpointable by Accelerate."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        # fp32 average whatever the training precision: (1 - decay) * (w - ema) is below bf16's resolution
+        self.ema = ModelEmaV3(model, decay=decay, use_warmup=True, dtype=torch.float32)
+        self.updates = 0
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ema.module
+
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        self.ema.update(model, step=self.updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"module": self.ema.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.module.load_state_dict(state["module"])
+        self.updates = int(state["updates"])
+
+
+def create(cfg: TrainConfig, model: torch.nn.Module) -> WeightAverage | None:
+    """The average of ``model`` (the unwrapped module, already on its device) when ``train.ema`` is set."""
+    return WeightAverage(model, cfg.ema_decay) if cfg.ema else None
+
+
+def exported(average: WeightAverage | None, model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The model that is probed and exported, and its name in the run record: the average, or the raw weights."""
+    return (average.module, "ema") if average is not None else (model, "raw")

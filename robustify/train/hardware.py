@@ -1,0 +1,57 @@
+"""Settings whose best value depends on the hardware, resolved once when a run starts.
+
+``train.mixed_precision: auto`` and ``model.channels_last: auto`` (the defaults) mean: bf16 autocast and the
+channels-last memory layout on a CUDA GPU, where tensor cores and cuDNN's NHWC kernels make them the fast path;
+fp32 and the contiguous layout on a CPU, where bf16 without AMX/AVX512-BF16 is emulated (measured 10-65x slower than
+fp32 on an AVX2 CPU) and oneDNN gains nothing from NHWC inputs. A GPU without bf16 (pre-Ampere) trains in fp32:
+fp16 would need loss scaling, and attack input gradients taken with ``torch.autograd.grad`` are not scaled.
+
+``train.compile: true`` compiles the model's forward with ``torch.compile`` (``nn.Module.compile``: in place, so the
+module, its state_dict keys and every reference to it stay the same; attack and training forwards both use it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from ..config import FinetuneConfig
+
+AUTO = "auto"
+
+
+def resolve_mixed_precision(value: str, device_type: str) -> str:
+    """``auto`` → ``bf16`` on a CUDA device that supports it, else ``no``; any other value is kept."""
+    if value != AUTO:
+        return value
+    return "bf16" if device_type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+
+
+def resolve_channels_last(value: bool | str, device_type: str) -> bool:
+    """``auto`` → True on CUDA, False elsewhere; true/false are kept."""
+    return device_type == "cuda" if value == AUTO else bool(value)
+
+
+def resolve_hardware_settings(cfg: FinetuneConfig, device_type: str) -> FinetuneConfig:
+    """Replace ``auto`` in ``cfg`` (in place, and returned) by the value for ``device_type`` ('cuda' or 'cpu'), so
+    that everything after it — and the run's recipe.yaml and card — sees what was actually used."""
+    cfg.train.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision, device_type)
+    cfg.model.channels_last = resolve_channels_last(cfg.model.channels_last, device_type)
+    return cfg
+
+
+def target_device_type() -> str:
+    """The device type a run will use: 'cuda' when a GPU is visible and ``ACCELERATE_USE_CPU`` is not set, else 'cpu'
+    (what :func:`robustify.train.trainer.make_accelerator` decides)."""
+    refused = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return "cuda" if torch.cuda.is_available() and not refused else "cpu"
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``model.compile()`` when ``train.compile`` is on (in place; returns the same module)."""
+    if enabled:
+        model.compile()
+    return model

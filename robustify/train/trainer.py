@@ -1,0 +1,473 @@
+"""The adversarial fine-tuning loop: one readable loop on 🤗 Accelerate.
+
+    run = setup(cfg)                                   # model, data, optimizer, method; resume from a checkpoint
+    before = evaluate(run)                             # sharded over all processes, always fp32
+    for epoch in epochs:
+        for x, y in this process's minibatches:        # from the checkpointed position on a resume
+            methods[cfg.method].step(ctx, x, y)        # which inputs to train on; ctx.optimize() steps the weights
+            checkpoint every N optimizer steps; on SIGTERM/SIGINT checkpoint and exit
+        end_epoch: PGD probe → guard verdict (rollback on catastrophic overfitting) → best-robust selection → checkpoint
+    finalise: the selected weights, evaluate(run), the run folder
+
+Accelerate handles devices, DDP across processes/nodes (gloo on CPU, NCCL on GPU), mixed precision, gradient
+accumulation and the model/optimizer/RNG state. Every evaluation (before, probe, after) runs on all processes, each
+on its share of the examples, in fp32 (``robust_acc``), so no process waits in a collective for long.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import platform
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, set_seed
+from tqdm.auto import tqdm
+
+from .. import data as data_mod
+from .. import runlock
+from ..config import FinetuneConfig, _flatten, config_from_dict, dump_yaml, expand_stages, scaled_lr
+from ..errors import Interrupted, UserError
+from ..evaluate.autoattack import sharded_autoattack
+from ..evaluate.kernel import sharded_pgd_accuracy
+from ..fileio import atomic_write_json, atomic_write_text
+from ..models import RobustModel, build_robust_model, load_backbone
+from ..publish import runrecord
+from ..publish.export import write_run_folder
+from ..report import before_after_table, history_table, plot_history, print_table
+from . import ema as ema_mod
+from .checkpoint import (
+    STATE_FILE,
+    BestWeights,
+    StopSignal,
+    TrainState,
+    checkpoint_dirs,
+    contiguous_weights,
+    load_checkpoint,
+    resume_changes,
+    save_checkpoint,
+)
+from .divergence import DivergenceGuard
+from .hardware import maybe_compile, resolve_hardware_settings, target_device_type
+from .methods import Method, StepContext, build_method
+from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, step_autocast
+
+
+def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_dir: str | None = None) -> Accelerator:
+    """An Accelerator that synchronises processes on CPU too, with a deliberate process-group timeout.
+
+    A plain ``Accelerator()`` started by torchrun on a machine without CUDA runs unsynchronised copies; passing
+    ``cpu=True`` there (or when ``ACCELERATE_USE_CPU`` is set) makes Accelerate set up a gloo process group.
+
+    The timeout (``train.dist_timeout_minutes``, default 60): every evaluation is sharded, so in steady state no
+    process waits in a collective for more than a minibatch or a checkpoint write. The one long wait is the first
+    preparation of a map-style data set (download and Arrow conversion by the main process while the others wait in
+    ``main_process_first``), which can take tens of minutes for a large set on a slow link; NCCL's default of 10
+    minutes would turn that into a crash, an infinite timeout would turn a dead peer into a hang.
+    """
+    use_cpu = target_device_type() == "cpu"
+    resolve_hardware_settings(cfg, "cpu" if use_cpu else "cuda")  # 'auto' precision / layout, in place
+    if cfg.train.mixed_precision == "fp16" and use_cpu:
+        raise UserError("train.mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
+    # trackers that write files need a logging dir at construction; the run folder's logs/ replaces it once the
+    # run folder's name (a timestamp agreed by all processes) is known
+    project = ProjectConfiguration(project_dir=project_dir or os.getcwd(), logging_dir=project_dir or os.getcwd(),
+                                   save_on_each_node=cfg.train.save_on_each_node)
+    timeout = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.dist_timeout_minutes))
+    return Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision, log_with=log_with,
+                       project_config=project, gradient_accumulation_steps=cfg.train.grad_accum,
+                       kwargs_handlers=[timeout, *ddp_kwargs(cfg)])
+
+
+def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerator) -> Path:
+    """Expand ``{time}`` in ``output_dir`` (the same on every process), lock the run folder and check that a run
+    may start (or resume) there (``runlock``: one run per folder, a folder stopped before its first checkpoint is
+    restartable, temporary files of a killed run are removed)."""
+    stamp = [datetime.now().strftime("%Y%m%d-%H%M%S")]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(stamp, from_process=0)
+    run_dir = Path(cfg.output_dir.replace("{time}", stamp[0])).expanduser()
+    share = (lambda v: broadcast_object_list(v, from_process=0)) if accelerator.num_processes > 1 else None
+    note = runlock.claim(run_dir, resume, is_main=accelerator.is_main_process, share=share)
+    if note:
+        accelerator.print(f"robustify: {note}")
+    return run_dir
+
+
+def check_resume(run_dir: Path, cfg: FinetuneConfig) -> list[str]:
+    """Refuse a ``--resume`` that would continue a different run; returns notes on accepted changes."""
+    saved_path = run_dir / "recipe.yaml"
+    if not saved_path.is_file():
+        return []
+    import yaml
+
+    saved = config_from_dict(yaml.safe_load(saved_path.read_text()) or {})
+    refused, notes = resume_changes(_flatten(saved.to_dict()), _flatten(cfg.to_dict()))
+    if refused:
+        raise UserError(f"--resume continues the same run, but {'; '.join(refused)} (the run's own settings are in "
+                        f"{saved_path}); start a new --output-dir for a different run, or only raise train.epochs to "
+                        "extend this one")
+    return notes
+
+
+def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
+    """True when every process holds bit-identical weights (checked on a per-tensor fingerprint)."""
+    if accelerator.num_processes == 1:
+        return True
+    with torch.no_grad():
+        fp = torch.stack([p.detach().double().sum() + p.detach().double().abs().sum() * 1e-3
+                          for p in model.parameters()]).to(accelerator.device)
+    gathered = accelerator.gather(fp[None]).view(accelerator.num_processes, -1)
+    return bool((gathered == gathered[0]).all().item())
+
+
+def hardware_info(accelerator: Accelerator) -> dict[str, Any]:
+    dev = accelerator.device
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    return {"device": f"{dev.type}: {name}", "world_size": accelerator.num_processes,
+            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "mixed_precision": accelerator.mixed_precision}
+
+
+@dataclass
+class Run:
+    """Everything one fine-tuning run works with; built by :func:`setup`."""
+
+    cfg: FinetuneConfig
+    accelerator: Accelerator
+    run_dir: Path
+    model: torch.nn.Module  # prepared (DDP-wrapped when several processes): training forwards
+    raw: RobustModel  # the module itself: attacks and training forwards
+    probed: torch.nn.Module  # what the probe measures, best-robust keeps and the run folder exports (raw or the EMA)
+    weights: str  # "raw" or "ema": which weights `probed` holds
+    optimizer: torch.optim.Optimizer
+    loaders: data_mod.Loaders
+    method: Method
+    state: TrainState
+    best: BestWeights
+    stepper: OptimizerStepper
+    ctx: StepContext
+    epochs: int
+    lr: float  # the peak learning rate after global-batch scaling
+    eval_set: tuple[torch.Tensor, torch.Tensor]
+    clock: float = 0.0  # perf_counter at the last wall-time update (see tick)
+    stage_name: str = ""  # the stage's name when the recipe has several
+    guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def say(self, text: str) -> None:
+        self.accelerator.print(text)
+
+    def tick(self) -> None:
+        """Add the time since the last tick to the run's wall time (kept in the checkpointed state)."""
+        now = time.perf_counter()
+        if self.clock:
+            self.state.wall_seconds += now - self.clock
+        self.clock = now
+
+    def resume_command(self) -> str:
+        return f"robustify finetune --output-dir {self.run_dir} --resume"
+
+
+# ------------------------------------------------------------------------------------------------------- setup
+def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, FinetuneConfig]:
+    """The Accelerator and the run folder (locked; a ``--resume`` that would continue a different run is refused)."""
+    accelerator = make_accelerator(cfg, log_with=cfg.train.log_with)
+    run_dir = resolve_output_dir(cfg, resume, accelerator)
+    notes = check_resume(run_dir, cfg) if resume and checkpoint_dirs(run_dir) else []
+    for note in notes:
+        accelerator.print(f"robustify: {note}")
+    cfg = copy.deepcopy(cfg)
+    cfg.output_dir = str(run_dir)
+    if cfg.train.log_with:
+        accelerator.project_configuration.logging_dir = str(run_dir / "logs")
+        accelerator.init_trackers(run_dir.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                        for k, v in _flatten(cfg.to_dict()).items()})
+    set_seed(cfg.train.seed)
+    return accelerator, run_dir, cfg
+
+
+def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone: torch.nn.Module, state: TrainState,
+          best: BestWeights, resume_from: Path | None = None) -> Run:
+    """One stage's data, model view, optimizer and method around ``backbone`` (the same module through all stages);
+    ``resume_from``: the checkpoint to restore (model, optimizer, RNG, trainer and method state)."""
+    from timm.data import resolve_data_config
+
+    # the backbone's pretrained_cfg decides input size, interpolation and normalization; the stage may resize
+    loaders = data_mod.build_loaders(cfg.data, resolve_data_config(model=backbone), cfg.eval.n_examples,
+                                     cfg.train.probe_size, seed=cfg.train.seed, rank=accelerator.process_index,
+                                     world_size=accelerator.num_processes,
+                                     main_process_first=accelerator.main_process_first,
+                                     probe_split=cfg.train.probe_split)
+    if backbone.num_classes != loaders.num_classes:
+        backbone.reset_classifier(loaders.num_classes)
+    model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+
+    method = build_method(cfg.method, cfg.threat)
+    global_batch = cfg.data.batch_size * accelerator.num_processes * cfg.train.grad_accum
+    lr = scaled_lr(cfg, global_batch)
+    optimizer = build_optimizer(model, cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw: RobustModel = accelerator.unwrap_model(model)
+    maybe_compile(raw, cfg.train.compile)
+    average = ema_mod.create(cfg.train, raw)  # train.ema: the weight average is what is probed and exported
+    if average is not None:
+        accelerator.register_for_checkpointing(average)
+    probed, weights = ema_mod.exported(average, raw)
+    if resume_from is not None:
+        loaded, method_state = load_checkpoint(accelerator, resume_from, best, accelerator.device)
+        state.__dict__.update(loaded.__dict__)
+        if hasattr(method, "load_state_dict"):
+            method.load_state_dict(method_state)
+        accelerator.print(f"resumed from {resume_from} (stage {state.stage + 1}, epoch {state.epoch} done, "
+                          f"{state.batch} minibatches into the next)")
+
+    epochs = method.epochs(cfg.train.epochs)
+    steps_per_epoch = -(-loaders.batches_per_epoch // cfg.train.grad_accum) * method.optimizer_steps_per_batch
+    stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
+                               lr=lr)
+    stepper.after_step = (lambda: average.update(raw)) if average is not None else None
+    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator))
+    run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
+              ctx, epochs, lr, loaders.eval_examples())
+    run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
+    run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
+            f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
+            f"{loaders.batches_per_epoch} batches, {accelerator.num_processes} process(es) on {accelerator.device}, "
+            f"global batch {global_batch}, peak lr {lr:.4g}"
+            + (f" (scaled {cfg.schedule.lr_scale_rule} from {cfg.schedule.lr:g} at global batch "
+               f"{cfg.train.global_batch})" if lr != cfg.schedule.lr else ""))
+    return run
+
+
+# -------------------------------------------------------------------------------------------------- evaluation
+def evaluate(run: Run, desc: str) -> dict[str, Any]:
+    """The before/after evaluation: clean + PGD (and AutoAttack when asked) on the fixed subset, sharded, fp32."""
+    cfg, e = run.cfg, run.cfg.eval
+    x, y = run.eval_set
+    res = sharded_pgd_accuracy(run.probed, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
+                               restarts=e.pgd_restarts, loss=e.pgd_loss, seed=cfg.train.seed,
+                               batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator, desc=desc)
+    res["split"] = cfg.data.eval_split
+    if e.autoattack:
+        res.update(sharded_autoattack(run.probed, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
+                                      batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator))
+    return res
+
+
+def probe(run: Run) -> tuple[float, float]:
+    """PGD on the fixed probe minibatch (same examples every epoch), sharded like every evaluation."""
+    x, y = run.loaders.probe
+    res = sharded_pgd_accuracy(run.probed, x, y, run.cfg.threat.eps, run.cfg.threat.norm,
+                               steps=run.cfg.train.probe_steps,
+                               seed=run.cfg.train.seed, batch_size=run.cfg.data.eval_batch_size,
+                               accelerator=run.accelerator, progress=False)
+    return res["clean_acc"], res["pgd_acc"]
+
+
+def guard_verdict(state: TrainState, robust: float, epoch: int, guard_drop: float) -> str:
+    """'catastrophic ...' when the probe's robust accuracy collapsed below the best so far (Wong et al. 2020),
+    'best' when it is the best so far (Rice et al. 2020's selection), '' otherwise. Every process computes the same
+    verdict from the same gathered numbers."""
+    if state.best_epoch > 0 and state.best_probe - robust > guard_drop:
+        return (f"catastrophic overfitting: probe PGD accuracy fell from {state.best_probe:.1%} (epoch "
+                f"{state.best_epoch}) to {robust:.1%} at epoch {epoch}; rolled back to epoch {state.best_epoch}")
+    return "best" if robust >= state.best_probe else ""
+
+
+# ------------------------------------------------------------------------------------------------------ epochs
+def checkpoint(run: Run) -> Path:
+    method_state = run.method.state_dict() if hasattr(run.method, "state_dict") else {}
+    run.state.opt_steps = run.stepper.opt_steps
+    run.tick()
+    return save_checkpoint(run.accelerator, run.run_dir, run.state, method_state, run.best, run.raw,
+                           run.cfg.model.channels_last)
+
+
+def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
+    """Train on this process's minibatches of ``epoch`` from the checkpointed position; checkpoint every
+    ``train.checkpoint_every`` optimizer steps; on a stop signal checkpoint and raise :class:`Interrupted`."""
+    cfg, acc, state, loaders = run.cfg, run.accelerator, run.state, run.loaders
+    n_batches, every = loaders.batches_per_epoch, cfg.train.checkpoint_every
+    sums = torch.tensor(state.epoch_sums, dtype=torch.float64, device=acc.device)  # loss*n, correct, n
+    t0 = time.perf_counter() - state.epoch_seconds
+    run.model.train()
+    bar = tqdm(total=n_batches, initial=state.batch, desc=f"epoch {epoch}/{run.epochs}", leave=False,
+               **({} if run.main else {"disable": True}))  # only switch off, so TQDM_DISABLE=1 still works
+    for x, y in loaders.train_epoch(epoch, start_batch=state.batch):
+        x, y = data_mod.to_unit(x.to(acc.device, non_blocking=True)), y.to(acc.device, non_blocking=True)
+        if cfg.model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if state.batch == n_batches - 1:  # close a partial accumulation group at the epoch's end
+            acc.step = cfg.train.grad_accum - 1
+        steps_before = run.stepper.opt_steps
+        if run.method.dynamic_steps:  # steps per minibatch vary (deat): follow the epochs, not a fixed step plan
+            run.stepper.progress = ((epoch - 1) * n_batches + state.batch) / (run.epochs * n_batches)
+        with acc.accumulate(run.model):
+            res = run.method.step(run.ctx, x, y)
+        sums += torch.stack([res.loss.double() * y.shape[0], (res.logits.argmax(1) == y).sum().double(),
+                             torch.tensor(float(y.shape[0]), dtype=torch.float64, device=acc.device)])
+        state.batch += 1
+        state.progress += 1
+        state.batch_passes += run.method.passes_per_batch
+        state.example_passes += y.shape[0] * acc.num_processes * run.method.passes_per_batch
+        bar.update(1)
+        if state.batch % cfg.train.log_every == 0 or state.batch == n_batches:
+            s = sums.tolist()  # the one host sync every log_every minibatches
+            bar.set_postfix(loss=f"{s[0] / max(s[2], 1):.3f}", acc=f"{s[1] / max(s[2], 1):.3f}")
+            run.guard.check_loss(sums[0], int(s[2]), run.stepper.opt_steps, epoch, run.optimizer.param_groups[0]["lr"])
+        due = every is not None and run.stepper.opt_steps // every > steps_before // every
+        # act on a signal only where a checkpoint is exact (an accumulation group is complete), and agree on it
+        # across processes every log_every groups (one small collective) rather than every step
+        check = acc.sync_gradients and (acc.num_processes == 1 or due
+                                        or state.batch % (cfg.train.log_every * cfg.train.grad_accum) == 0)
+        signalled = stop.agreed(acc) if check else None
+        if (due or signalled) and state.batch < n_batches:
+            state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
+            where = checkpoint(run)
+            if signalled:
+                bar.close()
+                name = signal.Signals(signalled).name
+                raise Interrupted(f"{name} received: checkpoint written at epoch {epoch}, minibatch {state.batch} "
+                                  f"({where.name}); continue with: {run.resume_command()}", 130 if name == "SIGINT"
+                                  else 143)
+    bar.close()
+    state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
+    # a NaN model must never be probed, selected as best or checkpointed
+    run.guard.check_model(run.raw, run.stepper.opt_steps, epoch, run.optimizer.param_groups[0]["lr"])
+
+
+def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
+    """Probe → guard verdict → best-probe capture or rollback → history → checkpoint. Returns the history row."""
+    state, acc = run.state, run.accelerator
+    p_clean, p_rob = probe(run)
+    number = len(state.history) + 1  # the epoch's number in the run (across stages): history, guard and selection
+    note = guard_verdict(state, p_rob, number, run.cfg.train.guard_drop)
+    if note.startswith("catastrophic"):
+        run.best.restore(run.probed)  # from memory: identical on every process, no shared file system needed
+        state.stopped = note
+        run.say(f"robustify: {note}")
+    elif note == "best":
+        state.best_probe, state.best_epoch = p_rob, number
+        run.best.capture(run.probed)
+    totals = acc.reduce(torch.tensor(state.epoch_sums, dtype=torch.float64, device=acc.device), reduction="sum")
+    loss_sum, correct, seen = totals.tolist()
+    row = {"epoch": epoch, "lr": run.optimizer.param_groups[0]["lr"], "loss": loss_sum / max(seen, 1),
+           "train_acc": correct / max(seen, 1), "probe_clean_acc": p_clean, "probe_robust_acc": p_rob,
+           "seconds": state.epoch_seconds, "opt_steps": run.stepper.opt_steps, "note": note,
+           **({"stage": run.stage_name} if run.stage_name else {}),
+           **run.method.on_epoch_end(epoch)}
+    state.history.append(row)
+    state.epoch, state.batch, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
+    run.say(f"epoch {epoch}/{run.epochs}  loss {row['loss']:.3f}  train acc {row['train_acc']:.1%}  probe clean "
+            f"{p_clean:.1%}  probe PGD {p_rob:.1%}  lr {row['lr']:.4g}  {row['seconds']:.1f}s  {note}")
+    checkpoint(run)
+    acc.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=len(state.history))
+    return row
+
+
+# ------------------------------------------------------------------------------------------------ finalisation
+def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
+    """Load the selected weights, evaluate them and write the run folder (main process); returns metrics.json.
+    ``recipe_yaml``: the run's whole resolved recipe (all stages), written as the folder's recipe.yaml."""
+    cfg, acc, state, raw = run.cfg, run.accelerator, run.state, run.raw
+    acc.wait_for_everyone()
+    in_sync = ranks_in_sync(raw, acc)
+    if not in_sync:
+        raise RuntimeError("the processes' weights differ after training: gradients were not synchronised")
+    if cfg.train.select == "best-robust" and run.best.state is not None and not state.stopped:
+        run.best.restore(run.probed)
+    after = evaluate(run, "eval after")
+    selected = state.best_epoch if cfg.train.select == "best-robust" or state.stopped else len(state.history)
+    global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum
+    cost = {"wall_seconds": state.wall_seconds, "epochs": len(state.history),
+            "optimizer_steps": state.prior_opt_steps + run.stepper.opt_steps, "batch_passes": state.batch_passes,
+            "example_passes": state.example_passes, "passes_per_batch": run.method.passes_per_batch,
+            "hardware": hardware_info(acc), "world_size": acc.num_processes, "ranks_in_sync": in_sync,
+            "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
+            "comm_hook": comm_hook_name(run.model)}
+    record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
+                                     name=run.run_dir.name, method=run.method.describe(), before=state.before,
+                                     after=after, history=state.history, cost=cost, selected_epoch=selected,
+                                     stopped=state.stopped, weights=run.weights, probe=run.loaders.probe_record,
+                                     lr=run.lr)
+    metrics = record.metrics()
+    if run.main:
+        plot_history(state.history, run.run_dir / "history.png")  # before the card, which embeds it
+        atomic_write_json(run.run_dir / "history.json", state.history)
+        with contiguous_weights(run.probed, cfg.model.channels_last):
+            write_run_folder(run.run_dir, run.probed, record, recipe_yaml, run.loaders.label_names)
+        print_table(history_table(state.history))
+        print_table(before_after_table(state.before, after))
+        run.say(f"run folder: {run.run_dir}  (load with timm.create_model('local-dir:{run.run_dir}', "
+                "pretrained=True))")
+    acc.wait_for_everyone()
+    return metrics
+
+
+def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
+    """Adversarially fine-tune ``cfg.model`` on ``cfg.data``, stage after stage; returns metrics.json's content.
+
+    A recipe's ``stages`` (for example natural fine-tuning of a new head, then adversarial fine-tuning; or
+    progressive resizing) run one after another on the same backbone, each with its own data view, method, schedule
+    and optimizer; the checkpoint records the stage, so ``--resume`` continues inside the right one.
+    """
+    accelerator, run_dir, cfg = start(cfg, resume)
+    stages = expand_stages(cfg)  # after start(): 'auto' precision and layout are resolved for every stage
+    state, best = TrainState(), BestWeights()
+    resume_from = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
+    if resume_from is not None:
+        state.stage = TrainState.from_json(json.loads((resume_from / STATE_FILE).read_text())).stage
+    base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
+                         trust_pickle=cfg.model.trust_pickle)
+    first_epoch, run = None, None
+    with StopSignal() as stop:
+        for index in range(state.stage, len(stages)):
+            name, stage_cfg = stages[index]
+            stage_cfg.output_dir = str(run_dir)
+            if index != state.stage:  # a new stage: its own epochs and schedule position; the guard and the
+                accelerator.free_memory()  # best-robust selection span the whole run (same threat model throughout)
+                state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
+            run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from)
+            run.stage_name = name if len(stages) > 1 else ""
+            if not checkpoint_dirs(run_dir) and accelerator.is_main_process:
+                # a new run (or one stopped before its first checkpoint, which starts over), written only once the
+                # model and data loaded, so a mistake in either leaves nothing behind
+                atomic_write_text(run_dir / "recipe.yaml", dump_yaml(cfg))
+            accelerator.wait_for_everyone()
+            resume_from = None
+            if state.before is None:
+                state.before = evaluate(run, "eval before")
+            first_epoch = len(state.history) if first_epoch is None else first_epoch  # epochs before this call
+            run.tick()
+            while state.epoch < run.epochs and not state.stopped:
+                if cfg.train.stop_after is not None and len(state.history) - first_epoch >= cfg.train.stop_after:
+                    run.say(f"robustify: stopped after {cfg.train.stop_after} epoch(s) as asked (train.stop_after); "
+                            f"continue with: {run.resume_command()} --set train.stop_after=null")
+                    accelerator.end_training()
+                    runlock.release(run_dir)
+                    return {}
+                epoch = state.epoch + 1
+                train_epoch(run, epoch, stop)
+                end_epoch(run, epoch)
+            run.tick()
+            state.prior_opt_steps += run.stepper.opt_steps if index < len(stages) - 1 and not state.stopped else 0
+            if state.stopped:
+                break
+    metrics = finalise(run, dump_yaml(cfg))
+    accelerator.end_training()
+    runlock.release(run_dir)  # the run is over: the folder may be resumed or evaluated by another process
+    return metrics

@@ -1,0 +1,3 @@
+"""The package version, in one place (read by the facade, the command and every report)."""
+
+__version__ = "0.1.0"
