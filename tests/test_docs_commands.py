@@ -76,8 +76,22 @@ def commands() -> list[tuple[str, list[str]]]:
 
 
 COMMANDS = commands()
-FINETUNE = [(where, argv) for where, argv in COMMANDS
-            if argv[:1] == ["finetune"] and "--resume" not in argv and not PLACEHOLDER.search(" ".join(argv))]
+
+
+def dry_runnable() -> list[tuple[str, list[str]]]:
+    """The ``finetune`` lines a dry-run can check as written (each distinct command once)."""
+    seen: set[tuple[str, ...]] = set()
+    out = []
+    for where, argv in COMMANDS:
+        if argv[:1] != ["finetune"] or "--resume" in argv or PLACEHOLDER.search(" ".join(argv)):
+            continue
+        if tuple(a for a in argv if a != "--dry-run") not in seen:
+            seen.add(tuple(a for a in argv if a != "--dry-run"))
+            out.append((where, argv))
+    return out
+
+
+FINETUNE = dry_runnable()
 
 
 def test_the_pages_show_commands():
