@@ -188,3 +188,18 @@ def test_every_recipe_key_is_documented():
     text = "\n".join(p.read_text() for p in PAGES)
     missing = [k for k in all_keys() if f"`{k}`" not in text]
     assert not missing, f"recipe keys no page documents (add them to docs/configuration.md): {missing}"
+
+
+def test_design_draws_the_layers_the_layout_test_enforces():
+    """docs/design.md's table of wings lists the layers of tests/test_layout.py, lowest first, each with its modules."""
+    from tests.test_layout import LAYERS
+
+    rows = [line.split("|")[1:-1] for line in (ROOT / "docs" / "design.md").read_text().splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip() in {name for name, _ in LAYERS}]
+    assert [r[0].strip() for r in rows] == [name for name, _ in LAYERS]
+    for (name, prefixes), row in zip(LAYERS, rows, strict=True):
+        for prefix in prefixes:
+            if prefix == "robustify":
+                continue
+            leaf = prefix.removeprefix("robustify.").split(".")[-1]
+            assert f"`{leaf}.py`" in row[1] or f"`{leaf}/`" in row[1], f"design.md: layer {name} misses {prefix}"
