@@ -4,6 +4,8 @@ test Hub server by gloo process groups of 3, 4 and 8 (see docs/data-at-scale.md)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -88,3 +90,99 @@ def test_locate_gives_the_resume_window():
     plan = sh.epoch_plan([6] * 10, 2, 0, 0, 1, 3, window=2)
     assert [len(w.order) for w in plan] == [12, 12, 6]
     assert sh.locate(plan, 0) == (0, 0) and sh.locate(plan, 13) == (1, 1) and sh.locate(plan, 30) == (3, 0)
+
+
+# ------------------------------------------------------------------------------------------ over HTTP, gloo
+N_SHARDS, ROWS_PER_SHARD, N_VAL_SHARDS = 294, 2, 14
+
+
+def _jpeg_shards(folder, split: str, n_shards: int, first_id: int, n_classes: int) -> None:
+    """``n_shards`` parquet files in the Hub layout, each ROWS_PER_SHARD tiny JPEG rows whose label is the row's
+    global id (so a test can tell exactly which rows a process trained on)."""
+    import io
+
+    import datasets
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(first_id)
+    n = n_shards * ROWS_PER_SHARD
+    images = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+        images.append({"bytes": buf.getvalue(), "path": None})
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=n_classes)})
+    table = datasets.Dataset.from_dict({"image": images, "label": list(range(first_id, first_id + n))},
+                                       features=feats).data.table
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for k in range(n_shards):
+        pq.write_table(table.slice(k * ROWS_PER_SHARD, ROWS_PER_SHARD),
+                       str(folder / "data" / f"{split}-{k:05d}-of-{n_shards:05d}.parquet"))
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory) -> Path:
+    """A 294-shard train split and a 14-shard validation split, ImageNet's file layout on the Hub."""
+    folder = tmp_path_factory.mktemp("in1k-294")
+    n_train = N_SHARDS * ROWS_PER_SHARD
+    _jpeg_shards(folder, "train", N_SHARDS, 0, n_train)
+    _jpeg_shards(folder, "validation", N_VAL_SHARDS, 0, n_train)
+    return folder
+
+
+def stream_runs(tmp_path: Path, folder: Path, worlds: list[int], **spec) -> dict:
+    """tests/stream_runs.py in a fresh interpreter (huggingface_hub reads HF_ENDPOINT at import)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    full = {"hub_root": str(tmp_path / "hub"), "repo": "ILSVRC/imagenet-1k", "folder": str(folder), "worlds": worlds,
+            "out": str(tmp_path), "probe_size": 8, "epochs": 2, **spec}
+    full["data"] = {"name": "imagenet-1k", "batch_size": 4, "num_workers": 0, "shuffle_buffer": 4,
+                    "cache_dir": str(tmp_path / "cache"), **spec.get("data", {})}
+    (tmp_path / "spec.json").write_text(json.dumps(full))
+    dropped = ("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(dropped)}
+    env.update(HF_HOME=str(tmp_path / "home"), NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(root),
+               TQDM_DISABLE="1")
+    proc = subprocess.run([sys.executable, "-m", "tests.stream_runs", str(tmp_path / "spec.json")], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _split_bytes(folder: Path, split: str) -> int:
+    return sum(f.stat().st_size for f in (folder / "data").glob(f"{split}-*.parquet"))
+
+
+def test_294_shards_streamed_over_http_at_world_3_4_8(imagenet_like: Path, tmp_path: Path):
+    """Streamed from the test Hub over HTTP (HfFileSystem), gloo groups of 1, 3, 4 and 8 processes: every process
+    gets whole shards and the same batches, nothing is read twice, the probe is the same held-out rows at every world
+    size, and each epoch the server sends about the split once in all (not once per process)."""
+    out = stream_runs(tmp_path, imagenet_like, [1, 3, 4, 8], data={"shard_cache": "off"})
+    split = _split_bytes(imagenet_like, "train")
+    probes = set()
+    for world, run in out["runs"].items():
+        procs = run["processes"]
+        assert len(procs) == int(world)
+        probe = sorted(procs[0]["probe"])
+        assert len(probe) == 8 and all(sorted(p["probe"]) == probe for p in procs)
+        probes.add(tuple(probe))
+        for e in range(2):
+            rows = [p["epochs"][e]["rows"] for p in procs]
+            shards = [set(p["epochs"][e]["shards"]) for p in procs]
+            assert len({len(r) for r in rows}) == 1 and all(p["epochs"][e]["batches"] == p["n_batches"] for p in procs)
+            flat = [r for rs in rows for r in rs]
+            assert len(flat) == len(set(flat)) and not set(flat) & set(probe)  # nothing twice; the probe held out
+            assert all(not a & b for i, a in enumerate(shards) for b in shards[i + 1:])  # whole shards per process
+            # every shard a process trained on is one it opened, and only its own
+            assert all({r // ROWS_PER_SHARD for r in rs} <= s for rs, s in zip(rows, shards, strict=True))
+            per_epoch = run["bytes"][e + 2] - run["bytes"][e + 1]
+            assert 0.9 * split <= per_epoch <= split, (world, e, per_epoch, split)  # about 1x the split in all
+        assert set(procs[0]["epochs"][0]["rows"]) != set(procs[0]["epochs"][1]["rows"]) or world == "1"
+    assert len(probes) == 1  # the same held-out rows at every world size
+    w8 = out["runs"]["8"]["processes"]
+    assert {len(p["epochs"][0]["shards"]) for p in w8} <= {36, 37}
