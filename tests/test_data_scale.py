@@ -186,3 +186,78 @@ def test_294_shards_streamed_over_http_at_world_3_4_8(imagenet_like: Path, tmp_p
     assert len(probes) == 1  # the same held-out rows at every world size
     w8 = out["runs"]["8"]["processes"]
     assert {len(p["epochs"][0]["shards"]) for p in w8} <= {36, 37}
+
+
+def _cfg(folder: Path, **kw):
+    from robustify.config import DataConfig
+
+    return DataConfig(**{"name": f"parquet:{folder / 'data'}", "batch_size": 4, "num_workers": 0,
+                         "shuffle_buffer": 4, "eval_split": "validation", **kw})
+
+
+@pytest.mark.parametrize("streaming", ["true", "false"])
+def test_probe_is_held_out_of_every_process_at_world_1_3_4_8(imagenet_like: Path, streaming: str):
+    """The held-out probe is disjoint from every training row of every process, and the same rows, at world sizes
+    1, 3, 4 and 8, streamed and map-style; the batch count is computed after the probe is removed."""
+    from robustify.data import build_loaders
+
+    probes = set()
+    for world in (1, 3, 4, 8):
+        trained: list[int] = []
+        counts = set()
+        for rank in range(world):
+            loaders = build_loaders(_cfg(imagenet_like, streaming=streaming), {"input_size": (3, 16, 16)}, 4, 8,
+                                    seed=5, rank=rank, world_size=world, probe_split="heldout")
+            probe = tuple(sorted(loaders.probe[1].tolist()))
+            probes.add(probe)
+            assert loaders.train_size == N_SHARDS * ROWS_PER_SHARD - 8
+            ys = [y for _, y in loaders.train_epoch(1)]
+            counts.add(len(ys))
+            assert len(ys) == loaders.batches_per_epoch
+            trained += [int(v) for y in ys for v in y]
+        assert len(counts) == 1 and len(trained) == len(set(trained))
+        assert not set(trained) & set(next(iter(probes)))
+        assert len(trained) >= loaders.train_size - world * (4 + (2 * ROWS_PER_SHARD if streaming == "true" else 0))
+    assert len(probes) == 1 and len(next(iter(probes))) == 8
+
+
+
+def test_decoded_batches_in_flight_are_bounded_with_a_slow_consumer(imagenet_like: Path):
+    """Two decode workers and a consumer far slower than them: at most prefetch_factor (2) batches per worker are
+    ever handed out ahead of the consumer (counted, not timed), and they are handed out (the bound is reached)."""
+    import time
+
+    from robustify.data import build_loaders
+
+    cfg = _cfg(imagenet_like, streaming="true", num_workers=2, batch_size=2)
+    loaders = build_loaders(cfg, {"input_size": (3, 16, 16)}, 4, 4, seed=0)
+    train = loaders._train
+    ahead = []
+    for k, _ in enumerate(loaders.train_epoch(1)):
+        time.sleep(0.02)  # a slow step: the workers could decode the whole epoch meanwhile if nothing bounded them
+        ahead.append(train._loader.batch_sampler.handed - (k + 1))
+        if k == 40:
+            break
+    assert max(ahead) <= 2 * 2 and train.peak_in_flight <= 2 * 2 + 1
+    assert max(ahead) == 2 * 2 - 1 or max(ahead) == 2 * 2  # the workers did run ahead, as far as allowed
+
+
+def test_resumed_epoch_skips_finished_windows_unopened(imagenet_like: Path):
+    """start_batch=k opens only the windows from the one holding batch k on, and yields the uninterrupted tail."""
+    import torch
+
+    from robustify.data import build_loaders
+    from robustify.data import shards as sh
+
+    loaders = build_loaders(_cfg(imagenet_like, streaming="true", augment="flip-crop"), {"input_size": (3, 16, 16)},
+                            4, 4, seed=1, rank=1, world_size=3)
+    train = loaders._train
+    full = list(loaders.train_epoch(2))
+    k = len(full) // 2
+    train.windows_opened.clear()
+    tail = list(loaders.train_epoch(2, start_batch=k))
+    plan = train.plan(2)
+    first, _ = sh.locate(plan, k * 4)
+    assert first > 0 and train.windows_opened == [w.shards for w in plan[first:]]
+    assert len(tail) == len(full) - k
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[k:], tail, strict=True))
