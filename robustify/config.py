@@ -82,6 +82,9 @@ class DataConfig:
     streaming: str = "auto"  # auto | true | false; auto streams the sets known to be large (imagenet-1k)
     shuffle_buffer: int = 10000  # streaming: examples in the shuffle buffer
     holdout: float = 0.1  # single-split local data: the seeded fraction held out as the eval split
+    shard_cache: str = "auto"  # streaming from the Hub: node (each node downloads its shards once, every epoch reads
+    # them from disk) | off (pure streaming, nothing on disk) | auto (node); see docs/data-at-scale.md
+    cache_dir: str | None = None  # node-local shard cache and shard metadata; None: the HF hub / datasets caches
 
 
 @dataclass
@@ -190,6 +193,7 @@ class FinetuneConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.augment": ("none", "flip-crop", "timm"),
     "data.streaming": ("auto", "true", "false"),
+    "data.shard_cache": ("auto", "node", "off"),
     "schedule.lr_scale_rule": ("none", "linear", "sqrt"),
     "threat.norm": ("Linf", "L2"),
     "method.bn_mode": ("train", "eval"),

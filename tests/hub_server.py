@@ -3,7 +3,9 @@
 It speaks the subset of the Hub protocol that the installed ``huggingface_hub`` client uses with Xet disabled
 (``HF_HUB_DISABLE_XET=1``): repo creation/info, tree listing (paginated), refs, branches, commits, the preupload
 endpoint, the git-LFS batch API with presigned-style upload URLs, the NDJSON commit endpoint and ``/resolve``
-downloads. Point a client at it with ``HF_ENDPOINT=<LocalHub.start()>`` (read by the client at import time).
+downloads, honouring ``Range`` requests (as ``HfFileSystem`` and streamed ``datasets`` use them) and counting the bytes
+served per file (``LocalHub.bytes_served``; ``GET /_test/bytes-served`` for a client in another process). Point a
+client at it with ``HF_ENDPOINT=<LocalHub.start()>`` (read by the client at import time).
 
 Storage: blobs are content-addressed on disk (``<root>/blobs/<sha256>``); commits and refs live in memory. Like the
 real Hub, a new repo starts with an "initial commit" holding a ``.gitattributes``; its ``filter=lfs`` patterns (plus
@@ -19,7 +21,6 @@ import json
 import os
 import re
 import secrets
-import shutil
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -128,6 +129,8 @@ class _Response:
     content_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)
     file: Path | None = None  # stream this file instead of ``body``
+    span: tuple[int, int] | None = None  # serve only bytes [start, end) of ``file`` (a Range request)
+    counted: str | None = None  # "<repo_type>/<repo_id>/<path>": add the bytes sent to ``LocalHub.bytes_served``
 
 
 def _json(obj: Any, status: int = 200, content_type: str = "application/json", **headers: str) -> _Response:
@@ -139,6 +142,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     timeout = 60  # idle keep-alive connections are dropped after this
+    disable_nagle_algorithm = True  # headers and body go out as separate writes: without this each answer waits ~40 ms
     hub: LocalHub
 
     def log_message(self, fmt: str, *args: Any) -> None:
@@ -158,6 +162,8 @@ class LocalHub:
         requests_log: ``(method, raw path incl. query, headers)`` for every request; an ``Authorization`` header is
             kept but its value replaced by ``"<redacted>"``.
         page_size: entries per page of the tree endpoint (1000 like the Hub; 50 when ``expand=true``).
+        bytes_served: ``{"<repo_type>/<repo_id>/<path>": bytes}`` of file content sent by ``/resolve`` GETs (whole
+            files and ``Range`` parts alike), so tests can check how much of a data set a client really read.
     """
 
     def __init__(self, root: Path, token: str = "hf_test_token", username: str = "test-user") -> None:
@@ -167,6 +173,7 @@ class LocalHub:
         self.url = ""
         self.page_size = 1000
         self.requests_log: list[tuple[str, str, dict[str, str]]] = []
+        self.bytes_served: dict[str, int] = {}
         self._lock = threading.RLock()
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._failures: list[list[Any]] = []  # [kind, status, remaining]
@@ -217,6 +224,26 @@ class LocalHub:
             raise ValueError(f"Unknown endpoint kind {endpoint_kind!r}; expected one of {sorted(FAIL_KINDS)}")
         with self._lock:
             self._failures.append([endpoint_kind, status, count])
+
+    def seed_repo(self, repo_id: str, folder: Path, repo_type: str = "model", title: str = "seeded") -> Commit:
+        """Create ``repo_id`` holding every file under ``folder`` (parquet and other LFS patterns as LFS objects), in
+        one commit, without going through the upload protocol: a fixture for tests that only read from the Hub."""
+        files = {".gitattributes": self._regular_entry(_DEFAULT_GITATTRIBUTES.encode())}
+        self._store_blob(_DEFAULT_GITATTRIBUTES.encode())
+        lfs: dict[str, int] = {}
+        for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+            rel, data = path.relative_to(folder).as_posix(), path.read_bytes()
+            sha = self._store_blob(data)
+            if any(fnmatch.fnmatchcase(path.name, pat) for pat in _LFS_PATTERNS.split()):
+                files[rel], lfs[sha] = self._lfs_entry(sha, len(data)), len(data)
+            else:
+                files[rel] = self._regular_entry(data)
+        with self._lock:
+            repo = _Repo(repo_type, repo_id, False, _now(), lfs_objects=lfs)
+            commit = self._new_commit(repo, None, title, "", files)
+            repo.refs["main"] = commit.id
+            self._repos[(repo_type, repo_id)] = repo
+        return commit
 
     def repo_files(self, repo_id: str, revision: str = "main", repo_type: str = "model") -> dict[str, bytes]:
         """``{path: content}`` of the repo at ``revision`` (includes the initial ``.gitattributes``)."""
@@ -298,7 +325,15 @@ class LocalHub:
             resp = _json({"error": err.message, **err.extra}, err.status, **headers)
         except Exception as err:  # report server bugs to the client instead of dropping the socket
             resp = _json({"error": f"Internal error: {type(err).__name__}: {err}"}, 500)
-        self._send(handler, resp, head=method == "HEAD")
+        sent = self._send(handler, resp, head=method == "HEAD")
+        if resp.counted is not None and sent:
+            with self._lock:
+                self.bytes_served[resp.counted] = self.bytes_served.get(resp.counted, 0) + sent
+
+    def served(self, prefix: str = "") -> int:
+        """Bytes of file content served so far for the files whose key starts with ``prefix``."""
+        with self._lock:
+            return sum(n for k, n in self.bytes_served.items() if k.startswith(prefix))
 
     @staticmethod
     def _read_body(handler: BaseHTTPRequestHandler) -> bytes:
@@ -314,8 +349,13 @@ class LocalHub:
         return handler.rfile.read(length) if length else b""
 
     @staticmethod
-    def _send(handler: BaseHTTPRequestHandler, resp: _Response, head: bool) -> None:
-        length = resp.file.stat().st_size if resp.file is not None else len(resp.body)
+    def _send(handler: BaseHTTPRequestHandler, resp: _Response, head: bool) -> int:
+        """Write the answer; returns the bytes of body sent (0 for HEAD)."""
+        if resp.file is not None:
+            start, end = resp.span if resp.span is not None else (0, resp.file.stat().st_size)
+            length = end - start
+        else:
+            start, end, length = 0, 0, len(resp.body)
         try:
             handler.send_response(resp.status)
             for key, value in resp.headers.items():
@@ -324,14 +364,23 @@ class LocalHub:
             handler.send_header("Content-Length", str(length))
             handler.end_headers()
             if head:
-                return
+                return 0
             if resp.file is None:
                 handler.wfile.write(resp.body)
-                return
+                return length
             with resp.file.open("rb") as f:
-                shutil.copyfileobj(f, handler.wfile)
+                f.seek(start)
+                left = length
+                while left > 0:
+                    chunk = f.read(min(left, 1 << 20))
+                    if not chunk:
+                        break
+                    handler.wfile.write(chunk)
+                    left -= len(chunk)
+            return length - left
         except (BrokenPipeError, ConnectionResetError):
             handler.close_connection = True
+            return 0
 
     def _maybe_fail(self, kind: str) -> None:
         with self._lock:
@@ -348,6 +397,8 @@ class LocalHub:
             return "create-repo", lambda: self._create_repo(req)
         if s == ["api", "whoami-v2"] and m == "GET":
             return "whoami", lambda: self._whoami(req)
+        if s == ["_test", "bytes-served"] and m == "GET":  # for tests in other processes (not a Hub endpoint)
+            return "stats", lambda: _json(dict(self.bytes_served))
         if s == ["api", "validate-yaml"] and m == "POST":
             return "validate-yaml", lambda: _json({"errors": [], "warnings": []})
         if len(s) >= 4 and s[0] == "api" and s[1] in _API_TYPES:
@@ -679,14 +730,41 @@ class LocalHub:
     def _resolve(self, req: _Request, repo_type: str, repo_id: str, revision: str, path: str) -> _Response:
         """HEAD/GET a file: ETag = git blob id (regular) or sha256 (LFS, plus ``X-Linked-Etag``/``X-Linked-Size``).
 
-        ``Range`` is ignored (full 200 answer), which the client handles by restarting the download from scratch.
+        ``Range: bytes=a-b`` (also ``a-`` and ``-n``) is honoured as the Hub's CDN does: 206 with ``Content-Range``,
+        416 when it starts past the end; the bytes sent are counted per file (:attr:`bytes_served`).
         """
         with self._lock:
             commit = self._access(req, repo_type, repo_id).resolve(revision)
         entry = commit.files.get(path)
         if entry is None:
             raise HubError(404, f"Entry not found: {path}", "EntryNotFound", headers={"X-Repo-Commit": commit.id})
-        headers = {"X-Repo-Commit": commit.id, "ETag": f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"'}
+        headers = {"X-Repo-Commit": commit.id, "ETag": f'"{entry["sha256"] if entry["lfs"] else entry["oid"]}"',
+                   "Accept-Ranges": "bytes"}
         if entry["lfs"]:
             headers.update({"X-Linked-Etag": f'"{entry["sha256"]}"', "X-Linked-Size": str(entry["size"])})
-        return _Response(200, b"", "application/octet-stream", headers, file=self._blob_path(entry["sha256"]))
+        size, counted = entry["size"], f"{repo_type}/{repo_id}/{path}"
+        blob = self._blob_path(entry["sha256"])
+        span = _parse_range(req.headers.get("Range"), size)
+        if span is None:
+            return _Response(200, b"", "application/octet-stream", headers, file=blob, counted=counted)
+        if span == (-1, -1):
+            raise HubError(416, f"Range not satisfiable for {path} ({size} bytes)",
+                           headers={"Content-Range": f"bytes */{size}"})
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1] - 1}/{size}"
+        return _Response(206, b"", "application/octet-stream", headers, file=blob, span=span, counted=counted)
+
+
+def _parse_range(value: str | None, size: int) -> tuple[int, int] | None:
+    """A single-range ``Range`` header -> [start, end) within ``size``; None: no (or an unsupported) range, answer
+    the whole file; (-1, -1): not satisfiable."""
+    m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", value or "")
+    if m is None or (not m.group(1) and not m.group(2)):
+        return None
+    if not m.group(1):  # the last n bytes
+        n = int(m.group(2))
+        return (max(0, size - n), size) if n > 0 and size > 0 else (-1, -1)
+    start = int(m.group(1))
+    end = min(size, int(m.group(2)) + 1) if m.group(2) else size
+    if start >= size or end <= start:
+        return (-1, -1)
+    return start, end

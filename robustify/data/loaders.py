@@ -6,22 +6,21 @@ Three ways to serve training batches, chosen by :func:`build_loaders`:
   uint8 tensor; batches are index slices;
 - **map-style through DataLoader workers** (larger sets held by ``datasets`` on disk, or ``augment: timm``): each
   worker decodes and augments its examples;
-- **streaming** (``data.streaming``: huge sets such as ImageNet): ``datasets`` streams the split, split between
-  processes with ``split_dataset_by_node`` and shuffled through a buffer; the main process reads undecoded rows, and a
-  pool of worker processes decodes and augments whole batches in order (``Pool.imap``). Written by hand rather than
-  with DataLoader workers over the IterableDataset: those read disjoint shards each, which would make the order
-  depend on the worker count and rule out an exact mid-epoch restart. Nothing is written to disk.
+- **streaming** (``data.streaming``: huge sets such as ImageNet): the split's parquet shards, whole shards per
+  process (:mod:`.shards`), read by the main process and decoded by DataLoader workers with a bounded number of
+  batches in flight (:mod:`.stream`); from the Hub either streamed or through a node-local copy
+  (:mod:`.shard_cache`).
 
 Every path follows one order rule, so that a resumed epoch is bit-identical to an uninterrupted one: the order is a
-pure function of (seed, epoch, rank, world_size), and each example's random augmentation is seeded from (seed,
-epoch, example) — never from a worker's or the process's RNG.
+pure function of (seed, epoch, rank, world_size) (streaming: and the processes per node), and each example's random
+augmentation is seeded from (seed, epoch, example) — never from a worker's or the process's RNG.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
-import multiprocessing
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +29,9 @@ import torch
 
 from ..errors import UserError
 from .examples import Examples
-from .preprocessing import Preprocessing, decode_all, decode_one, example_seed, flip_crop, seeded_transform, to_unit
-from .sources import default_eval_split, get_dataset, is_large, label_names, num_classes, streamed_size
+from .preprocessing import Preprocessing, decode_all, example_seed, flip_crop, make_example, to_unit
+from .sources import default_eval_split, get_dataset, is_large, label_names, num_classes
+from .stream import ShardStore, StreamTrain, decode_inline, local_world_size, note, read_rows, shard_set
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -54,16 +54,6 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, wor
     per_step = batch_size * world_size
     steps = n // per_step
     return [perm[b * per_step + rank * batch_size: b * per_step + (rank + 1) * batch_size] for b in range(steps)]
-
-
-def make_example(img, pre: Preprocessing, augment: str, seed: int, transforms: dict[str, Any]) -> torch.Tensor:
-    """One training example: uint8 (no augmentation) or float in [0,1] (flip-crop, timm), seeded by ``seed``."""
-    if augment == "timm":
-        tf = transforms.setdefault("train", pre.train_transform())
-        return seeded_transform(tf, img, seed)
-    tf = transforms.setdefault("eval", pre.transform())
-    x = decode_one(img, tf)
-    return flip_crop(x[None], seeds=[seed])[0] if augment == "flip-crop" else x
 
 
 class _MemoryTrain:
@@ -122,78 +112,6 @@ class _MapTrain:
         yield from self.loader
 
 
-_WORKER: dict[str, Any] = {}
-
-
-def _decode_batch(args: tuple[list, dict, str]) -> Batch:
-    """Decode one batch of undecoded rows (in a pool worker, or inline): (image value, label, seed) each."""
-    import datasets
-
-    rows, record, augment = args
-    key = repr(record)
-    if _WORKER.get("key") != key:
-        _WORKER.update(key=key, pre=Preprocessing.from_record(record), transforms={}, image=datasets.Image())
-    pre, transforms, image = _WORKER["pre"], _WORKER["transforms"], _WORKER["image"]
-    xs = [make_example(image.decode_example(v), pre, augment, s, transforms) for v, _, s in rows]
-    labels = [int(lab) for _, lab, _ in rows]
-    if min(labels) < 0:
-        raise UserError(f"a training example has label {min(labels)}: unlabelled data; labels must be 0..K-1")
-    return torch.stack(xs), torch.tensor(labels, dtype=torch.long)
-
-
-def _worker_init() -> None:
-    torch.set_num_threads(1)
-
-
-class _StreamTrain:
-    def __init__(self, make_stream: Callable[[], Any], pre: Preprocessing, augment: str, batch_size: int,
-                 batches_per_epoch: int, seed: int, rank: int, world_size: int, buffer: int, num_workers: int):
-        self.make_stream, self.pre, self.augment = make_stream, pre, augment
-        self.bs, self.n_batches, self.seed = batch_size, batches_per_epoch, seed
-        self.rank, self.world, self.buffer, self.workers = rank, world_size, buffer, num_workers
-
-    def _rows(self, epoch: int) -> Iterator[tuple[Any, int]]:
-        """This process's undecoded rows for ``epoch`` in order, wrapping around if its shard runs short."""
-        from datasets.distributed import split_dataset_by_node
-
-        ds = split_dataset_by_node(self.make_stream(), rank=self.rank, world_size=self.world)
-        ds = ds.shuffle(seed=self.seed, buffer_size=self.buffer)
-        while True:
-            ds.set_epoch(epoch)
-            empty = True
-            for row in ds:
-                empty = False
-                yield row["image"], row["label"]
-            if empty:
-                raise UserError("a process's share of the streamed training split is empty; use fewer processes")
-
-    def batches(self, epoch: int, start_batch: int) -> Iterator[Batch]:
-        record = self.pre.record()
-        start, stop = start_batch * self.bs, self.n_batches * self.bs
-        rows = itertools.islice(self._rows(epoch), start, stop)  # skipped rows are read, never decoded
-        pos = itertools.count(start)
-
-        def grouped() -> Iterator[tuple[list, dict, str]]:
-            while True:
-                chunk = [(v, lab, example_seed(self.seed, epoch, next(pos), self.rank))
-                         for v, lab in itertools.islice(rows, self.bs)]
-                if len(chunk) < self.bs:
-                    return
-                yield chunk, record, self.augment
-
-        if self.workers <= 0:
-            yield from map(_decode_batch, grouped())
-            return
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        pool = ctx.Pool(self.workers, initializer=_worker_init)
-        try:
-            yield from pool.imap(_decode_batch, grouped(), chunksize=1)
-        finally:
-            pool.terminate()
-            pool.join()
-
-
 @dataclass
 class Loaders:
     """What one process of a run trains and evaluates on (the contract the trainer codes against).
@@ -203,8 +121,9 @@ class Loaders:
       ``batches_per_epoch`` batches (the tail of the epoch is dropped). The order is a pure function of (seed, epoch,
       rank, world_size) and each example's augmentation is seeded from (seed, epoch, example), so
       ``start_batch=k`` yields exactly batches k.. of the uninterrupted epoch, bit-identical, whatever the worker
-      count. Streaming: the skipped rows are read but not decoded.
-    - ``batches_per_epoch``: per process, identical on all ranks (streaming: from the split's size in its metadata).
+      count. Streaming: the finished windows of shards are skipped without being opened.
+    - ``batches_per_epoch``: per process, identical on all ranks (streaming: from the shards' footers, after the
+      limit and the probe are removed).
     - ``eval_examples(rank, world_size)``: the contiguous shard for ``rank`` of the fixed first-``eval_size``
       examples of the eval split, uint8 (n,C,H,W) at ``input_size`` and labels; the shards in rank order concatenate
       to the single-process subset. ``eval_record()``: data, split, first_n, input_size and the subset's hash.
@@ -265,11 +184,65 @@ def use_streaming(cfg: Any) -> bool:
     return is_large(cfg.name) if mode == "auto" else mode in ("true", "1", "yes")
 
 
-def _decode_rows_inline(rows: list, pre: Preprocessing) -> Batch:
-    if not rows:
-        c, h, w = pre.input_size
-        return torch.empty((0, c, h, w), dtype=torch.uint8), torch.empty((0,), dtype=torch.long)
-    return _decode_batch(([(v, lab, 0) for v, lab in rows], pre.record(), "none"))
+def _first_rows(rows: list[int], start: int, end: int) -> dict[int, list[int]]:
+    """Rows ``start..end-1`` of a split in file order, by shard (the fixed evaluation subset; a probe of training
+    examples): only the shards that hold them are read."""
+    out: dict[int, list[int]] = {}
+    base = 0
+    for s, n in enumerate(rows):
+        lo, hi = max(start, base), min(end, base + n)
+        if lo < hi:
+            out[s] = list(range(lo - base, hi - base))
+        base += n
+        if base >= end:
+            break
+    return out
+
+
+def _streamed(cfg: Any, pre: Preprocessing, eval_split: str, eval_examples: int, probe_size: int, probe_split: str,
+              seed: int, rank: int, world: int):
+    """The streaming path: this process's :class:`StreamTrain`, the sizes, the evaluation rows and the probe."""
+    from . import shards as sh
+    from .shard_cache import ShardCache
+
+    train_set = shard_set(cfg.name, cfg.train_split, cfg.image_column, cfg.label_column, cfg.cache_dir)
+    eval_set = shard_set(cfg.name, eval_split, cfg.image_column, cfg.label_column, cfg.cache_dir)
+    rows = sh.limit_rows(train_set.rows, cfg.max_train_examples)
+    local = local_world_size(world)
+    pinned = train_set.remote and str(cfg.shard_cache) != "off"
+    cache = None
+    if pinned:  # this node's shards, for the whole run
+        groups = sh.node_groups(sh.active(rows), world, local, seed, 0, True)
+        cache = ShardCache(train_set, groups[rank // sh.group_size(world, local, True)], cfg.cache_dir)
+    store = ShardStore(train_set, cache)
+    if probe_split == "heldout":
+        wanted = sh.probe_rows(rows, probe_size, seed)
+        if sum(map(len, wanted.values())) < probe_size or probe_size >= sum(rows):
+            raise UserError(f"train.probe_size={probe_size} cannot be held out of {sum(rows)} training examples; use a "
+                            f"value between 1 and {sum(rows) - 1}, or train.probe_split=train")
+        excluded = {s: set(v) for s, v in wanted.items()}
+        rows = [n - len(excluded.get(s, ())) for s, n in enumerate(rows)]
+        record = {"probe_split": "heldout", "seed": seed, "train_examples": sum(rows), "probe_examples": probe_size,
+                  "rule": "seeded rows of seeded shards (robustify.data.shards.probe_rows)",
+                  "probe_rows_sha256": hashlib.sha256(json.dumps(sorted((int(k), v) for k, v in wanted.items()))
+                                                      .encode()).hexdigest()[:16]}
+    else:
+        wanted, excluded = _first_rows(rows, 0, probe_size), {}
+        record = {"probe_split": "train", "probe_examples": probe_size, "rule": "first training examples"}
+    px, py = decode_inline(read_rows(store, wanted), pre)
+    if sh.per_example(rows, world, local, seed, pinned):
+        note(f"{len(sh.active(rows))} shard(s) of {cfg.name!r} for {world} processes: too few to give each process "
+             "whole shards, so every process reads every shard and keeps its share of the rows")
+    window = max(1, -(-cfg.shuffle_buffer // max(1, max(rows))))
+    train = StreamTrain(store, pre, cfg.augment, cfg.batch_size, rows, excluded, seed, rank, world, local, window,
+                        pinned, cfg.num_workers)
+    n_eval = min(eval_examples, sum(eval_set.rows))
+    eval_store = ShardStore(eval_set)
+
+    def eval_rows(start: int, end: int) -> Batch:
+        return decode_inline(read_rows(eval_store, _first_rows(eval_set.rows, start, end)), pre)
+
+    return train, sum(rows), n_eval, eval_rows, px, py, record
 
 
 def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: int, seed: int = 0, rank: int = 0,
@@ -281,10 +254,9 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
     timm data config (``resolve_data_config``); ``main_process_first`` (e.g. ``accelerator.main_process_first``) lets
     the main process download and prepare a map-style set into the ``datasets`` cache before the others read it.
     ``probe_split="heldout"`` (Rice et al. 2020) takes the probe examples out of training (``robustify.data.heldout``;
-    streaming: the first ``probe_size`` streamed examples); ``"train"`` probes the first training examples.
+    streaming: seeded rows of seeded shards, :func:`robustify.data.shards.probe_rows`, the same at every world size);
+    ``"train"`` probes the first training examples. Streaming: the main process reads the shards' footers first.
     """
-    import datasets
-
     from .heldout import record as heldout_record
     from .heldout import split_indices
 
@@ -293,36 +265,25 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
                                     "rule": "first training examples"}
     streaming = use_streaming(cfg)
     eval_split = cfg.eval_split or default_eval_split(cfg.name)
+    if streaming:  # the main process reads the shards' footers first (kept in the cache folder for the others)
+        with (main_process_first or contextlib.nullcontext)():
+            for split in (cfg.train_split, eval_split):
+                shard_set(cfg.name, split, cfg.image_column, cfg.label_column, cfg.cache_dir)
     kw = {"image_column": cfg.image_column, "label_column": cfg.label_column, "holdout": cfg.holdout, "seed": 0}
-    first = main_process_first if (main_process_first is not None and not streaming) else contextlib.nullcontext
-    with first():
-        train_ds = get_dataset(cfg.name, cfg.train_split, streaming=streaming, **kw)
-        eval_ds = get_dataset(cfg.name, eval_split, streaming=streaming, **kw)
+    first = main_process_first if main_process_first is not None else contextlib.nullcontext
     bs = cfg.batch_size
     if streaming:
-        raw_train = train_ds.cast_column("image", datasets.Image(decode=False))
-        raw_eval = eval_ds.cast_column("image", datasets.Image(decode=False))
-        total = streamed_size(train_ds, cfg.name, cfg.train_split)
-        n_train = min(total, cfg.max_train_examples) if cfg.max_train_examples else total
-        n_batches = n_train // world_size // bs
-        if probe_split == "heldout":  # the first probe_size streamed rows are the probe, never trained on
-            n_train -= probe_size
-            probe_record = {"probe_split": "heldout", "probe_examples": probe_size, "rule": "first streamed rows"}
-        head = list(itertools.islice(iter(raw_eval), eval_examples))
-        n_eval = len(head)
-        del head
-
-        def eval_rows(start: int, end: int) -> Batch:
-            return _decode_rows_inline([(r["image"], r["label"]) for r in itertools.islice(iter(raw_eval), start, end)],
-                                       pre)
-
-        probe_rows = [(r["image"], r["label"]) for r in itertools.islice(iter(raw_train), probe_size)]
-        px, py = _decode_rows_inline(probe_rows, pre)
-        stream = raw_train.skip(probe_size) if probe_split == "heldout" else raw_train
-        train: Any = _StreamTrain(lambda: stream, pre, cfg.augment, bs, n_batches, seed, rank, world_size,
-                                  cfg.shuffle_buffer, cfg.num_workers)
+        train, n_train, n_eval, eval_rows, px, py, probe_record = _streamed(cfg, pre, eval_split, eval_examples,
+                                                                           probe_size, probe_split, seed, rank,
+                                                                           world_size)
+        n_batches = train.batches_per_epoch
         epoch_index = None
+        feat = train.store.shards.label_feature
+        n_classes, names = int(feat.num_classes), list(feat.names)
     else:
+        with first():
+            train_ds = get_dataset(cfg.name, cfg.train_split, **kw)
+            eval_ds = get_dataset(cfg.name, eval_split, **kw)
         if cfg.max_train_examples:
             train_ds = train_ds.select(range(min(cfg.max_train_examples, len(train_ds))))
         probe_ds = train_ds.select(range(min(probe_size, len(train_ds))))
@@ -350,13 +311,14 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
         else:
             train = _MapTrain(train_ds, pre, cfg.augment, cfg.num_workers)
         px, py = decode_all(probe_ds, transform)
+        n_classes, names = num_classes(train_ds), label_names(train_ds)
     if n_eval == 0:
         raise UserError(f"data {cfg.name!r} split {eval_split!r} is empty; give a split with examples to evaluate on")
     if n_batches == 0:
         raise UserError(f"data.batch_size={bs} x {world_size} process(es) is larger than the training split "
                         f"({n_train} examples); use a smaller batch size")
     return Loaders(data=cfg.name, train_split=cfg.train_split, eval_split=eval_split, preprocessing=pre,
-                   num_classes=num_classes(train_ds), label_names=label_names(train_ds), train_size=n_train,
+                   num_classes=n_classes, label_names=names, train_size=n_train,
                    eval_size=n_eval, batches_per_epoch=n_batches, probe=(to_unit(px), py), streaming=streaming,
                    _seed=seed, _rank=rank, _world=world_size, _epoch_index=epoch_index, _train=train,
                    _eval_rows=eval_rows, eval_batch_size=cfg.eval_batch_size, probe_record=probe_record)

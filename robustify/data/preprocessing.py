@@ -187,6 +187,16 @@ def flip_crop(x: torch.Tensor, pad: int | None = None, seeds: list[int] | None =
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+def make_example(img, pre: Preprocessing, augment: str, seed: int, transforms: dict[str, Any]) -> torch.Tensor:
+    """One training example: uint8 (no augmentation) or float in [0,1] (flip-crop, timm), seeded by ``seed``."""
+    if augment == "timm":
+        tf = transforms.setdefault("train", pre.train_transform())
+        return seeded_transform(tf, img, seed)
+    tf = transforms.setdefault("eval", pre.transform())
+    x = decode_one(img, tf)
+    return flip_crop(x[None], seeds=[seed])[0] if augment == "flip-crop" else x
+
+
 def seeded_transform(transform, img: Image.Image, seed: int) -> torch.Tensor:
     """Apply a random (timm) transform with the Python and torch RNGs seeded for this example only."""
     state = random.getstate()

@@ -214,14 +214,12 @@ def _quickstart(split: str):
 
 
 # ------------------------------------------------------------------------------------------------ columns
-def standardize(ds, spec: str, image_column: str | None = None, label_column: str | None = None):
-    """Keep one image column and one ClassLabel column, named ``image`` and ``label``."""
+def pick_columns(feats, spec: str, image_column: str | None = None, label_column: str | None = None
+                 ) -> tuple[str, str]:
+    """The (image, label) column names of a data set with features ``feats``: the given ones, the alias's, ``image`` /
+    ``label``, or the first Image / ClassLabel feature; one line naming the columns when there is none."""
     import datasets
 
-    feats = ds.features
-    if feats is None:
-        raise UserError(f"data {spec!r}: its features are unknown (a streamed set without metadata); set "
-                        "data.streaming=false")
     names = list(feats)
     alias = ALIASES.get(spec)
     images = [c for c, f in feats.items() if isinstance(f, datasets.Image)]
@@ -238,6 +236,18 @@ def standardize(ds, spec: str, image_column: str | None = None, label_column: st
     if not isinstance(feats[img], datasets.Image):
         raise UserError(f"data {spec!r}: column {img!r} holds {type(feats[img]).__name__}, not images; set "
                         f"data.image_column to one of: {', '.join(images) or '(none)'}")
+    return img, lab
+
+
+def standardize(ds, spec: str, image_column: str | None = None, label_column: str | None = None):
+    """Keep one image column and one ClassLabel column, named ``image`` and ``label``."""
+    import datasets
+
+    feats = ds.features
+    if feats is None:
+        raise UserError(f"data {spec!r}: its features are unknown (a streamed set without metadata); set "
+                        "data.streaming=false")
+    img, lab = pick_columns(feats, spec, image_column, label_column)
     ds = ds.select_columns([img, lab])
     if img != "image":
         ds = ds.rename_column(img, "image")
@@ -456,30 +466,6 @@ def num_classes(ds) -> int:
 def label_names(ds) -> list[str] | None:
     feat = ds.features["label"]
     return list(feat.names) if hasattr(feat, "names") else None
-
-
-def streamed_size(ds, spec: str, split: str) -> int:
-    """Examples in a streamed split, from the data set's metadata (no pass over the data)."""
-    info = getattr(ds, "info", None)
-    splits = getattr(info, "splits", None) or {}
-    for s in SPLIT_SYNONYMS.get(split, (split,)):
-        if s in splits and splits[s].num_examples:
-            return int(splits[s].num_examples)
-    files = []
-    if spec.startswith("parquet:"):
-        pattern = str(_local_path(spec, "parquet:"))
-        files = sorted(glob.glob(os.path.join(pattern, "**", "*.parquet"), recursive=True)) if os.path.isdir(pattern) \
-            else sorted(glob.glob(pattern))
-        if os.path.isdir(pattern):
-            named = [f for f in files if Path(f).name.startswith(split) or f"/{split}/" in f]
-            files = named or files
-    if files:
-        import pyarrow.parquet as pq
-
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    raise UserError(f"data {spec!r} split {split!r}: the number of examples is not in its metadata, which streaming "
-                    "needs to give every process the same number of batches; set data.max_train_examples or "
-                    "data.streaming=false")
 
 
 def validate_section(cfg: Any) -> None:

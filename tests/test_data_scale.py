@@ -1,0 +1,263 @@
+"""Data at the dimensions users run: ImageNet's 294 training shards on 3, 4, 8 and 16 processes (and nodes of 8),
+the held-out probe at every world size, bounded decoded batches, and a 294-shard stand-in streamed over HTTP from the
+test Hub server by gloo process groups of 3, 4 and 8 (see docs/data-at-scale.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from robustify.data import shards as sh
+
+# ImageNet-1k's train split: 294 parquet shards of about 4,357 rows (the last one shorter); a stand-in row count
+IMAGENET_ROWS = [4357] * 293 + [4331]
+
+
+@pytest.mark.parametrize("world", [3, 4, 8, 16])
+@pytest.mark.parametrize("pinned,local", [(False, None), (True, 8)])
+def test_294_shards_whole_per_process_same_batches_nothing_twice(world: int, pinned: bool, local: int | None):
+    rows = [5 + (s % 3) for s in range(294)]  # uneven shards, small enough to enumerate every row
+    lw = min(local or world, world)
+    bs = 4
+    n_batches = sh.batches_per_epoch(rows, bs, world, lw, seed=7, pinned=pinned)
+    assert not sh.per_example(rows, world, lw, seed=7, pinned=pinned)
+    seen_epochs = []
+    for epoch in (1, 2):
+        owner: dict[int, int] = {}
+        taken: set[tuple[int, int]] = set()
+        for rank in range(world):
+            plan = sh.epoch_plan(rows, world, rank, 7, epoch, bs, window=2, local_world=lw, pinned=pinned)
+            order = np.concatenate([w.order for w in plan])
+            assert len(order) == n_batches * bs  # the same number of batches on every process
+            for s in {int(s) for w in plan for s in w.shards}:
+                assert owner.setdefault(s, rank) == rank  # whole shards: no shard read by two processes
+            pairs = {(int(a), int(b)) for a, b in order}
+            assert len(pairs) == len(order) and not pairs & taken  # nothing read twice
+            taken |= pairs
+        # at most about one shard's rows per process go unused in an epoch
+        assert len(taken) >= sum(rows) - world * max(rows) - bs * world
+        seen_epochs.append(sorted(owner.items()))
+    assert seen_epochs[0] != seen_epochs[1]  # the assignment (or, pinned, the order inside the node) changes
+
+
+def test_imagenet_dimensions_batch_count_and_node_pinning():
+    """294 real-size shards, 8 processes, batch 128: 1,225 batches per process per epoch; at 4 nodes of 8 each node
+    keeps the same shards all run (cache them once) while the order changes every epoch."""
+    assert sh.batches_per_epoch(IMAGENET_ROWS, 128, 8) == 36 * 4357 // 128 == 1225
+    nodes = {e: sh.node_groups(sh.active(IMAGENET_ROWS), 32, 8, seed=0, epoch=e, pinned=True) for e in (1, 2)}
+    assert [sorted(g) for g in nodes[1]] == [sorted(g) for g in nodes[2]] and nodes[1] != nodes[2]
+    assert sorted(s for g in nodes[1] for s in g) == list(range(294))
+    assert sorted(len(g) for g in nodes[1]) == [73, 73, 74, 74]
+    free = sh.node_groups(sh.active(IMAGENET_ROWS), 32, 8, seed=0, epoch=1, pinned=False)
+    assert len(free) == 1 and sorted(free[0]) == list(range(294))
+
+
+def test_fewer_shards_than_processes_split_rows():
+    rows = [10, 9, 11]
+    assert sh.per_example(rows, 8)
+    n_batches = sh.batches_per_epoch(rows, 2, 8)
+    assert n_batches == 30 // 8 // 2
+    got = []
+    for rank in range(8):
+        shards, stride, offset = sh.process_shards(rows, 8, rank, 0, 1)
+        assert sorted(shards) == [0, 1, 2] and (stride, offset) == (8, rank)
+        order = np.concatenate([w.order for w in sh.epoch_plan(rows, 8, rank, 0, 1, 2, window=3)])
+        assert len(order) == n_batches * 2
+        got += [tuple(p) for p in order.tolist()]
+    assert len(set(got)) == len(got)
+
+
+def test_limit_and_probe_remove_rows_before_counting():
+    rows = sh.limit_rows([4] * 294, 50)
+    assert sum(rows) == 50 and rows[12] == 2 and rows[13] == 0 and len(sh.active(rows)) == 13
+    probe = sh.probe_rows(rows, 6, seed=3)
+    assert sum(len(v) for v in probe.values()) == 6 and probe == sh.probe_rows(rows, 6, seed=3)
+    left = [n - len(probe.get(s, ())) for s, n in enumerate(rows)]
+    excluded = {s: set(v) for s, v in probe.items()}
+    n_batches = sh.batches_per_epoch(left, 2, 4)
+    assert n_batches == min(sum(left[s] for s in b) for b in sh.deal(sh.active(left), left, 4)) // 2 == 4
+    for rank in range(4):
+        plan = sh.epoch_plan(left, 4, rank, 3, 1, 2, window=2, excluded=excluded)
+        assert sum(len(w.order) for w in plan) == n_batches * 2
+        for w in plan:
+            assert not any(int(r) in excluded.get(int(s), ()) for s, r in w.order)
+            assert all(int(r) < rows[int(s)] for s, r in w.order)
+
+
+def test_locate_gives_the_resume_window():
+    plan = sh.epoch_plan([6] * 10, 2, 0, 0, 1, 3, window=2)
+    assert [len(w.order) for w in plan] == [12, 12, 6]
+    assert sh.locate(plan, 0) == (0, 0) and sh.locate(plan, 13) == (1, 1) and sh.locate(plan, 30) == (3, 0)
+
+
+# ------------------------------------------------------------------------------------------ over HTTP, gloo
+N_SHARDS, ROWS_PER_SHARD, N_VAL_SHARDS = 294, 2, 14
+
+
+def _jpeg_shards(folder, split: str, n_shards: int, first_id: int, n_classes: int) -> None:
+    """``n_shards`` parquet files in the Hub layout, each ROWS_PER_SHARD tiny JPEG rows whose label is the row's
+    global id (so a test can tell exactly which rows a process trained on)."""
+    import io
+
+    import datasets
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(first_id)
+    n = n_shards * ROWS_PER_SHARD
+    images = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+        images.append({"bytes": buf.getvalue(), "path": None})
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(num_classes=n_classes)})
+    table = datasets.Dataset.from_dict({"image": images, "label": list(range(first_id, first_id + n))},
+                                       features=feats).data.table
+    (folder / "data").mkdir(parents=True, exist_ok=True)
+    for k in range(n_shards):
+        pq.write_table(table.slice(k * ROWS_PER_SHARD, ROWS_PER_SHARD),
+                       str(folder / "data" / f"{split}-{k:05d}-of-{n_shards:05d}.parquet"))
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory) -> Path:
+    """A 294-shard train split and a 14-shard validation split, ImageNet's file layout on the Hub."""
+    folder = tmp_path_factory.mktemp("in1k-294")
+    n_train = N_SHARDS * ROWS_PER_SHARD
+    _jpeg_shards(folder, "train", N_SHARDS, 0, n_train)
+    _jpeg_shards(folder, "validation", N_VAL_SHARDS, 0, n_train)
+    return folder
+
+
+def stream_runs(tmp_path: Path, folder: Path, worlds: list[int], **spec) -> dict:
+    """tests/stream_runs.py in a fresh interpreter (huggingface_hub reads HF_ENDPOINT at import)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    full = {"hub_root": str(tmp_path / "hub"), "repo": "ILSVRC/imagenet-1k", "folder": str(folder), "worlds": worlds,
+            "out": str(tmp_path), "probe_size": 8, "epochs": 2, **spec}
+    full["data"] = {"name": "imagenet-1k", "batch_size": 4, "num_workers": 0, "shuffle_buffer": 4,
+                    "cache_dir": str(tmp_path / "cache"), **spec.get("data", {})}
+    (tmp_path / "spec.json").write_text(json.dumps(full))
+    dropped = ("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(dropped)}
+    env.update(HF_HOME=str(tmp_path / "home"), NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(root),
+               TQDM_DISABLE="1")
+    proc = subprocess.run([sys.executable, "-m", "tests.stream_runs", str(tmp_path / "spec.json")], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _split_bytes(folder: Path, split: str) -> int:
+    return sum(f.stat().st_size for f in (folder / "data").glob(f"{split}-*.parquet"))
+
+
+def test_294_shards_streamed_over_http_at_world_3_4_8(imagenet_like: Path, tmp_path: Path):
+    """Streamed from the test Hub over HTTP (HfFileSystem), gloo groups of 1, 3, 4 and 8 processes: every process
+    gets whole shards and the same batches, nothing is read twice, the probe is the same held-out rows at every world
+    size, and each epoch the server sends about the split once in all (not once per process)."""
+    out = stream_runs(tmp_path, imagenet_like, [1, 3, 4, 8], data={"shard_cache": "off"})
+    split = _split_bytes(imagenet_like, "train")
+    probes = set()
+    for world, run in out["runs"].items():
+        procs = run["processes"]
+        assert len(procs) == int(world)
+        probe = sorted(procs[0]["probe"])
+        assert len(probe) == 8 and all(sorted(p["probe"]) == probe for p in procs)
+        probes.add(tuple(probe))
+        for e in range(2):
+            rows = [p["epochs"][e]["rows"] for p in procs]
+            shards = [set(p["epochs"][e]["shards"]) for p in procs]
+            assert len({len(r) for r in rows}) == 1 and all(p["epochs"][e]["batches"] == p["n_batches"] for p in procs)
+            flat = [r for rs in rows for r in rs]
+            assert len(flat) == len(set(flat)) and not set(flat) & set(probe)  # nothing twice; the probe held out
+            assert all(not a & b for i, a in enumerate(shards) for b in shards[i + 1:])  # whole shards per process
+            # every shard a process trained on is one it opened, and only its own
+            assert all({r // ROWS_PER_SHARD for r in rs} <= s for rs, s in zip(rows, shards, strict=True))
+            per_epoch = run["bytes"][e + 2] - run["bytes"][e + 1]
+            assert 0.9 * split <= per_epoch <= split, (world, e, per_epoch, split)  # about 1x the split in all
+        assert set(procs[0]["epochs"][0]["rows"]) != set(procs[0]["epochs"][1]["rows"]) or world == "1"
+    assert len(probes) == 1  # the same held-out rows at every world size
+    w8 = out["runs"]["8"]["processes"]
+    assert {len(p["epochs"][0]["shards"]) for p in w8} <= {36, 37}
+
+
+def _cfg(folder: Path, **kw):
+    from robustify.config import DataConfig
+
+    return DataConfig(**{"name": f"parquet:{folder / 'data'}", "batch_size": 4, "num_workers": 0,
+                         "shuffle_buffer": 4, "eval_split": "validation", **kw})
+
+
+@pytest.mark.parametrize("streaming", ["true", "false"])
+def test_probe_is_held_out_of_every_process_at_world_1_3_4_8(imagenet_like: Path, streaming: str):
+    """The held-out probe is disjoint from every training row of every process, and the same rows, at world sizes
+    1, 3, 4 and 8, streamed and map-style; the batch count is computed after the probe is removed."""
+    from robustify.data import build_loaders
+
+    probes = set()
+    for world in (1, 3, 4, 8):
+        trained: list[int] = []
+        counts = set()
+        for rank in range(world):
+            loaders = build_loaders(_cfg(imagenet_like, streaming=streaming), {"input_size": (3, 16, 16)}, 4, 8,
+                                    seed=5, rank=rank, world_size=world, probe_split="heldout")
+            probe = tuple(sorted(loaders.probe[1].tolist()))
+            probes.add(probe)
+            assert loaders.train_size == N_SHARDS * ROWS_PER_SHARD - 8
+            ys = [y for _, y in loaders.train_epoch(1)]
+            counts.add(len(ys))
+            assert len(ys) == loaders.batches_per_epoch
+            trained += [int(v) for y in ys for v in y]
+        assert len(counts) == 1 and len(trained) == len(set(trained))
+        assert not set(trained) & set(next(iter(probes)))
+        assert len(trained) >= loaders.train_size - world * (4 + (2 * ROWS_PER_SHARD if streaming == "true" else 0))
+    assert len(probes) == 1 and len(next(iter(probes))) == 8
+
+
+
+def test_decoded_batches_in_flight_are_bounded_with_a_slow_consumer(imagenet_like: Path):
+    """Two decode workers and a consumer far slower than them: at most prefetch_factor (2) batches per worker are
+    ever handed out ahead of the consumer (counted, not timed), and they are handed out (the bound is reached)."""
+    import time
+
+    from robustify.data import build_loaders
+
+    cfg = _cfg(imagenet_like, streaming="true", num_workers=2, batch_size=2)
+    loaders = build_loaders(cfg, {"input_size": (3, 16, 16)}, 4, 4, seed=0)
+    train = loaders._train
+    ahead = []
+    for k, _ in enumerate(loaders.train_epoch(1)):
+        time.sleep(0.02)  # a slow step: the workers could decode the whole epoch meanwhile if nothing bounded them
+        ahead.append(train._loader.batch_sampler.handed - (k + 1))
+        if k == 40:
+            break
+    assert max(ahead) <= 2 * 2 and train.peak_in_flight <= 2 * 2 + 1
+    assert max(ahead) == 2 * 2 - 1 or max(ahead) == 2 * 2  # the workers did run ahead, as far as allowed
+
+
+def test_resumed_epoch_skips_finished_windows_unopened(imagenet_like: Path):
+    """start_batch=k opens only the windows from the one holding batch k on, and yields the uninterrupted tail."""
+    import torch
+
+    from robustify.data import build_loaders
+    from robustify.data import shards as sh
+
+    loaders = build_loaders(_cfg(imagenet_like, streaming="true", augment="flip-crop"), {"input_size": (3, 16, 16)},
+                            4, 4, seed=1, rank=1, world_size=3)
+    train = loaders._train
+    full = list(loaders.train_epoch(2))
+    k = len(full) // 2
+    train.windows_opened.clear()
+    tail = list(loaders.train_epoch(2, start_batch=k))
+    plan = train.plan(2)
+    first, _ = sh.locate(plan, k * 4)
+    assert first > 0 and train.windows_opened == [w.shards for w in plan[first:]]
+    assert len(tail) == len(full) - k
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[k:], tail, strict=True))
