@@ -58,6 +58,7 @@ class ModelConfig:
     checkpoint: str | None = None  # optional weights file (.safetensors) to load into the timm architecture
     trust_pickle: bool = False  # also load a pickle checkpoint (.pth, .bin, ...): only for files you trust
     channels_last: bool | str = "auto"  # auto: true on CUDA, false on CPU (robustify/hardware.py)
+    sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch (SyncBatchNorm) in training
 
 
 @dataclass

@@ -12,10 +12,8 @@ folders (which are ``local-dir:`` folders), so there is one code path for the Hu
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import timm
 import torch
@@ -151,18 +149,23 @@ def resolve_spec(name: str) -> str:
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can we open a TCP connection to the Hub endpoint? (timm alone retries for ~50 s when offline.)"""
+    """Would huggingface_hub's own requests reach the Hub endpoint now? Decided with huggingface_hub's HTTP client
+    (the session every download uses), so it honours ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` /
+    ``NO_PROXY`` exactly as the download would; a short timeout keeps an unreachable Hub at seconds (timm alone
+    retries for about 50 s). Any HTTP answer from the Hub counts (even 401 or 404: it is there); no answer, a
+    refused or timed-out connection, or a proxy that says it cannot reach the Hub (502, 504) or wants credentials
+    (407) does not. A raw TCP connection to the Hub's host, as before, fails behind every proxy."""
     from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
 
     if constants.HF_HUB_OFFLINE:
         return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT))
-    port = url.port or (443 if url.scheme == "https" else 80)
+    endpoint = os.environ.get("HF_ENDPOINT", constants.ENDPOINT).rstrip("/")
     try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
+        response = get_session().head(f"{endpoint}/api/models", timeout=timeout, follow_redirects=False)
+    except Exception:  # noqa: BLE001 - the client's transport errors (connect, proxy, timeout, TLS) all mean no
         return False
+    return response.status_code not in (407, 502, 504)
 
 
 def _needs_hub(spec: str, pretrained: bool) -> bool:

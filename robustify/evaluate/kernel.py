@@ -10,7 +10,8 @@ restart).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 from .. import attacks
 from ..data import to_unit
 from ..errors import UserError
+from . import collectives
 
 
 def bar_for(total: int, desc: str, progress: bool = True) -> tqdm:
@@ -117,6 +119,42 @@ def pgd_correct(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: f
 
 
 # ------------------------------------------------------------------------------ sharded, always-fp32 evaluation
+def _fp32_switches() -> list[Any]:
+    """torch's per-backend float32 precision switches (``fp32_precision``: 'ieee' is true fp32, 'tf32' on
+    Ampere/Hopper rounds matmul and convolution inputs to 10-bit mantissas, 'bf16' on oneDNN CPUs to 7 bits)."""
+    backends = torch.backends
+    found = [getattr(backends.cuda, "matmul", None), getattr(getattr(backends, "cudnn", None), "conv", None),
+             getattr(getattr(backends, "cudnn", None), "rnn", None), getattr(backends, "mkldnn", None)]
+    return [b for b in found if b is not None and hasattr(b, "fp32_precision")]
+
+
+@contextlib.contextmanager
+def fp32_math() -> Iterator[None]:
+    """True float32 arithmetic inside evaluation: TF32 off for matmuls and cuDNN convolutions (PyTorch lets cuDNN
+    use TF32 by default on Ampere and later), restored afterwards so training keeps its own setting.
+
+    Uses the per-backend ``fp32_precision`` switches where torch has them (2.9+; mixing them with the legacy
+    ``allow_tf32`` flags is an error there), else the legacy flags.
+    """
+    switches = _fp32_switches()
+    if switches:
+        saved = [b.fp32_precision for b in switches]
+        for b in switches:
+            b.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            for b, value in zip(switches, saved, strict=True):
+                b.fp32_precision = value
+        return
+    legacy = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
+
+
 class FP32(torch.nn.Module):
     """The model as evaluation must see it: in float32 whatever the training precision.
 
@@ -167,21 +205,23 @@ def sharded_pgd_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
     model.eval()
     counts = torch.zeros(3, dtype=torch.long, device=device)  # clean, robust, examples
     work = [0]
-    try:
-        batches = range(start, end, batch_size)
-        for i in tqdm(batches, desc=desc, leave=False, **({} if progress and rank == 0 else {"disable": True})):
-            xb = to_unit(x[i:min(i + batch_size, end)].to(device, non_blocking=True))
-            yb = y[i:min(i + batch_size, end)].to(device, non_blocking=True)
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
-            clean = predict(fp32, xb) == yb
-            robust = pgd_robust(fp32, xb, yb, eps, norm, steps, restarts, losses, alpha, gen, clean, work=work)
-            counts += torch.stack([clean.sum(), robust.sum(), torch.tensor(yb.numel(), device=device)])
-    finally:
-        model.train(was_training)
+    with fp32_math():  # TF32 off while attacking, restored after (also on an error)
+        try:
+            batches = range(start, end, batch_size)
+            for i in tqdm(batches, desc=desc, leave=False, **({} if progress and rank == 0 else {"disable": True})):
+                xb = to_unit(x[i:min(i + batch_size, end)].to(device, non_blocking=True))
+                yb = y[i:min(i + batch_size, end)].to(device, non_blocking=True)
+                gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+                clean = predict(fp32, xb) == yb
+                robust = pgd_robust(fp32, xb, yb, eps, norm, steps, restarts, losses, alpha, gen, clean, work=work)
+                counts += torch.stack([clean.sum(), robust.sum(), torch.tensor(yb.numel(), device=device)])
+        finally:
+            model.train(was_training)
     per_process = [work[0]]
-    if world > 1:
-        counts = accelerator.reduce(counts, reduction="sum")
-        per_process = accelerator.gather(torch.tensor([work[0]], device=device)).tolist()
+    if world > 1:  # every process, an empty shard included, reaches these two collectives
+        with collectives.stage(f"{desc}: counts"):
+            counts = accelerator.reduce(counts, reduction="sum")
+            per_process = accelerator.gather(torch.tensor([work[0]], device=device)).tolist()
     clean_n, robust_n, total = counts.tolist()
     return {
         "clean_acc": clean_n / max(total, 1),
@@ -190,6 +230,7 @@ def sharded_pgd_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
                 "alpha": 2.5 * eps / steps if alpha is None else alpha},
         "n_examples": total,
         "precision": "fp32",
+        "tf32": False,  # matmuls and convolutions in true fp32 (fp32_math)
         "processes": world,
         "attack_work": per_process,  # input-gradient evaluations (examples x steps) per process
     }

@@ -28,9 +28,11 @@ from ..data.examples import Examples
 from ..errors import UserError
 from ..publish import public, runrecord
 from ..publish.runrecord import Evaluation, RunRecord
+from . import collectives
 from .kernel import (  # noqa: F401  (re-exported: the kernel lives in robust_acc)
     FP32,
     bar_for,
+    fp32_math,
     parse_losses,
     pgd_correct,
     pgd_robust,
@@ -161,23 +163,26 @@ class _Runner:
                 out.append(fn(x, y, prior.to(self.device)).cpu())
                 bar.update(y.numel())
         self.seconds[name] = round(time.perf_counter() - t0, 2)
-        return self.gather(torch.cat(out))
+        return self.gather(torch.cat(out), f"{name} masks")
 
-    def gather(self, local: torch.Tensor) -> torch.Tensor:
-        """This process's share (CPU) → the whole subset's, in example order, on every process."""
+    def gather(self, local: torch.Tensor, stage: str = "gather") -> torch.Tensor:
+        """This process's share (CPU) → the whole subset's, in example order, on every process. Every process calls
+        it, an empty share included (see collectives.py)."""
         if self.world == 1:
             return local
         from accelerate.utils import gather_object
 
-        return torch.cat(gather_object([local]))
+        with collectives.stage(f"eval: {stage}"):
+            return torch.cat(gather_object([local]))
 
-    def reduce(self, t: torch.Tensor) -> torch.Tensor:
+    def reduce(self, t: torch.Tensor, stage: str = "reduce") -> torch.Tensor:
         """Sum a device tensor over the processes."""
         if self.world == 1:
             return t
         from accelerate.utils import reduce
 
-        return reduce(t, reduction="sum")
+        with collectives.stage(f"eval: {stage}"):
+            return reduce(t, reduction="sum")
 
     def generator(self, offset: int, seed: int) -> torch.Generator:
         """A generator for attack ``offset`` on the current batch (call it inside the batch function)."""
@@ -207,47 +212,48 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
     report: dict[str, Any] = {
         "threat_model": {"norm": s.norm, "eps": s.eps}, "n_examples": ex.n, "subset": ex.record(),
         "preset": s.preset, "attacks": list(s.attacks), "seed": s.seed, "batch_size": s.batch_size,
-        "device": str(device), "precision": "fp32", "processes": run.world,
+        "device": str(device), "precision": "fp32", "tf32": False, "processes": run.world,
     }
     masks: dict[str, torch.Tensor] = {}
     extra: dict[str, Any] = {}
-    try:
-        masks["clean"] = clean = run.run("clean", lambda x, y, p: predict(model, x) == y)
-        report["clean_acc"] = _acc(clean)
+    with fp32_math():  # TF32 off for every attack and check, restored after (also on an error)
+        try:
+            masks["clean"] = clean = run.run("clean", lambda x, y, p: predict(model, x) == y)
+            report["clean_acc"] = _acc(clean)
 
-        masks["fgsm"] = run.run("fgsm", lambda x, y, p: p & (predict(
-            model, x + attacks.fgsm(model, x, y, s.eps, norm=s.norm, random_start=False)) == y), clean)
-        report["fgsm_acc"] = _acc(masks["fgsm"])
-        report["fgsm"] = {"norm": s.norm, "eps": s.eps, "alpha": s.eps, "random_start": False}
+            masks["fgsm"] = run.run("fgsm", lambda x, y, p: p & (predict(
+                model, x + attacks.fgsm(model, x, y, s.eps, norm=s.norm, random_start=False)) == y), clean)
+            report["fgsm_acc"] = _acc(masks["fgsm"])
+            report["fgsm"] = {"norm": s.norm, "eps": s.eps, "alpha": s.eps, "random_start": False}
 
-        if "pgd" in s.attacks:
-            _run_pgd(run, s, report, masks, extra)
-        if s.curve:
-            _run_curve(run, s, report, masks, extra)
-        if s.checks:
-            _run_check_attacks(run, s, report, masks, extra)
-        if "autoattack" in s.attacks:
-            from .autoattack import run_autoattack, settings_for
+            if "pgd" in s.attacks:
+                _run_pgd(run, s, report, masks, extra)
+            if s.curve:
+                _run_curve(run, s, report, masks, extra)
+            if s.checks:
+                _run_check_attacks(run, s, report, masks, extra)
+            if "autoattack" in s.attacks:
+                from .autoattack import run_autoattack, settings_for
 
-            t0 = time.perf_counter()
-            a, b = run.shard
-            res = run_autoattack(model, ex.x[a:b], ex.y[a:b], s.eps, s.norm,
-                                 settings_for(s.aa_version, **s.aa_overrides), seed=s.seed, batch_size=s.batch_size,
-                                 device=device, robust=clean[a:b], progress=run.progress)
-            masks["autoattack"] = run.gather(res.pop("robust_mask"))
-            extra["square_only"] = run.gather(res.pop("square_only_mask"))
-            aa = res["autoattack"]
-            names = list(aa["per_attack"])
-            counts = run.reduce(torch.tensor([aa["per_attack"][k] * (b - a) for k in names], dtype=torch.float64,
-                                             device=device))
-            aa.update(per_attack={k: round(c) / max(ex.n, 1) for k, c in zip(names, counts.tolist(), strict=True)},
-                      n_examples=ex.n)
-            res["autoattack_acc"] = _acc(masks["autoattack"])
-            report.update(res)
-            report["autoattack_version"] = report["autoattack"]["version"]
-            run.seconds["autoattack"] = round(time.perf_counter() - t0, 2)
-    finally:
-        model.train(was_training)
+                t0 = time.perf_counter()
+                a, b = run.shard
+                res = run_autoattack(model, ex.x[a:b], ex.y[a:b], s.eps, s.norm,
+                                     settings_for(s.aa_version, **s.aa_overrides), seed=s.seed, batch_size=s.batch_size,
+                                     device=device, robust=clean[a:b], progress=run.progress)
+                masks["autoattack"] = run.gather(res.pop("robust_mask"))
+                extra["square_only"] = run.gather(res.pop("square_only_mask"))
+                aa = res["autoattack"]
+                names = list(aa["per_attack"])
+                counts = run.reduce(torch.tensor([aa["per_attack"][k] * (b - a) for k in names], dtype=torch.float64,
+                                                 device=device))
+                aa.update(per_attack={k: round(c) / max(ex.n, 1) for k, c in zip(names, counts.tolist(), strict=True)},
+                          n_examples=ex.n)
+                res["autoattack_acc"] = _acc(masks["autoattack"])
+                report.update(res)
+                report["autoattack_version"] = report["autoattack"]["version"]
+                run.seconds["autoattack"] = round(time.perf_counter() - t0, 2)
+        finally:
+            model.train(was_training)
     worst = clean.clone()
     for name in ("fgsm", "pgd", "autoattack"):
         if name in masks:
@@ -274,8 +280,13 @@ def _run_pgd(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: di
 
     losses = "+".join(s.pgd_losses)
     masks["pgd"] = run.run(f"pgd-{s.pgd_steps} x{s.pgd_restarts} {losses}", fn, masks["clean"])
-    stages = {k: run.gather(torch.cat(v) if v else torch.zeros(0, dtype=torch.bool)) for k, v in stage_masks.items()}
-    step_correct = run.reduce(step_correct)
+    # a fixed list of keys, the same on every process: a process with no batch has no stage masks of its own but
+    # must still take part in each gather (a dict of the keys it saw would leave it out and hang the others)
+    keys = ("first", *s.pgd_losses)
+    stages = {k: run.gather(torch.cat(stage_masks[k]) if stage_masks.get(k) else torch.zeros(0, dtype=torch.bool),
+                            f"pgd {k} masks") for k in keys}
+    stages = {k: v for k, v in stages.items() if v.numel() == run.ex.n}  # keys no batch set (eps 0) on any process
+    step_correct = run.reduce(step_correct, "pgd step counts")
     masks["pgd_first"] = stages.get("first", masks["pgd"])
     report["pgd_acc"] = _acc(masks["pgd"])
     report["pgd"] = {
@@ -452,7 +463,9 @@ def eval_state() -> Any:
     from accelerate import PartialState
 
     use_cpu = not torch.cuda.is_available() or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return PartialState(cpu=use_cpu)
+    # a process-group timeout turns a collective that some process never reaches into a one-line error naming the
+    # stage (collectives.stage), not an endless wait
+    return PartialState(cpu=use_cpu, timeout=collectives.eval_timeout())
 
 
 def run_eval(model: str, *, data: str | None = None, split: str | None = None, eps: float | None = None,

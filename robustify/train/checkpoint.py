@@ -200,6 +200,7 @@ class StopSignal:
     def __init__(self) -> None:
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
+        self._group: Any = None  # the gloo group the per-step agreement uses (see agreed)
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.received is not None and signum == signal.SIGINT:
@@ -217,12 +218,25 @@ class StopSignal:
             signal.signal(sig, handler)
 
     def agreed(self, accelerator: Accelerator) -> int | None:
-        """The signal number if any process received one (a collective when several processes run)."""
+        """The signal number if any process received one; called by every process after every optimizer step.
+
+        Several processes agree through one all-reduce of a one-element CPU tensor over a gloo group (the default
+        group on CPU, a gloo side group next to NCCL): a few microseconds on one machine, well under a millisecond
+        across nodes, and no GPU synchronisation, so a SIGTERM on any process stops every process after the same
+        optimizer step, seconds after the signal, whatever ``train.log_every``.
+        """
         if accelerator.num_processes == 1:
             return self.received
-        flag = torch.tensor([self.received or 0], device=accelerator.device)
-        got = int(accelerator.reduce(flag, reduction="max").item())
-        return got or None
+        import torch.distributed as dist
+
+        from ..evaluate.collectives import stage
+
+        if self._group is None:  # every process reaches the first call at the same step, so new_group matches
+            self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        flag = torch.tensor([self.received or 0], dtype=torch.int64)  # CPU: no device copy, no GPU sync
+        with stage("stop-signal agreement"):
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return int(flag[0]) or None
 
 
 # Keys a resumed run may change: how it is run, logged and checkpointed, never what is trained or measured.

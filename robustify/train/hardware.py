@@ -3,8 +3,14 @@
 ``train.mixed_precision: auto`` and ``model.channels_last: auto`` (the defaults) mean: bf16 autocast and the
 channels-last memory layout on a CUDA GPU, where tensor cores and cuDNN's NHWC kernels make them the fast path;
 fp32 and the contiguous layout on a CPU, where bf16 without AMX/AVX512-BF16 is emulated (measured 10-65x slower than
-fp32 on an AVX2 CPU) and oneDNN gains nothing from NHWC inputs. A GPU without bf16 (pre-Ampere) trains in fp32:
-fp16 would need loss scaling, and attack input gradients taken with ``torch.autograd.grad`` are not scaled.
+fp32 on an AVX2 CPU) and oneDNN gains nothing from NHWC inputs. A GPU without bf16 (pre-Ampere) trains in fp32.
+
+``train.mixed_precision: fp16`` is refused (:func:`refuse_fp16`): fp16 needs loss scaling, and adversarial training
+takes gradients that GradScaler does not scale. FGSM/PGD input gradients from ``torch.autograd.grad`` would
+underflow to zero (weaker attacks, silently), and free AT / DEAT read the input gradient from the scaled backward
+(``delta.grad`` carries the loss scale, inf/NaN on GradScaler's overflow steps, then ``sign(NaN)``). Scaling every
+input gradient and skipping replays on overflow is possible but touches every method; bf16 has fp32's exponent
+range, needs no scaling, and runs at fp16's speed on every GPU that has tensor cores for it (Ampere and later).
 
 ``train.compile: true`` compiles the model's forward with ``torch.compile`` (``nn.Module.compile``: in place, so the
 module, its state_dict keys and every reference to it stay the same; attack and training forwards both use it).
@@ -55,3 +61,13 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     if enabled:
         model.compile()
     return model
+
+
+def refuse_fp16(cfg: FinetuneConfig) -> None:
+    """One line instead of silently weaker attacks: fp16 autocast is not supported for adversarial training."""
+    from ..errors import UserError
+
+    if cfg.train.mixed_precision == "fp16":
+        raise UserError("train.mixed_precision='fp16' is not accepted: attack input gradients and free/DEAT replays "
+                        "are not loss-scaled, so under fp16 they underflow or overflow and the attacks weaken "
+                        "silently; use 'bf16' (same speed on Ampere and later GPUs, no scaling needed) or 'no' (fp32)")

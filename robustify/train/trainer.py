@@ -37,7 +37,8 @@ from .. import runlock
 from ..config import FinetuneConfig, _flatten, config_from_dict, dump_yaml, expand_stages, scaled_lr
 from ..errors import Interrupted, UserError
 from ..evaluate.autoattack import sharded_autoattack
-from ..evaluate.kernel import sharded_pgd_accuracy
+from ..evaluate.collectives import broadcast_buffers, stage
+from ..evaluate.kernel import fp32_math, sharded_pgd_accuracy
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import RobustModel, build_robust_model, load_backbone
 from ..publish import runrecord
@@ -56,7 +57,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .divergence import DivergenceGuard
-from .hardware import maybe_compile, resolve_hardware_settings, target_device_type
+from .hardware import maybe_compile, refuse_fp16, resolve_hardware_settings, target_device_type
 from .methods import Method, StepContext, build_method
 from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, step_autocast
 
@@ -73,10 +74,9 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     ``main_process_first``), which can take tens of minutes for a large set on a slow link; NCCL's default of 10
     minutes would turn that into a crash, an infinite timeout would turn a dead peer into a hang.
     """
+    refuse_fp16(cfg)  # before anything touches a device
     use_cpu = target_device_type() == "cpu"
     resolve_hardware_settings(cfg, "cpu" if use_cpu else "cuda")  # 'auto' precision / layout, in place
-    if cfg.train.mixed_precision == "fp16" and use_cpu:
-        raise UserError("train.mixed_precision='fp16' needs a GPU; use 'bf16' or 'no' on CPU")
     # trackers that write files need a logging dir at construction; the run folder's logs/ replaces it once the
     # run folder's name (a timestamp agreed by all processes) is known
     project = ProjectConfiguration(project_dir=project_dir or os.getcwd(), logging_dir=project_dir or os.getcwd(),
@@ -119,14 +119,27 @@ def check_resume(run_dir: Path, cfg: FinetuneConfig) -> list[str]:
 
 
 def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
-    """True when every process holds bit-identical weights (checked on a per-tensor fingerprint)."""
+    """True when every process holds bit-identical weights and buffers (BatchNorm running statistics and batch
+    counts too: they are part of the exported model), checked on a per-tensor fingerprint."""
     if accelerator.num_processes == 1:
         return True
     with torch.no_grad():
-        fp = torch.stack([p.detach().double().sum() + p.detach().double().abs().sum() * 1e-3
-                          for p in model.parameters()]).to(accelerator.device)
-    gathered = accelerator.gather(fp[None]).view(accelerator.num_processes, -1)
+        tensors = [*model.parameters(), *model.buffers()]
+        fp = torch.stack([t.detach().double().sum() + t.detach().double().abs().sum() * 1e-3
+                          for t in tensors]).to(accelerator.device)
+    with stage("weights fingerprint"):
+        gathered = accelerator.gather(fp[None]).view(accelerator.num_processes, -1)
     return bool((gathered == gathered[0]).all().item())
+
+
+def same_buffers(run: Run) -> None:
+    """Process 0's BatchNorm statistics on every process (the module and its weight average), before a probe, an
+    evaluation, a best-weights capture or an export: DDP broadcasts buffers only at the next training forward, and
+    attack forwards (which run on the unwrapped module) update them locally, so without this each process would
+    measure and keep a slightly different model. A no-op for one process."""
+    broadcast_buffers(run.raw, "BatchNorm buffer broadcast")
+    if run.probed is not run.raw:
+        broadcast_buffers(run.probed, "BatchNorm buffer broadcast (weight average)")
 
 
 def hardware_info(accelerator: Accelerator) -> dict[str, Any]:
@@ -215,6 +228,12 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.model.sync_bn and accelerator.num_processes > 1:  # model.sync_bn: statistics of the global batch
+        if accelerator.device.type == "cpu":
+            raise UserError("model.sync_bn=true needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) only; "
+                            "leave it false on CPU (BatchNorm statistics are still broadcast before every probe, "
+                            "evaluation and export)")
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     method = build_method(cfg.method, cfg.threat)
     global_batch = cfg.data.batch_size * accelerator.num_processes * cfg.train.grad_accum
@@ -258,19 +277,22 @@ def evaluate(run: Run, desc: str) -> dict[str, Any]:
     """The before/after evaluation: clean + PGD (and AutoAttack when asked) on the fixed subset, sharded, fp32."""
     cfg, e = run.cfg, run.cfg.eval
     x, y = run.eval_set
+    same_buffers(run)
     res = sharded_pgd_accuracy(run.probed, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
                                restarts=e.pgd_restarts, loss=e.pgd_loss, seed=cfg.train.seed,
                                batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator, desc=desc)
     res["split"] = cfg.data.eval_split
     if e.autoattack:
-        res.update(sharded_autoattack(run.probed, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
-                                      batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator))
+        with fp32_math():  # TF32 off, as in the PGD kernel
+            res.update(sharded_autoattack(run.probed, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
+                                          batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator))
     return res
 
 
 def probe(run: Run) -> tuple[float, float]:
     """PGD on the fixed probe minibatch (same examples every epoch), sharded like every evaluation."""
     x, y = run.loaders.probe
+    same_buffers(run)  # also what a best-weights capture after the probe keeps
     res = sharded_pgd_accuracy(run.probed, x, y, run.cfg.threat.eps, run.cfg.threat.norm,
                                steps=run.cfg.train.probe_steps,
                                seed=run.cfg.train.seed, batch_size=run.cfg.data.eval_batch_size,
@@ -318,8 +340,9 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
             run.stepper.progress = ((epoch - 1) * n_batches + state.batch) / (run.epochs * n_batches)
         with acc.accumulate(run.model):
             res = run.method.step(run.ctx, x, y)
-        sums += torch.stack([res.loss.double() * y.shape[0], (res.logits.argmax(1) == y).sum().double(),
-                             torch.tensor(float(y.shape[0]), dtype=torch.float64, device=acc.device)])
+        n = y.shape[0]  # a Python int from the shape: adding it is a kernel argument, not a host-to-device copy
+        sums[:2] += torch.stack([res.loss.double() * n, (res.logits.argmax(1) == y).sum().double()])
+        sums[2] += n
         state.batch += 1
         state.progress += 1
         state.batch_passes += run.method.passes_per_batch
@@ -331,10 +354,9 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
             run.guard.check_loss(sums[0], int(s[2]), run.stepper.opt_steps, epoch, run.optimizer.param_groups[0]["lr"])
         due = every is not None and run.stepper.opt_steps // every > steps_before // every
         # act on a signal only where a checkpoint is exact (an accumulation group is complete), and agree on it
-        # across processes every log_every groups (one small collective) rather than every step
-        check = acc.sync_gradients and (acc.num_processes == 1 or due
-                                        or state.batch % (cfg.train.log_every * cfg.train.grad_accum) == 0)
-        signalled = stop.agreed(acc) if check else None
+        # across processes after every optimizer step (a CPU all-reduce of one number, see StopSignal.agreed), so
+        # a SIGTERM on any process stops all of them within one step, whatever train.log_every
+        signalled = stop.agreed(acc) if acc.sync_gradients else None
         if (due or signalled) and state.batch < n_batches:
             state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
             where = checkpoint(run)
@@ -385,6 +407,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
     ``recipe_yaml``: the run's whole resolved recipe (all stages), written as the folder's recipe.yaml."""
     cfg, acc, state, raw = run.cfg, run.accelerator, run.state, run.raw
     acc.wait_for_everyone()
+    same_buffers(run)
     in_sync = ranks_in_sync(raw, acc)
     if not in_sync:
         raise RuntimeError("the processes' weights differ after training: gradients were not synchronised")
@@ -398,7 +421,8 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "example_passes": state.example_passes, "passes_per_batch": run.method.passes_per_batch,
             "hardware": hardware_info(acc), "world_size": acc.num_processes, "ranks_in_sync": in_sync,
             "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
-            "comm_hook": comm_hook_name(run.model)}
+            "comm_hook": comm_hook_name(run.model),
+            "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1)}
     record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
                                      after=after, history=state.history, cost=cost, selected_epoch=selected,

@@ -1,0 +1,393 @@
+"""Runs at real scale, tested at toy size: collectives every process reaches whatever its share (empty, uneven, one
+example), a process-group timeout that names the stage, preemption agreed every optimizer step, no host
+synchronisation in the training step, BatchNorm buffers identical on every process, fp32 evaluation without TF32."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+BATCH = 4
+
+
+def torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: float = 240,
+             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node N`` on CPU (gloo); a hang fails the test at ``timeout`` instead of waiting."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
+           **(extra_env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
+
+
+def sizes(world: int) -> list[int]:
+    """The shares that used to leave a process out of a collective: 1, batch-1, batch, batch+1, world x batch + 1."""
+    return [1, BATCH - 1, BATCH, BATCH + 1, world * BATCH + 1]
+
+
+UNEVEN_EVAL = """
+import json, sys
+from datetime import timedelta
+import torch
+from accelerate import Accelerator, PartialState
+from robustify.data.examples import Examples
+from robustify.evaluate.kernel import FP32, sharded_pgd_accuracy
+from robustify.evaluate.report import EvalSettings, evaluate
+from tests.helpers import quickstart_batch, quickstart_model
+
+state = PartialState(cpu=True, timeout=timedelta(seconds=60))  # a hang fails within a minute
+acc = Accelerator(cpu=True)  # the trainer's probe runs through an Accelerator (the same process group)
+x, y = quickstart_batch(64)
+x = x.mul(255).round().to(torch.uint8)
+model = quickstart_model()
+out = {}
+for n in json.loads(sys.argv[2]):
+    s = EvalSettings.from_preset("quick", 0.03, attacks=("clean", "pgd"), pgd_steps=2, pgd_restarts=2,
+                                 pgd_losses=("ce", "cw"), batch_size=BATCH, curve=True, checks=True)
+    rep = evaluate(FP32(model), Examples(x[:n], y[:n], "quickstart", "test", 10), s, progress=False, state=state)
+    probe = sharded_pgd_accuracy(model, x[:n], y[:n], 0.03, steps=2, restarts=2, loss="ce+cw", batch_size=BATCH,
+                                 accelerator=acc, progress=False)
+    out[n] = {"clean": rep["clean_acc"], "pgd": rep["pgd_acc"], "first": rep["pgd"]["first_run_acc"],
+              "per_loss": rep["pgd"]["per_loss_acc"], "steps": rep["pgd"]["last_iterate_acc_by_step"],
+              "curve": [p["acc"] for p in rep["eps_curve"]["points"]],
+              "probe": [probe["clean_acc"], probe["pgd_acc"], probe["n_examples"]]}
+if state.is_main_process:
+    open(sys.argv[1], "w").write(json.dumps(out))
+""".replace("BATCH", str(BATCH))
+
+
+def _single_process(script: Path, out: Path, ns: list[int]) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, str(script), str(out), json.dumps(ns)], capture_output=True, text=True,
+                         env=env, timeout=240, cwd=out.parent)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_eval_and_probe_reach_every_collective_with_any_share(tmp_path: Path, world: int):
+    """Subsets of 1, batch-1, batch, batch+1 and world x batch + 1 examples: some processes get no batch at all, one
+    gets a single example; every process reaches the same collectives, and the numbers equal one process's."""
+    script = tmp_path / "uneven.py"
+    script.write_text(UNEVEN_EVAL)
+    ns = sizes(world)
+    res = torchrun([str(script), str(tmp_path / "many.json"), json.dumps(ns)], tmp_path, nproc=world, timeout=200)
+    assert res.returncode == 0, res.stderr[-3000:]
+    many = json.loads((tmp_path / "many.json").read_text())
+    one = _single_process(script, tmp_path / "one.json", ns)
+    assert many == one
+    assert all(one[str(n)]["probe"][2] == n for n in ns)
+
+
+MISSED_COLLECTIVE = """
+import sys, time
+from datetime import timedelta
+import torch
+from accelerate import PartialState
+from robustify.data.examples import Examples
+from robustify.evaluate.report import _Runner
+
+state = PartialState(cpu=True, timeout=timedelta(seconds=3))
+ex = Examples(torch.zeros(8, 3, 4, 4, dtype=torch.uint8), torch.zeros(8, dtype=torch.long), "x", "test", 2)
+runner = _Runner(torch.nn.Identity(), ex, 4, torch.device("cpu"), False, state)
+if state.process_index == 1:  # a process that took another path: it never reaches the gather
+    time.sleep(15)
+    sys.exit(0)
+try:
+    runner.gather(torch.ones(4, dtype=torch.bool), "pgd first masks")
+except Exception as e:
+    print(f"{type(e).__name__}: {e}", file=sys.stderr)
+    sys.exit(getattr(e, "exit_code", 3))
+"""
+
+
+def test_a_collective_not_every_process_reaches_fails_in_one_line_naming_the_stage(tmp_path: Path):
+    script = tmp_path / "missed.py"
+    script.write_text(MISSED_COLLECTIVE)
+    res = torchrun([str(script)], tmp_path, nproc=2, timeout=120)
+    assert res.returncode != 0
+    line = next(ln for ln in res.stderr.splitlines() if ln.startswith("CollectiveTimeout"))
+    assert "stage 'eval: pgd first masks'" in line and "process 0" in line, res.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------------- no host sync in the step
+class HostSyncCounter:
+    """Counts what would make the host wait for the device in the per-minibatch path: reading a tensor's value
+    (item, tolist, bool, int, float, numpy, cpu) and creating a tensor on a device from Python values
+    (``torch.tensor(..., device=...)``). On a CPU every tensor is a host tensor, so the data wing's own host work
+    (producing the next batch) is excluded: counting pauses while the loader yields."""
+
+    READS = ("item", "tolist", "__bool__", "__int__", "__float__", "numpy", "cpu")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.paused = False
+        self.where: list[str] = []
+
+    def __enter__(self) -> HostSyncCounter:
+        import torch
+
+        self._saved = {name: getattr(torch.Tensor, name) for name in self.READS}
+        self._tensor, self._as_tensor = torch.tensor, torch.as_tensor
+        for name, fn in self._saved.items():
+            setattr(torch.Tensor, name, self._counting(fn, name))
+        torch.tensor = self._on_device(self._tensor, "torch.tensor")
+        torch.as_tensor = self._on_device(self._as_tensor, "torch.as_tensor")
+        return self
+
+    def _hit(self, name: str) -> None:
+        if not self.paused:
+            import traceback
+
+            self.count += 1
+            self.where.append(f"{name} at {traceback.format_stack(limit=4)[0].strip()}")
+
+    def _counting(self, fn, name):
+        def wrapper(*args, **kwargs):
+            self._hit(name)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def _on_device(self, fn, name):
+        def wrapper(*args, **kwargs):
+            if kwargs.get("device") is not None:
+                self._hit(name)
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        for name, fn in self._saved.items():
+            setattr(torch.Tensor, name, fn)
+        torch.tensor, torch.as_tensor = self._tensor, self._as_tensor
+
+
+def _one_epoch_run(tmp_path: Path, method: str, device: str = "cpu"):
+    from robustify.config import build_config
+    from robustify.models import load_backbone
+    from robustify.train.checkpoint import BestWeights, TrainState
+    from robustify.train.trainer import setup, start
+
+    cfg = build_config("quickstart", [f"output_dir={tmp_path / method}", f"method.name={method}",
+                                      "data.max_train_examples=56", "data.batch_size=8", "train.log_every=100000",
+                                      "train.epochs=1", "eval.n_examples=8", "train.probe_size=8",
+                                      "data.num_workers=0", "method.steps=2", "method.replays=2"])
+    acc, run_dir, cfg = start(cfg, False)
+    base = load_backbone(cfg.model.name)
+    return setup(cfg, acc, run_dir, base.backbone, TrainState(), BestWeights())
+
+
+METHOD_NAMES = ["natural", "fgsm-rs", "n-fgsm", "free", "pgd", "deat"]
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_no_host_sync_per_minibatch(tmp_path: Path, method: str):
+    """Every minibatch but the epoch's last (which logs, one sync per log_every) reads nothing from the device and
+    copies no Python number to it, for every method (the optimizer step, accumulation and stop agreement included)."""
+    from robustify.train.checkpoint import StopSignal
+    from robustify.train.trainer import train_epoch
+
+    run = _one_epoch_run(tmp_path, method)
+    counter = HostSyncCounter()
+    per_batch: list[int] = []
+    produce = run.loaders.train_epoch
+
+    def counted(epoch: int, start_batch: int = 0):
+        it = produce(epoch, start_batch=start_batch)
+        while True:
+            per_batch.append(counter.count)
+            counter.paused = True
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            finally:
+                counter.paused = False
+            yield batch
+
+    run.loaders.train_epoch = counted
+    with counter, StopSignal() as stop:
+        train_epoch(run, 1, stop)
+    bodies = [b - a for a, b in zip(per_batch, per_batch[1:], strict=False)]
+    assert len(bodies) == run.loaders.batches_per_epoch >= 6
+    assert bodies[:-1] == [0] * (len(bodies) - 1), counter.where
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_no_host_sync_per_minibatch_cuda_sync_debug(tmp_path: Path, method: str):
+    """On a GPU: torch's own sync detector, set to raise, over an epoch's minibatches but the last."""
+    import torch
+
+    from robustify.train.checkpoint import StopSignal
+    from robustify.train.trainer import train_epoch
+
+    run = _one_epoch_run(tmp_path, method, "cuda")
+    produce, n = run.loaders.train_epoch, run.loaders.batches_per_epoch
+
+    def checked(epoch: int, start_batch: int = 0):
+        for i, batch in enumerate(produce(epoch, start_batch=start_batch)):
+            torch.cuda.set_sync_debug_mode("error" if 0 < i < n - 1 else "default")
+            yield batch
+        torch.cuda.set_sync_debug_mode("default")
+
+    run.loaders.train_epoch = checked
+    try:
+        with StopSignal() as stop:
+            train_epoch(run, 1, stop)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+# ------------------------------------------------------------------------------ the same BatchNorm everywhere
+BN_SYNC = """
+import sys
+import torch
+from accelerate import Accelerator
+from robustify.evaluate.collectives import broadcast_buffers
+from robustify.train.trainer import ranks_in_sync
+
+acc = Accelerator(cpu=True)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten())
+torch.manual_seed(100 + acc.process_index)  # each process's own minibatch, as attack forwards see it
+model.train()(torch.rand(8, 3, 6, 6))  # updates the running statistics locally (no DDP broadcast)
+before = ranks_in_sync(model, acc)
+broadcast_buffers(model)
+after = ranks_in_sync(model, acc)
+mean = acc.gather(model[1].running_mean[None].clone())
+print(f"RESULT {acc.process_index} {before} {after} {bool((mean == mean[0]).all())}")
+"""
+
+
+def test_batchnorm_buffers_are_compared_and_broadcast(tmp_path: Path):
+    """Parameters equal, running statistics not: ranks_in_sync says so; after the broadcast every process holds
+    process 0's statistics."""
+    script = tmp_path / "bn.py"
+    script.write_text(BN_SYNC)
+    res = torchrun([str(script)], tmp_path, nproc=2, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = sorted(ln.split()[1:] for ln in res.stdout.splitlines() if ln.startswith("RESULT"))
+    assert results == [["0", "False", "True", "True"], ["1", "False", "True", "True"]]
+
+
+
+# ------------------------------------------------------------------------------------- preemption within seconds
+def _worker_pid(launcher_pid: int, local_rank: int) -> int | None:
+    """The pid of torchrun's worker with ``LOCAL_RANK=local_rank`` (read from /proc)."""
+    for child in Path(f"/proc/{launcher_pid}/task/{launcher_pid}/children").read_text().split():
+        try:
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"LOCAL_RANK={local_rank}".encode() in env:
+            return int(child)
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads torchrun's workers from /proc")
+def test_sigterm_on_one_process_stops_all_within_seconds(tmp_path: Path):
+    """A SIGTERM to process 1 only, in the middle of epoch 2 of many, with log_every far above the epoch length:
+    every process stops after the current optimizer step and one checkpoint is written, within seconds (the old
+    agreement every log_every x grad_accum minibatches would have trained on to the end of the run)."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "robustify", "finetune", "--output-dir", str(run),
+           "--epochs", "200", "--set", "train.log_every=100000", "--set", "data.max_train_examples=512",
+           "--set", "data.batch_size=16", "--set", "eval.n_examples=16", "--set", "eval.pgd_steps=1",
+           "--set", "train.probe_size=16", "--set", "train.probe_steps=1", "--set", "data.num_workers=0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        for line in proc.stdout:  # epoch 1 is done: epoch 2 is being trained
+            if line.startswith("epoch 1/"):
+                break
+        time.sleep(1.0)
+        pid = _worker_pid(proc.pid, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        sent = time.monotonic()
+        out, err = proc.communicate(timeout=120)
+        elapsed = time.monotonic() - sent
+    finally:
+        proc.kill()
+    assert "SIGTERM received: checkpoint written at epoch" in err, err[-3000:]
+    assert elapsed < 30, elapsed  # the current step, one checkpoint and the exit (2 loaded CPU cores)
+    assert not (run / "metrics.json").exists()
+    ckpts = sorted((run / "checkpoints").glob("ckpt_*"))
+    state = json.loads((ckpts[-1] / "trainer_state.json").read_text())
+    assert state["epoch"] >= 1 and state["batch"] > 0  # stopped inside an epoch after epoch 1, not at its end
+
+
+# ------------------------------------------------------------------------------------------ fp32 is fp32
+class _RecordsPrecision(__import__("torch").nn.Module):
+    """A model that records, at every forward, whether TF32 (or oneDNN bf16) was allowed for float32 math."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.seen = model, set()
+
+    def forward(self, x):
+        from robustify.evaluate.kernel import _fp32_switches
+
+        self.seen.add(tuple(b.fp32_precision for b in _fp32_switches()))
+        return self.model(x)
+
+
+def test_evaluation_turns_tf32_off_and_restores_it():
+    """PyTorch's defaults let cuDNN convolutions use TF32; an 'fp32' evaluation must not. The switches can be set
+    and read without a GPU, so the whole contract is tested on CPU: ieee inside, the caller's setting after."""
+    import torch
+
+    from robustify.data.examples import Examples
+    from robustify.evaluate.kernel import _fp32_switches, sharded_pgd_accuracy
+    from robustify.evaluate.report import EvalSettings, evaluate
+    from tests.helpers import quickstart_batch, quickstart_model
+
+    switches = _fp32_switches()
+    assert switches  # torch >= 2.9 has them
+    saved = [b.fp32_precision for b in switches]
+    try:
+        for b in switches:
+            b.fp32_precision = "tf32" if b is not torch.backends.mkldnn else "bf16"
+        outside = tuple(b.fp32_precision for b in switches)
+        x, y = quickstart_batch(8)
+        model = _RecordsPrecision(quickstart_model())
+        res = sharded_pgd_accuracy(model, x, y, 0.03, steps=1, batch_size=4, progress=False)
+        s = EvalSettings.from_preset("quick", 0.03, attacks=("clean", "pgd"), pgd_steps=1, curve=False,
+                                     checks=False, batch_size=4)
+        rep = evaluate(model, Examples(x.mul(255).round().byte(), y, "quickstart", "test", 10), s, progress=False)
+        assert model.seen == {("ieee",) * len(switches)}
+        assert tuple(b.fp32_precision for b in switches) == outside  # restored
+        assert res["tf32"] is False and rep["tf32"] is False and rep["precision"] == res["precision"] == "fp32"
+    finally:
+        for b, value in zip(switches, saved, strict=True):
+            b.fp32_precision = value
+
+
+# ------------------------------------------------------------------------------------------ fp16 refused
+def test_fp16_is_refused_in_one_line_recommending_bf16(tmp_path: Path, monkeypatch, capsys):
+    """Even where a GPU would be used (the device check is patched to say CUDA): fp16 would weaken every attack
+    silently (unscaled input gradients, loss-scaled free/DEAT replays), so it is refused before anything starts."""
+    from robustify.cli import main as cli
+    from robustify.train import trainer
+
+    monkeypatch.setattr(trainer, "target_device_type", lambda: "cuda")
+    run = tmp_path / "run"
+    assert cli(["finetune", "--output-dir", str(run), "--set", "train.mixed_precision=fp16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("robustify: error: train.mixed_precision='fp16' is not accepted")
+    assert "use 'bf16'" in err[0]
+    assert not run.exists() or not any(run.iterdir())
