@@ -299,3 +299,24 @@ def test_import_and_pull_from_the_hub(served: dict, tmp_path: Path) -> None:
     assert show[0] == 0 and "robustify import hf-hub:" in show[1] and "zoo:madry-test-resnet-linf-4" in show[1]
     assert dry[0] == 0, dry[2]
     assert f"local-dir:{folder}" in dry[1] or "zoo:madry-test-resnet-linf-4" in dry[1], dry[1][-2000:]
+
+
+def test_shipped_zoo_entries_say_where_their_numbers_come_from() -> None:
+    from robustify.publish.zoo import ZOO_DIRS, import_command, load_zoo
+
+    entries = {e.name: e for e in load_zoo([ZOO_DIRS[0]])}
+    madry = {e.file for e in entries.values() if e.converter == "madrylab"}
+    assert madry == {f"{a}_{t}.ckpt" for a in ("resnet18", "resnet50", "wide_resnet50_2")
+                     for t in ("linf_eps4.0", "l2_eps3")}
+    timm_ones = {e.hub_id: e for e in entries.values() if e.converter == "timm"}
+    assert set(timm_ones) == {"timm/inception_v3.tf_adv_in1k", "timm/inception_resnet_v2.tf_ens_adv_in1k"}
+    for e in timm_ones.values():
+        assert "not PGD" in e.training and "PGD" in e.notes and e.autoattack_acc is None and e.pgd_acc is None
+    for e in entries.values():
+        if e.imported:
+            assert e.license and e.numbers_source and "not measured here" in e.numbers_source
+            assert import_command(e).startswith("robustify ")
+    r50 = entries["madrylab-resnet50-imagenet-linf-4"]  # the RobustBench entry Salman2020Do_R50, in the snapshot
+    info = json.loads((Path(__file__).resolve().parents[2] / "shared/robustbench/model_info/imagenet/Linf/"
+                       "Salman2020Do_R50.json").read_text())
+    assert (r50.clean_acc, r50.autoattack_acc) == (float(info["clean_acc"]), float(info["autoattack_acc"]))

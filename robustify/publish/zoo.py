@@ -42,7 +42,7 @@ class ZooEntry:
     architecture: str  # timm architecture
     dataset: str
     threat_model: str  # Linf | L2
-    eps: str  # "8/255" or a decimal
+    eps: str | None  # "8/255" or a decimal (None only for an imported model whose training eps is not recorded)
     clean_acc: float | None  # None only for an imported model whose source publishes no clean accuracy
     attack: str  # how pgd_acc was measured, e.g. "PGD-20 x1 restart (ce), step 0.00157"
     n_examples: int | None  # examples of the eval split the accuracies were measured on (None: not published)
@@ -160,8 +160,10 @@ def _check_values(e: ZooEntry, source: str, stem: str | None) -> None:
         raise bad("hub_id", "use ORG/NAME")
     if e.threat_model not in THREAT_MODELS:
         raise bad("threat_model", f"choose one of: {', '.join(THREAT_MODELS)}")
+    if e.eps is None and not e.imported:
+        raise bad("eps", "use a fraction such as 8/255 or a decimal")
     try:
-        eps = e.eps_value
+        eps = e.eps_value if e.eps is not None else 1.0
     except UserError:
         raise bad("eps", "use a fraction such as 8/255 or a decimal") from None
     if not 0 < eps <= (1 if e.threat_model == "Linf" else 1e3):
@@ -265,7 +267,7 @@ def list_table(entries: list[ZooEntry]):
     for e in entries:
         robust, attack = e.robust_acc
         table.add_row(e.name + (" (demo)" if e.demo else " (imported)" if e.imported else ""), e.base_model,
-                      e.dataset, e.threat_model, e.eps, _pct(e.clean_acc),
+                      e.dataset, e.threat_model, e.eps or "-", _pct(e.clean_acc),
                       f"{_pct(robust)} {attack}" if robust is not None else "-", e.method, e.hub_id)
     return table
 
@@ -325,7 +327,7 @@ def _imported_text(e: ZooEntry) -> list[str]:
     trust = " --trust-pickle" if e.file and not e.file.endswith(".safetensors") else ""
     return [
         "",
-        f"Published numbers are reported by their source ({e.numbers_source or 'none recorded'}), not measured here.",
+        f"Published numbers (not measured here): {e.numbers_source or 'none recorded'}.",
         "Download, convert and check it (a timm folder; pickles are read only with --trust-pickle, through "
         "torch.load(weights_only=True)):",
         f"  robustify pull {e.name}{trust}",
