@@ -92,6 +92,8 @@ def _run_finetune(args: argparse.Namespace) -> int:
             if flag.startswith("limit_") and value < 1:
                 raise UserError(f"--{flag.replace('_', '-')} {value} is not accepted; use 1 or more examples")
             overrides.insert(0, f"{key}={value}")
+    if args.model and args.model.startswith("zoo:") and not args.dry_run:
+        _ensure_zoo_model(args.model, args.trust_pickle)
     if args.dry_run:
         from .recipes import dry_run
 
@@ -145,7 +147,7 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from .publish.hub import load_spec, push, usage_text
+    from .publish.hub import load_spec, push, read_run_folder, usage_text
 
     res = push(args.run_dir, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message)
     if res.changed:
@@ -156,6 +158,11 @@ def _run_push(args: argparse.Namespace) -> int:
     if args.private and not res.created:
         print(f"note: {res.repo_id} already existed; --private did not change its visibility")
     print(f"commit: {res.url}")
+    if "robustbench.json" not in res.files:
+        from .publish.robustbench import protocol_check
+
+        why = protocol_check(read_run_folder(args.run_dir).record)[1]
+        print(f"robustbench.json (RobustBench model_info) not written: not comparable: {why}")
     print(usage_text(res.repo_id, args.revision))
     print(f"to list it in 'robustify zoo': add zoo/NAME.yaml with hub_id {res.repo_id} and the card's robustbench "
           f"fields (spec: {load_spec(res.repo_id, args.revision)})")
@@ -169,7 +176,8 @@ def _pull_parser(sub: argparse._SubParsersAction) -> None:
                     "with timm and print how to use it. Pickle weights (.bin, .pth, ...) are refused unless "
                     "--trust-pickle is given.",
     )
-    p.add_argument("repo_id", metavar="ORG/NAME", help="the model repo (hf-hub:ORG/NAME is accepted too)")
+    p.add_argument("repo_id", metavar="ORG/NAME", help="the model repo (hf-hub:ORG/NAME is accepted too), or a zoo "
+                   "name ('robustify zoo list'): downloaded, imported if needed and checked into its zoo folder")
     p.add_argument("--revision", metavar="REV", help="branch, tag or commit id (default: main)")
     p.add_argument("--local-dir", metavar="DIR", help="download into DIR instead of the Hugging Face cache")
     p.add_argument("--trust-pickle", action="store_true",
@@ -179,6 +187,9 @@ def _pull_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_pull(args: argparse.Namespace) -> int:
     from .publish.hub import card_summary, pull, usage_text
+
+    if "/" not in args.repo_id:  # a zoo name: download, import and check it in one step
+        return _run_pull_zoo(args)
 
     folder, info, skipped = pull(args.repo_id, revision=args.revision, local_dir=args.local_dir,
                                  trust_pickle=args.trust_pickle)
@@ -203,6 +214,7 @@ def _zoo_parser(sub: argparse._SubParsersAction) -> None:
     show = zsub.add_parser("show", help="one model in full: fields, how to load it, the recipe that made it")
     show.add_argument("name", metavar="NAME", help="a name from 'robustify zoo list' (or its Hub id)")
     show.set_defaults(handler=_run_zoo_show)
+    _zoo_more_parsers(zsub)
     p.set_defaults(handler=_run_zoo_list)
 
 
@@ -416,9 +428,184 @@ def _run_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_parser(sub: argparse._SubParsersAction) -> None:
+    from .publish import converters
+
+    p = sub.add_parser(
+        "import", formatter_class=_Formatter,
+        help="convert a third-party robust checkpoint into a folder plain timm loads (with its provenance)",
+        description="Convert a robust checkpoint (a local file or hf-hub:ORG/NAME/FILE) into OUTPUT_DIR: "
+                    "model.safetensors + config.json as timm's save_for_hf writes them (mean/std in pretrained_cfg) "
+                    "and a card stating the source repo, file, commit, sha256, license, threat model and published "
+                    "numbers (reported by their source, not measured here). Pickles (.ckpt, .pt, .pth, .bin) are "
+                    "opened only with --trust-pickle, through torch.load(weights_only=True). Formats: "
+                    + "; ".join(f"{n}: {converters.get(n).description}" for n in converters.names()) + ".",
+    )
+    p.add_argument("source", metavar="SOURCE", nargs="?", help="checkpoint file or hf-hub:ORG/NAME/FILE")
+    p.add_argument("--arch", metavar="TIMM_ARCH", help="timm architecture of the weights (madrylab: guessed from the "
+                   "file name, e.g. resnet50_l2_eps3.ckpt -> resnet50)")
+    p.add_argument("--format", default="auto", help="auto | " + " | ".join(converters.names()))
+    p.add_argument("--output-dir", metavar="DIR", help="the folder to write (must not exist or be empty)")
+    p.add_argument("--revision", metavar="REV", help="branch, tag or commit of the Hub repo (recorded as a commit)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow a pickle checkpoint (read with "
+                   "torch.load(weights_only=True) only)")
+    p.add_argument("--key", help="state-dict: the checkpoint entry holding the state dict (default: the first of "
+                   "state_dict, model_state_dict, model, net, ema that holds tensors)")
+    p.add_argument("--strip-prefix", action="append", metavar="PREFIX", help="state-dict: remove this key prefix "
+                   "(repeatable; default: module., _orig_mod., model., backbone. when every key has it)")
+    p.add_argument("--mean", help="state-dict: input mean, e.g. 0.485,0.456,0.406 (default: the architecture's)")
+    p.add_argument("--std", help="state-dict: input std (default: the architecture's)")
+    p.add_argument("--license", help="the source's license, for the card (e.g. mit)")
+    p.add_argument("--norm", choices=("Linf", "L2"), help="threat model the weights were trained for, for the card")
+    p.add_argument("--eps", help="eps they were trained for, e.g. 4/255, for the card")
+    p.add_argument("--dataset", help="data set they were trained on, for the card")
+    p.add_argument("--training", help="how they were trained, in words, for the card")
+    p.add_argument("--refresh-card", metavar="FOLDER", help="instead of importing: re-render FOLDER's card from its "
+                   "config.json and its eval.json (robustify eval FOLDER --output FOLDER/eval.json), showing the "
+                   "published and the measured numbers side by side")
+    p.set_defaults(handler=_run_import)
+
+
+def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise UserError(f"{flag} {text!r} is not accepted; use comma-separated numbers, e.g. 0.485,0.456,0.406") \
+            from None
+    if len(values) not in (1, 3):
+        raise UserError(f"{flag} {text!r} is not accepted; give 1 or 3 values")
+    return values
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from .publish.importer import import_checkpoint, refresh_card
+
+    if args.refresh_card:
+        print(f"re-rendered {refresh_card(Path(args.refresh_card))}")
+        return 0
+    if not args.source or not args.output_dir:
+        raise UserError("robustify import needs SOURCE and --output-dir DIR (or --refresh-card FOLDER)")
+    options = {"key": args.key, "strip_prefix": args.strip_prefix, "mean": _floats(args.mean, "--mean"),
+               "std": _floats(args.std, "--std")}
+    meta = {"license": args.license, "norm": args.norm, "eps": args.eps, "dataset": args.dataset,
+            "training": args.training}
+    res = import_checkpoint(args.source, args.output_dir, arch=args.arch, fmt=args.format,
+                            trust_pickle=args.trust_pickle, revision=args.revision, options=options, meta=meta)
+    prov = res.provenance
+    print(f"imported {prov.source}" + (f" at {prov.revision[:8]}" if prov.revision else "")
+          + f" with the {prov.converter} converter into {res.folder}")
+    print(f"timm {res.architecture}, {res.num_classes} classes, input size {res.input_size}; logits of the folder "
+          f"loaded with timm match the converted weights (max difference {res.max_logit_diff:.1e})")
+    for d in prov.dropped:
+        print(f"dropped: {d}")
+    print(f'use it: timm.create_model("local-dir:{res.folder}", pretrained=True)')
+    return 0
+
+
+def _zoo_more_parsers(zsub: argparse._SubParsersAction) -> None:
+    """``zoo compare`` and ``zoo add`` (added after list/show)."""
+    cmp_ = zsub.add_parser("compare", help="place a run on RobustBench's leaderboard for its data set, threat model "
+                           "and eps")
+    cmp_.add_argument("run_dir", metavar="RUN", help="a finished, evaluated run folder")
+    cmp_.add_argument("--offline", action="store_true", help="use the cached leaderboard only")
+    cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    cmp_.set_defaults(handler=_run_zoo_compare)
+    add = zsub.add_parser("add", help="write the zoo entry of a pushed run, after checking its published card")
+    add.add_argument("run_dir", metavar="RUN", help="the run folder that was pushed")
+    add.add_argument("--repo-id", required=True, metavar="ORG/NAME", help="where it was pushed")
+    add.add_argument("--name", help="the zoo name (default: from the repo name)")
+    add.add_argument("--recipe", help="the recipe that made it (default: the run's recipe.yaml, as a path in the "
+                     "model repo)")
+    add.add_argument("--revision", metavar="REV", help="the published revision to check (default: main)")
+    add.add_argument("--zoo-dir", metavar="DIR", help="where to write NAME.yaml (default: this checkout's zoo/)")
+    add.add_argument("--force", action="store_true", help="replace an existing entry of the same name")
+    add.set_defaults(handler=_run_zoo_add)
+
+
+def _run_zoo_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from .publish.hub import read_run_folder
+    from .publish.robustbench import compare, compare_text
+
+    result = compare(read_run_folder(args.run_dir).record, offline=args.offline)
+    print(json.dumps(result, indent=2) if args.json else compare_text(result))
+    return 0
+
+
+def _run_zoo_add(args: argparse.Namespace) -> int:
+    from .publish.zoo_add import add_entry
+
+    path, notes = add_entry(args.run_dir, args.repo_id, name=args.name, recipe=args.recipe, revision=args.revision,
+                            zoo_dir=args.zoo_dir, force=args.force)
+    for n in notes:
+        print(n)
+    print(f"wrote {path}; check it with 'robustify zoo show {path.stem}', then open a pull request with the file")
+    return 0
+
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", formatter_class=_Formatter, help="write a run's results in another format (RobustBench model_info)",
+        description="Write a run's RobustBench model_info JSON (exactly RobustBench's fields and types), only from "
+                    "the standard AutoAttack on RobustBench's protocol (the first 10,000 CIFAR / 5,000 ImageNet test "
+                    "images at the data set's native resolution, at RobustBench's eps); otherwise one line says why "
+                    "it cannot be written.",
+    )
+    p.add_argument("run_dir", metavar="RUN", help="a finished, evaluated run folder")
+    p.add_argument("--robustbench", required=True, metavar="FILE.json", help="where to write the model_info JSON")
+    p.add_argument("--name", help="model_info 'name' (the paper or model title; default: the run's description)")
+    p.add_argument("--link", default="", help="model_info 'link' (paper or model page)")
+    p.add_argument("--authors", default="", help="model_info 'authors'")
+    p.add_argument("--venue", default="", help="model_info 'venue'")
+    p.add_argument("--footnote", help="model_info 'footnote'")
+    p.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .fileio import atomic_write_json, check_output_file
+    from .publish.hub import read_run_folder
+    from .publish.robustbench import model_info
+
+    out = check_output_file(args.robustbench, "--robustbench")
+    run = read_run_folder(args.run_dir)
+    info = model_info(run.record, name=args.name, link=args.link, authors=args.authors, venue=args.venue,
+                      footnote=args.footnote)
+    atomic_write_json(out, info)
+    print(f"wrote {out}: {info['dataset']} {run.record.training.norm} eps={info['eps']}: clean {info['clean_acc']}%, "
+          f"AutoAttack {info['autoattack_acc']}%")
+    return 0
+
+
+def _run_pull_zoo(args: argparse.Namespace) -> int:
+    from .publish.zoo import get_entry, pull_entry
+
+    entry = get_entry(args.repo_id)
+    folder, done = pull_entry(entry, trust_pickle=args.trust_pickle)
+    print(f"{entry.name}: {done}")
+    print(f"loads with timm from {folder}")
+    print(f'use it: timm.create_model("local-dir:{folder}", pretrained=True); or robustify finetune --model '
+          f"zoo:{entry.name} --data DATA")
+    return 0
+
+
+def _ensure_zoo_model(spec: str, trust_pickle: bool) -> None:
+    """``finetune --model zoo:NAME``: pull the zoo model first when it is not downloaded yet."""
+    from .models import is_model_folder, zoo_folder
+    from .publish.zoo import get_entry, pull_entry
+
+    name = spec[len("zoo:"):]
+    if not is_model_folder(zoo_folder(name)):
+        folder, done = pull_entry(get_entry(name), trust_pickle=trust_pickle)
+        print(f"robustify: zoo model {name}: {done} ({folder})")
+
+
 # Each entry adds one subcommand's parser; the modules named in the handlers own the work.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _finetune_parser, _eval_parser, _push_parser, _pull_parser, _zoo_parser, _bench_parser, _recipes_parser,
+    _import_parser, _export_parser,
 ]
 
 

@@ -25,6 +25,7 @@ from .input_grad import use_fast_input_grad
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ALIASES = {"quickstart": PACKAGE_DIR / "assets" / "quickstart" / "backbone"}
+ZOO_PREFIX = "zoo:"  # zoo:NAME: a zoo model pulled with 'robustify pull NAME' (see zoo_folder)
 
 
 class Normalize(nn.Module):
@@ -105,6 +106,16 @@ def is_model_folder(path: str | os.PathLike) -> bool:
     return p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file()
 
 
+def zoo_folder(name: str) -> Path:
+    """Where ``robustify pull NAME`` puts a zoo model as a timm folder (``ROBUSTIFY_ZOO_DIR``, else
+    ``~/.cache/robustify/zoo/NAME``); ``zoo:NAME`` resolves here, so ``finetune --model zoo:NAME`` starts from it."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache"))
+    root = os.environ.get("ROBUSTIFY_ZOO_DIR") or cache / "robustify" / "zoo"
+    if not name or "/" in name or name.startswith("."):
+        raise UserError(f"zoo name {name!r} is not accepted; use a name from 'robustify zoo list'")
+    return Path(root).expanduser() / name
+
+
 def resolve_spec(name: str) -> str:
     """Map a user's model spec to the name timm's ``create_model`` takes.
 
@@ -113,6 +124,12 @@ def resolve_spec(name: str) -> str:
     """
     if name in ALIASES:
         return f"local-dir:{ALIASES[name]}"
+    if name.startswith(ZOO_PREFIX):
+        folder = zoo_folder(name[len(ZOO_PREFIX):])
+        if not is_model_folder(folder):
+            raise UserError(f"model {name!r} is not downloaded yet; run 'robustify pull {name[len(ZOO_PREFIX):]}' "
+                            "('robustify finetune --model zoo:NAME' does that itself)")
+        return f"local-dir:{folder}"
     if name.startswith("local-dir:"):
         folder = Path(name[len("local-dir:"):]).expanduser()
         if not folder.exists():

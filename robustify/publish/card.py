@@ -279,6 +279,9 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
     for name, caption in PLOTS.items():
         if name in files:
             lines += [f"![{caption}]({name})", "", f"*{caption}.*", ""]
+    from .robustbench import card_lines
+
+    lines += card_lines(record)  # where it stands on RobustBench's board (cached board only; never online)
     lines += [
         "## How it was made",
         f"- Base model: `{t.base_model}`" + (f" ([{t.base_model_hub_id}](https://huggingface.co/"

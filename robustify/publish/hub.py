@@ -152,6 +152,12 @@ def publish_contents(run: RunFolder, repo_id: str) -> dict[str, bytes | Path]:
     contents: dict[str, bytes | Path] = {"README.md": str(card).encode("utf-8")}
     for name in run.files:
         contents[name] = rendered.get(name, run.path / name)
+    import contextlib
+
+    from .robustbench import NotComparable, model_info
+
+    with contextlib.suppress(NotComparable):  # RobustBench's model_info, only from an evaluation on its protocol
+        contents["robustbench.json"] = _json_bytes(model_info(run.record, link=f"https://huggingface.co/{repo_id}"))
     return contents
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -41,10 +42,10 @@ class ZooEntry:
     architecture: str  # timm architecture
     dataset: str
     threat_model: str  # Linf | L2
-    eps: str  # "8/255" or a decimal
-    clean_acc: float
+    eps: str | None  # "8/255" or a decimal (None only for an imported model whose training eps is not recorded)
+    clean_acc: float | None  # None only for an imported model whose source publishes no clean accuracy
     attack: str  # how pgd_acc was measured, e.g. "PGD-20 x1 restart (ce), step 0.00157"
-    n_examples: int  # examples of the eval split the accuracies were measured on
+    n_examples: int | None  # examples of the eval split the accuracies were measured on (None: not published)
     method: str  # fgsm-rs | free | pgd | natural
     recipe: str  # a shipped recipe name (robustify finetune --recipe NAME) or a path/URL to the recipe YAML
     pgd_acc: float | None = None
@@ -57,6 +58,16 @@ class ZooEntry:
     license: str | None = None
     demo: bool = False  # a demonstration model, not a useful defense
     notes: str = ""
+    # third-party models that `robustify pull NAME` imports (None for models made with robustify):
+    file: str | None = None  # the checkpoint inside hub_id, e.g. resnet50_l2_eps3.ckpt
+    revision: str | None = None  # a commit of hub_id to pin (None: main, recorded at import)
+    converter: str | None = None  # madrylab | state-dict (see robustify.publish.converters) | timm (as is)
+    training: str | None = None  # how the source trained it, in words
+    numbers_source: str | None = None  # who reported clean_acc/pgd_acc/autoattack_acc, on which protocol
+
+    @property
+    def imported(self) -> bool:
+        return self.converter is not None
 
     @property
     def eps_value(self) -> float:
@@ -149,8 +160,10 @@ def _check_values(e: ZooEntry, source: str, stem: str | None) -> None:
         raise bad("hub_id", "use ORG/NAME")
     if e.threat_model not in THREAT_MODELS:
         raise bad("threat_model", f"choose one of: {', '.join(THREAT_MODELS)}")
+    if e.eps is None and not e.imported:
+        raise bad("eps", "use a fraction such as 8/255 or a decimal")
     try:
-        eps = e.eps_value
+        eps = e.eps_value if e.eps is not None else 1.0
     except UserError:
         raise bad("eps", "use a fraction such as 8/255 or a decimal") from None
     if not 0 < eps <= (1 if e.threat_model == "Linf" else 1e3):
@@ -159,9 +172,24 @@ def _check_values(e: ZooEntry, source: str, stem: str | None) -> None:
         value = getattr(e, key)
         if value is not None and not 0 <= value <= 100:
             raise bad(key, "accuracies are percentages in [0, 100]")
-    if e.pgd_acc is None and e.autoattack_acc is None:
-        raise UserError(f"zoo entry {source}: needs a robust accuracy: field 'pgd_acc' or 'autoattack_acc'")
-    if e.n_examples <= 0:
+    if e.imported:
+        from . import converters
+
+        if e.converter != "timm" and e.converter not in converters.names():
+            raise bad("converter", f"choose one of: timm, {', '.join(converters.names())}")
+        if e.converter != "timm" and not e.file:
+            raise UserError(f"zoo entry {source}: an imported model needs field 'file' (the checkpoint in {e.hub_id})")
+        if any(v is not None for v in (e.clean_acc, e.pgd_acc, e.autoattack_acc)) and not e.numbers_source:
+            raise UserError(f"zoo entry {source}: published numbers need field 'numbers_source' (who reported them, "
+                            "on which protocol)")
+    else:
+        if e.clean_acc is None:
+            raise bad("clean_acc", "give the measured clean accuracy in percent")
+        if e.pgd_acc is None and e.autoattack_acc is None:
+            raise UserError(f"zoo entry {source}: needs a robust accuracy: field 'pgd_acc' or 'autoattack_acc'")
+    if e.n_examples is not None and e.n_examples <= 0:
+        raise bad("n_examples", "use the number of evaluated examples (> 0)")
+    if e.n_examples is None and not e.imported:
         raise bad("n_examples", "use the number of evaluated examples (> 0)")
     if e.number_forward_passes < 1:
         raise bad("number_forward_passes", "use 1 or more")
@@ -189,10 +217,16 @@ def load_file(path: Path) -> ZooEntry:
     return parse_entry(data, str(path), stem=path.stem)
 
 
+def zoo_dirs() -> tuple[Path, ...]:
+    """The shipped zoo, after any folders in ``ROBUSTIFY_ZOO_PATH`` (a private zoo; also how tests add entries)."""
+    extra = [Path(p).expanduser() for p in os.environ.get("ROBUSTIFY_ZOO_PATH", "").split(os.pathsep) if p]
+    return (*extra, *ZOO_DIRS)
+
+
 def zoo_files(dirs: tuple[Path, ...] | list[Path] | None = None) -> list[Path]:
     """``*.yaml`` files of the zoo; a name in an earlier folder hides the same name in a later one."""
     seen: dict[str, Path] = {}
-    for d in dirs if dirs is not None else ZOO_DIRS:
+    for d in dirs if dirs is not None else zoo_dirs():
         if d.is_dir():
             for p in sorted(d.glob("*.y*ml")):
                 if p.suffix in (".yaml", ".yml"):
@@ -232,8 +266,9 @@ def list_table(entries: list[ZooEntry]):
         table.add_column(col, justify=just, overflow="fold")
     for e in entries:
         robust, attack = e.robust_acc
-        table.add_row(e.name + (" (demo)" if e.demo else ""), e.base_model, e.dataset, e.threat_model, e.eps,
-                      _pct(e.clean_acc), f"{_pct(robust)} {attack}", e.method, e.hub_id)
+        table.add_row(e.name + (" (demo)" if e.demo else " (imported)" if e.imported else ""), e.base_model,
+                      e.dataset, e.threat_model, e.eps or "-", _pct(e.clean_acc),
+                      f"{_pct(robust)} {attack}" if robust is not None else "-", e.method, e.hub_id)
     return table
 
 
@@ -263,6 +298,8 @@ def show_text(e: ZooEntry) -> str:
         elif f.name == "overrides":
             value = " ".join(value) or "-"
         lines.append(f"  {f.name:<{width}}  {value if value not in (None, '') else '-'}")
+    if e.imported:
+        return "\n".join(lines + _imported_text(e))
     lines += [
         "",
         "Load it (plain timm, no robustify needed; inputs normalized with the model's pretrained_cfg mean/std):",
@@ -281,3 +318,80 @@ def show_text(e: ZooEntry) -> str:
     else:
         lines += ["", f"Recipe ({path.name}):", *("  " + line for line in path.read_text().rstrip().splitlines())]
     return "\n".join(lines)
+
+
+def _imported_text(e: ZooEntry) -> list[str]:
+    """``zoo show`` of an imported model: how to get it as a timm folder, and that its numbers are reported ones."""
+    from ..models import zoo_folder
+
+    trust = " --trust-pickle" if e.file and not e.file.endswith(".safetensors") else ""
+    return [
+        "",
+        f"Published numbers (not measured here): {e.numbers_source or 'none recorded'}.",
+        "Download, convert and check it (a timm folder; pickles are read only with --trust-pickle, through "
+        "torch.load(weights_only=True)):",
+        f"  robustify pull {e.name}{trust}",
+        "Then use it:",
+        f'  import timm; model = timm.create_model("local-dir:{zoo_folder(e.name)}", pretrained=True)',
+        f"  robustify finetune --model zoo:{e.name} --data DATA   # robust transfer to a new data set",
+        "Or import it by hand:",
+        f"  {import_command(e)}",
+    ]
+
+
+def import_command(e: ZooEntry) -> str:
+    """The ``robustify import`` command equivalent to ``robustify pull NAME`` for an imported entry."""
+    if e.converter == "timm":
+        return f"robustify pull {e.hub_id}" + (f" --revision {e.revision}" if e.revision else "")
+    trust = " --trust-pickle" if e.file and not e.file.endswith(".safetensors") else ""
+    rev = f" --revision {e.revision}" if e.revision else ""
+    return (f"robustify import hf-hub:{e.hub_id}/{e.file} --arch {e.architecture} --format {e.converter}{rev}{trust} "
+            f"--output-dir {e.name}")
+
+
+def reported_numbers(e: ZooEntry) -> list[dict[str, Any]]:
+    """The entry's published numbers as :class:`robustify.publish.importer.Reported` fields."""
+    by = e.numbers_source or "the source"
+    protocol = f"{e.n_examples} examples; {e.attack}" if e.n_examples else e.attack
+    return [{"metric": k, "value": getattr(e, k), "by": by, "protocol": protocol if k != "clean_acc" else
+             (f"{e.n_examples} examples" if e.n_examples else "")}
+            for k in ("clean_acc", "pgd_acc", "autoattack_acc") if getattr(e, k) is not None]
+
+
+def pull_entry(e: ZooEntry, trust_pickle: bool = False) -> tuple[Path, str]:
+    """Download ``e`` into its zoo folder (``robustify pull NAME``) as a timm folder and check that it loads:
+    imported through its converter, or downloaded as is when it already is a timm repo. Returns (folder, what was
+    done). A folder already there is checked, not downloaded again."""
+    import shutil
+    import tempfile
+
+    from ..models import is_model_folder, zoo_folder
+    from .hub import pull, verify_loads
+
+    folder = zoo_folder(e.name)
+    if is_model_folder(folder):
+        verify_loads(folder, f"zoo model {e.name} ({folder})")
+        return folder, "already downloaded"
+    if e.converter in (None, "timm"):
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{e.name}.pull-"))
+        try:
+            pull(e.hub_id, revision=e.revision, local_dir=tmp)
+            shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping of a local_dir
+            if folder.exists():
+                folder.rmdir()
+            os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder, f"downloaded {e.hub_id} (already timm's format)"
+    from .importer import import_checkpoint
+
+    meta = {"license": e.license, "norm": e.threat_model, "eps": e.eps, "dataset": e.dataset,
+            "training": e.training, "reported": reported_numbers(e), "zoo_name": e.name}
+    res = import_checkpoint(f"hf-hub:{e.hub_id}/{e.file}", folder, arch=e.architecture, fmt=e.converter,
+                            trust_pickle=trust_pickle, revision=e.revision, meta=meta)
+    verify_loads(folder, f"zoo model {e.name} ({folder})")
+    return folder, (f"imported hf-hub:{e.hub_id}/{e.file} at {str(res.provenance.revision)[:8]} with the "
+                    f"{e.converter} converter (logits match the converted weights: max difference "
+                    f"{res.max_logit_diff:.1e})")

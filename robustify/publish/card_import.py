@@ -1,0 +1,76 @@
+"""The model card of an imported third-party checkpoint (``robustify import`` / ``robustify pull ZOO_NAME``).
+
+It states provenance first (source repo, file, commit, sha256, license, converter and whether that converter has
+been checked against real published files), then the threat model the weights were trained for and how, then the
+published numbers, each labelled with who reported it and on what protocol: "reported by ..., not measured here".
+When ``robustify eval`` has measured the folder (its ``eval.json``), both are shown side by side. It must not
+present a reported number as a measurement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+LABELS = {"clean_acc": "clean accuracy", "autoattack_acc": "AutoAttack (standard) robust accuracy",
+          "pgd_acc": "PGD robust accuracy"}
+
+
+def render_import_card(prov: Any, arch: str, num_classes: int, cfg: Mapping[str, Any],
+                       measured: Mapping[str, Any] | None = None):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    p = prov
+    name = p.zoo_name or p.filename
+    data = ModelCardData(library_name="timm", pipeline_tag="image-classification", license=p.license,
+                         tags=["image-classification", "timm", "adversarial-robustness", "robustify", "imported"]
+                         + ([f"{p.norm.lower()}-robust"] if p.norm else []))
+    where = (f"[{p.repo_id}](https://huggingface.co/{p.repo_id}), file `{p.filename}`, commit `{p.revision}`"
+             if p.repo_id else f"local file `{p.filename}`")
+    lines = [
+        f"# {name} (imported)", "",
+        f"`{arch}` weights ({num_classes} classes) converted by `robustify import` from a third-party checkpoint; "
+        "they load with plain timm (`model.safetensors` + `config.json`, normalization in `pretrained_cfg`).", "",
+        "## Provenance",
+        f"- Source: {where}; sha256 of the file `{p.sha256}`.",
+        f"- License: {p.license or 'not stated by the source: check it before use'}.",
+        f"- Converter: `{p.converter}`"
+        + (" (checked against real published files)." if p.converter_checked_against_real_files else
+           " (built from the format's public loading code and tested on checkpoints built in that layout; not yet "
+           "checked against this real file by robustify's authors)."),
+    ]
+    lines += [f"- Dropped from the source file: {d}." for d in p.dropped]
+    lines += [f"- Note: {n}." for n in p.notes]
+    lines += ["", "## Threat model it was trained for"]
+    if p.norm:
+        lines.append(f"- {p.norm}, eps = {p.eps} in [0,1] pixel units" + (f", on {p.dataset}" if p.dataset else "")
+                     + ".")
+    else:
+        lines.append("- Not stated (import with --norm/--eps, or from a zoo entry).")
+    if p.training:
+        lines.append(f"- Training: {p.training}.")
+    lines += ["", "## Published numbers (reported by their source, not measured here)"]
+    if p.reported:
+        lines += ["| metric | value | reported by | protocol |", "| --- | ---: | --- | --- |"]
+        lines += [f"| {LABELS.get(r.metric, r.metric)} | {r.value:.2f}% | {r.by} | {r.protocol or '-'} |"
+                  for r in p.reported]
+    else:
+        lines.append("None recorded.")
+    lines += ["", "## Measured here"]
+    if measured:
+        tm = measured.get("threat_model") or {}
+        lines.append(f"`robustify eval` on the first {measured.get('n_examples')} examples "
+                     f"({tm.get('norm')}, eps={tm.get('eps')}):")
+        for key in ("clean_acc", "pgd_acc", "autoattack_acc"):
+            if isinstance(measured.get(key), (int, float)):
+                lines.append(f"- {LABELS.get(key, key)}: {100 * measured[key]:.2f}%")
+    else:
+        lines.append("Nothing yet: `robustify eval FOLDER --data DATA --norm NORM --eps EPS --output FOLDER/eval.json` "
+                     "measures it; `robustify import --refresh-card FOLDER` then shows both.")
+    lines += ["", "## Use", "```python", "import timm",
+              'model = timm.create_model("local-dir:PATH/TO/THIS/FOLDER", pretrained=True).eval()',
+              f"# inputs: [0,1] pixels at {tuple(cfg.get('input_size', ()))}, normalized with mean "
+              f"{tuple(round(v, 4) for v in cfg.get('mean', ()))}, std "
+              f"{tuple(round(v, 4) for v in cfg.get('std', ()))}",
+              "```", ""]
+    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))

@@ -1,0 +1,334 @@
+"""``robustify import``: a third-party robust checkpoint -> a folder plain timm loads, with its provenance.
+
+The folder is what ``timm.models.save_for_hf`` writes (``model.safetensors`` + ``config.json``, mean/std in
+``pretrained_cfg``) plus a model card (``README.md``) that says where the weights came from (repo, file, commit,
+sha256 of the file, license), the threat model they were trained for, and the published numbers *as reported by
+their source, not measured here*. config.json carries the same facts in an ``import`` block.
+
+What it checks before anything is written: the source exists (a local file, or ``hf-hub:ORG/NAME/FILE`` resolved to
+a commit), a pickle is opened only after ``--trust-pickle`` and only through the restricted unpickler
+(:func:`robustify.publish.converters.read_file`), the converted keys and shapes are exactly the timm architecture's,
+and the written folder, loaded back through ``timm.create_model("local-dir:...")``, gives the same logits as the
+converted model on random inputs. Everything is written into a temporary folder beside the target and renamed into
+place at the end, so a failure leaves nothing behind. It must not evaluate robustness (``robustify eval`` does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from . import converters
+
+HUB_SOURCE = re.compile(r"hf-hub:([A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*)/(.+)")
+LOGITS_TOL = 1e-4
+ARCH_CFG_KEYS = ("architecture", "input_size", "min_input_size", "fixed_input_size", "interpolation", "crop_pct",
+                 "crop_mode", "mean", "std", "num_classes", "pool_size", "first_conv", "classifier", "label_offset")
+
+
+@dataclass
+class Reported:
+    """A published number: what it measures, its value in percent, who reported it and how it was measured."""
+
+    metric: str  # clean_acc | autoattack_acc | pgd_acc
+    value: float
+    by: str  # e.g. "RobustBench (imagenet Linf leaderboard, entry Salman2020Do_R50)"
+    protocol: str = ""
+
+
+@dataclass
+class Provenance:
+    """Where the weights come from and what was published about them (written to config.json and the card)."""
+
+    source: str  # hf-hub:ORG/NAME/FILE or the local file's name
+    filename: str
+    sha256: str
+    converter: str
+    repo_id: str | None = None
+    revision: str | None = None  # the commit the file was downloaded at
+    license: str | None = None
+    norm: str | None = None  # Linf | L2: the threat model it was trained for
+    eps: str | None = None
+    dataset: str | None = None
+    training: str | None = None  # how it was trained, in words (PGD AT, ensemble adversarial training, ...)
+    reported: list[Reported] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    zoo_name: str | None = None
+    converter_checked_against_real_files: bool = False
+
+    def record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ImportResult:
+    folder: Path
+    architecture: str
+    num_classes: int
+    input_size: tuple[int, ...]
+    max_logit_diff: float
+    provenance: Provenance
+
+
+# ------------------------------------------------------------------------------------------------ sources
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parse_source(source: str) -> tuple[str | None, str]:
+    """``hf-hub:ORG/NAME/FILE`` -> (repo id, file in repo); a local path -> (None, path)."""
+    m = HUB_SOURCE.fullmatch(source)
+    if m:
+        return m.group(1), m.group(2)
+    if source.startswith("hf-hub:"):
+        raise UserError(f"source {source!r} is not accepted; use hf-hub:ORG/NAME/FILE (the file inside the repo) or "
+                        "a local file")
+    return None, source
+
+
+def fetch(repo_id: str, filename: str, revision: str | None, trust_pickle: bool) -> tuple[Path, str]:
+    """Download ``filename`` of ``repo_id`` pinned to the commit ``revision`` resolves to; (local path, commit)."""
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    from ..models import hub_reachable
+    from .hub import HubTransferError, _one_line, resolve_token
+
+    if converters.is_pickle(Path(filename)) and not trust_pickle:  # refuse before downloading anything
+        raise UserError(f"hf-hub:{repo_id}/{filename} is a pickle, which can run code when loaded; refusing to "
+                        f"download it. Pass {converters.TRUST_FLAG} if you trust {repo_id} (it is then read with "
+                        "torch.load(weights_only=True) only)")
+    if not hub_reachable():
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        raise UserError(f"hf-hub:{repo_id}/{filename}: the Hugging Face Hub ({endpoint}) is unreachable; connect and "
+                        "run the same command again, or give a local file")
+    token = resolve_token(required=False)
+    api = HfApi(token=token)
+    try:
+        info = api.model_info(repo_id, revision=revision)
+        files = api.list_repo_files(repo_id, revision=info.sha)
+    except GatedRepoError:
+        raise UserError(f"{repo_id} is gated: accept its terms on the Hub, then set HF_TOKEN") from None
+    except RevisionNotFoundError:
+        raise UserError(f"{repo_id} has no revision {revision!r}; give a branch, tag or commit id") from None
+    except RepositoryNotFoundError:
+        raise UserError(f"model repo {repo_id} not found (if it is private, set HF_TOKEN)") from None
+    except Exception as e:  # noqa: BLE001
+        raise HubTransferError(f"import from {repo_id} failed while listing files ({_one_line(e, token)})") from None
+    if filename not in files:
+        close = [f for f in files if f.rsplit("/", 1)[-1].split(".")[0] == Path(filename).stem.split(".")[0]] or \
+            [f for f in files if not f.startswith(".")][:6]
+        raise UserError(f"model repo {repo_id} has no file {filename!r} at {info.sha[:8]}; it has: "
+                        f"{', '.join(close) or '(no files)'}")
+    try:
+        path = Path(hf_hub_download(repo_id, filename, revision=info.sha, token=token))
+    except Exception as e:  # noqa: BLE001 - a cut connection, a size mismatch: nothing usable was kept
+        raise HubTransferError(f"import from {repo_id} failed while downloading {filename} ({_one_line(e, token)}); "
+                               "run the same command again") from None
+    return path, str(info.sha)
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def _auto_format(obj: Any) -> str:
+    """madrylab when the file has MadryLab's layout (['model'] with the attacker's or the normalizer's keys beside
+    module.model.*), else state-dict."""
+    if isinstance(obj, Mapping):
+        inner = obj.get("model", obj.get("state_dict"))
+        if isinstance(inner, Mapping) and any(str(k).removeprefix("module.").startswith(("normalizer.", "attacker."))
+                                              for k in inner):
+            return "madrylab"
+    return "state-dict"
+
+
+def build_model(arch: str, state: Mapping[str, Any], what: str):
+    """The timm model ``arch`` with ``state`` loaded, its head sized from the file; a mismatch is one line naming
+    the keys (another architecture, a missing key)."""
+    import timm
+
+    if not timm.is_model(arch):
+        close = timm.list_models(f"*{arch[:10]}*")[:5]
+        raise UserError(f"--arch {arch!r} is not a timm architecture" + (f"; similar: {', '.join(close)}" if close
+                                                                          else ""))
+    model = timm.create_model(arch, pretrained=False)
+    head = model.pretrained_cfg.get("classifier")
+    head_w = state.get(f"{head}.weight") if isinstance(head, str) else None
+    if head_w is not None and head_w.ndim == 2 and head_w.shape[0] != model.num_classes:
+        model.reset_classifier(int(head_w.shape[0]))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    missing = sorted(set(expected) - set(shapes))
+    unexpected = sorted(set(shapes) - set(expected))
+    wrong = [f"{k} {shapes[k]} vs {expected[k]}" for k in sorted(set(shapes) & set(expected))
+             if shapes[k] != expected[k]]
+    if wrong or (missing and unexpected and len(missing) + len(unexpected) > 2):
+        items = wrong or unexpected
+        raise UserError(f"{what} does not fit timm {arch}: {len(wrong) or len(unexpected)} tensor(s) "
+                        f"{'differ in shape (file vs model)' if wrong else 'not in the model'}: {'; '.join(items[:3])}"
+                        f"{' ...' if len(items) > 3 else ''}; is it another architecture? give the right --arch")
+    if missing:
+        raise UserError(f"{what} is missing key(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} "
+                        f"that timm {arch} needs ({len(missing)} in all)")
+    if unexpected:
+        raise UserError(f"{what} has key(s) timm {arch} does not have: {', '.join(unexpected[:3])}"
+                        f"{' ...' if len(unexpected) > 3 else ''}; strip a prefix (--strip-prefix) or give the right "
+                        "--arch")
+    model.load_state_dict(dict(state))
+    return model.eval()
+
+
+def _random_inputs(cfg: Mapping[str, Any], n: int = 2):
+    import torch
+
+    c, h, w = tuple(cfg.get("input_size", (3, 224, 224)))
+    if not cfg.get("fixed_input_size"):  # the same check at a smaller size: seconds, not a minute, on a laptop CPU
+        h, w = min(h, 96), min(w, 96)
+    g = torch.Generator().manual_seed(0)
+    mean = torch.tensor(cfg.get("mean", (0.0,) * c)).view(1, -1, 1, 1)
+    std = torch.tensor(cfg.get("std", (1.0,) * c)).view(1, -1, 1, 1)
+    return (torch.rand(n, c, h, w, generator=g) - mean) / std
+
+
+def max_logit_diff(a, b, cfg: Mapping[str, Any]) -> float:
+    """Largest absolute difference of two models' logits on the same random (normalized) inputs."""
+    import torch
+
+    x = _random_inputs(cfg)
+    with torch.no_grad():
+        return float((a(x) - b(x)).abs().max())
+
+
+# ------------------------------------------------------------------------------------------------ import
+def _check_target(out_dir: Path) -> None:
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"--output-dir {str(out_dir)!r} already exists and is not empty; give a new folder")
+
+
+def import_checkpoint(source: str, out_dir: str | Path, arch: str | None = None, fmt: str = "auto",
+                      trust_pickle: bool = False, revision: str | None = None,
+                      options: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None) -> ImportResult:
+    """Convert ``source`` into ``out_dir`` (see the module docstring). ``options`` go to the converter (``key``,
+    ``strip_prefix``, ``mean``, ``std``); ``meta`` fills the provenance (license, norm, eps, dataset, training,
+    reported, zoo_name)."""
+    import timm
+
+    from .card_import import render_import_card
+
+    out = Path(out_dir).expanduser()
+    _check_target(out)
+    repo_id, filename = parse_source(source)
+    if repo_id is None:
+        path = Path(filename).expanduser()
+        if not path.is_file():
+            raise UserError(f"source {source!r} does not exist; give a checkpoint file or hf-hub:ORG/NAME/FILE")
+        commit = None
+        what = f"checkpoint {path.name!r}"
+    else:
+        what = f"hf-hub:{repo_id}/{filename}"
+        if fmt != "auto":
+            converters.get(fmt)  # a typo in --format before any download
+        path, commit = fetch(repo_id, filename, revision, trust_pickle)
+    safe = tuple(g for name in converters.names() for g in converters.get(name).safe_globals) if fmt == "auto" \
+        else converters.get(fmt).safe_globals
+    obj = converters.read_file(path, what, trust_pickle, safe)
+    conv = converters.get(_auto_format(obj) if fmt == "auto" else fmt)
+    if arch is None:
+        from .converters.madrylab import guess_arch
+
+        arch = guess_arch(filename) if conv.name == "madrylab" else None
+        if arch is None:
+            raise UserError(f"{what}: give --arch TIMM_ARCH (the timm architecture the weights are for)")
+    arch = conv.arch_map.get(arch, arch)
+    converted = conv.convert(obj, arch, dict(options or {}, what=what))
+    model = build_model(arch, converted.state_dict, what)
+
+    # the architecture's facts only: timm's default cfg also describes timm's own pretrained weights (license,
+    # paper, test-time size), which these weights are not
+    cfg = {k: v for k, v in model.pretrained_cfg.items() if k in ARCH_CFG_KEYS}
+    if converted.mean is not None:
+        cfg["mean"], cfg["std"] = converted.mean, converted.std
+    cfg.update(converted.cfg)
+    meta = dict(meta or {})
+    if meta.get("license"):
+        cfg["license"] = meta["license"]
+    model.pretrained_cfg = cfg
+
+    prov = Provenance(
+        source=f"hf-hub:{repo_id}/{filename}" if repo_id else path.name, filename=Path(filename).name,
+        sha256=_sha256(path), converter=conv.name, repo_id=repo_id, revision=commit,
+        license=meta.get("license"), norm=meta.get("norm"), eps=meta.get("eps"), dataset=meta.get("dataset"),
+        training=meta.get("training"), reported=[r if isinstance(r, Reported) else Reported(**r)
+                                                 for r in meta.get("reported", [])],
+        dropped=converted.dropped, notes=converted.notes, zoo_name=meta.get("zoo_name"),
+        converter_checked_against_real_files=conv.checked_against_real_files)
+
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.import-"))
+    try:
+        timm.models.save_for_hf(model, str(tmp), model_config={"import": prov.record()}, safe_serialization=True)
+        loaded = timm.create_model(f"local-dir:{tmp}", pretrained=True).eval()
+        diff = max_logit_diff(model, loaded, loaded.pretrained_cfg)
+        if not diff <= LOGITS_TOL:
+            raise UserError(f"{what}: the written folder does not reproduce the converted model (max logit "
+                            f"difference {diff:.3g}); nothing was written")
+        (tmp / "README.md").write_text(str(render_import_card(prov, arch, model.num_classes, cfg)), encoding="utf-8")
+        for p in tmp.iterdir():
+            os.chmod(p, 0o644)
+        os.chmod(tmp, 0o755)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ImportResult(out, arch, model.num_classes, tuple(cfg.get("input_size", (3, 224, 224))), diff, prov)
+
+
+def read_provenance(folder: Path) -> dict[str, Any] | None:
+    """config.json's ``import`` block of an imported folder (None for any other folder)."""
+    try:
+        block = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("import")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return block if isinstance(block, dict) else None
+
+
+def refresh_card(folder: Path) -> Path:
+    """Re-render an imported folder's card from its config.json, with ``eval.json`` (``robustify eval FOLDER
+    --output FOLDER/eval.json``) shown beside the published numbers."""
+    from ..fileio import atomic_write_text
+    from .card_import import render_import_card
+
+    folder = Path(folder).expanduser()
+    block = read_provenance(folder)
+    if block is None:
+        raise UserError(f"--refresh-card {str(folder)!r}: not a folder written by 'robustify import' (config.json "
+                        "has no 'import' block)")
+    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    known = {f for f in Provenance.__dataclass_fields__}
+    prov = Provenance(**{k: v for k, v in block.items() if k in known})
+    prov.reported = [Reported(**r) for r in block.get("reported", [])]
+    measured = None
+    if (folder / "eval.json").is_file():
+        try:
+            measured = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
+        except ValueError:
+            raise UserError(f"{folder / 'eval.json'} is not valid JSON; run robustify eval again") from None
+    card = render_import_card(prov, cfg.get("architecture", "?"), int(cfg.get("num_classes", 0)),
+                              cfg.get("pretrained_cfg", {}), measured)
+    atomic_write_text(folder / "README.md", str(card))
+    return folder / "README.md"
