@@ -58,6 +58,9 @@ class ModelConfig:
     checkpoint: str | None = None  # optional weights file (.safetensors) to load into the timm architecture
     trust_pickle: bool = False  # also load a pickle checkpoint (.pth, .bin, ...): only for files you trust
     channels_last: bool | str = "auto"  # auto: true on CUDA, false on CPU (robustify/hardware.py)
+    # frontier (train/freeze.py): none | backbone (linear probe) | stem | stages:N (stem + first N stages), by timm's
+    # group_matcher; frozen parameters get no optimizer state and their BatchNorm statistics stay as they are
+    freeze: str = "none"
 
 
 @dataclass
@@ -82,6 +85,7 @@ class DataConfig:
     streaming: str = "auto"  # auto | true | false; auto streams the sets known to be large (imagenet-1k)
     shuffle_buffer: int = 10000  # streaming: examples in the shuffle buffer
     holdout: float = 0.1  # single-split local data: the seeded fraction held out as the eval split
+    per_class: int | None = None  # frontier: few-shot, K training examples per class (seeded, balanced, recorded)
 
 
 @dataclass
@@ -90,6 +94,9 @@ class ThreatConfig:
 
     norm: str = "Linf"  # Linf | L2
     eps: float = 8 / 255
+    # frontier (train/eps_warmup.py): training eps (and alpha) ramp linearly 0 -> eps over this share of each stage;
+    # the probe, the guard and every evaluation use the full eps
+    eps_warmup_fraction: float = 0.0
 
 
 @dataclass
@@ -157,6 +164,10 @@ class TrainConfig:
     ema_decay: float = 0.999  # the EMA's decay (reached after timm's warm-up, so short runs still average)
     probe_split: str = "heldout"  # heldout: probe examples are held out of training (Rice et al. 2020) | train
     grad_compression: str = "none"  # none | fp16 | bf16 | powersgd: DDP communication hook for multi-process runs
+    # frontier (train/awp.py): adversarial weight perturbation (Wu et al. 2020) before each optimizer step
+    awp: bool = False
+    awp_gamma: float = 5e-3  # the weight perturbation's size, relative to each layer's weight norm
+    awp_warmup_epochs: int = 0  # epochs of each stage trained without AWP first
 
 
 @dataclass
@@ -374,7 +385,34 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
         expand_stages(cfg)  # each stage is validated as a full config
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
         raise ConfigError(f"data.image_size={cfg.data.image_size} is too small; use 8 or more pixels")
+    validate_frontier(cfg)
     return cfg
+
+
+FREEZE_RE = re.compile(r"none|backbone|stem|stages:[1-9][0-9]*")
+
+
+def validate_frontier(cfg: FinetuneConfig) -> None:
+    """Generic checks of the fine-tuning frontier's keys (eps warm-up, AWP, freezing, few-shot); which methods AWP
+    combines with is the method registry's check (``train.methods.base.validate_section``)."""
+    if not 0 <= cfg.threat.eps_warmup_fraction <= 1:
+        raise ConfigError(f"threat.eps_warmup_fraction={cfg.threat.eps_warmup_fraction:g} is outside [0, 1]; it is "
+                          "the share of each stage over which the training eps ramps from 0, e.g. 0.3 (0: off)")
+    if cfg.train.awp_gamma <= 0:
+        raise ConfigError(f"train.awp_gamma={cfg.train.awp_gamma:g} is not accepted; use a value > 0 such as 5e-3 "
+                          "(relative to each layer's weight norm)")
+    if cfg.train.awp_gamma > 1:
+        raise ConfigError(f"train.awp_gamma={cfg.train.awp_gamma:g} would move each layer by more than its own norm; "
+                          "use a value in (0, 1] such as 5e-3")
+    if cfg.train.awp_warmup_epochs < 0:
+        raise ConfigError(f"train.awp_warmup_epochs={cfg.train.awp_warmup_epochs} is not accepted; use 0 or more")
+    cfg.model.freeze = str(cfg.model.freeze).strip()
+    if not FREEZE_RE.fullmatch(cfg.model.freeze):
+        raise ConfigError(f"model.freeze={cfg.model.freeze!r} is not accepted; choose one of: none, backbone, stem, "
+                          "stages:N (N >= 1: the stem and the first N stages)")
+    if cfg.data.per_class is not None and cfg.data.per_class <= 0:
+        raise ConfigError(f"data.per_class={cfg.data.per_class} is not accepted; use 1 or more examples per class, or "
+                          "null for all")
 
 
 def validate_data(cfg: FinetuneConfig) -> None:
@@ -413,9 +451,11 @@ def scaled_lr(cfg: FinetuneConfig, global_batch: int) -> float:
 
 
 # keys a stage may override: what is trained how, not which model, data or threat model the run is about
-STAGE_SECTIONS = ("method", "schedule", "optim", "train", "data")
+STAGE_SECTIONS = ("method", "schedule", "optim", "train", "data", "model")  # model: only model.freeze (LP-FT)
 STAGE_FIXED = {"data.name", "data.train_split", "data.eval_split", "data.image_column", "data.label_column",
                "data.attack_size", "data.holdout", "data.streaming", "train.seed", "train.global_batch"}
+STAGE_FIXED |= {"model.name", "model.pretrained", "model.checkpoint", "model.trust_pickle", "model.channels_last",
+                "data.per_class"}  # frontier: a stage may change model.freeze (LP-FT), not the model or the subset
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:

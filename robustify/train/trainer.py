@@ -44,6 +44,7 @@ from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from . import ema as ema_mod
+from . import eps_warmup
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -316,7 +317,9 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         steps_before = run.stepper.opt_steps
         if run.method.dynamic_steps:  # steps per minibatch vary (deat): follow the epochs, not a fixed step plan
             run.stepper.progress = ((epoch - 1) * n_batches + state.batch) / (run.epochs * n_batches)
-        with acc.accumulate(run.model):
+        share = eps_warmup.factor(cfg.threat.eps_warmup_fraction,  # 1.0 without warm-up (threat.eps_warmup_fraction)
+                                  eps_warmup.stage_progress(epoch, state.batch, run.epochs, n_batches))
+        with acc.accumulate(run.model), eps_warmup.scaled(run.method, share):
             res = run.method.step(run.ctx, x, y)
         sums += torch.stack([res.loss.double() * y.shape[0], (res.logits.argmax(1) == y).sum().double(),
                              torch.tensor(float(y.shape[0]), dtype=torch.float64, device=acc.device)])
@@ -369,7 +372,8 @@ def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
            "train_acc": correct / max(seen, 1), "probe_clean_acc": p_clean, "probe_robust_acc": p_rob,
            "seconds": state.epoch_seconds, "opt_steps": run.stepper.opt_steps, "note": note,
            **({"stage": run.stage_name} if run.stage_name else {}),
-           **run.method.on_epoch_end(epoch)}
+           **run.method.on_epoch_end(epoch),
+           **eps_warmup.history_fields(run.cfg, epoch, run.epochs, run.loaders.batches_per_epoch)}
     state.history.append(row)
     state.epoch, state.batch, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
     run.say(f"epoch {epoch}/{run.epochs}  loss {row['loss']:.3f}  train acc {row['train_acc']:.1%}  probe clean "
