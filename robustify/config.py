@@ -451,11 +451,11 @@ def scaled_lr(cfg: FinetuneConfig, global_batch: int) -> float:
 
 
 # keys a stage may override: what is trained how, not which model, data or threat model the run is about
-STAGE_SECTIONS = ("method", "schedule", "optim", "train", "data", "model")  # model: only model.freeze (LP-FT)
+STAGE_SECTIONS = ("method", "schedule", "optim", "train", "data")
 STAGE_FIXED = {"data.name", "data.train_split", "data.eval_split", "data.image_column", "data.label_column",
                "data.attack_size", "data.holdout", "data.streaming", "train.seed", "train.global_batch"}
-STAGE_FIXED |= {"model.name", "model.pretrained", "model.checkpoint", "model.trust_pickle", "model.channels_last",
-                "data.per_class"}  # frontier: a stage may change model.freeze (LP-FT), not the model or the subset
+STAGE_FIXED |= {"data.per_class"}  # frontier: every stage trains on the same few-shot subset
+STAGE_MODEL_KEYS = {"freeze"}  # frontier: the one model key a stage may change (LP-FT: probe frozen, then all)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -485,9 +485,11 @@ def expand_stages(cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
         if name in {n for n, _ in out}:
             raise ConfigError(f"stages[{i}]: the name {name!r} is used twice; give each stage its own name")
         for section, value in stage.items():
+            if section == "model" and isinstance(value, dict) and value and set(value) <= STAGE_MODEL_KEYS:
+                continue  # model.freeze only (checked with the whole stage below)
             if section not in STAGE_SECTIONS:
                 raise ConfigError(f"stages[{i}] ({name}): '{section}' cannot change between stages; a stage may "
-                                  f"override: name, {', '.join(STAGE_SECTIONS)}")
+                                  f"override: name, {', '.join(STAGE_SECTIONS)}, and model.freeze")
             if not isinstance(value, dict):
                 raise ConfigError(f"stages[{i}] ({name}): '{section}' must be a section of keys, got {value!r}")
             fixed = sorted(f"{section}.{k}" for k in value if f"{section}.{k}" in STAGE_FIXED)

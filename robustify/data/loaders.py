@@ -299,6 +299,9 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
         train_ds = get_dataset(cfg.name, cfg.train_split, streaming=streaming, **kw)
         eval_ds = get_dataset(cfg.name, eval_split, streaming=streaming, **kw)
     bs = cfg.batch_size
+    if streaming and cfg.per_class is not None:
+        raise UserError(f"data.per_class={cfg.per_class} needs a map-style data set; {cfg.name!r} streams (set "
+                        "data.streaming=false, or take a smaller split)")
     if streaming:
         raw_train = train_ds.cast_column("image", datasets.Image(decode=False))
         raw_eval = eval_ds.cast_column("image", datasets.Image(decode=False))
@@ -330,6 +333,14 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
             train_idx, probe_idx = split_indices(len(train_ds), probe_size, seed)
             probe_ds, train_ds = train_ds.select(probe_idx), train_ds.select(train_idx)
             probe_record = heldout_record(train_idx, probe_idx, seed)
+        if cfg.per_class is not None:  # few-shot: K per class of what is left for training (data/few_shot.py)
+            from .few_shot import per_class_indices
+            from .few_shot import record as few_shot_record
+
+            classes = num_classes(train_ds)
+            chosen = per_class_indices(train_ds["label"], cfg.per_class, seed, classes)
+            train_ds = train_ds.select(chosen)
+            probe_record = {**probe_record, "few_shot": few_shot_record(chosen, cfg.per_class, classes, seed)}
         n_train = len(train_ds)
         sub = eval_ds.select(range(min(eval_examples, len(eval_ds))))  # the first N: a fixed, recorded subset
         n_eval = len(sub)
