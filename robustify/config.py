@@ -59,6 +59,9 @@ class ModelConfig:
     trust_pickle: bool = False  # also load a pickle checkpoint (.pth, .bin, ...): only for files you trust
     channels_last: bool | str = "auto"  # auto: true on CUDA, false on CPU (robustify/hardware.py)
     sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch (SyncBatchNorm) in training
+    # frontier (train/freeze.py): none | backbone (linear probe) | stem | stages:N (stem + first N stages), by timm's
+    # group_matcher; frozen parameters get no optimizer state and their BatchNorm statistics stay as they are
+    freeze: str = "none"
 
 
 @dataclass
@@ -86,6 +89,7 @@ class DataConfig:
     shard_cache: str = "auto"  # streaming from the Hub: node (each node downloads its shards once, every epoch reads
     # them from disk) | off (pure streaming, nothing on disk) | auto (node); see docs/data-at-scale.md
     cache_dir: str | None = None  # node-local shard cache and shard metadata; None: the HF hub / datasets caches
+    per_class: int | None = None  # frontier: few-shot, K training examples per class (seeded, balanced, recorded)
 
 
 @dataclass
@@ -94,6 +98,9 @@ class ThreatConfig:
 
     norm: str = "Linf"  # Linf | L2
     eps: float = 8 / 255
+    # frontier (train/eps_warmup.py): training eps (and alpha) ramp linearly 0 -> eps over this share of each stage;
+    # the probe, the guard and every evaluation use the full eps
+    eps_warmup_fraction: float = 0.0
 
 
 @dataclass
@@ -161,6 +168,10 @@ class TrainConfig:
     ema_decay: float = 0.999  # the EMA's decay (reached after timm's warm-up, so short runs still average)
     probe_split: str = "heldout"  # heldout: probe examples are held out of training (Rice et al. 2020) | train
     grad_compression: str = "none"  # none | fp16 | bf16 | powersgd: DDP communication hook for multi-process runs
+    # frontier (train/awp.py): adversarial weight perturbation (Wu et al. 2020) before each optimizer step
+    awp: bool = False
+    awp_gamma: float = 5e-3  # the weight perturbation's size, relative to each layer's weight norm
+    awp_warmup_epochs: int = 0  # epochs of each stage trained without AWP first
 
 
 @dataclass
@@ -379,7 +390,34 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
         expand_stages(cfg)  # each stage is validated as a full config
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
         raise ConfigError(f"data.image_size={cfg.data.image_size} is too small; use 8 or more pixels")
+    validate_frontier(cfg)
     return cfg
+
+
+FREEZE_RE = re.compile(r"none|backbone|stem|stages:[1-9][0-9]*")
+
+
+def validate_frontier(cfg: FinetuneConfig) -> None:
+    """Generic checks of the fine-tuning frontier's keys (eps warm-up, AWP, freezing, few-shot); which methods AWP
+    combines with is the method registry's check (``train.methods.base.validate_section``)."""
+    if not 0 <= cfg.threat.eps_warmup_fraction <= 1:
+        raise ConfigError(f"threat.eps_warmup_fraction={cfg.threat.eps_warmup_fraction:g} is outside [0, 1]; it is "
+                          "the share of each stage over which the training eps ramps from 0, e.g. 0.3 (0: off)")
+    if cfg.train.awp_gamma <= 0:
+        raise ConfigError(f"train.awp_gamma={cfg.train.awp_gamma:g} is not accepted; use a value > 0 such as 5e-3 "
+                          "(relative to each layer's weight norm)")
+    if cfg.train.awp_gamma > 1:
+        raise ConfigError(f"train.awp_gamma={cfg.train.awp_gamma:g} would move each layer by more than its own norm; "
+                          "use a value in (0, 1] such as 5e-3")
+    if cfg.train.awp_warmup_epochs < 0:
+        raise ConfigError(f"train.awp_warmup_epochs={cfg.train.awp_warmup_epochs} is not accepted; use 0 or more")
+    cfg.model.freeze = str(cfg.model.freeze).strip()
+    if not FREEZE_RE.fullmatch(cfg.model.freeze):
+        raise ConfigError(f"model.freeze={cfg.model.freeze!r} is not accepted; choose one of: none, backbone, stem, "
+                          "stages:N (N >= 1: the stem and the first N stages)")
+    if cfg.data.per_class is not None and cfg.data.per_class <= 0:
+        raise ConfigError(f"data.per_class={cfg.data.per_class} is not accepted; use 1 or more examples per class, or "
+                          "null for all")
 
 
 def validate_data(cfg: FinetuneConfig) -> None:
@@ -421,6 +459,8 @@ def scaled_lr(cfg: FinetuneConfig, global_batch: int) -> float:
 STAGE_SECTIONS = ("method", "schedule", "optim", "train", "data")
 STAGE_FIXED = {"data.name", "data.train_split", "data.eval_split", "data.image_column", "data.label_column",
                "data.attack_size", "data.holdout", "data.streaming", "train.seed", "train.global_batch"}
+STAGE_FIXED |= {"data.per_class"}  # frontier: every stage trains on the same few-shot subset
+STAGE_MODEL_KEYS = {"freeze"}  # frontier: the one model key a stage may change (LP-FT: probe frozen, then all)
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -450,9 +490,11 @@ def expand_stages(cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
         if name in {n for n, _ in out}:
             raise ConfigError(f"stages[{i}]: the name {name!r} is used twice; give each stage its own name")
         for section, value in stage.items():
+            if section == "model" and isinstance(value, dict) and value and set(value) <= STAGE_MODEL_KEYS:
+                continue  # model.freeze only (checked with the whole stage below)
             if section not in STAGE_SECTIONS:
                 raise ConfigError(f"stages[{i}] ({name}): '{section}' cannot change between stages; a stage may "
-                                  f"override: name, {', '.join(STAGE_SECTIONS)}")
+                                  f"override: name, {', '.join(STAGE_SECTIONS)}, and model.freeze")
             if not isinstance(value, dict):
                 raise ConfigError(f"stages[{i}] ({name}): '{section}' must be a section of keys, got {value!r}")
             fixed = sorted(f"{section}.{k}" for k in value if f"{section}.{k}" in STAGE_FIXED)

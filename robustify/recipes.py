@@ -38,6 +38,8 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
     "tiny-imagenet": {"train": 100000, "valid": 10000},
 }
 
+CLASSES = {"quickstart": 10, "cifar10": 10, "cifar100": 100, "mnist": 10, "imagenet-1k": 1000, "tiny-imagenet": 200}
+
 
 def recipe_names() -> list[str]:
     d = recipes_dir()
@@ -132,6 +134,7 @@ def split_size(cfg: FinetuneConfig, split: str) -> int | None:
 
 def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
     """The dry-run plan of a recipe: resolved config, stages, passes and the cost estimate."""
+    from .train import awp as awp_mod
     from .train.methods import build_method
 
     cfg = build_config(recipe, overrides)
@@ -144,6 +147,8 @@ def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
         examples = min(total, scfg.data.max_train_examples) if (total and scfg.data.max_train_examples) else (
             total or scfg.data.max_train_examples)
         gb = scfg.train.global_batch or scfg.data.batch_size
+        if scfg.data.per_class is not None and examples and scfg.data.name in CLASSES:  # few-shot subset
+            examples = min(examples, scfg.data.per_class * CLASSES[scfg.data.name])
         data_passes = method.epochs(scfg.train.epochs)
         size = backbone_size(scfg)
         if examples is None:
@@ -152,10 +157,13 @@ def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
         else:
             bpe = examples // gb
             passes = data_passes * bpe * gb * method.passes_per_batch
+            passes += awp_mod.active_epochs(scfg, data_passes) * bpe * gb * awp_mod.extra_passes(scfg)  # train.awp
         tp = throughput(scfg.model.name, size)
         stages.append(StagePlan(name, scfg.method.name, scfg.train.epochs, data_passes, examples or 0, gb, bpe,
-                                data_passes * bpe * method.optimizer_steps_per_batch, method.passes_per_batch, passes,
+                                data_passes * bpe * method.optimizer_steps_per_batch,
+                                method.passes_per_batch + awp_mod.extra_passes(scfg), passes,
                                 size, None if tp is None or examples is None else passes / tp / 3600))
+        notes += frontier_notes(name, scfg, data_passes)
     e = cfg.eval
     n_eval = min(e.n_examples, split_size(cfg, cfg.data.eval_split) or e.n_examples)
     probe = sum(s.data_passes for s in stages) * cfg.train.probe_size * (cfg.train.probe_steps + 1)
@@ -167,6 +175,29 @@ def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
         notes.append("the cost leaves out AutoAttack (eval.autoattack: true), which can exceed the training cost")
     return Plan(path.stem, cfg, stages, eval_passes, None if tp is None else eval_passes / tp / 3600,
                 header(path), notes)
+
+
+def frontier_notes(name: str, cfg: FinetuneConfig, data_passes: int) -> list[str]:
+    """Dry-run notes for the fine-tuning frontier's options of one stage (what they change in the plan)."""
+    from .train import awp as awp_mod
+
+    out = []
+    if cfg.threat.eps_warmup_fraction > 0 and cfg.method.name != "natural":
+        out.append(f"stage {name}: eps warm-up, the training eps ramps 0 -> {cfg.threat.eps:.4g} over the first "
+                   f"{cfg.threat.eps_warmup_fraction:.0%} of the stage (no extra passes; evaluations at the full eps)")
+    if cfg.train.awp:
+        out.append(f"stage {name}: AWP (gamma {cfg.train.awp_gamma:g}) adds {awp_mod.extra_passes(cfg)} pass(es) "
+                   f"per minibatch in {awp_mod.active_epochs(cfg, data_passes)} of {data_passes} epochs "
+                   f"(after {cfg.train.awp_warmup_epochs} warm-up), included above")
+    if cfg.model.freeze != "none":
+        out.append(f"stage {name}: model.freeze={cfg.model.freeze}: frozen parameters get no gradient step (the "
+                   "passes above still count whole forward/backward passes)")
+    if cfg.data.per_class is not None:
+        known = cfg.data.name in CLASSES
+        out.append(f"stage {name}: few-shot, {cfg.data.per_class} training examples per class ("
+                   + ("counted above" if known else "the number of classes is not known offline: the plan counts the "
+                      "whole split") + ")")
+    return out
 
 
 def threat_text(cfg: FinetuneConfig) -> str:

@@ -272,6 +272,9 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
     kw = {"image_column": cfg.image_column, "label_column": cfg.label_column, "holdout": cfg.holdout, "seed": 0}
     first = main_process_first if main_process_first is not None else contextlib.nullcontext
     bs = cfg.batch_size
+    if streaming and cfg.per_class is not None:
+        raise UserError(f"data.per_class={cfg.per_class} needs a map-style data set; {cfg.name!r} streams (set "
+                        "data.streaming=false, or take a smaller split)")
     if streaming:
         train, n_train, n_eval, eval_rows, px, py, probe_record = _streamed(cfg, pre, eval_split, eval_examples,
                                                                            probe_size, probe_split, seed, rank,
@@ -291,6 +294,14 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
             train_idx, probe_idx = split_indices(len(train_ds), probe_size, seed)
             probe_ds, train_ds = train_ds.select(probe_idx), train_ds.select(train_idx)
             probe_record = heldout_record(train_idx, probe_idx, seed)
+        if cfg.per_class is not None:  # few-shot: K per class of what is left for training (data/few_shot.py)
+            from .few_shot import per_class_indices
+            from .few_shot import record as few_shot_record
+
+            classes = num_classes(train_ds)
+            chosen = per_class_indices(train_ds["label"], cfg.per_class, seed, classes)
+            train_ds = train_ds.select(chosen)
+            probe_record = {**probe_record, "few_shot": few_shot_record(chosen, cfg.per_class, classes, seed)}
         n_train = len(train_ds)
         sub = eval_ds.select(range(min(eval_examples, len(eval_ds))))  # the first N: a fixed, recorded subset
         n_eval = len(sub)

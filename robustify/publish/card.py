@@ -215,6 +215,28 @@ def _robust_summary(ev: Evaluation) -> str:
     return "; ".join(parts) or "no robust accuracy recorded"
 
 
+def _frontier_lines(record: RunRecord) -> list[str]:
+    """Card lines for the fine-tuning frontier's options (eps warm-up with its per-epoch eps, AWP, freezing,
+    few-shot), from the record's options and history; none when no option was on."""
+    opts, lines = record.training.options or {}, []
+    warm = [(h.get("epoch"), h["train_eps"]) for h in record.history if "train_eps" in h]
+    if "eps_warmup_fraction" in opts or warm:
+        per_epoch = ", ".join(f"{e}: {eps_text(v) if v > 0 else '0'}" for e, v in warm)
+        lines.append(f"- Epsilon warm-up: the training eps rose linearly from 0 to {eps_text(record.training.eps)} "
+                     f"over the first {opts.get('eps_warmup_fraction', 0):.0%} of each stage (eps at the end of each "
+                     f"epoch: {per_epoch or 'not recorded'}); the probe and every evaluation used the full eps.")
+    if "awp" in opts:
+        awp = opts["awp"]
+        lines.append(f"- Adversarial weight perturbation (AWP, Wu et al. 2020): gamma {awp.get('gamma'):g} of each "
+                     f"layer's weight norm, after {awp.get('warmup_epochs', 0)} warm-up epoch(s); its extra "
+                     "forward/backward pass is in the cost below.")
+    if "freeze" in opts:
+        lines.append(f"- Frozen parameters (model.freeze, last stage): `{opts['freeze']}`.")
+    if "per_class" in opts:
+        lines.append(f"- Few-shot: {opts['per_class']} training examples per class (seeded, balanced).")
+    return lines
+
+
 def _weights_text(record: RunRecord) -> str:
     t = record.training
     epoch = t.selected_epoch if t.selected_epoch is not None else "?"
@@ -292,6 +314,7 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
         f"{_method_args(t.method)}.",
         f"- Learning-rate schedule: `{t.schedule.get('name')}`, peak lr {t.schedule.get('lr', 0):g}; {t.epochs} "
         f"epochs, batch size {t.batch_size}, optimizer {t.optimizer}, training precision {t.mixed_precision}.",
+        *_frontier_lines(record),
         f"- Exported weights: {_weights_text(record)}.",
         f"- Cost: {cost.get('wall_seconds', 0.0):.1f} s wall time on {hardware.get('device', '?')} "
         f"(x{cost.get('world_size', 1)} process(es)); {cost.get('optimizer_steps', '?')} optimizer steps; "

@@ -294,6 +294,7 @@ class Training:
     mixed_precision: str = "fp32"  # training precision
     weights: str = "raw"  # which weights were exported: "raw" or "ema" (the weight average, train.ema)
     probe: dict[str, Any] | None = None  # how the probe examples were chosen (held out of training or not)
+    options: dict[str, Any] | None = None  # frontier options in use (eps warm-up, AWP, freezing, few-shot, ...)
 
 
 @dataclass
@@ -402,6 +403,7 @@ class RunRecord:
             "weights": t.weights,
             "optimizer": t.optimizer, "mixed_precision": t.mixed_precision, "selection": t.selection,
             "selected_epoch": t.selected_epoch, "results": self.results(),
+            **({"options": dict(t.options)} if t.options else {}),
         }
 
     # ---- files
@@ -461,7 +463,8 @@ class RunRecord:
                 selection=str(metrics.get("selection") or r.get("selection") or "best-robust"),
                 selected_epoch=metrics.get("selected_epoch", r.get("selected_epoch")),
                 stopped=metrics.get("stopped"), mixed_precision=precision,
-                weights=str(metrics.get("weights") or r.get("weights") or "raw"), probe=metrics.get("probe"))
+                weights=str(metrics.get("weights") or r.get("weights") or "raw"), probe=metrics.get("probe"),
+                options=dict(r["options"]) if isinstance(r.get("options"), Mapping) else None)
             common = dict(norm=training.norm, eps=training.eps, input_size=input_size, precision=precision,
                           data=training.dataset)
             if isinstance(metrics.get("evaluations"), list):
@@ -522,9 +525,24 @@ def from_finetune(cfg: Any, model: Any, *, name: str, method: Mapping[str, Any],
         schedule={"name": cfg.schedule.name, "lr": cfg.schedule.lr if lr is None else lr}, optimizer=cfg.optim.name,
         batch_size=cfg.data.batch_size, epochs=int(cost.get("epochs") or cfg.train.epochs),
         selection=cfg.train.select, selected_epoch=selected_epoch, stopped=stopped, mixed_precision=precision,
-        weights=weights, probe=dict(probe) if probe else None)
+        weights=weights, probe=dict(probe) if probe else None, options=frontier_options(cfg) or None)
     ev = _finetune_evaluation(after, before, training, "fp32", cfg.data.name)  # finetune always evaluates in fp32
     return RunRecord(training, [ev], public.redact_all(list(history)), public.redact_all(dict(cost)))
+
+
+def frontier_options(cfg: Any) -> dict[str, Any]:
+    """The fine-tuning frontier's options that are on in ``cfg`` (the last stage's config; per-epoch details such as
+    the training eps and whether AWP was active are in the history), for the record and the card."""
+    out: dict[str, Any] = {}
+    if cfg.threat.eps_warmup_fraction > 0:
+        out["eps_warmup_fraction"] = cfg.threat.eps_warmup_fraction
+    if cfg.train.awp:
+        out["awp"] = {"gamma": cfg.train.awp_gamma, "warmup_epochs": cfg.train.awp_warmup_epochs}
+    if cfg.model.freeze != "none":
+        out["freeze"] = cfg.model.freeze
+    if cfg.data.per_class is not None:
+        out["per_class"] = cfg.data.per_class
+    return out
 
 
 def public_report(report: Mapping[str, Any], model_label: str) -> dict[str, Any]:

@@ -44,7 +44,10 @@ from ..models import RobustModel, build_robust_model, load_backbone
 from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
+from . import awp as awp_mod
 from . import ema as ema_mod
+from . import eps_warmup
+from . import freeze as freeze_mod
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -225,6 +228,10 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
                                      probe_split=cfg.train.probe_split)
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
+    frozen = freeze_mod.apply(backbone, cfg.model.freeze)  # model.freeze, before the optimizer sees the parameters
+    if frozen is not None:
+        accelerator.print(f"robustify: model.freeze={cfg.model.freeze}: {frozen['trainable']:,} parameters train, "
+                          f"{frozen['frozen']:,} are frozen")
     model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -259,7 +266,9 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
                                lr=lr)
     stepper.after_step = (lambda: average.update(raw)) if average is not None else None
-    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator))
+    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator),
+                      awp=awp_mod.build(cfg, raw))
+    stepper.after_backward = ctx.awp.restore if ctx.awp is not None else None
     run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
               ctx, epochs, lr, loaders.eval_examples())
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
@@ -327,6 +336,9 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
     sums = torch.tensor(state.epoch_sums, dtype=torch.float64, device=acc.device)  # loss*n, correct, n
     t0 = time.perf_counter() - state.epoch_seconds
     run.model.train()
+    if run.ctx.awp is not None:
+        run.ctx.awp.set_epoch(epoch)  # off during train.awp_warmup_epochs
+    awp_passes = run.ctx.awp.passes_now if run.ctx.awp is not None else 0  # AWP's extra pass, when active
     bar = tqdm(total=n_batches, initial=state.batch, desc=f"epoch {epoch}/{run.epochs}", leave=False,
                **({} if run.main else {"disable": True}))  # only switch off, so TQDM_DISABLE=1 still works
     for x, y in loaders.train_epoch(epoch, start_batch=state.batch):
@@ -338,15 +350,17 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         steps_before = run.stepper.opt_steps
         if run.method.dynamic_steps:  # steps per minibatch vary (deat): follow the epochs, not a fixed step plan
             run.stepper.progress = ((epoch - 1) * n_batches + state.batch) / (run.epochs * n_batches)
-        with acc.accumulate(run.model):
+        share = eps_warmup.factor(cfg.threat.eps_warmup_fraction,  # 1.0 without warm-up (threat.eps_warmup_fraction)
+                                  eps_warmup.stage_progress(epoch, state.batch, run.epochs, n_batches))
+        with acc.accumulate(run.model), eps_warmup.scaled(run.method, share):
             res = run.method.step(run.ctx, x, y)
         n = y.shape[0]  # a Python int from the shape: adding it is a kernel argument, not a host-to-device copy
         sums[:2] += torch.stack([res.loss.double() * n, (res.logits.argmax(1) == y).sum().double()])
         sums[2] += n
         state.batch += 1
         state.progress += 1
-        state.batch_passes += run.method.passes_per_batch
-        state.example_passes += y.shape[0] * acc.num_processes * run.method.passes_per_batch
+        state.batch_passes += run.method.passes_per_batch + awp_passes
+        state.example_passes += y.shape[0] * acc.num_processes * (run.method.passes_per_batch + awp_passes)
         bar.update(1)
         if state.batch % cfg.train.log_every == 0 or state.batch == n_batches:
             s = sums.tolist()  # the one host sync every log_every minibatches
@@ -391,7 +405,10 @@ def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
            "train_acc": correct / max(seen, 1), "probe_clean_acc": p_clean, "probe_robust_acc": p_rob,
            "seconds": state.epoch_seconds, "opt_steps": run.stepper.opt_steps, "note": note,
            **({"stage": run.stage_name} if run.stage_name else {}),
-           **run.method.on_epoch_end(epoch)}
+           **run.method.on_epoch_end(epoch),
+           **eps_warmup.history_fields(run.cfg, epoch, run.epochs, run.loaders.batches_per_epoch),
+           **({"awp": run.ctx.awp.active} if run.ctx.awp is not None else {}),
+           **({"freeze": run.cfg.model.freeze} if run.cfg.model.freeze != "none" else {})}
     state.history.append(row)
     state.epoch, state.batch, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
     run.say(f"epoch {epoch}/{run.epochs}  loss {row['loss']:.3f}  train acc {row['train_acc']:.1%}  probe clean "
@@ -418,7 +435,8 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
     global_batch = cfg.data.batch_size * acc.num_processes * cfg.train.grad_accum
     cost = {"wall_seconds": state.wall_seconds, "epochs": len(state.history),
             "optimizer_steps": state.prior_opt_steps + run.stepper.opt_steps, "batch_passes": state.batch_passes,
-            "example_passes": state.example_passes, "passes_per_batch": run.method.passes_per_batch,
+            "example_passes": state.example_passes,
+            "passes_per_batch": run.method.passes_per_batch + (run.ctx.awp.passes if run.ctx.awp is not None else 0),
             "hardware": hardware_info(acc), "world_size": acc.num_processes, "ranks_in_sync": in_sync,
             "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
             "comm_hook": comm_hook_name(run.model),

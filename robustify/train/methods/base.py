@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ... import attacks
 from ...config import FinetuneConfig, MethodConfig, ThreatConfig
 from ...errors import ConfigError
+from .. import awp as awp_mod
 from . import trades as trades_mod
 
 METHODS: dict[str, type[Method]] = {}
@@ -51,6 +52,7 @@ def validate_section(cfg: FinetuneConfig) -> None:
     if cfg.method.name == "free" and cfg.train.grad_accum > 1:
         raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} with method.name='free' is not accepted: free AT "
                           "takes one optimizer step per replay by definition; use train.grad_accum=1")
+    awp_mod.validate(cfg)  # train.awp: which methods it combines with
 
 
 @dataclass
@@ -59,6 +61,7 @@ class StepContext:
     attack_model: torch.nn.Module  # the unwrapped module: attack forwards, which have no weight backward, use it
     optimize: Callable[[torch.Tensor], None]  # backward + clip + lr + optimizer step + zero_grad
     autocast: Callable[[], contextlib.AbstractContextManager]
+    awp: awp_mod.AWP | None = None  # train.awp: perturbs the weights before the training forward (train/awp.py)
 
 
 @dataclass
@@ -135,6 +138,8 @@ class Method:
         if self.trades and x_clean is not None:
             return self._train_on_trades(ctx, x_train, y, x_clean)
         with ctx.autocast():
+            if ctx.awp is not None:  # the weights at w + v for this forward; the stepper restores them
+                ctx.awp.perturb(lambda m: F.cross_entropy(m(x_train).float(), y))
             logits = ctx.model(x_train)
             loss = F.cross_entropy(logits.float(), y)
         ctx.optimize(loss)
@@ -164,6 +169,9 @@ class Method:
                          x_clean: torch.Tensor) -> StepResult:
         # one forward of clean and perturbed inputs together: one backward, and DDP sees a single forward
         with ctx.autocast():
+            if ctx.awp is not None:  # TRADES-AWP: the weights perturbed against the TRADES objective
+                ctx.awp.perturb(lambda m: trades_mod.trades_loss(*m(torch.cat([x_clean, x_adv])).chunk(2), y,
+                                                                 self.cfg.beta))
             logits_clean, logits_adv = ctx.model(torch.cat([x_clean, x_adv])).chunk(2)
             loss = trades_mod.trades_loss(logits_clean, logits_adv, y, self.cfg.beta)
         ctx.optimize(loss)

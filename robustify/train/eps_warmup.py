@@ -1,0 +1,63 @@
+"""Epsilon warm-up (``threat.eps_warmup_fraction``): the *training* radius ramps linearly from 0 to eps.
+
+Fine-tuning a non-robust backbone at the full eps from the first step destroys much of what it knew before it
+learns anything robust (Ngnawé et al. 2026, "Epsilon-Scheduling"; Debenedetti et al. 2022 warm eps up for ViTs).
+Here the training eps of step t of a stage is ``eps * min(1, t / (fraction * T))`` (t = minibatches done in the
+stage, T = the stage's minibatches), and the method's step size alpha scales with it, whether it is the method's
+default (a multiple of eps) or set in the recipe. The position is computed from the checkpointed position (epoch,
+minibatch), so a resumed run ramps exactly as an uninterrupted one.
+
+This module only changes what the *training step* sees: the probe, the divergence guard and every evaluation read
+``cfg.threat.eps`` themselves and always use the full eps. It must not change the config or the method's settings
+outside the step it wraps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+
+def factor(fraction: float, progress: float) -> float:
+    """The share of eps used at ``progress`` (the stage's minibatches done / its total, in [0, 1])."""
+    if fraction <= 0:
+        return 1.0
+    return min(1.0, max(progress, 0.0) / fraction)
+
+
+def stage_progress(epoch: int, batch: int, epochs: int, batches_per_epoch: int) -> float:
+    """Where minibatch ``batch`` (0-based) of ``epoch`` (1-based) lies in a stage of ``epochs`` x ``batches``."""
+    return ((epoch - 1) * batches_per_epoch + batch) / max(epochs * batches_per_epoch, 1)
+
+
+@contextlib.contextmanager
+def scaled(method: Any, share: float) -> Iterator[None]:
+    """Run one training step with the method's eps (and an explicit ``method.alpha``) multiplied by ``share``.
+
+    The method's ``threat`` and ``cfg`` are swapped for scaled copies and put back afterwards, so the method's own
+    alpha rule (1.25 eps, eps, 2.5 eps / steps) follows the scaled eps without any method knowing about warm-up.
+    """
+    if share >= 1.0:
+        yield
+        return
+    threat, cfg = method.threat, method.cfg
+    method.threat = dataclasses.replace(threat, eps=threat.eps * share)
+    if cfg.alpha is not None:
+        method.cfg = dataclasses.replace(cfg, alpha=cfg.alpha * share)
+    try:
+        yield
+    finally:
+        method.threat, method.cfg = threat, cfg
+
+
+def history_fields(cfg: Any, epoch: int, epochs: int, batches_per_epoch: int) -> dict[str, float]:
+    """The training eps of an epoch for its history row (with warm-up on, for an attack method): at its first and
+    its last minibatch. ``cfg``: the stage's FinetuneConfig."""
+    fraction, eps = cfg.threat.eps_warmup_fraction, cfg.threat.eps
+    if fraction <= 0 or cfg.method.name == "natural":
+        return {}
+    first = factor(fraction, stage_progress(epoch, 0, epochs, batches_per_epoch))
+    last = factor(fraction, stage_progress(epoch, batches_per_epoch - 1, epochs, batches_per_epoch))
+    return {"train_eps_start": eps * first, "train_eps": eps * last}
