@@ -1,15 +1,20 @@
 """The ``robustify`` command. Thin: parses arguments and calls the modules that own each idea.
 
-User errors (:class:`robustify.errors.UserError`) print one line and exit with status 2, without a traceback.
+User errors (:class:`robustify.errors.UserError`) and argument mistakes print one line and exit with status 2,
+without a traceback or the usage block. ``--json`` commands print one JSON document on stdout and nothing else.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from .errors import Interrupted, UserError
@@ -24,6 +29,66 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         if action.default in (None, False, [], argparse.SUPPRESS):
             return action.help
         return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument mistakes (an unknown flag, a missing argument, a bad choice) are one line like every other user
+    error: ``robustify: error: ...`` naming the value, then where to look, and status 2. ``--help`` is unchanged."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"robustify: error: {' '.join(message.split())}; see '{self.prog} --help'\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:  # named by the command they were given to, with the closest flag it has
+            parser = self._chosen(ns)
+            flags = [o for a in parser._actions for o in a.option_strings]
+            unknown = [e for e in extras if e.startswith("-")]  # (an unknown option's value is not named again)
+            parts = [f"unknown option {e!r}" + (f" (did you mean {c[0]}?)" if (c := difflib.get_close_matches(
+                e.split("=", 1)[0], flags, n=1)) else "") for e in unknown]
+            parser.error("; ".join(parts or [f"unexpected argument {e!r}" for e in extras]))
+        return ns
+
+    def _chosen(self, ns: argparse.Namespace) -> argparse.ArgumentParser:
+        """The (sub)command parser the arguments selected, e.g. the one of ``robustify zoo show``."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+            name = getattr(ns, sub.dest, None) if sub is not None else None
+            if sub is None or name not in sub.choices:
+                return parser
+            parser = sub.choices[name]
+
+
+def _add_json(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON on stdout and nothing else "
+                                                       "(progress and notes go to stderr)")
+
+
+@contextlib.contextmanager
+def _stdout_for_json() -> Iterator[TextIO]:
+    """While a ``--json`` command works, whatever it prints (robustify, a library, a worker process) goes to
+    stderr, so that stdout holds the JSON only; yields the real stdout to write the JSON to afterwards."""
+    out = sys.stdout
+    out.flush()
+    try:
+        saved: int | None = os.dup(1)
+        os.dup2(2, 1)
+    except (OSError, ValueError):  # no file descriptor 1 (an embedding host): Python-level redirection only
+        saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield out
+    finally:
+        out.flush()  # anything written to the real stdout meanwhile still goes to stderr
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _print_json(out: TextIO, obj: Any) -> None:
+    out.write(json.dumps(obj, indent=2) + "\n")
+    out.flush()
 
 
 def _quickstart_defaults() -> dict[str, str]:
@@ -41,12 +106,18 @@ def _quickstart_defaults() -> dict[str, str]:
 
 
 def _finetune_parser(sub: argparse._SubParsersAction) -> None:
+    try:
+        from .recipes import quickstart_help_text
+
+        measured = quickstart_help_text()
+    except Exception:  # noqa: BLE001 - help must render even from a broken install
+        measured = "in about a minute on a laptop CPU"
     p = sub.add_parser(
         "finetune", formatter_class=_Formatter,
         help="adversarially fine-tune a pretrained backbone (no arguments: the offline quickstart)",
         description="Adversarially fine-tune a timm backbone. With no arguments it runs recipes/quickstart.yaml: a "
-                    "small pretrained backbone and data set shipped with robustify, offline, in about a minute on a "
-                    "laptop CPU. Flags override the recipe; --set overrides any recipe key.",
+                    f"small pretrained backbone and data set shipped with robustify, offline, {measured}. Flags "
+                    "override the recipe; --set overrides any recipe key.",
     )
     q = _quickstart_defaults()
 
@@ -210,18 +281,24 @@ def _zoo_parser(sub: argparse._SubParsersAction) -> None:
         description="The zoo: one YAML file per published model under zoo/ (adding a model is adding a file).",
     )
     zsub = p.add_subparsers(dest="zoo_command", metavar="ZOO_COMMAND")
-    zsub.add_parser("list", help="a table of every model in the zoo").set_defaults(handler=_run_zoo_list)
+    listing = zsub.add_parser("list", help="a table of every model in the zoo")
+    _add_json(listing, "the entries")
+    listing.set_defaults(handler=_run_zoo_list)
     show = zsub.add_parser("show", help="one model in full: fields, how to load it, the recipe that made it")
     show.add_argument("name", metavar="NAME", help="a name from 'robustify zoo list' (or its Hub id)")
+    _add_json(show, "the entry, with its load and recipe commands,")
     show.set_defaults(handler=_run_zoo_show)
     _zoo_more_parsers(zsub)
     p.set_defaults(handler=_run_zoo_list)
 
 
 def _run_zoo_list(args: argparse.Namespace) -> int:
-    from .publish.zoo import load_zoo, print_list
+    from .publish.zoo import entry_json, load_zoo, print_list
 
     entries = load_zoo()
+    if getattr(args, "json", False):  # bare 'robustify zoo' has no --json
+        _print_json(sys.stdout, [entry_json(e) for e in entries])
+        return 0
     if not entries:
         print("the zoo is empty (no zoo/*.yaml files found)")
         return 0
@@ -231,9 +308,13 @@ def _run_zoo_list(args: argparse.Namespace) -> int:
 
 
 def _run_zoo_show(args: argparse.Namespace) -> int:
-    from .publish.zoo import get_entry, show_text
+    from .publish.zoo import entry_json, get_entry, show_text
 
-    print(show_text(get_entry(args.name)))
+    entry = get_entry(args.name)
+    if args.json:
+        _print_json(sys.stdout, entry_json(entry))
+    else:
+        print(show_text(entry))
     return 0
 
 
@@ -267,6 +348,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="FILE.json", help="also write the results as JSON")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any recipe key, e.g. --set method.steps=10 --set method.replays=8")
+    _add_json(p, "the report (what --output writes; with --peers, --time-to-robust or --data too)")
     g = p.add_argument_group("side by side with peers (--peers)")
     g.add_argument("--peers", action="store_true", help="time robustify's methods next to a plain PyTorch natural "
                    "loop, FGSM-RS written as the Fast AT reference code does, and IBM ART's FBF trainer (if "
@@ -292,29 +374,37 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
+    if args.json:
+        with _stdout_for_json() as out:
+            report = _bench(args, show=False)
+        _print_json(out, report)
+    else:
+        _bench(args, show=True)
+    return 0
+
+
+def _bench(args: argparse.Namespace, show: bool) -> dict[str, Any]:
+    """Run the bench ``args`` ask for; ``show``: print its table (the notes are printed either way)."""
     from .bench.steps import main as bench
 
     if args.time_to_robust:
         from .bench.time_to_robust import main as ttr
 
-        ttr(recipe=args.recipe, overrides=args.overrides, scratch_epochs=args.scratch_epochs,
-            finetune_epochs=args.epochs, target_acc=args.target_acc, scratch_steps=args.scratch_steps,
-            limit_train=args.limit_train, limit_eval=args.limit_eval, output=args.output)
-        return 0
+        return ttr(recipe=args.recipe, overrides=args.overrides, scratch_epochs=args.scratch_epochs,
+                   finetune_epochs=args.epochs, target_acc=args.target_acc, scratch_steps=args.scratch_steps,
+                   limit_train=args.limit_train, limit_eval=args.limit_eval, output=args.output)
     if args.peers:
         from .bench.peers import main as peers
 
-        peers(recipe=args.recipe, model=args.model, batch_size=args.batch_size, image_size=args.image_size,
-              methods=args.methods, rounds=args.rounds, batches=args.batches, warmup=min(args.warmup, 1),
-              num_classes=args.num_classes, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
-              overrides=args.overrides, output=args.output)
-        return 0
-    bench(data=args.data, data_images=args.data_images,
-          recipe=args.recipe, model=args.model, batch_size=args.batch_size, image_size=args.image_size,
-          methods=args.methods, steps=args.steps, warmup=args.warmup, epochs=args.epochs,
-          num_classes=args.num_classes, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
-          overrides=args.overrides, output=args.output)
-    return 0
+        return peers(recipe=args.recipe, model=args.model, batch_size=args.batch_size, image_size=args.image_size,
+                     methods=args.methods, rounds=args.rounds, batches=args.batches, warmup=min(args.warmup, 1),
+                     num_classes=args.num_classes, mixed_precision=args.mixed_precision,
+                     channels_last=args.channels_last, overrides=args.overrides, output=args.output, show=show)
+    return bench(data=args.data, data_images=args.data_images,
+                 recipe=args.recipe, model=args.model, batch_size=args.batch_size, image_size=args.image_size,
+                 methods=args.methods, steps=args.steps, warmup=args.warmup, epochs=args.epochs,
+                 num_classes=args.num_classes, mixed_precision=args.mixed_precision, channels_last=args.channels_last,
+                 overrides=args.overrides, output=args.output, show=show)
 
 
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -352,6 +442,7 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="FILE.json", help="write the full report as JSON (and FILE_eps_curve.png)")
     p.add_argument("--plot", metavar="FILE.png", help="write the accuracy-vs-eps plot here")
     p.add_argument("--no-update", action="store_true", help="leave a run folder's metrics.json and card unchanged")
+    _add_json(p, "the full report (what --output writes)")
     p.set_defaults(handler=_run_eval)
 
 
@@ -371,11 +462,22 @@ def _check_eval_args(args: argparse.Namespace) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    if not args.json:
+        return _eval(args)
+    with _stdout_for_json() as out:
+        report = _eval(args)
+    if report is not None:  # the main process only
+        _print_json(out, report)
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> Any:
+    """Evaluate; print the tables (not with --json) and the summary lines. Returns the report with --json."""
     import time
 
     from .config import parse_number
     from .evaluate.report import run_eval
-    from .report import checks_table, eps_curve_table, eval_table, print_table
+    from .report import checks_table, eps_curve_table, eval_table, print_tables
 
     start = time.perf_counter()
     _check_eval_args(args)
@@ -388,12 +490,10 @@ def _run_eval(args: argparse.Namespace) -> int:
                    plot=args.plot, update_run=not args.no_update)
     report = res.report
     if not res.main:
-        return 0
-    print_table(eval_table(report))
-    if "eps_curve" in report:
-        print_table(eps_curve_table(report))
-    if "checks" in report:
-        print_table(checks_table(report))
+        return None if args.json else 0
+    if not args.json:
+        print_tables([eval_table(report), *([eps_curve_table(report)] if "eps_curve" in report else []),
+                      *([checks_table(report)] if "checks" in report else [])])
     print(f"{report['n_examples']} examples (first {report['n_examples']} of {report['subset']['split']}, sha256 "
           f"{report['subset']['sha256_16']}), seed {args.seed}, on {report['device']}, "
           f"{time.perf_counter() - start:.1f} s")
@@ -403,7 +503,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         print(f"run folder: the evaluation was {res.update_note}")
     if res.written:
         print(f"wrote: {', '.join(res.written)}")
-    return 0
+    return report if args.json else 0
 
 
 def _recipes_parser(sub: argparse._SubParsersAction) -> None:
@@ -414,15 +514,21 @@ def _recipes_parser(sub: argparse._SubParsersAction) -> None:
                     "H100-hours estimate (from assumed throughputs, not measured) and the expected result with its "
                     "source. 'robustify finetune --recipe NAME --dry-run' shows one recipe's full plan.",
     )
+    _add_json(p, "one object per recipe (every column, each stage, the expected result)")
     p.set_defaults(handler=_run_recipes)
 
 
 def _run_recipes(args: argparse.Namespace) -> int:
-    from rich.console import Console
+    from .recipes import THROUGHPUT_NOTE, catalogue, catalogue_table, expected_cells, recipes_dir
+    from .report import print_table
 
-    from .recipes import THROUGHPUT_NOTE, catalogue_table, recipes_dir
-
-    Console().print(catalogue_table())
+    rows = catalogue()
+    if args.json:
+        _print_json(sys.stdout, rows)
+        return 0
+    print_table(catalogue_table(rows))
+    for note in expected_cells(rows)[1]:
+        print(note)
     print(f"recipes from {recipes_dir()}; H100-hours: {THROUGHPUT_NOTE}")
     print("details: robustify finetune --recipe NAME --dry-run")
     return 0
@@ -610,7 +716,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="robustify", formatter_class=_Formatter,
         description="Make any pretrained timm image backbone adversarially robust, cheaply: adversarial fine-tuning "
                     "(FGSM-RS, free, PGD) with a slow-start/fast-decay schedule, honest evaluation, Hub publishing.",
@@ -642,6 +748,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("robustify: interrupted; continue from the last checkpoint with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # 'robustify recipes | head': the reader has all it wanted
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 141
     finally:
         if "robustify.runlock" in sys.modules:  # the command is over: its run folder is free again
             sys.modules["robustify.runlock"].release_all()

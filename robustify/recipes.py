@@ -41,6 +41,36 @@ SPLIT_SIZES: dict[str, dict[str, int]] = {
 CLASSES = {"quickstart": 10, "cifar10": 10, "cifar100": 100, "mnist": 10, "imagenet-1k": 1000, "tiny-imagenet": 200}
 
 
+# what the quickstart gives, measured once: the one place its figures live (README, the recipe header, --help,
+# the dry-run and the recipes table all say what this file says)
+QUICKSTART_EXPECTED = Path(__file__).resolve().parent / "assets" / "quickstart" / "expected.json"
+
+
+def quickstart_expected() -> dict[str, Any]:
+    """The measured quickstart result: ``before``/``after`` accuracies in percent, ``seconds``, where and when."""
+    import json
+
+    return json.loads(QUICKSTART_EXPECTED.read_text())
+
+
+def expected_text(e: dict[str, Any] | None = None) -> str:
+    """The quickstart's ``expected:`` line (recipe header, dry-run, recipes table)."""
+    e = e or quickstart_expected()
+    b, a = e["before"], e["after"]
+    return (f"{a['clean_acc']:.1f}% clean / {a['pgd_acc']:.1f}% PGD-10 (before: {b['clean_acc']:.1f}% / "
+            f"{b['pgd_acc']:.1f}%; {e['evaluation']}; measured {e['measured']} on a {e['machine']}, about "
+            f"{e['seconds']:.0f} s)")
+
+
+def quickstart_help_text(e: dict[str, Any] | None = None) -> str:
+    """What ``robustify finetune --help`` says the quickstart does (after "offline, ")."""
+    e = e or quickstart_expected()
+    b, a = e["before"], e["after"]
+    return (f"in about {e['seconds']:.0f} s on a 2-core CPU, taking PGD-10 accuracy from {b['pgd_acc']:.1f}% to "
+            f"{a['pgd_acc']:.1f}% and clean accuracy from {b['clean_acc']:.1f}% to {a['clean_acc']:.1f}% (measured "
+            f"{e['measured']} on a {e['machine']})")
+
+
 def recipe_names() -> list[str]:
     d = recipes_dir()
     return sorted(p.stem for p in d.glob("*.yaml")) if d else []
@@ -173,8 +203,10 @@ def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
         notes.append(f"no throughput assumption for {cfg.model.name!r}: no H100-hours estimate (run 'robustify bench')")
     if e.autoattack:
         notes.append("the cost leaves out AutoAttack (eval.autoattack: true), which can exceed the training cost")
-    return Plan(path.stem, cfg, stages, eval_passes, None if tp is None else eval_passes / tp / 3600,
-                header(path), notes)
+    head = header(path)
+    if path.resolve() == resolve_recipe_path("quickstart").resolve():  # its figures come from one place
+        head["expected"] = expected_text()
+    return Plan(path.stem, cfg, stages, eval_passes, None if tp is None else eval_passes / tp / 3600, head, notes)
 
 
 def frontier_notes(name: str, cfg: FinetuneConfig, data_passes: int) -> list[str]:
@@ -217,26 +249,72 @@ def _hours(h: float | None) -> str:
     return "n/a" if h is None else (f"{h:.2f}" if h < 10 else f"{h:,.0f}")
 
 
-def catalogue_table():
-    """The ``robustify recipes`` table (a rich Table)."""
-    from rich.table import Table
-
-    table = Table(title="robustify recipes", show_lines=False)
-    for col in ("name", "backbone", "data", "method", "threat model", "epochs", "global batch", "passes",
-                "est. H100-h", "expected (source)"):
-        table.add_column(col, overflow="fold")
+def catalogue() -> list[dict[str, Any]]:
+    """One JSON-able row per shipped recipe: what ``robustify recipes`` shows (``--json`` prints these rows)."""
+    rows: list[dict[str, Any]] = []
     for name in recipe_names():
         try:
             p = plan(name)
         except UserError as e:
-            table.add_row(name, "", "", "", "", "", "", "", "", f"invalid: {e}")
+            rows.append({"name": name, "invalid": " ".join(str(e).split())})
             continue
         c = p.cfg
-        stages = "+".join(str(s.epochs) for s in p.stages)
-        methods = " → ".join(dict.fromkeys(method_text(sc) for _, sc in expand_stages(c)))
-        table.add_row(name, c.model.name + ("" if c.model.pretrained else " (scratch)"), c.data.name, methods,
-                      threat_text(c), stages, str(p.stages[-1].global_batch), f"{p.train_passes / 1e6:,.1f}M",
-                      _hours(p.hours), p.header.get("expected", "not yet measured"))
+        rows.append({
+            "name": name, "backbone": c.model.name, "pretrained": c.model.pretrained, "data": c.data.name,
+            "methods": list(dict.fromkeys(method_text(sc) for _, sc in expand_stages(c))),
+            "threat_model": {"norm": c.threat.norm, "eps": c.threat.eps, "text": threat_text(c)},
+            "stages": [{"name": s.name, "method": s.method, "epochs": s.epochs, "data_passes": s.data_passes,
+                        "examples": s.examples, "global_batch": s.global_batch, "train_passes": s.train_passes,
+                        "image_size": list(s.image_size), "est_h100_hours": s.hours} for s in p.stages],
+            "global_batch": p.stages[-1].global_batch, "train_passes": p.train_passes, "eval_passes": p.eval_passes,
+            "est_h100_hours": p.hours, "expected": p.header.get("expected", "not yet measured"),
+        })
+    return rows
+
+
+# columns of the recipes table; the name says data, backbone and method already, so those go first when narrow
+CATALOGUE_DROP = ("passes", "global batch", "data", "backbone", "method", "epochs", "threat model", "est. H100-h")
+
+
+def expected_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """The table's short "expected" cells and the numbered notes under it: "not yet measured. Reference ..." is shown
+    as "not yet measured [1]" with "[1] Reference ..." below (as README's table does), so each recipe stays one line
+    wide enough to read; the notes are printed whole."""
+    cells: list[str] = []
+    notes: list[str] = []
+    for r in rows:
+        text = r.get("expected") or f"invalid: {r.get('invalid', '')}"
+        cut = min((i for i in (text.find(". "), text.find(" (")) if i > 0), default=-1)
+        if cut < 0 or text.startswith("invalid: "):
+            cells.append(text)
+            continue
+        head, tail = text[:cut], text[cut:].lstrip(". ")
+        if text[cut:].startswith(" (") and tail.startswith("(") and tail.endswith(")"):
+            tail = tail[1:-1]
+        if tail not in notes:
+            notes.append(tail)
+        cells.append(f"{head} [{notes.index(tail) + 1}]")
+    return cells, [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+
+
+def catalogue_table(rows: list[dict[str, Any]] | None = None):
+    """The ``robustify recipes`` table (a :class:`robustify.report.Listing`) of :func:`catalogue`'s rows; the notes
+    its "expected" cells point to are :func:`expected_cells`' second list."""
+    from .report import Listing
+
+    rows = catalogue() if rows is None else rows
+    table = Listing(title="robustify recipes", show_lines=False, name="name", drop=CATALOGUE_DROP)
+    for col in ("name", "backbone", "data", "method", "threat model", "epochs", "global batch", "passes",
+                "est. H100-h", "expected"):
+        table.add_column(col, overflow="fold")
+    for r, expected in zip(rows, expected_cells(rows)[0], strict=True):
+        if "invalid" in r:
+            table.add_row(r["name"], "", "", "", "", "", "", "", "", expected)
+            continue
+        table.add_row(r["name"], r["backbone"] + ("" if r["pretrained"] else " (scratch)"), r["data"],
+                      " → ".join(r["methods"]), r["threat_model"]["text"],
+                      "+".join(str(s["epochs"]) for s in r["stages"]), str(r["global_batch"]),
+                      f"{r['train_passes'] / 1e6:,.1f}M", _hours(r["est_h100_hours"]), expected)
     return table
 
 

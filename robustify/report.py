@@ -1,11 +1,120 @@
-"""What a person reads: terminal tables (rich) and PNG plots (matplotlib) of a run or an evaluation."""
+"""What a person reads: terminal tables (rich) and PNG plots (matplotlib) of a run or an evaluation.
+
+Also how every robustify table meets a narrow terminal or a pipe (:class:`Listing`, :func:`output_console`): the
+name column is never wrapped or cut, the least important columns are left out first, and a pipe gets a fixed width,
+so ``robustify recipes | grep cifar10`` sees whole names. It must not compute results: it only lays them out.
+"""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.measure import Measurement
+from rich.table import Column, Table
+
+# the width of a table written to a pipe or a file when COLUMNS is not set. rich's default there is 80, which folds
+# the recipes table into fragments; robustify's tables never expand, so this only lifts the limit: each row is one
+# line as wide as its cells, whole for grep and scripts (COLUMNS=N chooses a width instead)
+PIPE_WIDTH = 1000
+
+
+def output_console(stderr: bool = False, **kwargs) -> Console:
+    """A rich Console for stdout (or stderr): the terminal's width on a terminal, else COLUMNS when set, else
+    :data:`PIPE_WIDTH` (rich itself would use 80 in a pipe)."""
+    console = Console(stderr=stderr, **kwargs)
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit():
+        console = Console(stderr=stderr, width=PIPE_WIDTH, **kwargs)
+    return console
+
+
+class Listing(Table):
+    """A rich Table that keeps its name column whole and leaves columns out rather than cutting words.
+
+    ``name`` is the header of the column that identifies a row (never wrapped, never narrower than its longest
+    cell); ``drop`` lists headers of columns that may be left out, least important first: while the table's minimum
+    width (every word whole) exceeds the width it is given, the next one goes, and the caption says which went.
+    If the table still does not fit, it is drawn at its minimum width (a terminal then wraps the long lines),
+    because a cut name cannot be searched for or copied.
+    """
+
+    def __init__(self, *headers, name: str | None = None, drop: Sequence[str] = (), **kwargs) -> None:
+        super().__init__(*headers, **kwargs)
+        self.name_header = name
+        self.drop = tuple(drop)
+
+    def fitted(self, console: Console, width: int) -> tuple[Table, list[str]]:
+        """A copy of the table for ``width`` columns, and the headers left out of it."""
+        table = copy.copy(self)
+        table.columns = [dataclasses.replace(c) for c in self.columns]
+        if self.name_header is not None:
+            column = _column(table, self.name_header)
+            column.no_wrap = True
+            wide = console.options.update_width(10**6)
+            column.min_width = max(Measurement.get(console, wide, cell).maximum
+                                   for cell in (column.header, *column._cells))
+        left_out = []
+        for header in self.drop:
+            if _minimum(table, console) <= width:
+                break
+            table.columns.remove(_column(table, header))
+            left_out.append(header.replace("\n", " "))
+        for i, c in enumerate(table.columns):
+            c._index = i
+        _share_width(table, console, width)
+        if left_out:
+            note = f"left out to fit {width} columns: {', '.join(left_out)}"
+            table.caption = f"{self.caption}\n{note}" if self.caption else note
+        return table, left_out
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        table, _ = self.fitted(console, options.max_width)
+        if self.name_header is not None:
+            options = options.update_width(max(options.max_width, _minimum(table, console)))
+        yield from Table.__rich_console__(table, console, options)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        table, _ = self.fitted(console, options.max_width)
+        return Table.__rich_measure__(table, console, options)
+
+
+def _column(table: Table, header: str) -> Column:
+    for c in table.columns:
+        if c.header == header:
+            return c
+    raise KeyError(f"table {table.title!r} has no column {header!r}")  # a programming error, not a user's
+
+
+def _share_width(table: Table, console: Console, width: int) -> None:
+    """Fix the column widths when the table is too wide: each column gets its longest word, then the room left goes
+    to the columns that need least to fit their longest line, so that as many columns as possible are one line and
+    one column folds the most. (rich alone shrinks the widest columns first, below their longest word, which cuts
+    words even where there is room for them.)"""
+    wide = console.options.update_width(10**6)
+    ranges = [table._measure_column(console, wide, c) for c in table.columns]
+    room = width - table._extra_width
+    if sum(r.maximum for r in ranges) <= room:
+        return
+    widths = [r.minimum for r in ranges]
+    for i in sorted(range(len(ranges)), key=lambda i: ranges[i].maximum - ranges[i].minimum):
+        widths[i] += max(0, min(ranges[i].maximum - widths[i], room - sum(widths)))
+    for i, c in enumerate(table.columns):
+        c.width = max(1, widths[i] - table._get_padding_width(i))
+
+
+def _minimum(table: Table, console: Console) -> int:
+    """The narrowest the table can be with every word whole."""
+    return Table.__rich_measure__(table, console, console.options.update_width(10**6)).minimum
+
+
+def print_tables(tables: Iterable[Table], console: Console | None = None) -> None:
+    console = console or output_console()
+    for table in tables:
+        console.print(table, crop=False)  # a Listing wider than the terminal: whole lines, wrapped by the terminal
 
 
 def pct(value: float | None) -> str:
@@ -15,7 +124,7 @@ def pct(value: float | None) -> str:
 def before_after_table(before: dict, after: dict, title: str = "robustify finetune") -> Table:
     pgd = after.get("pgd", {})
     attack = f"PGD-{pgd.get('steps', '?')}x{pgd.get('restarts', 1)} {pgd.get('norm', '')} eps={pgd.get('eps', 0):.4g}"
-    table = Table(title=title)
+    table = Listing(title=title, name="model")
     table.add_column("model")
     table.add_column("clean", justify="right")
     table.add_column(attack, justify="right")
@@ -30,7 +139,7 @@ def before_after_table(before: dict, after: dict, title: str = "robustify finetu
 
 
 def history_table(history: list[dict]) -> Table:
-    table = Table(title="training history")
+    table = Listing(title="training history", name="epoch", drop=("seconds", "lr", "loss", "train acc"))
     for col in ("epoch", "lr", "loss", "train acc", "probe clean", "probe robust", "seconds", "note"):
         table.add_column(col, justify="right" if col != "note" else "left")
     for h in history:
@@ -40,7 +149,7 @@ def history_table(history: list[dict]) -> Table:
 
 
 def print_table(table: Table) -> None:
-    Console().print(table)
+    print_tables([table])
 
 
 def save_figure(fig, path: str | Path) -> None:
@@ -98,8 +207,8 @@ def eval_table(report: dict, title: str | None = None) -> Table:
     n = report["n_examples"]
     tm = report["threat_model"]
     sub = report["subset"]
-    table = Table(title=title or f"robustify eval: {tm['norm']} eps={tm['eps']:.4g}, first {n} of "
-                                 f"{sub['data']}/{sub['split']}")
+    table = Listing(title=title or f"robustify eval: {tm['norm']} eps={tm['eps']:.4g}, first {n} of "
+                                   f"{sub['data']}/{sub['split']}", name="attack", drop=("settings", "robust / n"))
     for col, justify in (("attack", "left"), ("settings", "left"), ("accuracy", "right"), ("robust / n", "right")):
         table.add_column(col, justify=justify)
 
@@ -138,7 +247,7 @@ def eps_curve_table(report: dict) -> Table:
 
 def checks_table(report: dict) -> Table:
     checks = report["checks"]
-    table = Table(title="gradient-masking checks", caption=checks["verdict"], show_lines=True)
+    table = Listing(title="gradient-masking checks", caption=checks["verdict"], show_lines=True, name="check")
     table.add_column("check")
     table.add_column("result", justify="center")
     table.add_column("verdict", ratio=1)

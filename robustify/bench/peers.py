@@ -247,12 +247,14 @@ def run_peers(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_PEER_METHODS
 
 def peers_table(report: dict[str, Any]):
     """The terminal table of a peers report."""
-    from rich.table import Table
+    from ..report import Listing
 
     cfg = report["config"]
     size = "x".join(map(str, cfg["input_size"]))
-    table = Table(title=f"robustify bench --peers: {cfg['model']}, {size}, batch {cfg['batch_size']}, "
-                        f"{cfg['batches_per_epoch']} minibatches x {cfg['rounds']} interleaved rounds")
+    table = Listing(title=f"robustify bench --peers: {cfg['model']}, {size}, batch {cfg['batch_size']}, "
+                          f"{cfg['batches_per_epoch']} minibatches x {cfg['rounds']} interleaved rounds",
+                    name="runner", drop=("x plain\n/ replay", "x plain\n(CPU time)", "passes\n/ batch",
+                                         "images\n/ s"))
     table.add_column("runner")
     for header in ("passes\n/ batch", "s / epoch", "images\n/ s", "x plain\n(wall)", "x plain\n(CPU time)",
                    "x plain\n/ replay"):
@@ -280,8 +282,10 @@ def peers_notes(report: dict[str, Any]) -> list[str]:
 def main(recipe: str = "quickstart", model: str | None = None, batch_size: int | None = None,
          image_size: int | None = None, methods: str | Sequence[str] = DEFAULT_PEER_METHODS, rounds: int = 3,
          batches: int = 8, warmup: int = 1, num_classes: int | None = None, mixed_precision: str | None = None,
-         channels_last: bool = False, overrides: Sequence[str] = (), output: str | None = None) -> dict[str, Any]:
-    """What ``robustify bench --peers`` does: configure, measure, print the table, write ``output``."""
+         channels_last: bool = False, overrides: Sequence[str] = (), output: str | None = None,
+         show: bool = True) -> dict[str, Any]:
+    """What ``robustify bench --peers`` does: configure, measure, print the table (``show``) and the notes, write
+    ``output``."""
     from .steps import bench_config, print_and_save, progress_reporter
 
     names = parse_methods(methods)
@@ -289,5 +293,5 @@ def main(recipe: str = "quickstart", model: str | None = None, batch_size: int |
     with progress_reporter() as progress:
         report = run_peers(cfg, names, rounds=rounds, batches=batches, warmup=warmup, num_classes=num_classes,
                            progress=progress)
-    print_and_save(report, peers_table(report), peers_notes(report), output)
+    print_and_save(report, peers_table(report) if show else None, peers_notes(report), output)
     return report

@@ -46,6 +46,7 @@ from ..config import FinetuneConfig, apply_override, config_from_dict, load_reci
 from ..errors import UserError
 from ..fileio import atomic_write_json
 from ..models import RobustModel, load_backbone, resolve_spec
+from ..report import Listing, output_console
 from ..train.hardware import maybe_compile, resolve_hardware_settings, target_device_type
 from ..train.methods import METHODS, Method, StepContext, build_method
 from ..train.optim import OptimizerStepper, build_optimizer, step_autocast
@@ -339,8 +340,9 @@ def bench_table(report: dict[str, Any]) -> Table:
     size = "x".join(map(str, cfg["input_size"]))
     precision = "fp32" if cfg["mixed_precision"] == "no" else cfg["mixed_precision"]
     layout = ", channels-last" if cfg["channels_last"] else ""
-    table = Table(title=f"robustify bench: {cfg['model']} ({cfg['architecture']}, {cfg['parameters'] / 1e6:.2f} M "
-                        f"params), {size}, batch {cfg['batch_size']}, {precision}{layout}")
+    table = Listing(title=f"robustify bench: {cfg['model']} ({cfg['architecture']}, {cfg['parameters'] / 1e6:.2f} M "
+                          f"params), {size}, batch {cfg['batch_size']}, {precision}{layout}", name="method",
+                    drop=("passes\n/ batch", "images\n/ s", "time\n/ batch"))
     cuda = report["hardware"]["device_type"] == "cuda"
     table.add_column("method")
     for header in ("passes\n/ batch", "time\n/ batch", "images\n/ s", "x natural\n/ batch",
@@ -394,9 +396,9 @@ def progress_reporter(first: str = "loading the model") -> Iterator[Callable[[st
 def print_and_save(report: dict[str, Any], table: Table | None, lines: Sequence[str],
                    output: str | os.PathLike | None) -> None:
     """The table and notes on stdout; the JSON report written atomically to ``output``."""
-    console = Console(highlight=False)
+    console = output_console(highlight=False)
     if table is not None:
-        console.print(table)
+        console.print(table, crop=False)
     for line in lines:
         console.print(line, markup=False, soft_wrap=True)  # whole lines: logs and greps see them unbroken
     if output is not None:
@@ -409,9 +411,10 @@ def main(recipe: str = "quickstart", model: str | None = None, batch_size: int |
          warmup: int = 3, epochs: int | None = None, num_classes: int | None = None,
          mixed_precision: str | None = None, channels_last: bool = False, overrides: Sequence[str] = (),
          output: str | os.PathLike | None = None, data: str | None = None,
-         data_images: int = 256) -> dict[str, Any]:
-    """What ``robustify bench`` does: configure, measure, print the table, write ``output`` (JSON, atomically).
-    With ``data``, the data pipeline is timed too and the report says which of it and the step bounds training."""
+         data_images: int = 256, show: bool = True) -> dict[str, Any]:
+    """What ``robustify bench`` does: configure, measure, print the table (``show``) and the notes, write ``output``
+    (JSON, atomically). With ``data``, the data pipeline is timed too and the report says which of it and the step
+    bounds training."""
     names = parse_methods(methods)
     _check_counts(steps, warmup, epochs, num_classes)
     if data is not None:
@@ -433,5 +436,5 @@ def main(recipe: str = "quickstart", model: str | None = None, batch_size: int |
         from .data_pipeline import verdict_lines
 
         lines += verdict_lines(report)
-    print_and_save(report, bench_table(report), lines, output)
+    print_and_save(report, bench_table(report) if show else None, lines, output)
     return report

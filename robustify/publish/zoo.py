@@ -255,11 +255,15 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}%"
 
 
-def list_table(entries: list[ZooEntry]):
-    """The ``zoo list`` table: one row per model."""
-    from rich.table import Table
+# columns of the zoo table that go first when the terminal is narrow ('zoo show NAME' has them all)
+LIST_DROP = ("base model", "method", "Hub id", "threat model", "eps", "data")
 
-    table = Table(title="robustify zoo")
+
+def list_table(entries: list[ZooEntry]):
+    """The ``zoo list`` table: one row per model, the name never cut."""
+    from ..report import Listing
+
+    table = Listing(title="robustify zoo", name="name", drop=LIST_DROP)
     for col, just in (("name", "left"), ("base model", "left"), ("data", "left"), ("threat model", "left"),
                       ("eps", "right"), ("clean", "right"), ("robust", "right"), ("method", "left"),
                       ("Hub id", "left")):
@@ -273,15 +277,19 @@ def list_table(entries: list[ZooEntry]):
 
 
 def print_list(entries: list[ZooEntry]) -> None:
-    """Print the table; when stdout is not a terminal (a pipe, a file) it is not wrapped to 80 columns, so each
-    model stays on one line for grep."""
-    from rich.console import Console
+    """Print the table: a terminal's width, or in a pipe (a file, grep) COLUMNS or a width that keeps each model
+    on one line."""
+    from ..report import print_table
 
-    console = Console()
-    table = list_table(entries)
-    if not console.is_terminal:
-        console = Console(width=1000)  # a table does not expand: this only lifts the limit
-    console.print(table)
+    print_table(list_table(entries))
+
+
+def entry_json(e: ZooEntry) -> dict[str, Any]:
+    """``zoo list --json`` / ``zoo show --json``: every field (accuracies in percent), the headline robust accuracy
+    and its attack, and the commands that load the model and make it again."""
+    robust, attack = e.robust_acc
+    return dataclasses.asdict(e) | {"robust_acc": robust, "robust_attack": attack, "load_command": e.load_command,
+                                    "recipe_command": e.recipe_command}
 
 
 def show_text(e: ZooEntry) -> str:
