@@ -261,3 +261,45 @@ def test_resumed_epoch_skips_finished_windows_unopened(imagenet_like: Path):
     assert first > 0 and train.windows_opened == [w.shards for w in plan[first:]]
     assert len(tail) == len(full) - k
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[k:], tail, strict=True))
+
+
+@pytest.fixture(scope="module")
+def quickstart_shards(tmp_path_factory) -> Path:
+    """The quickstart digits as parquet shards (8 train, 2 test), the Hub's file layout."""
+    from robustify.data import get_dataset
+
+    folder = tmp_path_factory.mktemp("qs-shards")
+    for split, n in (("train", 8), ("test", 2)):
+        ds = get_dataset("quickstart", split)
+        for k in range(n):
+            ds.shard(n, k, contiguous=True).to_parquet(str(folder / f"{split}-{k:05d}-of-{n:05d}.parquet"))
+    return folder
+
+
+def test_killed_streaming_run_resumes_mid_epoch_to_identical_weights(quickstart_shards: Path, tmp_path: Path):
+    """kill -9 right after a mid-epoch checkpoint of a streamed run; --resume ends with bit-identical weights to the
+    uninterrupted run (the position in the epoch comes from the checkpointed minibatch; finished windows are not
+    read again)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from robustify.cli import main as cli
+    from robustify.config import build_config
+    from robustify.train.checkpoint import checkpoint_dirs
+    from robustify.train.trainer import finetune
+    from tests.test_resume import KILL_SCRIPT, SMALL, _same_weights
+
+    sets = SMALL + [f"data.name=parquet:{quickstart_shards}", "data.streaming=true", "data.eval_split=test",
+                    "data.num_workers=0", "data.shuffle_buffer=64", "train.checkpoint_every=2"]
+    straight = tmp_path / "straight"
+    finetune(build_config("quickstart", sets + [f"output_dir={straight}"]))
+    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run), "SIGKILL", "2", *sets], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    state = json.loads((checkpoint_dirs(run)[-1] / "trainer_state.json").read_text())
+    assert state["batch"] > 0
+    assert cli(["finetune", "--output-dir", str(run), "--resume"]) == 0
+    _same_weights(straight, run)
