@@ -303,3 +303,22 @@ def test_killed_streaming_run_resumes_mid_epoch_to_identical_weights(quickstart_
     assert state["batch"] > 0
     assert cli(["finetune", "--output-dir", str(run), "--resume"]) == 0
     _same_weights(straight, run)
+
+
+def test_node_local_cache_downloads_each_shard_once_per_node(imagenet_like: Path, tmp_path: Path):
+    """Two nodes of two processes with the node-local cache: each node downloads only its own shards (disjoint from
+    the other node's), through hf_hub_download, at most once: epoch 2 reads from disk all it read in epoch 1 and
+    downloads only the few shards no process of the node had opened yet (each process stops at its batch count)."""
+    out = stream_runs(tmp_path, imagenet_like, [4], local_world=2, data={"shard_cache": "node"})
+    run, split = out["runs"]["4"], _split_bytes(imagenet_like, "train")
+    procs = run["processes"]
+    epoch1, epoch2 = run["bytes"][2] - run["bytes"][1], run["bytes"][3] - run["bytes"][2]
+    assert 0.8 * split <= epoch1 and epoch1 + epoch2 <= split and epoch2 < 0.1 * split, (epoch1, epoch2, split)
+    nodes = [set().union(*(set(p["epochs"][e]["shards"]) for p in procs[n * 2:(n + 1) * 2] for e in range(2)))
+             for n in range(2)]
+    assert not nodes[0] & nodes[1]  # a node's shards stay on that node for the whole run
+    first = [set(p["epochs"][0]["shards"]) for p in procs]
+    second = [set(p["epochs"][1]["shards"]) for p in procs]
+    assert first != second  # inside a node the shards move between its processes from epoch to epoch
+    assert list((tmp_path / "cache").glob("datasets--ILSVRC--imagenet-1k/blobs/*"))
+    assert not list((tmp_path / "cache").rglob("*.incomplete"))
