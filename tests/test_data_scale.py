@@ -322,3 +322,20 @@ def test_node_local_cache_downloads_each_shard_once_per_node(imagenet_like: Path
     assert first != second  # inside a node the shards move between its processes from epoch to epoch
     assert list((tmp_path / "cache").glob("datasets--ILSVRC--imagenet-1k/blobs/*"))
     assert not list((tmp_path / "cache").rglob("*.incomplete"))
+
+
+def test_dry_run_states_bytes_per_node(monkeypatch):
+    """ImageNet's 294 shards of ~0.48 GB on 4 nodes of 8: with the cache each node downloads about a quarter of the
+    split once; pure streaming reads about a quarter of the split per node every epoch."""
+    from robustify.config import DataConfig
+    from robustify.data import stream
+
+    fake = stream.ShardSet("imagenet-1k", "train", [f"hf://datasets/ILSVRC/imagenet-1k@abc/data/train-{k:05d}.parquet"
+                                                    for k in range(294)], IMAGENET_ROWS, [480_000_000] * 294, None,
+                           "image", "label")
+    monkeypatch.setattr(stream, "shard_set", lambda *a, **k: fake)
+    cached = stream.bytes_plan(DataConfig(name="imagenet-1k"), epochs=16, world=32, local_world=8)
+    assert "294 shards, 1,280,932 rows, 141.12 GB; 4 node(s) x 8 process(es)" in cached
+    assert "each node downloads at most 35.52 GB once" in cached  # 74 of the 294 shards
+    streamed = stream.bytes_plan(DataConfig(name="imagenet-1k", shard_cache="off"), epochs=2, world=32, local_world=8)
+    assert "nothing on disk" in streamed and "over 2 epoch(s)" in streamed
