@@ -339,3 +339,53 @@ def test_dry_run_states_bytes_per_node(monkeypatch):
     assert "each node downloads at most 35.52 GB once" in cached  # 74 of the 294 shards
     streamed = stream.bytes_plan(DataConfig(name="imagenet-1k", shard_cache="off"), epochs=2, world=32, local_world=8)
     assert "nothing on disk" in streamed and "over 2 epoch(s)" in streamed
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _small_shards(folder: Path, n: int = 3) -> Path:
+    _jpeg_shards(folder, "train", n, 0, 64)
+    _jpeg_shards(folder, "test", 1, 0, 64)
+    return folder / "data"
+
+
+def _load(folder: Path, probe_split: str = "heldout", **kw):
+    from robustify.config import DataConfig
+    from robustify.data import build_loaders
+
+    cfg = DataConfig(**{"name": f"parquet:{folder}", "streaming": "true", "batch_size": 2, "num_workers": 0,
+                        "eval_split": "test", "cache_dir": str(folder.parent / "meta"), **kw})
+    loaders = build_loaders(cfg, {"input_size": (3, 16, 16)}, 2, 1, probe_split=probe_split)
+    return list(loaders.train_epoch(1))
+
+
+def test_bad_shards_are_one_line_naming_the_file(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from robustify.errors import UserError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"parquet:.*empty"):
+        _load(tmp_path / "empty")
+    # shards of different schemas
+    folder = _small_shards(tmp_path / "schemas")
+    odd = folder / "train-00001-of-00003.parquet"
+    pq.write_table(pq.read_table(odd).append_column("extra", pa.array([1] * ROWS_PER_SHARD)), str(odd))
+    with pytest.raises(UserError, match=r"shard 'train-00001-of-00003.parquet' has a different schema"):
+        _load(folder)
+    # a truncated shard
+    folder = _small_shards(tmp_path / "truncated")
+    cut = folder / "train-00002-of-00003.parquet"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"shard 'train-00002-of-00003.parquet' is not a readable parquet file"):
+        _load(folder)
+    # an unreadable image in one row: the error names the file and the row, raised by the main process
+    folder = _small_shards(tmp_path / "row")
+    bad = folder / "train-00002-of-00003.parquet"  # the probe is shard 0's first row: this one fails in training
+    table = pq.read_table(bad)
+    images = table.column("image").to_pylist()
+    images = [{"bytes": b"\xff\xd8 not a jpeg", "path": None}] * len(images)
+    pq.write_table(table.set_column(0, "image", pa.array(images, type=table.schema.field("image").type)), str(bad))
+    for workers in (0, 2):
+        with pytest.raises(UserError, match=r"train-00002-of-00003.parquet row \d: the image cannot be decoded"):
+            _load(folder, num_workers=workers, batch_size=1, probe_split="train")
