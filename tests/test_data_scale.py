@@ -389,3 +389,23 @@ def test_bad_shards_are_one_line_naming_the_file(tmp_path: Path):
     for workers in (0, 2):
         with pytest.raises(UserError, match=r"train-00002-of-00003.parquet row \d: the image cannot be decoded"):
             _load(folder, num_workers=workers, batch_size=1, probe_split="train")
+
+
+def test_a_cache_that_cannot_fit_is_one_line_before_any_download(imagenet_like: Path, tmp_path: Path):
+    """A real small disk (a 1 MB tmpfs; needs root, as CI runs) as data.cache_dir: the free-space check stops before
+    downloading anything, in one line naming the folder and the sizes; nothing is left in the cache."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        out = stream_runs(tmp_path, imagenet_like, [], expect_error=True,
+                          data={"shard_cache": "node", "cache_dir": str(mount)})
+        err = out["error"]
+        assert err and "\n" not in err and "node-local shard cache needs" in err and str(mount) in err, err
+        assert "data.shard_cache=off" in err
+        assert not list(mount.rglob("*.parquet")) and not list(mount.rglob("*.incomplete"))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
