@@ -405,6 +405,12 @@ def dry_run(recipe: str, overrides: list[str] | None = None) -> str:
 
     p = plan(recipe, overrides)
     checks = [check_model(p.cfg.model.name, p.cfg.model.pretrained), check_data(p.cfg)]
+    from .data.loaders import use_streaming
+
+    if use_streaming(p.cfg.data):  # bytes per node from the shards' footers (issue 16)
+        from .data.stream import bytes_plan
+
+        checks.append(bytes_plan(p.cfg.data, p.cfg.train.epochs, p.cfg.train.seed))
     return "resolved config:\n" + dump_yaml(p.cfg) + "\n" + dry_run_text(p, checks)
 
 

@@ -95,6 +95,20 @@ def main(spec_path: str) -> None:
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
 
+    if spec.get("expect_error"):  # one process, in this interpreter: the one-line error a user would see
+        from robustify.config import DataConfig
+        from robustify.data import build_loaders
+        from robustify.errors import UserError
+
+        try:
+            loaders = build_loaders(DataConfig(**spec["data"]), {"input_size": (3, 16, 16)}, 4, spec["probe_size"])
+            list(loaders.train_epoch(1))
+            results["error"] = None
+        except UserError as e:
+            results["error"] = str(e)
+        hub.stop()
+        print(json.dumps(results))
+        return
     import time
 
     results["seconds"] = {}

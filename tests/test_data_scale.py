@@ -261,3 +261,151 @@ def test_resumed_epoch_skips_finished_windows_unopened(imagenet_like: Path):
     assert first > 0 and train.windows_opened == [w.shards for w in plan[first:]]
     assert len(tail) == len(full) - k
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[k:], tail, strict=True))
+
+
+@pytest.fixture(scope="module")
+def quickstart_shards(tmp_path_factory) -> Path:
+    """The quickstart digits as parquet shards (8 train, 2 test), the Hub's file layout."""
+    from robustify.data import get_dataset
+
+    folder = tmp_path_factory.mktemp("qs-shards")
+    for split, n in (("train", 8), ("test", 2)):
+        ds = get_dataset("quickstart", split)
+        for k in range(n):
+            ds.shard(n, k, contiguous=True).to_parquet(str(folder / f"{split}-{k:05d}-of-{n:05d}.parquet"))
+    return folder
+
+
+def test_killed_streaming_run_resumes_mid_epoch_to_identical_weights(quickstart_shards: Path, tmp_path: Path):
+    """kill -9 right after a mid-epoch checkpoint of a streamed run; --resume ends with bit-identical weights to the
+    uninterrupted run (the position in the epoch comes from the checkpointed minibatch; finished windows are not
+    read again)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    from robustify.cli import main as cli
+    from robustify.config import build_config
+    from robustify.train.checkpoint import checkpoint_dirs
+    from robustify.train.trainer import finetune
+    from tests.test_resume import KILL_SCRIPT, SMALL, _same_weights
+
+    sets = SMALL + [f"data.name=parquet:{quickstart_shards}", "data.streaming=true", "data.eval_split=test",
+                    "data.num_workers=0", "data.shuffle_buffer=64", "train.checkpoint_every=2"]
+    straight = tmp_path / "straight"
+    finetune(build_config("quickstart", sets + [f"output_dir={straight}"]))
+    run = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(run), "SIGKILL", "2", *sets], capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    state = json.loads((checkpoint_dirs(run)[-1] / "trainer_state.json").read_text())
+    assert state["batch"] > 0
+    assert cli(["finetune", "--output-dir", str(run), "--resume"]) == 0
+    _same_weights(straight, run)
+
+
+def test_node_local_cache_downloads_each_shard_once_per_node(imagenet_like: Path, tmp_path: Path):
+    """Two nodes of two processes with the node-local cache: each node downloads only its own shards (disjoint from
+    the other node's), through hf_hub_download, at most once: epoch 2 reads from disk all it read in epoch 1 and
+    downloads only the few shards no process of the node had opened yet (each process stops at its batch count)."""
+    out = stream_runs(tmp_path, imagenet_like, [4], local_world=2, data={"shard_cache": "node"})
+    run, split = out["runs"]["4"], _split_bytes(imagenet_like, "train")
+    procs = run["processes"]
+    epoch1, epoch2 = run["bytes"][2] - run["bytes"][1], run["bytes"][3] - run["bytes"][2]
+    assert 0.8 * split <= epoch1 and epoch1 + epoch2 <= split and epoch2 < 0.1 * split, (epoch1, epoch2, split)
+    nodes = [set().union(*(set(p["epochs"][e]["shards"]) for p in procs[n * 2:(n + 1) * 2] for e in range(2)))
+             for n in range(2)]
+    assert not nodes[0] & nodes[1]  # a node's shards stay on that node for the whole run
+    first = [set(p["epochs"][0]["shards"]) for p in procs]
+    second = [set(p["epochs"][1]["shards"]) for p in procs]
+    assert first != second  # inside a node the shards move between its processes from epoch to epoch
+    assert list((tmp_path / "cache").glob("datasets--ILSVRC--imagenet-1k/blobs/*"))
+    assert not list((tmp_path / "cache").rglob("*.incomplete"))
+
+
+def test_dry_run_states_bytes_per_node(monkeypatch):
+    """ImageNet's 294 shards of ~0.48 GB on 4 nodes of 8: with the cache each node downloads about a quarter of the
+    split once; pure streaming reads about a quarter of the split per node every epoch."""
+    from robustify.config import DataConfig
+    from robustify.data import stream
+
+    fake = stream.ShardSet("imagenet-1k", "train", [f"hf://datasets/ILSVRC/imagenet-1k@abc/data/train-{k:05d}.parquet"
+                                                    for k in range(294)], IMAGENET_ROWS, [480_000_000] * 294, None,
+                           "image", "label")
+    monkeypatch.setattr(stream, "shard_set", lambda *a, **k: fake)
+    cached = stream.bytes_plan(DataConfig(name="imagenet-1k"), epochs=16, world=32, local_world=8)
+    assert "294 shards, 1,280,932 rows, 141.12 GB; 4 node(s) x 8 process(es)" in cached
+    assert "each node downloads at most 35.52 GB once" in cached  # 74 of the 294 shards
+    streamed = stream.bytes_plan(DataConfig(name="imagenet-1k", shard_cache="off"), epochs=2, world=32, local_world=8)
+    assert "nothing on disk" in streamed and "over 2 epoch(s)" in streamed
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _small_shards(folder: Path, n: int = 3) -> Path:
+    _jpeg_shards(folder, "train", n, 0, 64)
+    _jpeg_shards(folder, "test", 1, 0, 64)
+    return folder / "data"
+
+
+def _load(folder: Path, probe_split: str = "heldout", **kw):
+    from robustify.config import DataConfig
+    from robustify.data import build_loaders
+
+    cfg = DataConfig(**{"name": f"parquet:{folder}", "streaming": "true", "batch_size": 2, "num_workers": 0,
+                        "eval_split": "test", "cache_dir": str(folder.parent / "meta"), **kw})
+    loaders = build_loaders(cfg, {"input_size": (3, 16, 16)}, 2, 1, probe_split=probe_split)
+    return list(loaders.train_epoch(1))
+
+
+def test_bad_shards_are_one_line_naming_the_file(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from robustify.errors import UserError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match=r"parquet:.*empty"):
+        _load(tmp_path / "empty")
+    # shards of different schemas
+    folder = _small_shards(tmp_path / "schemas")
+    odd = folder / "train-00001-of-00003.parquet"
+    pq.write_table(pq.read_table(odd).append_column("extra", pa.array([1] * ROWS_PER_SHARD)), str(odd))
+    with pytest.raises(UserError, match=r"shard 'train-00001-of-00003.parquet' has a different schema"):
+        _load(folder)
+    # a truncated shard
+    folder = _small_shards(tmp_path / "truncated")
+    cut = folder / "train-00002-of-00003.parquet"
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(UserError, match=r"shard 'train-00002-of-00003.parquet' is not a readable parquet file"):
+        _load(folder)
+    # an unreadable image in one row: the error names the file and the row, raised by the main process
+    folder = _small_shards(tmp_path / "row")
+    bad = folder / "train-00002-of-00003.parquet"  # the probe is shard 0's first row: this one fails in training
+    table = pq.read_table(bad)
+    images = table.column("image").to_pylist()
+    images = [{"bytes": b"\xff\xd8 not a jpeg", "path": None}] * len(images)
+    pq.write_table(table.set_column(0, "image", pa.array(images, type=table.schema.field("image").type)), str(bad))
+    for workers in (0, 2):
+        with pytest.raises(UserError, match=r"train-00002-of-00003.parquet row \d: the image cannot be decoded"):
+            _load(folder, num_workers=workers, batch_size=1, probe_split="train")
+
+
+def test_a_cache_that_cannot_fit_is_one_line_before_any_download(imagenet_like: Path, tmp_path: Path):
+    """A real small disk (a 1 MB tmpfs; needs root, as CI runs) as data.cache_dir: the free-space check stops before
+    downloading anything, in one line naming the folder and the sizes; nothing is left in the cache."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        out = stream_runs(tmp_path, imagenet_like, [], expect_error=True,
+                          data={"shard_cache": "node", "cache_dir": str(mount)})
+        err = out["error"]
+        assert err and "\n" not in err and "node-local shard cache needs" in err and str(mount) in err, err
+        assert "data.shard_cache=off" in err
+        assert not list(mount.rglob("*.parquet")) and not list(mount.rglob("*.incomplete"))
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)

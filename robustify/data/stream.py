@@ -471,6 +471,52 @@ class StreamTrain:
         return sum(self.store.shards.nbytes[s] for s in opened)
 
 
+def _size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
+def bytes_plan(cfg: Any, epochs: int, seed: int = 0, world: int | None = None, local_world: int | None = None
+               ) -> str:
+    """What the dry run says about a streamed split: shards, bytes per node (downloaded once into the node-local
+    cache, or streamed every epoch), the disk the cache needs. World size: ``WORLD_SIZE``/``LOCAL_WORLD_SIZE`` when set
+    (under torchrun/accelerate), else one node with one process per GPU (at least one)."""
+    from .shard_cache import hub_cache_dir
+
+    if world is None:
+        world = int(os.environ.get("WORLD_SIZE") or max(1, torch.cuda.device_count()))
+    local = local_world or local_world_size(world)
+    try:
+        train = shard_set(cfg.name, cfg.train_split, cfg.image_column, cfg.label_column, cfg.cache_dir)
+    except UserError as e:
+        return f"streaming {cfg.name}: shard sizes not known ({e})"
+    rows = sh.limit_rows(train.rows, cfg.max_train_examples)
+    pinned = train.remote and str(cfg.shard_cache) != "off"
+    nodes = world // sh.group_size(world, local, True)
+    total = sum(train.nbytes[s] for s in sh.active(rows))
+    head = (f"streaming {cfg.name}/{cfg.train_split}: {len(train.files)} shards, {sum(rows):,} rows, "
+            f"{_size(total)}; {nodes} node(s) x {local} process(es)")
+    if sh.per_example(rows, world, local, seed, pinned):
+        head += " (too few shards: every process reads every shard of its group and keeps its share of the rows)"
+    if not train.remote:
+        return head + ": local files, read in place"
+    per_node = []
+    for n in range(nodes):
+        ranks = range(n * local, (n + 1) * local)
+        if pinned:
+            group = sh.node_groups(sh.active(rows), world, local, seed, 0, True)[n if nodes > 1 else 0]
+            per_node.append(sum(train.nbytes[s] for s in group))
+        else:
+            opened = [{s for r in ranks for s in sh.process_shards(rows, world, r, seed, e, local)[0]}
+                      for e in range(1, epochs + 1)]
+            per_node.append(sum(train.nbytes[s] for o in opened for s in o))
+    most = max(per_node)
+    if pinned:
+        return (head + f": each node downloads at most {_size(most)} once (node-local cache in "
+                f"{hub_cache_dir(cfg.cache_dir)}, needs that much free disk), then every epoch reads from disk")
+    return head + (f": each node streams at most {_size(most)} over {epochs} epoch(s) "
+                   f"(~{_size(most / max(1, epochs))} per epoch), nothing on disk (data.shard_cache=off)")
+
+
 def local_world_size(world: int) -> int:
     """Processes per node: torchrun/accelerate's ``LOCAL_WORLD_SIZE``, else the whole world (one node)."""
     try:
@@ -480,5 +526,5 @@ def local_world_size(world: int) -> int:
     return lw if 0 < lw <= world and world % lw == 0 else world
 
 
-__all__ = ["ShardSet", "ShardStore", "StreamTrain", "decode_inline", "local_world_size", "read_rows", "shard_set",
-           "split_files"]
+__all__ = ["ShardSet", "ShardStore", "StreamTrain", "bytes_plan", "decode_inline", "local_world_size", "read_rows",
+           "shard_set", "split_files"]
