@@ -706,12 +706,38 @@ def _ensure_zoo_model(spec: str, trust_pickle: bool) -> None:
     if not is_model_folder(zoo_folder(name)):
         folder, done = pull_entry(get_entry(name), trust_pickle=trust_pickle)
         print(f"robustify: zoo model {name}: {done} ({folder})")
+def _doctor_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "doctor", formatter_class=_Formatter, help="what this machine offers a long run: GPUs, disk, Hub, access",
+        description="Check this machine before a long run: torch/CUDA/cuDNN/NCCL versions, GPUs and bf16, the "
+                    "processes 'accelerate launch' would start, free disk at the output and cache folders, whether "
+                    "the Hub answers (through the proxy huggingface_hub would use) and whether a gated data set is "
+                    "open to the current token (never printed). Reads only. Exit 0: nothing blocks a run; 1: a "
+                    "'fail' row says what does.",
+    )
+    p.add_argument("--output-dir", default=".", metavar="DIR", help="where the run will write")
+    p.add_argument("--gated-dataset", default=None, metavar="ORG/NAME",
+                   help="the gated data set to check access to (default: ILSVRC/imagenet-1k; '' to skip)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(handler=_run_doctor)
+
+
+def _run_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from . import doctor
+
+    gated = doctor.GATED_DEFAULT if args.gated_dataset is None else args.gated_dataset
+    rows = doctor.diagnose(args.output_dir, gated)
+    print(json.dumps(doctor.as_json(rows), indent=2) if args.json else doctor.render(rows))
+    return doctor.exit_code(rows)
 
 
 # Each entry adds one subcommand's parser; the modules named in the handlers own the work.
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _finetune_parser, _eval_parser, _push_parser, _pull_parser, _zoo_parser, _bench_parser, _recipes_parser,
     _import_parser, _export_parser,
+    _doctor_parser,
 ]
 
 

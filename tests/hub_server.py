@@ -409,12 +409,13 @@ class LocalHub:
                 ("GET", "tree"): ("tree", lambda: self._tree(req, rtype, rid, rest[0], "/".join(rest[1:]))),
                 ("POST", "paths-info"): ("paths-info", lambda: self._paths_info(req, rtype, rid, rest[0])),
                 ("GET", "refs"): ("refs", lambda: self._refs(req, rtype, rid)),
+                ("GET", "auth-check"): ("auth-check", lambda: (self._access(req, rtype, rid), _json({}))[1]),
                 ("GET", "commits"): ("commits", lambda: self._list_commits(req, rtype, rid, rest[0])),
                 ("POST", "branch"): ("create-branch", lambda: self._create_branch(req, rtype, rid, "/".join(rest))),
                 ("POST", "preupload"): ("preupload", lambda: self._preupload(req, rtype, rid, rest[0])),
                 ("POST", "commit"): ("commit", lambda: self._commit(req, rtype, rid, rest[0])),
             }
-            needs_rest = action not in ("", "refs")
+            needs_rest = action not in ("", "refs", "auth-check")
             if (m, action) in routes and (rest or not needs_rest):
                 return routes[(m, action)]
         if len(s) == 3 and s[:2] == ["_lfs", "upload"] and m == "PUT":
