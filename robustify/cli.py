@@ -124,7 +124,8 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     def recipe(key: str, flag: str) -> str:
         return f"(recipe key {key}; quickstart: {q[flag]})" if flag in q else f"(recipe key {key})"
 
-    p.add_argument("--recipe", default="quickstart", help="recipe YAML path or shipped recipe name")
+    p.add_argument("--recipe", help="recipe YAML path or shipped recipe name (default: quickstart; with --resume: "
+                   "the run's own recipe.yaml, and an explicit --recipe must be the run's recipe)")
     p.add_argument("--model", help="timm name, hf-hub:ORG/NAME, local-dir:PATH or a run folder "
                    + recipe("model.name", "model"))
     p.add_argument("--data", help="quickstart, cifar10, cifar100, ORG/NAME, imagefolder:PATH or npz:PATH "
@@ -168,17 +169,17 @@ def _run_finetune(args: argparse.Namespace) -> int:
     if args.dry_run:
         from .recipes import dry_run
 
-        print(dry_run(args.recipe, overrides))
+        print(dry_run(args.recipe or "quickstart", overrides))
         return 0
     from .train.trainer import finetune
 
-    recipe = args.recipe
+    recipe = args.recipe or "quickstart"
     if args.resume:
         if args.output_dir is None:
             raise UserError("--resume needs --output-dir RUN_DIR: the folder of the run to continue")
         saved = Path(args.output_dir) / "recipe.yaml"
-        if saved.is_file() and args.recipe == "quickstart":  # continue with the run's own resolved recipe
-            recipe = str(saved)
+        if saved.is_file() and args.recipe is None:  # continue with the run's own resolved recipe; an explicit
+            recipe = str(saved)  # --recipe is compared with the run's (trainer.check_resume, the checkpoint's)
     cfg = build_config(recipe, overrides)
     if not args.resume and args.output_dir is None:
         rerun = _rerun_output_dir(recipe, cfg.output_dir)
@@ -763,6 +764,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
+    from . import runlock
+
+    runlock.current_command = " ".join(filter(None, [args.command, getattr(args, "zoo_command", None)]))
     try:
         return int(args.handler(args) or 0)
     except UserError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib
 import math
 import re
@@ -265,7 +266,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return str(value)
     if origin is list:
         if not isinstance(value, list):
-            raise ConfigError(f"{key}={value!r} is not accepted; use a list such as [0.5, 0.75]")
+            example = ("[{name: head, method: {name: natural}, train: {epochs: 1}}, {name: adversarial}] (quote it "
+                       "for the shell: --set 'stages=[...]')" if key == "stages" else "[0.5, 0.75]")
+            raise ConfigError(f"{key}={value!r} is not accepted; use a list such as {example}")
         return [_coerce(v, args[0], key) for v in value]
     return value
 
@@ -553,6 +556,10 @@ def resolve_recipe_path(path_or_name: str) -> Path:
     p = Path(path_or_name).expanduser()
     if p.is_file():
         return p
+    if p.is_dir():
+        hint = f"; a run folder's recipe is {str(p / 'recipe.yaml')!r}" if (p / "recipe.yaml").is_file() else ""
+        raise ConfigError(f"recipe {path_or_name!r} is a folder, not a YAML file; give a recipe file or a shipped "
+                          f"recipe name{hint}")
     name = path_or_name if path_or_name.endswith((".yaml", ".yml")) else f"{path_or_name}.yaml"
     folder = recipes_folder()
     if folder is not None and (folder / name).is_file():
@@ -565,13 +572,54 @@ def resolve_recipe_path(path_or_name: str) -> Path:
 
 def load_recipe(path_or_name: str) -> dict[str, Any]:
     path = resolve_recipe_path(path_or_name)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"recipe {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = load_yaml_file(path, "recipe")
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {str(path)!r} must be a mapping of sections (model:, data:, ...)")
     return data
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML silently keeps the last one, so
+    ``eps: 0.1`` ... ``eps: 0.2`` would train at a value the author may not have meant)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1}); "
+                              "keep one")
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def load_yaml_file(path: Path, what: str = "recipe") -> Any:
+    """Parse a YAML file strictly: a folder, a binary or non-UTF-8 file, invalid YAML and a duplicate key are each
+    one line naming the file (never a traceback, never a silent last-key-wins)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a folder, not a YAML file; give the recipe file itself (a run "
+                          f"folder's is {str(path / 'recipe.yaml')!r})")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read ({e.strerror or type(e).__name__})") from None
+    if b"\0" in raw:
+        raise ConfigError(f"{what} {str(path)!r} is a binary file, not a YAML text file; give a recipe .yaml file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(path)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader) or {}
+    except ConfigError as e:
+        raise ConfigError(f"{what} {str(path)!r}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:
@@ -610,5 +658,21 @@ def config_from_dict(data: dict[str, Any]) -> FinetuneConfig:
     return validate(_build(FinetuneConfig, data))
 
 
+STAMP = "# robustify: sha256 of the lines above (checked on --resume): "
+
+
 def dump_yaml(cfg: FinetuneConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    """The resolved recipe as a run folder keeps it, stamped with the sha256 of its own text (a YAML comment), so
+    an edit made between an interruption and ``--resume`` is detected (:func:`recipe_stamp_ok`)."""
+    text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return f"{text}{STAMP}{hashlib.sha256(text.encode()).hexdigest()}\n"
+
+
+def recipe_stamp_ok(raw: bytes) -> bool | None:
+    """True when a recipe.yaml's stamp matches its text, False when the text was edited, None without a stamp."""
+    text = raw.decode("utf-8", errors="replace")
+    at = text.rfind(STAMP)
+    if at < 0:
+        return None
+    body, digest = text[:at], text[at + len(STAMP):].strip()
+    return hashlib.sha256(body.encode()).hexdigest() == digest

@@ -34,6 +34,45 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def atomic_write_many(files: dict[Path, bytes]) -> None:
+    """Replace several files together: every one is first written whole to a temporary file beside its target (so a
+    full disk fails before any target changes), then all are renamed into place. Used where files describe each
+    other (metrics.json, config.json, the card), so a failure never leaves one updated and the others not."""
+    done: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            done.append((tmp, path))
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+    except BaseException:
+        for tmp, _ in done:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for tmp, path in done:
+        os.replace(tmp, path)
+
+
+def write_error_cause(error: BaseException) -> str | None:
+    """Why a write failed, when the user can fix it (a full disk, a read-only or vanished folder), in a few words;
+    None for anything else (a bug, which keeps its traceback). safetensors and torch's zip writer do not raise
+    OSError for a full disk, so their messages are read too."""
+    import errno
+
+    text = str(error)
+    code = getattr(error, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "os error 28" in text:
+        return "no space left on the device"
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM) or "os error 30" in text or "Read-only file system" in text:
+        return getattr(error, "strerror", None) or "the folder is read-only"
+    return None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -176,6 +176,11 @@ def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
         total = split_size(scfg, scfg.data.train_split)
         examples = min(total, scfg.data.max_train_examples) if (total and scfg.data.max_train_examples) else (
             total or scfg.data.max_train_examples)
+        if examples is not None and scfg.train.probe_split == "heldout":
+            from .data.heldout import split_indices
+
+            # the same check and the same split as the run's (data.heldout): the probe is never trained on
+            examples = len(split_indices(examples, scfg.train.probe_size, scfg.train.seed)[0])
         gb = scfg.train.global_batch or scfg.data.batch_size
         if scfg.data.per_class is not None and examples and scfg.data.name in CLASSES:  # few-shot subset
             examples = min(examples, scfg.data.per_class * CLASSES[scfg.data.name])

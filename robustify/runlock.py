@@ -1,5 +1,10 @@
 """One run per folder: an advisory lock on ``RUN/.lock``, and tidying a run folder before a (re)start.
 
+Every command that changes a run folder takes this one lock with this one message: ``finetune``, ``eval`` (its
+update of metrics.json, config.json and the card), ``push`` (which renders what it publishes from the folder and
+must not read it half-rewritten) and ``zoo add``. A second command is refused at once, never queued, so it cannot
+report results it did not store.
+
 Two ``robustify finetune`` on the same ``--output-dir`` would interleave their checkpoints and silently lose one run;
 a ``--resume`` while the original is still going would do the same. So the process that trains takes an exclusive
 ``fcntl.flock`` on ``RUN/.lock`` and holds it for its lifetime. The kernel drops a flock when its process dies (kill
@@ -94,9 +99,17 @@ def holder(run_dir: str | os.PathLike) -> str:
     """Who holds (or last held) the lock, as the lock file records it: 'pid 123 on host since 2026-...'."""
     try:
         info = json.loads((_key(run_dir) / LOCK_NAME).read_text())
-        return f"pid {info['pid']} on {info['host']} since {info['started']}"
+        command = f", robustify {info['command']}" if info.get("command") else ""
+        return f"pid {info['pid']} on {info['host']} since {info['started']}{command}"
     except (OSError, ValueError, KeyError, TypeError):
         return "another process"
+
+
+current_command = ""  # set by the CLI (finetune, eval, push, zoo add): named in the refusal of a second command
+
+
+def _command() -> str:
+    return current_command
 
 
 def _lock(run_dir: Path) -> _Held:
@@ -114,15 +127,16 @@ def _lock(run_dir: Path) -> _Held:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunLocked(f"output dir {str(run_dir)!r} is in use by a live run ({holder(run_dir)}); wait for it "
-                            "to finish or stop it, or choose another --output-dir") from None
+            raise RunLocked(f"run folder {str(run_dir)!r} is in use by a live run ({holder(run_dir)}); wait for it "
+                            "to finish or stop it (a new run can choose another --output-dir)") from None
         try:  # the holder before us may have removed the file after we opened it: lock the file that is there now
             if os.fstat(fd).st_ino == os.stat(path).st_ino:
                 break
         except FileNotFoundError:
             pass
         os.close(fd)
-    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds")}
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now().isoformat(timespec="seconds"),
+            "command": _command()}
     try:
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(info).encode())

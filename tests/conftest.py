@@ -36,3 +36,22 @@ def _fresh_accelerate_state():
 
     AcceleratorState._reset_state(reset_partial_state=False)
     GradientState._reset_state()
+
+
+TINY = ["data.max_train_examples=128", "train.epochs=2", "eval.n_examples=32", "eval.pgd_steps=1",
+        "train.probe_size=32", "train.probe_steps=1", "data.batch_size=64", "train.log_every=1"]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two finished tiny quickstart runs (different seeds, so different weights and numbers; two checkpoints each),
+    made once per test session for the integrity and fault tests. Copy them before changing anything."""
+    from robustify.config import build_config
+    from robustify.train.trainer import finetune
+
+    runs = []
+    for seed in (0, 1):
+        run_dir = tmp_path_factory.mktemp("tiny") / f"run{seed}"
+        finetune(build_config("quickstart", TINY + [f"train.seed={seed}", f"output_dir={run_dir}"]))
+        runs.append(run_dir)
+    return runs[0], runs[1]

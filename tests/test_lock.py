@@ -51,7 +51,7 @@ def test_second_run_and_resume_on_a_live_run_are_refused(live_holder, capsys):
     for args in (["finetune", "--output-dir", str(run)], ["finetune", "--output-dir", str(run), "--resume"]):
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert len(err) == 1 and err[0].startswith("robustify: error: output dir") and "live run" in err[0], err
+        assert len(err) == 1 and err[0].startswith("robustify: error: run folder") and "live run" in err[0], err
     assert _files(run) == before  # nothing written, nothing tidied away under a live run
 
 

@@ -294,6 +294,19 @@ def check_labels(ds, spec: str, split: str) -> None:
                         f"0..{k - 1}")
 
 
+def _refuse_one_class(dd, folder: Path, spec: str) -> None:
+    """datasets' imagefolder gives no label column when the images sit in a single class folder (or none): that is
+    a folder with one class, not a missing label column, and the fix is a second class folder."""
+    for split, part in dd.items():
+        if "label" not in part.column_names:
+            where = next((folder / n for n in (split, "val", "valid") if (folder / n).is_dir()), folder)
+            classes = sorted(p.name for p in where.iterdir() if p.is_dir())
+            inside = f"one class folder ({classes[0]!r})" if len(classes) == 1 else "no class folders"
+            raise UserError(f"data {spec!r}: split {split!r} has {inside}; a classifier needs at least two: put each "
+                            f"class's images in its own folder, e.g. {str(where / 'cat')!r} and "
+                            f"{str(where / 'dog')!r} (optionally inside train/ and test/ split folders)")
+
+
 # ------------------------------------------------------------------------------------------------ loading
 def _go_offline_if_unreachable(spec: str) -> bool:
     from ..models import _go_offline, hub_reachable
@@ -426,6 +439,7 @@ def get_dataset(spec: str, split: str, *, image_column: str | None = None, label
             dd = datasets.load_dataset("imagefolder", data_dir=str(folder))
         except Exception as e:  # noqa: BLE001
             raise UserError(f"data {spec!r} could not be read as class folders of images: {_first_line(e)}") from None
+        _refuse_one_class(dd, folder, spec)
         ds = _scan_images(_pick_split(dd, spec, split, holdout, seed), spec)
     elif spec.startswith("disk:") or is_saved_dataset(Path(spec).expanduser()):
         folder = _local_path(spec, "disk:") if spec.startswith("disk:") else Path(spec).expanduser()

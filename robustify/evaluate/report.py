@@ -122,6 +122,10 @@ def _bad(flag: str, value: Any, choices: Iterable[str]) -> None:
     raise UserError(f"{flag} {value!r} is not accepted; choose from: {', '.join(choices)}")
 
 
+class NonFiniteLogits(UserError):
+    """The model outputs NaN or inf on the evaluation inputs: refused before any number is reported."""
+
+
 def large_eps(norm: str, eps: float, input_size: tuple[int, ...]) -> float:
     """An eps at which every image can be turned into the same flat grey image, so no classifier can stay accurate:
     0.5 for Linf, 0.5 * sqrt(C*H*W) for L2 (never smaller than 4 eps)."""
@@ -220,6 +224,22 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
         try:
             masks["clean"] = clean = run.run("clean", lambda x, y, p: predict(model, x) == y)
             report["clean_acc"] = _acc(clean)
+    try:
+        bad = torch.zeros((), dtype=torch.long, device=device)  # examples with a non-finite logit (no host sync)
+
+        def clean_fn(x: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+            nonlocal bad
+            logits = model(x)
+            bad = bad + (~torch.isfinite(logits).all(1)).sum()
+            return logits.argmax(1) == y
+
+        masks["clean"] = clean = run.run("clean", clean_fn)
+        n_bad = int(run.reduce(bad).item())
+        if n_bad:  # argmax of NaN logits is an arbitrary class: no accuracy measured on them means anything
+            raise NonFiniteLogits(f"the model's logits are not finite (NaN or inf) on {n_bad} of the {ex.n} "
+                                  "evaluation examples, so no accuracy can be measured: its weights are damaged or "
+                                  "training diverged; nothing was evaluated or written")
+        report["clean_acc"] = _acc(clean)
 
             masks["fgsm"] = run.run("fgsm", lambda x, y, p: p & (predict(
                 model, x + attacks.fgsm(model, x, y, s.eps, norm=s.norm, random_start=False)) == y), clean)
@@ -376,7 +396,7 @@ def _recipe_data(path: Path, fallback: str) -> str:
     try:
         recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8"))
         spec = str(recipe["data"]["name"])
-    except (OSError, yaml.YAMLError, KeyError, TypeError):
+    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # ValueError: not UTF-8 (verify_weights says)
         return fallback
     if spec.startswith(("npz:", "imagefolder:")) and not Path(spec.split(":", 1)[1]).expanduser().is_absolute():
         return fallback
@@ -413,29 +433,62 @@ def matches_run(run: RunInfo, report: dict[str, Any]) -> str | None:
 def update_run_folder(run: RunInfo, report: dict[str, Any], plot: bool = True) -> tuple[list[str], str]:
     """Add the evaluation to the run's record (a weaker one is stored beside a stronger one, never over it) and
     rewrite what renders from it: eval.json (without local paths), eps_curve.png, metrics.json, config.json's
-    robustness block and the model card. Returns the names of the files written and what happened."""
-    from ..fileio import atomic_write_json, atomic_write_text, read_json
+    robustness block and the model card, all or none (:func:`fileio.atomic_write_many`). Returns the names of the
+    files written and what happened."""
+    files, note = render_run_update(run, report, plot)
+    write_outputs(files, run.path)
+    return [p.name for p in files], note
+
+
+def render_run_update(run: RunInfo, report: dict[str, Any], plot: bool = True) -> tuple[dict[Path, bytes], str]:
+    """The run folder's files after adding ``report`` to its record, rendered in memory (nothing written yet)."""
+    import hashlib
+    import json
+    import tempfile
+
+    from ..fileio import read_json
     from ..publish.card import render_card
     from ..report import plot_eps_curve
 
+    runrecord.verify_weights(run.path)  # again, under the lock, right before the record is rewritten
     record = run.record
     note = record.add(Evaluation.from_report(report))
-    written = ["eval.json"]
+    files: dict[Path, bytes] = {}
     kept = runrecord.public_report(report, f"this run folder ({record.training.name})")
-    atomic_write_json(run.path / "eval.json", kept)
+    files[run.path / "eval.json"] = (json.dumps(kept, indent=2) + "\n").encode()
+    record.eval_sha256 = hashlib.sha256(files[run.path / "eval.json"]).hexdigest()  # push publishes only this one
     if plot and "eps_curve" in report:
-        plot_eps_curve(report, run.path / "eps_curve.png")
-        written.append("eps_curve.png")
-    record.write(run.path)
-    written += ["metrics.json", "config.json"]
-    license_ = (read_json(run.path / "config.json").get("pretrained_cfg") or {}).get("license")
-    files = sorted(p.name for p in run.path.iterdir() if p.is_file())
+        with tempfile.TemporaryDirectory(prefix="robustify-plot-") as tmp:
+            plot_eps_curve(report, Path(tmp) / "eps_curve.png")
+            files[run.path / "eps_curve.png"] = (Path(tmp) / "eps_curve.png").read_bytes()
+    config, metrics = read_json(run.path / "config.json"), record.metrics()
+    config["robustness"] = record.robustness()
+    runrecord.seal(config, metrics)
+    files[run.path / "metrics.json"] = (json.dumps(metrics, indent=2) + "\n").encode()
+    files[run.path / "config.json"] = (json.dumps(config, indent=2) + "\n").encode()
+    license_ = (config.get("pretrained_cfg") or {}).get("license")
+    names = sorted({p.name for p in run.path.iterdir() if p.is_file() and not p.name.startswith(".")}
+                   | {p.name for p in files})
     recipe = (run.path / "recipe.yaml").read_text(encoding="utf-8") if (run.path / "recipe.yaml").is_file() else None
-    card = render_card(record, license=license_, files=files, evaluation=kept,
+    card = render_card(record, license=license_, files=names, evaluation=kept,
                        recipe_yaml=public.recipe(recipe, record.training.name) if recipe else None)
-    atomic_write_text(run.path / "README.md", str(card))
-    written.append("README.md")
-    return written, note
+    files[run.path / "README.md"] = str(card).encode("utf-8")
+    return files, note
+
+
+def write_outputs(files: dict[Path, bytes], run_dir: Path | None = None) -> None:
+    """Write the evaluation's files all or none; a full disk or a read-only folder is one line."""
+    from ..fileio import atomic_write_many, write_error_cause
+
+    try:
+        atomic_write_many(files)
+    except Exception as e:  # noqa: BLE001 - only the causes a user can fix become one line
+        cause = write_error_cause(e)
+        if cause is None:
+            raise
+        where = f"; the run folder {str(run_dir)!r} is unchanged" if run_dir is not None else ""
+        raise UserError(f"the evaluation's files could not be written ({cause}): nothing was written{where}; free "
+                        "space (or choose a writable --output) and run the same command again") from None
 
 
 def settings_record(s: EvalSettings) -> dict[str, Any]:
@@ -480,7 +533,6 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
 
     For a run folder, data, split, eps, norm and the number of examples default to the run's own.
     """
-    from ..fileio import atomic_write_json
     from ..models import load
     from ..report import plot_eps_curve
     from ..version import __version__
@@ -511,6 +563,11 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
         settings_for(settings.aa_version)
     state = eval_state()
     device = state.device
+    if run is not None and update_run:
+        _lock_run(run.path, state)
+        run = read_run(model)  # read again under the lock: another command may have changed it meanwhile
+    if run is not None:
+        runrecord.verify_weights(run.path)  # the record's numbers must belong to these weights
     net = load(model)
     ex = load_examples(data, split, n_examples, net, progress=progress)
     if net.num_classes != ex.num_classes:
@@ -522,17 +579,46 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
     outcome = EvalOutcome(report, run, main=state.is_main_process)
     if not state.is_main_process:  # the main process writes the files
         return outcome
+    import json
+    import tempfile
+
+    files: dict[Path, bytes] = {}
     if output:
         out = Path(output).expanduser()
-        atomic_write_json(out, report)
-        outcome.written.append(str(out))
+        files[out] = (json.dumps(report, indent=2) + "\n").encode()
         plot = plot or out.with_name(out.stem + "_eps_curve.png")
     if plot and "eps_curve" in report:
-        plot_eps_curve(report, Path(plot).expanduser())
-        outcome.written.append(str(plot))
+        with tempfile.TemporaryDirectory(prefix="robustify-plot-") as tmp:
+            plot_eps_curve(report, Path(tmp) / "plot.png")
+            files[Path(plot).expanduser()] = (Path(tmp) / "plot.png").read_bytes()
+    note = None
     if run is not None:
         outcome.not_updated = "--no-update was given" if not update_run else matches_run(run, report)
         if outcome.not_updated is None:
-            names, outcome.update_note = update_run_folder(run, report)
-            outcome.written += [str(run.path / name) for name in names]
+            run_files, note = render_run_update(run, report)
+            files |= run_files
+    write_outputs(files, run.path if run is not None and note is not None else None)
+    outcome.written = [str(p) for p in files]
+    outcome.update_note = note  # said only once every file is in place: never "stored" for what was not
     return outcome
+
+
+def _lock_run(path: Path, state: Any) -> None:
+    """The run folder's lock (:mod:`robustify.runlock`), held by the main process until the command ends; every
+    process gets the same verdict, so all refuse or none does. Refused at once, never waited for: a second
+    evaluation of a folder in use by another command says so instead of reporting results it cannot store."""
+    from .. import runlock
+
+    verdict: list[Any] = [None]
+    if state.is_main_process:
+        try:
+            runlock.hold(path)
+            verdict = [None]
+        except UserError as e:
+            verdict = [str(e)]
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(verdict, from_process=0)
+    if verdict[0] is not None:
+        raise runlock.RunLocked(verdict[0])

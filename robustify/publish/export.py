@@ -10,8 +10,8 @@ by everyone (0644) like any other file the run writes.
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -63,21 +63,54 @@ def save_backbone(model: RobustModel, folder: Path, robustness: dict[str, Any] |
 
 def write_run_folder(run_dir: Path, model: RobustModel, record: RunRecord, recipe_yaml: str,
                      label_names: list[str] | None = None) -> None:
-    """Weights + config.json (with ``record``'s robustness block), metrics.json, recipe.yaml and the card."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=run_dir, prefix=".export-") as tmp:
-        tmp_dir = Path(tmp)
-        save_backbone(model, tmp_dir, record.robustness(), label_names)
-        for name in EXPORT_FILES:
-            os.chmod(tmp_dir / name, 0o644)  # save_for_hf's files inherit the private temporary folder's 0600
-            shutil.move(str(tmp_dir / name), str(run_dir / name))  # same file system: an atomic rename
-    record.write(run_dir)
-    atomic_write_text(run_dir / "recipe.yaml", recipe_yaml)
-    license_ = model.backbone.pretrained_cfg.get("license")
-    plots = [p.name for p in sorted(run_dir.glob("*.png"))]
-    card = render_card(record, license=license_, recipe_yaml=public.recipe(recipe_yaml, record.training.name),
-                       files=plots)
-    atomic_write_text(run_dir / "README.md", str(card))
+    """Weights + config.json (with ``record``'s robustness block), metrics.json, recipe.yaml and the card.
+
+    Every file is written into one temporary folder first, the weights are hashed there and the hash goes into the
+    record (config.json and metrics.json, :func:`runrecord.verify_weights`), and only then are the files renamed
+    into place, weights last: a full disk or a kill leaves the previous state, never weights beside another model's
+    record. A write that fails for lack of space or permission is one line (:func:`write_failed`).
+    """
+    from ..fileio import atomic_write_json, read_json
+    from .runrecord import WEIGHTS_FILE, file_sha256, seal
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=run_dir, prefix=".export-") as tmp:
+            tmp_dir = Path(tmp)
+            save_backbone(model, tmp_dir, None, label_names)
+            record.training.weights_sha256 = file_sha256(tmp_dir / WEIGHTS_FILE)
+            record.eval_sha256 = None  # an eval.json left from an earlier export describes an older record
+            record.recipe_sha256 = hashlib.sha256(recipe_yaml.encode("utf-8")).hexdigest()
+            config, metrics = read_json(tmp_dir / "config.json"), record.metrics()
+            config["robustness"] = record.robustness()
+            seal(config, metrics)
+            atomic_write_json(tmp_dir / "config.json", config)
+            atomic_write_json(tmp_dir / "metrics.json", metrics)
+            atomic_write_text(tmp_dir / "recipe.yaml", recipe_yaml)
+            license_ = model.backbone.pretrained_cfg.get("license")
+            plots = [p.name for p in sorted(run_dir.glob("*.png"))]
+            card = render_card(record, license=license_, recipe_yaml=public.recipe(recipe_yaml, record.training.name),
+                               files=plots)
+            atomic_write_text(tmp_dir / "README.md", str(card))
+            # the record first, the weights it names last: a kill in between leaves a mismatch that every command
+            # refuses (and --resume re-exports), never a record that silently describes other weights
+            for name in ("config.json", "metrics.json", "recipe.yaml", "README.md", WEIGHTS_FILE):
+                os.chmod(tmp_dir / name, 0o644)  # save_for_hf's files inherit the private temporary folder's 0600
+                os.replace(tmp_dir / name, run_dir / name)  # same file system: an atomic rename
+    except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+        raise write_failed(e, run_dir, "the run folder's model files") from None
+
+
+def write_failed(error: BaseException, run_dir: Path, what: str) -> BaseException:
+    """A failed export as the user needs it: one line for a full disk or a read-only folder, else the error."""
+    from ..errors import UserError
+    from ..fileio import write_error_cause
+
+    cause = write_error_cause(error)
+    if cause is None:
+        return error
+    return UserError(f"{what} could not be written in {run_dir}: {cause}; nothing was changed there (the checkpoints "
+                     f"are kept); free space and write them with: robustify finetune --output-dir {run_dir} --resume")
 
 
 def load_state_dict_safetensors(path: Path) -> dict[str, torch.Tensor]:

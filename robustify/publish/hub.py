@@ -21,12 +21,14 @@ client and never printed or written (error messages are scrubbed of it, in case 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import runlock
 from ..errors import UserError
 from . import public, runrecord
 from .runrecord import RunRecord, eps_text
@@ -72,7 +74,7 @@ class PushResult:
 def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # ValueError: invalid JSON or not UTF-8
         raise UserError(f"{what}: {path.name} cannot be read ({str(e).splitlines()[0]})") from None
 
 
@@ -111,7 +113,16 @@ def read_run_folder(run_dir: str | Path) -> RunFolder:
     license_ = (config.get("pretrained_cfg") or {}).get("license")
     files = [n for n in PUSH_FILES if (path / n).is_file()]
     files += sorted(p.name for pat in PUSH_PATTERNS for p in path.glob(pat) if p.is_file())
-    recipe = public.recipe((path / "recipe.yaml").read_text(encoding="utf-8"), record.training.name)
+    if record.eval_sha256 is None:  # an eval.json the record does not name describes another record: not published
+        files = [n for n in files if n not in ("eval.json", "eps_curve.png")]
+    elif not (path / "eval.json").is_file() or runrecord.file_sha256(path / "eval.json") != record.eval_sha256:
+        raise UserError(f"{what}: eval.json is missing or not the one 'robustify eval' wrote with this record, so "
+                        f"its details cannot be published with the card; run 'robustify eval {path}' again")
+    try:
+        recipe = public.recipe((path / "recipe.yaml").read_text(encoding="utf-8"), record.training.name)
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8 text
+        raise UserError(f"{what}: recipe.yaml cannot be read ({str(e).splitlines()[0]}); restore the run's own "
+                        "recipe.yaml") from None
     return RunFolder(path, record, config, license_, recipe, files)
 
 
@@ -123,7 +134,7 @@ def _public_eval(run: RunFolder) -> dict[str, Any] | None:
     """eval.json as published (no local model or data path), or None when it is not a JSON object."""
     try:
         report = json.loads((run.path / "eval.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
     if not isinstance(report, dict):
         return None
@@ -135,18 +146,18 @@ def publish_contents(run: RunFolder, repo_id: str) -> dict[str, bytes | Path]:
     from .card import render_card
 
     evaluation = _public_eval(run) if "eval.json" in run.files else None
-    config = dict(run.config) | {"robustness": run.record.robustness()}
-    rendered: dict[str, bytes] = {"config.json": _json_bytes(config), "metrics.json": _json_bytes(run.record.metrics()),
+    config, metrics = dict(run.config) | {"robustness": run.record.robustness()}, run.record.metrics()
+    if evaluation is not None:  # the published eval.json is rendered (no local paths): the record names that one
+        metrics[runrecord.EVAL_KEY] = hashlib.sha256(_json_bytes(evaluation)).hexdigest()
+    metrics[runrecord.RECIPE_KEY] = hashlib.sha256(run.recipe_yaml.encode("utf-8")).hexdigest()  # as published
+    runrecord.seal(config, metrics)  # pull checks the pair as pushed
+    rendered: dict[str, bytes] = {"config.json": _json_bytes(config), "metrics.json": _json_bytes(metrics),
                                   "recipe.yaml": run.recipe_yaml.encode("utf-8")}
     if evaluation is not None:
         rendered["eval.json"] = _json_bytes(evaluation)
-    if "history.json" in run.files:  # the trainer's per-epoch notes are free text: paths in them are redacted
-        try:
-            history = json.loads((run.path / "history.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            history = None  # uploaded as it is, after the scan below
-        if history is not None:
-            rendered["history.json"] = _json_bytes(public.redact_all(history))
+    if "history.json" in run.files:  # from the sealed record, never the loose file (paths in notes redacted)
+        rendered["history.json"] = _json_bytes(public.redact_all(run.record.history))
+    rendered |= _rendered_plots(run, evaluation)
     card = render_card(run.record, license=run.license, repo_id=repo_id, recipe_yaml=run.recipe_yaml,
                        files=run.files, evaluation=evaluation)
     contents: dict[str, bytes | Path] = {"README.md": str(card).encode("utf-8")}
@@ -159,6 +170,24 @@ def publish_contents(run: RunFolder, repo_id: str) -> dict[str, bytes | Path]:
     with contextlib.suppress(NotComparable):  # RobustBench's model_info, only from an evaluation on its protocol
         contents["robustbench.json"] = _json_bytes(model_info(run.record, link=f"https://huggingface.co/{repo_id}"))
     return contents
+
+
+def _rendered_plots(run: RunFolder, evaluation: dict[str, Any] | None) -> dict[str, bytes]:
+    """history.png and eps_curve.png drawn again from the record and the verified eval.json: a plot is numbers
+    too, and a loose PNG in the folder may belong to another run."""
+    import tempfile
+
+    from ..report import plot_eps_curve, plot_history
+
+    out: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="robustify-plots-") as tmp:
+        if "history.png" in run.files and run.record.history:
+            plot_history(run.record.history, Path(tmp) / "history.png")
+            out["history.png"] = (Path(tmp) / "history.png").read_bytes()
+        if "eps_curve.png" in run.files and evaluation is not None and "eps_curve" in evaluation:
+            plot_eps_curve(evaluation, Path(tmp) / "eps_curve.png")
+            out["eps_curve.png"] = (Path(tmp) / "eps_curve.png").read_bytes()
+    return out
 
 
 def _scanned_bytes(name: str, content: bytes | Path) -> bytes:
@@ -279,12 +308,38 @@ def usage_text(repo_id: str, revision: str | None = None, local: Path | None = N
 # -------------------------------------------------------------------------------------------------- push
 def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
          commit_message: str | None = None) -> PushResult:
-    """Publish ``run_dir`` to ``repo_id`` (created when missing) in one commit on ``revision`` (default main)."""
+    """Publish ``run_dir`` to ``repo_id`` (created when missing) in one commit on ``revision`` (default main),
+    holding the run folder's lock meanwhile."""
+    repo_id = _check_repo_id(repo_id)
+    locked = _lock_for_push(Path(run_dir).expanduser())
+    try:
+        return _push(run_dir, repo_id, private, revision, commit_message)
+    finally:
+        if locked:
+            runlock.release(locked)
+
+
+def _lock_for_push(path: Path) -> Path | None:
+    """Hold the run folder's lock while push reads, renders and uploads it (never half-rewritten by an eval or a
+    resumed run); a folder on a read-only file system cannot be changed by anyone, so it is pushed unlocked."""
+    if not path.is_dir():
+        return None  # read_run_folder says what is wrong
+    try:
+        runlock.hold(path)
+    except runlock.RunLocked:
+        raise
+    except UserError:  # the lock file cannot be created: a read-only folder
+        return None
+    return path
+
+
+def _push(run_dir: str | Path, repo_id: str, private: bool, revision: str | None,
+          commit_message: str | None) -> PushResult:
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    repo_id = _check_repo_id(repo_id)
     run = read_run_folder(run_dir)
     verify_loads(run.path, f"run folder {str(run.path)!r}")
+    runrecord.verify_weights(run.path)  # the card's numbers must belong to the weights that are uploaded
     token = resolve_token(required=True)
     contents = publish_contents(run, repo_id)
     check_nothing_local(contents, token, run.path)
@@ -366,6 +421,8 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | Path | None
     from ..models import hub_reachable
 
     repo_id = _check_repo_id(repo_id)
+    if local_dir is not None:
+        local_dir = check_local_dir(local_dir)
     token = resolve_token(required=False)
     if not hub_reachable():  # seconds, not a minute of retry warnings: use the cache or say so in one line
         return _pull_offline(repo_id, revision, local_dir, trust_pickle)
@@ -401,7 +458,64 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | Path | None
                                "downloaded stay in the cache, run the same command again") from None
     folder_path = Path(folder)
     info = verify_loads(folder_path, f"{repo_id} (downloaded to {folder_path})")
+    verify_pulled(folder_path, repo_id)
     return folder_path, info, skipped
+
+
+def check_local_dir(local_dir: str | Path) -> Path:
+    """Refuse, before anything is downloaded, a ``--local-dir`` that cannot receive the files: a file, a path under
+    a file, a read-only folder (probed by creating and removing a temporary file)."""
+    import os
+    import tempfile
+
+    p = Path(local_dir).expanduser()
+    if not str(local_dir).strip():
+        raise UserError("--local-dir is empty; give a folder to download into, e.g. --local-dir models/robust")
+    if p.exists() and not p.is_dir():
+        raise UserError(f"--local-dir {str(local_dir)!r} is a file, not a folder; give a folder to download into "
+                        f"(it is created if missing), e.g. {str(p.with_suffix(''))!r}-model")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--local-dir {str(local_dir)!r} cannot be created: {str(parent)!r} is a file, not a folder; "
+                        "give another folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=parent, prefix=".robustify-probe-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"--local-dir {str(local_dir)!r} cannot be written ({e.strerror or type(e).__name__}); give a "
+                        "writable folder, or leave --local-dir out to use the Hugging Face cache") from None
+    return p
+
+
+def verify_pulled(folder: Path, repo_id: str) -> None:
+    """A robustify model's record names the sha256 of its weights: the downloaded weights must be those (a repo
+    whose files were pushed separately or edited on the Hub may pair a card with other weights)."""
+    from .runrecord import HASH_KEY, file_sha256, recorded_weights_hash
+
+    what = f"{repo_id} (downloaded to {folder})"
+    config = _read_json(folder / "config.json", what)
+    robustness = config.get("robustness") if isinstance(config, dict) else None
+    if not isinstance(robustness, dict) or not (folder / runrecord.WEIGHTS_FILE).is_file():
+        return  # not a robustify model: timm's files only, nothing recorded to compare with
+    fix = "its card's numbers do not belong to these weights; do not cite them, and ask the repo's owner to push " \
+          "the run again (robustify push)"
+    metrics = _read_json(folder / "metrics.json", what) if (folder / "metrics.json").is_file() else None
+    try:
+        expected = recorded_weights_hash(config, metrics if metrics is not None else {HASH_KEY: robustness.get(
+            HASH_KEY), "schema": robustness.get("schema")}, what)
+    except UserError as e:
+        raise UserError(f"{str(e).split('; restore')[0]}; {fix}") from None
+    if expected is None:
+        return
+    if metrics is not None:
+        runrecord.check_seal(config, metrics, what, fix)
+    actual = file_sha256(folder / runrecord.WEIGHTS_FILE)
+    if actual != expected:
+        raise UserError(f"{what}: {runrecord.WEIGHTS_FILE} is not the model its record describes (sha256 "
+                        f"{actual[:12]}, the record's results belong to {expected[:12]}); {fix}")
 
 
 def _pull_offline(repo_id: str, revision: str | None, local_dir: str | Path | None,
@@ -421,6 +535,7 @@ def _pull_offline(repo_id: str, revision: str | None, local_dir: str | Path | No
         raise UserError(f"pull {repo_id}: {why} and the repo is not in the local cache; connect to the network (or "
                         "unset HF_HUB_OFFLINE) and run the same command again") from None
     info = verify_loads(folder, f"{repo_id} (cached copy in {folder})")
+    verify_pulled(folder, repo_id)
     return folder, info, []
 
 

@@ -32,7 +32,12 @@ from typing import Any
 from ..errors import UserError
 from . import public
 
-SCHEMA = 2  # 1: the inline blocks before this module (read as legacy)
+SCHEMA = 3  # 1: the inline blocks before this module (read as legacy); 3: the record names its weights' sha256
+WEIGHTS_FILE = "model.safetensors"
+HASH_KEY = "weights_sha256"  # in config.json's robustness block and in metrics.json: the exported weights' sha256
+SEAL_KEY = "record_sha256"  # in both: the digest of config.json + metrics.json together (:func:`seal`)
+EVAL_KEY = "eval_sha256"  # in metrics.json: the sha256 of the eval.json that robustify eval wrote beside it
+RECIPE_KEY = "recipe_sha256"  # in metrics.json: the sha256 of the recipe.yaml exported with the weights
 AA_RANK = {"standard": 3}  # any other AutoAttack version ranks 2
 AA_KEYS = ("package", "version", "attacks", "per_attack", "settings")  # what a record keeps of an AutoAttack run
 PRECISIONS = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
@@ -295,6 +300,7 @@ class Training:
     weights: str = "raw"  # which weights were exported: "raw" or "ema" (the weight average, train.ema)
     probe: dict[str, Any] | None = None  # how the probe examples were chosen (held out of training or not)
     options: dict[str, Any] | None = None  # frontier options in use (eps warm-up, AWP, freezing, few-shot, ...)
+    weights_sha256: str | None = None  # sha256 of the exported model.safetensors (raw or EMA, as ``weights`` says)
 
 
 @dataclass
@@ -305,6 +311,8 @@ class RunRecord:
     evaluations: list[Evaluation] = field(default_factory=list)
     history: list[dict[str, Any]] = field(default_factory=list)
     cost: dict[str, Any] = field(default_factory=dict)
+    eval_sha256: str | None = None  # the eval.json written with this record (robustify eval), None: none belongs to it
+    recipe_sha256: str | None = None  # the recipe.yaml exported with the weights
 
     # ---- evaluations
     def strongest(self) -> Evaluation:
@@ -374,7 +382,8 @@ class RunRecord:
         return {"schema": SCHEMA, "before": self.before(), "after": self.after(), "history": self.history,
                 "cost": self.cost, "selected_epoch": t.selected_epoch, "selection": t.selection,
                 "stopped": t.stopped, "weights": t.weights, "probe": t.probe,
-                "evaluations": [e.block() for e in self.evaluations]}
+                "evaluations": [e.block() for e in self.evaluations], HASH_KEY: t.weights_sha256,
+                EVAL_KEY: self.eval_sha256, RECIPE_KEY: self.recipe_sha256}
 
     def results(self) -> dict[str, Any]:
         """The strongest evaluation in short (config.json's ``robustness.results``)."""
@@ -404,6 +413,7 @@ class RunRecord:
             "optimizer": t.optimizer, "mixed_precision": t.mixed_precision, "selection": t.selection,
             "selected_epoch": t.selected_epoch, "results": self.results(),
             **({"options": dict(t.options)} if t.options else {}),
+            "selected_epoch": t.selected_epoch, "results": self.results(), HASH_KEY: t.weights_sha256,
         }
 
     # ---- files
@@ -411,12 +421,14 @@ class RunRecord:
         """metrics.json, and the ``robustness`` block of an existing config.json (timm's fields are kept)."""
         from ..fileio import atomic_write_json, read_json
 
-        atomic_write_json(run_dir / "metrics.json", self.metrics())
+        metrics = self.metrics()
         config_path = run_dir / "config.json"
         if config_path.is_file():
             config = read_json(config_path)
             config["robustness"] = self.robustness()
+            seal(config, metrics)
             atomic_write_json(config_path, config)
+        atomic_write_json(run_dir / "metrics.json", metrics)
 
     @classmethod
     def read(cls, run_dir: Path) -> RunRecord:
@@ -465,6 +477,7 @@ class RunRecord:
                 stopped=metrics.get("stopped"), mixed_precision=precision,
                 weights=str(metrics.get("weights") or r.get("weights") or "raw"), probe=metrics.get("probe"),
                 options=dict(r["options"]) if isinstance(r.get("options"), Mapping) else None)
+                weights_sha256=metrics.get(HASH_KEY) or r.get(HASH_KEY))
             common = dict(norm=training.norm, eps=training.eps, input_size=input_size, precision=precision,
                           data=training.dataset)
             if isinstance(metrics.get("evaluations"), list):
@@ -479,7 +492,115 @@ class RunRecord:
                     evaluations.append(ev)
         except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"run {name!r}: its config.json/metrics.json do not describe a run ({e!r})") from None
-        return cls(training, evaluations, list(metrics.get("history") or []), cost)
+        return cls(training, evaluations, list(metrics.get("history") or []), cost,
+                   eval_sha256=metrics.get(EVAL_KEY) if isinstance(metrics.get(EVAL_KEY), str) else None,
+                   recipe_sha256=metrics.get(RECIPE_KEY) if isinstance(metrics.get(RECIPE_KEY), str) else None)
+
+
+# ---------------------------------------------------------------------------------- binding record and weights
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (weights files are too large to read at once)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _schema(d: Any) -> int:
+    value = d.get("schema") if isinstance(d, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def recorded_weights_hash(config: Any, metrics: Any, what: str, run_dir: Path | str = "RUN_DIR") -> str | None:
+    """The sha256 the record says its weights have: config.json's robustness block and metrics.json must agree.
+    None only for a folder written before records carried it (schema < 3 in both files): nothing to check."""
+    robustness = config.get("robustness") if isinstance(config, Mapping) else None
+    a = robustness.get(HASH_KEY) if isinstance(robustness, Mapping) else None
+    b = metrics.get(HASH_KEY) if isinstance(metrics, Mapping) else None
+    if a is None and b is None:
+        if max(_schema(robustness), _schema(metrics)) >= 3:
+            raise UserError(f"{what}: its record (config.json, metrics.json) names no weights hash, so nothing says "
+                            f"which weights its results belong to; restore the run's own files, or re-export them "
+                            f"with: robustify finetune --output-dir {run_dir} --resume")
+        return None
+    if a != b or not isinstance(a, str):
+        raise UserError(f"{what}: config.json and metrics.json describe different weights (sha256 {str(a)[:12]} vs "
+                        f"{str(b)[:12]}): one of them belongs to another run; restore the run's own files, or "
+                        f"re-export them with: robustify finetune --output-dir {run_dir} --resume")
+    return a
+
+
+def record_digest(config: Any, metrics: Any) -> str:
+    """One digest of config.json and metrics.json together (each without the digest itself): any change to either
+    after robustify wrote them (a flipped digit in a result, an eps, a mean) no longer matches."""
+    import hashlib
+    import json
+
+    c = json.loads(json.dumps(config))
+    if isinstance(c.get("robustness"), dict):
+        c["robustness"].pop(SEAL_KEY, None)
+    m = {k: v for k, v in dict(metrics).items() if k != SEAL_KEY}
+    return hashlib.sha256(json.dumps([c, m], sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal(config: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Write the record digest into both files' contents (in place), right before they are written."""
+    digest = record_digest(config, metrics)
+    config["robustness"][SEAL_KEY] = digest
+    metrics[SEAL_KEY] = digest
+
+
+def check_seal(config: Any, metrics: Any, what: str, fix: str) -> None:
+    """Refuse a record whose config.json or metrics.json changed after robustify wrote them (a folder from before
+    records were sealed, schema < 3, is not checked)."""
+    robustness = config.get("robustness") if isinstance(config, Mapping) else None
+    a = robustness.get(SEAL_KEY) if isinstance(robustness, Mapping) else None
+    b = metrics.get(SEAL_KEY) if isinstance(metrics, Mapping) else None
+    if a is None and b is None and max(_schema(robustness), _schema(metrics)) < 3:
+        return
+    if a is None or a != b or a != record_digest(config, metrics):
+        raise UserError(f"{what}: config.json or metrics.json was changed after robustify wrote them (their record "
+                        f"digest does not match), so its results cannot be trusted to describe its weights; {fix}")
+
+
+def verify_weights(run_dir: Path, config: Any = None, metrics: Any = None, what: str | None = None,
+                   fix: str | None = None) -> str | None:
+    """Refuse (one line) a run folder whose ``model.safetensors`` is not the file its record describes: weights
+    copied in from another run, or damaged on disk. Returns the verified sha256 (None for a pre-schema-3 folder)."""
+    from ..fileio import read_json
+
+    run_dir = Path(run_dir)
+    what = what or f"run folder {str(run_dir)!r}"
+    try:
+        config = read_json(run_dir / "config.json") if config is None else config
+        metrics = read_json(run_dir / "metrics.json") if metrics is None else metrics
+    except (OSError, ValueError) as e:
+        raise UserError(f"{what}: cannot read its JSON files ({str(e).splitlines()[0]})") from None
+    expected = recorded_weights_hash(config, metrics, what, run_dir)
+    if expected is None:
+        return None
+    check_seal(config, metrics, what, fix or f"restore the run's own files (robustify finetune --output-dir {run_dir} "
+               "--resume re-exports them from the last checkpoint)")
+    recipe = metrics.get(RECIPE_KEY) if isinstance(metrics, Mapping) else None
+    restore = "restore the run's own recipe.yaml"
+    if isinstance(recipe, str) and (not (run_dir / "recipe.yaml").is_file()
+                                    or file_sha256(run_dir / "recipe.yaml") != recipe):
+        raise UserError(f"{what}: recipe.yaml is missing or not the recipe the weights were trained with (its sha256 "
+                        f"differs from the record's); {fix or restore}")
+    path = run_dir / WEIGHTS_FILE
+    if not path.is_file():
+        raise UserError(f"{what} has no {WEIGHTS_FILE}; restore it, or re-export it with: robustify finetune "
+                        f"--output-dir {run_dir} --resume")
+    actual = file_sha256(path)
+    if actual != expected:
+        fix = fix or (f"restore the run's own file (robustify finetune --output-dir {run_dir} --resume re-exports it "
+                      "from the last checkpoint), or evaluate these weights as a new model")
+        raise UserError(f"{what}: {WEIGHTS_FILE} is not the model its record describes (sha256 {actual[:12]}, the "
+                        f"record's results belong to {expected[:12]}): the weights were replaced or damaged; {fix}")
+    return actual
 
 
 # ---------------------------------------------------------------------------------------------- builders

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import shutil
 import signal
@@ -41,6 +42,7 @@ from ..fileio import atomic_write_json
 from ..runfolder import CHECKPOINTS, STATE_FILE, checkpoint_dirs  # noqa: F401  (the layout is shared)
 
 BEST_FILE = "best.safetensors"
+MANIFEST = "manifest.json"  # every file of the checkpoint with its size and sha256, written last
 KEEP = 2
 
 
@@ -64,6 +66,7 @@ class TrainState:
     before: dict[str, Any] | None = None
     epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss*n, correct, n (this process)
     epoch_seconds: float = 0.0  # time spent in the epoch in progress before the last checkpoint
+    fingerprint: dict[str, Any] | None = None  # the run's resolved recipe and data (:func:`run_fingerprint`)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,11 +130,16 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
         if _writes_here(accelerator):
             best.save(tmp / BEST_FILE)
             atomic_write_json(tmp / STATE_FILE, state.to_json())
-    except (OSError, RuntimeError) as e:
+    except Exception as e:  # noqa: BLE001 - safetensors and torch's zip writer report a full disk in their own types
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_failed(e, final, run_dir) from None
     accelerator.wait_for_everyone()
     if _writes_here(accelerator):
+        try:
+            write_manifest(tmp)
+        except (OSError, RuntimeError) as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise write_failed(e, final, run_dir) from None
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -150,7 +158,7 @@ def write_failed(error: BaseException, final: Path, run_dir: Path) -> BaseExcept
         nearly_full = shutil.disk_usage(final.parent).free < 64 * 2**20
     except OSError:
         nearly_full = False
-    full = errno_ == errno.ENOSPC or "No space left" in text or nearly_full
+    full = errno_ == errno.ENOSPC or "No space left" in text or "os error 28" in text or nearly_full
     if not (full or errno_ in (errno.EROFS, errno.EACCES, errno.ENOENT, errno.EDQUOT)):
         return error
     cause = "no space left on the device" if full else (text.strip().splitlines()[0] if text.strip() else
@@ -262,3 +270,159 @@ def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list
             continue
         refused.append(f"{key}: {old!r} -> {new!r}")
     return refused, notes
+
+
+# ------------------------------------------------------------------------------------- verification on load
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """Record every file of a checkpoint (size, sha256) so that a load can tell a damaged file from a good one."""
+    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+             for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+    atomic_write_json(folder / MANIFEST, {"files": files})
+
+
+def damage(folder: Path) -> str | None:
+    """Why the checkpoint in ``folder`` cannot be resumed from (a file missing, truncated, changed, unparseable), or
+    None when it is intact. Checked before Accelerate (or pickle) reads any of it."""
+    state_path = folder / STATE_FILE
+    if not state_path.is_file():
+        return f"{STATE_FILE} is missing"
+    manifest_path = folder / MANIFEST
+    if manifest_path.is_file():
+        try:
+            files = json.loads(manifest_path.read_text())["files"]
+            assert isinstance(files, dict) and files
+        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            return f"{MANIFEST} cannot be read"
+        for name, info in files.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            try:
+                size, digest = int(info["size"]), str(info["sha256"])
+            except (KeyError, TypeError, ValueError):
+                return f"{MANIFEST} cannot be read"
+            if path.stat().st_size != size:
+                return f"{name} has {path.stat().st_size} bytes, {size} were written"
+            if _sha256(path) != digest:
+                return f"{name} differs from the file written (sha256)"
+    else:  # written before checkpoints had a manifest: at least every file must parse
+        if not any(folder.glob("model*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
+            return "the model weights file is missing"
+        for path in folder.glob("*.safetensors"):
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as f:
+                    list(f.keys())
+            except Exception:  # noqa: BLE001 - any failure to parse is damage
+                return f"{path.name} cannot be parsed"
+    try:
+        data = json.loads(state_path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError("not a mapping")
+        TrainState.from_json(data)
+    except (OSError, ValueError, TypeError) as e:
+        return f"{STATE_FILE} cannot be parsed ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+    return None
+
+
+def _listed(run_dir: Path) -> list[Path]:
+    """Every checkpoint folder, complete or not, oldest first (a damaged one may lack its state file)."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("ckpt_") and p.name[5:].isdigit()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def choose_checkpoint(run_dir: Path, is_main: bool = True, say: Any = print) -> Path:
+    """The newest intact checkpoint of ``run_dir``: each is verified (:func:`damage`), newest first; a damaged one
+    is reported in one line and moved aside (``checkpoints/damaged_ckpt_*``, kept for inspection, never resumed or
+    counted again). None intact: a :class:`UserError` that says so and how to start the run again."""
+    damaged: list[str] = []
+    for folder in reversed(_listed(run_dir)):
+        why = damage(folder)
+        if why is None:
+            if damaged:
+                say(f"robustify: resuming from the older intact checkpoint {folder.name}: {'; '.join(damaged)}")
+            return folder
+        aside = folder.with_name(f"damaged_{folder.name}")
+        if is_main:
+            shutil.rmtree(aside, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                folder.rename(aside)
+        damaged.append(f"checkpoint {folder.name} is damaged ({why}; moved to {CHECKPOINTS}/{aside.name})")
+    recipe = Path(run_dir) / "recipe.yaml"
+    start = (f"robustify finetune --recipe {recipe}" if recipe.is_file() else
+             "robustify finetune --recipe RECIPE --output-dir NEW_DIR")
+    raise UserError(f"no intact checkpoint to resume from in {Path(run_dir) / CHECKPOINTS}"
+                    f"{': ' + '; '.join(damaged) if damaged else ''}; start the run again with: {start} (a new run "
+                    "folder is made beside this one)")
+
+
+# ------------------------------------------------------------------------------------------ the same run only
+def run_fingerprint(cfg: Any, loaders: Any = None) -> dict[str, Any]:
+    """What makes a run this run: its resolved recipe (without the keys a resume may change) and its data as the
+    loaders saw it (spec, split sizes, classes, the held-out probe indices' hash). Stored in every checkpoint."""
+    from ..config import _flatten
+
+    recipe = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in RESUME_MAY_CHANGE}
+    fp: dict[str, Any] = {"recipe": recipe,
+                          "recipe_sha256": hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode())
+                          .hexdigest()}
+    if loaders is not None:
+        fp["data"] = {"spec": cfg.data.name, "train_size": loaders.train_size, "eval_size": loaders.eval_size,
+                      "num_classes": loaders.num_classes, "probe": loaders.probe_record}
+    return fp
+
+
+def _refusal(folder: Path, what: str, differences: list[str]) -> UserError:
+    return UserError(f"--resume continues the same run, but checkpoint {folder.name} was made by {what}: "
+                     f"{'; '.join(differences)}; resume with the run's own recipe (leave out --recipe and the changed "
+                     "flags), or start a new --output-dir for a different run")
+
+
+def check_same_recipe(folder: Path, saved: dict[str, Any] | None, cfg: Any, edited: bool = False) -> list[str]:
+    """Refuse a resume whose recipe (the folder's recipe.yaml, or an explicit --recipe, with the flags) is not the
+    one the checkpoint was made with, naming each difference; returns notes on the accepted changes. A checkpoint
+    written before fingerprints existed is not checked here (recipe.yaml still is, by the trainer)."""
+    if not saved or "recipe" not in saved:
+        return []
+    current = run_fingerprint(cfg)["recipe"]
+    refused, notes = resume_changes(dict(saved["recipe"]), current)
+    if refused:
+        raise _refusal(folder, "a different recipe" + (" (the run folder's recipe.yaml was edited after the run "
+                                                      "wrote it)" if edited else ""), refused)
+    return notes
+
+
+def check_same_data(folder: Path, saved: dict[str, Any] | None, cfg: Any, loaders: Any) -> None:
+    """Refuse a resume on data that is not the data the checkpoint was trained on (other files behind the same
+    spec, a different split, another held-out probe)."""
+    if not saved or "data" not in saved:
+        return
+    now = run_fingerprint(cfg, loaders)["data"]
+    old = saved["data"]
+    differences = [f"data {key}: {old.get(key)!r} -> {now.get(key)!r}" for key in sorted(set(old) | set(now))
+                   if old.get(key) != now.get(key)]
+    if differences:
+        raise _refusal(folder, "other data", differences)
+
+
+def recipe_file_edited(run_dir: Path) -> bool:
+    """True when the folder's recipe.yaml no longer matches the sha256 stamp the run wrote into it."""
+    from ..config import recipe_stamp_ok
+
+    path = Path(run_dir) / "recipe.yaml"
+    try:
+        return recipe_stamp_ok(path.read_bytes()) is False
+    except OSError:
+        return False

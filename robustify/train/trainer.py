@@ -53,10 +53,15 @@ from .checkpoint import (
     BestWeights,
     StopSignal,
     TrainState,
+    check_same_data,
+    check_same_recipe,
     checkpoint_dirs,
+    choose_checkpoint,
     contiguous_weights,
     load_checkpoint,
+    recipe_file_edited,
     resume_changes,
+    run_fingerprint,
     save_checkpoint,
 )
 from .divergence import DivergenceGuard
@@ -110,15 +115,44 @@ def check_resume(run_dir: Path, cfg: FinetuneConfig) -> list[str]:
     saved_path = run_dir / "recipe.yaml"
     if not saved_path.is_file():
         return []
-    import yaml
+    from ..config import load_yaml_file
 
-    saved = config_from_dict(yaml.safe_load(saved_path.read_text()) or {})
+    saved = config_from_dict(load_yaml_file(saved_path, "the run's recipe") or {})
     refused, notes = resume_changes(_flatten(saved.to_dict()), _flatten(cfg.to_dict()))
     if refused:
         raise UserError(f"--resume continues the same run, but {'; '.join(refused)} (the run's own settings are in "
                         f"{saved_path}); start a new --output-dir for a different run, or only raise train.epochs to "
                         "extend this one")
     return notes
+
+
+def resume_checkpoint(accelerator: Accelerator, run_dir: Path, cfg: FinetuneConfig) -> Path:
+    """The checkpoint to resume from: the newest intact one (each verified; a damaged one is reported and set
+    aside, :func:`checkpoint.choose_checkpoint`), made by this run's recipe (:func:`checkpoint.check_same_recipe`).
+    The main process verifies and every process gets its verdict."""
+    verdict: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            folder = choose_checkpoint(run_dir, say=accelerator.print)
+            saved = TrainState.from_json(json.loads((folder / STATE_FILE).read_text()))
+            edited = recipe_file_edited(run_dir)
+            if edited and not saved.fingerprint:
+                raise UserError(f"--resume: {run_dir / 'recipe.yaml'} was edited after the run wrote it, and "
+                                f"checkpoint {folder.name} is older than recipe fingerprints, so the change cannot be "
+                                "checked; undo the edit, or start a new --output-dir for a different run")
+            check_same_recipe(folder, saved.fingerprint, cfg, edited)
+            if edited:
+                accelerator.print(f"robustify: {run_dir / 'recipe.yaml'} was edited after the run wrote it; only keys "
+                                  "a resume may change differ from the checkpoint's recipe, continuing")
+            verdict = [("ok", str(folder))]
+        except UserError as e:
+            verdict = [("error", str(e))]
+    if accelerator.num_processes > 1:
+        broadcast_object_list(verdict, from_process=0)
+    kind, text = verdict[0]
+    if kind == "error":
+        raise UserError(text)
+    return Path(text)
 
 
 def ranks_in_sync(model: torch.nn.Module, accelerator: Accelerator) -> bool:
@@ -448,8 +482,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
                                      lr=run.lr)
     metrics = record.metrics()
     if run.main:
-        plot_history(state.history, run.run_dir / "history.png")  # before the card, which embeds it
-        atomic_write_json(run.run_dir / "history.json", state.history)
+        write_history(run.run_dir, state.history)  # before the card, which embeds the plot
         with contiguous_weights(run.probed, cfg.model.channels_last):
             write_run_folder(run.run_dir, run.probed, record, recipe_yaml, run.loaders.label_names)
         print_table(history_table(state.history))
@@ -458,6 +491,17 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
                 "pretrained=True))")
     acc.wait_for_everyone()
     return metrics
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """history.png and history.json, each written whole and renamed into place; a full disk is one line."""
+    from ..publish.export import write_failed
+
+    try:
+        plot_history(history, run_dir / "history.png")  # report.save_figure: temporary file, then rename
+        atomic_write_json(run_dir / "history.json", history)
+    except Exception as e:  # noqa: BLE001 - only a full disk or a read-only folder becomes one line
+        raise write_failed(e, run_dir, "the run's history (history.png, history.json)") from None
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
@@ -470,9 +514,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     accelerator, run_dir, cfg = start(cfg, resume)
     stages = expand_stages(cfg)  # after start(): 'auto' precision and layout are resolved for every stage
     state, best = TrainState(), BestWeights()
-    resume_from = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
+    resume_from = resume_checkpoint(accelerator, run_dir, cfg) if resume and checkpoint_dirs(run_dir) else None
+    saved_fingerprint, resumed_from = None, resume_from
     if resume_from is not None:
-        state.stage = TrainState.from_json(json.loads((resume_from / STATE_FILE).read_text())).stage
+        saved = TrainState.from_json(json.loads((resume_from / STATE_FILE).read_text()))
+        state.stage, saved_fingerprint = saved.stage, saved.fingerprint
     base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
                          trust_pickle=cfg.model.trust_pickle)
     first_epoch, run = None, None
@@ -485,6 +531,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
             run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from)
             run.stage_name = name if len(stages) > 1 else ""
+            if resume_from is not None:  # the checkpoint's data must be this data (sizes, held-out probe)
+                check_same_data(resumed_from, saved_fingerprint, stage_cfg, run.loaders)
+            state.fingerprint = run_fingerprint(cfg, run.loaders)  # stored in every checkpoint from here on
             if not checkpoint_dirs(run_dir) and accelerator.is_main_process:
                 # a new run (or one stopped before its first checkpoint, which starts over), written only once the
                 # model and data loaded, so a mistake in either leaves nothing behind
