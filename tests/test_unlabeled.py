@@ -105,7 +105,7 @@ def test_unlabeled_data_raises_robust_accuracy_at_the_same_steps(tmp_path: Path,
         m = finetune(build_config("quickstart", common + extra + [f"output_dir={tmp_path / name.replace(' ', '_')}"]))
         results[name] = (m["after"]["clean_acc"], m["after"]["pgd_acc"], m["cost"]["optimizer_steps"])
     print(f"robust self-training on quickstart, 100 labelled: {results}")
-    (clean_a, pgd_a, steps_a), (clean_b, pgd_b, steps_b) = results["labelled only"], results["with unlabeled"]
+    (_, pgd_a, steps_a), (_, pgd_b, steps_b) = results["labelled only"], results["with unlabeled"]
     assert steps_a == steps_b
     assert pgd_b > pgd_a + 0.03
     stored = tmp_path / "with_unlabeled" / "pseudo_labels" / "rank0of1.safetensors"
