@@ -141,7 +141,12 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                    help="allow a pickle model.checkpoint (.pth, .bin), which can run code when loaded "
                         "(recipe key model.trust_pickle)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any recipe key, e.g. --set schedule.lr=0.1 --set method.replays=8")
+                   help="override any recipe key, e.g. --set schedule.lr=0.1 --set method.replays=8; fine-tuning "
+                        "options (docs/methods-frontier.md): threat.eps_warmup_fraction=F (training eps ramps from 0 "
+                        "over that share), train.awp=true [train.awp_gamma=5e-3 train.awp_warmup_epochs=N] "
+                        "(adversarial weight perturbation), model.freeze=none|backbone|stem|stages:N, "
+                        "data.per_class=K (few-shot), data.unlabeled=SPEC [data.unlabeled_ratio=0.5 "
+                        "train.teacher=MODEL] (robust self-training)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, stages, planned passes and cost estimate, check the model and "
                         "data, and exit without training or writing anything")

@@ -91,6 +91,8 @@ class DataConfig:
     # them from disk) | off (pure streaming, nothing on disk) | auto (node); see docs/data-at-scale.md
     cache_dir: str | None = None  # node-local shard cache and shard metadata; None: the HF hub / datasets caches
     per_class: int | None = None  # frontier: few-shot, K training examples per class (seeded, balanced, recorded)
+    unlabeled: str | None = None  # frontier: any data spec; pseudo-labelled once by train.teacher (its labels unused)
+    unlabeled_ratio: float = 0.5  # frontier: the pseudo-labelled share of each training minibatch, in (0, 1)
 
 
 @dataclass
@@ -173,6 +175,7 @@ class TrainConfig:
     awp: bool = False
     awp_gamma: float = 5e-3  # the weight perturbation's size, relative to each layer's weight norm
     awp_warmup_epochs: int = 0  # epochs of each stage trained without AWP first
+    teacher: str | None = None  # frontier: labels data.unlabeled (None: the model before adversarial fine-tuning)
 
 
 @dataclass
@@ -418,6 +421,14 @@ def validate_frontier(cfg: FinetuneConfig) -> None:
     if not FREEZE_RE.fullmatch(cfg.model.freeze):
         raise ConfigError(f"model.freeze={cfg.model.freeze!r} is not accepted; choose one of: none, backbone, stem, "
                           "stages:N (N >= 1: the stem and the first N stages)")
+    if not 0 < cfg.data.unlabeled_ratio < 1:
+        raise ConfigError(f"data.unlabeled_ratio={cfg.data.unlabeled_ratio:g} is outside (0, 1); it is the "
+                          "pseudo-labelled share of each minibatch, e.g. 0.5")
+    for key, value in (("data.unlabeled", cfg.data.unlabeled), ("train.teacher", cfg.train.teacher)):
+        if value is not None and not str(value).strip():
+            raise ConfigError(f"{key} is empty; give a data spec (data.unlabeled) or a model (train.teacher), or null")
+    if cfg.train.teacher is not None and cfg.data.unlabeled is None:
+        raise ConfigError("train.teacher is set but data.unlabeled is not; the teacher only labels data.unlabeled")
     if cfg.data.per_class is not None and cfg.data.per_class <= 0:
         raise ConfigError(f"data.per_class={cfg.data.per_class} is not accepted; use 1 or more examples per class, or "
                           "null for all")
@@ -462,7 +473,7 @@ def scaled_lr(cfg: FinetuneConfig, global_batch: int) -> float:
 STAGE_SECTIONS = ("method", "schedule", "optim", "train", "data")
 STAGE_FIXED = {"data.name", "data.train_split", "data.eval_split", "data.image_column", "data.label_column",
                "data.attack_size", "data.holdout", "data.streaming", "train.seed", "train.global_batch"}
-STAGE_FIXED |= {"data.per_class"}  # frontier: every stage trains on the same few-shot subset
+STAGE_FIXED |= {"data.per_class", "data.unlabeled", "train.teacher"}  # frontier: the same subset and pseudo-labels
 STAGE_MODEL_KEYS = {"freeze"}  # frontier: the one model key a stage may change (LP-FT: probe frozen, then all)
 
 

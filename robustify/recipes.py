@@ -165,6 +165,7 @@ def split_size(cfg: FinetuneConfig, split: str) -> int | None:
 def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
     """The dry-run plan of a recipe: resolved config, stages, passes and the cost estimate."""
     from .train import awp as awp_mod
+    from .train import pseudo_labels as pseudo_mod
     from .train.methods import build_method
 
     cfg = build_config(recipe, overrides)
@@ -193,6 +194,9 @@ def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
             bpe = examples // gb
             passes = data_passes * bpe * gb * method.passes_per_batch
             passes += awp_mod.active_epochs(scfg, data_passes) * bpe * gb * awp_mod.extra_passes(scfg)  # train.awp
+            if scfg.data.unlabeled and scfg.method.name != "natural":  # pseudo-labelled examples in every minibatch
+                b = scfg.data.batch_size
+                passes = passes * (b + pseudo_mod.per_batch(b, scfg.data.unlabeled_ratio)) // b
         tp = throughput(scfg.model.name, size)
         stages.append(StagePlan(name, scfg.method.name, scfg.train.epochs, data_passes, examples or 0, gb, bpe,
                                 data_passes * bpe * method.optimizer_steps_per_batch,
@@ -229,6 +233,13 @@ def frontier_notes(name: str, cfg: FinetuneConfig, data_passes: int) -> list[str
     if cfg.model.freeze != "none":
         out.append(f"stage {name}: model.freeze={cfg.model.freeze}: frozen parameters get no gradient step (the "
                    "passes above still count whole forward/backward passes)")
+    if cfg.data.unlabeled and cfg.method.name != "natural":
+        from .train.pseudo_labels import per_batch
+
+        extra = per_batch(cfg.data.batch_size, cfg.data.unlabeled_ratio)
+        teacher = cfg.train.teacher or "the model before adversarial fine-tuning"
+        out.append(f"stage {name}: unlabeled data {cfg.data.unlabeled!r}: {extra} pseudo-labelled examples join each "
+                   f"minibatch of {cfg.data.batch_size} (counted above), labelled once by {teacher} before the stage")
     if cfg.data.per_class is not None:
         known = cfg.data.name in CLASSES
         out.append(f"stage {name}: few-shot, {cfg.data.per_class} training examples per class ("

@@ -47,6 +47,15 @@ SETTINGS: dict[str, list[str]] = {
     "pgd-3": ["method.name=pgd", "method.steps=3"],
     "deat (M+)": ["method.name=deat"],
 }
+# the fine-tuning frontier's options (docs/methods-frontier.md), each against its plain method above
+SETTINGS |= {
+    "fgsm-rs + eps warm-up 0.3": ["method.name=fgsm-rs", "threat.eps_warmup_fraction=0.3"],
+    "fgsm-rs + awp": ["method.name=fgsm-rs", "train.awp=true"],
+    "fgsm-rs + trades + awp": ["method.name=fgsm-rs", "method.loss=trades", "train.awp=true"],
+    "fgsm-rs + freeze stages:2": ["method.name=fgsm-rs", "model.freeze=stages:2"],
+    "lp-ft: 1 probe epoch then fgsm-rs": ["method.name=fgsm-rs", "stages=[{name: probe, model: {freeze: backbone}, "
+                                           "method: {name: natural}, train: {epochs: 1}}, {name: adversarial}]"],
+}
 # the catastrophic-overfitting regime: training from scratch at eps 0.15 with a flat learning rate, 12 epochs on
 # all 1297 training images; FGSM from the clean input (n-fgsm with no noise, alpha = eps) against N-FGSM
 SCRATCH = ["model.pretrained=false", "threat.eps=0.15", "schedule.name=constant", "schedule.lr=0.1",

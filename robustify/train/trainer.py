@@ -46,7 +46,7 @@ from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from . import awp as awp_mod
 from . import ema as ema_mod
-from . import eps_warmup
+from . import eps_warmup, pseudo_labels
 from . import freeze as freeze_mod
 from .checkpoint import (
     STATE_FILE,
@@ -211,6 +211,7 @@ class Run:
     clock: float = 0.0  # perf_counter at the last wall-time update (see tick)
     stage_name: str = ""  # the stage's name when the recipe has several
     guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
+    unlabeled: pseudo_labels.Unlabeled | None = None  # data.unlabeled: pseudo-labelled examples mixed into batches
 
     @property
     def main(self) -> bool:
@@ -260,6 +261,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
                                      world_size=accelerator.num_processes,
                                      main_process_first=accelerator.main_process_first,
                                      probe_split=cfg.train.probe_split)
+    head_replaced = backbone.num_classes != loaders.num_classes  # data.unlabeled: the default teacher cannot label
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
     frozen = freeze_mod.apply(backbone, cfg.model.freeze)  # model.freeze, before the optimizer sees the parameters
@@ -306,6 +308,8 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
               ctx, epochs, lr, loaders.eval_examples())
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
+    if cfg.data.unlabeled and cfg.method.name != "natural":  # robust self-training: labelled once, before training
+        run.unlabeled = pseudo_labels.prepare(cfg, run_dir, accelerator, loaders, raw, head_replaced)
     run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
             f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
             f"{loaders.batches_per_epoch} batches, {accelerator.num_processes} process(es) on {accelerator.device}, "
@@ -377,6 +381,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
                **({} if run.main else {"disable": True}))  # only switch off, so TQDM_DISABLE=1 still works
     for x, y in loaders.train_epoch(epoch, start_batch=state.batch):
         x, y = data_mod.to_unit(x.to(acc.device, non_blocking=True)), y.to(acc.device, non_blocking=True)
+        if run.unlabeled is not None:  # data.unlabeled: the minibatch's pseudo-labelled examples appended
+            x, y = run.unlabeled.mix(x, y, epoch, state.batch)
         if cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if state.batch == n_batches - 1:  # close a partial accumulation group at the epoch's end
@@ -475,6 +481,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
             "comm_hook": comm_hook_name(run.model),
             "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1)}
+            **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {})}
     record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
                                      after=after, history=state.history, cost=cost, selected_epoch=selected,
