@@ -1,4 +1,4 @@
-"""Perturbation primitives: random init, signed/normalised gradient steps, projection, FGSM and PGD.
+"""Perturbation primitives: random init, signed/normalised/sparse gradient steps, projection, FGSM and PGD.
 
 Every attack works on the model that the attacker sees: normalization inside, inputs in [0,1]. The perturbation
 ``delta`` is kept inside the eps-ball *and* such that ``x + delta`` stays in [0,1]. Gradients are taken with
@@ -8,11 +8,21 @@ inner loops never synchronise with the host (no ``.item()``, no boolean indexing
 The primitives return fresh tensors and never modify their arguments; inside, they work in place on the tensors
 they have just allocated (a training step runs them every minibatch, and on a CPU each full-size temporary costs
 an allocation and page faults). Each in-place form computes exactly what the out-of-place one did, bit for bit.
+
+L1 (Croce & Hein 2021, "Mind the box"): eps is summed over the whole image (RobustBench's CIFAR-10 L1 budget is 12).
+Projecting onto the L1 ball and then clipping to the image box (what works for Linf and L2) leaves points that are
+not the nearest feasible ones and wastes budget on coordinates the box cuts off, so the L1 projection here is the
+exact Euclidean projection onto the *intersection* of the ball and the box (:func:`project_l1_box`), and the L1
+ascent step spends its budget only on the top ``L1_SPARSITY`` share of the coordinates that can still move in the
+gradient's direction (the sparse steepest-ascent step of L1-APGD, with a fixed sparsity instead of its adaptive one).
+Both are written here because no maintained library exposes them as tensor functions (pyautoattack keeps its
+projection inside APGD, and its results are checked against a brute-force solution in tests/test_l1.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -20,7 +30,10 @@ import torch.nn.functional as F
 
 from .input_grad import input_only
 
-NORMS = ("Linf", "L2")
+NORMS = ("Linf", "L2", "L1")
+# the share of coordinates an L1 step moves: L1-APGD starts at 20% and adapts; a fixed-step PGD uses a fixed share
+# (SLIDE, Tramer & Boneh 2019, uses the top 1%; 5% keeps a 10-step attack strong on 32x32 images, tests/test_l1.py)
+L1_SPARSITY = 0.05
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -43,46 +56,153 @@ def _clamp_to_image_(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
     return delta.add_(x).clamp_(0.0, 1.0).sub_(x)
 
 
-def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """Project ``delta`` onto the eps-ball of the given norm."""
+L1_ITERATIONS = 12  # safeguarded Newton steps for the threshold (exact once on the right linear piece)
+
+
+def _l1_threshold(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """The soft threshold ``lam >= 0`` per row with ``sum_i clamp(a_i - lam, 0, b_i) == eps`` (0 where the clipped
+    point is already inside the ball). ``a = |v|``, ``b`` = room in the box in the direction of ``v`` (both >= 0).
+
+    g(lam) = sum_i clamp(a_i - lam, 0, b_i) is piecewise linear and non-increasing, with breakpoints a_i - b_i
+    (coordinate i leaves its box bound) and a_i (it reaches zero). Sorting the 2d breakpoints solves this exactly
+    (Duchi et al. 2008; pyautoattack does so), but a CPU sort of 2d values per example costs about ten gradient steps.
+    Instead: Newton steps on g, each the root of the linear piece g is on (sum of a over the coordinates on their
+    falling part + sum of b over those at their bound - eps, divided by the falling count: exact once the piece is
+    right), kept inside a bracket [lo, hi] with g(lo) > eps >= g(hi) and replaced by bisection whenever they leave
+    it. A fixed number of steps (``L1_ITERATIONS``), so no host synchronisation; sums in float64. Exact (to float
+    rounding) once a step lands on the right piece, in about 8 steps on 32x32 images (tests/test_l1.py).
+    """
+    lo = torch.zeros(a.shape[0], 1, dtype=torch.float64, device=a.device)
+    hi = a.amax(1, keepdim=True).double()
+    lam = lo.clone()
+    for _ in range(L1_ITERATIONS):
+        t = (a - lam.to(a.dtype)).clamp_(min=0).clamp_(max=b)  # each coordinate's share of g(lam)
+        g = t.sum(1, keepdim=True, dtype=torch.float64)
+        count = ((t > 0) & (t < b)).sum(1, keepdim=True)  # on the falling part: g's slope is -count
+        over = g > eps  # the threshold is above lam
+        lo, hi = torch.where(over, lam, lo), torch.where(over, hi, lam)
+        newton = lam + (g - eps) / count.clamp_min(1)
+        ok = (count > 0) & (newton >= lo) & (newton <= hi)
+        lam = torch.where(ok, newton, (lo + hi) * 0.5)
+    inside = b.minimum(a).sum(1, keepdim=True, dtype=torch.float64) <= eps  # g(0) <= eps: clipping alone will do
+    return torch.where(inside, torch.zeros_like(lam), lam)  # float64: the caller subtracts it in float64
+
+
+def project_l1_box(x: torch.Tensor, delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """The exact Euclidean projection of ``delta`` onto {d : ||d||_1 <= eps, 0 <= x + d <= 1}, per example.
+
+    The KKT conditions give d_i = sign(v_i) * clamp(|v_i| - lam, 0, room_i) with room_i = 1 - x_i or x_i (the box's
+    room in v_i's direction) and the smallest lam >= 0 that puts d in the ball (:func:`_l1_threshold`). A final
+    rescale in float64 (towards 0, which stays in the box) absorbs the last rounding, so the L1 norm (summed exactly)
+    exceeds eps by at most float32's rounding of each coordinate.
+    """
+    shape = delta.shape
+    v, xf = delta.reshape(shape[0], -1), x.reshape(shape[0], -1)
+    a = v.abs()
+    room = torch.where(v >= 0, 1.0 - xf, xf).clamp_min(0)
+    lam = _l1_threshold(a, room, eps)
+    # once, in float64: a - lam in float32 would lose the small differences that sum to eps
+    out = (a.double() - lam).clamp_min_(0).minimum(room.double())
+    out = out.mul_((eps / out.sum(1, keepdim=True).clamp_min(1e-300)).clamp(max=1.0)).to(v.dtype).mul_(v.sign())
+    # already inside the box (rounding to float32 is monotone); clamping delta itself, not (x + delta) - x, keeps
+    # every coordinate's bits (that round trip would move each by up to an ulp of x: more than eps allows)
+    return out.view(shape).clamp_(min=-x, max=1 - x)
+
+
+def _project_l1_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    """The projection onto the L1 ball alone (no box): the threshold with unlimited room (room_i = |v_i|)."""
+    v = delta.reshape(delta.shape[0], -1)
+    a = v.abs()
+    lam = _l1_threshold(a, a, eps)
+    out = (a.double() - lam).clamp_min_(0)
+    out = out.mul_((eps / out.sum(1, keepdim=True).clamp_min(1e-300)).clamp(max=1.0)).to(v.dtype).mul_(v.sign())
+    return out.view(delta.shape)
+
+
+def project(delta: torch.Tensor, eps: float, norm: str, x: torch.Tensor | None = None) -> torch.Tensor:
+    """Project ``delta`` onto the eps-ball of the given norm; for L1 with ``x``, onto the ball *and* the image box
+    (:func:`project_l1_box`; without ``x``, onto the L1 ball alone)."""
     _check_norm(norm)
     if norm == "Linf":
         return delta.clamp(-eps, eps)
+    if norm == "L1":
+        if x is None:
+            return _project_l1_ball(delta, eps)
+        return project_l1_box(x, delta, eps)
     factor = (eps / _per_example_norm(delta)).clamp(max=1.0)
     return delta * factor
 
 
 def _project_(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """:func:`project` in place on a ``delta`` the caller owns."""
+    """:func:`project` in place on a ``delta`` the caller owns (L1: onto the ball alone, into a new tensor)."""
+    if norm == "L1":
+        return _project_l1_ball(delta, eps)
     if norm == "Linf":
         return delta.clamp_(-eps, eps)
     return delta.mul_((eps / _per_example_norm(delta)).clamp(max=1.0))
 
 
 def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """A random start inside the eps-ball (uniform per coordinate for Linf; uniform radius, random direction for L2)."""
+    """A random start inside the eps-ball and the image box (uniform per coordinate for Linf; uniform radius, random
+    direction for L2 and L1, the L1 direction uniform on the L1 sphere: Laplace coordinates, normalised). Clipping to
+    the box only shrinks coordinates towards 0, so the start stays in the ball: it lies in the intersection."""
     _check_norm(norm)
     if norm == "Linf":
         delta = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator).mul_(2 * eps).sub_(eps)
     else:
         direction = torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
-        direction = direction / _per_example_norm(direction)
+        if norm == "L1":  # |N(0,1)| is not exponential; -log(U) is, with the Gaussian's sign as a random sign
+            u = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+            direction = direction.sign_().mul_(u.clamp_min_(1e-12).log_().neg_())
+            direction = direction / direction.flatten(1).abs().sum(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+        else:
+            direction = direction / _per_example_norm(direction)
         radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype, generator=generator)
         delta = direction * radius * eps
     return _clamp_to_image_(x, delta)
 
 
-def gradient_step(delta: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str) -> torch.Tensor:
-    """One ascent step of size alpha: sign(grad) for Linf, grad / ||grad||_2 for L2."""
+def l1_direction(grad: torch.Tensor, x: torch.Tensor | None = None, delta: torch.Tensor | None = None,
+                 sparsity: float = L1_SPARSITY) -> torch.Tensor:
+    """The sparse L1 steepest-ascent direction (L1 norm 1 per example): sign(grad) on the ``sparsity`` share of the
+    coordinates with the largest |grad|, the rest 0.
+
+    With ``x`` and ``delta``, coordinates that sit on the image box's bound the gradient points through (a pixel at
+    1 whose gradient is positive) are left out before choosing (Croce & Hein 2021: a step there is cut off by the box
+    and wastes budget). The k-th largest |grad| comes from ``torch.kthvalue``: no sort of the whole image, no host sync.
+    """
+    g = grad.reshape(grad.shape[0], -1)
+    if x is not None and delta is not None:
+        point = (x + delta).reshape(g.shape)
+        stuck = ((point >= 1) & (g > 0)) | ((point <= 0) & (g < 0))
+        g = g.masked_fill(stuck, 0)
+    d = g.shape[1]
+    k = max(1, min(d, math.ceil(sparsity * d)))
+    mag = g.abs()
+    kth = mag.kthvalue(d - k + 1, dim=1, keepdim=True).values  # the k-th largest
+    chosen = (mag >= kth) & (mag > 0)
+    sign = g.sign().mul_(chosen)
+    return sign.div_(sign.abs().sum(1, keepdim=True).clamp_min(1)).view(grad.shape)
+
+
+def gradient_step(delta: torch.Tensor, grad: torch.Tensor, alpha: float, norm: str,
+                  x: torch.Tensor | None = None) -> torch.Tensor:
+    """One ascent step of size alpha: sign(grad) for Linf, grad / ||grad||_2 for L2, the sparse steepest-ascent
+    direction of :func:`l1_direction` for L1 (box-aware when ``x`` is given)."""
     if norm == "Linf":
         return delta.add(grad.sign(), alpha=alpha)  # one kernel; alpha * (+-1 or 0) is exact, so the same bits
+    if norm == "L1":
+        return delta.add(l1_direction(grad, x, delta), alpha=alpha)
     return delta + alpha * grad / _per_example_norm(grad)
 
 
 def ascent_step(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, alpha: float, eps: float,
                 norm: str) -> torch.Tensor:
-    """One projected ascent step: step of alpha along the gradient, back into the eps-ball, then into [0,1]."""
+    """One projected ascent step: step of alpha along the gradient, back into the eps-ball, then into [0,1] (for L1
+    the exact projection onto the intersection of the two, :func:`project_l1_box`)."""
     _check_norm(norm)
+    if norm == "L1":
+        return project_l1_box(x, gradient_step(delta, grad, alpha, norm, x), eps)
     return _clamp_to_image_(x, _project_(gradient_step(delta, grad, alpha, norm), eps, norm))
 
 
@@ -171,3 +291,54 @@ def frozen_batchnorm_stats(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for m in norms:
             m.track_running_stats = True
+
+
+def fosc(grad: torch.Tensor, delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """The first-order stationarity condition of Wang et al. 2019, per example: eps * ||grad||_* - <delta, grad>
+    (the dual norm: L1 for Linf, L2 for L2, Linf for L1). It is >= 0 and 0 exactly when no first-order move inside
+    the ball raises the loss: how well ``delta`` solves the inner maximisation (the image box is not part of it)."""
+    g = grad.flatten(1).float()
+    dual = g.abs().sum(1) if norm == "Linf" else g.norm(p=2, dim=1) if norm == "L2" else g.abs().amax(1)
+    return eps * dual - (delta.flatten(1).float() * g).sum(1)
+
+
+def pgd_fosc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
+             norm: str, threshold: float, loss_fn: LossFn = cross_entropy,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PGD whose examples stop once their FOSC is at or below ``threshold`` (Wang et al. 2019's criterion).
+
+    Returns ``(delta, fosc, grads)``: the perturbation, each example's FOSC at its last gradient evaluation, and
+    the number of input gradients computed (examples x steps actually run, a device tensor). Only the examples still
+    running are forwarded, so a large threshold costs fewer input gradients; deciding which ones is one host
+    synchronisation per step (unlike :func:`pgd`), the price of skipping work. FOSC >= 0 always, so threshold 0
+    stops no example and this returns exactly :func:`pgd`'s perturbation, bit for bit (same random start, same
+    steps, same arithmetic on the same rows).
+    """
+    _check_norm(norm)
+    delta = random_init(x, eps, norm, generator)
+    last = torch.zeros(x.shape[0], device=x.device)
+    grads = torch.zeros((), dtype=torch.long, device=x.device)
+    idx: torch.Tensor | None = None  # None: every example is still running (no gather, no scatter)
+    for _ in range(steps):
+        xs, ds, ys = (x, delta, y) if idx is None else (x[idx], delta[idx], y[idx])
+        grad, _ = input_gradient(model, xs, ds, ys, loss_fn)
+        grads += ys.shape[0]
+        value = fosc(grad, ds, eps, norm)
+        # FOSC is never negative, so threshold 0 stops no example (rounding may put an aligned one a hair below 0)
+        keep = value > threshold if threshold > 0 else torch.ones_like(value, dtype=torch.bool)
+        stepped = ascent_step(xs, ds, grad, alpha, eps, norm)
+        stepped = torch.where(keep.view(-1, *([1] * (x.dim() - 1))), stepped, ds)
+        if idx is None:
+            last, delta = value, stepped
+        else:
+            last = last.index_put((idx,), value)
+            delta = delta.index_put((idx,), stepped)
+        if threshold <= 0:
+            continue  # nothing can stop: no synchronisation at all
+        running = keep.nonzero().flatten()  # the one host synchronisation per step
+        if running.numel() == keep.numel():
+            continue
+        if running.numel() == 0:
+            break
+        idx = running if idx is None else idx[running]
+    return delta, last, grads

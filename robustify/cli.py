@@ -131,7 +131,8 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="quickstart, cifar10, cifar100, ORG/NAME, imagefolder:PATH or npz:PATH "
                    + recipe("data.name", "data"))
     p.add_argument("--method", help="natural | fgsm-rs | n-fgsm | free | deat | pgd " + recipe("method.name", "method"))
-    p.add_argument("--eps", help="perturbation radius in [0,1] pixel units, e.g. 8/255 " + recipe("threat.eps", "eps"))
+    p.add_argument("--eps", help="perturbation radius in [0,1] pixel units, e.g. 8/255; for threat.norm L1 summed "
+                   "over the image, e.g. 12 " + recipe("threat.eps", "eps"))
     p.add_argument("--epochs", help="epochs (divided by m for free AT) " + recipe("train.epochs", "epochs"))
     p.add_argument("--output-dir", help="run folder; {time} expands to a timestamp "
                    + recipe("output_dir", "output_dir"))
@@ -147,6 +148,9 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                         "(adversarial weight perturbation), model.freeze=none|backbone|stem|stages:N, "
                         "data.per_class=K (few-shot), data.unlabeled=SPEC [data.unlabeled_ratio=0.5 "
                         "train.teacher=MODEL] (robust self-training)")
+                   help="override any recipe key, e.g. --set schedule.lr=0.1 --set method.replays=8; seed methods "
+                   "(docs/seed-methods.md): threat.norm=L1, method.fosc=true (pgd), method.fosc_start, "
+                   "train.grad_compression=sign")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, stages, planned passes and cost estimate, check the model and "
                         "data, and exit without training or writing anything")
@@ -431,7 +435,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: clean, pgd, autoattack (clean and one-step FGSM always run: the checks "
                         "compare against them)")
     p.add_argument("--eps", help="perturbation radius in [0,1] pixel units, e.g. 8/255 (run folder: its own)")
-    p.add_argument("--norm", choices=("Linf", "L2"), help="threat model norm (run folder: its own; else Linf)")
+    p.add_argument("--norm", choices=("Linf", "L2", "L1"), help="threat model norm (run folder: its own; else Linf); "
+                   "L1: eps summed over the image, e.g. --eps 12 on CIFAR (Croce & Hein 2021)")
     p.add_argument("--n-examples", type=int, help="evaluate the first N examples of the split (run folder: as in "
                                                   "its metrics.json; else 1000)")
     p.add_argument("--preset", default="standard", choices=("standard", "quick"),

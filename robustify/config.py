@@ -97,9 +97,10 @@ class DataConfig:
 
 @dataclass
 class ThreatConfig:
-    """The threat model: an Lp ball of radius eps around each input, in [0,1] pixel units."""
+    """The threat model: an Lp ball of radius eps around each input, in [0,1] pixel units (for L1 and L2 the norm of
+    the whole perturbation: RobustBench's CIFAR-10 budgets are Linf 8/255, L2 0.5, L1 12)."""
 
-    norm: str = "Linf"  # Linf | L2
+    norm: str = "Linf"  # Linf | L2 | L1 (Croce & Hein 2021: the L1 ball intersected with the [0,1] box)
     eps: float = 8 / 255
     # frontier (train/eps_warmup.py): training eps (and alpha) ramp linearly 0 -> eps over this share of each stage;
     # the probe, the guard and every evaluation use the full eps
@@ -121,6 +122,9 @@ class MethodConfig:
     loss: str = "ce"  # ce | trades (Zhang et al. 2019; fgsm-rs, n-fgsm and pgd)
     beta: float = 6.0  # trades only: weight of KL(f(x) || f(x + delta)) against the clean cross-entropy
     random_start: bool = True  # fgsm-rs only: false is plain FGSM from the clean input (catastrophic overfitting)
+    # FOSC (Wang et al. 2019), pgd only: stop each example's PGD at a FOSC threshold falling from fosc_start to 0
+    fosc: bool = False
+    fosc_start: float = 0.5  # the first epoch's threshold (the paper's c_max for CIFAR-10 Linf)
 
 
 @dataclass
@@ -176,6 +180,7 @@ class TrainConfig:
     awp_gamma: float = 5e-3  # the weight perturbation's size, relative to each layer's weight norm
     awp_warmup_epochs: int = 0  # epochs of each stage trained without AWP first
     teacher: str | None = None  # frontier: labels data.unlabeled (None: the model before adversarial fine-tuning)
+    grad_compression: str = "none"  # none | fp16 | bf16 | powersgd | sign (majority vote + error feedback): DDP hook
 
 
 @dataclass
@@ -211,13 +216,13 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.streaming": ("auto", "true", "false"),
     "data.shard_cache": ("auto", "node", "off"),
     "schedule.lr_scale_rule": ("none", "linear", "sqrt"),
-    "threat.norm": ("Linf", "L2"),
+    "threat.norm": ("Linf", "L2", "L1"),
     "method.bn_mode": ("train", "eval"),
     "schedule.decay": ("linear", "cosine", "exponential"),
     "optim.name": ("sgd", "adamw", "lamb", "lars"),
     "method.loss": ("ce", "trades"),
     "train.probe_split": ("heldout", "train"),
-    "train.grad_compression": ("none", "fp16", "bf16", "powersgd"),
+    "train.grad_compression": ("none", "fp16", "bf16", "powersgd", "sign"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
     "train.select": ("best-robust", "last"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
@@ -532,7 +537,7 @@ def _validate_pixels(cfg: FinetuneConfig) -> None:
     eps, alpha = cfg.threat.eps, cfg.method.alpha
     if cfg.threat.norm == "Linf" and not 0 <= eps <= 1:
         raise ConfigError(f"threat.eps={eps:g} is outside [0, 1]; eps is in [0,1] pixel units, e.g. 8/255"
-                          + _over_255_hint(eps))
+                          + _over_255_hint(eps) + " (an L1 or L2 budget may exceed 1: set threat.norm=L1 or L2)")
     if eps < 0:
         raise ConfigError(f"threat.eps={eps:g} is negative; use a value >= 0 such as 8/255")
     if cfg.method.name != "natural" and eps == 0:

@@ -38,7 +38,7 @@ def test_quickstart_recipe_and_overrides():
     ("method.name=fgsm", "method.name='fgsm' is not accepted; choose one of: natural, fgsm-rs, "),
     ("schedule.name=step", "schedule.name='step' is not accepted"),
     ("threat.eps=8", "threat.eps=8 is outside [0, 1]"),
-    ("threat.norm=L1", "threat.norm='L1' is not accepted; choose one of: Linf, L2"),
+    ("threat.norm=L0", "threat.norm='L0' is not accepted; choose one of: Linf, L2, L1"),
     ("train.epochs=0", "train.epochs=0 is not accepted; use a value > 0"),
     ("train.epochs=two", "train.epochs='two' is not accepted; use a whole number"),
     ("schedule.lrate=0.1", "unknown key 'schedule.lrate'"),

@@ -11,6 +11,9 @@ The cascade (``version="standard"``, as in RobustBench): APGD-CE (100 iterations
 runs only on the examples still robust after the previous ones, and robust accuracy is reported after each attack.
 ``version="quick"`` runs the same four attacks with smaller budgets; it is labelled as such everywhere and is not
 comparable with RobustBench.
+
+``norm="L1"`` (Croce & Hein 2021) runs the L1 versions of the same four attacks with AutoAttack's own L1 settings
+(APGD's large-eps schedule, 5 restarts of APGD-CE, 5 targets for APGD-T), as RobustBench's L1 leaderboard does.
 """
 
 from __future__ import annotations
@@ -138,11 +141,16 @@ def _attacks(model: torch.nn.Module, eps: float, norm: str, s: AutoAttackSetting
     from pyautoattack.square import SquareAttack
 
     targets = max(1, min(s.target_classes, n_classes - 1))
-    apgd = APGDAttack(model, n_restarts=s.apgd_restarts, n_iter=s.apgd_iter, verbose=False, eps=eps, norm=norm,
-                      eot_iter=1, rho=0.75, seed=seed, loss="ce", device=device, logger=logger)
+    # L1 (AutoAttack's _set_version for norm="L1"): APGD with the large-eps schedule (3, 2, 1 eps over 30/30/40% of
+    # the iterations), 5 restarts of APGD-CE and 5 target classes for APGD-T; FAB-T and Square are unchanged
+    l1 = norm == "L1"
+    apgd_restarts = max(s.apgd_restarts, 5) if l1 and s.version == "standard" else s.apgd_restarts
+    apgd_targets = min(targets, 5) if l1 else targets
+    apgd = APGDAttack(model, n_restarts=apgd_restarts, n_iter=s.apgd_iter, verbose=False, eps=eps, norm=norm,
+                      eot_iter=1, rho=0.75, seed=seed, loss="ce", device=device, logger=logger, use_largereps=l1)
     apgd_t = APGDAttack_targeted(model, n_restarts=1, n_iter=s.apgd_iter, verbose=False, eps=eps, norm=norm,
-                                 eot_iter=1, rho=0.75, seed=seed, device=device, n_target_classes=targets,
-                                 logger=logger)
+                                 eot_iter=1, rho=0.75, seed=seed, device=device, n_target_classes=apgd_targets,
+                                 logger=logger, use_largereps=l1)
     fab_t = FABAttack_PT(model, n_restarts=1, n_iter=s.fab_iter, eps=eps, seed=seed, norm=norm, verbose=False,
                          targeted=True, n_target_classes=targets, device=device)
     # AutoAttack keeps Square's p-schedule for 10k queries (resc_schedule=False); a smaller budget compresses it
@@ -154,6 +162,8 @@ def _attacks(model: torch.nn.Module, eps: float, norm: str, s: AutoAttackSetting
 
 def _norm_of(delta: torch.Tensor, norm: str) -> torch.Tensor:
     flat = delta.flatten(1)
+    if norm == "L1":
+        return flat.abs().sum(1)
     return flat.abs().amax(1) if norm == "Linf" else flat.norm(p=2, dim=1)
 
 

@@ -106,7 +106,7 @@ class EvalSettings:
                 _bad("--attack", a, ATTACK_CHOICES)
         if self.eps <= 0 or (self.norm == "Linf" and self.eps > 1):
             raise UserError(f"--eps {self.eps:g} is not accepted; use eps in (0, 1] pixel units for Linf (e.g. 8/255) "
-                            "or > 0 for L2")
+                            "or > 0 for L2 and L1 (summed over the image, e.g. 0.5 and 12 on CIFAR)")
         for name in ("pgd_steps", "pgd_restarts", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} is not accepted; use 1 or more")
@@ -128,9 +128,10 @@ class NonFiniteLogits(UserError):
 
 def large_eps(norm: str, eps: float, input_size: tuple[int, ...]) -> float:
     """An eps at which every image can be turned into the same flat grey image, so no classifier can stay accurate:
-    0.5 for Linf, 0.5 * sqrt(C*H*W) for L2 (never smaller than 4 eps)."""
-    base = 0.5 if norm == "Linf" else 0.5 * math.sqrt(math.prod(input_size))
-    return max(base, 4 * eps) if norm == "L2" else min(1.0, max(base, 4 * eps))
+    0.5 for Linf, 0.5 * sqrt(C*H*W) for L2, 0.5 * C*H*W for L1 (never smaller than 4 eps)."""
+    d = math.prod(input_size)
+    base = 0.5 if norm == "Linf" else 0.5 * math.sqrt(d) if norm == "L2" else 0.5 * d
+    return max(base, 4 * eps) if norm != "Linf" else min(1.0, max(base, 4 * eps))
 
 
 class _Runner:

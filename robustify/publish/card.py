@@ -323,7 +323,10 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
         f"- Cost: {cost.get('wall_seconds', 0.0):.1f} s wall time on {hardware.get('device', '?')} "
         f"(x{cost.get('world_size', 1)} process(es)); {cost.get('optimizer_steps', '?')} optimizer steps; "
         f"{cost.get('example_passes', 0):,} forward/backward passes over examples "
-        f"({cost.get('passes_per_batch', '?')} per minibatch).",
+        f"({cost.get('passes_per_batch', '?')} per minibatch)"
+        + (f"; gradient all-reduce through `{cost['comm_hook']}`" if cost.get("comm_hook") else "")
+        + (f" ({cost['comm_bytes_per_step']:,.0f} bytes per step per process)" if cost.get("comm_bytes_per_step")
+           else "") + ".",
         "- Files: `recipe.yaml` (the resolved recipe; local paths reduced to file names), `metrics.json` "
         "(`before`/`after`, every evaluation, per-epoch history, cost), `config.json` (timm config plus a "
         "`robustness` block).",

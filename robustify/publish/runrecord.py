@@ -44,9 +44,11 @@ PRECISIONS = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
 
 
 def eps_text(eps: float) -> str:
-    """8/255 for eps values that are whole multiples of 1/255, else the decimal."""
+    """8/255 for eps values below 1 that are whole multiples of 1/255, else the decimal (an L1 budget of 12 is "12")."""
     if not math.isfinite(eps):
         return str(eps)
+    if eps >= 1:
+        return f"{eps:g}"
     k = eps * 255
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{eps:g}"
 

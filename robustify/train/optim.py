@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -50,6 +51,16 @@ def ddp_kwargs(cfg: FinetuneConfig) -> list[KwargsHandler]:
     registered by Accelerate when it wraps the model in DDP; nothing for a single process."""
     hook = COMM_HOOKS.get(cfg.train.grad_compression)
     return [DistributedDataParallelKwargs(comm_hook=hook)] if hook is not None else []
+
+
+def register_custom_hook(model: torch.nn.Module, cfg: FinetuneConfig) -> Any:
+    """``train.grad_compression: sign``: robustify's own DDP hook (sign_hook.py), registered on the prepared model
+    before its first backward; returns its state (error memory, bytes sent), None otherwise or for one process."""
+    if cfg.train.grad_compression != "sign":
+        return None
+    from . import sign_hook
+
+    return sign_hook.register(model)
 
 
 def comm_hook_name(model: torch.nn.Module) -> str | None:

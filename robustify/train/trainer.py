@@ -67,7 +67,8 @@ from .checkpoint import (
 from .divergence import DivergenceGuard
 from .hardware import maybe_compile, refuse_fp16, resolve_hardware_settings, target_device_type
 from .methods import Method, StepContext, build_method
-from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, step_autocast
+from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, register_custom_hook, step_autocast
+from .sign_hook import ERROR_PREFIX as COMM_ERROR_PREFIX
 
 
 def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_dir: str | None = None) -> Accelerator:
@@ -212,6 +213,7 @@ class Run:
     stage_name: str = ""  # the stage's name when the recipe has several
     guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
     unlabeled: pseudo_labels.Unlabeled | None = None  # data.unlabeled: pseudo-labelled examples mixed into batches
+    comm: Any = None  # train.grad_compression=sign: the hook's state (per-process error memory, bytes sent)
 
     @property
     def main(self) -> bool:
@@ -283,6 +285,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     lr = scaled_lr(cfg, global_batch)
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
+    comm = register_custom_hook(model, cfg)  # train.grad_compression: sign (per-process error memory)
     raw: RobustModel = accelerator.unwrap_model(model)
     maybe_compile(raw, cfg.train.compile)
     average = ema_mod.create(cfg.train, raw)  # train.ema: the weight average is what is probed and exported
@@ -292,6 +295,9 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     if resume_from is not None:
         loaded, method_state = load_checkpoint(accelerator, resume_from, best, accelerator.device)
         state.__dict__.update(loaded.__dict__)
+        if comm is not None:
+            comm.load_state_dict(method_state)
+        method_state = {k: v for k, v in method_state.items() if not k.startswith(COMM_ERROR_PREFIX)}
         if hasattr(method, "load_state_dict"):
             method.load_state_dict(method_state)
         accelerator.print(f"resumed from {resume_from} (stage {state.stage + 1}, epoch {state.epoch} done, "
@@ -310,6 +316,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
     if cfg.data.unlabeled and cfg.method.name != "natural":  # robust self-training: labelled once, before training
         run.unlabeled = pseudo_labels.prepare(cfg, run_dir, accelerator, loaders, raw, head_replaced)
+    run.comm = comm
     run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
             f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
             f"{loaders.batches_per_epoch} batches, {accelerator.num_processes} process(es) on {accelerator.device}, "
@@ -360,6 +367,7 @@ def guard_verdict(state: TrainState, robust: float, epoch: int, guard_drop: floa
 # ------------------------------------------------------------------------------------------------------ epochs
 def checkpoint(run: Run) -> Path:
     method_state = run.method.state_dict() if hasattr(run.method, "state_dict") else {}
+    method_state = {**method_state, **(run.comm.state_dict() if run.comm is not None else {})}
     run.state.opt_steps = run.stepper.opt_steps
     run.tick()
     return save_checkpoint(run.accelerator, run.run_dir, run.state, method_state, run.best, run.raw,
@@ -482,6 +490,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "comm_hook": comm_hook_name(run.model),
             "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1)}
             **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {})}
+            **({"comm_bytes_per_step": run.comm.bytes_per_step} if run.comm is not None else {})}
     record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
                                      after=after, history=state.history, cost=cost, selected_epoch=selected,

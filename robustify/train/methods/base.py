@@ -23,6 +23,8 @@ from .. import awp as awp_mod
 from . import trades as trades_mod
 
 METHODS: dict[str, type[Method]] = {}
+# methods sound under the L1 threat model: multi-step PGD (sparse L1 steps, exact projection; Croce & Hein 2021)
+L1_METHODS = ("natural", "pgd")
 
 
 def register_method(name: str):
@@ -49,6 +51,18 @@ def validate_section(cfg: FinetuneConfig) -> None:
     if cfg.method.loss == "trades" and cfg.method.name not in ("fgsm-rs", "n-fgsm", "pgd"):
         raise ConfigError(f"method.loss='trades' with method.name={cfg.method.name!r}; TRADES needs an attack-based "
                           "method: fgsm-rs, n-fgsm or pgd")
+    if cfg.threat.norm == "L1" and cfg.method.name not in L1_METHODS:
+        raise ConfigError(f"method.name={cfg.method.name!r} with threat.norm='L1' is not accepted: single-step L1 "
+                          "training overfits catastrophically (Jiang et al. 2023) and no sound single-step variant is "
+                          f"implemented; use one of: {', '.join(L1_METHODS)}")
+    if cfg.method.fosc and cfg.method.name != "pgd":
+        raise ConfigError(f"method.fosc=true with method.name={cfg.method.name!r} is not accepted: FOSC stops PGD's "
+                          "steps early (Wang et al. 2019); use method.name=pgd")
+    if cfg.method.fosc and cfg.method.loss == "trades":
+        raise ConfigError("method.fosc=true with method.loss='trades' is not accepted: FOSC is defined on the "
+                          "cross-entropy attack; use method.loss=ce")
+    if cfg.method.fosc_start < 0:
+        raise ConfigError(f"method.fosc_start={cfg.method.fosc_start:g} is negative; use a threshold >= 0 such as 0.5")
     if cfg.method.name == "free" and cfg.train.grad_accum > 1:
         raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} with method.name='free' is not accepted: free AT "
                           "takes one optimizer step per replay by definition; use train.grad_accum=1")
