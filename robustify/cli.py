@@ -147,10 +147,8 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                         "over that share), train.awp=true [train.awp_gamma=5e-3 train.awp_warmup_epochs=N] "
                         "(adversarial weight perturbation), model.freeze=none|backbone|stem|stages:N, "
                         "data.per_class=K (few-shot), data.unlabeled=SPEC [data.unlabeled_ratio=0.5 "
-                        "train.teacher=MODEL] (robust self-training)")
-                   help="override any recipe key, e.g. --set schedule.lr=0.1 --set method.replays=8; seed methods "
-                   "(docs/seed-methods.md): threat.norm=L1, method.fosc=true (pgd), method.fosc_start, "
-                   "train.grad_compression=sign")
+                        "train.teacher=MODEL] (robust self-training); seed methods (docs/seed-methods.md): "
+                        "threat.norm=L1, method.fosc=true (pgd), method.fosc_start, train.grad_compression=sign")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, stages, planned passes and cost estimate, check the model and "
                         "data, and exit without training or writing anything")

@@ -223,24 +223,21 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
     extra: dict[str, Any] = {}
     with fp32_math():  # TF32 off for every attack and check, restored after (also on an error)
         try:
-            masks["clean"] = clean = run.run("clean", lambda x, y, p: predict(model, x) == y)
+            bad = torch.zeros((), dtype=torch.long, device=device)  # examples with a non-finite logit (no host sync)
+
+            def clean_fn(x: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+                nonlocal bad
+                logits = model(x)
+                bad = bad + (~torch.isfinite(logits).all(1)).sum()
+                return logits.argmax(1) == y
+
+            masks["clean"] = clean = run.run("clean", clean_fn)
+            n_bad = int(run.reduce(bad).item())
+            if n_bad:  # argmax of NaN logits is an arbitrary class: no accuracy measured on them means anything
+                raise NonFiniteLogits(f"the model's logits are not finite (NaN or inf) on {n_bad} of the {ex.n} "
+                                      "evaluation examples, so no accuracy can be measured: its weights are damaged or "
+                                      "training diverged; nothing was evaluated or written")
             report["clean_acc"] = _acc(clean)
-    try:
-        bad = torch.zeros((), dtype=torch.long, device=device)  # examples with a non-finite logit (no host sync)
-
-        def clean_fn(x: torch.Tensor, y: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-            nonlocal bad
-            logits = model(x)
-            bad = bad + (~torch.isfinite(logits).all(1)).sum()
-            return logits.argmax(1) == y
-
-        masks["clean"] = clean = run.run("clean", clean_fn)
-        n_bad = int(run.reduce(bad).item())
-        if n_bad:  # argmax of NaN logits is an arbitrary class: no accuracy measured on them means anything
-            raise NonFiniteLogits(f"the model's logits are not finite (NaN or inf) on {n_bad} of the {ex.n} "
-                                  "evaluation examples, so no accuracy can be measured: its weights are damaged or "
-                                  "training diverged; nothing was evaluated or written")
-        report["clean_acc"] = _acc(clean)
 
             masks["fgsm"] = run.run("fgsm", lambda x, y, p: p & (predict(
                 model, x + attacks.fgsm(model, x, y, s.eps, norm=s.norm, random_start=False)) == y), clean)

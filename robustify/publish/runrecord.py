@@ -414,8 +414,7 @@ class RunRecord:
             "weights": t.weights,
             "optimizer": t.optimizer, "mixed_precision": t.mixed_precision, "selection": t.selection,
             "selected_epoch": t.selected_epoch, "results": self.results(),
-            **({"options": dict(t.options)} if t.options else {}),
-            "selected_epoch": t.selected_epoch, "results": self.results(), HASH_KEY: t.weights_sha256,
+            **({"options": dict(t.options)} if t.options else {}), HASH_KEY: t.weights_sha256,
         }
 
     # ---- files
@@ -478,7 +477,7 @@ class RunRecord:
                 selected_epoch=metrics.get("selected_epoch", r.get("selected_epoch")),
                 stopped=metrics.get("stopped"), mixed_precision=precision,
                 weights=str(metrics.get("weights") or r.get("weights") or "raw"), probe=metrics.get("probe"),
-                options=dict(r["options"]) if isinstance(r.get("options"), Mapping) else None)
+                options=dict(r["options"]) if isinstance(r.get("options"), Mapping) else None,
                 weights_sha256=metrics.get(HASH_KEY) or r.get(HASH_KEY))
             common = dict(norm=training.norm, eps=training.eps, input_size=input_size, precision=precision,
                           data=training.dataset)

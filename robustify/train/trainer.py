@@ -488,8 +488,8 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "hardware": hardware_info(acc), "world_size": acc.num_processes, "ranks_in_sync": in_sync,
             "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
             "comm_hook": comm_hook_name(run.model),
-            "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1)}
-            **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {})}
+            "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
+            **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {}),
             **({"comm_bytes_per_step": run.comm.bytes_per_step} if run.comm is not None else {})}
     record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
