@@ -376,7 +376,8 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--limit-eval", type=int, help="evaluate on only the first N test examples")
     g = p.add_argument_group("data pipeline (--data)")
     g.add_argument("--data", metavar="SPEC", help="also time the data pipeline alone (decode + augment per worker) "
-                   "for this data set, next to the step, and say which bounds training")
+                   "for this data set, next to the step, and say which bounds training; 'imagenet-like': decode "
+                   "figures per core (bare JPEG decode, timm, robustify) on ImageNet-like JPEGs made by the command")
     g.add_argument("--data-images", type=int, default=256, help="examples decoded and augmented for --data")
     p.set_defaults(handler=_run_bench)
 

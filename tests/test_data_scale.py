@@ -409,3 +409,19 @@ def test_a_cache_that_cannot_fit_is_one_line_before_any_download(imagenet_like: 
         assert not list(mount.rglob("*.parquet")) and not list(mount.rglob("*.incomplete"))
     finally:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_bench_decode_figures_compare_the_pipelines_on_the_same_files(tmp_path: Path):
+    """`robustify bench --data imagenet-like` makes its stand-ins and reports every pipeline (no timing asserted)."""
+    import json
+
+    from robustify.bench.data_pipeline import imagenet_like_jpegs
+    from robustify.cli import main
+
+    files = imagenet_like_jpegs(2)
+    assert all(b[:2] == b"\xff\xd8" for b in files)
+    assert main(["bench", "--data", "imagenet-like", "--data-images", "2", "--output", str(tmp_path / "d.json")]) == 0
+    report = json.loads((tmp_path / "d.json").read_text())
+    names = [r["pipeline"] for r in report["pipelines"]]
+    assert len(names) == 5 and names[0].startswith("bare JPEG decode") and report["image_size"] == [500, 375]
+    assert report["pipelines"][0]["vs_bare_decode"] == 1.0

@@ -95,3 +95,99 @@ def verdict_lines(report: dict[str, Any]) -> list[str]:
         lines.append("note: on a CPU-only machine the loader workers and the step share the same cores, so the two "
                      "rates do not simply add up")
     return lines
+
+
+IMAGENET_LIKE = "imagenet-like"
+
+
+def imagenet_like_jpegs(n: int, seed: int = 0, size: tuple[int, int] = (500, 375), quality: int = 90) -> list[bytes]:
+    """``n`` ImageNet-like JPEGs made here: 500x375 (ImageNet's most common size), quality 90, smooth content with
+    fine noise (natural-image-like file sizes, ~50-150 KB, rather than incompressible noise)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        low = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+        arr = np.asarray(low).astype(np.int16) + rng.integers(-12, 13, (size[1], size[0], 3))
+        buf = io.BytesIO()
+        Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=quality)
+        out.append(buf.getvalue())
+    return out
+
+
+def decode_figures(n_images: int = DEFAULT_IMAGES, input_size: int = 224, seed: int = 0) -> dict[str, Any]:
+    """Images/s on one core of: the bare JPEG decode (the limit for any pipeline that decodes every image), a
+    reduced-size decode (PIL ``draft``, DCT scaling to 1/2), timm's ``create_transform(is_training=True)`` (decode +
+    augment + to tensor), robustify's training pipeline (what a decode worker runs for ``augment: timm``: the same
+    timm transform, seeded per example) and robustify's evaluation pipeline (resize + centre crop), on the same
+    files."""
+    import io
+
+    import datasets
+    import torch
+    from PIL import Image
+    from timm.data import create_transform
+
+    from ..data.preprocessing import Preprocessing, make_example
+
+    if n_images < 1:
+        raise UserError(f"--data-images {n_images} is not accepted; use 1 or more")
+    files = imagenet_like_jpegs(n_images, seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pre = Preprocessing(input_size=(3, input_size, input_size), interpolation="bilinear", crop_pct=0.875)
+    timm_train = create_transform(input_size, is_training=True)
+    image = datasets.Image()
+    transforms: dict[str, Any] = {}
+
+    def bare(b: bytes, i: int):
+        return Image.open(io.BytesIO(b)).convert("RGB")
+
+    def draft(b: bytes, i: int):
+        im = Image.open(io.BytesIO(b))
+        im.draft("RGB", (im.size[0] // 2, im.size[1] // 2))
+        return im.convert("RGB")
+
+    def timm_pipeline(b: bytes, i: int):
+        return timm_train(Image.open(io.BytesIO(b)).convert("RGB"))
+
+    def robustify_train(b: bytes, i: int):
+        return make_example(image.decode_example({"bytes": b, "path": None}), pre, "timm", i, transforms)
+
+    def robustify_eval(b: bytes, i: int):
+        return make_example(image.decode_example({"bytes": b, "path": None}), pre, "none", i, transforms)
+
+    rows = []
+    try:
+        for name, fn in (("bare JPEG decode (PIL, full size)", bare), ("reduced decode (PIL draft, 1/2 scale)", draft),
+                         ("timm create_transform(is_training=True)", timm_pipeline),
+                         ("robustify training pipeline (augment: timm, seeded)", robustify_train),
+                         ("robustify evaluation pipeline (resize + centre crop)", robustify_eval)):
+            fn(files[0], 0)  # first-call setup out of the timing
+            t0 = time.perf_counter()
+            for i, b in enumerate(files):
+                fn(b, i)
+            rows.append({"pipeline": name, "images_per_second_per_core": len(files) / (time.perf_counter() - t0)})
+    finally:
+        torch.set_num_threads(threads)
+    bare_rate = rows[0]["images_per_second_per_core"]
+    for r in rows:
+        r["vs_bare_decode"] = r["images_per_second_per_core"] / bare_rate
+    return {"data": IMAGENET_LIKE, "images": len(files), "image_size": [500, 375], "quality": 90,
+            "mean_file_kb": sum(map(len, files)) / len(files) / 1024, "input_size": input_size, "pipelines": rows,
+            "cpu_count": os.cpu_count() or 1}
+
+
+def decode_lines(report: dict[str, Any], per_gpu: float = 1300.0) -> list[str]:
+    """The figures, and the cores a GPU needs at ``per_gpu`` images/s (an FGSM-RS ResNet-50 bf16 step on an H100)."""
+    lines = [f"decode on one core, {report['images']} ImageNet-like JPEGs (500x375, q90, mean "
+             f"{report['mean_file_kb']:.0f} KB) to {report['input_size']} px:"]
+    for r in report["pipelines"]:
+        rate = r["images_per_second_per_core"]
+        lines.append(f"  {r['pipeline']}: {rate:.0f} images/s per core ({r['vs_bare_decode']:.2f}x the bare decode); "
+                     f"{per_gpu / rate:.1f} cores per GPU at {per_gpu:.0f} images/s")
+    return lines

@@ -417,6 +417,19 @@ def main(recipe: str = "quickstart", model: str | None = None, batch_size: int |
     bounds training."""
     names = parse_methods(methods)
     _check_counts(steps, warmup, epochs, num_classes)
+    from .data_pipeline import IMAGENET_LIKE
+
+    if data == IMAGENET_LIKE:  # decode figures on stand-ins made here: no model, no data set to download
+        from .data_pipeline import decode_figures, decode_lines
+
+        report = decode_figures(data_images, image_size or 224)
+        lines = decode_lines(report)
+        print("\n".join(lines))
+        if output is not None:
+            from ..fileio import atomic_write_json
+
+            atomic_write_json(output, report)
+        return report
     if data is not None:
         overrides = [*overrides, f"data.name={data}"]
     cfg = bench_config(recipe, model, batch_size, image_size, mixed_precision, channels_last, overrides)
