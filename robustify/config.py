@@ -158,6 +158,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # the EMA's decay (reached after timm's warm-up, so short runs still average)
     probe_split: str = "heldout"  # heldout: probe examples are held out of training (Rice et al. 2020) | train
     grad_compression: str = "none"  # none | fp16 | bf16 | powersgd: DDP communication hook for multi-process runs
+    deterministic: bool = False  # CUDA: deterministic kernels (cuDNN, cuBLAS, the resize), slower; see docs/scale.md
 
 
 @dataclass

@@ -57,7 +57,13 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .divergence import DivergenceGuard
-from .hardware import maybe_compile, refuse_fp16, resolve_hardware_settings, target_device_type
+from .hardware import (
+    apply_determinism,
+    maybe_compile,
+    refuse_fp16,
+    resolve_hardware_settings,
+    target_device_type,
+)
 from .methods import Method, StepContext, build_method
 from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, step_autocast
 
@@ -75,6 +81,7 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     minutes would turn that into a crash, an infinite timeout would turn a dead peer into a hang.
     """
     refuse_fp16(cfg)  # before anything touches a device
+    apply_determinism(cfg.train.deterministic)  # before cuBLAS starts (CUBLAS_WORKSPACE_CONFIG)
     use_cpu = target_device_type() == "cpu"
     resolve_hardware_settings(cfg, "cpu" if use_cpu else "cuda")  # 'auto' precision / layout, in place
     # trackers that write files need a logging dir at construction; the run folder's logs/ replaces it once the
@@ -422,7 +429,8 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "hardware": hardware_info(acc), "world_size": acc.num_processes, "ranks_in_sync": in_sync,
             "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
             "comm_hook": comm_hook_name(run.model),
-            "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1)}
+            "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
+            "deterministic": bool(cfg.train.deterministic)}
     record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
                                      after=after, history=state.history, cost=cost, selected_epoch=selected,
