@@ -463,3 +463,14 @@ def test_deterministic_cuda_steps_repeat_bit_for_bit():
         assert torch.equal(once(), once())
     finally:
         torch.use_deterministic_algorithms(False)
+
+
+# ------------------------------------------------------------------------------------------ the GPU self-check
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="on a GPU machine the script runs for real")
+def test_gpu_check_refuses_in_one_line_without_a_gpu(tmp_path: Path):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--output",
+                          str(tmp_path / "g.json")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "no CUDA GPU" in res.stderr
+    assert not (tmp_path / "g.json").exists()
