@@ -181,6 +181,7 @@ class TrainConfig:
     awp_warmup_epochs: int = 0  # epochs of each stage trained without AWP first
     teacher: str | None = None  # frontier: labels data.unlabeled (None: the model before adversarial fine-tuning)
     grad_compression: str = "none"  # none | fp16 | bf16 | powersgd | sign (majority vote + error feedback): DDP hook
+    deterministic: bool = False  # CUDA: deterministic kernels (cuDNN, cuBLAS, the resize), slower; see docs/scale.md
 
 
 @dataclass

@@ -56,9 +56,27 @@ class Resize(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if tuple(x.shape[-2:]) == self.size:
             return x
-        kw = {} if self.mode == "nearest" else {"align_corners": False}
-        out = nn.functional.interpolate(x, size=self.size, mode=self.mode, **kw)
+        if self.mode != "nearest" and torch.are_deterministic_algorithms_enabled():
+            out = self._by_matrices(x)  # train.deterministic: CUDA's interpolate backward is not deterministic
+        else:
+            kw = {} if self.mode == "nearest" else {"align_corners": False}
+            out = nn.functional.interpolate(x, size=self.size, mode=self.mode, **kw)
         return out.clamp(0, 1) if self.mode == "bicubic" else out
+
+    def _by_matrices(self, x: torch.Tensor) -> torch.Tensor:
+        """The same resize as two small matrix products (bilinear and bicubic are separable): rows, then columns.
+
+        Each matrix is ``interpolate`` applied to an identity, so the weights are exactly torch's; the backward is
+        a matrix product too, which is deterministic on CUDA, unlike ``upsample_*_backward`` (atomic adds), which
+        ``torch.use_deterministic_algorithms`` refuses."""
+        (h, w), (oh, ow) = x.shape[-2:], self.size
+        rows, cols = self._matrix(h, oh, x), self._matrix(w, ow, x)
+        return torch.einsum("oh,nchw,pw->ncop", rows, x, cols)
+
+    def _matrix(self, n_in: int, n_out: int, like: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(n_in, dtype=torch.float64, device=like.device)[None, None]
+        m = nn.functional.interpolate(eye, size=(n_out, n_in), mode=self.mode, align_corners=False)[0, 0]
+        return m.to(like.dtype)
 
 
 class RobustModel(nn.Module):

@@ -391,3 +391,86 @@ def test_fp16_is_refused_in_one_line_recommending_bf16(tmp_path: Path, monkeypat
     assert len(err) == 1 and err[0].startswith("robustify: error: train.mixed_precision='fp16' is not accepted")
     assert "use 'bf16'" in err[0]
     assert not run.exists() or not any(run.iterdir())
+
+
+# ------------------------------------------------------------------------------------------ determinism
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_deterministic_resize_is_the_same_resize_without_interpolate_backward(mode: str, monkeypatch):
+    """Under train.deterministic the in-model resize is two matrix products: the same values and input gradients
+    as interpolate's, and no upsample backward (which torch refuses in deterministic mode on CUDA)."""
+    import torch
+
+    from robustify.models import Resize
+
+    x = torch.rand(2, 3, 32, 30, dtype=torch.float64, requires_grad=True)
+    resize = Resize((48, 20), mode)
+    ref = resize(x)
+    (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    calls = []
+    interpolate = torch.nn.functional.interpolate
+    monkeypatch.setattr(torch.nn.functional, "interpolate", lambda t, **kw: calls.append(t.requires_grad)
+                        or interpolate(t, **kw))
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = resize(x)
+        (g,) = torch.autograd.grad(out.square().sum(), x)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert torch.allclose(out, ref, atol=1e-12) and torch.allclose(g, g_ref, atol=1e-10)
+    assert calls and not any(calls)  # interpolate only builds the weight matrices (from constants, no gradient)
+
+
+def test_train_deterministic_sets_every_switch():
+    import torch
+
+    from robustify.config import build_config
+    from robustify.train.hardware import apply_determinism
+
+    assert build_config("quickstart", []).train.deterministic is False  # off by default: it costs speed
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    try:
+        assert apply_determinism(True) == {"deterministic": True}
+        assert torch.are_deterministic_algorithms_enabled() and torch.backends.cudnn.deterministic
+        assert not torch.backends.cudnn.benchmark and os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_deterministic_cuda_steps_repeat_bit_for_bit():
+    """Two identical training steps of a resized conv net on CUDA give bit-identical weights with the flag."""
+    import torch
+
+    from robustify.models import Resize
+    from robustify.train.hardware import apply_determinism
+
+    def once() -> torch.Tensor:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(Resize((64, 64)), torch.nn.Conv2d(3, 16, 3), torch.nn.BatchNorm2d(16),
+                                  torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                  torch.nn.Linear(16, 10)).cuda()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        x, y = torch.rand(64, 3, 32, 32, device="cuda"), torch.randint(0, 10, (64,), device="cuda")
+        for _ in range(3):
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            opt.zero_grad()
+        return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+    apply_determinism(True)
+    try:
+        assert torch.equal(once(), once())
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# ------------------------------------------------------------------------------------------ the GPU self-check
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="on a GPU machine the script runs for real")
+def test_gpu_check_refuses_in_one_line_without_a_gpu(tmp_path: Path):
+    res = subprocess.run([sys.executable, str(ROOT / "scripts" / "gpu_check.py"), "--output",
+                          str(tmp_path / "g.json")], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "no CUDA GPU" in res.stderr
+    assert not (tmp_path / "g.json").exists()

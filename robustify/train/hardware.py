@@ -71,3 +71,23 @@ def refuse_fp16(cfg: FinetuneConfig) -> None:
         raise UserError("train.mixed_precision='fp16' is not accepted: attack input gradients and free/DEAT replays "
                         "are not loss-scaled, so under fp16 they underflow or overflow and the attacks weaken "
                         "silently; use 'bf16' (same speed on Ampere and later GPUs, no scaling needed) or 'no' (fp32)")
+
+
+def apply_determinism(enabled: bool) -> dict[str, bool]:
+    """``train.deterministic``: make a CUDA run repeat bit for bit (same seed, same hardware, same software).
+
+    cuDNN picks the fastest convolution algorithm by benchmarking (``benchmark``) and some of its algorithms (and
+    cuBLAS's split-K GEMMs, and the backward of bilinear/bicubic upsampling) add with atomics in a varying order.
+    This turns benchmarking off, restricts cuDNN to deterministic algorithms, asks torch to refuse any op without
+    a deterministic implementation (``use_deterministic_algorithms``), gives cuBLAS a fixed workspace
+    (``CUBLAS_WORKSPACE_CONFIG``, read when cuBLAS starts, so this runs before the model reaches the GPU), and the
+    in-model resize switches to matrix products (``models.Resize``). Cost: typically 5-30% slower convolutions.
+    On a CPU, runs already repeat bit for bit; the flag changes nothing measurable there. Returns what was set.
+    """
+    if not enabled:
+        return {"deterministic": False}
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True)
+    return {"deterministic": True}

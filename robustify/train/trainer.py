@@ -65,7 +65,13 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .divergence import DivergenceGuard
-from .hardware import maybe_compile, refuse_fp16, resolve_hardware_settings, target_device_type
+from .hardware import (
+    apply_determinism,
+    maybe_compile,
+    refuse_fp16,
+    resolve_hardware_settings,
+    target_device_type,
+)
 from .methods import Method, StepContext, build_method
 from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, register_custom_hook, step_autocast
 from .sign_hook import ERROR_PREFIX as COMM_ERROR_PREFIX
@@ -84,6 +90,7 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     minutes would turn that into a crash, an infinite timeout would turn a dead peer into a hang.
     """
     refuse_fp16(cfg)  # before anything touches a device
+    apply_determinism(cfg.train.deterministic)  # before cuBLAS starts (CUBLAS_WORKSPACE_CONFIG)
     use_cpu = target_device_type() == "cpu"
     resolve_hardware_settings(cfg, "cpu" if use_cpu else "cuda")  # 'auto' precision / layout, in place
     # trackers that write files need a logging dir at construction; the run folder's logs/ replaces it once the
@@ -491,6 +498,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
             **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {}),
             **({"comm_bytes_per_step": run.comm.bytes_per_step} if run.comm is not None else {})}
+            "deterministic": bool(cfg.train.deterministic)}
     record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
                                      after=after, history=state.history, cost=cost, selected_epoch=selected,
