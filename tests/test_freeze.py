@@ -112,18 +112,19 @@ def test_robust_backbone_transfers_its_robustness(tmp_path: Path):
     from robustify.train.trainer import finetune
 
     robust = tmp_path / "robust"
-    finetune(build_config("quickstart", ["data.max_train_examples=640", "train.epochs=4", "eval.n_examples=64",
-                                         "eval.pgd_steps=3", "train.probe_size=64", "train.probe_steps=2",
+    finetune(build_config("quickstart", ["data.max_train_examples=448", "train.epochs=3", "eval.n_examples=32",
+                                         "eval.pgd_steps=2", "train.probe_size=64", "train.probe_steps=2",
                                          f"output_dir={robust}"]))
     task = _relabelled(tmp_path)
     results = {}
     for name, model in (("robust", str(robust)), ("natural", "quickstart")):
         m = finetune(build_config("quickstart", ["model.freeze=backbone", "method.name=natural", f"model.name={model}",
-                                                 f"data.name=npz:{task}", "train.epochs=3", "eval.n_examples=200",
-                                                 "eval.pgd_steps=10", "train.probe_size=64", "train.probe_steps=2",
-                                                 "data.batch_size=32", f"output_dir={tmp_path / name}"]))
+                                                 f"data.name=npz:{task}", "train.epochs=2", "eval.n_examples=200",
+                                                 "eval.pgd_steps=10", "train.probe_size=32", "train.probe_steps=1",
+                                                 "data.max_train_examples=320", "data.batch_size=32",
+                                                 f"output_dir={tmp_path / ('probe-' + name)}"]))
         results[name] = m["after"]
-        frozen = load_file(str(tmp_path / name / "model.safetensors"))
+        frozen = load_file(str(tmp_path / f"probe-{name}" / "model.safetensors"))
         source = load_file(str(robust / "model.safetensors")) if name == "robust" else load_file(str(BACKBONE))
         assert all(torch.equal(frozen[k], source[k]) for k in frozen if not k.startswith("fc."))  # bit-identical
     print(f"transfer to pairs, linear probe: robust {results['robust']}, natural {results['natural']}")
