@@ -161,6 +161,7 @@ class TrainConfig:
     ema_decay: float = 0.999  # the EMA's decay (reached after timm's warm-up, so short runs still average)
     probe_split: str = "heldout"  # heldout: probe examples are held out of training (Rice et al. 2020) | train
     grad_compression: str = "none"  # none | fp16 | bf16 | powersgd | sign (majority vote + error feedback): DDP hook
+    local_sgd_steps: int | None = None  # local SGD: average the models every K optimizer steps (train/local_sgd.py)
 
 
 @dataclass
@@ -374,11 +375,29 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.train.dist_timeout_minutes <= 0:
         raise ConfigError(f"train.dist_timeout_minutes={cfg.train.dist_timeout_minutes:g} is not accepted; use a "
                           "value > 0 such as 60")
+    _validate_local_sgd(cfg)
     if cfg.stages:
         expand_stages(cfg)  # each stage is validated as a full config
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
         raise ConfigError(f"data.image_size={cfg.data.image_size} is too small; use 8 or more pixels")
     return cfg
+
+
+def _validate_local_sgd(cfg: FinetuneConfig) -> None:
+    """train.local_sgd_steps: K >= 1, and the combinations it refuses (each in one line)."""
+    k = cfg.train.local_sgd_steps
+    if k is None:
+        return
+    if k < 1:
+        raise ConfigError(f"train.local_sgd_steps={k} is not accepted; use a whole number >= 1 (optimizer steps "
+                          "between model averages), or null to switch local SGD off")
+    clash = {"train.grad_accum": (cfg.train.grad_accum, 1), "train.grad_compression": (cfg.train.grad_compression,
+                                                                                       "none"),
+             "train.checkpoint_every": (cfg.train.checkpoint_every, None)}
+    for key, (value, off) in clash.items():
+        if value != off:
+            raise ConfigError(f"train.local_sgd_steps={k} with {key}={value!r} is not accepted: local SGD sends no "
+                              f"gradients and checkpoints only where the models are averaged; set {key}={off!r}")
 
 
 def validate_data(cfg: FinetuneConfig) -> None:

@@ -44,6 +44,7 @@ from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from . import ema as ema_mod
+from . import local_sgd
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -313,6 +314,10 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
     sums = torch.tensor(state.epoch_sums, dtype=torch.float64, device=acc.device)  # loss*n, correct, n
     t0 = time.perf_counter() - state.epoch_seconds
     run.model.train()
+    # train.local_sgd_steps: DDP in no_sync for the epoch, the models averaged every K optimizer steps and at its end
+    local = local_sgd.for_epoch(acc, run.model, run.optimizer, cfg.train.local_sgd_steps)
+    if local is not None:
+        local.__enter__()  # left by the __exit__ below; an Interrupted stop happens where the models were averaged
     bar = tqdm(total=n_batches, initial=state.batch, desc=f"epoch {epoch}/{run.epochs}", leave=False,
                **({} if run.main else {"disable": True}))  # only switch off, so TQDM_DISABLE=1 still works
     for x, y in loaders.train_epoch(epoch, start_batch=state.batch):
@@ -342,6 +347,9 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         # across processes every log_every groups (one small collective) rather than every step
         check = acc.sync_gradients and (acc.num_processes == 1 or due
                                         or state.batch % (cfg.train.log_every * cfg.train.grad_accum) == 0)
+        if local is not None:  # local SGD: exact only where the models were just averaged; agree at each of those
+            local.advance(run.stepper.opt_steps - steps_before)
+            check = local.at_sync() and run.stepper.opt_steps != steps_before
         signalled = stop.agreed(acc) if check else None
         if (due or signalled) and state.batch < n_batches:
             state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
@@ -352,6 +360,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
                 raise Interrupted(f"{name} received: checkpoint written at epoch {epoch}, minibatch {state.batch} "
                                   f"({where.name}); continue with: {run.resume_command()}", 130 if name == "SIGINT"
                                   else 143)
+    if local is not None:
+        local.__exit__(None, None, None)  # the epoch's last average: it ends at a synchronisation point
     bar.close()
     state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
     # a NaN model must never be probed, selected as best or checkpointed
@@ -406,7 +416,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "example_passes": state.example_passes, "passes_per_batch": run.method.passes_per_batch,
             "hardware": hardware_info(acc), "world_size": acc.num_processes, "ranks_in_sync": in_sync,
             "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
-            "comm_hook": comm_hook_name(run.model),
+            "comm_hook": comm_hook_name(run.model), "local_sgd_steps": cfg.train.local_sgd_steps,
             **({"comm_bytes_per_step": run.comm.bytes_per_step} if run.comm is not None else {})}
     record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
