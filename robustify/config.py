@@ -182,6 +182,7 @@ class TrainConfig:
     teacher: str | None = None  # frontier: labels data.unlabeled (None: the model before adversarial fine-tuning)
     grad_compression: str = "none"  # none | fp16 | bf16 | powersgd | sign (majority vote + error feedback): DDP hook
     deterministic: bool = False  # CUDA: deterministic kernels (cuDNN, cuBLAS, the resize), slower; see docs/scale.md
+    local_sgd_steps: int | None = None  # local SGD: average the models every K optimizer steps (train/local_sgd.py)
 
 
 @dataclass
@@ -398,6 +399,7 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.train.dist_timeout_minutes <= 0:
         raise ConfigError(f"train.dist_timeout_minutes={cfg.train.dist_timeout_minutes:g} is not accepted; use a "
                           "value > 0 such as 60")
+    _validate_local_sgd(cfg)
     if cfg.stages:
         expand_stages(cfg)  # each stage is validated as a full config
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
@@ -438,6 +440,21 @@ def validate_frontier(cfg: FinetuneConfig) -> None:
     if cfg.data.per_class is not None and cfg.data.per_class <= 0:
         raise ConfigError(f"data.per_class={cfg.data.per_class} is not accepted; use 1 or more examples per class, or "
                           "null for all")
+def _validate_local_sgd(cfg: FinetuneConfig) -> None:
+    """train.local_sgd_steps: K >= 1, and the combinations it refuses (each in one line)."""
+    k = cfg.train.local_sgd_steps
+    if k is None:
+        return
+    if k < 1:
+        raise ConfigError(f"train.local_sgd_steps={k} is not accepted; use a whole number >= 1 (optimizer steps "
+                          "between model averages), or null to switch local SGD off")
+    clash = {"train.grad_accum": (cfg.train.grad_accum, 1), "train.grad_compression": (cfg.train.grad_compression,
+                                                                                       "none"),
+             "train.checkpoint_every": (cfg.train.checkpoint_every, None)}
+    for key, (value, off) in clash.items():
+        if value != off:
+            raise ConfigError(f"train.local_sgd_steps={k} with {key}={value!r} is not accepted: local SGD sends no "
+                              f"gradients and checkpoints only where the models are averaged; set {key}={off!r}")
 
 
 def validate_data(cfg: FinetuneConfig) -> None:

@@ -326,7 +326,9 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
         f"({cost.get('passes_per_batch', '?')} per minibatch)"
         + (f"; gradient all-reduce through `{cost['comm_hook']}`" if cost.get("comm_hook") else "")
         + (f" ({cost['comm_bytes_per_step']:,.0f} bytes per step per process)" if cost.get("comm_bytes_per_step")
-           else "") + ".",
+           else "")
+        + (f"; local SGD: models averaged every {cost['local_sgd_steps']} optimizer steps"
+           if cost.get("local_sgd_steps") else "") + ".",
         "- Files: `recipe.yaml` (the resolved recipe; local paths reduced to file names), `metrics.json` "
         "(`before`/`after`, every evaluation, per-epoch history, cost), `config.json` (timm config plus a "
         "`robustness` block).",

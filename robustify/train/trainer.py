@@ -48,6 +48,7 @@ from . import awp as awp_mod
 from . import ema as ema_mod
 from . import eps_warmup, pseudo_labels
 from . import freeze as freeze_mod
+from . import local_sgd
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -392,6 +393,10 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
     if run.ctx.awp is not None:
         run.ctx.awp.set_epoch(epoch)  # off during train.awp_warmup_epochs
     awp_passes = run.ctx.awp.passes_now if run.ctx.awp is not None else 0  # AWP's extra pass, when active
+    # train.local_sgd_steps: DDP in no_sync for the epoch, the models averaged every K optimizer steps and at its end
+    local = local_sgd.for_epoch(acc, run.model, run.optimizer, cfg.train.local_sgd_steps)
+    if local is not None:
+        local.__enter__()  # left by the __exit__ below; an Interrupted stop happens where the models were averaged
     bar = tqdm(total=n_batches, initial=state.batch, desc=f"epoch {epoch}/{run.epochs}", leave=False,
                **({} if run.main else {"disable": True}))  # only switch off, so TQDM_DISABLE=1 still works
     for x, y in loaders.train_epoch(epoch, start_batch=state.batch):
@@ -426,6 +431,13 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         # across processes after every optimizer step (a CPU all-reduce of one number, see StopSignal.agreed), so
         # a SIGTERM on any process stops all of them within one step, whatever train.log_every
         signalled = stop.agreed(acc) if acc.sync_gradients else None
+        # across processes every log_every groups (one small collective) rather than every step
+        check = acc.sync_gradients and (acc.num_processes == 1 or due
+                                        or state.batch % (cfg.train.log_every * cfg.train.grad_accum) == 0)
+        if local is not None:  # local SGD: exact only where the models were just averaged; agree at each of those
+            local.advance(run.stepper.opt_steps - steps_before)
+            check = local.at_sync() and run.stepper.opt_steps != steps_before
+        signalled = stop.agreed(acc) if check else None
         if (due or signalled) and state.batch < n_batches:
             state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
             where = checkpoint(run)
@@ -435,6 +447,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
                 raise Interrupted(f"{name} received: checkpoint written at epoch {epoch}, minibatch {state.batch} "
                                   f"({where.name}); continue with: {run.resume_command()}", 130 if name == "SIGINT"
                                   else 143)
+    if local is not None:
+        local.__exit__(None, None, None)  # the epoch's last average: it ends at a synchronisation point
     bar.close()
     state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
     # a NaN model must never be probed, selected as best or checkpointed
@@ -497,6 +511,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "comm_hook": comm_hook_name(run.model),
             "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
             **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {}),
+            "comm_hook": comm_hook_name(run.model), "local_sgd_steps": cfg.train.local_sgd_steps,
             **({"comm_bytes_per_step": run.comm.bytes_per_step} if run.comm is not None else {})}
             "deterministic": bool(cfg.train.deterministic)}
     record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,

@@ -1,0 +1,74 @@
+"""Local SGD (Stich 2019; Lin et al. 2020, "Don't use large mini-batches, use local SGD"): ``train.local_sgd_steps: K``
+trains each process on its own for K optimizer steps, then averages the models, instead of all-reducing gradients
+every step. Built on Accelerate's ``LocalSGD`` (which keeps DDP in ``no_sync`` for the whole context and counts the
+steps); this module only changes what one synchronisation does: one coalesced all-reduce of the parameters *and*
+the optimizer's state (SGD momentum, Adam moments), instead of Accelerate's barrier plus one all-reduce per
+parameter. Averaging the optimizer state too (rather than keeping it per process) makes every process identical at
+each synchronisation point, which is where robustify takes its checkpoints, so a resume is exact with the one copy
+of the optimizer state that Accelerate saves.
+
+One context per epoch: its exit synchronises, so every epoch ends (and is probed, selected and checkpointed) at a
+synchronisation point. Signals are acted on only at synchronisation points. This module must not take optimizer
+steps or change the learning rate.
+"""
+
+from __future__ import annotations
+
+import torch
+from accelerate import Accelerator
+from accelerate.local_sgd import LocalSGD
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimizer's floating-point state tensors in a fixed order (param groups, then sorted keys); step counters
+    are skipped (they are equal on every process)."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    out = []
+    for group in inner.param_groups:
+        for p in group["params"]:
+            state = inner.state.get(p, {})
+            for key in sorted(state):
+                v = state[key]
+                if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel() > 1 and key != "step":
+                    out.append(v)
+    return out
+
+
+class AveragingLocalSGD(LocalSGD):
+    """Accelerate's LocalSGD whose synchronisation averages parameters and optimizer state in one all-reduce."""
+
+    def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 local_sgd_steps: int) -> None:
+        super().__init__(accelerator=accelerator, model=model, local_sgd_steps=local_sgd_steps, enabled=True)
+        self.optimizer = optimizer
+        self.syncs = 0  # synchronisations in this context (one collective each)
+
+    def _sync_and_avg_model_params(self) -> None:
+        if not self.enabled:
+            return
+        tensors = [p.data for p in self.model.parameters()] + _optimizer_tensors(self.optimizer)
+        flat = torch.cat([t.reshape(-1).to(torch.float32) for t in tensors])
+        flat = self.accelerator.reduce(flat, reduction="mean")
+        offset = 0
+        for t in tensors:
+            n = t.numel()
+            t.copy_(flat[offset:offset + n].view_as(t))
+            offset += n
+        self.syncs += 1
+
+    def advance(self, optimizer_steps: int) -> None:
+        """Count the optimizer steps a minibatch took (free AT takes several), synchronising every K."""
+        for _ in range(optimizer_steps):
+            self.step()
+
+    def at_sync(self) -> bool:
+        """True right after a synchronisation (or before the first step): every process holds the same state."""
+        return self.num_steps % self.local_sgd_steps == 0
+
+
+def for_epoch(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+              steps: int | None) -> AveragingLocalSGD | None:
+    """The epoch's local SGD context, or None (option off, or a single process: nothing to average)."""
+    if not steps or accelerator.num_processes == 1:
+        return None
+    return AveragingLocalSGD(accelerator, model, optimizer, steps)
