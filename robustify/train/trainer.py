@@ -46,9 +46,8 @@ from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from . import awp as awp_mod
 from . import ema as ema_mod
-from . import eps_warmup, pseudo_labels
+from . import eps_warmup, local_sgd, pseudo_labels
 from . import freeze as freeze_mod
-from . import local_sgd
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -430,10 +429,7 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         # act on a signal only where a checkpoint is exact (an accumulation group is complete), and agree on it
         # across processes after every optimizer step (a CPU all-reduce of one number, see StopSignal.agreed), so
         # a SIGTERM on any process stops all of them within one step, whatever train.log_every
-        signalled = stop.agreed(acc) if acc.sync_gradients else None
-        # across processes every log_every groups (one small collective) rather than every step
-        check = acc.sync_gradients and (acc.num_processes == 1 or due
-                                        or state.batch % (cfg.train.log_every * cfg.train.grad_accum) == 0)
+        check = acc.sync_gradients
         if local is not None:  # local SGD: exact only where the models were just averaged; agree at each of those
             local.advance(run.stepper.opt_steps - steps_before)
             check = local.at_sync() and run.stepper.opt_steps != steps_before
@@ -508,12 +504,11 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "passes_per_batch": run.method.passes_per_batch + (run.ctx.awp.passes if run.ctx.awp is not None else 0),
             "hardware": hardware_info(acc), "world_size": acc.num_processes, "ranks_in_sync": in_sync,
             "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
-            "comm_hook": comm_hook_name(run.model),
-            "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
-            **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {}),
             "comm_hook": comm_hook_name(run.model), "local_sgd_steps": cfg.train.local_sgd_steps,
+            "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
+            "deterministic": bool(cfg.train.deterministic),
+            **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {}),
             **({"comm_bytes_per_step": run.comm.bytes_per_step} if run.comm is not None else {})}
-            "deterministic": bool(cfg.train.deterministic)}
     record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
                                      after=after, history=state.history, cost=cost, selected_epoch=selected,
