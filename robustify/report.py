@@ -247,7 +247,7 @@ def eps_curve_table(report: dict) -> Table:
 
 def checks_table(report: dict) -> Table:
     checks = report["checks"]
-    table = Listing(title="gradient-masking checks", caption=checks["verdict"], show_lines=True, name="check")
+    table = Table(title="gradient-masking checks", caption=checks["verdict"], show_lines=True)  # sentences: rich wraps
     table.add_column("check")
     table.add_column("result", justify="center")
     table.add_column("verdict", ratio=1)
