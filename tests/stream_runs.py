@@ -49,6 +49,7 @@ def _child(rank: int, world: int, port: int, spec: dict[str, Any], url: str, out
     marks = []
     dist.barrier()
     marks.append(served() if rank == 0 else 0)
+    dist.barrier()  # nobody reads on before rank 0 has the count
     epochs = []
     for epoch in range(1, spec.get("epochs", 1) + 1):
         train = loaders._train
@@ -58,6 +59,7 @@ def _child(rank: int, world: int, port: int, spec: dict[str, Any], url: str, out
         epochs.append({"rows": [r for b in ys for r in b], "batches": len(ys), "shards": shards})
         dist.barrier()
         marks.append(served() if rank == 0 else 0)
+        dist.barrier()
     mine = {"rank": rank, "epochs": epochs, "probe": loaders.probe[1].tolist(), "n_batches": loaders.batches_per_epoch,
             "train_size": loaders.train_size, "eval": loaders.eval_examples(rank, world)[1].tolist(),
             "peak_in_flight": loaders._train.peak_in_flight}
