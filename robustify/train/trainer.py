@@ -66,6 +66,7 @@ from .hardware import (
 )
 from .methods import Method, StepContext, build_method
 from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, step_autocast
+from .schedules import warmup_for_scaled_lr
 
 
 def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_dir: str | None = None) -> Accelerator:
@@ -266,6 +267,9 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
                                lr=lr)
     stepper.after_step = (lambda: average.update(raw)) if average is not None else None
+    # a peak lr scaled up for a large global batch reaches its peak gradually (schedules.warmup_for_scaled_lr)
+    stepper.schedule, warmup = warmup_for_scaled_lr(stepper.schedule, lr / cfg.schedule.lr if cfg.schedule.lr else 1.0,
+                                                    epochs)
     ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator))
     run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
               ctx, epochs, lr, loaders.eval_examples())
@@ -275,7 +279,8 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
             f"{loaders.batches_per_epoch} batches, {accelerator.num_processes} process(es) on {accelerator.device}, "
             f"global batch {global_batch}, peak lr {lr:.4g}"
             + (f" (scaled {cfg.schedule.lr_scale_rule} from {cfg.schedule.lr:g} at global batch "
-               f"{cfg.train.global_batch})" if lr != cfg.schedule.lr else ""))
+               f"{cfg.train.global_batch})" if lr != cfg.schedule.lr else "")
+            + (f"; {warmup}" if warmup else ""))
     return run
 
 
