@@ -474,3 +474,35 @@ def test_gpu_check_refuses_in_one_line_without_a_gpu(tmp_path: Path):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [res.stderr.strip()] and "no CUDA GPU" in res.stderr
     assert not (tmp_path / "g.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ large global batches
+@pytest.mark.parametrize("name,added", [("slow-start-fast-decay", False), ("cyclic", False), ("constant", True),
+                                        ("piecewise", True), ("cosine", True)])
+def test_a_scaled_peak_lr_gets_a_long_enough_warmup(name: str, added: bool):
+    """x8 (8 GPUs x 128 on a recipe stated for 128): the slow start and the triangle already rise from below the
+    stated lr over more than min(5 epochs, 25%) of the run; the others get a linear warm-up from the stated lr."""
+    from robustify.config import ScheduleConfig
+    from robustify.train.schedules import build_schedule, rise_fraction_of, warmup_for_scaled_lr
+
+    base = build_schedule(ScheduleConfig(name=name))
+    schedule, note = warmup_for_scaled_lr(base, 8.0, epochs=10)
+    assert (schedule is not base) == added and note.startswith("warm-up added" if added else "warm-up: the schedule")
+    assert schedule(0.0) <= 1 / 8 + 1e-9 and rise_fraction_of(schedule) >= 0.25 - 1e-3
+    assert warmup_for_scaled_lr(base, 1.0, epochs=10) == (base, "")  # not scaled: nothing to do
+
+
+def test_the_runs_first_line_says_how_a_scaled_lr_warms_up(tmp_path: Path, capsys):
+    from robustify.config import build_config
+    from robustify.models import load_backbone
+    from robustify.train.checkpoint import BestWeights, TrainState
+    from robustify.train.trainer import setup, start
+
+    cfg = build_config("quickstart", [f"output_dir={tmp_path / 'run'}", "schedule.name=constant",
+                                      "schedule.lr_scale_rule=linear", "train.global_batch=8", "data.batch_size=64",
+                                      "eval.n_examples=8", "train.probe_size=8", "data.num_workers=0"])
+    acc, run_dir, cfg = start(cfg, False)
+    run = setup(cfg, acc, run_dir, load_backbone(cfg.model.name).backbone, TrainState(), BestWeights())
+    first = capsys.readouterr().out.strip().splitlines()[0]
+    assert "peak lr 0.4 (scaled linear" in first and "warm-up added: the x8 lr rises linearly" in first
+    assert run.stepper.schedule(0.0) == pytest.approx(1 / 8)

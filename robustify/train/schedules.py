@@ -117,3 +117,43 @@ def validate_section(cfg: FinetuneConfig) -> None:
                 "schedule.start_factor", "schedule.end_factor"):
         if not 0 <= flat[key] <= 1:
             raise ConfigError(f"{key}={flat[key]} is outside [0, 1]; use a fraction such as 0.5")
+
+
+# ----------------------------------------------------------------------------- warm-up for a scaled peak lr
+# Goyal et al. (2017) scaled the lr linearly with the global batch and needed a gradual warm-up of 5 epochs (of 90)
+# from the unscaled lr; a fine-tuning run is short, so the rule here is the shorter of 5 epochs and a quarter of it.
+WARMUP_EPOCHS = 5
+WARMUP_MAX_FRACTION = 0.25
+
+
+def rise_fraction_of(schedule: Schedule, points: int = 2000) -> float:
+    """The share of the run before the schedule first reaches its peak (0 for a schedule that starts there)."""
+    for i in range(points + 1):
+        if schedule(i / points) >= 0.999:
+            return i / points
+    return 1.0
+
+
+def warmup_for_scaled_lr(schedule: Schedule, scale: float, epochs: int) -> tuple[Schedule, str]:
+    """Make sure a peak lr scaled up ``scale`` times (``schedule.lr_scale_rule``) is reached gradually.
+
+    Long enough means: the schedule starts at or below the stated (unscaled) lr, and takes at least
+    ``min(5 epochs, 25% of the run)`` to reach the peak. The slow start (rise over 70% from 1%) and the cyclic
+    triangle (rise over 40% from 0) already are such a warm-up; a schedule that is not (constant, piecewise, cosine
+    without ``warmup_fraction``) gets a linear warm-up from the stated lr over that length, multiplied into it.
+    Returns the schedule to use and a note for the run's first line ('' when the lr is not scaled up).
+    """
+    if scale <= 1.0:
+        return schedule, ""
+    needed = min(WARMUP_EPOCHS / max(epochs, 1), WARMUP_MAX_FRACTION)
+    rise, start = rise_fraction_of(schedule), schedule(0.0)
+    if start <= 1.0 / scale + 1e-9 and rise >= needed - 1e-9:
+        return schedule, (f"warm-up: the schedule rises from {start:.0%} of the peak over {rise:.0%} of the run, "
+                          f"enough for the x{scale:.3g} lr (needs {needed:.0%})")
+    floor = 1.0 / scale
+
+    def warmed(t: float) -> float:
+        return min(1.0, floor + (1.0 - floor) * t / needed) * schedule(t)
+
+    return warmed, (f"warm-up added: the x{scale:.3g} lr rises linearly from the stated lr over the first "
+                    f"{needed:.0%} of the run (the schedule alone rises over {rise:.0%} from {start:.0%})")
