@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +22,10 @@ from robustify.cli import main
 
 try:
     from tests.hub_server import LocalHub
+    from tests.zoo_runs import cli
 except ImportError:  # tests/ is not a package: pytest puts tests/ on sys.path
     from hub_server import LocalHub
+    from zoo_runs import cli
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 REPO = "madrylab/robust-imagenet-models"
@@ -131,6 +131,14 @@ def test_madrylab_resnet18_imports_to_plain_timm_with_same_logits(tmp_path: Path
         keys = list(f.keys())
     assert not [k for k in keys if "attacker" in k or "normalizer" in k or k.startswith("module.")]
 
+    # after `robustify eval OUT --output OUT/eval.json`, the card shows the measured numbers beside the published
+    (out / "eval.json").write_text(json.dumps({"n_examples": 100, "threat_model": {"norm": "Linf", "eps": 4 / 255},
+                                               "clean_acc": 0.5, "pgd_acc": 0.25}))
+    code, stdout, err = run_cli(capsys, "import", "--refresh-card", str(out))
+    assert code == 0, err
+    card = (out / "README.md").read_text()
+    assert "clean accuracy: 50.00%" in card and "PGD robust accuracy: 25.00%" in card and "not measured here" in card
+
 
 def test_plain_state_dict_with_prefix_is_stripped(tmp_path: Path, capsys) -> None:
     from safetensors.torch import save_file
@@ -193,28 +201,6 @@ def _env(hub: LocalHub, tmp: Path, zoo_path: Path) -> dict[str, str]:
                HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost", TQDM_DISABLE="1",
                ROBUSTIFY_ZOO_PATH=str(zoo_path), ROBUSTIFY_ZOO_DIR=str(tmp / "zoo-models"), COLUMNS="200")
     return env
-
-
-RUNNER = """
-import contextlib, io, json, sys
-from robustify.cli import main
-results = []
-for argv in json.loads(sys.argv[1]):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    results.append([code, out.getvalue(), err.getvalue()])
-print(json.dumps(results))
-"""
-
-
-def cli(env: dict[str, str], *commands: list[str]) -> list[tuple[int, str, str]]:
-    """Run each command with ``robustify.cli.main`` in one fresh interpreter (huggingface_hub reads HF_ENDPOINT at
-    import time, so the Hub client must start in a process whose environment points at the local server)."""
-    proc = subprocess.run([sys.executable, "-c", RUNNER, json.dumps([list(c) for c in commands])], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return [tuple(r) for r in json.loads(proc.stdout.strip().splitlines()[-1])]
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ is all that RobustBench's format and leaderboard look at. The weights are a rand
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import timm
@@ -42,3 +44,25 @@ def make_run(folder: Path, record: RunRecord | None = None, **kw) -> Path:
     record.write(folder)
     (folder / "recipe.yaml").write_text("model:\n  name: resnet50.a1_in1k\n")
     return folder
+
+
+RUNNER = """
+import contextlib, io, json, sys
+from robustify.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    results.append([code, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def cli(env: dict[str, str], *commands: list[str]) -> list[tuple[int, str, str]]:
+    """Run each command with ``robustify.cli.main`` in one fresh interpreter (huggingface_hub reads HF_ENDPOINT at
+    import time, so the Hub client must start in a process whose environment points at the local server)."""
+    proc = subprocess.run([sys.executable, "-c", RUNNER, json.dumps([list(c) for c in commands])], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [tuple(r) for r in json.loads(proc.stdout.strip().splitlines()[-1])]
