@@ -74,9 +74,8 @@ from .hardware import (
 )
 from .methods import Method, StepContext, build_method
 from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, register_custom_hook, step_autocast
-from .sign_hook import ERROR_PREFIX as COMM_ERROR_PREFIX
-from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, step_autocast
 from .schedules import warmup_for_scaled_lr
+from .sign_hook import ERROR_PREFIX as COMM_ERROR_PREFIX
 
 
 def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_dir: str | None = None) -> Accelerator:
@@ -317,13 +316,12 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
                                lr=lr)
     stepper.after_step = (lambda: average.update(raw)) if average is not None else None
-    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator),
-                      awp=awp_mod.build(cfg, raw))
-    stepper.after_backward = ctx.awp.restore if ctx.awp is not None else None
     # a peak lr scaled up for a large global batch reaches its peak gradually (schedules.warmup_for_scaled_lr)
     stepper.schedule, warmup = warmup_for_scaled_lr(stepper.schedule, lr / cfg.schedule.lr if cfg.schedule.lr else 1.0,
                                                     epochs)
-    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator))
+    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator),
+                      awp=awp_mod.build(cfg, raw))
+    stepper.after_backward = ctx.awp.restore if ctx.awp is not None else None
     run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
               ctx, epochs, lr, loaders.eval_examples())
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
