@@ -284,8 +284,7 @@ def test_aliases_load_the_real_hub_ids_from_a_local_hub(tmp_path: Path):
         c100 = get_dataset("cifar100", "test")
         out["cifar100"] = [c100.features["label"].num_classes, c100.column_names]
         out["coarse"] = get_dataset("cifar100", "train", label_column="coarse_label").features["label"].num_classes
-        # (map-style: the test server ignores HTTP Range requests, which streaming parquet needs; streaming itself
-        # is tested on local parquet files)
+        # (map-style here; streaming from this server over HTTP, with Range requests, is tests/test_data_scale.py)
         val = get_dataset("imagenet-1k", "validation")
         out["imagenet_val"] = [val[0]["image"].size, val.features["label"].num_classes]
         try:
