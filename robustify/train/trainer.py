@@ -46,6 +46,7 @@ from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from . import ema as ema_mod
 from .checkpoint import (
+    CHECKPOINTS,
     STATE_FILE,
     BestWeights,
     StopSignal,
@@ -455,6 +456,35 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
     return metrics
 
 
+def agreed_resume_point(run_dir: Path, resume: bool, accelerator: Accelerator) -> Path | None:
+    """The checkpoint every process resumes from: each process's newest one, which must be the same everywhere.
+
+    Each process looks in its own file system (nodes without a shared disk each hold their own copy of the run
+    folder), so the names are gathered and compared; nodes that disagree (one was killed before its last
+    checkpoint was renamed into place, or a node lacks the checkpoints) are refused in one line rather than
+    resumed into mismatched states and collectives."""
+    mine = checkpoint_dirs(run_dir)[-1].name if resume and checkpoint_dirs(run_dir) else None
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        with stage("agreeing on the checkpoint to resume from"):
+            names = gather_object([mine])
+        if len(set(names)) > 1:
+            listed = ", ".join(f"process {i}: {n or 'none'}" for i, n in enumerate(names))
+            raise UserError(f"--resume: the processes' newest checkpoints in {run_dir} differ ({listed}); copy the "
+                            "run folder of the node with the newest complete checkpoint to the others (or set "
+                            "train.save_on_each_node=true for nodes without a shared disk) and resume again")
+    return run_dir / CHECKPOINTS / mine if mine else None
+
+
+def writes_run_files(accelerator: Accelerator) -> bool:
+    """Whether this process writes the run's own files (recipe.yaml): the main process, or with
+    ``train.save_on_each_node`` each node's local main process (as for checkpoints)."""
+    if accelerator.project_configuration.save_on_each_node:
+        return accelerator.is_local_main_process
+    return accelerator.is_main_process
+
+
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     """Adversarially fine-tune ``cfg.model`` on ``cfg.data``, stage after stage; returns metrics.json's content.
 
@@ -465,7 +495,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     accelerator, run_dir, cfg = start(cfg, resume)
     stages = expand_stages(cfg)  # after start(): 'auto' precision and layout are resolved for every stage
     state, best = TrainState(), BestWeights()
-    resume_from = checkpoint_dirs(run_dir)[-1] if resume and checkpoint_dirs(run_dir) else None
+    resume_from = agreed_resume_point(run_dir, resume, accelerator)
     if resume_from is not None:
         state.stage = TrainState.from_json(json.loads((resume_from / STATE_FILE).read_text())).stage
     base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
@@ -480,9 +510,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
             run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from)
             run.stage_name = name if len(stages) > 1 else ""
-            if not checkpoint_dirs(run_dir) and accelerator.is_main_process:
+            if not checkpoint_dirs(run_dir) and writes_run_files(accelerator):
                 # a new run (or one stopped before its first checkpoint, which starts over), written only once the
-                # model and data loaded, so a mistake in either leaves nothing behind
+                # model and data loaded, so a mistake in either leaves nothing behind; with save_on_each_node by
+                # every node's local main process, so a node without a shared disk resumes with the run's recipe
                 atomic_write_text(run_dir / "recipe.yaml", dump_yaml(cfg))
             accelerator.wait_for_everyone()
             resume_from = None
