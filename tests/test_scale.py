@@ -506,3 +506,26 @@ def test_the_runs_first_line_says_how_a_scaled_lr_warms_up(tmp_path: Path, capsy
     first = capsys.readouterr().out.strip().splitlines()[0]
     assert "peak lr 0.4 (scaled linear" in first and "warm-up added: the x8 lr rises linearly" in first
     assert run.stepper.schedule(0.0) == pytest.approx(1 / 8)
+
+
+# ------------------------------------------------------------------------------------- nodes without a shared disk
+def test_nodes_whose_checkpoints_differ_are_refused_in_one_line(tmp_path: Path):
+    """Two single-process "nodes" (torchrun --nnodes 2), each with its own run folder behind the same relative path
+    (no shared disk): node 1's newest checkpoint is older than node 0's, as when a node was killed before renaming
+    its last one into place. Resuming must refuse on every node in one line, not load mismatched states."""
+    from tests.helpers import fake_checkpoint
+
+    for node, progress in ((0, 20), (1, 10)):
+        fake_checkpoint(tmp_path / f"node{node}" / "run", progress)
+    port = str(free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", port,
+                               "-m", "robustify", "finetune", "--output-dir", "run", "--resume",
+                               "--set", "train.save_on_each_node=true"],
+                              cwd=tmp_path / f"node{node}", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for node in (0, 1)]
+    errs = [p.communicate(timeout=400)[1] for p in procs]
+    for err in errs:
+        line = next(ln for ln in err.splitlines() if ln.startswith("robustify: error:"))
+        assert "newest checkpoints in run differ (process 0: ckpt_000000020, process 1: ckpt_000000010)" in line, err

@@ -49,6 +49,7 @@ from . import ema as ema_mod
 from . import eps_warmup, local_sgd, pseudo_labels
 from . import freeze as freeze_mod
 from .checkpoint import (
+    CHECKPOINTS,
     STATE_FILE,
     BestWeights,
     StopSignal,
@@ -541,6 +542,33 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
         atomic_write_json(run_dir / "history.json", history)
     except Exception as e:  # noqa: BLE001 - only a full disk or a read-only folder becomes one line
         raise write_failed(e, run_dir, "the run's history (history.png, history.json)") from None
+def agreed_resume_point(run_dir: Path, resume: bool, accelerator: Accelerator) -> Path | None:
+    """The checkpoint every process resumes from: each process's newest one, which must be the same everywhere.
+
+    Each process looks in its own file system (nodes without a shared disk each hold their own copy of the run
+    folder), so the names are gathered and compared; nodes that disagree (one was killed before its last
+    checkpoint was renamed into place, or a node lacks the checkpoints) are refused in one line rather than
+    resumed into mismatched states and collectives."""
+    mine = checkpoint_dirs(run_dir)[-1].name if resume and checkpoint_dirs(run_dir) else None
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        with stage("agreeing on the checkpoint to resume from"):
+            names = gather_object([mine])
+        if len(set(names)) > 1:
+            listed = ", ".join(f"process {i}: {n or 'none'}" for i, n in enumerate(names))
+            raise UserError(f"--resume: the processes' newest checkpoints in {run_dir} differ ({listed}); copy the "
+                            "run folder of the node with the newest complete checkpoint to the others (or set "
+                            "train.save_on_each_node=true for nodes without a shared disk) and resume again")
+    return run_dir / CHECKPOINTS / mine if mine else None
+
+
+def writes_run_files(accelerator: Accelerator) -> bool:
+    """Whether this process writes the run's own files (recipe.yaml): the main process, or with
+    ``train.save_on_each_node`` each node's local main process (as for checkpoints)."""
+    if accelerator.project_configuration.save_on_each_node:
+        return accelerator.is_local_main_process
+    return accelerator.is_main_process
 
 
 def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
@@ -555,6 +583,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     state, best = TrainState(), BestWeights()
     resume_from = resume_checkpoint(accelerator, run_dir, cfg) if resume and checkpoint_dirs(run_dir) else None
     saved_fingerprint, resumed_from = None, resume_from
+    resume_from = agreed_resume_point(run_dir, resume, accelerator)
     if resume_from is not None:
         saved = TrainState.from_json(json.loads((resume_from / STATE_FILE).read_text()))
         state.stage, saved_fingerprint = saved.stage, saved.fingerprint
@@ -574,8 +603,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 check_same_data(resumed_from, saved_fingerprint, stage_cfg, run.loaders)
             state.fingerprint = run_fingerprint(cfg, run.loaders)  # stored in every checkpoint from here on
             if not checkpoint_dirs(run_dir) and accelerator.is_main_process:
+            if not checkpoint_dirs(run_dir) and writes_run_files(accelerator):
                 # a new run (or one stopped before its first checkpoint, which starts over), written only once the
-                # model and data loaded, so a mistake in either leaves nothing behind
+                # model and data loaded, so a mistake in either leaves nothing behind; with save_on_each_node by
+                # every node's local main process, so a node without a shared disk resumes with the run's recipe
                 atomic_write_text(run_dir / "recipe.yaml", dump_yaml(cfg))
             accelerator.wait_for_everyone()
             resume_from = None
