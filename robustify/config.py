@@ -450,7 +450,8 @@ def _validate_local_sgd(cfg: FinetuneConfig) -> None:
                           "between model averages), or null to switch local SGD off")
     clash = {"train.grad_accum": (cfg.train.grad_accum, 1), "train.grad_compression": (cfg.train.grad_compression,
                                                                                        "none"),
-             "train.checkpoint_every": (cfg.train.checkpoint_every, None)}
+             "train.checkpoint_every": (cfg.train.checkpoint_every, None),
+             "train.ema": (cfg.train.ema, False)}  # a per-process weight average would drift between averages
     for key, (value, off) in clash.items():
         if value != off:
             raise ConfigError(f"train.local_sgd_steps={k} with {key}={value!r} is not accepted: local SGD sends no "

@@ -78,5 +78,6 @@ def test_projection_and_gradient_step_shapes():
     assert (attacks.project(delta, 0.5, "L2").flatten(1).norm(dim=1) <= 0.5 + 1e-6).all()
     step = attacks.gradient_step(torch.zeros(2, 3, 4, 4), torch.randn(2, 3, 4, 4), 0.2, "L2")
     assert torch.allclose(step.flatten(1).norm(dim=1), torch.full((2,), 0.2), atol=1e-6)
+    assert (attacks.project(delta, 2.0, "L1").flatten(1).double().abs().sum(1) <= 2.0 * (1 + 1e-6)).all()
     with pytest.raises(ValueError, match="norm"):
-        attacks.project(delta, 0.1, "L1")
+        attacks.project(delta, 0.1, "L0")
