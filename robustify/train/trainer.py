@@ -581,9 +581,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     accelerator, run_dir, cfg = start(cfg, resume)
     stages = expand_stages(cfg)  # after start(): 'auto' precision and layout are resolved for every stage
     state, best = TrainState(), BestWeights()
-    resume_from = resume_checkpoint(accelerator, run_dir, cfg) if resume and checkpoint_dirs(run_dir) else None
-    saved_fingerprint, resumed_from = None, resume_from
+    # every process (node) must hold the same newest checkpoint; the main process then verifies it (falling back to
+    # the older intact one if it is damaged) and checks it was made by this recipe, and every process follows
     resume_from = agreed_resume_point(run_dir, resume, accelerator)
+    if resume_from is not None:
+        resume_from = resume_checkpoint(accelerator, run_dir, cfg)
+    saved_fingerprint, resumed_from = None, resume_from
     if resume_from is not None:
         saved = TrainState.from_json(json.loads((resume_from / STATE_FILE).read_text()))
         state.stage, saved_fingerprint = saved.stage, saved.fingerprint
@@ -602,7 +605,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             if resume_from is not None:  # the checkpoint's data must be this data (sizes, held-out probe)
                 check_same_data(resumed_from, saved_fingerprint, stage_cfg, run.loaders)
             state.fingerprint = run_fingerprint(cfg, run.loaders)  # stored in every checkpoint from here on
-            if not checkpoint_dirs(run_dir) and accelerator.is_main_process:
             if not checkpoint_dirs(run_dir) and writes_run_files(accelerator):
                 # a new run (or one stopped before its first checkpoint, which starts over), written only once the
                 # model and data loaded, so a mistake in either leaves nothing behind; with save_on_each_node by
