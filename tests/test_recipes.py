@@ -40,7 +40,7 @@ def standin_data(tmp_path_factory) -> dict[str, list[str]]:
         "cifar100": [f"data.name=disk:{root / 'cifar100'}", "data.image_column=img",
                      "data.label_column=fine_label", "data.image_size=48"],
         "imagenet-1k": [f"data.name=parquet:{root / 'imagenet'}", "data.image_size=32"],
-        "quickstart": [],  # the bundled data (quickstart-lp-ft)
+        "quickstart": ["data.image_size=32"],  # the bundled data (quickstart-lp-ft), at its own 32 px
     }
 
 
