@@ -124,3 +124,28 @@ def test_quickstart_with_sign_compression_on_two_processes_stays_in_sync_and_rob
     n_params = 0.37e6
     assert m["cost"]["comm_bytes_per_step"] < 0.3 * 4 * n_params * 1.1  # about a quarter of fp32's 4 per element
     assert m["after"]["pgd_acc"] > m["before"]["pgd_acc"] + 0.2, (m["before"], m["after"])
+
+
+def test_sign_compression_resumes_exactly_with_each_process_error_memory(tmp_path: Path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    sets = ["--set", "train.grad_compression=sign", "--set", "data.max_train_examples=256", "--set",
+            "eval.n_examples=16", "--set", "eval.pgd_steps=1", "--set", "train.probe_size=16", "--set",
+            "train.probe_steps=1", "--set", "data.batch_size=32", "--set", "train.probe_split=train",
+            "--set", "train.select=last"]
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    for args in (["--output-dir", str(whole)], ["--output-dir", str(split), "--set", "train.stop_after=1"],
+                 ["--output-dir", str(split), "--resume", "--set", "train.stop_after=null"]):
+        res = _torchrun(["-m", "robustify", "finetune", "--epochs", "2", *args, *sets], tmp_path)
+        assert res.returncode == 0, res.stderr[-3000:]
+        if "--resume" not in args and split in [Path(a) for a in args if a.startswith("/")]:
+            (ckpt,) = sorted((split / "checkpoints").glob("ckpt_*"))[-1:]
+            memories = []
+            for rank in (0, 1):  # each process saved its own error memory
+                with safe_open(str(ckpt / f"method_rank{rank}.safetensors"), framework="pt") as f:
+                    memories.append({k: f.get_tensor(k) for k in f.keys() if k.startswith("comm_error.")})  # noqa: SIM118
+            assert memories[0] and memories[0].keys() == memories[1].keys()
+            assert any(not memories[0][k].equal(memories[1][k]) for k in memories[0])
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(split / "model.safetensors"))
+    assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)  # bit-identical weights

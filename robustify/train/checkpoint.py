@@ -181,7 +181,8 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, best: BestWeights,
     if path.is_file():
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
+        where = "cpu" if torch.device(device).type == "cpu" else str(device)  # safetensors refuses "cpu:0"
+        with safe_open(str(path), framework="pt", device=where) as f:
             method_state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
             method_state.update({k: json.loads(v) for k, v in (f.metadata() or {}).items()})
     return state, method_state
