@@ -60,7 +60,7 @@ DRIVER = textwrap.dedent("""
             GradientState._reset_state()
             with open(sys.argv[2], "a") as f:  # one line per command: a slow machine's partial results survive
                 f.write(json.dumps({"case": case["name"], "command": name, "rc": rc, "stdout": out.getvalue(),
-                                    "stderr": err.getvalue()}) + "\n")
+                                    "stderr": err.getvalue()}) + "\\n")
 """)
 
 
