@@ -171,7 +171,7 @@ def test_second_push_replaces_the_card(pushed: dict, hub: LocalHub, tmp_path: Pa
     before_readme, n_commits = hub.repo_files(REPO)["README.md"], len(hub.commits(REPO))
     run = copy_run(pushed["run"], tmp_path / "run")
     shutil.copy(run / "history.png", run / "eps_curve.png")  # as the evaluation adds one
-    (run / "eval.json").write_text(json.dumps({"note": "written by robustify eval"}))
+    _write_eval(run, {"note": "written by robustify eval"})
     proc = robustify_cli(hub, tmp_path / "home", "push", str(run), "--repo-id", REPO)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"pushed {REPO} (main) in one commit")  # not "created"
@@ -184,11 +184,21 @@ def test_second_push_replaces_the_card(pushed: dict, hub: LocalHub, tmp_path: Pa
     assert b"eps_curve.png" not in before_readme
 
 
+def _write_eval(run: Path, report: dict) -> None:
+    """An eval.json as ``robustify eval`` leaves it: named (sha256) by the run's sealed record, so push publishes it."""
+    import hashlib
+
+    (run / "eval.json").write_text(json.dumps(report))
+    record = RunRecord.read(run)
+    record.eval_sha256 = hashlib.sha256((run / "eval.json").read_bytes()).hexdigest()
+    record.write(run)
+
+
 def test_failed_upload_leaves_the_remote_as_it_was(pushed: dict, hub: LocalHub, tmp_path: Path) -> None:
     assert pushed["proc"].returncode == 0
     files, commits = hub.repo_files(REPO), [c.id for c in hub.commits(REPO)]
     run = copy_run(pushed["run"], tmp_path / "run")
-    (run / "eval.json").write_text(json.dumps({"note": "changed"}))  # a push that would change the repo
+    _write_eval(run, {"note": "changed"})  # a push that would change the repo
     hub.fail_next("commit", status=500)  # after the weights went up through LFS, the commit itself fails
     proc = robustify_cli(hub, tmp_path / "home", "push", str(run), "--repo-id", REPO)
     assert proc.returncode == 1
@@ -292,12 +302,12 @@ def test_push_refuses_a_file_that_still_holds_a_local_path(quickstart_run: Path,
     history[0]["note"] = f"resumed from {run}/checkpoints/epoch_001"  # free text: redacted on the way out
     (run / "history.json").write_text(json.dumps(history))
     info = PngImagePlugin.PngInfo()
-    info.add_text("Source", f"{run}/make_plot.py")  # a plot is uploaded as it is: the scan must catch this
-    with Image.open(run / "history.png") as im:
-        im.save(run / "history.png", pnginfo=info)
+    info.add_text("Source", f"{run}/make_plot.py")  # a plot of the user's is uploaded as it is: the scan must catch
+    with Image.open(run / "history.png") as im:  # this (history.png itself is drawn again from the record)
+        im.save(run / "extra.png", pnginfo=info)
     proc = robustify_cli(hub, tmp_path / "home", "push", str(run), "--repo-id", "robustify/leaky")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "refusing to push: history.png would publish a local path" in proc.stderr
+    assert "refusing to push: extra.png would publish a local path" in proc.stderr
     assert "Traceback" not in proc.stderr
     with pytest.raises(urllib.error.HTTPError):  # nothing was created
         urllib.request.urlopen(f"{hub.url}/api/models/robustify/leaky", timeout=10)
