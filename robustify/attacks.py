@@ -17,6 +17,9 @@ ascent step spends its budget only on the top ``L1_SPARSITY`` share of the coord
 gradient's direction (the sparse steepest-ascent step of L1-APGD, with a fixed sparsity instead of its adaptive one).
 Both are written here because no maintained library exposes them as tensor functions (pyautoattack keeps its
 projection inside APGD, and its results are checked against a brute-force solution in tests/test_l1.py).
+
+Must not: take weight gradients (attacks differentiate w.r.t. the input only), sync with the host in a step, or know
+about models, data or training.
 """
 
 from __future__ import annotations

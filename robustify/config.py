@@ -3,6 +3,8 @@
 A recipe is a YAML file whose sections mirror :class:`FinetuneConfig`. The command line only ever *overrides* a
 recipe, so every run is fully described by the resolved config that ``finetune`` writes as ``recipe.yaml``.
 Numbers that are pixel magnitudes (eps, alpha) accept fractions such as ``8/255``.
+
+Must not: import a registry or a wing at module level (the owners in SECTION_OWNERS validate their own sections).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ processes ``accelerate launch`` would start, free disk where the run and the cac
 (through the proxy huggingface_hub would use) and whether a gated data set is open to the current token. It only
 reads: it never downloads a model or data, never writes a file, and never prints or stores the token (only where
 it comes from). Exit status 0 when nothing blocks a run, 1 when something does (a ``fail`` row).
+
+Must not: change anything or print a token: it only reads the environment and reports.
 """
 
 from __future__ import annotations

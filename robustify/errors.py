@@ -3,6 +3,8 @@
 A :class:`UserError` is a mistake in what the user asked for (a bad flag, a missing folder, an unknown model).
 The CLI prints its message on one line and exits with status 2, without a traceback; anything else is a bug and
 keeps its traceback.
+
+Must not: import anything of robustify's.
 """
 
 from __future__ import annotations

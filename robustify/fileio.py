@@ -1,5 +1,8 @@
 """Crash-safe writes: everything robustify writes goes to a temporary file first and is renamed into place, so an
-interrupted run never leaves a half-written checkpoint, metrics file or model folder behind."""
+interrupted run never leaves a half-written checkpoint, metrics file or model folder behind.
+
+Must not: leave a half-written file behind, or know what the files mean.
+"""
 
 from __future__ import annotations
 

@@ -30,6 +30,8 @@ does so where it helps and changes nothing else:
 The input gradient it returns is the same quantity computed in a different order: it agrees with oneDNN's to float
 rounding (~1e-5 relative; ``tests/test_input_grad.py``). This is hand-written because no library offers it: it is a
 kernel choice for one layer, not a feature of timm or PyTorch.
+
+Must not: change a model's parameters, state_dict or forward result.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ look for it), so plain ``timm.create_model`` loads robustify's weights.
 
 Every model spec goes through ``timm.create_model``: plain names, ``hf-hub:ORG/NAME``, ``local-dir:PATH`` and run
 folders (which are ``local-dir:`` folders), so there is one code path for the Hub and for local files.
+
+Must not: train, evaluate or write run folders.
 """
 
 from __future__ import annotations

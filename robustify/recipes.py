@@ -8,6 +8,8 @@ passes (the method's own ``passes_per_batch``), plus the evaluation before and a
 H100-hours are an *estimate* from assumed training throughputs (:data:`THROUGHPUT`, images/s for one
 forward+backward pass per image on one H100 in bf16 at 224 px, scaled by pixel count to other resolutions). They
 are not measurements: replace them with ``robustify bench`` on your GPU (``--set`` the same model and image size).
+
+Must not: train or write anything (the dry-run only reads and plans).
 """
 
 from __future__ import annotations

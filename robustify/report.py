@@ -3,6 +3,8 @@
 Also how every robustify table meets a narrow terminal or a pipe (:class:`Listing`, :func:`output_console`): the
 name column is never wrapped or cut, the least important columns are left out first, and a pipe gets a fixed width,
 so ``robustify recipes | grep cifar10`` sees whole names. It must not compute results: it only lays them out.
+
+Must not: compute results: it only renders what it is given.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 Owned here (below the wings) so the run lock, the trainer and the evaluation agree on it; it reads names only and
 never opens a checkpoint (loading one is the train wing's job).
+
+Must not: open or load a checkpoint (the train wing's job).
 """
 
 from __future__ import annotations

@@ -23,6 +23,8 @@ A run killed before its first checkpoint leaves only ``recipe.yaml`` (and maybe 
 treated as empty, so the same command can simply be started again, and ``--resume`` starts it from scratch.
 Temporary files a killed run leaves (``.export-*``, ``.*.tmp``, ``checkpoints/.tmp_*``) are removed on the next start,
 once the lock shows that no live run is writing them.
+
+Must not: delete a user's files: it removes only robustify's own temporaries.
 """
 
 from __future__ import annotations

@@ -1,3 +1,6 @@
-"""The package version, in one place (read by the facade, the command and every report)."""
+"""The package version, in one place (read by the facade, the command and every report).
+
+Must not: import anything.
+"""
 
 __version__ = "0.1.0"

@@ -100,7 +100,7 @@ def test_recipes_command_in_a_pipe_greps_whole_lines():
     assert len(hits) == len(expected)  # one whole line per recipe
     for name in expected:
         line = next(ln for ln in hits if f"│ {name} " in ln)
-        assert "Linf 8/255 @32px" in line and "not yet measured" in line  # the whole row, not a fragment
+        assert "@32px" in line and "not yet measured" in line  # the whole row, not a fragment
     assert re.search(r"^\[1\] Reference", res.stdout, re.M)  # the notes the expected cells point to
 
 
@@ -116,7 +116,7 @@ def test_cli_tables_at_80_columns(rows: list[dict], monkeypatch, capsys):
     out = capsys.readouterr().out.splitlines()
     assert max(len(ln) for ln in out) <= 80
     for e in zoo.load_zoo():
-        assert len(row_lines(out, e.name + (" (demo)" if e.demo else ""))) == 1
+        assert len(row_lines(out, e.name + (" (demo)" if e.demo else " (imported)" if e.imported else ""))) == 1
 
 
 # ------------------------------------------------------------------------------------------------ --json

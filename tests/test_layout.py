@@ -104,7 +104,11 @@ def test_the_checker_sees_cycles_and_function_level_imports() -> None:
     assert {"robustify.train.trainer", "robustify.evaluate.report"} <= imports_of("robustify.cli")
 
 
-def test_every_module_says_what_it_owns() -> None:
+def test_every_module_says_what_it_owns_and_must_not_do() -> None:
     missing = [m for m, p in MODULES.items() if not ast.get_docstring(ast.parse(p.read_text()))
                and m != "robustify.__main__"]
     assert not missing, f"modules without a docstring: {missing}"
+    # package __init__ files say what their wing may import instead
+    silent = [m for m, p in MODULES.items() if p.name not in ("__init__.py", "__main__.py")
+              and "Must not:" not in (ast.get_docstring(ast.parse(p.read_text())) or "")]
+    assert not silent, f"modules whose docstring does not say what they must not do: {silent}"

@@ -11,6 +11,8 @@ training.
 
 Only ``get_dataset`` and timm's transforms are used, so this measures the decode + augment cost whatever loader the
 data module builds around it (map-style, cached, or streaming).
+
+Must not: change what the model sees (it measures the pipelines as they are).
 """
 
 from __future__ import annotations

@@ -27,6 +27,8 @@ time the step itself computed).
 
 Why hand-written peers: the point is to compare step *code* on identical work; an external benchmark suite would
 bring its own models and data pipelines.
+
+Must not: give a peer a worse setup than robustify's own (same model, data and untimed warm-up).
 """
 
 from __future__ import annotations

@@ -20,6 +20,8 @@ pipeline; on CPU the host clock is the device clock. The reported time is the me
 
 Cost relative to ``natural`` is given per minibatch and per fine-tuning run of E epochs: free-m replays every
 minibatch m times (m passes, m optimizer steps) but runs ceil(E/m) epochs, so its per-run cost is about natural's.
+
+Must not: time anything in the test suite, or time code other than the trainer's own step.
 """
 
 from __future__ import annotations

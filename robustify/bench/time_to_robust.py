@@ -30,6 +30,8 @@ Each epoch runs the trainer's step code itself (:func:`robustify.bench.steps.met
 :class:`~robustify.train.optim.OptimizerStepper`, Accelerate), on minibatches drawn like the trainer's (shuffled each
 epoch, last short batch dropped). The data come through :func:`robustify.data.get_dataset` and are decoded once
 here, so the loop's coupling to the data module is that one function.
+
+Must not: report a ratio without the budgets that failed.
 """
 
 from __future__ import annotations

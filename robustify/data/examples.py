@@ -2,6 +2,8 @@
 
 Owned here, below evaluation and training, because the loaders build it and the evaluation wing attacks it; it
 holds tensors and their provenance only, never a model or an attack.
+
+Must not: hold a model or an attack.
 """
 
 from __future__ import annotations

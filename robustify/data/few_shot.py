@@ -6,6 +6,8 @@ a pure function of (the labels, K, seed), so every process and every resumed run
 *after* the held-out probe is taken out, so the probe stays disjoint from training. Written here because
 ``datasets`` has no per-class sampler (``train_test_split(stratify_by_column=...)`` keeps proportions, not a fixed
 count per class).
+
+Must not: look at evaluation or probe rows.
 """
 
 from __future__ import annotations

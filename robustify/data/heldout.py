@@ -7,6 +7,8 @@ examples of a seeded permutation of the training split. The split is a pure func
 probe_size, seed), so every process and every resumed run computes the same one, and :func:`record` gives what
 the run folder stores about it. ``datasets.Dataset.train_test_split`` would do the shuffling too, but it returns
 copies of the data rather than the indices that the record and the disjointness check need.
+
+Must not: depend on the world size or the process count (the same rows everywhere).
 """
 
 from __future__ import annotations

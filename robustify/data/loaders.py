@@ -14,6 +14,8 @@ Three ways to serve training batches, chosen by :func:`build_loaders`:
 Every path follows one order rule, so that a resumed epoch is bit-identical to an uninterrupted one: the order is a
 pure function of (seed, epoch, rank, world_size) (streaming: and the processes per node), and each example's random
 augmentation is seeded from (seed, epoch, example) — never from a worker's or the process's RNG.
+
+Must not: hold more decoded batches than its bound, or give processes different batch counts.
 """
 
 from __future__ import annotations

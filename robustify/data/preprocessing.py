@@ -8,6 +8,8 @@ The transforms themselves are timm's (``create_transform`` with identity mean/st
 model). Written by hand here: the conversion of odd image modes (16-bit, float, palette) to RGB, which PIL's
 ``convert("RGB")`` gets wrong for 16-bit images (it clips instead of scaling), and the seeded per-example
 flip-and-crop, whose randomness must be a pure function of (seed, epoch, example) for exact resumption.
+
+Must not: differ between training, probe, evaluation and export.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ Downloads go through ``huggingface_hub.hf_hub_download`` into the HF hub cache (
 tool on the machine, and safe when the processes of a node ask for the same shard at once (the client's file lock).
 Shards are downloaded lazily, when a process first opens them (the next window downloads in the background while the
 current one trains), so the first epoch overlaps the download with training; later epochs read only from disk.
+
+Must not: download a shard twice per node, or leave a partial file in the cache.
 """
 
 from __future__ import annotations

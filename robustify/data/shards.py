@@ -24,6 +24,8 @@ The rules (see docs/data-at-scale.md):
   the epoch is (window, offset): a resumed run skips the finished windows without opening them.
 - **Row identity.** A row is (shard, row in shard); its global id (the shard's offset plus the row) seeds its
   augmentation, so an example is augmented identically at every world size.
+
+Must not: read any data: it only decides which shard goes where.
 """
 
 from __future__ import annotations

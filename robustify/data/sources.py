@@ -22,6 +22,8 @@ Arrays (npz) and images are checked before training: labels must be integers in 
 ImageNet's unlabelled test split, floats and one-hot rows are refused with one line saying what is accepted); images
 of any common layout (N,H,W), (N,H,W,1|3|4), NCHW, uint8/uint16/float are converted to 8-bit RGB; unreadable image
 files in an image folder are skipped with a count, before the first epoch.
+
+Must not: decode images for training (the loaders do) or reach the network outside datasets/huggingface_hub.
 """
 
 from __future__ import annotations

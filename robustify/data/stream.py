@@ -20,6 +20,8 @@ the shards' metadata and (seed, epoch, rank, world size).
   resumed epoch would differ from the uninterrupted one. Here the position in an epoch is (window, offset), a pure
   function of the minibatch the trainer checkpointed, so a resumed epoch skips the finished windows without opening
   them and is bit-identical.
+
+Must not: read a shard another process of the node is assigned, or re-read rows already trained on.
 """
 
 from __future__ import annotations

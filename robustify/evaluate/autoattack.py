@@ -14,6 +14,8 @@ comparable with RobustBench.
 
 ``norm="L1"`` (Croce & Hein 2021) runs the L1 versions of the same four attacks with AutoAttack's own L1 settings
 (APGD's large-eps schedule, 5 restarts of APGD-CE, 5 targets for APGD-T), as RobustBench's L1 leaderboard does.
+
+Must not: change the attack's settings behind the user's back (a non-standard version is named so).
 """
 
 from __future__ import annotations

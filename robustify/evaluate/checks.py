@@ -12,6 +12,8 @@ A defence that hides or scrambles its gradients looks robust to gradient-based a
 Each check returns ``pass``, ``warn`` (worth a look, not evidence of masking), ``fail`` or ``skipped`` (the attack it
 needs was not run). The evaluation "passes" when nothing fails. Thresholds allow for sampling noise: a difference
 smaller than ``max(2 / n, 0.5%)`` is never reported.
+
+Must not: change a result: checks only flag gradient masking.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ group's timeout becomes a one-line :class:`CollectiveTimeout` naming the stage, 
 
 This module owns the stage names, the timeout error and the buffer broadcast (BatchNorm running statistics, which
 DDP broadcasts only at the next training forward). It must not decide *what* is evaluated or trained.
+
+Must not: skip a collective on some process (every process reaches every one, in order).
 """
 
 from __future__ import annotations

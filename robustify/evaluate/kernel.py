@@ -6,6 +6,8 @@ restart and loss, and PGD counts an example as broken if *any* iterate fools the
 computed anyway), which is strictly stronger than looking at the last iterate, at no extra cost. Inner attack loops
 never synchronise with the host; between restarts the examples already broken are dropped (one synchronisation per
 restart).
+
+Must not: run in reduced precision or TF32, or leave a collective to only some processes.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ Examples are the first ``n_examples`` of the split (RobustBench's first-N conven
 input size; the subset is recorded with a hash. Randomness comes from generators seeded with ``seed``, so a run is
 reproducible. Inner attack loops never synchronise with the host; between PGD restarts the examples already broken
 are dropped (one synchronisation per restart), which is where most of the saving on robust models comes from.
+
+Must not: store a result that was not measured on exactly the weights the record names.
 """
 
 from __future__ import annotations

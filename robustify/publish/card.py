@@ -14,6 +14,8 @@ plain timm (pixels in [0,1], normalized by the caller).
 
 Units: ``model-index`` values are fractions in [0,1], as in metrics.json; the ``robustbench`` block uses percent, as
 RobustBench does.
+
+Must not: state a number that is not in the run's record.
 """
 
 from __future__ import annotations

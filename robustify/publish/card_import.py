@@ -5,6 +5,8 @@ been checked against real published files), then the threat model the weights we
 published numbers, each labelled with who reported it and on what protocol: "reported by ..., not measured here".
 When ``robustify eval`` has measured the folder (its ``eval.json``), both are shown side by side. It must not
 present a reported number as a measurement.
+
+Must not: present a published number as measured here.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ loads the robust weights without robustify. ``config.json`` also carries the ``r
 ``metrics.json`` the results, both rendered from the run's record (:mod:`robustify.publish.runrecord`), as is the card.
 Everything is written into a temporary folder beside the run folder and renamed into place file by file, readable
 by everyone (0644) like any other file the run writes.
+
+Must not: write anything but the run's record and its weights, or leave a half-written folder.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ user trusts them explicitly, checks that the model loads with timm, and prints h
 
 The token comes from wherever ``huggingface_hub`` finds it (``HF_TOKEN``, ``hf auth login``); it is passed to the
 client and never printed or written (error messages are scrubbed of it, in case a server echoes it).
+
+Must not: publish weights that are not the ones the record names, or print or store a token.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ a commit), a pickle is opened only after ``--trust-pickle`` and only through the
 and the written folder, loaded back through ``timm.create_model("local-dir:...")``, gives the same logits as the
 converted model on random inputs. Everything is written into a temporary folder beside the target and renamed into
 place at the end, so a failure leaves nothing behind. It must not evaluate robustness (``robustify eval`` does).
+
+Must not: write a folder whose logits differ from the source layout, or keep a pickle.
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ with only the file or folder's own name: ``local npz data set (digits.npz)``, ``
 :func:`local_traces` is the defensive check ``robustify push`` runs on every byte it is about to upload: absolute
 paths, the home folder, the user name (as a path component), the host name and the token. It is a plain regex
 scan written here because no library offers "find this machine's identity in a document".
+
+Must not: let a local path, user or host name or token leave the machine.
 """
 
 from __future__ import annotations

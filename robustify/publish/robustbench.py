@@ -12,6 +12,8 @@ The leaderboard is the same files, fetched through GitHub's contents API at the 
 ``ROBUSTIFY_CACHE_DIR`` (default ``~/.cache/robustify``)/robustbench; offline, the cache is used, or nothing (one
 line). Hand-written on ``urllib``: RobustBench's own package fetches model weights, not the board, and pulls in a
 large dependency tree for this. This module must not evaluate models.
+
+Must not: write model_info from anything but the standard AutoAttack on RobustBench's protocol.
 """
 
 from __future__ import annotations

@@ -18,6 +18,8 @@ standard one (its number is stored as ``autoattack_quick_acc``, never as ``autoa
 lowest robust accuracy any evaluation found on those examples.
 
 Every name stored here is public (see :mod:`robustify.publish.public`): the record is built to be published.
+
+Must not: hold a local path or a private name (everything here may be published).
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ attacks perturb at, ...) plus where the weights live (``hub_id``) and the recipe
 ``robustify zoo show NAME`` can say both how to load a model and how to make it again. :func:`entry_from_record`
 renders an entry from a run's record, so an entry says exactly what the card says. Files are parsed with
 ``yaml.safe_load`` and checked against :class:`ZooEntry`; a mistake names the file and the field.
+
+Must not: list a number without its source.
 """
 
 from __future__ import annotations

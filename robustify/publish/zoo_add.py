@@ -7,6 +7,8 @@ commit (the card's ``robustbench`` block, config.json's ``robustness`` block, th
 mismatch (a stale push, another run pushed to the same repo) is one line and nothing is written. A check is a
 function ``(run, published) -> None | str`` (the mismatch), so further checks (e.g. a sha256 of the weights once
 the run record carries one) are one more entry in the list. This module must not push or change the repo.
+
+Must not: write an entry whose published card, config or weights differ from the run.
 """
 
 from __future__ import annotations

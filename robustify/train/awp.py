@@ -18,6 +18,8 @@ statistics untouched (``attacks.frozen_batchnorm_stats``), like the reference co
 
 Hand-written because timm, torch and accelerate ship no AWP; it is short, and it only touches the parameters
 through ``torch.no_grad`` copies. Not with ``free``/``deat`` (see :data:`REFUSED`).
+
+Must not: leave the weights perturbed after the step (they are restored bit-exactly).
 """
 
 from __future__ import annotations

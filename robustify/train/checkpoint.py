@@ -18,6 +18,8 @@ Multi-node runs without a shared file system: every process keeps the best-probe
 rollback and the final best-model load never read a file that another node wrote. Set
 ``train.save_on_each_node: true`` there, so that each node's local main process writes the model and optimizer
 state it needs to resume.
+
+Must not: resume from a checkpoint that fails verification or was made by another recipe.
 """
 
 from __future__ import annotations

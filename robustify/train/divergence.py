@@ -11,6 +11,8 @@ Cost: no host synchronisation per step. The trainer already accumulates the epoc
 step makes the running sum NaN for good); :meth:`DivergenceGuard.check_loss` reads it once per ``train.log_every``
 steps and at epoch end, and :meth:`DivergenceGuard.check_model` checks every weight and buffer once per epoch, before
 the probe. Under several processes the verdict is reduced across them, so all stop together.
+
+Must not: let a non-finite model be selected, exported or published.
 """
 
 from __future__ import annotations

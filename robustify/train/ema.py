@@ -5,6 +5,8 @@ average is updated after every optimizer step (the trainer's ``OptimizerStepper.
 enabled, it is the model the per-epoch probe measures, the best-robust selection keeps and the run folder exports;
 ``metrics.json`` and the ``robustness`` block record ``"weights": "ema"`` (or ``"raw"``). timm's decay warm-up is
 on, so the average covers the short runs of fine-tuning too (the decay rises towards ``train.ema_decay``).
+
+Must not: average anything but the weights the optimizer steps.
 """
 
 from __future__ import annotations

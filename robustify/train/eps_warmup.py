@@ -10,6 +10,8 @@ minibatch), so a resumed run ramps exactly as an uninterrupted one.
 This module only changes what the *training step* sees: the probe, the divergence guard and every evaluation read
 ``cfg.threat.eps`` themselves and always use the full eps. It must not change the config or the method's settings
 outside the step it wraps.
+
+Must not: change the eps of the probe, the guard or any evaluation (always the full eps).
 """
 
 from __future__ import annotations

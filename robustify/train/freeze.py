@@ -14,6 +14,8 @@ Frozen parameters have ``requires_grad=False``: the optimizer is built after fre
 them too. Every stage of a recipe calls :func:`apply` on the same backbone, which first undoes the previous stage's
 freezing (``timm.utils.unfreeze``), so stages never inherit each other's setting. This module must not build
 optimizers or touch the data; an unknown stage count is a one-line :class:`UserError`.
+
+Must not: give a frozen parameter optimizer state or change it.
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ range, needs no scaling, and runs at fp16's speed on every GPU that has tensor c
 
 ``train.compile: true`` compiles the model's forward with ``torch.compile`` (``nn.Module.compile``: in place, so the
 module, its state_dict keys and every reference to it stay the same; attack and training forwards both use it).
+
+Must not: choose a setting the recipe fixed explicitly.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ of the optimizer state that Accelerate saves.
 One context per epoch: its exit synchronises, so every epoch ends (and is probed, selected and checkpointed) at a
 synchronisation point. Signals are acted on only at synchronisation points. This module must not take optimizer
 steps or change the learning rate.
+
+Must not: checkpoint between model averages.
 """
 
 from __future__ import annotations

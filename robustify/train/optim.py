@@ -6,6 +6,8 @@ asks for (gradient accumulation, clipping) and a learning-rate update when the s
 optimizer wrapper re-checks per call for loss scaling, XLA and LOMO optimizers (``is_lomo_available()`` searches
 the installed packages on every ``step()``: about half a millisecond); when none of them applies, which
 :func:`_plain_optimizer` decides once, the step goes to the wrapped torch optimizer directly.
+
+Must not: decide which inputs a method trains on.
 """
 
 from __future__ import annotations

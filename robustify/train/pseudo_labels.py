@@ -19,6 +19,8 @@ or of the held-out probe are dropped before labelling, and their number is recor
 enter training through the unlabeled set. The labels of the unlabeled spec, if it has any, are never read.
 Written here because neither timm nor datasets nor accelerate has a pseudo-labelling step; it must not change the
 labelled loaders, the probe or the evaluation.
+
+Must not: label evaluation or probe examples.
 """
 
 from __future__ import annotations

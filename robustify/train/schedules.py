@@ -9,6 +9,8 @@ gentle linear rise from a tiny learning rate, then a short, steep fall to near z
 set of constants for every network; robustify's defaults (``rise_fraction: 0.7``, ``start_factor: 0.01``,
 ``end_factor: 0.0``, ``decay: linear``) are ours, chosen so that 70% of a short run is spent warming up from
 1% of the peak and the last 30% falls to zero. All of them are recipe keys.
+
+Must not: hold state: a schedule is a function of training progress.
 """
 
 from __future__ import annotations

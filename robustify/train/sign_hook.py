@@ -14,6 +14,8 @@ ships fp16, bf16 and PowerSGD hooks but no sign or error-feedback hook. The erro
 parameter (named, so it survives DDP's bucket rebuild after the first step) and is saved in every checkpoint for an
 exact resume (:func:`SignState.state_dict`). This module must not step the optimizer or change anything but the
 bucket's gradient.
+
+Must not: drop the error-feedback memory across a resume.
 """
 
 # no `from __future__ import annotations`: DDP checks the hook's annotations as objects (dist.GradBucket)

@@ -12,6 +12,8 @@
 Accelerate handles devices, DDP across processes/nodes (gloo on CPU, NCCL on GPU), mixed precision, gradient
 accumulation and the model/optimizer/RNG state. Every evaluation (before, probe, after) runs on all processes, each
 on its share of the examples, in fp32 (``robust_acc``), so no process waits in a collective for long.
+
+Must not: implement a method, an attack or a file format itself (it calls the modules that own them).
 """
 
 from __future__ import annotations

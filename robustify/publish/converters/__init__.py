@@ -9,6 +9,8 @@ Reading is shared here so that every format follows the same rule: ``.safetensor
 files (``.pt``, ``.pth``, ``.ckpt``, ``.bin``, ...) only when the user passed ``--trust-pickle``, and even then only
 through ``torch.load(weights_only=True)`` (torch's restricted unpickler) with the few extra globals a format declares
 in its ``SAFE_GLOBALS``, never a full unpickler.
+
+Must not: unpickle anything without --trust-pickle and weights_only=True.
 """
 
 from __future__ import annotations

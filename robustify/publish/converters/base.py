@@ -1,5 +1,8 @@
 """The converters' shared parts: the :class:`Converter` record, the registry dict and the safe file reader (see the
-package docstring). Converter modules import this, never the package, so the registry has no import cycle."""
+package docstring). Converter modules import this, never the package, so the registry has no import cycle.
+
+Must not: import a converter (the converters import it).
+"""
 
 from __future__ import annotations
 

@@ -14,6 +14,8 @@ dict is that of ``DataParallel(AttackerModel)``, so every key starts with ``modu
 The file holds only dicts, tensors, numbers and strings, so ``torch.load(weights_only=True)`` needs no extra global
 (``SAFE_GLOBALS`` is empty; a file that needs one is reported, not unpickled). Not yet checked against a real
 published file (no network here): the tests build files in exactly this layout from timm models.
+
+Must not: unpickle without weights_only=True, or keep the attacker's copy of the weights.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ with ``module.`` (DataParallel/DDP), ``model.``, ``backbone.``, ``_orig_mod.`` (
 first of those names that holds tensors), strips the given prefixes (``--strip-prefix``, repeatable; by default any of
 the wrappers above that prefixes *every* key, repeatedly), and leaves checking names and shapes to the importer.
 Normalization: ``--mean``/``--std`` when given, else the timm architecture's own pretrained_cfg.
+
+Must not: unpickle without weights_only=True.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ whose ``optimize(loss)`` does the backward pass, gradient clipping, learning-rat
 (through Accelerate), so a method only decides *which inputs* the model is trained on and how often.
 Each method also says what one minibatch costs in forward/backward passes, which ``metrics.json`` reports.
 Adding a method is adding a file here with ``@register_method("name")`` and importing it below.
+
+Must not: step the optimizer itself (ctx.optimize does), read a device value back to the host in the step, or import
+the trainer.
 """
 
 # registration, in the order the CLI lists them

@@ -4,6 +4,9 @@ A method turns one minibatch into one or more optimizer steps. It gets a :class:
 whose ``optimize(loss)`` does the backward pass, gradient clipping, learning-rate update and optimizer step
 (through Accelerate), so a method only decides *which inputs* the model is trained on and how often.
 Each method also says what one minibatch costs in forward/backward passes, which ``metrics.json`` reports.
+
+Must not: step the optimizer itself (ctx.optimize does), read a device value back to the host in the step, or import
+the trainer.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ criterion's state travels in :meth:`state_dict` so a resumed run continues where
 The trainer positions the learning-rate schedule by minibatches done (as the reference code steps it once per
 minibatch), so added replays do not make the schedule run ahead of the epochs. Known limit: under fp16 loss scaling
 the magnitude G includes the loss scale, so prefer bf16 or fp32 with this method.
+
+Must not: step the optimizer itself (ctx.optimize does), read a device value back to the host in the step, or import
+the trainer.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Fast AT (Wong et al. 2020): FGSM from a uniform random start."""
+"""Fast AT (Wong et al. 2020): FGSM from a uniform random start.
+
+Must not: step the optimizer itself (ctx.optimize does), read a device value back to the host in the step, or import
+the trainer.
+"""
 
 from __future__ import annotations
 

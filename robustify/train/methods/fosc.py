@@ -6,6 +6,9 @@ schedule: weak adversarial examples early, fully converged ones at the end.
 This module owns the schedule and the per-epoch statistics (mean FOSC of the examples trained on, input gradients
 computed), which go into each epoch's history row and travel in the method's state for an exact resume. The attack
 itself is :func:`robustify.attacks.pgd_fosc`; it must not take optimizer steps or touch the weights.
+
+Must not: step the optimizer itself (ctx.optimize does), read a device value back to the host in the step, or import
+the trainer.
 """
 
 from __future__ import annotations

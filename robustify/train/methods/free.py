@@ -1,4 +1,8 @@
-"""Free AT (Shafahi et al. 2019): minibatch replay with a carried perturbation."""
+"""Free AT (Shafahi et al. 2019): minibatch replay with a carried perturbation.
+
+Must not: step the optimizer itself (ctx.optimize does), read a device value back to the host in the step, or import
+the trainer.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""N-FGSM (de Jorge et al. 2022, "Make Some Noise"): stronger noise, no projection, the cost of FGSM-RS."""
+"""N-FGSM (de Jorge et al. 2022, "Make Some Noise"): stronger noise, no projection, the cost of FGSM-RS.
+
+Must not: step the optimizer itself (ctx.optimize does), read a device value back to the host in the step, or import
+the trainer.
+"""
 
 from __future__ import annotations
 

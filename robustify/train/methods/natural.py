@@ -1,4 +1,8 @@
-"""Plain training on clean inputs: the baseline and the cost unit."""
+"""Plain training on clean inputs: the baseline and the cost unit.
+
+Must not: step the optimizer itself (ctx.optimize does), read a device value back to the host in the step, or import
+the trainer.
+"""
 
 from __future__ import annotations
 

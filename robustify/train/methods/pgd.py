@@ -1,4 +1,8 @@
-"""PGD-AT (Madry et al. 2018): the reference for strength and cost."""
+"""PGD-AT (Madry et al. 2018): the reference for strength and cost.
+
+Must not: step the optimizer itself (ctx.optimize does), read a device value back to the host in the step, or import
+the trainer.
+"""
 
 from __future__ import annotations
 

@@ -7,6 +7,9 @@ torch and accelerate ship no TRADES objective; the KL itself is ``torch.nn.funct
 
 Cost, counted honestly in forward+backward passes: the attack's target f(x) is one extra forward (counted as a
 whole pass), and training on clean and perturbed inputs together is two passes instead of one.
+
+Must not: step the optimizer itself (ctx.optimize does), read a device value back to the host in the step, or import
+the trainer.
 """
 
 from __future__ import annotations
