@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import subprocess
 import sys
 import textwrap
-import os
 from pathlib import Path
 
 import pytest
