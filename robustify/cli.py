@@ -126,8 +126,8 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     def recipe(key: str, flag: str) -> str:
         return f"(recipe key {key}; quickstart: {q[flag]})" if flag in q else f"(recipe key {key})"
 
-    p.add_argument("--recipe", help="recipe YAML path or shipped recipe name (with --resume: the run's own recipe.yaml, "
-                   "and an explicit --recipe must be the run's recipe) (default: quickstart)")
+    p.add_argument("--recipe", help="recipe YAML path or shipped recipe name (with --resume: the run's own "
+                   "recipe.yaml, and an explicit --recipe must be the run's recipe) (default: quickstart)")
     p.add_argument("--model", help="timm name, hf-hub:ORG/NAME, local-dir:PATH or a run folder "
                    + recipe("model.name", "model"))
     p.add_argument("--data", help="quickstart, cifar10, cifar100, ORG/NAME, imagefolder:PATH or npz:PATH "
