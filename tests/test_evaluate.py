@@ -187,7 +187,7 @@ def test_sharded_pgd_accuracy_keeps_the_trainer_contract(robust_model):
 
 
 def test_autoattack_accuracy_for_finetune(robust_model, monkeypatch):
-    from robustify.evaluate.report import autoattack
+    from robustify.evaluate import autoattack
     monkeypatch.setitem(autoattack.VERSIONS, "standard", autoattack.AutoAttackSettings(**TINY_AA))
     x, y = quickstart_batch(32)
     res = sharded_autoattack(robust_model, x, y, EPS, "Linf", batch_size=16, progress=False)
@@ -233,7 +233,7 @@ def test_eval_command_updates_the_run_folder(quickstart_run, tmp_path, capsys):
 
 
 def test_eval_errors_are_one_line(quickstart_run, monkeypatch, capsys):
-    from robustify.evaluate.report import autoattack
+    from robustify.evaluate import autoattack
 
     monkeypatch.setattr(autoattack, "package_version", lambda: None)
     assert main(["eval", str(quickstart_run), "--attack", "clean,pgd,autoattack"]) == 2
