@@ -103,3 +103,15 @@ def check_output_file(path: str | os.PathLike, flag: str) -> Path:
         raise UserError(f"{flag} {str(path)!r} cannot be written ({e.strerror or type(e).__name__}); choose a "
                         "writable location") from None
     return p
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in 1 MiB blocks (weights files are too large to read at once); the one hash the
+    run record, the checkpoint manifests and the importer's provenance all use."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -17,7 +17,6 @@ Must not: write a folder whose logits differ from the source layout, or keep a p
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..fileio import file_sha256
 from . import converters
 
 HUB_SOURCE = re.compile(r"hf-hub:([A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*)/(.+)")
@@ -83,14 +83,6 @@ class ImportResult:
 
 
 # ------------------------------------------------------------------------------------------------ sources
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def parse_source(source: str) -> tuple[str | None, str]:
     """``hf-hub:ORG/NAME/FILE`` -> (repo id, file in repo); a local path -> (None, path)."""
     m = HUB_SOURCE.fullmatch(source)
@@ -270,7 +262,7 @@ def import_checkpoint(source: str, out_dir: str | Path, arch: str | None = None,
 
     prov = Provenance(
         source=f"hf-hub:{repo_id}/{filename}" if repo_id else path.name, filename=Path(filename).name,
-        sha256=_sha256(path), converter=conv.name, repo_id=repo_id, revision=commit,
+        sha256=file_sha256(path), converter=conv.name, repo_id=repo_id, revision=commit,
         license=meta.get("license"), norm=meta.get("norm"), eps=meta.get("eps"), dataset=meta.get("dataset"),
         training=meta.get("training"), reported=[r if isinstance(r, Reported) else Reported(**r)
                                                  for r in meta.get("reported", [])],

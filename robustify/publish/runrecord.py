@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..fileio import file_sha256
 from . import public
 
 SCHEMA = 3  # 1: the inline blocks before this module (read as legacy); 3: the record names its weights' sha256
@@ -501,17 +502,6 @@ class RunRecord:
 
 
 # ---------------------------------------------------------------------------------- binding record and weights
-def file_sha256(path: Path) -> str:
-    """The sha256 of a file, read in 1 MiB blocks (weights files are too large to read at once)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _schema(d: Any) -> int:
     value = d.get("schema") if isinstance(d, Mapping) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else 0

@@ -40,7 +40,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
-from ..fileio import atomic_write_json
+from ..fileio import atomic_write_json, file_sha256
 from ..runfolder import CHECKPOINTS, STATE_FILE, checkpoint_dirs  # noqa: F401  (the layout is shared)
 
 BEST_FILE = "best.safetensors"
@@ -276,17 +276,9 @@ def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list
 
 
 # ------------------------------------------------------------------------------------- verification on load
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     """Record every file of a checkpoint (size, sha256) so that a load can tell a damaged file from a good one."""
-    files = {p.name: {"size": p.stat().st_size, "sha256": _sha256(p)}
+    files = {p.name: {"size": p.stat().st_size, "sha256": file_sha256(p)}
              for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
     atomic_write_json(folder / MANIFEST, {"files": files})
 
@@ -314,7 +306,7 @@ def damage(folder: Path) -> str | None:
                 return f"{MANIFEST} cannot be read"
             if path.stat().st_size != size:
                 return f"{name} has {path.stat().st_size} bytes, {size} were written"
-            if _sha256(path) != digest:
+            if file_sha256(path) != digest:
                 return f"{name} differs from the file written (sha256)"
     else:  # written before checkpoints had a manifest: at least every file must parse
         if not any(folder.glob("model*.safetensors")) and not any(folder.glob("pytorch_model*.bin")):
