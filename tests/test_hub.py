@@ -7,6 +7,7 @@ token never shows up in what the command prints. Refusals that happen before any
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,7 +24,7 @@ import torch
 from huggingface_hub import ModelCard
 
 from robustify.cli import main
-from robustify.publish import public
+from robustify.publish import public, runrecord
 from robustify.publish.card import render_card
 from robustify.publish.runrecord import RunRecord
 
@@ -100,7 +101,14 @@ def test_push_publishes_the_run_in_one_commit(pushed: dict, hub: LocalHub, tmp_p
     card = ModelCard.load(readme)
     data = card.data.to_dict()
     metrics = json.loads(files["metrics.json"])  # what was published
-    assert metrics == json.loads((run / "metrics.json").read_text())
+    local = json.loads((run / "metrics.json").read_text())
+    # the recipe leaves with local paths reduced, so the published record names the published recipe and is
+    # sealed again; everything else is the local record
+    changed = {runrecord.RECIPE_KEY, runrecord.SEAL_KEY}
+    kept = {k: v for k, v in metrics.items() if k not in changed}
+    assert kept == {k: v for k, v in local.items() if k not in changed}
+    assert metrics[runrecord.RECIPE_KEY] == hashlib.sha256(files["recipe.yaml"]).hexdigest()
+    runrecord.check_seal(json.loads(files["config.json"]), metrics, "the published record", "push again")
     after = metrics["after"]
     assert data["library_name"] == "timm" and data["pipeline_tag"] == "image-classification"
     assert data["license"] == "cc-by-4.0"  # inherited from the quickstart backbone

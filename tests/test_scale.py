@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -265,7 +266,7 @@ before = ranks_in_sync(model, acc)
 broadcast_buffers(model)
 after = ranks_in_sync(model, acc)
 mean = acc.gather(model[1].running_mean[None].clone())
-print(f"RESULT {acc.process_index} {before} {after} {bool((mean == mean[0]).all())}")
+print(f"RESULT {acc.process_index} {before} {after} {bool((mean == mean[0]).all())}", flush=True)
 """
 
 
@@ -276,8 +277,9 @@ def test_batchnorm_buffers_are_compared_and_broadcast(tmp_path: Path):
     script.write_text(BN_SYNC)
     res = torchrun([str(script)], tmp_path, nproc=2, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
-    results = sorted(ln.split()[1:] for ln in res.stdout.splitlines() if ln.startswith("RESULT"))
-    assert results == [["0", "False", "True", "True"], ["1", "False", "True", "True"]]
+    # the two ranks share one stdout pipe: their lines can interleave, so match each record on its own
+    results = sorted(re.findall(r"RESULT (\d) (\w+) (\w+) (True|False)", res.stdout))
+    assert results == [("0", "False", "True", "True"), ("1", "False", "True", "True")]
 
 
 

@@ -1,6 +1,6 @@
 """Unlabeled data / robust self-training (data.unlabeled, data.unlabeled_ratio, train.teacher): pseudo-labels made
 once per process share, stored in the run folder and reused on resume, never for copies of evaluation or probe images;
-with 100 labelled quickstart images, the pseudo-labelled rest raises held-out PGD accuracy at the same number of
+with 200 labelled quickstart images, the pseudo-labelled rest raises held-out PGD accuracy at the same number of
 optimizer steps."""
 
 from __future__ import annotations
@@ -89,25 +89,28 @@ def test_bad_values_are_one_line(value, capsys):
 
 
 def test_unlabeled_data_raises_robust_accuracy_at_the_same_steps(tmp_path: Path, digits):
-    """100 labelled quickstart images vs the same plus the other 1,197 as unlabeled (pseudo-labelled by the natural
-    quickstart backbone); same epochs, batch and optimizer steps; PGD-10 on 300 held-out test images."""
+    """200 labelled quickstart images vs the same plus the other 1,097 as unlabeled (pseudo-labelled by the natural
+    quickstart backbone); same epochs, batch and optimizer steps (150); PGD-10 on 300 held-out test images.
+
+    Measured on a 2-core machine like CI's: 43.7% -> 58.0% PGD (clean 94.3% -> 98.3%). At 8 epochs of 100 labelled
+    images both runs stay near 5-7%: too few steps to learn robustness at all, so nothing to compare."""
     from robustify.train.trainer import finetune
 
-    labelled = _npz(tmp_path / "labelled.npz", digits["x_train"][:100], digits["y_train"][:100],
+    labelled = _npz(tmp_path / "labelled.npz", digits["x_train"][:200], digits["y_train"][:200],
                     digits["x_test"], digits["y_test"])
-    rest = digits["x_train"][100:]
+    rest = digits["x_train"][200:]
     unlabelled = _npz(tmp_path / "rest.npz", rest, np.zeros(len(rest), dtype=np.int64), digits["x_test"][:1],
                       digits["y_test"][:1])
-    common = [f"data.name=npz:{labelled}", "data.batch_size=32", "train.epochs=8", "train.probe_size=20",
+    common = [f"data.name=npz:{labelled}", "data.batch_size=32", "train.epochs=30", "train.probe_size=20",
               "train.probe_steps=2", "eval.n_examples=300", "eval.pgd_steps=10", "train.select=last"]
     results = {}
     for name, extra in (("labelled only", []), ("with unlabeled", [f"data.unlabeled=npz:{unlabelled}"])):
         m = finetune(build_config("quickstart", common + extra + [f"output_dir={tmp_path / name.replace(' ', '_')}"]))
         results[name] = (m["after"]["clean_acc"], m["after"]["pgd_acc"], m["cost"]["optimizer_steps"])
-    print(f"robust self-training on quickstart, 100 labelled: {results}")
+    print(f"robust self-training on quickstart, 200 labelled: {results}")
     (_, pgd_a, steps_a), (_, pgd_b, steps_b) = results["labelled only"], results["with unlabeled"]
     assert steps_a == steps_b
-    assert pgd_b > pgd_a + 0.03
+    assert pgd_b > pgd_a + 0.05
     stored = tmp_path / "with_unlabeled" / "pseudo_labels" / "rank0of1.safetensors"
     assert stored.is_file()
     metrics = json.loads((tmp_path / "with_unlabeled" / "metrics.json").read_text())

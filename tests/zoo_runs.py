@@ -12,6 +12,7 @@ from pathlib import Path
 
 import timm
 
+from robustify.fileio import file_sha256
 from robustify.publish.runrecord import Evaluation, RunRecord, Training
 
 
@@ -41,6 +42,7 @@ def make_run(folder: Path, record: RunRecord | None = None, **kw) -> Path:
     config = json.loads((folder / "config.json").read_text())
     config["pretrained_cfg"]["license"] = "apache-2.0"
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+    record.training.weights_sha256 = file_sha256(folder / "model.safetensors")  # the record names its weights
     record.write(folder)
     (folder / "recipe.yaml").write_text("model:\n  name: resnet50.a1_in1k\n")
     return folder
