@@ -134,6 +134,29 @@ def test_stages_run_in_order_and_resume_inside_the_right_one(tmp_path: Path):
     _same_weights(straight, run)
 
 
+def test_a_low_resolution_stage_is_judged_at_the_exported_resolution(tmp_path: Path, monkeypatch):
+    """Progressive resizing (a 24 px stage, then the quickstart's 32 px): the 24 px stage trains at 24 px, but its
+    "before" evaluation, probes, guard and best-robust selection see the exported 32 px inputs, so "before" is the
+    same number as a single-stage run's and every verdict of the run compares like with like."""
+    from robustify.train import trainer
+
+    seen: list[tuple[int, ...]] = []
+    real = trainer.sharded_pgd_accuracy
+
+    def spy(model, x, *args, **kwargs):  # the real attack, recording the resolution it was given
+        seen.append(tuple(x.shape[-2:]))
+        return real(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(trainer, "sharded_pgd_accuracy", spy)
+    two = ["stages=[{name: low-res, data: {image_size: 24}, train: {epochs: 1}}, {name: full-res, train: {epochs: 1}}]"]
+    m2 = finetune(build_config("quickstart", SMALL + two + [f"output_dir={tmp_path / 'two'}"]))
+    assert seen and set(seen) == {(32, 32)}, seen  # before, 2 probes, after
+    assert len(seen) == 4
+    m1 = finetune(build_config("quickstart", SMALL + ["train.epochs=1", f"output_dir={tmp_path / 'one'}"]))
+    assert m2["before"] == m1["before"]  # the same backbone on the same examples at the same resolution
+    assert m2["evaluations"][0]["input_size"] == [3, 32, 32]
+
+
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoint(tmp_path: Path, capsys):
     """A real full file system (a 2 MB tmpfs; needs root, as CI runs): exit 2, one line, nothing half-written."""
     mount = tmp_path / "small"

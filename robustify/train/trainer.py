@@ -225,6 +225,15 @@ class Run:
     guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
     unlabeled: pseudo_labels.Unlabeled | None = None  # data.unlabeled: pseudo-labelled examples mixed into batches
     comm: Any = None  # train.grad_compression=sign: the hook's state (per-process error memory, bytes sent)
+    # the run's verdicts (before/after evaluation, probe, guard, best-robust selection) are made at the exported
+    # resolution: a stage at another resolution (progressive resizing) trains there but is judged by this view of
+    # the same weights (``probed`` itself unless the stage's resolution differs) on this probe batch
+    verdict_model: torch.nn.Module | None = None
+    probe_batch: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        self.verdict_model = self.probed if self.verdict_model is None else self.verdict_model
+        self.probe_batch = self.loaders.probe if self.probe_batch is None else self.probe_batch
 
     @property
     def main(self) -> bool:
@@ -262,18 +271,23 @@ def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, Finetun
     return accelerator, run_dir, cfg
 
 
-def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone: torch.nn.Module, state: TrainState,
-          best: BestWeights, resume_from: Path | None = None) -> Run:
-    """One stage's data, model view, optimizer and method around ``backbone`` (the same module through all stages);
-    ``resume_from``: the checkpoint to restore (model, optimizer, RNG, trainer and method state)."""
+def _loaders(data_cfg: Any, cfg: FinetuneConfig, accelerator: Accelerator,
+             backbone: torch.nn.Module) -> data_mod.Loaders:
     from timm.data import resolve_data_config
 
     # the backbone's pretrained_cfg decides input size, interpolation and normalization; the stage may resize
-    loaders = data_mod.build_loaders(cfg.data, resolve_data_config(model=backbone), cfg.eval.n_examples,
-                                     cfg.train.probe_size, seed=cfg.train.seed, rank=accelerator.process_index,
-                                     world_size=accelerator.num_processes,
-                                     main_process_first=accelerator.main_process_first,
-                                     probe_split=cfg.train.probe_split)
+    return data_mod.build_loaders(data_cfg, resolve_data_config(model=backbone), cfg.eval.n_examples,
+                                  cfg.train.probe_size, seed=cfg.train.seed, rank=accelerator.process_index,
+                                  world_size=accelerator.num_processes,
+                                  main_process_first=accelerator.main_process_first, probe_split=cfg.train.probe_split)
+
+
+def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone: torch.nn.Module, state: TrainState,
+          best: BestWeights, resume_from: Path | None = None, verdict_data: Any = None) -> Run:
+    """One stage's data, model view, optimizer and method around ``backbone`` (the same module through all stages);
+    ``resume_from``: the checkpoint to restore (model, optimizer, RNG, trainer and method state); ``verdict_data``:
+    the exported (last) stage's data section, whose resolution every verdict of this stage uses."""
+    loaders = _loaders(cfg.data, cfg, accelerator, backbone)
     head_replaced = backbone.num_classes != loaders.num_classes  # data.unlabeled: the default teacher cannot label
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
@@ -325,8 +339,9 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator),
                       awp=awp_mod.build(cfg, raw))
     stepper.after_backward = ctx.awp.restore if ctx.awp is not None else None
+    verdict_model, verdicts = verdict_view(cfg, verdict_data, accelerator, backbone, probed, loaders)
     run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
-              ctx, epochs, lr, loaders.eval_examples())
+              ctx, epochs, lr, verdicts.eval_examples(), verdict_model=verdict_model, probe_batch=verdicts.probe)
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
     if cfg.data.unlabeled and cfg.method.name != "natural":  # robust self-training: labelled once, before training
         run.unlabeled = pseudo_labels.prepare(cfg, run_dir, accelerator, loaders, raw, head_replaced)
@@ -337,8 +352,26 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
             f"global batch {global_batch}, peak lr {lr:.4g}"
             + (f" (scaled {cfg.schedule.lr_scale_rule} from {cfg.schedule.lr:g} at global batch "
                f"{cfg.train.global_batch})" if lr != cfg.schedule.lr else "")
-            + (f"; {warmup}" if warmup else ""))
+            + (f"; {warmup}" if warmup else "")
+            + (f"; probe and evaluations at {verdicts.input_size}, the exported resolution"
+               if verdicts is not loaders else ""))
     return run
+
+
+def verdict_view(cfg: FinetuneConfig, verdict_data: Any, accelerator: Accelerator, backbone: torch.nn.Module,
+                 probed: torch.nn.Module, loaders: data_mod.Loaders) -> tuple[torch.nn.Module, data_mod.Loaders]:
+    """The model and data the stage's verdicts use: this stage's own, unless its resolution differs from the
+    exported stage's; then the exported stage's probe and evaluation subset, seen through a :class:`RobustModel`
+    around the same backbone (``probed``'s, so the weight average when ``train.ema``) with that stage's
+    preprocessing. The same examples (the probe rows and eval subset do not depend on the resolution)."""
+    if verdict_data is None or (verdict_data.image_size, verdict_data.attack_size) == (cfg.data.image_size,
+                                                                                          cfg.data.attack_size):
+        return probed, loaders
+    verdicts = _loaders(verdict_data, cfg, accelerator, backbone)
+    if verdicts.preprocessing == loaders.preprocessing:
+        return probed, loaders
+    inner = probed.backbone if isinstance(probed, RobustModel) else backbone
+    return build_robust_model(inner, verdicts.preprocessing, source=cfg.model.name), verdicts
 
 
 # -------------------------------------------------------------------------------------------------- evaluation
@@ -347,22 +380,22 @@ def evaluate(run: Run, desc: str) -> dict[str, Any]:
     cfg, e = run.cfg, run.cfg.eval
     x, y = run.eval_set
     same_buffers(run)
-    res = sharded_pgd_accuracy(run.probed, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
+    res = sharded_pgd_accuracy(run.verdict_model, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
                                restarts=e.pgd_restarts, loss=e.pgd_loss, seed=cfg.train.seed,
                                batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator, desc=desc)
     res["split"] = cfg.data.eval_split
     if e.autoattack:
         with fp32_math():  # TF32 off, as in the PGD kernel
-            res.update(sharded_autoattack(run.probed, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
+            res.update(sharded_autoattack(run.verdict_model, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
                                           batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator))
     return res
 
 
 def probe(run: Run) -> tuple[float, float]:
     """PGD on the fixed probe minibatch (same examples every epoch), sharded like every evaluation."""
-    x, y = run.loaders.probe
+    x, y = run.probe_batch
     same_buffers(run)  # also what a best-weights capture after the probe keeps
-    res = sharded_pgd_accuracy(run.probed, x, y, run.cfg.threat.eps, run.cfg.threat.norm,
+    res = sharded_pgd_accuracy(run.verdict_model, x, y, run.cfg.threat.eps, run.cfg.threat.norm,
                                steps=run.cfg.train.probe_steps,
                                seed=run.cfg.train.seed, batch_size=run.cfg.data.eval_batch_size,
                                accelerator=run.accelerator, progress=False)
@@ -602,7 +635,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             if index != state.stage:  # a new stage: its own epochs and schedule position; the guard and the
                 accelerator.free_memory()  # best-robust selection span the whole run (same threat model throughout)
                 state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
-            run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from)
+            run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from,
+                        verdict_data=stages[-1][1].data if len(stages) > 1 else None)
             run.stage_name = name if len(stages) > 1 else ""
             if resume_from is not None:  # the checkpoint's data must be this data (sizes, held-out probe)
                 check_same_data(resumed_from, saved_fingerprint, stage_cfg, run.loaders)
