@@ -4,6 +4,7 @@ synchronisation in the training step, BatchNorm buffers identical on every proce
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -511,10 +512,11 @@ def test_the_runs_first_line_says_how_a_scaled_lr_warms_up(tmp_path: Path, capsy
 
 
 # ------------------------------------------------------------------------------------- nodes without a shared disk
-def test_nodes_whose_checkpoints_differ_are_refused_in_one_line(tmp_path: Path):
+def test_nodes_without_a_common_checkpoint_are_refused_in_one_line(tmp_path: Path):
     """Two single-process "nodes" (torchrun --nnodes 2), each with its own run folder behind the same relative path
-    (no shared disk): node 1's newest checkpoint is older than node 0's, as when a node was killed before renaming
-    its last one into place. Resuming must refuse on every node in one line, not load mismatched states."""
+    (no shared disk), holding different checkpoints and none in common (a node lost its folder's older ones).
+    Resuming must refuse on every node in one line, not load mismatched states. (A node killed between the others'
+    rename and its own still shares the previous checkpoint: test_two_nodes_killed_with_sigkill_resume_exactly.)"""
     from tests.helpers import fake_checkpoint
 
     for node, progress in ((0, 20), (1, 10)):
@@ -530,4 +532,86 @@ def test_nodes_whose_checkpoints_differ_are_refused_in_one_line(tmp_path: Path):
     errs = [p.communicate(timeout=400)[1] for p in procs]
     for err in errs:
         line = next(ln for ln in err.splitlines() if ln.startswith("robustify: error:"))
-        assert "newest checkpoints in run differ (process 0: ckpt_000000020, process 1: ckpt_000000010)" in line, err
+        assert "no checkpoint in common in run (process 0: ckpt_000000020, process 1: ckpt_000000010)" in line, err
+
+
+NODES = ["data.max_train_examples=384", "train.epochs=3", "eval.n_examples=32", "eval.pgd_steps=1",
+         "train.probe_size=32", "train.probe_steps=1", "data.batch_size=32", "train.checkpoint_every=1",
+         "data.num_workers=0"]
+
+
+def _two_nodes(root: Path, *args: str) -> list[subprocess.Popen]:
+    """One robustify finetune on two single-process "nodes" (torchrun --nnodes 2): each runs in its own folder
+    ``root/node<k>`` with ``--output-dir run``, so each node's run folder is a different folder behind the same
+    path, as on nodes with node-local disks."""
+    port = str(free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    procs = []
+    for node in (0, 1):
+        (root / f"node{node}").mkdir(parents=True, exist_ok=True)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
+             str(node), "--master_addr", "127.0.0.1", "--master_port", port, "-m", "robustify", "finetune",
+             "--output-dir", "run", *args], cwd=root / f"node{node}", env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True))
+    return procs
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc: each process's parent)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        out += children
+        todo += children
+    return out
+
+
+def _finish(procs: list[subprocess.Popen]) -> None:
+    for p in procs:
+        out, err = p.communicate(timeout=500)
+        assert p.returncode == 0, err[-3000:]
+
+
+def test_two_nodes_killed_with_sigkill_resume_exactly(tmp_path: Path):
+    """Issue 17 item 1 end to end: two "nodes" without a shared disk (train.save_on_each_node: each keeps its own
+    checkpoints and recipe), both killed with SIGKILL mid-run, then resumed on both: node 0's exported weights are
+    bit-identical to the uninterrupted two-node run's. The uninterrupted run is made without save_on_each_node, where
+    node 1 never renames a checkpoint: it must not keep temporary checkpoint folders either."""
+    import signal
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    sets = [a for kv in NODES for a in ("--set", kv)]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    _finish(_two_nodes(straight, *sets))
+    assert not list((straight / "node1" / "run").rglob(".tmp_*")), list((straight / "node1" / "run").rglob("*"))
+
+    each = ["--set", "train.save_on_each_node=true"]
+    procs = _two_nodes(killed, *sets, *each)
+    deadline = time.monotonic() + 400
+    ckpts = [killed / f"node{k}" / "run" / "checkpoints" for k in (0, 1)]
+    while not all(len(list(c.glob("ckpt_*"))) >= 1 and any(int(p.name[5:]) >= 4 for p in c.glob("ckpt_*"))
+                  for c in ckpts):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "no checkpoint came"
+        time.sleep(0.05)
+    for p in procs:  # torchrun and its worker (torchrun starts workers in sessions of their own), mid-run
+        for pid in [*_descendants(p.pid), p.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        p.communicate(timeout=60)
+    assert not (killed / "node0" / "run" / "model.safetensors").exists()  # killed before the end
+    assert (killed / "node1" / "run" / "recipe.yaml").is_file()  # node 1 resumes with the run's own recipe
+    _finish(_two_nodes(killed, "--resume", *each))
+    a = load_file(str(straight / "node0" / "run" / "model.safetensors"))
+    b = load_file(str(killed / "node0" / "run" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for node in (0, 1):
+        assert not list((killed / f"node{node}" / "run").rglob(".tmp_*"))

@@ -148,6 +148,10 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
         for old in checkpoint_dirs(run_dir)[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
+    if not _writes_here(accelerator) and tmp.exists():
+        # nobody renamed it on this file system: a node without a shared disk and without save_on_each_node, where
+        # only this process's RNG state landed; it can never be resumed from, so it must not pile up
+        shutil.rmtree(tmp, ignore_errors=True)
     return final
 
 
@@ -338,12 +342,13 @@ def _listed(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def choose_checkpoint(run_dir: Path, is_main: bool = True, say: Any = print) -> Path:
-    """The newest intact checkpoint of ``run_dir``: each is verified (:func:`damage`), newest first; a damaged one
-    is reported in one line and moved aside (``checkpoints/damaged_ckpt_*``, kept for inspection, never resumed or
-    counted again). None intact: a :class:`UserError` that says so and how to start the run again."""
+def choose_checkpoint(run_dir: Path, is_main: bool = True, say: Any = print, among: set[str] | None = None) -> Path:
+    """The newest intact checkpoint of ``run_dir`` (of those named in ``among``, when given: the ones every node
+    holds): each is verified (:func:`damage`), newest first; a damaged one is reported in one line and moved aside
+    (``checkpoints/damaged_ckpt_*``, kept for inspection, never resumed or counted again). None intact: a
+    :class:`UserError` that says so and how to start the run again."""
     damaged: list[str] = []
-    for folder in reversed(_listed(run_dir)):
+    for folder in reversed([f for f in _listed(run_dir) if among is None or f.name in among]):
         why = damage(folder)
         if why is None:
             if damaged:

@@ -51,7 +51,6 @@ from . import ema as ema_mod
 from . import eps_warmup, local_sgd, pseudo_labels
 from . import freeze as freeze_mod
 from .checkpoint import (
-    CHECKPOINTS,
     STATE_FILE,
     BestWeights,
     StopSignal,
@@ -119,6 +118,13 @@ def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerat
     note = runlock.claim(run_dir, resume, is_main=accelerator.is_main_process, share=share)
     if note:
         accelerator.print(f"robustify: {note}")
+    if accelerator.num_processes > 1:
+        # a node without a shared disk holds its own copy of the folder, which the main process never sees: its
+        # local main removes what a killed run left there (with a shared disk the main process already did, and
+        # nobody writes before the barrier, so this finds nothing)
+        if accelerator.is_local_main_process and not accelerator.is_main_process and run_dir.is_dir():
+            runlock.clean_temporaries(run_dir)
+        accelerator.wait_for_everyone()
     return run_dir
 
 
@@ -138,14 +144,15 @@ def check_resume(run_dir: Path, cfg: FinetuneConfig) -> list[str]:
     return notes
 
 
-def resume_checkpoint(accelerator: Accelerator, run_dir: Path, cfg: FinetuneConfig) -> Path:
+def resume_checkpoint(accelerator: Accelerator, run_dir: Path, cfg: FinetuneConfig,
+                      common: set[str] | None = None) -> Path:
     """The checkpoint to resume from: the newest intact one (each verified; a damaged one is reported and set
-    aside, :func:`checkpoint.choose_checkpoint`), made by this run's recipe (:func:`checkpoint.check_same_recipe`).
-    The main process verifies and every process gets its verdict."""
+    aside, :func:`checkpoint.choose_checkpoint`) among ``common`` (the names every process holds), made by this run's
+    recipe (:func:`checkpoint.check_same_recipe`). The main process verifies and every process gets its verdict."""
     verdict: list[Any] = [None]
     if accelerator.is_main_process:
         try:
-            folder = choose_checkpoint(run_dir, say=accelerator.print)
+            folder = choose_checkpoint(run_dir, say=accelerator.print, among=common)
             saved = TrainState.from_json(json.loads((folder / STATE_FILE).read_text()))
             edited = recipe_file_edited(run_dir)
             if edited and not saved.fingerprint:
@@ -577,25 +584,28 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
         atomic_write_json(run_dir / "history.json", history)
     except Exception as e:  # noqa: BLE001 - only a full disk or a read-only folder becomes one line
         raise write_failed(e, run_dir, "the run's history (history.png, history.json)") from None
-def agreed_resume_point(run_dir: Path, resume: bool, accelerator: Accelerator) -> Path | None:
-    """The checkpoint every process resumes from: each process's newest one, which must be the same everywhere.
+def agreed_resume_point(run_dir: Path, resume: bool, accelerator: Accelerator) -> set[str] | None:
+    """The checkpoints every process could resume from: the names held by all of them (None: start afresh).
 
     Each process looks in its own file system (nodes without a shared disk each hold their own copy of the run
-    folder), so the names are gathered and compared; nodes that disagree (one was killed before its last
-    checkpoint was renamed into place, or a node lacks the checkpoints) are refused in one line rather than
+    folder), so the names are gathered: a node killed between the other nodes' rename of their newest checkpoint
+    and its own still shares the previous one (the last ``KEEP`` are kept), which is then the one resumed. Nodes that
+    share none (a node lacks the checkpoints, or they belong to different runs) are refused in one line rather than
     resumed into mismatched states and collectives."""
-    mine = checkpoint_dirs(run_dir)[-1].name if resume and checkpoint_dirs(run_dir) else None
+    mine = [p.name for p in checkpoint_dirs(run_dir)] if resume else []
+    names = [mine]
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
         with stage("agreeing on the checkpoint to resume from"):
             names = gather_object([mine])
-        if len(set(names)) > 1:
-            listed = ", ".join(f"process {i}: {n or 'none'}" for i, n in enumerate(names))
-            raise UserError(f"--resume: the processes' newest checkpoints in {run_dir} differ ({listed}); copy the "
-                            "run folder of the node with the newest complete checkpoint to the others (or set "
-                            "train.save_on_each_node=true for nodes without a shared disk) and resume again")
-    return run_dir / CHECKPOINTS / mine if mine else None
+    common = set(names[0]).intersection(*names[1:])
+    if not common and any(names):
+        listed = ", ".join(f"process {i}: {', '.join(n) or 'none'}" for i, n in enumerate(names))
+        raise UserError(f"--resume: the processes hold no checkpoint in common in {run_dir} ({listed}); copy the "
+                        "run folder of the node with the newest complete checkpoint to the others (or set "
+                        "train.save_on_each_node=true for nodes without a shared disk) and resume again")
+    return common or None
 
 
 def writes_run_files(accelerator: Accelerator) -> bool:
@@ -618,9 +628,8 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     state, best = TrainState(), BestWeights()
     # every process (node) must hold the same newest checkpoint; the main process then verifies it (falling back to
     # the older intact one if it is damaged) and checks it was made by this recipe, and every process follows
-    resume_from = agreed_resume_point(run_dir, resume, accelerator)
-    if resume_from is not None:
-        resume_from = resume_checkpoint(accelerator, run_dir, cfg)
+    common = agreed_resume_point(run_dir, resume, accelerator)
+    resume_from = resume_checkpoint(accelerator, run_dir, cfg, common) if common else None
     saved_fingerprint, resumed_from = None, resume_from
     if resume_from is not None:
         saved = TrainState.from_json(json.loads((resume_from / STATE_FILE).read_text()))
