@@ -80,7 +80,7 @@ class DataConfig:
     attack_size: int | None = None  # decode and attack at this size; the model resizes to image_size inside
     crop_pct: float | None = None  # None: the backbone's at its native size, else 1.0 (resize whole images)
     interpolation: str | None = None  # None: the backbone's (bilinear | bicubic | nearest)
-    augment: str = "none"  # none | flip-crop | timm
+    augment: str = "none"  # none | flip-crop | timm | rrc-flip (random-resized crop + flip, fast JPEG decode)
     batch_size: int = 128  # per process
     eval_batch_size: int = 256
     num_workers: int = 2
@@ -216,7 +216,7 @@ class FinetuneConfig:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.augment": ("none", "flip-crop", "timm"),
+    "data.augment": ("none", "flip-crop", "timm", "rrc-flip"),
     "data.streaming": ("auto", "true", "false"),
     "data.shard_cache": ("auto", "node", "off"),
     "schedule.lr_scale_rule": ("none", "linear", "sqrt"),

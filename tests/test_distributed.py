@@ -40,15 +40,19 @@ SHARDED_EVAL = """
 import json, sys
 import torch
 from accelerate import Accelerator
-from robustify.evaluate.kernel import sharded_pgd_accuracy
+from robustify.evaluate.kernel import shard_range, sharded_pgd_accuracy
 from tests.helpers import quickstart_batch, quickstart_model
 
 acc = Accelerator(cpu=True)
 x, y = quickstart_batch(200)
 res = sharded_pgd_accuracy(quickstart_model(), x, y, 0.1, steps=3, restarts=2, loss="ce+cw", batch_size=32,
                            accelerator=acc, progress=False)
+# what the trainer does: each process holds (decodes) only its own block of the 200
+start, end = shard_range(200, 32, acc.process_index, acc.num_processes)
+own = sharded_pgd_accuracy(quickstart_model(), x[start:end], y[start:end], 0.1, steps=3, restarts=2, loss="ce+cw",
+                           batch_size=32, accelerator=acc, progress=False, total=200)
 if acc.is_main_process:
-    open(sys.argv[1], "w").write(json.dumps(res))
+    open(sys.argv[1], "w").write(json.dumps(dict(res, own_block=own)))
 """
 
 
@@ -61,7 +65,8 @@ def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 def test_sharded_evaluation_equals_single_process(tmp_path: Path):
-    """Two processes each attack half of the examples and report exactly the single-process counts."""
+    """Two processes each attack half of the examples and report exactly the single-process counts, whether each
+    holds all examples or (as the trainer's evaluation: decoded alone) only its own block."""
     from robustify.evaluate.kernel import sharded_pgd_accuracy
     from tests.helpers import quickstart_batch, quickstart_model
 
@@ -75,6 +80,8 @@ def test_sharded_evaluation_equals_single_process(tmp_path: Path):
                                progress=False)
     assert two["processes"] == 2 and one["processes"] == 1
     assert (two["clean_acc"], two["pgd_acc"], two["n_examples"]) == (one["clean_acc"], one["pgd_acc"], 200)
+    own = two["own_block"]  # each process given only its block (total=200): the same numbers
+    assert (own["clean_acc"], own["pgd_acc"], own["n_examples"]) == (one["clean_acc"], one["pgd_acc"], 200)
     assert two["precision"] == "fp32"
     # the attack's cost is split: each process made about half of the input-gradient evaluations
     assert sum(two["attack_work"]) == one["attack_work"][0]

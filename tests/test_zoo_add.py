@@ -32,15 +32,17 @@ def _env(hub: LocalHub, tmp: Path) -> dict[str, str]:
 def test_zoo_add_checks_the_published_card(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     stale = make_run(tmp_path / "stale", clean=0.80)  # another run: its card would not match what is published
+    twin = make_run(tmp_path / "twin")  # the same record and card, other weights: only the weights' hash differs
     zoo = tmp_path / "zoo"
     with LocalHub(tmp_path / "hub_root") as hub:
         env = _env(hub, tmp_path)
-        push, added, again, mismatch, missing = cli(
+        push, added, again, mismatch, other_weights, missing = cli(
             env,
             ["push", str(run), "--repo-id", REPO],
             ["zoo", "add", str(run), "--repo-id", REPO, "--zoo-dir", str(zoo), "--recipe", "quickstart"],
             ["zoo", "add", str(run), "--repo-id", REPO, "--zoo-dir", str(zoo)],  # exists: refused without --force
             ["zoo", "add", str(stale), "--repo-id", REPO, "--zoo-dir", str(zoo), "--name", "stale"],
+            ["zoo", "add", str(twin), "--repo-id", REPO, "--zoo-dir", str(zoo), "--name", "twin"],
             ["zoo", "add", str(run), "--repo-id", "someone/never-pushed", "--zoo-dir", str(zoo), "--name", "x"],
         )
         head = hub.commits(REPO)[-1].id
@@ -62,6 +64,7 @@ def test_zoo_add_checks_the_published_card(tmp_path: Path) -> None:
     assert load_file(path).hub_id == REPO
 
     for res, words in [(again, ("already exists", "--force")), (mismatch, ("does not match", "clean_acc")),
+                       (other_weights, ("does not match", "model.safetensors has sha256")),
                        (missing, ("not found", "push the run first"))]:
         assert res[0] == 2, res
         assert len(res[2].strip().splitlines()) == 1 and all(w in res[2] for w in words), res[2]

@@ -124,9 +124,9 @@ def imagenet_like_jpegs(n: int, seed: int = 0, size: tuple[int, int] = (500, 375
 def decode_figures(n_images: int = DEFAULT_IMAGES, input_size: int = 224, seed: int = 0) -> dict[str, Any]:
     """Images/s on one core of: the bare JPEG decode (the limit for any pipeline that decodes every image), a
     reduced-size decode (PIL ``draft``, DCT scaling to 1/2), timm's ``create_transform(is_training=True)`` (decode +
-    augment + to tensor), robustify's training pipeline (what a decode worker runs for ``augment: timm``: the same
-    timm transform, seeded per example) and robustify's evaluation pipeline (resize + centre crop), on the same
-    files."""
+    augment + to tensor), robustify's training pipelines (what a decode worker runs for ``augment: timm``: the same
+    timm transform, seeded per example; for ``augment: rrc-flip``: timm's crop and flip draws, decoded and resized
+    in one pass, uint8 out) and robustify's evaluation pipeline (resize + centre crop), on the same files."""
     import io
 
     import datasets
@@ -160,6 +160,9 @@ def decode_figures(n_images: int = DEFAULT_IMAGES, input_size: int = 224, seed: 
     def robustify_train(b: bytes, i: int):
         return make_example(image.decode_example({"bytes": b, "path": None}), pre, "timm", i, transforms)
 
+    def robustify_rrc(b: bytes, i: int):  # the bytes as datasets.Image(decode=False) stores them: decoded once
+        return make_example({"bytes": b, "path": None}, pre, "rrc-flip", i, transforms)
+
     def robustify_eval(b: bytes, i: int):
         return make_example(image.decode_example({"bytes": b, "path": None}), pre, "none", i, transforms)
 
@@ -168,6 +171,7 @@ def decode_figures(n_images: int = DEFAULT_IMAGES, input_size: int = 224, seed: 
         for name, fn in (("bare JPEG decode (PIL, full size)", bare), ("reduced decode (PIL draft, 1/2 scale)", draft),
                          ("timm create_transform(is_training=True)", timm_pipeline),
                          ("robustify training pipeline (augment: timm, seeded)", robustify_train),
+                         ("robustify training pipeline (augment: rrc-flip)", robustify_rrc),
                          ("robustify evaluation pipeline (resize + centre crop)", robustify_eval)):
             fn(files[0], 0)  # first-call setup out of the timing
             t0 = time.perf_counter()

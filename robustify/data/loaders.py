@@ -175,6 +175,14 @@ class Loaders:
             self._eval_cache[key] = self._eval_rows(rank * n // world_size, (rank + 1) * n // world_size)
         return self._eval_cache[key]
 
+    def eval_block(self, start: int, end: int) -> Batch:
+        """Examples ``[start, end)`` of the evaluation subset, decoded alone (only the shards that hold them are
+        read): what one process attacks, see ``robustify.evaluate.kernel.shard_range``."""
+        key = (-start - 1, end)  # beside eval_examples' (rank, world) keys, never equal to one
+        if key not in self._eval_cache:
+            self._eval_cache[key] = self._eval_rows(max(0, start), min(end, self.eval_size))
+        return self._eval_cache[key]
+
     def eval_record(self) -> dict[str, Any]:
         x, y = self.eval_examples()
         return Examples(x, y, self.data, self.eval_split, self.num_classes, self.label_names).record()
@@ -317,7 +325,8 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
         def epoch_index(epoch: int) -> list[torch.Tensor]:
             return epoch_batches(n_train, bs, seed, epoch, rank, world_size)
 
-        in_memory = cfg.augment != "timm" and _estimated_mb(n_train, pre.input_size) <= cfg.cache_mb
+        # timm and rrc-flip augment the original image (a random crop of it), so they cannot start from the cache
+        in_memory = cfg.augment not in ("timm", "rrc-flip") and _estimated_mb(n_train, pre.input_size) <= cfg.cache_mb
         if in_memory:
             xtr, ytr = decode_all(train_ds, transform)
             train = _MemoryTrain(xtr, ytr, cfg.augment)

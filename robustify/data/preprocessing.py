@@ -189,8 +189,72 @@ def flip_crop(x: torch.Tensor, pad: int | None = None, seeds: list[int] | None =
     return torch.where(flip[:, None, None, None], out.flip(-1), out)
 
 
+RRC_SCALE, RRC_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # timm's (and torchvision's) RandomResizedCrop defaults
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+def open_lazily(value: Any) -> Image.Image:
+    """A data set's image cell (``{"bytes", "path"}`` as ``datasets.Image(decode=False)`` stores it, or an already
+    decoded PIL image) as a PIL image whose pixels are not decoded yet, so :func:`rrc_flip` can still ask the JPEG
+    decoder for a reduced size (``datasets.Image().decode_example`` decodes the whole image at once)."""
+    import io
+
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict) and value.get("bytes") is not None:
+        return Image.open(io.BytesIO(value["bytes"]))
+    if isinstance(value, dict) and value.get("path"):
+        return Image.open(value["path"])
+    import datasets
+
+    return datasets.Image().decode_example(value)
+
+
+def rrc_params(img: Image.Image, seed: int) -> tuple[tuple[int, int, int, int], bool]:
+    """The random-resized-crop box (top, left, height, width) and the flip of one example, drawn exactly as timm's
+    ``RandomResizedCropAndInterpolation`` draws them (scale 0.08-1, ratio 3/4-4/3), from ``seed``. Reads only the
+    image's size, which PIL knows from the header: the pixels need not be decoded."""
+    from timm.data.transforms import RandomResizedCropAndInterpolation
+
+    state = random.getstate()
+    try:
+        random.seed(seed)
+        box = RandomResizedCropAndInterpolation.get_params(img, RRC_SCALE, RRC_RATIO)
+        return tuple(int(v) for v in box), random.random() < 0.5
+    finally:
+        random.setstate(state)
+
+
+def rrc_flip(img: Image.Image, out_hw: tuple[int, int], interpolation: str, seed: int,
+             draft: bool = True) -> torch.Tensor:
+    """``augment: rrc-flip``: Fast AT's ImageNet augmentation (random-resized crop, horizontal flip; Wong et al.
+    2020), uint8 (C,H,W), built for decode speed. Why by hand: timm's transform decodes the full image, crops, then
+    resizes, converts to float and jitters colour; here the JPEG is decoded at the largest DCT reduction (1/2, 1/4,
+    1/8: PIL's ``draft``) that keeps the crop at or above the output size, and cropped and resized in one PIL call
+    (``resize(box=...)``), so a 500x375 image whose crop is small is decoded at a quarter of its pixels. The box and
+    flip are timm's draws (:func:`rrc_params`); ``draft=False`` gives the same crop from the full decode (the
+    reference the equivalence test and ``robustify bench --data`` compare against)."""
+    (top, left, h, w), flip = rrc_params(img, seed)
+    full_w, full_h = img.size
+    if draft and img.format == "JPEG" and getattr(img, "tile", None):  # not decoded yet
+        k = next(k for k in (8, 4, 2, 1) if k == 1 or (h / k >= out_hw[0] and w / k >= out_hw[1]))
+        if k > 1:
+            img.draft("RGB", (-(-full_w // k), -(-full_h // k)))
+    sx, sy = full_w / img.size[0], full_h / img.size[1]
+    box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
+    out = to_rgb(img).resize((out_hw[1], out_hw[0]), _PIL_FILTERS.get(interpolation, Image.Resampling.BILINEAR),
+                             box=box)
+    if flip:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()
+
+
 def make_example(img, pre: Preprocessing, augment: str, seed: int, transforms: dict[str, Any]) -> torch.Tensor:
-    """One training example: uint8 (no augmentation) or float in [0,1] (flip-crop, timm), seeded by ``seed``."""
+    """One training example: uint8 (no augmentation, rrc-flip) or float in [0,1] (flip-crop, timm), seeded by
+    ``seed``. ``img``: a PIL image, or (rrc-flip) an undecoded image cell, see :func:`open_lazily`."""
+    if augment == "rrc-flip":
+        return rrc_flip(open_lazily(img), tuple(pre.input_size[1:]), pre.interpolation, seed)
     if augment == "timm":
         tf = transforms.setdefault("train", pre.train_transform())
         return seeded_transform(tf, img, seed)

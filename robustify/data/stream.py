@@ -324,7 +324,8 @@ def decode_rows(keys: list[tuple[dict, int, int, str]], record: dict, augment: s
         if label is None or int(label) < 0:
             return None, None, f"{where} has label {label}: unlabelled examples; labels must be class indices 0..K-1"
         try:
-            xs.append(make_example(image.decode_example(value), pre, augment, seed, transforms))
+            img = value if augment == "rrc-flip" else image.decode_example(value)  # rrc-flip decodes at reduced size
+            xs.append(make_example(img, pre, augment, seed, transforms))
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image
             return None, None, f"{where}: the image cannot be decoded ({_first_line(e)}); remove or fix that row"
         ys.append(int(label))

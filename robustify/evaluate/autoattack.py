@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from .kernel import FP32, bar_for, shard_range
+from .kernel import FP32, bar_for, own_block
 
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
 MISSING = "--attack autoattack needs the optional package: pip install 'robustify[autoattack]'"
@@ -271,13 +271,16 @@ def _num_classes(model: torch.nn.Module, x: torch.Tensor, device: torch.device) 
 
 def sharded_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str,
                        version: str = "standard", seed: int = 0, batch_size: int = 250, accelerator: Any = None,
-                       device: torch.device | str = "cpu", progress: bool = True) -> dict[str, Any]:
-    """AutoAttack robust accuracy, each process running the cascade on its shard; per-attack counts summed."""
+                       device: torch.device | str = "cpu", progress: bool = True,
+                       total: int | None = None) -> dict[str, Any]:
+    """AutoAttack robust accuracy, each process running the cascade on its shard; per-attack counts summed.
+    ``total``: ``x, y`` are already this process's block of a ``total``-example subset (see ``own_block``)."""
     require()
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     device = torch.device(accelerator.device if accelerator is not None else device)
-    start, end = shard_range(int(y.shape[0]), batch_size, rank, world)
-    res = run_autoattack(FP32(model), x[start:end], y[start:end], eps, norm, settings_for(version), seed=seed,
+    start, end, base = own_block(x, y, batch_size, rank, world, total)
+    mine = slice(start - base, end - base)
+    res = run_autoattack(FP32(model), x[mine], y[mine], eps, norm, settings_for(version), seed=seed,
                          batch_size=batch_size, device=device, progress=progress and rank == 0)
     aa = res["autoattack"]
     names = list(aa["per_attack"])

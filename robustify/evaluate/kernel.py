@@ -186,22 +186,39 @@ def shard_range(n: int, batch_size: int, rank: int, world_size: int) -> tuple[in
     return min(first * batch_size, n), min(last * batch_size, n)
 
 
+def own_block(x: torch.Tensor, y: torch.Tensor, batch_size: int, rank: int, world: int,
+              total: int | None = None) -> tuple[int, int, int]:
+    """``(start, end, base)``: the examples ``[start, end)`` of the subset this process evaluates, and the subset
+    index of ``x[0]``. ``total=None``: ``x, y`` are the whole subset (base 0). ``total=N``: they are already this
+    process's block of an N-example subset (decoded alone, :func:`shard_range`), so base = start."""
+    if total is None:
+        start, end = shard_range(int(y.shape[0]), batch_size, rank, world)
+        return start, end, 0
+    start, end = shard_range(int(total), batch_size, rank, world)
+    if int(y.shape[0]) != end - start:
+        raise ValueError(f"process {rank} of {world} holds {int(y.shape[0])} examples, but its block of {total} at "
+                         f"batch size {batch_size} is [{start}, {end})")
+    return start, end, start
+
+
 def sharded_pgd_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str = "Linf",
                          steps: int = 20, restarts: int = 1, loss: str = "ce", alpha: float | None = None,
                          seed: int = 0, batch_size: int = 256, accelerator: Any = None,
-                         device: torch.device | str = "cpu", desc: str = "eval", progress: bool = True
-                         ) -> dict[str, Any]:
-    """Clean and PGD accuracy on ``x, y`` (all examples, uint8 or [0,1], on the CPU), sharded over the processes of
+                         device: torch.device | str = "cpu", desc: str = "eval", progress: bool = True,
+                         total: int | None = None) -> dict[str, Any]:
+    """Clean and PGD accuracy on ``x, y`` (uint8 or [0,1], on the CPU), sharded over the processes of
     ``accelerator`` (None: one process), always in fp32 (:class:`FP32`).
 
-    Every process attacks only its :func:`shard_range` of the examples; the counts are summed across processes at
-    the end (one collective, exact integers), so N processes take 1/N of the time and report the same numbers as one.
-    Each batch's random starts come from a generator seeded with (seed, the batch's global offset).
+    ``x, y``: all examples, or (``total`` = the subset's size) only this process's :func:`shard_range` block, so a
+    process never decodes the examples it does not attack (5,000 ImageNet images are 750 MB per process).
+    Every process attacks only its block; the counts are summed across processes at the end (one collective, exact
+    integers), so N processes take 1/N of the time and report the same numbers as one. Each batch's random starts
+    come from a generator seeded with (seed, the batch's global offset).
     """
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     device = torch.device(accelerator.device if accelerator is not None else device)
     losses = parse_losses(loss)
-    start, end = shard_range(int(y.shape[0]), batch_size, rank, world)
+    start, end, base = own_block(x, y, batch_size, rank, world, total)
     fp32 = FP32(model)
     was_training = model.training
     model.eval()
@@ -211,8 +228,8 @@ def sharded_pgd_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
         try:
             batches = range(start, end, batch_size)
             for i in tqdm(batches, desc=desc, leave=False, **({} if progress and rank == 0 else {"disable": True})):
-                xb = to_unit(x[i:min(i + batch_size, end)].to(device, non_blocking=True))
-                yb = y[i:min(i + batch_size, end)].to(device, non_blocking=True)
+                xb = to_unit(x[i - base:min(i + batch_size, end) - base].to(device, non_blocking=True))
+                yb = y[i - base:min(i + batch_size, end) - base].to(device, non_blocking=True)
                 gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
                 clean = predict(fp32, xb) == yb
                 robust = pgd_robust(fp32, xb, yb, eps, norm, steps, restarts, losses, alpha, gen, clean, work=work)

@@ -569,7 +569,8 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
     if run is not None:
         runrecord.verify_weights(run.path)  # the record's numbers must belong to these weights
     net = load(model)
-    ex = load_examples(data, split, n_examples, net, progress=progress)
+    with state.main_process_first():  # the main process downloads and prepares the data set; the others then read
+        ex = load_examples(data, split, n_examples, net, progress=progress)  # its cache, never racing it
     if net.num_classes != ex.num_classes:
         raise UserError(f"model {model!r} has {net.num_classes} outputs but {data!r} has {ex.num_classes} classes; "
                         "evaluate a model on the data set it was trained for")

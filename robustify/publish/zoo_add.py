@@ -35,6 +35,7 @@ class Published:
     card_block: dict[str, Any] | None  # the card's front-matter robustbench block
     config: dict[str, Any] | None
     paths: dict[str, Path] = field(default_factory=dict)  # downloaded files, by name
+    weights_sha256: str | None = None  # of the published model.safetensors (the Hub's LFS record of it)
 
 
 def fetch_published(repo_id: str, revision: str | None = None) -> Published:
@@ -57,11 +58,21 @@ def fetch_published(repo_id: str, revision: str | None = None) -> Published:
     except Exception as e:  # noqa: BLE001
         raise HubTransferError(f"zoo add: reading {repo_id} failed ({_one_line(e, token)})") from None
     paths: dict[str, Path] = {}
-    block = config = None
+    block = config = weights_sha256 = None
     try:
         for name in ("README.md", "config.json"):
             if name in files:
                 paths[name] = Path(hf_hub_download(repo_id, name, revision=info.sha, token=token))
+        if "model.safetensors" in files:  # its sha256 from the Hub's LFS pointer: the weights are not downloaded
+            entry = api.get_paths_info(repo_id, ["model.safetensors"], revision=info.sha)[0]
+            lfs = getattr(entry, "lfs", None)
+            if lfs is not None:
+                weights_sha256 = lfs.sha256
+            else:  # stored without LFS (a tiny model): hash the file itself
+                from ..fileio import file_sha256
+
+                weights_sha256 = file_sha256(Path(hf_hub_download(repo_id, "model.safetensors", revision=info.sha,
+                                                                  token=token)))
     except Exception as e:  # noqa: BLE001
         raise HubTransferError(f"zoo add: downloading from {repo_id} failed ({_one_line(e, token)})") from None
     if "README.md" in paths:
@@ -74,7 +85,8 @@ def fetch_published(repo_id: str, revision: str | None = None) -> Published:
             config = json.loads(paths["config.json"].read_text(encoding="utf-8"))
         except ValueError:
             config = None
-    return Published(repo_id, str(info.sha), files, block if isinstance(block, dict) else None, config, paths)
+    return Published(repo_id, str(info.sha), files, block if isinstance(block, dict) else None, config, paths,
+                     weights_sha256)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -90,6 +102,18 @@ def _same(a: Any, b: Any) -> bool:
 def check_weights_present(run: RunFolder, pub: Published) -> str | None:
     if "model.safetensors" not in pub.files:
         return "the repo has no model.safetensors"
+    return None
+
+
+def check_weights_hash(run: RunFolder, pub: Published) -> str | None:
+    """The published weights are the run's own: the sha256 its record names (verified against the local file when
+    the run folder was read)."""
+    want = run.record.training.weights_sha256
+    if want is None:
+        return "the run's record names no weights hash; re-export it with robustify finetune --resume"
+    if pub.weights_sha256 != want:
+        got = (pub.weights_sha256 or "unknown")[:12]
+        return f"the published model.safetensors has sha256 {got}..., the run's record names {want[:12]}..."
     return None
 
 
@@ -117,7 +141,8 @@ def check_config(run: RunFolder, pub: Published) -> str | None:
 
 
 # Each check compares the run with the published repo; append one to check more (it returns the mismatch or None).
-CHECKS: list[Callable[[RunFolder, Published], str | None]] = [check_weights_present, check_card, check_config]
+CHECKS: list[Callable[[RunFolder, Published], str | None]] = [check_weights_present, check_card, check_config,
+                                                              check_weights_hash]
 
 
 def default_name(repo_id: str) -> str:

@@ -40,7 +40,7 @@ from ..config import FinetuneConfig, _flatten, config_from_dict, dump_yaml, expa
 from ..errors import Interrupted, UserError
 from ..evaluate.autoattack import sharded_autoattack
 from ..evaluate.collectives import broadcast_buffers, stage
-from ..evaluate.kernel import fp32_math, sharded_pgd_accuracy
+from ..evaluate.kernel import fp32_math, shard_range, sharded_pgd_accuracy
 from ..fileio import atomic_write_json, atomic_write_text
 from ..models import RobustModel, build_robust_model, load_backbone
 from ..publish import runrecord
@@ -226,7 +226,8 @@ class Run:
     ctx: StepContext
     epochs: int
     lr: float  # the peak learning rate after global-batch scaling
-    eval_set: tuple[torch.Tensor, torch.Tensor]
+    eval_set: tuple[torch.Tensor, torch.Tensor]  # this process's block of the evaluation subset (decoded alone)
+    eval_total: int  # the subset's size (all processes' blocks together)
     clock: float = 0.0  # perf_counter at the last wall-time update (see tick)
     stage_name: str = ""  # the stage's name when the recipe has several
     guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
@@ -347,8 +348,12 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
                       awp=awp_mod.build(cfg, raw))
     stepper.after_backward = ctx.awp.restore if ctx.awp is not None else None
     verdict_model, verdicts = verdict_view(cfg, verdict_data, accelerator, backbone, probed, loaders)
+    # each process decodes only the evaluation examples it attacks (the kernel's batch-aligned block)
+    block = shard_range(verdicts.eval_size, cfg.data.eval_batch_size, accelerator.process_index,
+                        accelerator.num_processes)
     run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
-              ctx, epochs, lr, verdicts.eval_examples(), verdict_model=verdict_model, probe_batch=verdicts.probe)
+              ctx, epochs, lr, verdicts.eval_block(*block), verdicts.eval_size, verdict_model=verdict_model,
+              probe_batch=verdicts.probe)
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
     if cfg.data.unlabeled and cfg.method.name != "natural":  # robust self-training: labelled once, before training
         run.unlabeled = pseudo_labels.prepare(cfg, run_dir, accelerator, loaders, raw, head_replaced)
@@ -389,12 +394,14 @@ def evaluate(run: Run, desc: str) -> dict[str, Any]:
     same_buffers(run)
     res = sharded_pgd_accuracy(run.verdict_model, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
                                restarts=e.pgd_restarts, loss=e.pgd_loss, seed=cfg.train.seed,
-                               batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator, desc=desc)
+                               batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator, desc=desc,
+                               total=run.eval_total)
     res["split"] = cfg.data.eval_split
     if e.autoattack:
         with fp32_math():  # TF32 off, as in the PGD kernel
             res.update(sharded_autoattack(run.verdict_model, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
-                                          batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator))
+                                          batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator,
+                                          total=run.eval_total))
     return res
 
 
