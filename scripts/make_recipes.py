@@ -114,7 +114,7 @@ def imagenet(eps: int, key: str, method: str) -> tuple[str, dict, str, str]:
     name = f"imagenet-{key}-linf{eps}-{method}"
     r = {
         "model": {"name": model, "pretrained": True, "channels_last": channels_last},
-        "data": {"name": "imagenet-1k", "eval_split": "validation", "streaming": "true", "augment": "timm",
+        "data": {"name": "imagenet-1k", "eval_split": "validation", "streaming": "true", "augment": "rrc-flip",
                  "batch_size": 128, "eval_batch_size": 250, "num_workers": 12, "shuffle_buffer": 20000},
         "threat": {"norm": "Linf", "eps": f"{eps}/255"},
         "method": section,

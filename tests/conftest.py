@@ -19,6 +19,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+SHARED_RUNS = ("quickstart_run", "tiny_runs")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``, see pyproject.toml) every test that uses a shared trained run goes
+    to one worker, so each run is trained once per session, not once per worker."""
+    for item in items:
+        if any(name in getattr(item, "fixturenames", ()) for name in SHARED_RUNS):
+            item.add_marker(pytest.mark.xdist_group("shared-runs"))
+
+
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The run folder of a full ``robustify finetune`` quickstart (about 35 s on 2 cores), shared by all tests.

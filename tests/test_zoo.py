@@ -17,6 +17,13 @@ from robustify.publish.runrecord import RunRecord
 QUICKSTART = "quickstart-digits-test_resnet-linf-0.1"
 
 
+@pytest.fixture(autouse=True)
+def _wide_tables(monkeypatch) -> None:
+    """The tables are read cell by cell: a width that fits every column, whatever the runner's terminal (a
+    pytest-xdist worker has none, and 80 columns would leave some out)."""
+    monkeypatch.setenv("COLUMNS", "200")
+
+
 def _quickstart_data() -> dict:
     path = next(p for p in zoo.zoo_files() if p.stem == QUICKSTART)
     return yaml.safe_load(path.read_text())

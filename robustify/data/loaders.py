@@ -179,8 +179,11 @@ class Loaders:
         """Examples ``[start, end)`` of the evaluation subset, decoded alone (only the shards that hold them are
         read): what one process attacks, see ``robustify.evaluate.kernel.shard_range``."""
         key = (-start - 1, end)  # beside eval_examples' (rank, world) keys, never equal to one
+        start, end = max(0, start), min(end, self.eval_size)
+        if start >= end:  # a process whose block is empty (fewer eval batches than processes) still takes part
+            return torch.zeros((0, *self.preprocessing.input_size), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
         if key not in self._eval_cache:
-            self._eval_cache[key] = self._eval_rows(max(0, start), min(end, self.eval_size))
+            self._eval_cache[key] = self._eval_rows(start, end)
         return self._eval_cache[key]
 
     def eval_record(self) -> dict[str, Any]:
