@@ -19,15 +19,25 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-SHARED_RUNS = ("quickstart_run", "tiny_runs")
+def _shared(tmp_path_factory: pytest.TempPathFactory, name: str, make) -> Path:
+    """A folder made once per test session, also under pytest-xdist: the workers share the session's base temp
+    folder's parent, and the first to arrive makes the folder under a file lock while the others wait for it."""
+    from filelock import FileLock
 
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the folder every worker's base temp folder lives in
+    folder = root / f"shared-{name}"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not (folder / "done").exists():
+            if folder.exists():
+                import shutil
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under pytest-xdist (``--dist loadgroup``, see pyproject.toml) every test that uses a shared trained run goes
-    to one worker, so each run is trained once per session, not once per worker."""
-    for item in items:
-        if any(name in getattr(item, "fixturenames", ()) for name in SHARED_RUNS):
-            item.add_marker(pytest.mark.xdist_group("shared-runs"))
+                shutil.rmtree(folder)  # a worker that died half-way
+            folder.mkdir()
+            make(folder)
+            (folder / "done").write_text("")
+    return folder
 
 
 @pytest.fixture(scope="session")
@@ -39,10 +49,10 @@ def quickstart_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from robustify.config import build_config
     from robustify.train.trainer import finetune
 
-    run_dir = tmp_path_factory.mktemp("quickstart") / "run"
-    cfg = build_config("quickstart", [f"output_dir={run_dir}"])
-    finetune(cfg)
-    return run_dir
+    def make(folder: Path) -> None:
+        finetune(build_config("quickstart", [f"output_dir={folder / 'run'}"]))
+
+    return _shared(tmp_path_factory, "quickstart", make) / "run"
 
 
 @pytest.fixture(autouse=True)
@@ -67,9 +77,9 @@ def tiny_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from robustify.config import build_config
     from robustify.train.trainer import finetune
 
-    runs = []
-    for seed in (0, 1):
-        run_dir = tmp_path_factory.mktemp("tiny") / f"run{seed}"
-        finetune(build_config("quickstart", TINY + [f"train.seed={seed}", f"output_dir={run_dir}"]))
-        runs.append(run_dir)
-    return runs[0], runs[1]
+    def make(folder: Path) -> None:
+        for seed in (0, 1):
+            finetune(build_config("quickstart", TINY + [f"train.seed={seed}", f"output_dir={folder / f'run{seed}'}"]))
+
+    folder = _shared(tmp_path_factory, "tiny", make)
+    return folder / "run0", folder / "run1"

@@ -423,7 +423,8 @@ def test_bench_decode_figures_compare_the_pipelines_on_the_same_files(tmp_path: 
     assert main(["bench", "--data", "imagenet-like", "--data-images", "2", "--output", str(tmp_path / "d.json")]) == 0
     report = json.loads((tmp_path / "d.json").read_text())
     names = [r["pipeline"] for r in report["pipelines"]]
-    assert len(names) == 5 and names[0].startswith("bare JPEG decode") and report["image_size"] == [500, 375]
+    assert len(names) == 6 and names[0].startswith("bare JPEG decode") and report["image_size"] == [500, 375]
+    assert any("rrc-flip" in n for n in names)
     assert report["pipelines"][0]["vs_bare_decode"] == 1.0
 
 
