@@ -420,8 +420,10 @@ def check_data(cfg: FinetuneConfig) -> str:
 def dry_run(recipe: str, overrides: list[str] | None = None) -> str:
     """Resolve, check and plan a recipe without training or writing anything."""
     from .config import dump_yaml
+    from .train.preflight import preflight
 
     p = plan(recipe, overrides)
+    preflight(p.cfg)  # what the run refuses before it starts, by the run's own code
     checks = [check_model(p.cfg.model.name, p.cfg.model.pretrained), check_data(p.cfg)]
     from .data.loaders import use_streaming
 

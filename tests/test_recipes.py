@@ -149,3 +149,16 @@ def test_dry_run_checks(args: list[str], message: str, capsys):
     import re
 
     assert re.search(message, err), err
+
+
+@pytest.mark.parametrize("setting", ["train.mixed_precision=fp16", "model.freeze=stages:99"])
+def test_dry_run_refuses_what_the_run_refuses(setting: str, tmp_path: Path, monkeypatch, capsys):
+    """One code path (robustify.train.preflight): the dry run and the run refuse the same settings with the same
+    line, and the run refuses before it writes anything."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["finetune", "--dry-run", "--set", setting]) == 2
+    dry = capsys.readouterr().err.strip()
+    assert main(["finetune", "--output-dir", str(tmp_path / "run"), "--set", setting]) == 2
+    run = capsys.readouterr().err.strip()
+    assert dry == run and len(run.splitlines()) == 1 and setting.split("=")[0] in run
+    assert list(tmp_path.iterdir()) == []

@@ -76,6 +76,7 @@ from .hardware import (
 )
 from .methods import Method, StepContext, build_method
 from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, register_custom_hook, step_autocast
+from .preflight import preflight
 from .schedules import warmup_for_scaled_lr
 from .sign_hook import ERROR_PREFIX as COMM_ERROR_PREFIX
 
@@ -264,6 +265,7 @@ class Run:
 # ------------------------------------------------------------------------------------------------------- setup
 def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, FinetuneConfig]:
     """The Accelerator and the run folder (locked; a ``--resume`` that would continue a different run is refused)."""
+    preflight(cfg)  # exactly what --dry-run checks, before any device, data or weights
     accelerator = make_accelerator(cfg, log_with=cfg.train.log_with)
     run_dir = resolve_output_dir(cfg, resume, accelerator)
     notes = check_resume(run_dir, cfg) if resume and checkpoint_dirs(run_dir) else []

@@ -1,0 +1,64 @@
+"""The checks a run makes before it loads weights, reads data or touches a device, in one place: ``finetune`` runs
+them first and ``finetune --dry-run`` runs exactly these, so a dry run never plans settings the run then refuses.
+
+What is checked here beyond the config's own validation (``robustify.config``): the precision (fp16 is refused,
+``hardware.refuse_fp16``), and each stage's ``model.freeze`` against the architecture's timm parameter groups, with the
+architecture built on PyTorch's ``meta`` device (no memory, no weights, no download) when its name or its folder's
+``config.json`` says which timm architecture it is.
+
+Must not: load weights, read data, or allocate on a device (the dry run calls it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import FinetuneConfig, expand_stages
+from .freeze import frozen_names
+from .hardware import refuse_fp16
+
+
+def architecture_of(name: str) -> str | None:
+    """The timm architecture behind a model spec, when it is known without downloading anything: a timm name
+    (``resnet50.a1_in1k`` -> ``resnet50``) or a local run/model folder's ``config.json``; None otherwise."""
+    import timm
+
+    from ..models import resolve_spec
+
+    arch = name.partition(".")[0]
+    if timm.is_model(arch) and not Path(name).expanduser().exists():
+        return arch
+    try:
+        spec = resolve_spec(name)
+    except Exception:  # noqa: BLE001 - an unknown spec is reported by the model check, not here
+        return None
+    folder = Path(str(spec).removeprefix("local-dir:")).expanduser()
+    try:
+        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architecture")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_freeze(cfg: FinetuneConfig) -> None:
+    """Every stage's ``model.freeze`` names groups the architecture has (one line otherwise, as the run says it)."""
+    specs = {stage.model.freeze for _, stage in expand_stages(cfg)} - {"none", "backbone"}
+    if not specs:
+        return
+    arch = architecture_of(cfg.model.name)
+    if arch is None:
+        return  # a Hub model: checked when the run has loaded it
+    import timm
+
+    with torch.device("meta"):
+        backbone = timm.create_model(arch, pretrained=False)
+    for spec in sorted(specs):
+        frozen_names(backbone, spec)
+
+
+def preflight(cfg: FinetuneConfig) -> None:
+    """Everything a run refuses before it starts that can be known from the recipe alone."""
+    refuse_fp16(cfg)
+    check_freeze(cfg)
