@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "robustify"
 # lowest first; a module may import its own layer or any layer below it (the first matching prefix wins)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("robustify.version", "robustify.errors", "robustify.fileio", "robustify.input_grad",
-              "robustify.runfolder")),
+              "robustify.runfolder", "robustify.hub_access")),
     ("shared", ("robustify.config", "robustify.attacks", "robustify.report", "robustify.runlock")),
     ("core", ("robustify.models", "robustify.data")),
     ("publish", ("robustify.publish",)),

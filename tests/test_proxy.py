@@ -84,7 +84,7 @@ def hub_behind_proxy(tmp_path: Path):
 CHECK = """
 import json
 from huggingface_hub import constants
-from robustify.models import hub_reachable
+from robustify.hub_access import hub_reachable  # what robustify.models uses, without importing torch
 print(json.dumps({"reachable": hub_reachable(timeout=5), "offline": constants.HF_HUB_OFFLINE}))
 """
 
