@@ -84,7 +84,12 @@ def test_dry_run_writes_nothing(name: str, tmp_path: Path, monkeypatch, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("name", [n for n in RECIPES if n != "quickstart"])
+# every recipe but the CIFAR-100 twins of CIFAR-10 recipes, which scripts/make_recipes.py writes from the same table
+# with only the data set changed: one CIFAR-100 recipe per backbone keeps the 100-class head and data covered
+TRAINED = [n for n in RECIPES if n != "quickstart" and not (n.startswith("cifar100-") and not n.endswith("fgsm-rs"))]
+
+
+@pytest.mark.parametrize("name", TRAINED)
 def test_every_recipe_trains_a_few_steps(name: str, standin_data: dict, tmp_path: Path, capsys):
     cfg = plan(name).cfg
     run = tmp_path / "run"
