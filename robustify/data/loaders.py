@@ -169,22 +169,18 @@ class Loaders:
         return self._train.batches(self._epoch_index(epoch)[start_batch:], self._seed, epoch)
 
     def eval_examples(self, rank: int = 0, world_size: int = 1) -> Batch:
-        key = (rank, world_size)
-        if key not in self._eval_cache:
-            n = self.eval_size
-            self._eval_cache[key] = self._eval_rows(rank * n // world_size, (rank + 1) * n // world_size)
-        return self._eval_cache[key]
+        n = self.eval_size
+        return self.eval_block(rank * n // world_size, (rank + 1) * n // world_size)
 
     def eval_block(self, start: int, end: int) -> Batch:
         """Examples ``[start, end)`` of the evaluation subset, decoded alone (only the shards that hold them are
         read): what one process attacks, see ``robustify.evaluate.kernel.shard_range``."""
-        key = (-start - 1, end)  # beside eval_examples' (rank, world) keys, never equal to one
         start, end = max(0, start), min(end, self.eval_size)
         if start >= end:  # a process whose block is empty (fewer eval batches than processes) still takes part
             return torch.zeros((0, *self.preprocessing.input_size), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
-        if key not in self._eval_cache:
-            self._eval_cache[key] = self._eval_rows(start, end)
-        return self._eval_cache[key]
+        if (start, end) not in self._eval_cache:
+            self._eval_cache[(start, end)] = self._eval_rows(start, end)
+        return self._eval_cache[(start, end)]
 
     def eval_record(self) -> dict[str, Any]:
         x, y = self.eval_examples()

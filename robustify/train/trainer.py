@@ -229,20 +229,16 @@ class Run:
     lr: float  # the peak learning rate after global-batch scaling
     eval_set: tuple[torch.Tensor, torch.Tensor]  # this process's block of the evaluation subset (decoded alone)
     eval_total: int  # the subset's size (all processes' blocks together)
+    # the run's verdicts (before/after evaluation, probe, guard, best-robust selection) are made at the exported
+    # resolution: a stage at another resolution (progressive resizing) trains there but is judged by this view of
+    # the same weights (``probed`` itself unless the stage's resolution differs) on this probe batch
+    verdict_model: torch.nn.Module
+    probe_batch: tuple[torch.Tensor, torch.Tensor]
     clock: float = 0.0  # perf_counter at the last wall-time update (see tick)
     stage_name: str = ""  # the stage's name when the recipe has several
     guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
     unlabeled: pseudo_labels.Unlabeled | None = None  # data.unlabeled: pseudo-labelled examples mixed into batches
     comm: Any = None  # train.grad_compression=sign: the hook's state (per-process error memory, bytes sent)
-    # the run's verdicts (before/after evaluation, probe, guard, best-robust selection) are made at the exported
-    # resolution: a stage at another resolution (progressive resizing) trains there but is judged by this view of
-    # the same weights (``probed`` itself unless the stage's resolution differs) on this probe batch
-    verdict_model: torch.nn.Module | None = None
-    probe_batch: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def __post_init__(self) -> None:
-        self.verdict_model = self.probed if self.verdict_model is None else self.verdict_model
-        self.probe_batch = self.loaders.probe if self.probe_batch is None else self.probe_batch
 
     @property
     def main(self) -> bool:
