@@ -159,7 +159,9 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 10
     global_batch: int | None = None  # the global batch schedule.lr is stated for (None: whatever the run uses)
-    mixed_precision: str = "auto"  # auto | no | bf16 | fp16; auto: bf16 on CUDA, no (fp32) on CPU
+    # auto | no | bf16 | pure-bf16 | fp16; auto: bf16 on CUDA, no (fp32) on CPU; bf16 is autocast over fp32 weights,
+    # pure-bf16 keeps weights, gradients and optimizer state in bf16 with Kahan-summed updates (train/pure_bf16.py)
+    mixed_precision: str = "auto"
     compile: bool = False  # torch.compile the model forward (nn.Module.compile)
     grad_accum: int = 1
     seed: int = 0
@@ -227,7 +229,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.loss": ("ce", "trades"),
     "train.probe_split": ("heldout", "train"),
     "train.grad_compression": ("none", "fp16", "bf16", "powersgd", "sign"),
-    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "train.mixed_precision": ("auto", "no", "bf16", "pure-bf16", "fp16"),
     "train.select": ("best-robust", "last"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
 }
@@ -402,6 +404,7 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
         raise ConfigError(f"train.dist_timeout_minutes={cfg.train.dist_timeout_minutes:g} is not accepted; use a "
                           "value > 0 such as 60")
     _validate_local_sgd(cfg)
+    _validate_pure_bf16(cfg)
     if cfg.stages:
         expand_stages(cfg)  # each stage is validated as a full config
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
@@ -458,6 +461,23 @@ def _validate_local_sgd(cfg: FinetuneConfig) -> None:
         if value != off:
             raise ConfigError(f"train.local_sgd_steps={k} with {key}={value!r} is not accepted: local SGD sends no "
                               f"gradients and checkpoints only where the models are averaged; set {key}={off!r}")
+
+
+def _validate_pure_bf16(cfg: FinetuneConfig) -> None:
+    """train.mixed_precision=pure-bf16: the combinations it refuses, each in one line (why: train/pure_bf16.py)."""
+    if cfg.train.mixed_precision != "pure-bf16":
+        return
+    clash = {"optim.name": (cfg.optim.name, ("sgd", "adamw"), "torch-optimi's Kahan-summed optimizers are SGD and "
+                                                              "AdamW"),
+             "optim.nesterov": (cfg.optim.nesterov, (False,), "torch-optimi's SGD has heavy-ball momentum only"),
+             "train.ema": (cfg.train.ema, (False,), "a 0.1% average update vanishes in bf16 weights"),
+             "train.awp": (cfg.train.awp, (False,), "AWP's perturb-then-restore of the weights is not exact in bf16"),
+             "train.local_sgd_steps": (cfg.train.local_sgd_steps, (None,), "not supported together yet"),
+             "train.grad_compression": (cfg.train.grad_compression, ("none",), "the gradients already travel in bf16")}
+    for key, (value, accepted, why) in clash.items():
+        if value not in accepted:
+            raise ConfigError(f"train.mixed_precision='pure-bf16' with {key}={value!r} is not accepted ({why}); set "
+                              f"{key}={accepted[0]!r}, or use train.mixed_precision=bf16 (autocast, fp32 weights)")
 
 
 def validate_data(cfg: FinetuneConfig) -> None:

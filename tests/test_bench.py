@@ -33,8 +33,15 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
 
 def test_schema(report: tuple[dict, str]):
     data, _ = report
-    assert set(data) == {"hardware", "config", "results", "data_pipeline", "bound_by"}
+    assert set(data) == {"hardware", "config", "results", "data_pipeline", "bound_by", "state_memory"}
     hw, cfg = data["hardware"], data["config"]
+    # weights + gradients + optimizer state, measured per precision: pure-bf16 holds 2-byte weights and gradients
+    # and two 2-byte buffers (SGD momentum, Kahan compensation) where fp32 holds three 4-byte tensors
+    mem = data["state_memory"]
+    assert set(mem) == {"no", "pure-bf16"}
+    assert mem["pure-bf16"]["weights"] * 2 == mem["no"]["weights"] == mem["no"]["optimizer_state"]
+    assert mem["pure-bf16"]["optimizer_state"] == mem["pure-bf16"]["weights"] * 2
+    assert mem["pure-bf16"]["total"] * 3 == mem["no"]["total"] * 2
     assert {"device", "device_type", "device_name", "torch", "cpu_count", "mixed_precision", "channels_last"} <= set(hw)
     # 'auto' (the default) resolved by the hardware: fp32 and contiguous on a CPU, bf16 and channels-last on CUDA
     cuda = hw["device_type"] == "cuda"

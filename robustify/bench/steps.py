@@ -49,6 +49,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_json
 from ..models import RobustModel, load_backbone, resolve_spec
 from ..report import Listing, output_console
+from ..train import pure_bf16
 from ..train.hardware import maybe_compile, resolve_hardware_settings, target_device_type
 from ..train.methods import METHODS, Method, StepContext, build_method
 from ..train.optim import OptimizerStepper, build_optimizer, step_autocast
@@ -218,6 +219,7 @@ def method_step(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: 
     set_seed(cfg.train.seed)
     method = build_method(cfg.method, cfg.threat)
     model = copy.deepcopy(base)
+    pure_bf16.set_precision(model.backbone, pure_bf16.is_pure(cfg))  # as the trainer's setup
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = maybe_compile(accelerator.unwrap_model(model), cfg.train.compile)
@@ -260,6 +262,34 @@ def _measure(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Acc
         "peak_memory_mb": None if peak is None else round(peak, 1),
         "note": _note(method, cfg.train.epochs),
     }
+
+
+STATE_PRECISIONS = {"no": "fp32 (also bf16 autocast: fp32 weights)", "pure-bf16": "pure-bf16 (Kahan-summed)"}
+
+
+def state_memory(cfg: FinetuneConfig, base: RobustModel) -> dict[str, Any]:
+    """Bytes of trainable weights + gradients + optimizer state under each precision, for ``cfg``'s optimizer:
+    measured on copies of ``base`` after one optimizer step on zero gradients (the step that allocates the state),
+    from the tensors themselves. bf16 autocast keeps fp32 weights, gradients and state, so it is the fp32 row."""
+    out: dict[str, Any] = {}
+    for precision, label in STATE_PRECISIONS.items():
+        c = copy.deepcopy(cfg)
+        c.train.mixed_precision = precision
+        model = copy.deepcopy(base).cpu()
+        pure_bf16.set_precision(model.backbone, precision == pure_bf16.PURE)
+        try:
+            optimizer = build_optimizer(model, c)
+        except UserError as e:  # pure-bf16 without torch-optimi, or an optimizer it does not have
+            out[precision] = {"label": label, "error": str(e)}
+            continue
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)
+        optimizer.step()
+        b = pure_bf16.state_bytes(model, optimizer)
+        out[precision] = {"label": label, **b, "total": sum(b.values())}
+        del model, optimizer
+    return out
 
 
 def synthetic_setup(cfg: FinetuneConfig, num_classes: int | None, n_batches: int
@@ -321,7 +351,7 @@ def run_bench(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_METHODS, ste
     hardware = bench_hardware(accelerator, cfg.model.channels_last)
     _release(accelerator)
     accelerator.end_training()
-    return {"hardware": hardware, "config": config, "results": results}
+    return {"hardware": hardware, "config": config, "results": results, "state_memory": state_memory(cfg, base)}
 
 
 def _fmt_seconds(s: float) -> str:
@@ -370,6 +400,10 @@ def bench_notes(report: dict[str, Any]) -> list[str]:
                  "untimed), on synthetic data already on the device (data loading excluded)")
     if BASELINE not in cfg["methods"]:
         lines.append(f"{BASELINE} was timed too: it is the cost unit")
+    for row in report.get("state_memory", {}).values():
+        lines.append(f"weights + gradients + {cfg['optimizer']} state, {row['label']}: " + (
+            f"{row['total'] / 2**20:.1f} MiB ({row['weights'] / 2**20:.1f} + {row['gradients'] / 2**20:.1f} + "
+            f"{row['optimizer_state'] / 2**20:.1f})" if "total" in row else f"not measured: {row['error']}"))
     noisy = [f"{_label(r)} {_fmt_seconds(r['seconds_per_batch_min'])}-{_fmt_seconds(r['seconds_per_batch_max'])}"
              for r in report["results"] if "seconds_per_batch_min" in r
              and r["seconds_per_batch_max"] > NOISY_SPREAD * r["seconds_per_batch_min"]]

@@ -319,7 +319,9 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
         f"- Method: `{t.method.get('name')}`, {METHOD_TEXT.get(t.method.get('name', ''), t.method.get('name'))}; "
         f"{_method_args(t.method)}.",
         f"- Learning-rate schedule: `{t.schedule.get('name')}`, peak lr {t.schedule.get('lr', 0):g}; {t.epochs} "
-        f"epochs, batch size {t.batch_size}, optimizer {t.optimizer}, training precision {t.mixed_precision}.",
+        f"epochs, batch size {t.batch_size}, optimizer {t.optimizer}, training precision {t.mixed_precision}"
+        + (" (bf16 weights, gradients and optimizer state with Kahan-summed updates, torch-optimi; exported and "
+           "evaluated in fp32)" if t.mixed_precision == "pure-bf16" else "") + ".",
         *_frontier_lines(record),
         f"- Exported weights: {_weights_text(record)}.",
         f"- Cost: {cost.get('wall_seconds', 0.0):.1f} s wall time on {hardware.get('device', '?')} "

@@ -43,7 +43,7 @@ EVAL_KEY = "eval_sha256"  # in metrics.json: the sha256 of the eval.json that ro
 RECIPE_KEY = "recipe_sha256"  # in metrics.json: the sha256 of the recipe.yaml exported with the weights
 AA_RANK = {"standard": 3}  # any other AutoAttack version ranks 2
 AA_KEYS = ("package", "version", "attacks", "per_attack", "settings")  # what a record keeps of an AutoAttack run
-PRECISIONS = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}
+PRECISIONS = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "pure-bf16": "pure-bf16"}
 
 
 def eps_text(eps: float) -> str:

@@ -2,9 +2,9 @@
 them first and ``finetune --dry-run`` runs exactly these, so a dry run never plans settings the run then refuses.
 
 What is checked here beyond the config's own validation (``robustify.config``): the precision (fp16 is refused,
-``hardware.refuse_fp16``), and each stage's ``model.freeze`` against the architecture's timm parameter groups, with the
-architecture built on PyTorch's ``meta`` device (no memory, no weights, no download) when its name or its folder's
-``config.json`` says which timm architecture it is.
+``hardware.refuse_fp16``; pure-bf16 needs torch-optimi installed), and each stage's ``model.freeze`` against the
+architecture's timm parameter groups, with the architecture built on PyTorch's ``meta`` device (no memory, no
+weights, no download) when its name or its folder's ``config.json`` says which timm architecture it is.
 
 Must not: load weights, read data, or allocate on a device (the dry run calls it).
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import FinetuneConfig, expand_stages
+from . import pure_bf16
 from .freeze import frozen_names
 from .hardware import refuse_fp16
 
@@ -61,4 +62,6 @@ def check_freeze(cfg: FinetuneConfig) -> None:
 def preflight(cfg: FinetuneConfig) -> None:
     """Everything a run refuses before it starts that can be known from the recipe alone."""
     refuse_fp16(cfg)
+    if any(pure_bf16.is_pure(stage) for _, stage in expand_stages(cfg)):
+        pure_bf16.require_optimi()  # an optional dependency: say so before anything starts
     check_freeze(cfg)

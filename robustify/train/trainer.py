@@ -48,7 +48,7 @@ from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from . import awp as awp_mod
 from . import ema as ema_mod
-from . import eps_warmup, local_sgd, pseudo_labels
+from . import eps_warmup, local_sgd, pseudo_labels, pure_bf16
 from . import freeze as freeze_mod
 from .checkpoint import (
     STATE_FILE,
@@ -102,7 +102,9 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     project = ProjectConfiguration(project_dir=project_dir or os.getcwd(), logging_dir=project_dir or os.getcwd(),
                                    save_on_each_node=cfg.train.save_on_each_node)
     timeout = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.dist_timeout_minutes))
-    return Accelerator(cpu=use_cpu, mixed_precision=cfg.train.mixed_precision, log_with=log_with,
+    # pure-bf16 is no autocast for Accelerate: the model itself is bf16 (pure_bf16.py)
+    precision = "no" if cfg.train.mixed_precision == pure_bf16.PURE else cfg.train.mixed_precision
+    return Accelerator(cpu=use_cpu, mixed_precision=precision, log_with=log_with,
                        project_config=project, gradient_accumulation_steps=cfg.train.grad_accum,
                        kwargs_handlers=[timeout, *ddp_kwargs(cfg)])
 
@@ -254,6 +256,11 @@ class Run:
             self.state.wall_seconds += now - self.clock
         self.clock = now
 
+    def judged(self) -> torch.nn.Module:
+        """The model every verdict measures: ``verdict_model``, or for pure-bf16 training an fp32 copy of it (the
+        evaluation is fp32 whatever the training precision)."""
+        return pure_bf16.fp32_copy(self.verdict_model)
+
     def resume_command(self) -> str:
         return f"robustify finetune --output-dir {self.run_dir} --resume"
 
@@ -301,6 +308,8 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     if frozen is not None:
         accelerator.print(f"robustify: model.freeze={cfg.model.freeze}: {frozen['trainable']:,} parameters train, "
                           f"{frozen['frozen']:,} are frozen")
+    # train.mixed_precision=pure-bf16: the backbone's weights and buffers in bf16 (back to fp32 for another stage)
+    pure_bf16.set_precision(backbone, pure_bf16.is_pure(cfg))
     model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -390,14 +399,15 @@ def evaluate(run: Run, desc: str) -> dict[str, Any]:
     cfg, e = run.cfg, run.cfg.eval
     x, y = run.eval_set
     same_buffers(run)
-    res = sharded_pgd_accuracy(run.verdict_model, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
+    model = run.judged()
+    res = sharded_pgd_accuracy(model, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
                                restarts=e.pgd_restarts, loss=e.pgd_loss, seed=cfg.train.seed,
                                batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator, desc=desc,
                                total=run.eval_total)
     res["split"] = cfg.data.eval_split
     if e.autoattack:
         with fp32_math():  # TF32 off, as in the PGD kernel
-            res.update(sharded_autoattack(run.verdict_model, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
+            res.update(sharded_autoattack(model, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
                                           batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator,
                                           total=run.eval_total))
     return res
@@ -407,7 +417,7 @@ def probe(run: Run) -> tuple[float, float]:
     """PGD on the fixed probe minibatch (same examples every epoch), sharded like every evaluation."""
     x, y = run.probe_batch
     same_buffers(run)  # also what a best-weights capture after the probe keeps
-    res = sharded_pgd_accuracy(run.verdict_model, x, y, run.cfg.threat.eps, run.cfg.threat.norm,
+    res = sharded_pgd_accuracy(run.judged(), x, y, run.cfg.threat.eps, run.cfg.threat.norm,
                                steps=run.cfg.train.probe_steps,
                                seed=run.cfg.train.seed, batch_size=run.cfg.data.eval_batch_size,
                                accelerator=run.accelerator, progress=False)
@@ -562,7 +572,8 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "deterministic": bool(cfg.train.deterministic),
             **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {}),
             **({"comm_bytes_per_step": run.comm.bytes_per_step} if run.comm is not None else {})}
-    record = runrecord.from_finetune(cfg, run.probed if isinstance(run.probed, RobustModel) else raw,
+    exported = pure_bf16.fp32_copy(run.probed)  # the run folder's weights are fp32 whatever the training precision
+    record = runrecord.from_finetune(cfg, exported if isinstance(exported, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
                                      after=after, history=state.history, cost=cost, selected_epoch=selected,
                                      stopped=state.stopped, weights=run.weights, probe=run.loaders.probe_record,
@@ -570,8 +581,8 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
     metrics = record.metrics()
     if run.main:
         write_history(run.run_dir, state.history)  # before the card, which embeds the plot
-        with contiguous_weights(run.probed, cfg.model.channels_last):
-            write_run_folder(run.run_dir, run.probed, record, recipe_yaml, run.loaders.label_names)
+        with contiguous_weights(exported, cfg.model.channels_last):
+            write_run_folder(run.run_dir, exported, record, recipe_yaml, run.loaders.label_names)
         print_table(history_table(state.history))
         print_table(before_after_table(state.before, after))
         run.say(f"run folder: {run.run_dir}  (load with timm.create_model('local-dir:{run.run_dir}', "

@@ -1,0 +1,108 @@
+"""``train.mixed_precision: pure-bf16``: weights, gradients and optimizer state all in bfloat16 (Zamirai et al. 2020).
+
+Why: bf16 autocast keeps fp32 master weights, fp32 gradients and fp32 optimizer state (12 bytes per parameter with
+SGD momentum, 16 with AdamW) and casts the weights to bf16 at every forward; pure bf16 keeps 2 bytes for each of
+them and runs every op in bf16. A plain bf16 weight update loses every step smaller than the weight's rounding
+step (2^-8 relative): late in a decaying schedule most of them. Zamirai et al. ("Revisiting BFloat16 Training")
+show that 16-bit units alone match fp32 when the update is Kahan-compensated (or stochastically rounded): the
+rounding error of each update is kept in a bf16 buffer and added back at the next one.
+
+The optimizer is torch-optimi's (``optimi.SGD`` / ``optimi.AdamW`` with ``kahan_sum=True``), not written here; it is
+an optional dependency (``pip install "robustify[pure-bf16]"``), checked before a run starts.
+
+How the model runs: the backbone's parameters and buffers are bf16; robustify's input normalization stays fp32 (so
+the [0,1] pixel space the attacks live in is exact), the backbone's input is cast to its own dtype at its entry and
+its logits back to fp32 (forward hooks on the backbone, which follow its dtype: a no-op once it is fp32 again), so
+losses, accuracies and the attacks' input gradients are computed in fp32 on bf16 activations.
+
+Evaluation is fp32 on an fp32 copy of the weights (:func:`fp32_copy`: bf16 -> fp32 is exact), as for every other
+precision; the exported weights are that copy, so the run folder holds fp32 weights.
+
+Refused in one line (``robustify.config``): LAMB/LARS and Nesterov momentum (torch-optimi has neither), a weight
+average (train.ema: a 0.1% EMA update vanishes in bf16), AWP (its perturb-then-restore is not exact in bf16), local
+SGD and gradient compression (the gradients already travel in bf16).
+
+Must not: change anything for the other precisions.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+
+PURE = "pure-bf16"
+_HOOKED = "_robustify_dtype_hooks"
+
+
+def is_pure(cfg: Any) -> bool:
+    return cfg.train.mixed_precision == PURE
+
+
+def require_optimi() -> Any:
+    """torch-optimi, or one line saying how to install it."""
+    try:
+        import optimi
+    except ImportError:
+        raise UserError("train.mixed_precision='pure-bf16' needs torch-optimi (its Kahan-summed optimizers): "
+                        "pip install \"robustify[pure-bf16]\" (or pip install torch-optimi); or use 'bf16' "
+                        "(autocast, fp32 weights)") from None
+    return optimi
+
+
+def _cast_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    dtype = next(module.parameters()).dtype
+    return (args[0].to(dtype), *args[1:])
+
+
+def _float_output(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+    return output.float() if isinstance(output, torch.Tensor) else output
+
+
+def set_precision(backbone: nn.Module, pure: bool) -> nn.Module:
+    """Cast ``backbone`` to bf16 (``pure``) or back to fp32 (in place, returned), with the dtype hooks at its entry
+    and exit installed once. A multi-stage recipe may switch between them; fp32 -> bf16 -> fp32 loses what the bf16
+    rounding lost, which is what the bf16 stage trained."""
+    if pure and not getattr(backbone, _HOOKED, False):
+        backbone.register_forward_pre_hook(_cast_input)
+        backbone.register_forward_hook(_float_output)
+        setattr(backbone, _HOOKED, True)
+    target = torch.bfloat16 if pure else torch.float32
+    if any(t.dtype != target for t in [*backbone.parameters(), *backbone.buffers()] if t.is_floating_point()):
+        backbone.to(target)
+    return backbone
+
+
+def fp32_copy(model: nn.Module) -> nn.Module:
+    """An fp32 copy of ``model`` (exact: every bf16 value is an fp32 value), for evaluation and export; the model
+    itself is left as it is. A model that is already fp32 is returned as it is."""
+    if all(t.dtype != torch.bfloat16 for t in [*model.parameters(), *model.buffers()]):
+        return model
+    clone = copy.deepcopy(model)
+    return clone.float()
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer:
+    """The Kahan-summed torch-optimi optimizer with the same hyperparameters as the fp32 one (``optim.build``):
+    SGD with heavy-ball momentum and L2 weight decay as ``torch.optim.SGD``; AdamW with torch's defaults (betas
+    (0.9, 0.999), eps 1e-8) and decoupled weight decay as ``torch.optim.AdamW``."""
+    optimi = require_optimi()
+    o = cfg.optim
+    if o.name == "adamw":
+        return optimi.AdamW(groups, lr=cfg.schedule.lr, betas=(0.9, 0.999), eps=1e-8, kahan_sum=True)
+    return optimi.SGD(groups, lr=cfg.schedule.lr, momentum=o.momentum, kahan_sum=True)
+
+
+def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes held by the trainable weights, their gradients and the optimizer's state tensors (Kahan buffers
+    included), measured from the tensors themselves."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = sum(p.numel() * p.element_size() for p in params)
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
+    state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
+                if isinstance(v, torch.Tensor))
+    return {"weights": weights, "gradients": grads, "optimizer_state": state}
