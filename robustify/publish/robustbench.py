@@ -208,16 +208,41 @@ def _entry(key: str, info: dict[str, Any]) -> dict[str, Any]:
             "additional_data": bool(info.get("additional_data")), "venue": info.get("venue")}
 
 
-def _ranked(board: dict[str, Any], eps: float) -> tuple[list[dict[str, Any]], int]:
-    """Entries at ``eps`` with an AutoAttack number, best first; and how many 'unreliable' ones were left out."""
+def same_eps(spelled: str, eps: float) -> bool:
+    """Whether a model_info ``eps`` string names the leaderboard's ``eps``: exactly (``"8/255"``, ``"0.5"``,
+    ``"12"``), or as ``eps`` rounded to the decimals written, with at least two significant digits.
+
+    RobustBench writes six CIFAR-10 Linf entries' 8/255 as ``"0.031"``; an exact comparison drops them and every
+    rank below them is wrong. A relative tolerance is not used instead: ``"0.031"`` is 1.2% off 8/255 and a
+    two-digit 4/255 (``"0.016"``) 2.0% off, so any tolerance that takes both sits at the edge of what it must take.
+    "Is this eps, rounded as written" is exact about what it accepts (``"0.031"``, ``"0.0314"`` for 8/255;
+    ``"0.016"``, ``"0.0157"`` for 4/255), and the two-digit floor keeps ``"0.03"`` (an eps papers do train at)
+    from passing as 8/255; one-digit spellings (L2 ``"0.5"``, L1 ``"12"``) must be exact.
+    """
+    from decimal import ROUND_HALF_UP, Decimal
+
     from ..config import parse_number
 
+    if math.isclose(parse_number(spelled, "eps"), eps, rel_tol=1e-6):
+        return True
+    text = spelled.strip()
+    if not re.fullmatch(r"\d*\.\d+", text):
+        return False  # a fraction or an integer that is not eps exactly
+    written = Decimal(text)
+    if len(written.as_tuple().digits) < 2:
+        return False
+    return Decimal(eps).quantize(Decimal(1).scaleb(written.as_tuple().exponent), ROUND_HALF_UP) == written
+
+
+def _ranked(board: dict[str, Any], eps: float) -> tuple[list[dict[str, Any]], int]:
+    """Entries at ``eps`` (as RobustBench spells it, :func:`same_eps`) with an AutoAttack number, best first; and
+    how many 'unreliable' ones were left out."""
     out, unreliable = [], 0
     for key, info in board["entries"].items():
         if not isinstance(info, dict) or not info.get("autoattack_acc") or info.get("eps") is None:
             continue
         try:
-            if not math.isclose(parse_number(str(info["eps"]), "eps"), eps, rel_tol=1e-6):
+            if not same_eps(str(info["eps"]), eps):
                 continue
             entry = _entry(key, info)
         except (UserError, ValueError):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -368,6 +369,18 @@ def reported_numbers(e: ZooEntry) -> list[dict[str, Any]]:
             for k in ("clean_acc", "pgd_acc", "autoattack_acc") if getattr(e, k) is not None]
 
 
+def _check_architecture(e: ZooEntry, folder: Path, what: str) -> None:
+    """Refuse a folder whose config.json names another architecture than the entry: a repo that loads with timm
+    is not yet the model the zoo entry describes (its numbers, threat model and license are the entry's)."""
+    try:
+        arch = json.loads((folder / "config.json").read_text()).get("architecture")
+    except (OSError, ValueError, AttributeError):
+        arch = None
+    if arch != e.architecture:
+        raise UserError(f"{what}: config.json's architecture is {arch!r}, but zoo entry {e.name} is "
+                        f"{e.architecture!r}; the repo does not hold the model the entry describes")
+
+
 def pull_entry(e: ZooEntry, trust_pickle: bool = False) -> tuple[Path, str]:
     """Download ``e`` into its zoo folder (``robustify pull NAME``) as a timm folder and check that it loads:
     imported through its converter, or downloaded as is when it already is a timm repo. Returns (folder, what was
@@ -380,6 +393,7 @@ def pull_entry(e: ZooEntry, trust_pickle: bool = False) -> tuple[Path, str]:
 
     folder = zoo_folder(e.name)
     if is_model_folder(folder):
+        _check_architecture(e, folder, f"{folder} (remove it and pull again)")
         verify_loads(folder, f"zoo model {e.name} ({folder})")
         return folder, "already downloaded"
     if e.converter in (None, "timm"):
@@ -387,6 +401,7 @@ def pull_entry(e: ZooEntry, trust_pickle: bool = False) -> tuple[Path, str]:
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{e.name}.pull-"))
         try:
             pull(e.hub_id, revision=e.revision, local_dir=tmp)
+            _check_architecture(e, tmp, f"{e.hub_id} (nothing kept)")
             shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping of a local_dir
             if folder.exists():
                 folder.rmdir()

@@ -6,6 +6,7 @@ Must not: import a converter (the converters import it).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +78,18 @@ def read_file(path: Path, what: str, trust_pickle: bool, safe_globals: tuple[Any
         with torch.serialization.safe_globals(list(safe_globals)):
             return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError (zip truncated) ...
-        msg = _first_line(e)
-        if "weights_only" in msg or "global" in msg.lower():
-            raise UserError(f"{what} needs a Python object torch's restricted unpickler does not allow "
-                            f"({msg[:200]}); this format's allowed globals are: "
+        # torch's messages are paragraphs of advice (with ANSI codes); keep the one fact: the global it refused, or
+        # what the unpickler choked on
+        text = str(e)
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:
+            raise UserError(f"{what} needs a Python object torch's restricted unpickler does not allow (it refused "
+                            f"{refused.group(1)}); this format's allowed globals are: "
                             f"{', '.join(_global_name(g) for g in safe_globals) or 'none'}") from None
-        raise UserError(f"{what} cannot be read as a PyTorch checkpoint (truncated or corrupt: {msg[:200]})") from None
+        _, unpickler, detail = text.partition("WeightsUnpickler error:")
+        detail = next((line.strip() for line in detail.splitlines() if line.strip()), "") if unpickler else ""
+        raise UserError(f"{what} cannot be read as a PyTorch checkpoint (truncated or corrupt: "
+                        f"{_first_sentence(detail or _first_line(e))})") from None
 
 
 def _global_name(g: Any) -> str:
@@ -92,6 +99,13 @@ def _global_name(g: Any) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def _first_sentence(line: str) -> str:
+    """The first sentence of an error line: torch's truncated-zip error goes on for three sentences of advice
+    ("This is an internal miniz error. If you are seeing this error, ..."); the first one says what failed, and
+    cutting at a character count would end the user's one line mid-sentence."""
+    return re.split(r"\.\s+", line, maxsplit=1)[0].rstrip(".")
 
 
 def tensors_only(obj: Any, what: str) -> dict[str, Any]:
