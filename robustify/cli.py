@@ -13,6 +13,7 @@ import contextlib
 import difflib
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -150,7 +151,8 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                         "(adversarial weight perturbation), model.freeze=none|backbone|stem|stages:N, "
                         "data.per_class=K (few-shot), data.unlabeled=SPEC [data.unlabeled_ratio=0.5 "
                         "train.teacher=MODEL] (robust self-training); seed methods (docs/seed-methods.md): "
-                        "threat.norm=L1, method.fosc=true (pgd), method.fosc_start, train.grad_compression=sign")
+                        "threat.norm=L1, method.fosc=true (pgd), method.fosc_start, train.grad_compression=sign, "
+                        "train.local_sgd_steps=K, train.mixed_precision=pure-bf16")
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, stages, planned passes and cost estimate, check the model and "
                         "data, and exit without training or writing anything")
@@ -228,7 +230,7 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_push(args: argparse.Namespace) -> int:
-    from .publish.hub import load_spec, push, read_run_folder, usage_text
+    from .publish.hub import push, read_run_folder, usage_text
 
     res = push(args.run_dir, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message)
     if res.changed:
@@ -245,8 +247,9 @@ def _run_push(args: argparse.Namespace) -> int:
         why = protocol_check(read_run_folder(args.run_dir).record)[1]
         print(f"robustbench.json (RobustBench model_info) not written: not comparable: {why}")
     print(usage_text(res.repo_id, args.revision))
-    print(f"to list it in 'robustify zoo': add zoo/NAME.yaml with hub_id {res.repo_id} and the card's robustbench "
-          f"fields (spec: {load_spec(res.repo_id, args.revision)})")
+    rev = f" --revision {args.revision}" if args.revision else ""
+    print(f"to list it in 'robustify zoo': robustify zoo add {shlex.quote(str(args.run_dir))} --repo-id "
+          f"{res.repo_id}{rev} (writes zoo/NAME.yaml from the run's record), then open a pull request with that file")
     return 0
 
 
@@ -350,8 +353,9 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="run length E for the per-run relative cost (default: the recipe's "
                    "train.epochs)")
     p.add_argument("--num-classes", type=int, help="classifier head size (default: the model's own)")
-    p.add_argument("--mixed-precision", metavar="auto|no|bf16|fp16", help="autocast precision (default: the "
-                   "recipe's train.mixed_precision; auto: bf16 on CUDA, fp32 on CPU)")
+    p.add_argument("--mixed-precision", metavar="auto|no|bf16|pure-bf16", help="training precision (default: the "
+                   "recipe's train.mixed_precision; auto: bf16 autocast on CUDA, fp32 on CPU; pure-bf16: bf16 "
+                   "weights and optimizer state, Kahan-summed)")
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and inputs")
     p.add_argument("--recipe", default="quickstart", help="recipe YAML path or shipped recipe name to take the "
                    "settings from")
@@ -431,7 +435,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="MODEL", help="run folder, hf-hub:ORG/NAME, local-dir:PATH or timm name")
     p.add_argument("--data", help="quickstart, cifar10, ORG/NAME, imagefolder:PATH or npz:PATH (run folder: its own)")
-    p.add_argument("--split", help="split to evaluate on (run folder: its eval split; else test)")
+    p.add_argument("--split", help="split to evaluate on (run folder: its eval split; else the data set's labelled "
+                   "evaluation split: test, validation for imagenet-1k, valid for tiny-imagenet)")
     p.add_argument("--attack", default="clean,pgd,autoattack",
                    help="comma-separated: clean, pgd, autoattack (clean and one-step FGSM always run: the checks "
                         "compare against them)")
@@ -552,7 +557,8 @@ def _import_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "import", formatter_class=_Formatter,
         help="convert a third-party robust checkpoint into a folder plain timm loads (with its provenance)",
-        description="Convert a robust checkpoint (a local file or hf-hub:ORG/NAME/FILE) into OUTPUT_DIR: "
+        description="Convert a robust checkpoint (a local file or hf-hub:ORG/NAME/FILE) into the folder "
+                    "given by --output-dir DIR: "
                     "model.safetensors + config.json as timm's save_for_hf writes them (mean/std in pretrained_cfg) "
                     "and a card stating the source repo, file, commit, sha256, license, threat model and published "
                     "numbers (reported by their source, not measured here). Pickles (.ckpt, .pt, .pth, .bin) are "

@@ -299,6 +299,14 @@ def test_aliases_load_the_real_hub_ids_from_a_local_hub(tmp_path: Path):
         out["rc"] = main(["finetune", "--recipe", "cifar10-resnet50-free4", "--output-dir",
                           str(Path({str(tmp_path)!r}) / "run"), "--limit-train", "16", "--limit-eval", "8"]
                          + [a for s in sets for a in ("--set", s)])
+        # robustify eval --data imagenet-1k streams the validation shards (no datasets conversion of the split)
+        import timm
+        net = Path({str(tmp_path)!r}) / "net1000"
+        timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=1000), str(net), safe_serialization=True)
+        rep = Path({str(tmp_path)!r}) / "eval.json"
+        out["eval_rc"] = main(["eval", f"local-dir:{{net}}", "--data", "imagenet-1k", "--eps", "4/255", "--attack",
+                               "clean", "--n-examples", "6", "--no-curve", "--no-checks", "--output", str(rep)])
+        out["eval"] = json.loads(rep.read_text())["data_loading"]
         print(json.dumps(out))
     """)
     dropped = ("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -315,6 +323,7 @@ def test_aliases_load_the_real_hub_ids_from_a_local_hub(tmp_path: Path):
     assert out["imagenet_val"] == [[80, 60], 1000]
     assert "label -1: unlabelled examples" in out["imagenet_test"] and "'validation'" in out["imagenet_test"]
     assert out["tiny_valid"] == 20 and out["rc"] == 0
+    assert out["eval_rc"] == 0 and out["eval"] == {"streamed": True, "decoded_per_process": [6]}
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["after"]["n_examples"] == 8
     assert json.loads((tmp_path / "run" / "config.json").read_text())["robustness"]["dataset"] == "cifar10"

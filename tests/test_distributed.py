@@ -102,6 +102,10 @@ def test_robustify_eval_under_torchrun_equals_one_process(tmp_path: Path, quicks
     for key in ("clean_acc", "fgsm_acc", "pgd_acc", "robust_acc"):
         assert one[key] == two[key], key
     assert one["pgd"]["last_iterate_acc_by_step"] == two["pgd"]["last_iterate_acc_by_step"]
+    # each process decoded only the block of whole batches it attacked (3 batches of 32: 1 and 2), and the subset's
+    # hash, taken over every process's examples, is the single process's
+    assert two["data_loading"] == {"streamed": False, "decoded_per_process": [32, 64]}
+    assert one["data_loading"]["decoded_per_process"] == [96] and one["subset"] == two["subset"]
 
 
 def test_rollback_and_best_model_come_from_memory_on_every_process(tmp_path: Path):

@@ -177,7 +177,7 @@ class Loaders:
         read): what one process attacks, see ``robustify.evaluate.kernel.shard_range``."""
         start, end = max(0, start), min(end, self.eval_size)
         if start >= end:  # a process whose block is empty (fewer eval batches than processes) still takes part
-            return torch.zeros((0, *self.preprocessing.input_size), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
+            return _empty(self.preprocessing)
         if (start, end) not in self._eval_cache:
             self._eval_cache[(start, end)] = self._eval_rows(start, end)
         return self._eval_cache[(start, end)]
@@ -206,6 +206,43 @@ def _first_rows(rows: list[int], start: int, end: int) -> dict[int, list[int]]:
         if base >= end:
             break
     return out
+
+
+def evaluation_block(spec: str, split: str, n_examples: int, pre: Preprocessing,
+                     block: Callable[[int], tuple[int, int]] | None = None,
+                     main_process_first: Callable[[], Any] | None = None, desc: str | None = None) -> Examples:
+    """This process's block of the fixed evaluation subset (the first ``n_examples`` of ``split``), decoded alone:
+    ``block(n)`` gives ``[start, end)`` once the subset's size ``n`` is known (None: all of it). What ``robustify
+    eval`` attacks under several processes, so no process decodes examples another one attacks.
+
+    The large sets (``data.streaming: auto``, e.g. imagenet-1k) are streamed: only the shards that hold the block are
+    read, from the shards' footers' row counts; nothing is converted to Arrow. The others load through ``datasets``
+    (prepared once by the main process under ``main_process_first``, which only wraps the preparation: the blocks
+    are then decoded by every process at once)."""
+    first = main_process_first if main_process_first is not None else contextlib.nullcontext
+    if is_large(spec):
+        with first():  # the main process reads the footers first; the others find them in the cache
+            shards = shard_set(spec, split)
+        n = min(n_examples, sum(shards.rows))
+        start, end = block(n) if block is not None else (0, n)
+        x, y = (decode_inline(read_rows(ShardStore(shards), _first_rows(shards.rows, start, end)), pre)
+                if end > start else _empty(pre))
+        feat = shards.label_feature
+        classes, names = int(feat.num_classes), list(feat.names)
+    else:
+        with first():
+            ds = get_dataset(spec, split)
+        n = min(n_examples, len(ds))
+        start, end = block(n) if block is not None else (0, n)
+        x, y = decode_all(ds.select(range(start, end)), pre.transform(), desc=desc) if end > start else _empty(pre)
+        classes, names = num_classes(ds), label_names(ds)
+    if n == 0:
+        raise UserError(f"data {spec!r} split {split!r} has no examples to evaluate on")
+    return Examples(x, y, spec, split, classes, names, offset=start, total=n)
+
+
+def _empty(pre: Preprocessing) -> Batch:
+    return torch.zeros((0, *pre.input_size), dtype=torch.uint8), torch.zeros(0, dtype=torch.long)
 
 
 def _streamed(cfg: Any, pre: Preprocessing, eval_split: str, eval_examples: int, probe_size: int, probe_split: str,

@@ -49,16 +49,18 @@ def _zero(grad: torch.Tensor) -> torch.Tensor:
     return grad.flatten(1).abs().amax(1) == 0
 
 
-def zero_gradient_fractions(model: torch.nn.Module, ex: Any, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Share of examples whose input gradient at the clean image is exactly zero, for the CE and the margin loss."""
+def zero_gradient_counts(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                         device: torch.device) -> dict[str, torch.Tensor]:
+    """How many of the examples ``x, y`` (uint8 images; one process's block) have an input gradient at the clean
+    image that is exactly zero, for the CE and the margin loss; device counts, summed over processes by the caller."""
     counts = {name: torch.zeros((), dtype=torch.long, device=device) for name in attacks.LOSSES}
-    for i in range(0, ex.n, batch_size):
-        x = to_unit(ex.x[i:i + batch_size].to(device))
-        y = ex.y[i:i + batch_size].to(device)
+    for i in range(0, y.shape[0], batch_size):
+        xb = to_unit(x[i:i + batch_size].to(device))
+        yb = y[i:i + batch_size].to(device)
         for name, fn in attacks.LOSSES.items():
-            grad, _ = attacks.input_gradient(model, x, torch.zeros_like(x), y, fn)
+            grad, _ = attacks.input_gradient(model, xb, torch.zeros_like(xb), yb, fn)
             counts[name] += _zero(grad).sum()
-    return {name: c.item() / max(ex.n, 1) for name, c in counts.items()}
+    return counts
 
 
 def check_attack_order(r: dict[str, Any], tol: float) -> dict[str, Any]:

@@ -52,25 +52,32 @@ PRESETS: dict[str, dict[str, Any]] = {
 CURVE_FACTORS = (0.0, 0.25, 0.5, 1.0, 2.0)
 
 
-def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module, progress: bool = True) -> Examples:
-    """Decode the first ``n_examples`` of ``split`` once, with the model's one preprocessing (the run's own for a
-    robustify model; else the backbone's timm data config at the model's input size)."""
+def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module, progress: bool = True,
+                  state: Any = None, batch_size: int = 250) -> Examples:
+    """Decode the first ``n_examples`` of ``split`` with the model's one preprocessing (the run's own for a robustify
+    model; else the backbone's timm data config at the model's input size). Under several processes (``state``, an
+    ``accelerate.PartialState``) each decodes only its block of whole ``batch_size`` batches, the block
+    :func:`evaluate` attacks on it (:func:`shard_range`); the main process prepares the data set first."""
     from timm.data import resolve_data_config
 
-    from ..data import Preprocessing, decode_all, get_dataset, label_names, num_classes
+    from ..data import Preprocessing
+    from ..data.loaders import evaluation_block
 
-    ds = get_dataset(data, split)
-    n = min(n_examples, len(ds))
-    if n == 0:
-        raise UserError(f"data {data!r} split {split!r} has no examples to evaluate on")
-    ds = ds.select(range(n))
     pre = getattr(model, "preprocessing", None)
     if pre is None:
         cfg = dict(resolve_data_config(model=getattr(model, "backbone", model)))
         cfg["input_size"] = tuple(getattr(model, "input_size", cfg["input_size"]))
         pre = Preprocessing.from_data_config(cfg)
-    x, y = decode_all(ds, pre.transform(), desc=f"loading {data} {split}" if progress else None)
-    return Examples(x, y, data, split, num_classes(ds), label_names(ds))
+    world = state.num_processes if state is not None else 1
+    block = None
+    if world > 1:
+        def block(n: int) -> tuple[int, int]:
+            return shard_range(n, batch_size, state.process_index, world)
+
+    first = state.main_process_first if world > 1 else None
+    main = state is None or state.is_main_process
+    return evaluation_block(data, split, n_examples, pre, block, first,
+                            desc=f"loading {data} {split}" if progress and main else None)
 
 
 # ------------------------------------------------------------------------------------------ the evaluation
@@ -153,6 +160,9 @@ class _Runner:
         rank = state.process_index if state is not None else 0
         self.progress = progress and rank == 0
         self.shard = shard_range(ex.n, batch_size, rank, self.world)
+        if ex.total is not None and self.shard != (ex.offset, ex.offset + ex.y.shape[0]):
+            raise RuntimeError(f"this process holds examples {ex.offset}..{ex.offset + ex.y.shape[0]} but attacks "
+                               f"{self.shard[0]}..{self.shard[1]}: decode the block with the same batch size")
         self.batch_start = 0
         self.seconds: dict[str, float] = {}
 
@@ -164,8 +174,8 @@ class _Runner:
         with bar_for(end - first, name, self.progress) as bar:
             for i in range(first, end, self.bs):
                 self.batch_start = i
-                x = to_unit(self.ex.x[i:min(i + self.bs, end)].to(self.device))
-                y = self.ex.y[i:min(i + self.bs, end)].to(self.device)
+                xb, yb = self.ex.rows(i, min(i + self.bs, end))
+                x, y = to_unit(xb.to(self.device)), yb.to(self.device)
                 prior = (start[i:i + y.numel()] if start is not None else torch.ones_like(y, dtype=torch.bool))
                 out.append(fn(x, y, prior.to(self.device)).cpu())
                 bar.update(y.numel())
@@ -181,6 +191,17 @@ class _Runner:
 
         with collectives.stage(f"eval: {stage}"):
             return torch.cat(gather_object([local]))
+
+    def subset_record(self) -> dict[str, Any]:
+        """The subset's record (its hash over every process's examples, in order), the same on every process."""
+        if self.world == 1:
+            return self.ex.record()
+        from accelerate.utils import gather_object
+
+        a, b = self.shard
+        mine = Examples(*self.ex.rows(a, b), self.ex.data, self.ex.split, self.ex.num_classes).example_digests()
+        with collectives.stage("eval: subset hash"):
+            return self.ex.record(b"".join(gather_object([mine])))
 
     def reduce(self, t: torch.Tensor, stage: str = "reduce") -> torch.Tensor:
         """Sum a device tensor over the processes."""
@@ -217,7 +238,7 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
     run = _Runner(model, ex, s.batch_size, device, progress, state)
     t_start = time.perf_counter()
     report: dict[str, Any] = {
-        "threat_model": {"norm": s.norm, "eps": s.eps}, "n_examples": ex.n, "subset": ex.record(),
+        "threat_model": {"norm": s.norm, "eps": s.eps}, "n_examples": ex.n, "subset": run.subset_record(),
         "preset": s.preset, "attacks": list(s.attacks), "seed": s.seed, "batch_size": s.batch_size,
         "device": str(device), "precision": "fp32", "tf32": False, "processes": run.world,
     }
@@ -257,7 +278,7 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
 
                 t0 = time.perf_counter()
                 a, b = run.shard
-                res = run_autoattack(model, ex.x[a:b], ex.y[a:b], s.eps, s.norm,
+                res = run_autoattack(model, *ex.rows(a, b), s.eps, s.norm,
                                      settings_for(s.aa_version, **s.aa_overrides), seed=s.seed, batch_size=s.batch_size,
                                      device=device, robust=clean[a:b], progress=run.progress)
                 masks["autoattack"] = run.gather(res.pop("robust_mask"))
@@ -345,7 +366,7 @@ def _run_curve(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: 
 
 def _run_check_attacks(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: dict) -> None:
     """The two measurements the checks need beyond the attacks themselves: PGD at a huge eps, input gradients."""
-    from .checks import LARGE_EPS_ACC, zero_gradient_fractions
+    from .checks import LARGE_EPS_ACC, zero_gradient_counts
 
     last = report.get("eps_curve", {}).get("points", [{}])[-1]
     if last.get("acc", 1.0) <= LARGE_EPS_ACC:  # fooled within a smaller ball means fooled within the huge one
@@ -355,7 +376,10 @@ def _run_check_attacks(run: _Runner, s: EvalSettings, report: dict, masks: dict,
         mask = _curve_attack(run, s, big, 30, f"large eps={big:.3g}", masks["clean"])
         extra["large_eps"] = {"eps": big, "acc": _acc(mask)}
     t0 = time.perf_counter()
-    extra["zero_grad"] = zero_gradient_fractions(run.model, run.ex, s.batch_size, run.device)
+    a, b = run.shard
+    counts = zero_gradient_counts(run.model, *run.ex.rows(a, b), s.batch_size, run.device)
+    extra["zero_grad"] = {k: int(c) / max(run.ex.n, 1) for k, c in zip(counts, run.reduce(
+        torch.stack(list(counts.values())), "gradient check counts").tolist(), strict=True)}
     run.seconds["gradients"] = round(time.perf_counter() - t0, 2)
 
 
@@ -533,6 +557,7 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
 
     For a run folder, data, split, eps, norm and the number of examples default to the run's own.
     """
+    from ..data.sources import default_eval_split, is_large
     from ..models import load
     from ..report import plot_eps_curve
     from ..version import __version__
@@ -548,7 +573,7 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
                             "e.g. --eps 8/255")
         eps = run.eps
     norm = norm or (run.norm if run else "Linf")
-    split = split or (run.split if run else "test")
+    split = split or (run.split if run else default_eval_split(data))  # imagenet-1k: validation (test is unlabelled)
     n_examples = n_examples or (run.n_examples if run else None) or 1000
     if n_examples < 1:
         raise UserError(f"--n-examples {n_examples} is not accepted; use 1 or more")
@@ -569,13 +594,22 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
     if run is not None:
         runrecord.verify_weights(run.path)  # the record's numbers must belong to these weights
     net = load(model)
-    with state.main_process_first():  # the main process downloads and prepares the data set; the others then read
-        ex = load_examples(data, split, n_examples, net, progress=progress)  # its cache, never racing it
+    # each process decodes only the block it attacks; the main process prepares the data set first (download,
+    # Arrow conversion, or the shards' footers when streamed), the others then read its cache, never racing it
+    ex = load_examples(data, split, n_examples, net, progress=progress, state=state, batch_size=settings.batch_size)
     if net.num_classes != ex.num_classes:
         raise UserError(f"model {model!r} has {net.num_classes} outputs but {data!r} has {ex.num_classes} classes; "
                         "evaluate a model on the data set it was trained for")
     report: dict[str, Any] = {"model": model, "robustify_version": __version__}
     report |= evaluate(FP32(net), ex, settings, device=device, progress=progress, state=state)
+    decoded = [int(ex.y.shape[0])]
+    if state.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        with collectives.stage("eval: decoded counts"):
+            decoded = gather_object(decoded)
+    # what each process decoded (its own block only) and how: streamed shards (the large sets) or datasets
+    report["data_loading"] = {"streamed": is_large(data), "decoded_per_process": decoded}
     report["settings"] = settings_record(settings)
     outcome = EvalOutcome(report, run, main=state.is_main_process)
     if not state.is_main_process:  # the main process writes the files
