@@ -168,6 +168,12 @@ class Loaders:
             return self._train.batches(epoch, start_batch)
         return self._train.batches(self._epoch_index(epoch)[start_batch:], self._seed, epoch)
 
+    def stream_position(self, epoch: int, start_batch: int) -> dict[str, Any] | None:
+        """Streaming: where this process's stream stands before minibatch ``start_batch`` of ``epoch`` (window,
+        shard and row read next, a digest of the epoch's row order), which checkpoints store; None for map-style
+        data (a row index is the whole position there)."""
+        return self._train.position(epoch, start_batch) if self.streaming else None
+
     def eval_examples(self, rank: int = 0, world_size: int = 1) -> Batch:
         n = self.eval_size
         return self.eval_block(rank * n // world_size, (rank + 1) * n // world_size)

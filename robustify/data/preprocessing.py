@@ -227,20 +227,32 @@ def rrc_params(img: Image.Image, seed: int) -> tuple[tuple[int, int, int, int], 
 
 
 def rrc_flip(img: Image.Image, out_hw: tuple[int, int], interpolation: str, seed: int,
-             draft: bool = True) -> torch.Tensor:
+             draft: bool = True, data: bytes | None = None) -> torch.Tensor:
     """``augment: rrc-flip``: Fast AT's ImageNet augmentation (random-resized crop, horizontal flip; Wong et al.
-    2020), uint8 (C,H,W), built for decode speed. Why by hand: timm's transform decodes the full image, crops, then
-    resizes, converts to float and jitters colour; here the JPEG is decoded at the largest DCT reduction (1/2, 1/4,
-    1/8: PIL's ``draft``) that keeps the crop at or above the output size, and cropped and resized in one PIL call
-    (``resize(box=...)``), so a 500x375 image whose crop is small is decoded at a quarter of its pixels. The box and
-    flip are timm's draws (:func:`rrc_params`); ``draft=False`` gives the same crop from the full decode (the
-    reference the equivalence test and ``robustify bench --data`` compare against)."""
+    2020), uint8 (C,H,W), built for decode speed. Why by hand: timm's transform decodes the full image with PIL,
+    crops, resizes with PIL, converts to float and jitters colour; here, with timm's own box and flip draws
+    (:func:`rrc_params`):
+
+    - when the crop is at least twice the output size, the JPEG is decoded at the largest DCT reduction (1/2, 1/4,
+      1/8: PIL's ``draft``) that keeps the crop at or above it, then cropped and resized in one PIL call
+      (``resize(box=...)``): a large image whose crop is small is decoded at a fraction of its pixels;
+    - otherwise (most ImageNet crops at 224 px: a 500x375 image cannot be reduced), and when the bytes are given
+      (``data``), the JPEG is decoded by torchvision's ``decode_jpeg`` (libjpeg-turbo, about 1.4x PIL's decode
+      here) and the crop resized by torch's antialiased uint8 ``interpolate`` (AVX2 kernels, about 1.4x PIL's
+      bilinear resize): the same box, within a few levels of PIL's result per pixel (the equivalence test);
+    - anything else (not a JPEG, an unreadable or CMYK JPEG for torchvision, a torchvision without ``decode_jpeg``,
+      which 0.29 deprecates in favour of TorchCodec, ``draft=False``: the reference) goes through PIL at full size.
+    """
     (top, left, h, w), flip = rrc_params(img, seed)
     full_w, full_h = img.size
-    if draft and img.format == "JPEG" and getattr(img, "tile", None):  # not decoded yet
-        k = next(k for k in (8, 4, 2, 1) if k == 1 or (h / k >= out_hw[0] and w / k >= out_hw[1]))
-        if k > 1:
-            img.draft("RGB", (-(-full_w // k), -(-full_h // k)))
+    lazy = img.format == "JPEG" and getattr(img, "tile", None)  # not decoded yet
+    k = next(k for k in (8, 4, 2, 1) if k == 1 or (h / k >= out_hw[0] and w / k >= out_hw[1])) if draft else 1
+    if draft and lazy and k == 1 and data is not None and interpolation in _TORCH_MODES:
+        out = _torch_crop_resize(data, (top, left, h, w), out_hw, interpolation)
+        if out is not None:
+            return out.flip(-1).contiguous() if flip else out.contiguous()
+    if draft and lazy and k > 1:
+        img.draft("RGB", (-(-full_w // k), -(-full_h // k)))
     sx, sy = full_w / img.size[0], full_h / img.size[1]
     box = (left / sx, top / sy, (left + w) / sx, (top + h) / sy)
     out = to_rgb(img).resize((out_hw[1], out_hw[0]), _PIL_FILTERS.get(interpolation, Image.Resampling.BILINEAR),
@@ -250,11 +262,39 @@ def rrc_flip(img: Image.Image, out_hw: tuple[int, int], interpolation: str, seed
     return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()
 
 
+_TORCH_MODES = ("bilinear", "bicubic")  # torch's antialiased uint8 resize kernels
+
+
+def _torch_crop_resize(data: bytes, box: tuple[int, int, int, int], out_hw: tuple[int, int],
+                       interpolation: str) -> torch.Tensor | None:
+    """Decode ``data`` (JPEG) with torchvision, crop ``box`` (top, left, h, w) and resize it to ``out_hw`` with torch's
+    antialiased uint8 ``interpolate``; None when torchvision cannot decode it (the caller falls back to PIL)."""
+    try:  # deprecated by torchvision 0.29 in favour of TorchCodec; without it, the PIL route
+        from torchvision.io import ImageReadMode, decode_jpeg
+    except ImportError:
+        return None
+    try:
+        x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError:
+        return None
+    top, left, h, w = box
+    crop = x[None, :, top:top + h, left:left + w]
+    out = torch.nn.functional.interpolate(crop, size=out_hw, mode=interpolation, antialias=True, align_corners=False)
+    return out[0]
+
+
+def image_bytes(value: Any) -> bytes | None:
+    """The encoded bytes of a data set's image cell (``{"bytes": ...}``), None for a path or a decoded image."""
+    if isinstance(value, dict) and isinstance(value.get("bytes"), (bytes, bytearray)):
+        return bytes(value["bytes"])
+    return None
+
+
 def make_example(img, pre: Preprocessing, augment: str, seed: int, transforms: dict[str, Any]) -> torch.Tensor:
     """One training example: uint8 (no augmentation, rrc-flip) or float in [0,1] (flip-crop, timm), seeded by
     ``seed``. ``img``: a PIL image, or (rrc-flip) an undecoded image cell, see :func:`open_lazily`."""
     if augment == "rrc-flip":
-        return rrc_flip(open_lazily(img), tuple(pre.input_size[1:]), pre.interpolation, seed)
+        return rrc_flip(open_lazily(img), tuple(pre.input_size[1:]), pre.interpolation, seed, data=image_bytes(img))
     if augment == "timm":
         tf = transforms.setdefault("train", pre.train_transform())
         return seeded_transform(tf, img, seed)

@@ -468,6 +468,22 @@ class StreamTrain:
                 raise UserError(err)
             yield x, y
 
+    def position(self, epoch: int, start_batch: int) -> dict[str, Any]:
+        """Where this process's stream stands before minibatch ``start_batch`` of ``epoch``: the window to open, the
+        shard and row read next, and a digest of the epoch's whole row order (the shuffle state, a pure function of
+        (seed, epoch, rank, world)). Stored in every checkpoint and checked on resume (:meth:`check_position`)."""
+        plan = self.plan(epoch)
+        first, offset = sh.locate(plan, start_batch * self.batch_size)
+        order = hashlib.sha256(b"".join(w.order.astype(np.int64).tobytes() for w in plan)).hexdigest()[:16]
+        nxt = None
+        if first < len(plan):
+            shard, row = (int(v) for v in plan[first].order[offset])
+            nxt = {"shard": self.store.shards.name(shard), "row": row}
+        return {"epoch": epoch, "batch": start_batch, "rank": self.rank, "world": self.world, "window": first,
+                "windows": len(plan),
+                "window_shards": [self.store.shards.name(int(s)) for s in plan[first].shards] if nxt else [],
+                "next": nxt, "order_sha256_16": order}
+
     def bytes_needed(self, epochs: int = 1) -> int:
         """Bytes of the shards this process opens in its first ``epochs`` epochs (what the dry run reports)."""
         opened = {s for e in range(1, epochs + 1) for w in self.plan(e) for s in w.shards}

@@ -337,6 +337,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
         state.__dict__.update(loaded.__dict__)
         if comm is not None:
             comm.load_state_dict(method_state)
+        check_stream_position(method_state.pop(STREAM_POSITION, None), loaders, state, accelerator, resume_from)
         method_state = {k: v for k, v in method_state.items() if not k.startswith(COMM_ERROR_PREFIX)}
         if hasattr(method, "load_state_dict"):
             method.load_state_dict(method_state)
@@ -435,9 +436,30 @@ def guard_verdict(state: TrainState, robust: float, epoch: int, guard_drop: floa
 
 
 # ------------------------------------------------------------------------------------------------------ epochs
+STREAM_POSITION = "stream_position"  # a streamed run's per-process position, in each method_rank<r> file
+
+
+def check_stream_position(saved: dict[str, Any] | None, loaders: data_mod.Loaders, state: TrainState,
+                          accelerator: Accelerator, folder: Path) -> None:
+    """A streamed run resumes where its checkpoint says this process's stream stood (window, shard, row, the
+    epoch's row order): the position the loaders compute from (seed, epoch, minibatch) must be that one, or the
+    data or its shards changed under the run and the resume is refused in one line. At another world size the
+    positions differ by design (the rest of the epoch is assigned afresh), so they are not compared."""
+    here = loaders.stream_position(state.epoch + 1, state.batch)
+    if saved is None or here is None or saved == here or saved.get("world") != here.get("world"):
+        return  # at another world size the rest of the epoch is assigned afresh (docs/data-at-scale.md)
+    raise UserError(f"--resume: process {accelerator.process_index}'s checkpointed stream position in {folder.name} "
+                    f"(epoch {saved.get('epoch')}, minibatch {saved.get('batch')}, next {saved.get('next')}) is not "
+                    f"where this run's stream continues (next {here.get('next')}): the data set's shards or their rows "
+                    "changed; resume with the same data, or start a new --output-dir")
+
+
 def checkpoint(run: Run) -> Path:
     method_state = run.method.state_dict() if hasattr(run.method, "state_dict") else {}
     method_state = {**method_state, **(run.comm.state_dict() if run.comm is not None else {})}
+    position = run.loaders.stream_position(run.state.epoch + 1, run.state.batch)
+    if position is not None:  # streaming: this process's position in its stream, checked on resume
+        method_state[STREAM_POSITION] = position
     run.state.opt_steps = run.stepper.opt_steps
     run.tick()
     return save_checkpoint(run.accelerator, run.run_dir, run.state, method_state, run.best, run.raw,
