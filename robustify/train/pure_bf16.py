@@ -83,6 +83,9 @@ def fp32_copy(model: nn.Module) -> nn.Module:
     if all(t.dtype != torch.bfloat16 for t in [*model.parameters(), *model.buffers()]):
         return model
     clone = copy.deepcopy(model)
+    for m in clone.modules():  # train.compile: the compiled forward belongs to the bf16 original; run the copy eagerly
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            m._compiled_call_impl = None
     return clone.float()
 
 
