@@ -523,10 +523,11 @@ def test_resume_refuses_a_stream_position_that_moved():
 
     saved = {"epoch": 2, "batch": 3, "rank": 0, "world": 4, "next": {"shard": "train-00007.parquet", "row": 5}}
     moved = SimpleNamespace(stream_position=lambda e, b: dict(saved, next={"shard": "train-00008.parquet", "row": 0}))
-    state, acc = SimpleNamespace(epoch=1, batch=3), SimpleNamespace(process_index=0)
+    state, acc = SimpleNamespace(epoch=1, batch=3), SimpleNamespace(process_index=0, num_processes=1)
     with pytest.raises(UserError, match="stream position in ckpt_000000010 .*train-00008") as e:
         check_stream_position(saved, moved, state, acc, Path("ckpt_000000010"))
     assert "\n" not in str(e.value)
     check_stream_position(dict(saved, world=8), moved, state, acc, Path("ckpt_000000010"))
+    check_stream_position(dict(saved, local_world=2), moved, state, acc, Path("ckpt_000000010"))  # another node layout
     same = SimpleNamespace(stream_position=lambda e, b: dict(saved))
     check_stream_position(saved, same, state, acc, Path("ckpt_000000010"))

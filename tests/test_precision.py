@@ -61,7 +61,7 @@ def test_pure_bf16_trains_in_bf16_and_becomes_robust(tmp_path: Path):
         trainer.train_epoch = real_epoch
     assert seen["weights"] == seen["state"] == {torch.bfloat16} and seen["grads"] == {None}  # zero_grad(set_to_none)
     assert seen["optimizer"] == {optimi.SGD} and seen["kahan"] == {True}
-    assert metrics["cost"]["training_precision"] == "pure-bf16"
+    assert metrics["cost"]["training_precision"] == metrics["cost"]["hardware"]["mixed_precision"] == "pure-bf16"
     assert metrics["before"]["precision"] == metrics["after"]["precision"] == "fp32"
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in metrics["history"])
     before, after = metrics["before"]["pgd_acc"], metrics["after"]["pgd_acc"]
@@ -100,4 +100,10 @@ def test_pure_bf16_refuses_what_it_cannot_do(tmp_path: Path, capsys):
         assert cli(args + [a for s in sets for a in ("--set", s)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "train.mixed_precision='pure-bf16' with " + text in err[0], err
+    # every stage or none: one stage in fp32 would round the best weights it kept into the bf16 model
+    args = ["finetune", "--output-dir", str(tmp_path / "r"), "--set", "train.mixed_precision=pure-bf16", "--set",
+            "stages=[{name: a}, {name: b, train: {mixed_precision: 'no'}}]"]
+    assert cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "must be the precision of every stage; b: no" in err[0], err
     assert not (tmp_path / "r").exists()

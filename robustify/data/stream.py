@@ -479,8 +479,8 @@ class StreamTrain:
         if first < len(plan):
             shard, row = (int(v) for v in plan[first].order[offset])
             nxt = {"shard": self.store.shards.name(shard), "row": row}
-        return {"epoch": epoch, "batch": start_batch, "rank": self.rank, "world": self.world, "window": first,
-                "windows": len(plan),
+        return {"epoch": epoch, "batch": start_batch, "rank": self.rank, "world": self.world,
+                "local_world": self.local_world, "pinned": self.pinned, "window": first, "windows": len(plan),
                 "window_shards": [self.store.shards.name(int(s)) for s in plan[first].shards] if nxt else [],
                 "next": nxt, "order_sha256_16": order}
 

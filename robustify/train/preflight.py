@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import FinetuneConfig, expand_stages
+from ..errors import UserError
 from . import pure_bf16
 from .freeze import frozen_names
 from .hardware import refuse_fp16
@@ -62,6 +63,12 @@ def check_freeze(cfg: FinetuneConfig) -> None:
 def preflight(cfg: FinetuneConfig) -> None:
     """Everything a run refuses before it starts that can be known from the recipe alone."""
     refuse_fp16(cfg)
-    if any(pure_bf16.is_pure(stage) for _, stage in expand_stages(cfg)):
+    stages = expand_stages(cfg)
+    if any(pure_bf16.is_pure(stage) for _, stage in stages):
         pure_bf16.require_optimi()  # an optional dependency: say so before anything starts
+        mixed = sorted({f"{name or 'the recipe'}: {stage.train.mixed_precision}" for name, stage in stages
+                        if not pure_bf16.is_pure(stage)})
+        if mixed:  # best weights kept in one precision would be restored, rounded, into the other
+            raise UserError("train.mixed_precision='pure-bf16' must be the precision of every stage; "
+                            f"{', '.join(mixed)}; set it in the recipe's train section, not in one stage")
     check_freeze(cfg)

@@ -95,6 +95,10 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optim
     (0.9, 0.999), eps 1e-8) and decoupled weight decay as ``torch.optim.AdamW``."""
     optimi = require_optimi()
     o = cfg.optim
+    if o.name not in ("sgd", "adamw") or o.nesterov:  # config validation refuses these; bench copies come here too
+        raise UserError(f"train.mixed_precision='pure-bf16' with optim.name={o.name!r}"
+                        f"{' and optim.nesterov=true' if o.nesterov else ''} is not accepted: torch-optimi's "
+                        "Kahan-summed optimizers are SGD (heavy-ball momentum) and AdamW")
     if o.name == "adamw":
         return optimi.AdamW(groups, lr=cfg.schedule.lr, betas=(0.9, 0.999), eps=1e-8, kahan_sum=True)
     return optimi.SGD(groups, lr=cfg.schedule.lr, momentum=o.momentum, kahan_sum=True)

@@ -364,7 +364,9 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
               probe_batch=verdicts.probe)
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
     if cfg.data.unlabeled and cfg.method.name != "natural":  # robust self-training: labelled once, before training
-        run.unlabeled = pseudo_labels.prepare(cfg, run_dir, accelerator, loaders, raw, head_replaced)
+        # the default teacher (the model before adversarial fine-tuning) labels in fp32, whatever the precision
+        run.unlabeled = pseudo_labels.prepare(cfg, run_dir, accelerator, loaders, pure_bf16.fp32_copy(raw),
+                                              head_replaced)
     run.comm = comm
     run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
             f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
@@ -443,15 +445,29 @@ def check_stream_position(saved: dict[str, Any] | None, loaders: data_mod.Loader
                           accelerator: Accelerator, folder: Path) -> None:
     """A streamed run resumes where its checkpoint says this process's stream stood (window, shard, row, the
     epoch's row order): the position the loaders compute from (seed, epoch, minibatch) must be that one, or the
-    data or its shards changed under the run and the resume is refused in one line. At another world size the
-    positions differ by design (the rest of the epoch is assigned afresh), so they are not compared."""
+    data or its shards changed under the run and the resume is refused in one line, on every process. With another
+    layout (world size, processes per node, node-pinned shards) the positions differ by design (the rest of the epoch
+    is assigned afresh), so they are not compared."""
     here = loaders.stream_position(state.epoch + 1, state.batch)
-    if saved is None or here is None or saved == here or saved.get("world") != here.get("world"):
-        return  # at another world size the rest of the epoch is assigned afresh (docs/data-at-scale.md)
-    raise UserError(f"--resume: process {accelerator.process_index}'s checkpointed stream position in {folder.name} "
-                    f"(epoch {saved.get('epoch')}, minibatch {saved.get('batch')}, next {saved.get('next')}) is not "
-                    f"where this run's stream continues (next {here.get('next')}): the data set's shards or their rows "
-                    "changed; resume with the same data, or start a new --output-dir")
+    layout = ("world", "local_world", "pinned")
+    problem = ""
+    if not (saved is None or here is None or saved == here
+            or any(saved.get(k) != here.get(k) for k in layout)):  # another layout: the epoch's rest is assigned afresh
+        problem = _moved(saved, here, accelerator.process_index, folder)
+    if accelerator.num_processes > 1:  # every process learns of a refusal on any of them (no one left in a collective)
+        from accelerate.utils import gather_object
+
+        with stage("checking the stream positions"):
+            problem = next((p for p in gather_object([problem]) if p), "")
+    if problem:
+        raise UserError(problem)
+
+
+def _moved(saved: dict[str, Any], here: dict[str, Any], rank: int, folder: Path) -> str:
+    return (f"--resume: process {rank}'s checkpointed stream position in {folder.name} (epoch {saved.get('epoch')}, "
+            f"minibatch {saved.get('batch')}, next {saved.get('next')}) is not where this run's stream continues (next "
+            f"{here.get('next')}): the data set's shards or their rows changed; resume with the same data, or start "
+            "a new --output-dir")
 
 
 def checkpoint(run: Run) -> Path:
@@ -587,7 +603,9 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "optimizer_steps": state.prior_opt_steps + run.stepper.opt_steps, "batch_passes": state.batch_passes,
             "example_passes": state.example_passes,
             "passes_per_batch": run.method.passes_per_batch + (run.ctx.awp.passes if run.ctx.awp is not None else 0),
-            "hardware": hardware_info(acc), "world_size": acc.num_processes, "ranks_in_sync": in_sync,
+            # Accelerate's autocast setting, except for pure-bf16 (no autocast: the weights themselves are bf16)
+            "hardware": {**hardware_info(acc), **({"mixed_precision": pure_bf16.PURE} if pure_bf16.is_pure(cfg)
+                                                  else {})}, "world_size": acc.num_processes, "ranks_in_sync": in_sync,
             "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
             "comm_hook": comm_hook_name(run.model), "local_sgd_steps": cfg.train.local_sgd_steps,
             "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
