@@ -44,7 +44,7 @@ from accelerate.utils import set_seed
 from rich.console import Console
 from rich.table import Table
 
-from ..config import FinetuneConfig, apply_override, config_from_dict, load_recipe
+from ..config import FinetuneConfig, apply_override, config_from_dict, load_recipe, validate
 from ..errors import UserError
 from ..fileio import atomic_write_json
 from ..models import RobustModel, load_backbone, resolve_spec
@@ -275,11 +275,12 @@ def state_memory(cfg: FinetuneConfig, base: RobustModel) -> dict[str, Any]:
     for precision, label in STATE_PRECISIONS.items():
         c = copy.deepcopy(cfg)
         c.train.mixed_precision = precision
-        model = copy.deepcopy(base).cpu()
-        pure_bf16.set_precision(model.backbone, precision == pure_bf16.PURE)
-        try:
+        try:  # pure-bf16 refuses some optimizers (the config's own check), or torch-optimi is missing
+            validate(c)
+            model = copy.deepcopy(base).cpu()
+            pure_bf16.set_precision(model.backbone, pure_bf16.is_pure(c))
             optimizer = build_optimizer(model, c)
-        except UserError as e:  # pure-bf16 without torch-optimi, or an optimizer it does not have
+        except UserError as e:
             out[precision] = {"label": label, "error": str(e)}
             continue
         for p in model.parameters():

@@ -226,25 +226,39 @@ def evaluation_block(spec: str, split: str, n_examples: int, pre: Preprocessing,
     (prepared once by the main process under ``main_process_first``, which only wraps the preparation: the blocks
     are then decoded by every process at once)."""
     first = main_process_first if main_process_first is not None else contextlib.nullcontext
+    rows: Callable[[int, int], Batch]
     if is_large(spec):
         with first():  # the main process reads the footers first; the others find them in the cache
             shards = shard_set(spec, split)
-        n = min(n_examples, sum(shards.rows))
-        start, end = block(n) if block is not None else (0, n)
-        x, y = (decode_inline(read_rows(ShardStore(shards), _first_rows(shards.rows, start, end)), pre)
-                if end > start else _empty(pre))
+        size, rows = sum(shards.rows), _shard_rows(shards, pre)
         feat = shards.label_feature
         classes, names = int(feat.num_classes), list(feat.names)
     else:
         with first():
             ds = get_dataset(spec, split)
-        n = min(n_examples, len(ds))
-        start, end = block(n) if block is not None else (0, n)
-        x, y = decode_all(ds.select(range(start, end)), pre.transform(), desc=desc) if end > start else _empty(pre)
-        classes, names = num_classes(ds), label_names(ds)
+        transform = pre.transform()
+        size, classes, names = len(ds), num_classes(ds), label_names(ds)
+
+        def rows(start: int, end: int) -> Batch:
+            return decode_all(ds.select(range(start, end)), transform, desc=desc)
+
+    n = min(n_examples, size)
     if n == 0:
         raise UserError(f"data {spec!r} split {split!r} has no examples to evaluate on")
+    start, end = block(n) if block is not None else (0, n)
+    x, y = rows(start, end) if end > start else _empty(pre)
     return Examples(x, y, spec, split, classes, names, offset=start, total=n)
+
+
+def _shard_rows(shards: Any, pre: Preprocessing) -> Callable[[int, int], Batch]:
+    """Rows ``[start, end)`` of a streamed split in file order, decoded: only the shards that hold them are read (the
+    evaluation subset of a run, or of ``robustify eval``)."""
+    store = ShardStore(shards)
+
+    def rows(start: int, end: int) -> Batch:
+        return decode_inline(read_rows(store, _first_rows(shards.rows, start, end)), pre)
+
+    return rows
 
 
 def _empty(pre: Preprocessing) -> Batch:
@@ -289,12 +303,7 @@ def _streamed(cfg: Any, pre: Preprocessing, eval_split: str, eval_examples: int,
     train = StreamTrain(store, pre, cfg.augment, cfg.batch_size, rows, excluded, seed, rank, world, local, window,
                         pinned, cfg.num_workers)
     n_eval = min(eval_examples, sum(eval_set.rows))
-    eval_store = ShardStore(eval_set)
-
-    def eval_rows(start: int, end: int) -> Batch:
-        return decode_inline(read_rows(eval_store, _first_rows(eval_set.rows, start, end)), pre)
-
-    return train, sum(rows), n_eval, eval_rows, px, py, record
+    return train, sum(rows), n_eval, _shard_rows(eval_set, pre), px, py, record
 
 
 def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: int, seed: int = 0, rank: int = 0,

@@ -471,7 +471,8 @@ class StreamTrain:
     def position(self, epoch: int, start_batch: int) -> dict[str, Any]:
         """Where this process's stream stands before minibatch ``start_batch`` of ``epoch``: the window to open, the
         shard and row read next, and a digest of the epoch's whole row order (the shuffle state, a pure function of
-        (seed, epoch, rank, world)). Stored in every checkpoint and checked on resume (:meth:`check_position`)."""
+        (seed, epoch, rank, world)). Stored in every checkpoint and checked on resume
+        (``train.trainer.check_stream_position``)."""
         plan = self.plan(epoch)
         first, offset = sh.locate(plan, start_batch * self.batch_size)
         order = hashlib.sha256(b"".join(w.order.astype(np.int64).tobytes() for w in plan)).hexdigest()[:16]

@@ -22,7 +22,6 @@ from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKw
 
 from ..config import FinetuneConfig
 from . import pure_bf16
-from .pure_bf16 import PURE
 from .schedules import build_schedule
 
 
@@ -33,7 +32,7 @@ def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.train.mixed_precision == PURE:  # bf16 weights: torch-optimi's Kahan-summed update (pure_bf16.py)
+    if pure_bf16.is_pure(cfg):  # bf16 weights: torch-optimi's Kahan-summed update (pure_bf16.py)
         return pure_bf16.build_optimizer(groups, cfg)
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.schedule.lr)

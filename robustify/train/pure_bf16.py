@@ -20,7 +20,8 @@ precision; the exported weights are that copy, so the run folder holds fp32 weig
 
 Refused in one line (``robustify.config``): LAMB/LARS and Nesterov momentum (torch-optimi has neither), a weight
 average (train.ema: a 0.1% EMA update vanishes in bf16), AWP (its perturb-then-restore is not exact in bf16), local
-SGD and gradient compression (the gradients already travel in bf16).
+SGD and gradient compression (the gradients already travel in bf16); and (``train.preflight``) a recipe whose stages
+do not all use it.
 
 Must not: change anything for the other precisions.
 """
@@ -64,9 +65,9 @@ def _float_output(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
 
 
 def set_precision(backbone: nn.Module, pure: bool) -> nn.Module:
-    """Cast ``backbone`` to bf16 (``pure``) or back to fp32 (in place, returned), with the dtype hooks at its entry
-    and exit installed once. A multi-stage recipe may switch between them; fp32 -> bf16 -> fp32 loses what the bf16
-    rounding lost, which is what the bf16 stage trained."""
+    """Cast ``backbone`` to bf16 (``pure``) or keep it fp32 (in place, returned), with the dtype hooks at its entry
+    and exit installed once. Every stage of a recipe has the same precision (``train.preflight``), so a run casts
+    once."""
     if pure and not getattr(backbone, _HOOKED, False):
         backbone.register_forward_pre_hook(_cast_input)
         backbone.register_forward_hook(_float_output)
@@ -94,11 +95,7 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optim
     SGD with heavy-ball momentum and L2 weight decay as ``torch.optim.SGD``; AdamW with torch's defaults (betas
     (0.9, 0.999), eps 1e-8) and decoupled weight decay as ``torch.optim.AdamW``."""
     optimi = require_optimi()
-    o = cfg.optim
-    if o.name not in ("sgd", "adamw") or o.nesterov:  # config validation refuses these; bench copies come here too
-        raise UserError(f"train.mixed_precision='pure-bf16' with optim.name={o.name!r}"
-                        f"{' and optim.nesterov=true' if o.nesterov else ''} is not accepted: torch-optimi's "
-                        "Kahan-summed optimizers are SGD (heavy-ball momentum) and AdamW")
+    o = cfg.optim  # validated: SGD without Nesterov or AdamW (robustify.config refuses the others)
     if o.name == "adamw":
         return optimi.AdamW(groups, lr=cfg.schedule.lr, betas=(0.9, 0.999), eps=1e-8, kahan_sum=True)
     return optimi.SGD(groups, lr=cfg.schedule.lr, momentum=o.momentum, kahan_sum=True)

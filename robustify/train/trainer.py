@@ -103,7 +103,7 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
                                    save_on_each_node=cfg.train.save_on_each_node)
     timeout = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.dist_timeout_minutes))
     # pure-bf16 is no autocast for Accelerate: the model itself is bf16 (pure_bf16.py)
-    precision = "no" if cfg.train.mixed_precision == pure_bf16.PURE else cfg.train.mixed_precision
+    precision = "no" if pure_bf16.is_pure(cfg) else cfg.train.mixed_precision
     return Accelerator(cpu=use_cpu, mixed_precision=precision, log_with=log_with,
                        project_config=project, gradient_accumulation_steps=cfg.train.grad_accum,
                        kwargs_handlers=[timeout, *ddp_kwargs(cfg)])
@@ -449,9 +449,11 @@ def check_stream_position(saved: dict[str, Any] | None, loaders: data_mod.Loader
     layout (world size, processes per node, node-pinned shards) the positions differ by design (the rest of the epoch
     is assigned afresh), so they are not compared."""
     here = loaders.stream_position(state.epoch + 1, state.batch)
+    if here is None:  # map-style data, the same on every process: nothing to compare, no collective needed
+        return
     layout = ("world", "local_world", "pinned")
     problem = ""
-    if not (saved is None or here is None or saved == here
+    if not (saved is None or saved == here
             or any(saved.get(k) != here.get(k) for k in layout)):  # another layout: the epoch's rest is assigned afresh
         problem = _moved(saved, here, accelerator.process_index, folder)
     if accelerator.num_processes > 1:  # every process learns of a refusal on any of them (no one left in a collective)
