@@ -56,8 +56,8 @@ if acc.is_main_process:
 """
 
 
-def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+def _torchrun(args: list[str], tmp_path: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
@@ -91,21 +91,22 @@ def test_sharded_evaluation_equals_single_process(tmp_path: Path):
 def test_robustify_eval_under_torchrun_equals_one_process(tmp_path: Path, quickstart_run: Path):
     from robustify.cli import main as cli
 
-    args = ["eval", str(quickstart_run), "--attack", "clean,pgd", "--preset", "quick", "--n-examples", "96",
+    args = ["eval", str(quickstart_run), "--attack", "clean,pgd", "--preset", "quick", "--n-examples", "40",
             "--batch-size", "32", "--no-curve", "--no-checks", "--no-update"]
-    res = _torchrun(["-m", "robustify", *args, "--output", str(tmp_path / "two.json")], tmp_path)
+    # three processes, two batches: one process has an empty share and must still reach every collective
+    res = _torchrun(["-m", "robustify", *args, "--output", str(tmp_path / "two.json")], tmp_path, nproc=3)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count("examples (first 96") == 1  # one process prints the report
+    assert res.stdout.count("examples (first 40") == 1  # one process prints the report
     assert cli([*args, "--output", str(tmp_path / "one.json")]) == 0
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
-    assert two["processes"] == 2 and one["processes"] == 1
+    assert two["processes"] == 3 and one["processes"] == 1
     for key in ("clean_acc", "fgsm_acc", "pgd_acc", "robust_acc"):
         assert one[key] == two[key], key
     assert one["pgd"]["last_iterate_acc_by_step"] == two["pgd"]["last_iterate_acc_by_step"]
-    # each process decoded only the block of whole batches it attacked (3 batches of 32: 1 and 2), and the subset's
-    # hash, taken over every process's examples, is the single process's
-    assert two["data_loading"] == {"streamed": False, "decoded_per_process": [32, 64]}
-    assert one["data_loading"]["decoded_per_process"] == [96] and one["subset"] == two["subset"]
+    # each process decoded only the block of whole batches it attacked (2 batches of 32 and 8 over 3 processes:
+    # none, the first, the second), and the subset's hash, taken over every process's examples, is the single one's
+    assert two["data_loading"] == {"streamed": False, "decoded_per_process": [0, 32, 8]}
+    assert one["data_loading"]["decoded_per_process"] == [40] and one["subset"] == two["subset"]
 
 
 def test_rollback_and_best_model_come_from_memory_on_every_process(tmp_path: Path):
