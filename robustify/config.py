@@ -81,6 +81,7 @@ class DataConfig:
     crop_pct: float | None = None  # None: the backbone's at its native size, else 1.0 (resize whole images)
     interpolation: str | None = None  # None: the backbone's (bilinear | bicubic | nearest)
     augment: str = "none"  # none | flip-crop | timm | rrc-flip (random-resized crop + flip, fast JPEG decode)
+    decode: str = "workers"  # workers | device: rrc-flip's JPEGs decoded on the accelerator (nvJPEG), streamed sets
     batch_size: int = 128  # per process
     eval_batch_size: int = 256
     num_workers: int = 2
@@ -219,6 +220,7 @@ class FinetuneConfig:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.augment": ("none", "flip-crop", "timm", "rrc-flip"),
+    "data.decode": ("workers", "device"),
     "data.streaming": ("auto", "true", "false"),
     "data.shard_cache": ("auto", "node", "off"),
     "schedule.lr_scale_rule": ("none", "linear", "sqrt"),
@@ -349,6 +351,9 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"{key}={flat[key]!r} is not accepted; choose one of: {', '.join(choices)}")
+    if cfg.data.decode == "device" and cfg.data.augment != "rrc-flip":
+        raise ConfigError(f"data.decode=device decodes the JPEGs of augment rrc-flip on the accelerator; with "
+                          f"data.augment={cfg.data.augment!r} use data.decode=workers, or set data.augment=rrc-flip")
     for owner in SECTION_OWNERS.values():  # each registry validates its own section
         importlib.import_module(owner).validate_section(cfg)
     _validate_pixels(cfg)

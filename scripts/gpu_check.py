@@ -13,7 +13,9 @@ Runs, with no network (timm architectures without weights, synthetic data, the b
 4. exact resume with ``train.deterministic``: two epochs in one go vs one epoch, stop, ``--resume``: the exported
    weights must be bit-identical;
 5. ``robustify bench`` for resnet50 at 224 px (natural, fgsm-rs, pgd) in bf16 channels_last;
-6. peak GPU memory of each part.
+6. ``data.decode=device``: the GPU decode's images/s, the workers' images/s per core, and its difference from the
+   CPU route on the same crops;
+7. peak GPU memory of each part.
 
 Prints one table and writes the JSON. On a machine without a CUDA GPU it refuses in one line (exit 2).
 """
@@ -172,6 +174,48 @@ def check_bench(batch: int) -> dict[str, Any]:
                 {"batch_size": batch, "methods": per, "peak_mb": _peak_mb()})
 
 
+def check_device_decode(n_images: int = 256) -> dict[str, Any]:
+    """``data.decode=device``: images/s of the GPU half (nvJPEG decode, crop, antialiased resize, flip) on
+    ImageNet-like JPEGs, the workers' half per core, and the mean difference from the CPU route (same crops)."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from robustify.bench.data_pipeline import imagenet_like_jpegs
+    from robustify.data.device_decode import EncodedBatch, decode_batch
+    from robustify.data.preprocessing import rrc_flip
+
+    t0 = time.perf_counter()
+    torch.cuda.reset_peak_memory_stats()
+    files = imagenet_like_jpegs(n_images)
+
+    def encode() -> EncodedBatch:
+        batch = EncodedBatch([], [], [], [], (224, 224), "bilinear")
+        for i, b in enumerate(files):
+            batch.add({"bytes": b, "path": None}, seed=i, where=f"image {i}")
+        return batch
+
+    encode()  # warm-up (imports)
+    w0 = time.perf_counter()
+    batch = encode()
+    worker_rate = n_images / (time.perf_counter() - w0)
+    decode_batch(batch, "cuda")  # warm-up (nvJPEG handles, kernels)
+    torch.cuda.synchronize()
+    g0 = time.perf_counter()
+    for _ in range(3):
+        out = decode_batch(batch, "cuda")
+    torch.cuda.synchronize()
+    gpu_rate = 3 * n_images / (time.perf_counter() - g0)
+    cpu = torch.stack([rrc_flip(Image.open(io.BytesIO(b)), (224, 224), "bilinear", i, data=b)
+                       for i, b in enumerate(files[:32])])
+    diff = (out[:32].cpu().float() - cpu.float()).abs().mean().item()
+    return _row("decode on the device (data.decode=device)", diff < 2.0, time.perf_counter() - t0,
+                {"images": n_images, "gpu_images_per_second": round(gpu_rate, 1),
+                 "worker_images_per_second_per_core": round(worker_rate, 1),
+                 "mean_abs_diff_vs_cpu_route_levels": round(diff, 3), "peak_mb": _peak_mb()})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -200,6 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(check_exact_resume(Path(tmp)))
     rows.append(check_bench(args.bench_batch))
+    rows.append(check_device_decode())
     report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
               "cudnn": torch.backends.cudnn.version(), "seconds": round(time.perf_counter() - t0, 1),
               "ok": all(r["ok"] for r in rows), "checks": rows}

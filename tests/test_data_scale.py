@@ -432,7 +432,7 @@ def test_bench_decode_figures_compare_the_pipelines_on_the_same_files(tmp_path: 
     assert main(["bench", "--data", "imagenet-like", "--data-images", "2", "--output", str(tmp_path / "d.json")]) == 0
     report = json.loads((tmp_path / "d.json").read_text())
     names = [r["pipeline"] for r in report["pipelines"]]
-    assert len(names) == 7 and names[0].startswith("bare JPEG decode") and report["image_size"] == [500, 375]
+    assert len(names) == 8 and names[0].startswith("bare JPEG decode") and report["image_size"] == [500, 375]
     assert "torchvision" in names[1]
     assert any("rrc-flip" in n for n in names)
     assert report["pipelines"][0]["vs_bare_decode"] == 1.0
@@ -455,6 +455,83 @@ def test_rrc_flip_streams_uint8_batches_that_resume_exactly(imagenet_like: Path)
     k = len(full) // 2
     tail = list(loaders.train_epoch(1, start_batch=k))
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(full[k:], tail, strict=True))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_rrc_flip_decoded_on_the_device_is_the_workers_batch(imagenet_like: Path, workers: int):
+    """data.decode=device: the workers only draw the crop and flip and pass the JPEG bytes; the main process decodes,
+    crops, resizes and flips on the model's device. On the CPU that is the workers' own torch path, so every batch of
+    an epoch (and of a resumed epoch) is bit-identical to data.decode=workers; the batches arrive on the device."""
+    import torch
+
+    from robustify.data import build_loaders
+
+    def batches(decode: str, start: int = 0) -> list:
+        loaders = build_loaders(_cfg(imagenet_like, streaming="true", augment="rrc-flip", decode=decode,
+                                     num_workers=workers), {"input_size": (3, 16, 16)}, 4, 4, seed=3, rank=1,
+                                world_size=3, device=torch.device("cpu"))
+        return list(loaders.train_epoch(2, start_batch=start))
+
+    ref, dev = batches("workers"), batches("device")
+    assert len(ref) == len(dev) > 2
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(ref, dev, strict=True))
+    assert all(x.dtype == torch.uint8 and x.shape[1:] == (3, 16, 16) and x.device.type == "cpu" for x, _ in dev)
+    tail = batches("device", start=2)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(ref[2:], tail, strict=True))
+
+
+def test_device_decode_mixes_in_rows_the_device_cannot_decode_and_names_a_broken_one():
+    """A PNG or CMYK row is decoded by the worker (the same crop and flip as the CPU route); a JPEG that cannot be
+    decoded is one line naming its row; the refusals name the setting."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from robustify.bench.data_pipeline import imagenet_like_jpegs
+    from robustify.config import ConfigError, FinetuneConfig, validate
+    from robustify.data.device_decode import EncodedBatch, check_available, decode_batch
+    from robustify.data.preprocessing import rrc_flip
+    from robustify.errors import UserError
+
+    jpegs = imagenet_like_jpegs(3, seed=4, size=(64, 48))
+    png, cmyk = io.BytesIO(), io.BytesIO()
+    Image.open(io.BytesIO(jpegs[0])).save(png, format="PNG")
+    Image.open(io.BytesIO(jpegs[1])).convert("CMYK").save(cmyk, format="JPEG", quality=90)
+    cells = [jpegs[0], png.getvalue(), cmyk.getvalue(), jpegs[2]]
+    batch = EncodedBatch([], [], [], [], (40, 40), "bilinear")
+    for i, b in enumerate(cells):
+        batch.add({"bytes": b, "path": None}, seed=i, where=f"shard row {i}")
+    assert sorted(batch.decoded) == [1, 2] and batch.data[1] is None and batch.data[0] is not None
+    out = decode_batch(batch, "cpu")
+    for i, b in enumerate(cells):
+        assert torch.equal(out[i], rrc_flip(Image.open(io.BytesIO(b)), (40, 40), "bilinear", i, data=b)), i
+    from robustify.data.device_decode import _chunks
+
+    assert _chunks([0, 3], batch.pixels, 64 * 48) == [[0], [3]] and _chunks([0, 3], batch.pixels, 10**6) == [[0, 3]]
+    assert torch.equal(decode_batch(batch, "cpu", budget=1), out)  # one image at a time: the same pixels
+    broken = EncodedBatch([], [], [], [], (40, 40), "bilinear")
+    broken.add({"bytes": jpegs[0], "path": None}, 0, "train-00003-of-00294.parquet row 0")
+    broken.add({"bytes": jpegs[1][:len(jpegs[1]) // 2], "path": None}, 1, "train-00003-of-00294.parquet row 1")
+    with pytest.raises(UserError) as e:
+        decode_batch(broken, "cpu")
+    assert "train-00003-of-00294.parquet row 1" in str(e.value) and "\n" not in str(e.value)
+    assert "truncated" in str(e.value) and ".cpp" not in str(e.value), str(e.value)
+    cfg = FinetuneConfig()
+    cfg.data.decode = "device"
+    with pytest.raises(ConfigError, match="data.decode=device .* data.augment='none'"):
+        validate(cfg)
+    with pytest.raises(UserError, match="antialiased 'nearest'"):
+        check_available("nearest")
+
+
+def test_device_decode_refuses_a_map_style_set(imagenet_like: Path):
+    from robustify.data import build_loaders
+    from robustify.errors import UserError
+
+    with pytest.raises(UserError, match="data.decode=device applies to streamed data sets"):
+        build_loaders(_cfg(imagenet_like, streaming="false", augment="rrc-flip", decode="device"),
+                      {"input_size": (3, 16, 16)}, 4, 4)
 
 
 def test_rrc_flip_torch_path_sees_what_pil_sees():

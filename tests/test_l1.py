@@ -132,7 +132,7 @@ def l1_run(tmp_path_factory) -> Path:
 
     run = tmp_path_factory.mktemp("l1") / "run"
     finetune(build_config("quickstart", [
-        "threat.norm=L1", "threat.eps=12", "method.name=pgd", "method.steps=2", "train.epochs=2",
+        "threat.norm=L1", "threat.eps=12", "method.name=pgd", "method.steps=2", "train.epochs=3",
         "data.max_train_examples=384", "train.probe_size=32", "train.probe_steps=2", "eval.n_examples=64",
         "eval.pgd_steps=4", "train.probe_split=train", "schedule.lr=0.05", f"output_dir={run}"]))
     return run
@@ -141,7 +141,8 @@ def l1_run(tmp_path_factory) -> Path:
 def test_pgd_l1_training_raises_l1_robust_accuracy(l1_run: Path):
     m = json.loads((l1_run / "metrics.json").read_text())
     assert m["after"]["pgd"]["norm"] == "L1" and m["after"]["pgd"]["eps"] == 12
-    # two short epochs: measured 48.4% -> 57.8% PGD-L1 (64 examples); the clean accuracy pays for it (100% -> 83%)
+    # three short epochs: measured 48.4% -> 75.0% PGD-L1 (64 examples; torch 2.14), the clean accuracy 100% -> 90.6%
+    # (two epochs gave 57.8% on an earlier torch and 53.1% on 2.14: too close to the bar)
     assert m["after"]["pgd_acc"] > m["before"]["pgd_acc"] + 0.05, (m["before"], m["after"])
     robustness = json.loads((l1_run / "config.json").read_text())["robustness"]
     assert robustness["threat_model"] == {"norm": "L1", "eps": 12.0}

@@ -79,6 +79,8 @@ if rank == 0:
                "same_update": same_update, "resumed": resumed, "without_memory": without_memory,
                "errors": len(saved), "magnitudes": len(values), "per_step": state.bytes_per_step},
               open(sys.argv[1], "w"))
+del ref, ddp, again, fresh  # DDP reducers before the group: else gloo's threads can abort the exit (torch 2.14)
+dist.barrier()
 dist.destroy_process_group()
 """
 

@@ -137,6 +137,7 @@ def decode_figures(n_images: int = DEFAULT_IMAGES, input_size: int = 224, seed: 
     from timm.data import create_transform
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    from ..data.device_decode import EncodedBatch
     from ..data.preprocessing import Preprocessing, make_example
 
     if n_images < 1:
@@ -169,6 +170,9 @@ def decode_figures(n_images: int = DEFAULT_IMAGES, input_size: int = 224, seed: 
     def robustify_rrc(b: bytes, i: int):  # the bytes as datasets.Image(decode=False) stores them: decoded once
         return make_example({"bytes": b, "path": None}, pre, "rrc-flip", i, transforms)
 
+    def robustify_device_share(b: bytes, i: int):  # data.decode=device: what is left on the CPU per example
+        EncodedBatch([], [], [], [], (input_size, input_size), "bilinear").add({"bytes": b, "path": None}, i, "")
+
     def robustify_eval(b: bytes, i: int):
         return make_example(image.decode_example({"bytes": b, "path": None}), pre, "none", i, transforms)
 
@@ -178,6 +182,8 @@ def decode_figures(n_images: int = DEFAULT_IMAGES, input_size: int = 224, seed: 
                  ("timm create_transform(is_training=True)", timm_pipeline),
                  ("robustify training pipeline (augment: timm, seeded)", robustify_train),
                  ("robustify training pipeline (augment: rrc-flip)", robustify_rrc),
+                 ("robustify rrc-flip with data.decode=device: the workers' share (the decode runs on the GPU)",
+                  robustify_device_share),
                  ("robustify evaluation pipeline (resize + centre crop)", robustify_eval))
     # ROUNDS interleaved rounds, each timing every pipeline over all files, and the best round per pipeline: on a
     # shared machine a busy moment then slows one round of every pipeline, not one pipeline's only measurement

@@ -119,9 +119,10 @@ class Loaders:
     """What one process of a run trains and evaluates on (the contract the trainer codes against).
 
     - ``train_epoch(epoch, start_batch=0)``: THIS process's training batches ``(x, y)``: x uint8 or float in [0,1],
-      CPU, NCHW at ``input_size`` (augmented); y long. Already sharded by (rank, world_size), every process getting
-      ``batches_per_epoch`` batches (the tail of the epoch is dropped). The order is a pure function of (seed, epoch,
-      rank, world_size) and each example's augmentation is seeded from (seed, epoch, example), so
+      CPU (the model's device with ``data.decode=device``), NCHW at ``input_size`` (augmented); y long. Already
+      sharded by (rank, world_size), every process getting ``batches_per_epoch`` batches (the tail of the epoch is
+      dropped). The order is a pure function of (seed, epoch, rank, world_size) and each example's augmentation is
+      seeded from (seed, epoch, example), so
       ``start_batch=k`` yields exactly batches k.. of the uninterrupted epoch, bit-identical, whatever the worker
       count. Streaming: the finished windows of shards are skipped without being opened.
     - ``batches_per_epoch``: per process, identical on all ranks (streaming: from the shards' footers, after the
@@ -266,7 +267,7 @@ def _empty(pre: Preprocessing) -> Batch:
 
 
 def _streamed(cfg: Any, pre: Preprocessing, eval_split: str, eval_examples: int, probe_size: int, probe_split: str,
-              seed: int, rank: int, world: int):
+              seed: int, rank: int, world: int, device: Any = "cpu"):
     """The streaming path: this process's :class:`StreamTrain`, the sizes, the evaluation rows and the probe."""
     from . import shards as sh
     from .shard_cache import ShardCache
@@ -300,15 +301,20 @@ def _streamed(cfg: Any, pre: Preprocessing, eval_split: str, eval_examples: int,
         note(f"{len(sh.active(rows))} shard(s) of {cfg.name!r} for {world} processes: too few to give each process "
              "whole shards, so every process reads every shard and keeps its share of the rows")
     window = max(1, -(-cfg.shuffle_buffer // max(1, max(rows))))
+    decode = getattr(cfg, "decode", "workers")
+    if decode == "device":
+        from .device_decode import check_available
+
+        check_available(pre.interpolation)
     train = StreamTrain(store, pre, cfg.augment, cfg.batch_size, rows, excluded, seed, rank, world, local, window,
-                        pinned, cfg.num_workers)
+                        pinned, cfg.num_workers, decode=decode, device=device)
     n_eval = min(eval_examples, sum(eval_set.rows))
     return train, sum(rows), n_eval, _shard_rows(eval_set, pre), px, py, record
 
 
 def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: int, seed: int = 0, rank: int = 0,
                   world_size: int = 1, main_process_first: Callable[[], Any] | None = None,
-                  probe_split: str = "train") -> Loaders:
+                  probe_split: str = "train", device: Any = "cpu") -> Loaders:
     """Everything one process needs from the data (see :class:`Loaders` for the contract).
 
     ``cfg`` is the recipe's ``data`` section (:class:`robustify.config.DataConfig`), ``data_config`` the backbone's
@@ -317,6 +323,8 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
     ``probe_split="heldout"`` (Rice et al. 2020) takes the probe examples out of training (``robustify.data.heldout``;
     streaming: seeded rows of seeded shards, :func:`robustify.data.shards.probe_rows`, the same at every world size);
     ``"train"`` probes the first training examples. Streaming: the main process reads the shards' footers first.
+    ``device``: where ``data.decode=device`` decodes the training JPEGs (the model's device; training batches then
+    arrive there rather than on the CPU).
     """
     from .heldout import record as heldout_record
     from .heldout import split_indices
@@ -333,13 +341,16 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
     kw = {"image_column": cfg.image_column, "label_column": cfg.label_column, "holdout": cfg.holdout, "seed": 0}
     first = main_process_first if main_process_first is not None else contextlib.nullcontext
     bs = cfg.batch_size
+    if not streaming and getattr(cfg, "decode", "workers") == "device":
+        raise UserError(f"data.decode=device applies to streamed data sets; {cfg.name!r} is read map-style (set "
+                        "data.streaming=true, or data.decode=workers)")
     if streaming and cfg.per_class is not None:
         raise UserError(f"data.per_class={cfg.per_class} needs a map-style data set; {cfg.name!r} streams (set "
                         "data.streaming=false, or take a smaller split)")
     if streaming:
         train, n_train, n_eval, eval_rows, px, py, probe_record = _streamed(cfg, pre, eval_split, eval_examples,
                                                                            probe_size, probe_split, seed, rank,
-                                                                           world_size)
+                                                                           world_size, device)
         n_batches = train.batches_per_epoch
         epoch_index = None
         feat = train.store.shards.label_feature

@@ -44,6 +44,7 @@ import torch
 
 from ..errors import UserError
 from . import shards as sh
+from .device_decode import EncodedBatch, decode_batch
 from .preprocessing import Preprocessing, example_seed, make_example
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -309,27 +310,34 @@ def read_rows(store: ShardStore, wanted: dict[int, list[int]]) -> list[tuple[dic
 _DECODE: dict[str, Any] = {}
 
 
-def decode_rows(keys: list[tuple[dict, int, int, str]], record: dict, augment: str) -> tuple[Any, Any, str]:
+def decode_rows(keys: list[tuple[dict, int, int, str]], record: dict, augment: str,
+                decode: str = "workers") -> tuple[Any, Any, str]:
     """Decode and augment a batch of undecoded rows (image, label, seed, where): (x, y, "") or, for a row that cannot
     be used, (None, None, one line naming it), raised as a :class:`UserError` by the main process (an exception inside
-    a DataLoader worker would come back as a traceback)."""
+    a DataLoader worker would come back as a traceback). ``decode="device"`` (rrc-flip only): x is an
+    :class:`~robustify.data.device_decode.EncodedBatch` (boxes, flips and JPEG bytes) for the main process to decode
+    on the accelerator."""
     import datasets
 
     key = repr(record)
     if _DECODE.get("key") != key:
         _DECODE.update(key=key, pre=Preprocessing.from_record(record), transforms={}, image=datasets.Image())
     pre, transforms, image = _DECODE["pre"], _DECODE["transforms"], _DECODE["image"]
+    encoded = EncodedBatch([], [], [], [], tuple(pre.input_size[1:]), pre.interpolation) if decode == "device" else None
     xs, ys = [], []
     for value, label, seed, where in keys:
         if label is None or int(label) < 0:
             return None, None, f"{where} has label {label}: unlabelled examples; labels must be class indices 0..K-1"
         try:
-            img = value if augment == "rrc-flip" else image.decode_example(value)  # rrc-flip decodes at reduced size
-            xs.append(make_example(img, pre, augment, seed, transforms))
+            if encoded is not None:
+                encoded.add(value, seed, where)
+            else:  # rrc-flip decodes the cell itself, at reduced size where the crop allows
+                img = value if augment == "rrc-flip" else image.decode_example(value)
+                xs.append(make_example(img, pre, augment, seed, transforms))
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image
             return None, None, f"{where}: the image cannot be decoded ({_first_line(e)}); remove or fix that row"
         ys.append(int(label))
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.long), ""
+    return encoded if encoded is not None else torch.stack(xs), torch.tensor(ys, dtype=torch.long), ""
 
 
 def decode_inline(rows: list[tuple[dict, int, str]], pre: Preprocessing) -> Batch:
@@ -346,8 +354,8 @@ def decode_inline(rows: list[tuple[dict, int, str]], pre: Preprocessing) -> Batc
 class _DecodeRows(torch.utils.data.Dataset):
     """The DataLoader's data set: a "key" is a whole batch of undecoded rows, decoded in a worker (``__getitems__``)."""
 
-    def __init__(self, record: dict, augment: str) -> None:
-        self.record, self.augment = record, augment
+    def __init__(self, record: dict, augment: str, decode: str = "workers") -> None:
+        self.record, self.augment, self.decode = record, augment, decode
 
     def __len__(self) -> int:  # never used for sampling: the batch sampler hands out the rows themselves
         return 0
@@ -356,7 +364,7 @@ class _DecodeRows(torch.utils.data.Dataset):
         raise TypeError("_DecodeRows is read in whole batches")
 
     def __getitems__(self, keys: list) -> tuple[Any, Any, str]:
-        return decode_rows(keys, self.record, self.augment)
+        return decode_rows(keys, self.record, self.augment, self.decode)
 
 
 def _whole(batch):
@@ -398,6 +406,8 @@ class StreamTrain:
     pinned: bool
     num_workers: int
     prefetch: int = 2
+    decode: str = "workers"  # data.decode: workers | device (rrc-flip's JPEGs decoded on ``device``: device_decode.py)
+    device: Any = "cpu"
     peak_in_flight: int = 0  # most decoded (or decoding) batches at once, seen so far
     windows_opened: list[tuple[int, ...]] = field(default_factory=list)
     _loader: Any = None
@@ -452,7 +462,8 @@ class StreamTrain:
         workers = max(0, self.num_workers)
         kw: dict[str, Any] = {"prefetch_factor": self.prefetch, "persistent_workers": True} if workers else {}
         # its own generator: starting workers must not draw from (and shift) the global RNG that attacks use
-        return torch.utils.data.DataLoader(_DecodeRows(self.pre.record(), self.augment), batch_sampler=_RowBatches(),
+        return torch.utils.data.DataLoader(_DecodeRows(self.pre.record(), self.augment, self.decode),
+                                           batch_sampler=_RowBatches(),
                                            num_workers=workers, collate_fn=_whole,
                                            pin_memory=torch.cuda.is_available(),
                                            generator=torch.Generator().manual_seed(0), **kw)
@@ -466,7 +477,7 @@ class StreamTrain:
             self.peak_in_flight = max(self.peak_in_flight, sampler.handed - consumed)
             if err:
                 raise UserError(err)
-            yield x, y
+            yield (decode_batch(x, self.device) if isinstance(x, EncodedBatch) else x), y
 
     def position(self, epoch: int, start_batch: int) -> dict[str, Any]:
         """Where this process's stream stands before minibatch ``start_batch`` of ``epoch``: the window to open, the

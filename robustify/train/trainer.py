@@ -292,7 +292,8 @@ def _loaders(data_cfg: Any, cfg: FinetuneConfig, accelerator: Accelerator,
     return data_mod.build_loaders(data_cfg, resolve_data_config(model=backbone), cfg.eval.n_examples,
                                   cfg.train.probe_size, seed=cfg.train.seed, rank=accelerator.process_index,
                                   world_size=accelerator.num_processes,
-                                  main_process_first=accelerator.main_process_first, probe_split=cfg.train.probe_split)
+                                  main_process_first=accelerator.main_process_first, probe_split=cfg.train.probe_split,
+                                  device=accelerator.device)
 
 
 def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone: torch.nn.Module, state: TrainState,
