@@ -304,9 +304,25 @@ def test_aliases_load_the_real_hub_ids_from_a_local_hub(tmp_path: Path):
         net = Path({str(tmp_path)!r}) / "net1000"
         timm.models.save_for_hf(timm.create_model("test_resnet", num_classes=1000), str(net), safe_serialization=True)
         rep = Path({str(tmp_path)!r}) / "eval.json"
-        out["eval_rc"] = main(["eval", f"local-dir:{{net}}", "--data", "imagenet-1k", "--eps", "4/255", "--attack",
-                               "clean", "--n-examples", "6", "--no-curve", "--no-checks", "--output", str(rep)])
-        out["eval"] = json.loads(rep.read_text())["data_loading"]
+        eval_args = ["eval", f"local-dir:{{net}}", "--data", "imagenet-1k", "--eps", "4/255", "--attack", "clean",
+                     "--n-examples", "6", "--batch-size", "2", "--no-curve", "--no-checks"]
+        out["eval_rc"] = main(eval_args + ["--output", str(rep)])
+        one = json.loads(rep.read_text())
+        out["eval"] = one["data_loading"]
+        # the same under torchrun at world 3: each process streams and decodes only its batch (footers read
+        # main-process-first), and the numbers and the subset's hash are the single process's
+        import socket, subprocess
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        rep3 = Path({str(tmp_path)!r}) / "eval3.json"
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3",
+                               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "robustify",
+                               *eval_args, "--output", str(rep3)], capture_output=True, text=True, timeout=300)
+        out["eval3_rc"] = proc.returncode
+        three = json.loads(rep3.read_text()) if proc.returncode == 0 else {{"stderr": proc.stderr[-2000:]}}
+        out["eval3"] = three.get("data_loading", three)
+        out["eval3_same"] = [three.get(k) == one[k] for k in ("clean_acc", "subset")] + [three.get("processes")]
         print(json.dumps(out))
     """)
     dropped = ("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
@@ -324,6 +340,8 @@ def test_aliases_load_the_real_hub_ids_from_a_local_hub(tmp_path: Path):
     assert "label -1: unlabelled examples" in out["imagenet_test"] and "'validation'" in out["imagenet_test"]
     assert out["tiny_valid"] == 20 and out["rc"] == 0
     assert out["eval_rc"] == 0 and out["eval"] == {"streamed": True, "decoded_per_process": [6]}
+    assert out["eval3_rc"] == 0, out["eval3"]
+    assert out["eval3"] == {"streamed": True, "decoded_per_process": [2, 2, 2]} and out["eval3_same"] == [True, True, 3]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["after"]["n_examples"] == 8
     assert json.loads((tmp_path / "run" / "config.json").read_text())["robustness"]["dataset"] == "cifar10"
