@@ -481,8 +481,9 @@ def test_rrc_flip_decoded_on_the_device_is_the_workers_batch(imagenet_like: Path
 
 
 def test_device_decode_mixes_in_rows_the_device_cannot_decode_and_names_a_broken_one():
-    """A PNG or CMYK row is decoded by the worker (the same crop and flip as the CPU route); a JPEG that cannot be
-    decoded is one line naming its row; the refusals name the setting."""
+    """A PNG or CMYK row is decoded by the worker (the same crop and flip as the CPU route), a grayscale JPEG by the
+    device; a JPEG that cannot be decoded is one line naming its row; large crops (which the CPU route decodes at
+    reduced size) see what the CPU route sees; the refusals name the setting."""
     import io
 
     import torch
@@ -490,26 +491,34 @@ def test_device_decode_mixes_in_rows_the_device_cannot_decode_and_names_a_broken
 
     from robustify.bench.data_pipeline import imagenet_like_jpegs
     from robustify.config import ConfigError, FinetuneConfig, validate
-    from robustify.data.device_decode import EncodedBatch, check_available, decode_batch
+    from robustify.data.device_decode import EncodedBatch, _chunks, check_decoder, check_device, decode_batch
     from robustify.data.preprocessing import rrc_flip
     from robustify.errors import UserError
 
     jpegs = imagenet_like_jpegs(3, seed=4, size=(64, 48))
-    png, cmyk = io.BytesIO(), io.BytesIO()
+    png, cmyk, gray = io.BytesIO(), io.BytesIO(), io.BytesIO()
     Image.open(io.BytesIO(jpegs[0])).save(png, format="PNG")
     Image.open(io.BytesIO(jpegs[1])).convert("CMYK").save(cmyk, format="JPEG", quality=90)
-    cells = [jpegs[0], png.getvalue(), cmyk.getvalue(), jpegs[2]]
+    Image.open(io.BytesIO(jpegs[2])).convert("L").save(gray, format="JPEG", quality=90)
+    cells = [jpegs[0], png.getvalue(), cmyk.getvalue(), jpegs[2], gray.getvalue()]
     batch = EncodedBatch([], [], [], [], (40, 40), "bilinear")
     for i, b in enumerate(cells):
         batch.add({"bytes": b, "path": None}, seed=i, where=f"shard row {i}")
-    assert sorted(batch.decoded) == [1, 2] and batch.data[1] is None and batch.data[0] is not None
+    assert sorted(batch.decoded) == [1, 2] and batch.data[1] is None and isinstance(batch.data[4], bytes)
     out = decode_batch(batch, "cpu")
     for i, b in enumerate(cells):
         assert torch.equal(out[i], rrc_flip(Image.open(io.BytesIO(b)), (40, 40), "bilinear", i, data=b)), i
-    from robustify.data.device_decode import _chunks
-
     assert _chunks([0, 3], batch.pixels, 64 * 48) == [[0], [3]] and _chunks([0, 3], batch.pixels, 10**6) == [[0, 3]]
     assert torch.equal(decode_batch(batch, "cpu", budget=1), out)  # one image at a time: the same pixels
+    # crops at least twice the output: the CPU route decodes at reduced size, the device at full size
+    large = imagenet_like_jpegs(8, seed=1, size=(1000, 750))
+    big = EncodedBatch([], [], [], [], (112, 112), "bilinear")
+    for i, b in enumerate(large):
+        big.add({"bytes": b, "path": None}, seed=i, where=f"row {i}")
+    full = decode_batch(big, "cpu")
+    for i, b in enumerate(large):
+        cpu = rrc_flip(Image.open(io.BytesIO(b)), (112, 112), "bilinear", i, data=b)
+        assert (full[i].float() - cpu.float()).abs().mean().item() < 1.0
     broken = EncodedBatch([], [], [], [], (40, 40), "bilinear")
     broken.add({"bytes": jpegs[0], "path": None}, 0, "train-00003-of-00294.parquet row 0")
     broken.add({"bytes": jpegs[1][:len(jpegs[1]) // 2], "path": None}, 1, "train-00003-of-00294.parquet row 1")
@@ -521,8 +530,16 @@ def test_device_decode_mixes_in_rows_the_device_cannot_decode_and_names_a_broken
     cfg.data.decode = "device"
     with pytest.raises(ConfigError, match="data.decode=device .* data.augment='none'"):
         validate(cfg)
+    cfg.data.augment, cfg.data.streaming = "rrc-flip", "false"
+    with pytest.raises(ConfigError, match="applies to streamed data sets; with data.streaming='false'"):
+        validate(cfg)
+    cfg.data.streaming, cfg.data.interpolation = "auto", "nearest"
+    with pytest.raises(ConfigError, match="with data.interpolation='nearest' use data.decode=workers"):
+        validate(cfg)
     with pytest.raises(UserError, match="antialiased 'nearest'"):
-        check_available("nearest")
+        check_decoder("nearest")
+    with pytest.raises(UserError, match="decodes on a CUDA GPU; this run is on cpu"):
+        check_device("cpu")
 
 
 def test_device_decode_refuses_a_map_style_set(imagenet_like: Path):

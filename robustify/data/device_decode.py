@@ -1,21 +1,27 @@
-"""``data.decode: device``: the JPEGs of ``augment: rrc-flip`` decoded on the accelerator instead of in the CPU workers.
+"""``data.decode: device``: the JPEGs of ``augment: rrc-flip`` decoded on the GPU instead of in the CPU workers.
 
 The CPU route (:func:`robustify.data.preprocessing.rrc_flip`) needs about 1.6-2.7 cores per GPU at the 1,300 images/s
 an FGSM-RS ResNet-50 bf16 step takes on one H100 (BENCHMARKS.md); on a node short of cores the decode becomes the
 bottleneck. Here the workers do only what needs no pixels (read the row, draw timm's crop box and flip from the
-example's seed, :func:`~robustify.data.preprocessing.rrc_params`) and hand the encoded bytes over; the main process
-decodes the batch with torchvision's ``decode_jpeg`` on the model's device (nvJPEG on CUDA), crops, resizes
-(antialiased, as the CPU route) and flips there. Rows torchvision cannot decode as JPEG (PNG, CMYK) are decoded by the
-worker on the CPU as before, so the batch is the same whatever the mix.
+example's seed, :func:`~robustify.data.preprocessing.rrc_params`) and hand the encoded bytes over; the training
+process decodes the batch with torchvision's ``decode_jpeg`` on the model's device (nvJPEG), crops, resizes
+(antialiased, as the CPU route) and flips there. Rows torchvision cannot decode there (PNG, CMYK, a JPEG nvJPEG
+rejects) are decoded on the CPU by the CPU route, so the batch is the same whatever the mix.
 
 Why by hand: neither timm nor torchvision has a batched crop-resize-flip after a device decode; NVIDIA DALI would,
-but it is a large CUDA-only dependency. The same code runs on the CPU (``device="cpu"``), which is how the test suite
-checks it: there it is the CPU route's own torch path (same decoder, same uint8 kernel), bit-identical wherever that
-path applies. On CUDA nvJPEG's IDCT and the float resize differ from libjpeg-turbo's by a level or so per pixel; the
-figures (images/s, GPU time taken from the step) are unmeasured until a GPU run (``scripts/gpu_check.py``).
+with its own loader, as a large CUDA-only dependency. The same code runs on the CPU (``device="cpu"``), which is how
+the test suite checks it: there it is the CPU route's own torch path (same decoder, same uint8 kernel), bit-identical
+wherever that path applies (crops under twice the output size; larger ones the CPU route decodes at reduced size).
+On CUDA nvJPEG's IDCT and the float resize differ from libjpeg-turbo's by about a level per pixel; the figures
+(images/s, GPU time taken from the step) are unmeasured until a GPU run (``scripts/gpu_check.py``).
+
+CUDA streams: torchvision's batched CUDA decode writes its outputs from nvJPEG's own stream without waiting for the
+caller's (pytorch/vision PR #9606 measured corrupted images on an H100), so each group is decoded only after the
+current stream has finished its queued work (the previous step's kernels, the previous group's resizes): one host
+synchronisation per group of images, between training steps.
 
 Must not: change the crop, the flip or the example's seed (resume stays exact), or hold more than
-:data:`PIXEL_BUDGET` decoded pixels (or one image) on the device at once.
+:data:`PIXEL_BUDGET` decoded pixels (or one image) on the device at once beyond the batch itself.
 """
 
 from __future__ import annotations
@@ -28,92 +34,127 @@ import torch
 from ..errors import UserError
 from .preprocessing import _TORCH_MODES, image_bytes, open_lazily, rrc_flip, rrc_params
 
+MIN_TORCHVISION = (0, 19)  # decode_jpeg takes a list of images (one batched call on CUDA) from 0.19 on
+# 32 of ImageNet's typical 500x375 images (18 MB of RGB) at a time; a 4000x3000 photo is decoded alone (36 MB)
+PIXEL_BUDGET = 32 * 500 * 375
+
 
 @dataclass
 class EncodedBatch:
-    """A batch as the workers leave it for the device: per example the JPEG bytes (1-D uint8) with its crop box
-    (top, left, height, width) and flip, or the pixels the worker had to decode itself (``decoded``)."""
+    """A batch as the workers leave it for the device: per example the JPEG bytes with its crop box (top, left,
+    height, width) and flip, or the pixels the worker had to decode itself (``decoded``). The bytes stay ``bytes``
+    until the training process: a tensor per image would cross from a worker as its own shared-memory segment and
+    file descriptor (128 per batch), where bytes are pickled with the batch."""
 
-    data: list[torch.Tensor | None]
+    data: list[bytes | None]
     boxes: list[tuple[int, int, int, int]]
     flips: list[bool]
     where: list[str]
     out_hw: tuple[int, int]
     interpolation: str
-    pixels: list[int] = field(default_factory=list)  # full-size height x width of each encoded image (its header)
+    seeds: list[int] = field(default_factory=list)
+    pixels: list[int] = field(default_factory=list)  # full-size width x height of each encoded image (its header)
     decoded: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.data)
 
     def add(self, value: Any, seed: int, where: str) -> None:
-        """One undecoded image cell, the example's augmentation seeded by ``seed``."""
-        data, box_or_pixels, flip, size = encode_example(value, self.out_hw, self.interpolation, seed)
-        if data is None:
-            self.decoded[len(self.data)] = box_or_pixels
+        """Append one undecoded image cell: its crop and flip drawn from ``seed`` here, its pixels left for the device
+        (or decoded here when the device cannot take them)."""
+        img = open_lazily(value)
+        data = image_bytes(value)
+        box, flip = rrc_params(img, seed)
+        if data is None or img.format != "JPEG" or img.mode not in ("RGB", "L"):
+            self.decoded[len(self.data)] = rrc_flip(img, self.out_hw, self.interpolation, seed, data=data)
+            data = None
         self.data.append(data)
-        self.boxes.append(box_or_pixels if data is not None else (0, 0, 0, 0))
+        self.boxes.append(box)
         self.flips.append(flip)
         self.where.append(where)
-        self.pixels.append(size if data is not None else 0)
+        self.seeds.append(seed)
+        self.pixels.append(img.size[0] * img.size[1] if data is not None else 0)
+
+    def pin_memory(self) -> EncodedBatch:
+        """The DataLoader's ``pin_memory`` hook: the rows decoded on the CPU go to the device without blocking."""
+        self.decoded = {i: x.pin_memory() for i, x in self.decoded.items()}
+        return self
 
 
 def torchvision_decoder():
-    """torchvision's ``decode_jpeg`` (deprecated by torchvision 0.29 in favour of TorchCodec), or None."""
+    """torchvision's ``decode_jpeg`` when it takes a batch (0.19 on; deprecated by 0.29 in favour of TorchCodec),
+    else None."""
     try:
+        import torchvision
         from torchvision.io import decode_jpeg
     except ImportError:
         return None
-    return decode_jpeg
+    version = tuple(int(p) for p in torchvision.__version__.split("+")[0].split(".")[:2] if p.isdigit())
+    return decode_jpeg if version >= MIN_TORCHVISION else None
 
 
-def check_available(interpolation: str) -> None:
-    """One line when ``data.decode=device`` cannot work here (no decoder, or an interpolation torch cannot run)."""
+def check_decoder(interpolation: str) -> None:
+    """One line when ``data.decode=device`` cannot work with this torchvision (no batched decoder) or this
+    interpolation (no antialiased torch kernel): checked before any data is read."""
     if torchvision_decoder() is None:
-        raise UserError("data.decode=device needs torchvision's decode_jpeg, which this torchvision lacks; use "
-                        "data.decode=workers")
+        try:
+            import torchvision
+
+            have = f"torchvision {torchvision.__version__}"
+        except ImportError:
+            have = "no torchvision"
+        raise UserError(f"data.decode=device needs torchvision >= {'.'.join(map(str, MIN_TORCHVISION))} with "
+                        f"decode_jpeg (here: {have}); use data.decode=workers")
     if interpolation not in _TORCH_MODES:
-        raise UserError(f"data.decode=device resizes with torch, which has no antialiased {interpolation!r}; use "
-                        f"data.interpolation {' or '.join(_TORCH_MODES)}, or data.decode=workers")
+        raise UserError(f"data.decode=device resizes with torch, which has no antialiased {interpolation!r} "
+                        f"interpolation; use data.interpolation {' or '.join(_TORCH_MODES)}, or data.decode=workers")
 
 
-def encode_example(value: Any, out_hw: tuple[int, int], interpolation: str,
-                   seed: int) -> tuple[Any, Any, bool, int]:
-    """A worker's share of one example: (bytes, box, flip, width x height) for a JPEG the device can decode, else
-    (None, pixels, flip, 0) decoded here by the CPU route (the same box and flip: both come from ``seed``)."""
-    img = open_lazily(value)
-    data = image_bytes(value)
-    box, flip = rrc_params(img, seed)
-    if data is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
-        return torch.frombuffer(bytearray(data), dtype=torch.uint8), box, flip, img.size[0] * img.size[1]
-    return None, rrc_flip(img, out_hw, interpolation, seed, data=data), flip, 0
+def check_device(device: torch.device | str) -> None:
+    """One line when the run's device cannot take the decode: not CUDA (the decode would run in the training process,
+    slower than the workers), or a torchvision built without nvJPEG (probed on a tiny JPEG)."""
+    import io
+
+    from PIL import Image
+
+    device = torch.device(device)
+    if device.type != "cuda":
+        raise UserError(f"data.decode=device decodes on a CUDA GPU; this run is on {device.type} (the decode would "
+                        "run in the training process, slower than the workers): use data.decode=workers")
+    check_decoder("bilinear")
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (128, 64, 32)).save(buf, format="JPEG")
+    try:
+        _decode_group([buf.getvalue()], device)
+    except RuntimeError as e:
+        raise UserError(f"data.decode=device: torchvision cannot decode JPEGs on {device} ({_first_line(e)}); use "
+                        "data.decode=workers") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first.rsplit(", ", 1)[-1] if ".cpp:" in first else first  # not torchvision's source path
+
+
+def _decode_group(data: list[bytes], device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode
+
+    if device.type == "cuda":  # nvJPEG writes from its own stream: let the current one finish first (docstring)
+        torch.cuda.current_stream(device).synchronize()
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in data]
+    return torchvision_decoder()(tensors, mode=ImageReadMode.RGB, device=device)
 
 
 def _resize(crop: torch.Tensor, out_hw: tuple[int, int], interpolation: str) -> torch.Tensor:
-    """(1,C,h,w) uint8 -> (1,C,H,W) uint8, antialiased: torch's uint8 kernel on the CPU (the CPU route's), float on
-    accelerators (CUDA has no uint8 antialiased kernel)."""
+    """(1,C,h,w) uint8 -> (1,C,H,W), antialiased: torch's uint8 kernel on the CPU (the CPU route's, uint8 out), float
+    on CUDA (no uint8 antialiased kernel there; the caller rounds into its uint8 output)."""
     if crop.device.type == "cpu":
         return torch.nn.functional.interpolate(crop, size=out_hw, mode=interpolation, antialias=True,
                                                align_corners=False)
     out = torch.nn.functional.interpolate(crop.float(), size=out_hw, mode=interpolation, antialias=True,
                                           align_corners=False)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
-
-
-def _decode_chunk(decode_jpeg, data: list[torch.Tensor], where: list[str], device: torch.device) -> list[torch.Tensor]:
-    from torchvision.io import ImageReadMode
-
-    try:
-        return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:  # name the row: decode one at a time to find it
-        for d, w in zip(data, where, strict=True):
-            try:
-                decode_jpeg(d, mode=ImageReadMode.RGB, device=device)
-            except RuntimeError as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                first = first.rsplit(", ", 1)[-1] if ".cpp:" in first else first  # not torchvision's source path
-                raise UserError(f"{w}: the image cannot be decoded ({first}); remove or fix that row") from None
-        raise
+    return out.round_().clamp_(0, 255)
 
 
 def _chunks(todo: list[int], pixels: list[int], budget: int) -> list[list[int]]:
@@ -129,25 +170,50 @@ def _chunks(todo: list[int], pixels: list[int], budget: int) -> list[list[int]]:
     return out
 
 
-# 32 of ImageNet's typical 500x375 images (18 MB of RGB) at a time; a 4000x3000 photo is decoded alone (36 MB)
-PIXEL_BUDGET = 32 * 500 * 375
+def _cpu_route(batch: EncodedBatch, i: int) -> torch.Tensor:
+    """Row ``i`` by the CPU route (the workers' decode), for a JPEG the device rejects; one line if it fails too."""
+    import io
+
+    from PIL import Image
+
+    try:
+        return rrc_flip(Image.open(io.BytesIO(batch.data[i])), batch.out_hw, batch.interpolation, batch.seeds[i],
+                        data=batch.data[i])
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image
+        raise UserError(f"{batch.where[i]}: the image cannot be decoded ({_first_line(e)}); remove or fix that "
+                        "row") from None
 
 
 def decode_batch(batch: EncodedBatch, device: torch.device | str, budget: int = PIXEL_BUDGET) -> torch.Tensor:
-    """The main process's half: uint8 (N,C,H,W) on ``device``; full-size images are decoded a group at a time, each
-    group at most ``budget`` pixels (or one image), so the device holds a bounded amount of decoded pixels."""
-    decode_jpeg = torchvision_decoder()
+    """The training process's half: uint8 (N,C,H,W) on ``device``. Full-size images are decoded a group at a time,
+    each group at most ``budget`` pixels (or one image); a group the device rejects is decoded image by image, and an
+    image it rejects goes through the CPU route (which names the row if it cannot decode it either)."""
     device = torch.device(device)
     h, w = batch.out_hw
     out = torch.empty((len(batch), 3, h, w), dtype=torch.uint8, device=device)
     for i, x in batch.decoded.items():
-        out[i] = x.to(device, non_blocking=True)
+        out[i].copy_(x, non_blocking=True)
     todo = [i for i in range(len(batch)) if batch.data[i] is not None]
-    for idx in _chunks(todo, batch.pixels, budget):
-        images = _decode_chunk(decode_jpeg, [batch.data[i] for i in idx], [batch.where[i] for i in idx], device)
-        for i, img in zip(idx, images, strict=True):
+    for group in _chunks(todo, batch.pixels, budget):
+        try:
+            images: list[torch.Tensor | None] = list(_decode_group([batch.data[i] for i in group], device))
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except RuntimeError:  # one image the device rejects fails the whole call: find it
+            images = []
+            for i in group:
+                try:
+                    images += _decode_group([batch.data[i]], device)
+                except torch.cuda.OutOfMemoryError:
+                    raise
+                except RuntimeError:
+                    images.append(None)
+        for i, img in zip(group, images, strict=True):
+            if img is None:
+                out[i].copy_(_cpu_route(batch, i), non_blocking=True)
+                continue
             top, left, ch, cw = batch.boxes[i]
             r = _resize(img[None, :, top:top + ch, left:left + cw], (h, w), batch.interpolation)[0]
-            out[i] = r.flip(-1) if batch.flips[i] else r
+            out[i].copy_(r.flip(-1) if batch.flips[i] else r)
         del images
     return out

@@ -302,10 +302,6 @@ def _streamed(cfg: Any, pre: Preprocessing, eval_split: str, eval_examples: int,
              "whole shards, so every process reads every shard and keeps its share of the rows")
     window = max(1, -(-cfg.shuffle_buffer // max(1, max(rows))))
     decode = getattr(cfg, "decode", "workers")
-    if decode == "device":
-        from .device_decode import check_available
-
-        check_available(pre.interpolation)
     train = StreamTrain(store, pre, cfg.augment, cfg.batch_size, rows, excluded, seed, rank, world, local, window,
                         pinned, cfg.num_workers, decode=decode, device=device)
     n_eval = min(eval_examples, sum(eval_set.rows))
@@ -334,6 +330,13 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
                                     "rule": "first training examples"}
     streaming = use_streaming(cfg)
     eval_split = cfg.eval_split or default_eval_split(cfg.name)
+    if getattr(cfg, "decode", "workers") == "device":  # before any data is read
+        from .device_decode import check_decoder
+
+        if not streaming:
+            raise UserError(f"data.decode=device applies to streamed data sets; {cfg.name!r} is read map-style (set "
+                            "data.streaming=true, or data.decode=workers)")
+        check_decoder(pre.interpolation)
     if streaming:  # the main process reads the shards' footers first (kept in the cache folder for the others)
         with (main_process_first or contextlib.nullcontext)():
             for split in (cfg.train_split, eval_split):
@@ -341,9 +344,6 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
     kw = {"image_column": cfg.image_column, "label_column": cfg.label_column, "holdout": cfg.holdout, "seed": 0}
     first = main_process_first if main_process_first is not None else contextlib.nullcontext
     bs = cfg.batch_size
-    if not streaming and getattr(cfg, "decode", "workers") == "device":
-        raise UserError(f"data.decode=device applies to streamed data sets; {cfg.name!r} is read map-style (set "
-                        "data.streaming=true, or data.decode=workers)")
     if streaming and cfg.per_class is not None:
         raise UserError(f"data.per_class={cfg.per_class} needs a map-style data set; {cfg.name!r} streams (set "
                         "data.streaming=false, or take a smaller split)")

@@ -256,7 +256,7 @@ class StopSignal:
 
 # Keys a resumed run may change: how it is run, logged and checkpointed, never what is trained or measured.
 RESUME_MAY_CHANGE = ("train.stop_after", "train.log_every", "train.checkpoint_every", "train.log_with",
-                     "train.save_on_each_node", "data.num_workers", "data.eval_batch_size", "output_dir")
+                     "train.save_on_each_node", "data.num_workers", "data.eval_batch_size", "data.decode", "output_dir")
 
 
 def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -264,11 +264,15 @@ def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list
 
     Returns (refused, notes): ``refused`` lists ``key: saved -> new`` for changes that would make the run a different
     run (threat model, method, schedule, data, model, seed, evaluation...); the only accepted change of substance is
-    a larger ``train.epochs`` (extending the run), explained in ``notes``.
+    a larger ``train.epochs`` (extending the run), explained in ``notes``. A key that a later robustify added is
+    compared as its default, so a checkpoint made before it existed still resumes.
     """
+    from ..config import FinetuneConfig, _flatten
+
+    defaults = _flatten(FinetuneConfig().to_dict())  # a key added after the checkpoint was made: it had the default
     refused, notes = [], []
     for key in sorted(set(saved) | set(current)):
-        old, new = saved.get(key), current.get(key)
+        old, new = saved.get(key, defaults.get(key)), current.get(key, defaults.get(key))
         if old == new or key in RESUME_MAY_CHANGE:
             continue
         if key == "train.epochs" and isinstance(old, int) and isinstance(new, int) and new > old:

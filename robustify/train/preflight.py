@@ -71,4 +71,8 @@ def preflight(cfg: FinetuneConfig) -> None:
         if mixed:  # best weights kept in one precision would be restored, rounded, into the other
             raise UserError("train.mixed_precision='pure-bf16' must be the precision of every stage; "
                             f"{', '.join(mixed)}; set it in the recipe's train section, not in one stage")
+    if any(stage.data.decode == "device" for _, stage in stages):  # the device itself is checked by the run
+        from ..data.device_decode import check_decoder
+
+        check_decoder(cfg.data.interpolation or "bilinear")
     check_freeze(cfg)

@@ -270,6 +270,10 @@ def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, Finetun
     """The Accelerator and the run folder (locked; a ``--resume`` that would continue a different run is refused)."""
     preflight(cfg)  # exactly what --dry-run checks, before any device, data or weights
     accelerator = make_accelerator(cfg, log_with=cfg.train.log_with)
+    if any(stage.data.decode == "device" for _, stage in expand_stages(cfg)):  # before any weights or data
+        from ..data.device_decode import check_device
+
+        check_device(accelerator.device)  # CUDA with nvJPEG: a dry run (any machine) does not check it
     run_dir = resolve_output_dir(cfg, resume, accelerator)
     notes = check_resume(run_dir, cfg) if resume and checkpoint_dirs(run_dir) else []
     for note in notes:
