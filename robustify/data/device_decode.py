@@ -152,8 +152,14 @@ def _resize(crop: torch.Tensor, out_hw: tuple[int, int], interpolation: str) -> 
     if crop.device.type == "cpu":
         return torch.nn.functional.interpolate(crop, size=out_hw, mode=interpolation, antialias=True,
                                                align_corners=False)
-    out = torch.nn.functional.interpolate(crop.float(), size=out_hw, mode=interpolation, antialias=True,
-                                          align_corners=False)
+    x = crop.float()
+    # CUDA's antialiased kernel refuses very large reductions (its filter must fit in shared memory: about x90 for
+    # bilinear); far beyond what ImageNet at 224 px needs, e.g. a 4000 px photo cropped for a 32 px input, a box
+    # filter first brings the reduction to at most x32
+    k = int(min(x.shape[-2] / out_hw[0], x.shape[-1] / out_hw[1]) // 16)
+    if k >= 2:
+        x = torch.nn.functional.avg_pool2d(x, k, k)
+    out = torch.nn.functional.interpolate(x, size=out_hw, mode=interpolation, antialias=True, align_corners=False)
     return out.round_().clamp_(0, 255)
 
 
