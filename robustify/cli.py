@@ -510,6 +510,7 @@ def _eval(args: argparse.Namespace) -> Any:
     # every process is done with collectives: destroy the group (as PyTorch asks; on exit without it gloo's worker
     # threads can abort the process, and torchrun then reports a failed evaluation); after an error it is left alone
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     report = res.report
     if not res.main:

@@ -266,6 +266,14 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------------------------- setup
+def _end(accelerator: Accelerator) -> None:
+    """Every process past its last collective, then the process group destroyed (``end_training``): a gloo group
+    torn down while a peer still has work in flight can abort the exit ("terminate called without an active
+    exception", seen on torch 2.14 with a Python comm hook), and torchrun then reports a finished run as failed."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, FinetuneConfig]:
     """The Accelerator and the run folder (locked; a ``--resume`` that would continue a different run is refused)."""
     preflight(cfg)  # exactly what --dry-run checks, before any device, data or weights
@@ -728,7 +736,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 if cfg.train.stop_after is not None and len(state.history) - first_epoch >= cfg.train.stop_after:
                     run.say(f"robustify: stopped after {cfg.train.stop_after} epoch(s) as asked (train.stop_after); "
                             f"continue with: {run.resume_command()} --set train.stop_after=null")
-                    accelerator.end_training()
+                    _end(accelerator)
                     runlock.release(run_dir)
                     return {}
                 epoch = state.epoch + 1
@@ -739,6 +747,6 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             if state.stopped:
                 break
     metrics = finalise(run, dump_yaml(cfg))
-    accelerator.end_training()
+    _end(accelerator)
     runlock.release(run_dir)  # the run is over: the folder may be resumed or evaluated by another process
     return metrics
