@@ -435,6 +435,9 @@ def dry_run(recipe: str, overrides: list[str] | None = None) -> str:
             checks.append(f"streaming {p.cfg.data.name}: shard sizes not checked (the Hub is unreachable)")
         else:
             checks.append(bytes_plan(p.cfg.data, p.cfg.train.epochs, p.cfg.train.seed))
+    if p.cfg.data.decode == "device":
+        checks.append("data.decode=device: the training JPEGs are decoded on the GPU (nvJPEG) in the training process; "
+                      "the run checks its CUDA device before loading anything (not measured on a GPU yet)")
     return "resolved config:\n" + dump_yaml(p.cfg) + "\n" + dry_run_text(p, checks)
 
 

@@ -625,3 +625,11 @@ def test_resume_refuses_a_stream_position_that_moved():
     check_stream_position(dict(saved, local_world=2), moved, state, acc, Path("ckpt_000000010"))  # another node layout
     same = SimpleNamespace(stream_position=lambda e, b: dict(saved))
     check_stream_position(saved, same, state, acc, Path("ckpt_000000010"))
+
+
+def test_dry_run_says_the_gpu_decodes():
+    from robustify.recipes import dry_run
+
+    text = dry_run("imagenet-resnet50-linf4-fgsm-rs", ["data.decode=device"])
+    assert "check: data.decode=device: the training JPEGs are decoded on the GPU" in text
+    assert "data.decode=device" not in dry_run("imagenet-resnet50-linf4-fgsm-rs", [])
