@@ -10,6 +10,12 @@ Must not: import anything of robustify's.
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a one-line error quotes."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class UserError(Exception):
     """Bad input from the user: reported as one line, exit code 2."""
 

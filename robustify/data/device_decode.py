@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
-from .preprocessing import _TORCH_MODES, image_bytes, open_lazily, rrc_flip, rrc_params
+from ..errors import UserError, first_line
+from .preprocessing import _TORCH_MODES, image_bytes, open_lazily, resize_uint8, rrc_flip, rrc_params
 
 MIN_TORCHVISION = (0, 19)  # decode_jpeg takes a list of images (one batched call on CUDA) from 0.19 on
 # 32 of ImageNet's typical 500x375 images (18 MB of RGB) at a time; a 4000x3000 photo is decoded alone (36 MB)
@@ -132,8 +132,7 @@ def check_device(device: torch.device | str) -> None:
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    first = text.splitlines()[0] if text else type(e).__name__
+    first = first_line(e)
     return first.rsplit(", ", 1)[-1] if ".cpp:" in first else first  # not torchvision's source path
 
 
@@ -150,8 +149,7 @@ def _resize(crop: torch.Tensor, out_hw: tuple[int, int], interpolation: str) -> 
     """(1,C,h,w) uint8 -> (1,C,H,W), antialiased: torch's uint8 kernel on the CPU (the CPU route's, uint8 out), float
     on CUDA (no uint8 antialiased kernel there; the caller rounds into its uint8 output)."""
     if crop.device.type == "cpu":
-        return torch.nn.functional.interpolate(crop, size=out_hw, mode=interpolation, antialias=True,
-                                               align_corners=False)
+        return resize_uint8(crop, out_hw, interpolation)
     x = crop.float()
     # CUDA's antialiased kernel refuses very large reductions (its filter must fit in shared memory: about x90 for
     # bilinear); far beyond what ImageNet at 224 px needs, e.g. a 4000 px photo cropped for a 32 px input, a box

@@ -278,9 +278,13 @@ def _torch_crop_resize(data: bytes, box: tuple[int, int, int, int], out_hw: tupl
     except RuntimeError:
         return None
     top, left, h, w = box
-    crop = x[None, :, top:top + h, left:left + w]
-    out = torch.nn.functional.interpolate(crop, size=out_hw, mode=interpolation, antialias=True, align_corners=False)
-    return out[0]
+    return resize_uint8(x[None, :, top:top + h, left:left + w], out_hw, interpolation)[0]
+
+
+def resize_uint8(crop: torch.Tensor, out_hw: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """(1,C,h,w) uint8 -> (1,C,H,W) uint8 with torch's antialiased uint8 kernel (AVX2 on the CPU): the one resize of
+    rrc-flip's torch route, shared by ``data.decode=device`` on the CPU so both give the same pixels."""
+    return torch.nn.functional.interpolate(crop, size=out_hw, mode=interpolation, antialias=True, align_corners=False)
 
 
 def image_bytes(value: Any) -> bytes | None:

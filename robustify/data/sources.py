@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 
 QUICKSTART_DIR = Path(__file__).resolve().parent.parent / "assets" / "quickstart"
 
@@ -322,11 +322,6 @@ def _go_offline_if_unreachable(spec: str) -> bool:
     return True
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def _is_gated(e: BaseException) -> bool:
     from huggingface_hub.errors import GatedRepoError
 
@@ -362,7 +357,7 @@ def _load_hub(repo: str, split: str, streaming: bool, spec: str):
         raise UserError(f"data set {repo!r} is not in the local cache and the Hugging Face Hub is unreachable; "
                         "connect, pre-download it, or use local data (imagefolder:PATH, disk:PATH, parquet:PATH, "
                         "npz:PATH)")
-    raise UserError(f"data set {repo!r} split {split!r} could not be loaded: {_first_line(last)}")
+    raise UserError(f"data set {repo!r} split {split!r} could not be loaded: {first_line(last)}")
 
 
 def _pick_split(dd, spec: str, split: str, holdout: float, seed: int, streaming: bool = False):
@@ -400,7 +395,7 @@ def _scan_images(ds, spec: str):
                 with Image.open(row["path"]) as im:
                     im.verify()
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken file
-            bad.append((i, str(row.get("path") or f"#{i}"), _first_line(e)))
+            bad.append((i, str(row.get("path") or f"#{i}"), first_line(e)))
     if not bad:
         return ds
     if len(bad) == len(ds):
@@ -440,7 +435,7 @@ def get_dataset(spec: str, split: str, *, image_column: str | None = None, label
         try:
             dd = datasets.load_dataset("imagefolder", data_dir=str(folder))
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"data {spec!r} could not be read as class folders of images: {_first_line(e)}") from None
+            raise UserError(f"data {spec!r} could not be read as class folders of images: {first_line(e)}") from None
         _refuse_one_class(dd, folder, spec)
         ds = _scan_images(_pick_split(dd, spec, split, holdout, seed), spec)
     elif spec.startswith("disk:") or is_saved_dataset(Path(spec).expanduser()):
@@ -463,7 +458,7 @@ def get_dataset(spec: str, split: str, *, image_column: str | None = None, label
         try:
             dd = datasets.load_dataset("parquet", streaming=streaming, **kwargs)
         except Exception as e:  # noqa: BLE001
-            raise UserError(f"data {spec!r} could not be read as parquet: {_first_line(e)}") from None
+            raise UserError(f"data {spec!r} could not be read as parquet: {first_line(e)}") from None
         ds = _pick_split(dd, spec, split, holdout, seed, streaming=streaming)
     elif spec in ALIASES or ("/" in spec and ":" not in spec and not Path(spec).expanduser().exists()):
         ds = _load_hub(ALIASES[spec].repo if spec in ALIASES else spec, split, streaming, spec)

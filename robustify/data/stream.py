@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from . import shards as sh
 from .device_decode import EncodedBatch, decode_batch
 from .preprocessing import Preprocessing, example_seed, make_example
@@ -52,11 +52,6 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 def note(msg: str) -> None:
     print(f"robustify: {msg}", file=sys.stderr)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # --------------------------------------------------------------------------------------------------- the files
@@ -112,7 +107,7 @@ def split_files_uncached(spec: str, split: str) -> list[str]:
         if _is_gated(e):
             raise UserError(f"data set {repo!r} is gated: request access at https://huggingface.co/datasets/{repo} "
                             "with your account, then log in with 'hf auth login' (or set HF_TOKEN)") from None
-        raise UserError(f"data {spec!r}: its files could not be listed: {_first_line(e)}") from None
+        raise UserError(f"data {spec!r}: its files could not be listed: {first_line(e)}") from None
     data_files = builder.config.data_files or {}
     by_name = {str(k): [str(f) for f in v] for k, v in data_files.items()}
     for s in SPLIT_SYNONYMS.get(split, (split,)):
@@ -161,7 +156,7 @@ def _footer(path: str, remote: bool) -> tuple[int, int, Any]:
     except FileNotFoundError:
         raise UserError(f"shard {name!r} ({path}) does not exist") from None
     except Exception as e:  # noqa: BLE001 - pyarrow/fsspec raise many types
-        raise UserError(f"shard {name!r} is not a readable parquet file ({_first_line(e)}); re-upload or remove "
+        raise UserError(f"shard {name!r} is not a readable parquet file ({first_line(e)}); re-upload or remove "
                         "it") from None
     return int(meta.num_rows), int(size), meta.schema.to_arrow_schema()
 
@@ -284,7 +279,7 @@ class ShardStore:
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - pyarrow/fsspec raise many types
-            raise UserError(f"shard {self.shards.name(i)!r} could not be read ({_first_line(e)}); it may be "
+            raise UserError(f"shard {self.shards.name(i)!r} could not be read ({first_line(e)}); it may be "
                             "truncated: re-download or remove it") from None
         if table.num_rows != self.shards.rows[i]:
             raise UserError(f"shard {self.shards.name(i)!r} has {table.num_rows} rows but its footer said "
@@ -335,7 +330,7 @@ def decode_rows(keys: list[tuple[dict, int, int, str]], record: dict, augment: s
                 img = value if augment == "rrc-flip" else image.decode_example(value)
                 xs.append(make_example(img, pre, augment, seed, transforms))
         except Exception as e:  # noqa: BLE001 - PIL raises many types for a broken image
-            return None, None, f"{where}: the image cannot be decoded ({_first_line(e)}); remove or fix that row"
+            return None, None, f"{where}: the image cannot be decoded ({first_line(e)}); remove or fix that row"
         ys.append(int(label))
     return encoded if encoded is not None else torch.stack(xs), torch.tensor(ys, dtype=torch.long), ""
 

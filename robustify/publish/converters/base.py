@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...errors import UserError
+from ...errors import UserError, first_line
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar")
 TRUST_FLAG = "--trust-pickle"
@@ -64,7 +64,7 @@ def read_file(path: Path, what: str, trust_pickle: bool, safe_globals: tuple[Any
         try:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001 - SafetensorError, OSError: not a complete safetensors file
-            raise UserError(f"{what} is not a readable safetensors file (truncated or corrupt: {_first_line(e)})") \
+            raise UserError(f"{what} is not a readable safetensors file (truncated or corrupt: {first_line(e)})") \
                 from None
     if not is_pickle(path):
         raise UserError(f"{what}: unknown file type {path.suffix!r}; give .safetensors or a PyTorch pickle "
@@ -89,16 +89,11 @@ def read_file(path: Path, what: str, trust_pickle: bool, safe_globals: tuple[Any
         _, unpickler, detail = text.partition("WeightsUnpickler error:")
         detail = next((line.strip() for line in detail.splitlines() if line.strip()), "") if unpickler else ""
         raise UserError(f"{what} cannot be read as a PyTorch checkpoint (truncated or corrupt: "
-                        f"{_first_sentence(detail or _first_line(e))})") from None
+                        f"{_first_sentence(detail or first_line(e))})") from None
 
 
 def _global_name(g: Any) -> str:
     return f"{getattr(g, '__module__', '?')}.{getattr(g, '__qualname__', g)}"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _first_sentence(line: str) -> str:
