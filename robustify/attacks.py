@@ -310,38 +310,27 @@ def pgd_fosc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PGD whose examples stop once their FOSC is at or below ``threshold`` (Wang et al. 2019's criterion).
 
-    Returns ``(delta, fosc, grads)``: the perturbation, each example's FOSC at its last gradient evaluation, and
-    the number of input gradients computed (examples x steps actually run, a device tensor). Only the examples still
-    running are forwarded, so a large threshold costs fewer input gradients; deciding which ones is one host
-    synchronisation per step (unlike :func:`pgd`), the price of skipping work. FOSC >= 0 always, so threshold 0
-    stops no example and this returns exactly :func:`pgd`'s perturbation, bit for bit (same random start, same
-    steps, same arithmetic on the same rows).
+    Returns ``(delta, fosc, grads)``: the perturbation, each example's FOSC at its last gradient evaluation while it
+    was running, and the input gradients the attack used (examples x steps while running, a device tensor). The
+    whole batch is forwarded at every step and a stopped example's perturbation is masked, not dropped: a subset
+    forward would change BatchNorm's batch statistics under ``bn_mode: train`` (and refuse a subset of one), and
+    choosing the subset would read the mask back to the host at every step. So there is no host synchronisation,
+    and the compute is PGD's whatever the threshold. FOSC >= 0 always, so threshold 0 stops no example and this
+    returns exactly :func:`pgd`'s perturbation, bit for bit (same random start, same steps, same arithmetic).
     """
     _check_norm(norm)
     delta = random_init(x, eps, norm, generator)
     last = torch.zeros(x.shape[0], device=x.device)
     grads = torch.zeros((), dtype=torch.long, device=x.device)
-    idx: torch.Tensor | None = None  # None: every example is still running (no gather, no scatter)
+    running = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    shape = (-1, *([1] * (x.dim() - 1)))
     for _ in range(steps):
-        xs, ds, ys = (x, delta, y) if idx is None else (x[idx], delta[idx], y[idx])
-        grad, _ = input_gradient(model, xs, ds, ys, loss_fn)
-        grads += ys.shape[0]
-        value = fosc(grad, ds, eps, norm)
+        grad, _ = input_gradient(model, x, delta, y, loss_fn)
+        grads += running.sum()
+        value = fosc(grad, delta, eps, norm)
+        last = torch.where(running, value, last)
         # FOSC is never negative, so threshold 0 stops no example (rounding may put an aligned one a hair below 0)
-        keep = value > threshold if threshold > 0 else torch.ones_like(value, dtype=torch.bool)
-        stepped = ascent_step(xs, ds, grad, alpha, eps, norm)
-        stepped = torch.where(keep.view(-1, *([1] * (x.dim() - 1))), stepped, ds)
-        if idx is None:
-            last, delta = value, stepped
-        else:
-            last = last.index_put((idx,), value)
-            delta = delta.index_put((idx,), stepped)
-        if threshold <= 0:
-            continue  # nothing can stop: no synchronisation at all
-        running = keep.nonzero().flatten()  # the one host synchronisation per step
-        if running.numel() == keep.numel():
-            continue
-        if running.numel() == 0:
-            break
-        idx = running if idx is None else idx[running]
+        if threshold > 0:
+            running = running & (value > threshold)
+        delta = torch.where(running.view(shape), ascent_step(x, delta, grad, alpha, eps, norm), delta)
     return delta, last, grads

@@ -177,6 +177,10 @@ def _run_finetune(args: argparse.Namespace) -> int:
             overrides.insert(0, f"{key}={value}")
     if args.model and args.model.startswith("zoo:") and not args.dry_run:
         _ensure_zoo_model(args.model, args.trust_pickle)
+    if args.limit_train is not None and not args.resume:  # a resumed run keeps the sizes it started with
+        for note in _quick_trial(args.recipe or "quickstart", overrides, args.limit_train):
+            if os.environ.get("RANK", "0") == "0":  # once under a launcher (every process runs this)
+                print(f"robustify: {note}")
     if args.dry_run:
         from .recipes import dry_run
 
@@ -199,6 +203,37 @@ def _run_finetune(args: argparse.Namespace) -> int:
             cfg.output_dir = rerun
     finetune(cfg, resume=args.resume)
     return 0
+
+
+def _quick_trial(recipe: str, overrides: list[str], limit: int) -> list[str]:
+    """``--limit-train N`` is a quick trial: what depends on the number of training examples shrinks to fit it
+    instead of refusing the run. The held-out probe (``train.probe_size``, default 256) becomes a quarter of N and
+    the per-process batch at most what is left, each only when it would not fit and was not given on the command
+    line (``--set`` keeps its one-line refusal). Appends the overrides; returns one line per change, for the run's
+    first lines."""
+    from .config import build_config
+
+    given = {o.split("=", 1)[0].strip() for o in overrides}  # on the command line (--set or a flag)
+    cfg = build_config(recipe, overrides)
+    if cfg.train.probe_split != "heldout" or cfg.data.max_train_examples != limit:
+        return []
+    world = max(int(os.environ.get("WORLD_SIZE", "1") or 1), 1)
+    probe, batch = cfg.train.probe_size, cfg.data.batch_size
+    if probe < limit and limit - probe >= batch * world:
+        return []  # it fits as it is
+    notes = []
+    if "train.probe_size" not in given and probe > limit // 4:
+        probe = max(limit // 4, 1)
+        overrides.append(f"train.probe_size={probe}")
+        notes.append(f"quick trial (--limit-train {limit}): train.probe_size {cfg.train.probe_size} -> {probe}, held "
+                     f"out of the {limit} training examples (--set train.probe_size=N to choose)")
+    left = limit - probe
+    if "data.batch_size" not in given and left // world >= 2 and batch * world > left:  # BatchNorm needs 2
+        batch = left // world
+        overrides.append(f"data.batch_size={batch}")
+        notes.append(f"quick trial (--limit-train {limit}): data.batch_size {cfg.data.batch_size} -> {batch}, the "
+                     f"{left} examples left after the probe (--set data.batch_size=N to choose)")
+    return notes
 
 
 def _rerun_output_dir(recipe: str, output_dir: str) -> str | None:

@@ -532,6 +532,11 @@ STAGE_FIXED = {"data.name", "data.train_split", "data.eval_split", "data.image_c
                "data.attack_size", "data.holdout", "data.streaming", "train.seed", "train.global_batch"}
 STAGE_FIXED |= {"data.per_class", "data.unlabeled", "train.teacher"}  # frontier: the same subset and pseudo-labels
 STAGE_MODEL_KEYS = {"freeze"}  # frontier: the one model key a stage may change (LP-FT: probe frozen, then all)
+# Options that only mean something against an adversary, with their "off" value. Set for the whole run (in the
+# recipe's sections or by --set), they apply to the run's adversarial stages; a natural stage (LP-FT's linear probe,
+# a head-fitting stage) runs without them instead of refusing the run. A stage that names one itself is checked as
+# written (natural + train.awp stays a one-line refusal). See docs/configuration.md, "How options compose".
+ADVERSARIAL_ONLY = {"train.awp": False, "method.loss": "ce", "method.fosc": False}
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -572,11 +577,53 @@ def expand_stages(cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
             if fixed:
                 raise ConfigError(f"stages[{i}] ({name}): '{fixed[0]}' cannot change between stages (it defines the "
                                   "run's data and threat model)")
+        merged = _merge(base, stage)
+        for key in _run_level_adversarial(base, stage, merged):  # a natural stage: the run's adversarial options off
+            section, leaf = key.split(".")
+            merged[section] = {**merged[section], leaf: ADVERSARIAL_ONLY[key]}
         try:
-            out.append((name, validate(_build(FinetuneConfig, _merge(base, stage)))))
+            out.append((name, validate(_build(FinetuneConfig, merged))))
         except ConfigError as e:
             raise ConfigError(f"stages[{i}] ({name}): {e}") from None
     return out
+
+
+def _run_level_adversarial(base: dict[str, Any], stage: dict[str, Any], merged: dict[str, Any]) -> list[str]:
+    """The :data:`ADVERSARIAL_ONLY` keys set (not off) for the whole run that a natural stage leaves off: those the
+    stage does not name itself, when the stage's method is ``natural``."""
+    if (merged.get("method") or {}).get("name") != "natural":
+        return []
+    out = []
+    for key, off in ADVERSARIAL_ONLY.items():
+        section, leaf = key.split(".")
+        given = (stage.get(section) or {}) if isinstance(stage.get(section), dict) else {}
+        if leaf not in given and (base.get(section) or {}).get(leaf, off) != off:
+            out.append(key)
+    return out
+
+
+def stage_notes(cfg: FinetuneConfig) -> list[str]:
+    """One line for the run's first lines when run-level adversarial options skip its natural stages
+    (:data:`ADVERSARIAL_ONLY`): which options, which stages they apply to and which run without them."""
+    if not cfg.stages:
+        return []
+    base = cfg.to_dict()
+    base["stages"] = []
+    keys: dict[str, None] = {}
+    natural, adversarial = [], []
+    for i, stage in enumerate(cfg.stages):
+        stage = {k: v for k, v in stage.items() if k != "name"} if isinstance(stage, dict) else {}
+        name = str(cfg.stages[i].get("name", f"stage{i + 1}"))
+        skipped = _run_level_adversarial(base, stage, _merge(base, stage))
+        keys.update(dict.fromkeys(skipped))
+        (natural if (_merge(base, stage).get("method") or {}).get("name") == "natural" else adversarial).append(name)
+    if not keys:
+        return []
+    flat = _flatten(base)
+    given = ", ".join(f"{k}={flat[k]!r}" if isinstance(flat[k], str) else f"{k}={str(flat[k]).lower()}" for k in keys)
+    one = len(keys) == 1
+    return [f"{given} {'applies' if one else 'apply'} to the adversarial stage(s) {', '.join(adversarial)} only; "
+            f"the natural stage(s) {', '.join(natural)} train without {'it' if one else 'them'} (no adversary)"]
 
 
 def _over_255_hint(value: float) -> str:

@@ -423,7 +423,7 @@ def dry_run(recipe: str, overrides: list[str] | None = None) -> str:
     from .train.preflight import preflight
 
     p = plan(recipe, overrides)
-    preflight(p.cfg)  # what the run refuses before it starts, by the run's own code
+    p.notes[:0] = preflight(p.cfg)  # what the run refuses before it starts, by the run's own code (and its notes)
     checks = [check_model(p.cfg.model.name, p.cfg.model.pretrained), check_data(p.cfg)]
     from .data.loaders import use_streaming
 

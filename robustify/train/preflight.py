@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import FinetuneConfig, expand_stages
+from ..config import FinetuneConfig, expand_stages, stage_notes
 from ..errors import UserError
 from . import pure_bf16
 from .freeze import frozen_names
@@ -60,8 +60,10 @@ def check_freeze(cfg: FinetuneConfig) -> None:
         frozen_names(backbone, spec)
 
 
-def preflight(cfg: FinetuneConfig) -> None:
-    """Everything a run refuses before it starts that can be known from the recipe alone."""
+def preflight(cfg: FinetuneConfig) -> list[str]:
+    """Everything a run refuses before it starts that can be known from the recipe alone; returns the notes the
+    run (and the dry run) prints in its first lines: how run-level options were applied to its stages
+    (:func:`robustify.config.stage_notes`)."""
     refuse_fp16(cfg)
     stages = expand_stages(cfg)
     if any(pure_bf16.is_pure(stage) for _, stage in stages):
@@ -76,3 +78,4 @@ def preflight(cfg: FinetuneConfig) -> None:
 
         check_decoder(cfg.data.interpolation or "bilinear")
     check_freeze(cfg)
+    return stage_notes(cfg)

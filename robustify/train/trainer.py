@@ -276,8 +276,10 @@ def _end(accelerator: Accelerator) -> None:
 
 def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, FinetuneConfig]:
     """The Accelerator and the run folder (locked; a ``--resume`` that would continue a different run is refused)."""
-    preflight(cfg)  # exactly what --dry-run checks, before any device, data or weights
+    notes = preflight(cfg)  # exactly what --dry-run checks, before any device, data or weights
     accelerator = make_accelerator(cfg, log_with=cfg.train.log_with)
+    for note in notes:  # how run-level options apply to the stages
+        accelerator.print(f"robustify: {note}")
     if any(stage.data.decode == "device" for _, stage in expand_stages(cfg)):  # before any weights or data
         from ..data.device_decode import check_device
 
