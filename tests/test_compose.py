@@ -166,7 +166,7 @@ def test_a_refused_pair_is_one_line_naming_both_before_anything_loads(pair, unla
 
 def test_every_other_pair_passes_the_checks_up_front(unlabeled: Path, tmp_path: Path):
     """The config and preflight accept every pair not listed in REFUSED (no training: a few ms each)."""
-    refused = {p: up_front(p, unlabeled, tmp_path) for p in ALL_PAIRS if frozenset(p) not in REFUSED | NOT_A_PAIR}
+    refused = {p: up_front(p, unlabeled, tmp_path) for p in ALL_PAIRS if frozenset(p) not in set(REFUSED) | NOT_A_PAIR}
     assert {p: line for p, line in refused.items() if line is not None} == {}
 
 
@@ -176,7 +176,7 @@ def test_an_option_or_a_pair_trains(names: tuple[str, ...], unlabeled: Path, tmp
 
 
 @pytest.mark.skipif(not os.environ.get("ROBUSTIFY_ALL_PAIRS"), reason="the whole matrix: set ROBUSTIFY_ALL_PAIRS=1")
-@pytest.mark.parametrize("names", [p for p in ALL_PAIRS if frozenset(p) not in REFUSED | NOT_A_PAIR],
+@pytest.mark.parametrize("names", [p for p in ALL_PAIRS if frozenset(p) not in set(REFUSED) | NOT_A_PAIR],
                          ids=lambda n: "+".join(n))
 def test_every_pair_trains(names: tuple[str, ...], unlabeled: Path, tmp_path: Path):
     assert outcome(names, unlabeled, tmp_path / "run") == ("ran", "")
