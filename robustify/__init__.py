@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from . import sections
 from .version import __version__
 
 
@@ -15,5 +16,15 @@ def load(name_or_run_dir: str, num_classes: int | None = None):
 
     return _load(name_or_run_dir, num_classes=num_classes)
 
+
+def _load_registries() -> None:
+    """The registries that check their own config sections (robustify/sections.py), imported the first time a config
+    is checked: named here, in the package's composition root, so config.py never names a wing above it, and
+    imported late, so that ``import robustify`` stays cheap."""
+    from .data import sources  # noqa: F401
+    from .train import methods, schedules  # noqa: F401
+
+
+sections.load_with(_load_registries)
 
 __all__ = ["__version__", "load"]

@@ -40,7 +40,7 @@ L1_SPARSITY = 0.05
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _check_norm(norm: str) -> None:
+def check_norm(norm: str) -> None:
     if norm not in NORMS:
         raise ValueError(f"norm={norm!r} is not supported; use one of {NORMS}")
 
@@ -125,7 +125,7 @@ def _project_l1_ball(delta: torch.Tensor, eps: float) -> torch.Tensor:
 def project(delta: torch.Tensor, eps: float, norm: str, x: torch.Tensor | None = None) -> torch.Tensor:
     """Project ``delta`` onto the eps-ball of the given norm; for L1 with ``x``, onto the ball *and* the image box
     (:func:`project_l1_box`; without ``x``, onto the L1 ball alone)."""
-    _check_norm(norm)
+    check_norm(norm)
     if norm == "Linf":
         return delta.clamp(-eps, eps)
     if norm == "L1":
@@ -149,7 +149,7 @@ def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generat
     """A random start inside the eps-ball and the image box (uniform per coordinate for Linf; uniform radius, random
     direction for L2 and L1, the L1 direction uniform on the L1 sphere: Laplace coordinates, normalised). Clipping to
     the box only shrinks coordinates towards 0, so the start stays in the ball: it lies in the intersection."""
-    _check_norm(norm)
+    check_norm(norm)
     if norm == "Linf":
         delta = torch.rand(x.shape, device=x.device, dtype=x.dtype, generator=generator).mul_(2 * eps).sub_(eps)
     else:
@@ -203,7 +203,7 @@ def ascent_step(x: torch.Tensor, delta: torch.Tensor, grad: torch.Tensor, alpha:
                 norm: str) -> torch.Tensor:
     """One projected ascent step: step of alpha along the gradient, back into the eps-ball, then into [0,1] (for L1
     the exact projection onto the intersection of the two, :func:`project_l1_box`)."""
-    _check_norm(norm)
+    check_norm(norm)
     if norm == "L1":
         return project_l1_box(x, gradient_step(delta, grad, alpha, norm, x), eps)
     return _clamp_to_image_(x, _project_(gradient_step(delta, grad, alpha, norm), eps, norm))
@@ -241,7 +241,7 @@ def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, a
 
     Returns the perturbation ``delta`` (detached), inside the eps-ball and the image box.
     """
-    _check_norm(norm)
+    check_norm(norm)
     if alpha is None:
         alpha = 1.25 * eps if random_start else eps
     delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
@@ -262,7 +262,7 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, al
     passes plus the training pass, as ``passes_per_batch`` counts). That forward never updates BatchNorm running
     statistics, whatever mode the model is in (it only picks a perturbation).
     """
-    _check_norm(norm)
+    check_norm(norm)
     loss_fn = LOSSES[loss]
     alpha = 2.5 * eps / steps if alpha is None else alpha
     best: torch.Tensor | None = None
@@ -318,7 +318,7 @@ def pgd_fosc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
     and the compute is PGD's whatever the threshold. FOSC >= 0 always, so threshold 0 stops no example and this
     returns exactly :func:`pgd`'s perturbation, bit for bit (same random start, same steps, same arithmetic).
     """
-    _check_norm(norm)
+    check_norm(norm)
     delta = random_init(x, eps, norm, generator)
     last = torch.zeros(x.shape[0], device=x.device)
     grads = torch.zeros((), dtype=torch.long, device=x.device)

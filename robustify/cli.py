@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TextIO
 
 from . import __version__
 from .errors import Interrupted, UserError
+from .runfolder import RECIPE
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -192,7 +193,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     if args.resume:
         if args.output_dir is None:
             raise UserError("--resume needs --output-dir RUN_DIR: the folder of the run to continue")
-        saved = Path(args.output_dir) / "recipe.yaml"
+        saved = Path(args.output_dir) / RECIPE
         if saved.is_file() and args.recipe is None:  # continue with the run's own resolved recipe; an explicit
             recipe = str(saved)  # --recipe is compared with the run's (trainer.check_resume, the checkpoint's)
     cfg = build_config(recipe, overrides)
@@ -239,7 +240,7 @@ def _quick_trial(recipe: str, overrides: list[str], limit: int) -> list[str]:
 def _rerun_output_dir(recipe: str, output_dir: str) -> str | None:
     """A run's own recipe.yaml names the run's folder; rerunning it writes beside it (``RUN-rerun-{time}``)."""
     path = Path(recipe).expanduser()
-    if path.name != "recipe.yaml" or not path.is_file() or "{time}" in output_dir:
+    if path.name != RECIPE or not path.is_file() or "{time}" in output_dir:
         return None
     if path.parent.resolve() != Path(output_dir).expanduser().resolve():
         return None

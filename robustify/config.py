@@ -4,7 +4,7 @@ A recipe is a YAML file whose sections mirror :class:`FinetuneConfig`. The comma
 recipe, so every run is fully described by the resolved config that ``finetune`` writes as ``recipe.yaml``.
 Numbers that are pixel magnitudes (eps, alpha) accept fractions such as ``8/255``.
 
-Must not: import a registry or a wing at module level (the owners in SECTION_OWNERS validate their own sections).
+Must not: import a registry or a wing (the registries register their sections' checks in robustify/sections.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import importlib
 import math
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -21,7 +20,9 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
+from . import sections
 from .errors import ConfigError
+from .runfolder import RECIPE
 
 RECIPES_DIRS = (
     Path(__file__).resolve().parent.parent / "recipes",  # a source checkout / editable install
@@ -235,15 +236,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.select": ("best-robust", "last"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
 }
-# The registries that own a section's choices, by module name: config never imports them at module level (they
-# import config's dataclasses), and validate() asks each to check its own section (its names and its keys).
-SECTION_OWNERS = {
-    "data": "robustify.data.sources",
-    "method": "robustify.train.methods",
-    "schedule": "robustify.train.schedules",
-}
-
-PIXEL_KEYS = {"threat.eps", "method.alpha"}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -347,7 +339,7 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
 
     validate_data(cfg)
     cfg.model.channels_last = _auto_or_bool(cfg.model.channels_last, "model.channels_last")
-    flat = _flatten(cfg.to_dict())
+    flat = flatten(cfg.to_dict())
     for key, choices in CHOICES.items():
         if flat[key] not in choices:
             raise ConfigError(f"{key}={flat[key]!r} is not accepted; choose one of: {', '.join(choices)}")
@@ -360,8 +352,8 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.data.decode == "device" and cfg.data.interpolation == "nearest":
         raise ConfigError("data.decode=device resizes with torch, which has no antialiased 'nearest' interpolation; "
                           "with data.interpolation='nearest' use data.decode=workers, or bilinear or bicubic")
-    for owner in SECTION_OWNERS.values():  # each registry validates its own section
-        importlib.import_module(owner).validate_section(cfg)
+    for check in sections.checks():  # data, method, schedule: each registry checks its own section
+        check(cfg)
     _validate_pixels(cfg)
     positive = {
         "train.epochs": cfg.train.epochs, "data.batch_size": cfg.data.batch_size,
@@ -648,11 +640,13 @@ def _validate_pixels(cfg: FinetuneConfig) -> None:
                           + _over_255_hint(alpha))
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the dotted keys ``--set`` and the choices use (also the resume check's
+    and the checkpoint fingerprint's view of a config)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
+            out.update(flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -672,7 +666,7 @@ def resolve_recipe_path(path_or_name: str) -> Path:
     if p.is_file():
         return p
     if p.is_dir():
-        hint = f"; a run folder's recipe is {str(p / 'recipe.yaml')!r}" if (p / "recipe.yaml").is_file() else ""
+        hint = f"; a run folder's recipe is {str(p / RECIPE)!r}" if (p / RECIPE).is_file() else ""
         raise ConfigError(f"recipe {path_or_name!r} is a folder, not a YAML file; give a recipe file or a shipped "
                           f"recipe name{hint}")
     name = path_or_name if path_or_name.endswith((".yaml", ".yml")) else f"{path_or_name}.yaml"
@@ -718,7 +712,7 @@ def load_yaml_file(path: Path, what: str = "recipe") -> Any:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"{what} {str(path)!r} is a folder, not a YAML file; give the recipe file itself (a run "
-                          f"folder's is {str(path / 'recipe.yaml')!r})")
+                          f"folder's is {str(path / RECIPE)!r})")
     try:
         raw = path.read_bytes()
     except OSError as e:

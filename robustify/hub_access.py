@@ -31,7 +31,7 @@ def hub_reachable(timeout: float = 3.0) -> bool:
 
 
 
-def _go_offline() -> None:
+def go_offline() -> None:
     """Switch huggingface_hub to offline mode for this process, so cached files load and missing ones fail fast."""
     from huggingface_hub import constants
 

@@ -23,8 +23,9 @@ from timm.data import resolve_data_config
 from torch import nn
 
 from .errors import UserError
-from .hub_access import _go_offline, hub_reachable  # robustify.models.hub_reachable stays importable
+from .hub_access import go_offline, hub_reachable  # robustify.models.hub_reachable stays importable
 from .input_grad import use_fast_input_grad
+from .runfolder import CONFIG, is_model_folder  # robustify.models.is_model_folder stays importable
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 ALIASES = {"quickstart": PACKAGE_DIR / "assets" / "quickstart" / "backbone"}
@@ -121,12 +122,6 @@ def build_robust_model(backbone: nn.Module, preprocessing: Any, source: str = ""
                        model_input_size=p.model_input_size, interpolation=p.interpolation, preprocessing=p)
 
 
-def is_model_folder(path: str | os.PathLike) -> bool:
-    """A timm hub-format folder: config.json plus model.safetensors (what ``save_for_hf`` and ``finetune`` write)."""
-    p = Path(path)
-    return p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file()
-
-
 def zoo_folder(name: str) -> Path:
     """Where ``robustify pull NAME`` puts a zoo model as a timm folder (``ROBUSTIFY_ZOO_DIR``, else
     ``~/.cache/robustify/zoo/NAME``); ``zoo:NAME`` resolves here, so ``finetune --model zoo:NAME`` starts from it."""
@@ -199,7 +194,7 @@ def create_backbone(name: str, pretrained: bool = True, num_classes: int | None 
         pretrained = False  # the architecture (and its pretrained_cfg) from the spec, the weights from the file
     offline = False
     if _needs_hub(spec, pretrained) and not hub_reachable():
-        _go_offline()
+        go_offline()
         offline = True
     try:
         backbone = timm.create_model(spec, pretrained=pretrained)
@@ -234,11 +229,11 @@ def saved_preprocessing(spec: str) -> Any:
         try:
             from huggingface_hub import hf_hub_download
 
-            path = Path(hf_hub_download(spec[len("hf-hub:"):], "config.json"))
+            path = Path(hf_hub_download(spec[len("hf-hub:"):], CONFIG))
         except Exception:  # noqa: BLE001 - the weights loaded already; no record simply means none was written
             return None
     else:
-        path = Path(spec[len("local-dir:"):]) / "config.json"
+        path = Path(spec[len("local-dir:"):]) / CONFIG
     try:
         record = json.loads(path.read_text()).get("preprocessing")
     except (OSError, ValueError):

@@ -22,6 +22,7 @@ from typing import Any
 from .config import FinetuneConfig, build_config, expand_stages, resolve_recipe_path
 from .config import recipes_folder as recipes_dir
 from .errors import UserError
+from .runfolder import CONFIG
 
 # assumed images/s for one forward+backward pass per image, one H100, bf16, channels_last, 224x224 — order-of-
 # magnitude figures (roughly 1.5-2x published A100 mixed-precision training rates), NOT measured here
@@ -151,7 +152,7 @@ def backbone_size(cfg: FinetuneConfig) -> tuple[int, int]:
 
         spec = resolve_spec(cfg.model.name)
         if spec.startswith("local-dir:"):
-            size = json.loads((Path(spec[len("local-dir:"):]) / "config.json").read_text())["pretrained_cfg"][
+            size = json.loads((Path(spec[len("local-dir:"):]) / CONFIG).read_text())["pretrained_cfg"][
                 "input_size"]
         else:
             size = timm.get_pretrained_cfg(spec.split(":", 1)[-1]).input_size

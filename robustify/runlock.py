@@ -41,18 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .runfolder import checkpoint_dirs
+from .runfolder import CHECKPOINT_TEMP_PATTERNS, CHECKPOINTS, LOCK, RESTARTABLE, TEMP_PATTERNS, WEIGHTS, checkpoint_dirs
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows: no advisory locks, runs are not protected
     fcntl = None  # type: ignore[assignment]
 
-LOCK_NAME = ".lock"
-CHECKPOINTS = "checkpoints"
-TEMP_PATTERNS = (".export-*", ".*.tmp")  # export.py's temporary folder, fileio.py's temporary files
-CHECKPOINT_TEMP_PATTERNS = (".tmp_*", "*.tmp")  # trainer's save_state folder, best.safetensors' temporary
-RESTARTABLE = {"recipe.yaml", CHECKPOINTS}  # what a run killed before its first checkpoint leaves behind
+LOCK_NAME = LOCK  # the lock file's name (spelled in runfolder.py, with every other name of a run folder)
 
 
 class RunLocked(UserError):
@@ -239,7 +235,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, resume: bool) -> str:
             return note
         raise UserError(f"output dir {str(run_dir)!r} already holds a run; pass --resume to continue it or choose "
                         "another --output-dir")
-    if (run_dir / "model.safetensors").exists():
+    if (run_dir / WEIGHTS).exists():
         raise UserError(f"output dir {str(run_dir)!r} holds a finished model without checkpoints; choose another "
                         "--output-dir")
     if entries and not set(entries) <= RESTARTABLE:

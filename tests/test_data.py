@@ -229,11 +229,11 @@ def test_attack_size_resizes_inside_and_reloads(tmp_path: Path):
 def test_gated_hub_errors_are_recognised():
     from datasets.exceptions import DatasetNotFoundError
 
-    from robustify.data.sources import _is_gated
+    from robustify.data.sources import is_gated
 
     err = DatasetNotFoundError("Dataset 'ILSVRC/imagenet-1k' is a gated dataset on the Hub. Visit the dataset page at "
                                "https://huggingface.co/datasets/ILSVRC/imagenet-1k to ask for access.")
-    assert _is_gated(err) and not _is_gated(DatasetNotFoundError("Dataset 'org/none' doesn't exist on the Hub"))
+    assert is_gated(err) and not is_gated(DatasetNotFoundError("Dataset 'org/none' doesn't exist on the Hub"))
 
 
 def test_main_process_first_wraps_preparation(tmp_path: Path):

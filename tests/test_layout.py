@@ -1,5 +1,6 @@
-"""The package's architecture stays as docs/design.md draws it: no import cycle anywhere (module-level or inside a
-function), and no module imports a layer above its own."""
+"""The package's architecture stays as docs/design.md draws it: no import cycle anywhere (module-level, inside a
+function, or through a module name in a string, as ``importlib.import_module`` takes), no module imports a layer
+above its own, docs/design.md's table names every module, and no private name (``_x``) crosses a module boundary."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "robustify"
 # lowest first; a module may import its own layer or any layer below it (the first matching prefix wins)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("base", ("robustify.version", "robustify.errors", "robustify.fileio", "robustify.input_grad",
-              "robustify.runfolder", "robustify.hub_access")),
+              "robustify.runfolder", "robustify.hub_access", "robustify.sections")),
     ("shared", ("robustify.config", "robustify.attacks", "robustify.report", "robustify.runlock")),
     ("core", ("robustify.models", "robustify.data")),
     ("publish", ("robustify.publish",)),
@@ -40,10 +41,18 @@ def layer_of(mod: str) -> int:
 def imports_of(mod: str) -> set[str]:
     """Every robustify module ``mod`` imports, at module level or inside functions (TYPE_CHECKING blocks too)."""
     path = MODULES[mod]
-    is_pkg = path.name == "__init__.py"
+    return imports_in(path.read_text(), mod, path.name == "__init__.py")
+
+
+def imports_in(source: str, mod: str, is_pkg: bool = False) -> set[str]:
+    """The robustify modules ``source`` (the text of module ``mod``) imports: by ``import`` statements, and by any
+    string that names a module of the package (``importlib.import_module("robustify.train.methods")``, a table of
+    module names, ``sys.modules[...]``): a module reached by name is a dependency like any other."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("robustify."):
+            out.add(node.value)
+        elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("robustify"))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -102,6 +111,70 @@ def test_the_checker_sees_cycles_and_function_level_imports() -> None:
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"b"}}) is None
     # cli imports the wings inside its functions only: the walk must see them
     assert {"robustify.train.trainer", "robustify.evaluate.report"} <= imports_of("robustify.cli")
+
+
+def test_the_checker_sees_imports_through_strings_and_importlib() -> None:
+    # what config.py did before the registries registered themselves (robustify/sections.py): a hidden config -> train
+    source = ('import importlib\nOWNERS = {"method": "robustify.train.methods"}\n'
+              'def f():\n    return importlib.import_module("robustify.data.sources")\n')
+    assert imports_in(source, "robustify.config") == {"robustify.train.methods", "robustify.data.sources"}
+    graph = dict(GRAPH) | {"robustify.config": GRAPH["robustify.config"] | imports_in(source, "robustify.config")}
+    assert find_cycle(graph) is not None
+    assert "robustify.runlock" in imports_of("robustify.cli")  # cli reads sys.modules["robustify.runlock"]
+
+
+def test_design_md_names_every_module() -> None:
+    """docs/design.md is the map: its tables name every module (by its path under robustify/; a package's
+    ``__init__.py`` by its folder, ``data/``; a registry folder, ``train/methods/``, for every file in it), so a new
+    module is placed, and said what it owns, when it is added."""
+    text = (PACKAGE.parent / "docs" / "design.md").read_text()
+    table = "\n".join(line for line in text.splitlines() if line.startswith("| "))
+    missing = []
+    for path in sorted(MODULES.values()):
+        rel = path.relative_to(PACKAGE)
+        folder = f"`{rel.parent.as_posix()}/`"
+        named = f"`{rel.as_posix()}`" in table or (folder in table and (
+            path.name == "__init__.py" or len(rel.parent.parts) >= 2))
+        if not named:
+            missing.append(rel.as_posix())
+    assert not missing, f"modules docs/design.md's table does not name: {missing}"
+
+
+def private_names_crossing(mod: str) -> list[str]:
+    """``from .x import _y`` and ``x._y`` where ``x`` is a robustify module ``mod`` imported: a private name used
+    outside its module (dunder names such as ``__version__`` are public)."""
+    path = MODULES[mod]
+    tree = ast.parse(path.read_text())
+    is_pkg = path.name == "__init__.py"
+    bound: set[str] = set()  # local names of imported robustify modules
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("robustify"):
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    bad.append(f"{mod}:{node.lineno} imports {target}.{alias.name}")
+                if f"{target}.{alias.name}" in MODULES:
+                    bound.add(alias.asname or alias.name)
+        elif isinstance(node, ast.Import):
+            bound.update(a.asname or a.name for a in node.names if a.name.startswith("robustify"))
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                and node.attr.startswith("_") and not node.attr.startswith("__")):
+            bad.append(f"{mod}:{node.lineno} uses {node.value.id}.{node.attr}")
+    return bad
+
+
+def test_no_private_name_crosses_a_module_boundary() -> None:
+    bad = [b for m in sorted(MODULES) for b in private_names_crossing(m)]
+    assert not bad, "private names used outside their module (make them public or move them):\n" + "\n".join(bad)
 
 
 def test_every_module_says_what_it_owns_and_must_not_do() -> None:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from robustify.cli import main
-from robustify.config import FinetuneConfig, _flatten, all_keys, build_config
+from robustify.config import FinetuneConfig, all_keys, build_config, flatten
 from robustify.errors import ConfigError
 from tests.helpers import fake_checkpoint
 
@@ -40,7 +40,7 @@ SETTINGS = settings(derandomize=True, deadline=None, database=None,
 
 
 def _check_in_range(cfg: FinetuneConfig) -> None:
-    for key, value in _flatten(cfg.to_dict()).items():
+    for key, value in flatten(cfg.to_dict()).items():
         for v in value if isinstance(value, list) else [value]:
             if isinstance(v, float):
                 assert math.isfinite(v), (key, v)

@@ -179,10 +179,10 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_leaves_no_partial_checkpoin
 def test_a_key_added_after_the_checkpoint_compares_as_its_default():
     """A checkpoint made before a recipe key existed (e.g. data.decode) still resumes with the default; a change of
     substance is still refused, and the decode route may change on resume (it changes no example, crop or flip)."""
-    from robustify.config import FinetuneConfig, _flatten
+    from robustify.config import FinetuneConfig, flatten
     from robustify.train.checkpoint import resume_changes
 
-    current = _flatten(FinetuneConfig().to_dict())
+    current = flatten(FinetuneConfig().to_dict())
     saved = {k: v for k, v in current.items() if k not in ("data.decode", "method.fosc")}
     assert resume_changes(saved, current) == ([], [])
     assert resume_changes(saved, {**current, "data.decode": "device"}) == ([], [])

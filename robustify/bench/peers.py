@@ -52,7 +52,7 @@ from ..input_grad import use_default_input_grad
 from ..models import RobustModel
 from ..train.hardware import resolve_hardware_settings, target_device_type
 from ..train.optim import build_optimizer
-from .steps import _release, bench_hardware, method_step, parse_methods, synthetic_setup
+from .steps import bench_hardware, method_step, parse_methods, release, synthetic_setup
 
 PLAIN = "plain-natural"
 FAST_AT = "fast-at-reference"
@@ -177,7 +177,7 @@ def run_peers(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_PEER_METHODS
     total = (warmup + rounds) * batches
     runners = [Runner(PLAIN, "baseline", 1, _plain_natural(*fresh(), data, autocast),
                       note="plain PyTorch natural loop")]
-    _release(accelerator)
+    release(accelerator)
     for name in names:
         method, step, _ = method_step(name, cfg, base, accelerator, total)
 
@@ -245,7 +245,7 @@ def run_peers(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_PEER_METHODS
                   "runner; wall clock (CUDA synchronised) and process CPU time; synthetic data already on the device",
     }
     hardware = bench_hardware(accelerator, cfg.model.channels_last)
-    _release(accelerator)
+    release(accelerator)
     accelerator.end_training()
     return {"hardware": hardware, "config": config, "results": results, "skipped": skipped}
 

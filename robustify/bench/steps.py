@@ -112,7 +112,7 @@ def _check_counts(steps: int, warmup: int, epochs: int | None, num_classes: int 
         raise UserError(f"--num-classes {num_classes} is not accepted; use 2 or more")
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -126,7 +126,7 @@ def bench_hardware(accelerator: Accelerator, channels_last: bool) -> dict[str, A
     import timm
 
     dev = accelerator.device
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
     info = trainer_hardware(accelerator)
     info.update({
         "device": f"{dev.type}: {name}", "device_type": dev.type, "device_name": name,
@@ -160,7 +160,7 @@ def _build_model(cfg: FinetuneConfig, num_classes: int | None) -> RobustModel:
     return model
 
 
-def _release(accelerator: Accelerator) -> None:
+def release(accelerator: Accelerator) -> None:
     """Drop the accelerator's references to the previous method's model and optimizer, so each starts clean."""
     accelerator.free_memory()
     gc.collect()
@@ -234,7 +234,7 @@ def _measure(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Acc
              batches: list[tuple[torch.Tensor, torch.Tensor]], steps: int, warmup: int) -> dict[str, Any]:
     """Time ``steps`` minibatches of one method, after ``warmup`` untimed ones, through the training-step code."""
     device = accelerator.device
-    _release(accelerator)
+    release(accelerator)
     method, train_step, _ = method_step(name, cfg, base, accelerator, warmup + steps)
 
     def step(i: int) -> None:
@@ -350,7 +350,7 @@ def run_bench(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_METHODS, ste
         "timing": "median over timed steps; CUDA events on GPU, host clock on CPU; data loading excluded",
     }
     hardware = bench_hardware(accelerator, cfg.model.channels_last)
-    _release(accelerator)
+    release(accelerator)
     accelerator.end_training()
     return {"hardware": hardware, "config": config, "results": results, "state_memory": state_memory(cfg, base)}
 

@@ -54,7 +54,7 @@ from ..models import build_robust_model, create_backbone
 from ..train import pure_bf16
 from ..train.hardware import resolve_hardware_settings, target_device_type
 from ..train.trainer import make_accelerator
-from .steps import _cpu_name, method_step
+from .steps import cpu_name, method_step
 
 SCRATCH_METHOD = {"name": "pgd", "steps": 7}
 SCRATCH_SCHEDULE = {"name": "cyclic", "lr": 0.1, "peak_fraction": 0.4}
@@ -235,7 +235,7 @@ def run_time_to_robust(recipe: str = "quickstart", overrides: tuple[str, ...] | 
                     "(reported as eval_seconds); from-scratch runs with shorter budgets that did not reach the target "
                     "(listed in scratch_runs)",
         "hardware": {"device_type": device, "device_name": torch.cuda.get_device_name() if device == "cuda"
-                     else _cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+                     else cpu_name(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
     }
 
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ..errors import UserError, first_line
-from .preprocessing import _TORCH_MODES, image_bytes, open_lazily, resize_uint8, rrc_flip, rrc_params
+from .preprocessing import TORCH_MODES, image_bytes, open_lazily, resize_uint8, rrc_flip, rrc_params
 
 MIN_TORCHVISION = (0, 19)  # decode_jpeg takes a list of images (one batched call on CUDA) from 0.19 on
 # 32 of ImageNet's typical 500x375 images (18 MB of RGB) at a time; a 4000x3000 photo is decoded alone (36 MB)
@@ -105,9 +105,9 @@ def check_decoder(interpolation: str) -> None:
             have = "no torchvision"
         raise UserError(f"data.decode=device needs torchvision >= {'.'.join(map(str, MIN_TORCHVISION))} with "
                         f"decode_jpeg (here: {have}); use data.decode=workers")
-    if interpolation not in _TORCH_MODES:
+    if interpolation not in TORCH_MODES:
         raise UserError(f"data.decode=device resizes with torch, which has no antialiased {interpolation!r} "
-                        f"interpolation; use data.interpolation {' or '.join(_TORCH_MODES)}, or data.decode=workers")
+                        f"interpolation; use data.interpolation {' or '.join(TORCH_MODES)}, or data.decode=workers")
 
 
 def check_device(device: torch.device | str) -> None:

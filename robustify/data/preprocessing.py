@@ -22,8 +22,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
-
 
 @dataclass(frozen=True)
 class Preprocessing:
@@ -247,7 +245,7 @@ def rrc_flip(img: Image.Image, out_hw: tuple[int, int], interpolation: str, seed
     full_w, full_h = img.size
     lazy = img.format == "JPEG" and getattr(img, "tile", None)  # not decoded yet
     k = next(k for k in (8, 4, 2, 1) if k == 1 or (h / k >= out_hw[0] and w / k >= out_hw[1])) if draft else 1
-    if draft and lazy and k == 1 and data is not None and interpolation in _TORCH_MODES:
+    if draft and lazy and k == 1 and data is not None and interpolation in TORCH_MODES:
         out = _torch_crop_resize(data, (top, left, h, w), out_hw, interpolation)
         if out is not None:
             return out.flip(-1).contiguous() if flip else out.contiguous()
@@ -262,7 +260,7 @@ def rrc_flip(img: Image.Image, out_hw: tuple[int, int], interpolation: str, seed
     return torch.from_numpy(np.asarray(out).copy()).permute(2, 0, 1).contiguous()
 
 
-_TORCH_MODES = ("bilinear", "bicubic")  # torch's antialiased uint8 resize kernels
+TORCH_MODES = ("bilinear", "bicubic")  # torch's antialiased uint8 resize kernels
 
 
 def _torch_crop_resize(data: bytes, box: tuple[int, int, int, int], out_hw: tuple[int, int],

@@ -70,11 +70,6 @@ class ShardCache:
                             "space, set data.cache_dir to a larger disk, or stream without a copy "
                             "(data.shard_cache=off)")
 
-    @property
-    def node_bytes(self) -> int:
-        """Bytes of every shard this node reads during the run (downloaded once)."""
-        return sum(self.shards.nbytes[i] for i in self.needed)
-
     def local_path(self, i: int) -> str:
         """Shard ``i`` on local disk, downloading it first (once) when it is not cached yet."""
         from huggingface_hub import hf_hub_download

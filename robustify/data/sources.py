@@ -38,6 +38,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .. import sections
 from ..errors import UserError, first_line
 
 QUICKSTART_DIR = Path(__file__).resolve().parent.parent / "assets" / "quickstart"
@@ -311,18 +312,18 @@ def _refuse_one_class(dd, folder: Path, spec: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ loading
 def _go_offline_if_unreachable(spec: str) -> bool:
-    from ..models import _go_offline, hub_reachable
+    from ..hub_access import go_offline, hub_reachable
 
     if hub_reachable():
         return False
     import datasets
 
-    _go_offline()
+    go_offline()
     datasets.config.HF_HUB_OFFLINE = True
     return True
 
 
-def _is_gated(e: BaseException) -> bool:
+def is_gated(e: BaseException) -> bool:
     from huggingface_hub.errors import GatedRepoError
 
     seen: BaseException | None = e
@@ -350,7 +351,7 @@ def _load_hub(repo: str, split: str, streaming: bool, spec: str):
         except Exception as e:  # noqa: BLE001 - datasets/hub raise many types; reported in one line below
             last = e
             break
-    if last is not None and _is_gated(last):
+    if last is not None and is_gated(last):
         raise UserError(f"data set {repo!r} is gated: request access at https://huggingface.co/datasets/{repo} with "
                         "your account, then log in with 'hf auth login' (or set HF_TOKEN)")
     if offline:
@@ -407,7 +408,7 @@ def _scan_images(ds, spec: str):
     return ds.select([i for i in range(len(ds)) if i not in drop])
 
 
-def _local_path(spec: str, prefix: str) -> Path:
+def local_path(spec: str, prefix: str) -> Path:
     return Path(spec[len(prefix):]).expanduser()
 
 
@@ -426,9 +427,9 @@ def get_dataset(spec: str, split: str, *, image_column: str | None = None, label
     if spec == "quickstart":
         ds = _quickstart(split)
     elif spec.startswith("npz:"):
-        ds = _from_npz(_local_path(spec, "npz:"), split)
+        ds = _from_npz(local_path(spec, "npz:"), split)
     elif spec.startswith("imagefolder:"):
-        folder = _local_path(spec, "imagefolder:")
+        folder = local_path(spec, "imagefolder:")
         if not folder.is_dir():
             raise UserError(f"data {spec!r}: {str(folder)!r} is not a folder; give imagefolder:PATH with class folders "
                             "(optionally inside train/ and test/ split folders)")
@@ -439,7 +440,7 @@ def get_dataset(spec: str, split: str, *, image_column: str | None = None, label
         _refuse_one_class(dd, folder, spec)
         ds = _scan_images(_pick_split(dd, spec, split, holdout, seed), spec)
     elif spec.startswith("disk:") or is_saved_dataset(Path(spec).expanduser()):
-        folder = _local_path(spec, "disk:") if spec.startswith("disk:") else Path(spec).expanduser()
+        folder = local_path(spec, "disk:") if spec.startswith("disk:") else Path(spec).expanduser()
         if not is_saved_dataset(folder):
             raise UserError(f"data {spec!r}: {str(folder)!r} is not a folder written by datasets' save_to_disk")
         loaded = datasets.load_from_disk(str(folder))
@@ -448,7 +449,7 @@ def get_dataset(spec: str, split: str, *, image_column: str | None = None, label
         if streaming:
             ds = ds.to_iterable_dataset(num_shards=max(1, min(64, len(ds) // 1000)))
     elif spec.startswith("parquet:"):
-        pattern = str(_local_path(spec, "parquet:"))
+        pattern = str(local_path(spec, "parquet:"))
         if os.path.isdir(pattern):
             kwargs: dict[str, Any] = {"data_dir": pattern}
         else:
@@ -484,3 +485,6 @@ def validate_section(cfg: Any) -> None:
     (``validation`` for imagenet-1k, whose ``test`` split has no labels), when the recipe leaves it empty."""
     if cfg.data.eval_split is None:
         cfg.data.eval_split = default_eval_split(cfg.data.name)
+
+
+sections.register("data", validate_section)  # config.validate runs it (robustify/sections.py)

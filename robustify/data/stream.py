@@ -80,14 +80,14 @@ def split_files_uncached(spec: str, split: str) -> list[str]:
     own resolution of a data set's files (split names by the Hub's conventions and synonyms)."""
     import datasets
 
-    from .sources import SPLIT_SYNONYMS, _is_gated, _local_path
+    from .sources import SPLIT_SYNONYMS, is_gated, local_path
 
     repo = _hub_repo(spec)
     try:
         if repo is not None:
             builder = datasets.load_dataset_builder(repo)
         elif spec.startswith("parquet:"):
-            pattern = str(_local_path(spec, "parquet:"))
+            pattern = str(local_path(spec, "parquet:"))
             if os.path.isdir(pattern):
                 builder = datasets.load_dataset_builder("parquet", data_dir=pattern)
             else:
@@ -104,7 +104,7 @@ def split_files_uncached(spec: str, split: str) -> list[str]:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - datasets/hub raise many types; reported in one line
-        if _is_gated(e):
+        if is_gated(e):
             raise UserError(f"data set {repo!r} is gated: request access at https://huggingface.co/datasets/{repo} "
                             "with your account, then log in with 'hf auth login' (or set HF_TOKEN)") from None
         raise UserError(f"data {spec!r}: its files could not be listed: {first_line(e)}") from None
@@ -490,11 +490,6 @@ class StreamTrain:
                 "local_world": self.local_world, "pinned": self.pinned, "window": first, "windows": len(plan),
                 "window_shards": [self.store.shards.name(int(s)) for s in plan[first].shards] if nxt else [],
                 "next": nxt, "order_sha256_16": order}
-
-    def bytes_needed(self, epochs: int = 1) -> int:
-        """Bytes of the shards this process opens in its first ``epochs`` epochs (what the dry run reports)."""
-        opened = {s for e in range(1, epochs + 1) for w in self.plan(e) for s in w.shards}
-        return sum(self.store.shards.nbytes[s] for s in opened)
 
 
 def _size(n: float) -> str:

@@ -72,7 +72,7 @@ def pgd_robust(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: fl
     (``"first"``) and after each loss (``"ce"``, ``"cw"``). ``work`` (optional, a one-element list) is increased by
     the number of input-gradient evaluations (examples x steps) this call made: the attack's cost.
     """
-    attacks._check_norm(norm)
+    attacks.check_norm(norm)
     if robust is None:
         robust = predict(model, x) == y
     if eps <= 0 or steps <= 0:

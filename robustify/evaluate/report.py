@@ -30,6 +30,7 @@ from ..data.examples import Examples
 from ..errors import UserError
 from ..publish import public, runrecord
 from ..publish.runrecord import Evaluation, RunRecord
+from ..runfolder import CARD, CONFIG, EPS_CURVE_PLOT, EVAL, METRICS, RECIPE, RunFolder, is_model_folder
 from . import collectives
 from .kernel import (  # noqa: F401  (re-exported: the kernel lives in robust_acc)
     FP32,
@@ -413,14 +414,14 @@ class RunInfo:
         return self.record.strongest().n_examples if self.record.evaluations else None
 
 
-def _recipe_data(path: Path, fallback: str) -> str:
+def _recipe_data(folder: RunFolder, fallback: str) -> str:
     """The local --data spec from recipe.yaml (a pulled run's recipe holds only a file name; then the public one)."""
     import yaml
 
     try:
-        recipe = yaml.safe_load((path / "recipe.yaml").read_text(encoding="utf-8"))
+        recipe = yaml.safe_load(folder.read_text(RECIPE))
         spec = str(recipe["data"]["name"])
-    except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # ValueError: not UTF-8 (verify_weights says)
+    except (UserError, yaml.YAMLError, KeyError, TypeError):  # unreadable or not UTF-8: verify_weights says so
         return fallback
     if spec.startswith(("npz:", "imagefolder:")) and not Path(spec.split(":", 1)[1]).expanduser().is_absolute():
         return fallback
@@ -429,21 +430,15 @@ def _recipe_data(path: Path, fallback: str) -> str:
 
 def read_run(spec: str) -> RunInfo | None:
     """The run folder behind ``spec`` (a path or ``local-dir:PATH``), or None if it is not one."""
-    from ..fileio import read_json
-    from ..models import is_model_folder
-
-    path = Path(spec.removeprefix("local-dir:")).expanduser()
-    if not (is_model_folder(path) and (path / "metrics.json").is_file()):
+    folder = RunFolder(spec.removeprefix("local-dir:"))
+    if not (is_model_folder(folder.path) and folder.has(METRICS)):
         return None
-    try:
-        config = read_json(path / "config.json")
-    except (OSError, ValueError) as e:
-        raise UserError(f"run folder {str(path)!r}: cannot read its JSON files ({str(e).splitlines()[0]})") from None
+    config = folder.read_json(CONFIG)
     robustness = config.get("robustness") if isinstance(config, dict) else None
     if not isinstance(robustness, dict) or "threat_model" not in robustness:
-        return None
-    record = RunRecord.read(path)
-    return RunInfo(path, record, _recipe_data(path, record.training.dataset))
+        return None  # a timm folder (an imported model, a pulled third-party repo): evaluated as a plain model
+    record = RunRecord.from_files(config, folder.read_json(METRICS), folder.path.name, folder.what)
+    return RunInfo(folder.path, record, _recipe_data(folder, record.training.dataset))
 
 
 def matches_run(run: RunInfo, report: dict[str, Any]) -> str | None:
@@ -454,50 +449,33 @@ def matches_run(run: RunInfo, report: dict[str, Any]) -> str | None:
     return run.record.mismatch(Evaluation.from_report(report))
 
 
-def update_run_folder(run: RunInfo, report: dict[str, Any], plot: bool = True) -> tuple[list[str], str]:
-    """Add the evaluation to the run's record (a weaker one is stored beside a stronger one, never over it) and
-    rewrite what renders from it: eval.json (without local paths), eps_curve.png, metrics.json, config.json's
-    robustness block and the model card, all or none (:func:`fileio.atomic_write_many`). Returns the names of the
-    files written and what happened."""
-    files, note = render_run_update(run, report, plot)
-    write_outputs(files, run.path)
-    return [p.name for p in files], note
-
-
 def render_run_update(run: RunInfo, report: dict[str, Any], plot: bool = True) -> tuple[dict[Path, bytes], str]:
-    """The run folder's files after adding ``report`` to its record, rendered in memory (nothing written yet)."""
+    """The run folder's files after adding ``report`` to its record, rendered in memory (nothing written yet): the
+    evaluation is stored by the record's update rules (a weaker one beside a stronger one, never over it), and what
+    renders from the record is rewritten: eval.json (without local paths), eps_curve.png, the record's two files and
+    the card. :func:`write_outputs` writes them all or none."""
     import hashlib
-    import json
     import tempfile
 
-    from ..fileio import read_json
-    from ..publish.card import render_card
+    from ..publish.card import run_card
     from ..report import plot_eps_curve
 
     runrecord.verify_weights(run.path)  # again, under the lock, right before the record is rewritten
-    record = run.record
+    folder, record = RunFolder(run.path), run.record
     note = record.add(Evaluation.from_report(report))
-    files: dict[Path, bytes] = {}
     kept = runrecord.public_report(report, f"this run folder ({record.training.name})")
-    files[run.path / "eval.json"] = (json.dumps(kept, indent=2) + "\n").encode()
-    record.eval_sha256 = hashlib.sha256(files[run.path / "eval.json"]).hexdigest()  # push publishes only this one
+    files: dict[str, bytes] = {EVAL: runrecord.json_bytes(kept)}
+    record.eval_sha256 = hashlib.sha256(files[EVAL]).hexdigest()  # push publishes only this one
     if plot and "eps_curve" in report:
         with tempfile.TemporaryDirectory(prefix="robustify-plot-") as tmp:
-            plot_eps_curve(report, Path(tmp) / "eps_curve.png")
-            files[run.path / "eps_curve.png"] = (Path(tmp) / "eps_curve.png").read_bytes()
-    config, metrics = read_json(run.path / "config.json"), record.metrics()
-    config["robustness"] = record.robustness()
-    runrecord.seal(config, metrics)
-    files[run.path / "metrics.json"] = (json.dumps(metrics, indent=2) + "\n").encode()
-    files[run.path / "config.json"] = (json.dumps(config, indent=2) + "\n").encode()
-    license_ = (config.get("pretrained_cfg") or {}).get("license")
-    names = sorted({p.name for p in run.path.iterdir() if p.is_file() and not p.name.startswith(".")}
-                   | {p.name for p in files})
-    recipe = (run.path / "recipe.yaml").read_text(encoding="utf-8") if (run.path / "recipe.yaml").is_file() else None
-    card = render_card(record, license=license_, files=names, evaluation=kept,
-                       recipe_yaml=public.recipe(recipe, record.training.name) if recipe else None)
-    files[run.path / "README.md"] = str(card).encode("utf-8")
-    return files, note
+            plot_eps_curve(report, Path(tmp) / EPS_CURVE_PLOT)
+            files[EPS_CURVE_PLOT] = (Path(tmp) / EPS_CURVE_PLOT).read_bytes()
+    config = folder.read_json(CONFIG)
+    files |= record.files(config)
+    recipe = folder.read_text(RECIPE) if folder.has(RECIPE) else None
+    files[CARD] = run_card(record, config, recipe, sorted(set(folder.files()) | set(files)),
+                           evaluation=kept).encode("utf-8")
+    return {folder / name: data for name, data in files.items()}, note
 
 
 def write_outputs(files: dict[Path, bytes], run_dir: Path | None = None) -> None:

@@ -1,5 +1,6 @@
 """The model card (README.md of a run folder and of a pushed repo), rendered from the run's record
-(:class:`robustify.publish.runrecord.RunRecord`) with ``huggingface_hub.ModelCard``.
+(:class:`robustify.publish.runrecord.RunRecord`) with ``huggingface_hub.ModelCard``, built from a string (no
+template engine: :func:`compose`).
 
 The YAML front matter is what machines read: ``library_name: timm`` (so the Hub offers the timm snippet), the base
 model and the data set (Hub ids only; omitted when there is none), the inherited license, tags, ``model-index``
@@ -20,17 +21,19 @@ Must not: state a number that is not in the run's record.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..report import pct
+from ..runfolder import EPS_CURVE_PLOT, HISTORY_PLOT
+from . import public
 from .runrecord import Evaluation, RunRecord, eps_text, resolution_text
 
 PLOTS = {  # plots a run folder may hold (written by trainer / evaluation), shown in this order when present
-    "eps_curve.png": "Robust accuracy as eps grows (it must fall towards 0; a flat curve would mean gradient masking)",
-    "history.png": "Training history: probe clean/PGD accuracy, loss and learning rate per epoch",
+    EPS_CURVE_PLOT: "Robust accuracy as eps grows (it must fall towards 0; a flat curve would mean gradient masking)",
+    HISTORY_PLOT: "Training history: probe clean/PGD accuracy, loss and learning rate per epoch",
 }
 
 BIBTEX = {
@@ -392,5 +395,25 @@ def render_card(record: RunRecord, license: str | None = None, *, repo_id: str |
         eval_results=eval_results(record),
         robustbench=robustbench_block(record),
     )
-    body = _body(record, license, repo_id, recipe_yaml, files, evaluation)
-    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + body)
+    return compose(data, _body(record, license, repo_id, recipe_yaml, files, evaluation))
+
+
+def compose(data: ModelCardData, body: str) -> ModelCard:
+    """A card from its front matter and its body, without a template engine: the body holds user text (the recipe,
+    names), and a template would read ``{{``, ``{%`` or ``{#`` in it as its own syntax (huggingface_hub's
+    ``from_template`` renders with Jinja, which then fails on, or silently drops, such text). The layout is the one
+    ``from_template`` gave (front matter, a blank line, the body without its final newline), so a card is byte for
+    byte the card an earlier version wrote and an unchanged run pushes no new commit."""
+    body = body.removesuffix("\n")
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def run_card(record: RunRecord, config: Mapping[str, Any], recipe_yaml: str | None, files: Iterable[str], *,
+             evaluation: dict[str, Any] | None = None, repo_id: str | None = None) -> str:
+    """README.md of a run folder (export, ``robustify eval``) or of its pushed repo: the one place that gathers the
+    card's inputs. The license is the base model's (config.json's ``pretrained_cfg``), the recipe is shown as
+    published (:func:`public.recipe`: local paths reduced to names), ``files`` decides which plots are embedded."""
+    license_ = (config.get("pretrained_cfg") or {}).get("license")
+    shown = public.recipe(recipe_yaml, record.training.name) if recipe_yaml else None
+    return str(render_card(record, license=license_, repo_id=repo_id, recipe_yaml=shown, files=files,
+                           evaluation=evaluation))

@@ -20,7 +20,9 @@ LABELS = {"clean_acc": "clean accuracy", "autoattack_acc": "AutoAttack (standard
 
 def render_import_card(prov: Any, arch: str, num_classes: int, cfg: Mapping[str, Any],
                        measured: Mapping[str, Any] | None = None):
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCardData
+
+    from .card import compose
 
     p = prov
     name = p.zoo_name or p.filename
@@ -75,4 +77,4 @@ def render_import_card(prov: Any, arch: str, num_classes: int, cfg: Mapping[str,
               f"{tuple(round(v, 4) for v in cfg.get('mean', ()))}, std "
               f"{tuple(round(v, 4) for v in cfg.get('std', ()))}",
               "```", ""]
-    return ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n" + "\n".join(lines))
+    return compose(data, "\n".join(lines))

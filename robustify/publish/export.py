@@ -4,8 +4,9 @@
 (normalization stays in ``pretrained_cfg`` mean/std), so ``timm.create_model("local-dir:RUN_DIR", pretrained=True)``
 loads the robust weights without robustify. ``config.json`` also carries the ``robustness`` block and
 ``metrics.json`` the results, both rendered from the run's record (:mod:`robustify.publish.runrecord`), as is the card.
-Everything is written into a temporary folder beside the run folder and renamed into place file by file, readable
-by everyone (0644) like any other file the run writes.
+The weights are saved into a temporary folder inside the run folder, the other files are written beside their
+targets, and all are renamed into place (the record first, the weights last), readable by everyone (0644) like any
+other file the run writes. The file names and the all-or-none write are ``runfolder.py``'s.
 
 Must not: write anything but the run's record and its weights, or leave a half-written folder.
 """
@@ -19,15 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import timm
-import torch
 
-from ..fileio import atomic_write_text
 from ..models import RobustModel
-from . import public
-from .card import render_card
+from ..runfolder import CARD, CONFIG, EXPORT_TEMP_PREFIX, RECIPE, WEIGHTS, RunFolder
+from .card import run_card
 from .runrecord import RunRecord
-
-EXPORT_FILES = ("model.safetensors", "config.json")
 
 
 def save_backbone(model: RobustModel, folder: Path, robustness: dict[str, Any] | None = None,
@@ -67,38 +64,31 @@ def write_run_folder(run_dir: Path, model: RobustModel, record: RunRecord, recip
                      label_names: list[str] | None = None) -> None:
     """Weights + config.json (with ``record``'s robustness block), metrics.json, recipe.yaml and the card.
 
-    Every file is written into one temporary folder first, the weights are hashed there and the hash goes into the
-    record (config.json and metrics.json, :func:`runrecord.verify_weights`), and only then are the files renamed
-    into place, weights last: a full disk or a kill leaves the previous state, never weights beside another model's
+    The weights are saved into a temporary folder first and hashed there, and the hash goes into the record
+    (config.json and metrics.json, :func:`runrecord.verify_weights`); then the record, the recipe and the card replace
+    the folder's together (:meth:`RunFolder.write`: all written whole before any is renamed), and the weights are
+    renamed into place last: a full disk or a kill leaves the previous state, never weights beside another model's
     record. A write that fails for lack of space or permission is one line (:func:`write_failed`).
     """
-    from ..fileio import atomic_write_json, read_json
-    from .runrecord import WEIGHTS_FILE, file_sha256, seal
+    from ..fileio import file_sha256
 
+    folder = RunFolder(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=run_dir, prefix=".export-") as tmp:
-            tmp_dir = Path(tmp)
-            save_backbone(model, tmp_dir, None, label_names)
-            record.training.weights_sha256 = file_sha256(tmp_dir / WEIGHTS_FILE)
+        with tempfile.TemporaryDirectory(dir=run_dir, prefix=EXPORT_TEMP_PREFIX) as tmp:
+            saved = RunFolder(tmp)
+            save_backbone(model, saved.path, None, label_names)
+            record.training.weights_sha256 = file_sha256(saved / WEIGHTS)
             record.eval_sha256 = None  # an eval.json left from an earlier export describes an older record
             record.recipe_sha256 = hashlib.sha256(recipe_yaml.encode("utf-8")).hexdigest()
-            config, metrics = read_json(tmp_dir / "config.json"), record.metrics()
-            config["robustness"] = record.robustness()
-            seal(config, metrics)
-            atomic_write_json(tmp_dir / "config.json", config)
-            atomic_write_json(tmp_dir / "metrics.json", metrics)
-            atomic_write_text(tmp_dir / "recipe.yaml", recipe_yaml)
-            license_ = model.backbone.pretrained_cfg.get("license")
-            plots = [p.name for p in sorted(run_dir.glob("*.png"))]
-            card = render_card(record, license=license_, recipe_yaml=public.recipe(recipe_yaml, record.training.name),
-                               files=plots)
-            atomic_write_text(tmp_dir / "README.md", str(card))
+            config = saved.read_json(CONFIG)  # timm's, from save_for_hf
+            files: dict[str, bytes | str] = {**record.files(config), RECIPE: recipe_yaml,
+                                             CARD: run_card(record, config, recipe_yaml, folder.plots())}
             # the record first, the weights it names last: a kill in between leaves a mismatch that every command
             # refuses (and --resume re-exports), never a record that silently describes other weights
-            for name in ("config.json", "metrics.json", "recipe.yaml", "README.md", WEIGHTS_FILE):
-                os.chmod(tmp_dir / name, 0o644)  # save_for_hf's files inherit the private temporary folder's 0600
-                os.replace(tmp_dir / name, run_dir / name)  # same file system: an atomic rename
+            folder.write(files)
+            os.chmod(saved / WEIGHTS, 0o644)  # save_for_hf's files inherit the private temporary folder's 0600
+            os.replace(saved / WEIGHTS, folder / WEIGHTS)  # same file system: an atomic rename
     except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type
         raise write_failed(e, run_dir, "the run folder's model files") from None
 
@@ -113,9 +103,3 @@ def write_failed(error: BaseException, run_dir: Path, what: str) -> BaseExceptio
         return error
     return UserError(f"{what} could not be written in {run_dir}: {cause}; nothing was changed there (the checkpoints "
                      f"are kept); free space and write them with: robustify finetune --output-dir {run_dir} --resume")
-
-
-def load_state_dict_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(str(path))

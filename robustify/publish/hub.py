@@ -30,14 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import runlock
+from .. import runfolder, runlock
 from ..errors import UserError
+from ..runfolder import CARD, CHECKPOINTS, CONFIG, EPS_CURVE_PLOT, EVAL, HISTORY, HISTORY_PLOT, METRICS, RECIPE, WEIGHTS
 from . import public, runrecord
-from .runrecord import RunRecord, eps_text
+from .runrecord import RunRecord, eps_text, json_bytes
 
-PUSH_FILES = ("model.safetensors", "config.json", "metrics.json", "recipe.yaml", "history.json", "eval.json")
-PUSH_PATTERNS = ("*.png",)  # plots: history.png, eps_curve.png, ...
-REQUIRED = ("model.safetensors", "config.json", "metrics.json", "recipe.yaml")
+PUSH_FILES = (WEIGHTS, CONFIG, METRICS, RECIPE, HISTORY, EVAL)  # then the plots (runfolder.PLOTS)
 PICKLE_PATTERNS = ("*.bin", "*.pth", "*.pt", "*.pkl", "*.pickle", "*.ckpt", "*.pth.tar")
 TOKEN_HELP = "set HF_TOKEN or run 'hf auth login'"
 TRUST_FLAG = "--trust-pickle"
@@ -50,8 +49,8 @@ class HubTransferError(UserError):
 
 
 @dataclass
-class RunFolder:
-    """What ``push`` publishes, read and checked once."""
+class FinishedRun:
+    """What ``push`` (and ``zoo add``) publishes, read and checked once."""
 
     path: Path
     record: RunRecord
@@ -59,6 +58,7 @@ class RunFolder:
     license: str | None
     recipe_yaml: str  # as published (public.recipe)
     files: list[str] = field(default_factory=list)  # names relative to path, in upload order
+    recipe_text: str = ""  # recipe.yaml as the run wrote it (the card shows it through public.recipe)
 
 
 @dataclass
@@ -88,81 +88,71 @@ def _has_results(metrics: Any) -> bool:
     return any(isinstance(after[k], (int, float)) for k in robust)  # autoattack_acc or e.g. autoattack_quick_acc
 
 
-def read_run_folder(run_dir: str | Path) -> RunFolder:
+def read_run_folder(run_dir: str | Path) -> FinishedRun:
     """Check that ``run_dir`` is a finished, evaluated run folder and read its record."""
-    path = Path(run_dir).expanduser()
-    what = f"run folder {str(path)!r}"
+    folder = runfolder.RunFolder(run_dir)
+    path, what = folder.path, folder.what
     if not path.is_dir():
         raise UserError(f"{what} does not exist; give the --output-dir of a finished 'robustify finetune'")
-    missing = [n for n in REQUIRED if not (path / n).is_file()]
+    missing = folder.missing(runfolder.FINISHED_FILES)
     if missing:
         hint = " (an interrupted run? finish it with 'robustify finetune --output-dir RUN_DIR --resume')" if (
-            path / "checkpoints").is_dir() else ""
+            folder / CHECKPOINTS).is_dir() else ""
         raise UserError(f"{what} is not a finished run: missing {', '.join(missing)}{hint}")
-    metrics = _read_json(path / "metrics.json", what)
+    metrics = folder.read_json(METRICS)
     if not _has_results(metrics):
-        raise UserError(f"{what} has no evaluation results (metrics.json needs after.clean_acc and after.pgd_acc or "
+        raise UserError(f"{what} has no evaluation results ({METRICS} needs after.clean_acc and after.pgd_acc or "
                         "after.autoattack_acc); refusing to publish a model whose robustness was not measured")
-    config = _read_json(path / "config.json", what)
-    robustness = config.get("robustness") if isinstance(config, dict) else None
-    if not isinstance(robustness, dict) or not {"threat_model", "method", "dataset"} <= set(robustness):
-        raise UserError(f"{what}: config.json has no 'robustness' block (threat model, method, data set); was it "
-                        "written by 'robustify finetune'?")
-    record = RunRecord.from_dicts(robustness, metrics, name=path.name)
+    config = folder.read_json(CONFIG)
+    record = RunRecord.from_files(config, metrics, path.name, what, need=("threat_model", "method", "dataset"))
     if not record.evaluations:
         raise UserError(f"{what} has no evaluation results; refusing to publish a model whose robustness was not "
                         "measured")
     license_ = (config.get("pretrained_cfg") or {}).get("license")
-    files = [n for n in PUSH_FILES if (path / n).is_file()]
-    files += sorted(p.name for pat in PUSH_PATTERNS for p in path.glob(pat) if p.is_file())
+    files = [n for n in PUSH_FILES if folder.has(n)] + folder.plots()
     if record.eval_sha256 is None:  # an eval.json the record does not name describes another record: not published
-        files = [n for n in files if n not in ("eval.json", "eps_curve.png")]
-    elif not (path / "eval.json").is_file() or runrecord.file_sha256(path / "eval.json") != record.eval_sha256:
-        raise UserError(f"{what}: eval.json is missing or not the one 'robustify eval' wrote with this record, so "
+        files = [n for n in files if n not in (EVAL, EPS_CURVE_PLOT)]
+    elif not folder.has(EVAL) or runrecord.file_sha256(folder / EVAL) != record.eval_sha256:
+        raise UserError(f"{what}: {EVAL} is missing or not the one 'robustify eval' wrote with this record, so "
                         f"its details cannot be published with the card; run 'robustify eval {path}' again")
     try:
-        recipe = public.recipe((path / "recipe.yaml").read_text(encoding="utf-8"), record.training.name)
-    except (OSError, ValueError) as e:  # ValueError: not UTF-8 text
-        raise UserError(f"{what}: recipe.yaml cannot be read ({str(e).splitlines()[0]}); restore the run's own "
-                        "recipe.yaml") from None
-    return RunFolder(path, record, config, license_, recipe, files)
+        text = folder.read_text(RECIPE)
+    except UserError as e:
+        raise UserError(f"{e}; restore the run's own {RECIPE}") from None
+    return FinishedRun(path, record, config, license_, public.recipe(text, record.training.name), files, text)
 
 
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
-
-
-def _public_eval(run: RunFolder) -> dict[str, Any] | None:
+def _public_eval(run: FinishedRun) -> dict[str, Any] | None:
     """eval.json as published (no local model or data path), or None when it is not a JSON object."""
     try:
-        report = json.loads((run.path / "eval.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        report = runfolder.RunFolder(run.path).read_json(EVAL)
+    except UserError:
         return None
     if not isinstance(report, dict):
         return None
     return runrecord.public_report(report, f"this model ({run.record.training.name})")
 
 
-def publish_contents(run: RunFolder, repo_id: str) -> dict[str, bytes | Path]:
+def publish_contents(run: FinishedRun, repo_id: str) -> dict[str, bytes | Path]:
     """Every file ``push`` uploads, by name: rendered from the record where it describes the run, else the file."""
-    from .card import render_card
+    import dataclasses
 
-    evaluation = _public_eval(run) if "eval.json" in run.files else None
-    config, metrics = dict(run.config) | {"robustness": run.record.robustness()}, run.record.metrics()
-    if evaluation is not None:  # the published eval.json is rendered (no local paths): the record names that one
-        metrics[runrecord.EVAL_KEY] = hashlib.sha256(_json_bytes(evaluation)).hexdigest()
-    metrics[runrecord.RECIPE_KEY] = hashlib.sha256(run.recipe_yaml.encode("utf-8")).hexdigest()  # as published
-    runrecord.seal(config, metrics)  # pull checks the pair as pushed
-    rendered: dict[str, bytes] = {"config.json": _json_bytes(config), "metrics.json": _json_bytes(metrics),
-                                  "recipe.yaml": run.recipe_yaml.encode("utf-8")}
+    from .card import run_card
+
+    evaluation = _public_eval(run) if EVAL in run.files else None
+    # the published eval.json and recipe are rendered (no local paths): the pushed record names those, and pull
+    # checks the pair of record files as pushed
+    published = dataclasses.replace(
+        run.record, eval_sha256=hashlib.sha256(json_bytes(evaluation)).hexdigest() if evaluation is not None else
+        run.record.eval_sha256, recipe_sha256=hashlib.sha256(run.recipe_yaml.encode("utf-8")).hexdigest())
+    rendered: dict[str, bytes] = published.files(run.config) | {RECIPE: run.recipe_yaml.encode("utf-8")}
     if evaluation is not None:
-        rendered["eval.json"] = _json_bytes(evaluation)
-    if "history.json" in run.files:  # from the sealed record, never the loose file (paths in notes redacted)
-        rendered["history.json"] = _json_bytes(public.redact_all(run.record.history))
+        rendered[EVAL] = json_bytes(evaluation)
+    if HISTORY in run.files:  # from the sealed record, never the loose file (paths in notes redacted)
+        rendered[HISTORY] = json_bytes(public.redact_all(run.record.history))
     rendered |= _rendered_plots(run, evaluation)
-    card = render_card(run.record, license=run.license, repo_id=repo_id, recipe_yaml=run.recipe_yaml,
-                       files=run.files, evaluation=evaluation)
-    contents: dict[str, bytes | Path] = {"README.md": str(card).encode("utf-8")}
+    card = run_card(run.record, run.config, run.recipe_text, run.files, evaluation=evaluation, repo_id=repo_id)
+    contents: dict[str, bytes | Path] = {CARD: card.encode("utf-8")}
     for name in run.files:
         contents[name] = rendered.get(name, run.path / name)
     import contextlib
@@ -170,11 +160,11 @@ def publish_contents(run: RunFolder, repo_id: str) -> dict[str, bytes | Path]:
     from .robustbench import NotComparable, model_info
 
     with contextlib.suppress(NotComparable):  # RobustBench's model_info, only from an evaluation on its protocol
-        contents["robustbench.json"] = _json_bytes(model_info(run.record, link=f"https://huggingface.co/{repo_id}"))
+        contents["robustbench.json"] = json_bytes(model_info(run.record, link=f"https://huggingface.co/{repo_id}"))
     return contents
 
 
-def _rendered_plots(run: RunFolder, evaluation: dict[str, Any] | None) -> dict[str, bytes]:
+def _rendered_plots(run: FinishedRun, evaluation: dict[str, Any] | None) -> dict[str, bytes]:
     """history.png and eps_curve.png drawn again from the record and the verified eval.json: a plot is numbers
     too, and a loose PNG in the folder may belong to another run."""
     import tempfile
@@ -183,12 +173,12 @@ def _rendered_plots(run: RunFolder, evaluation: dict[str, Any] | None) -> dict[s
 
     out: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="robustify-plots-") as tmp:
-        if "history.png" in run.files and run.record.history:
-            plot_history(run.record.history, Path(tmp) / "history.png")
-            out["history.png"] = (Path(tmp) / "history.png").read_bytes()
-        if "eps_curve.png" in run.files and evaluation is not None and "eps_curve" in evaluation:
-            plot_eps_curve(evaluation, Path(tmp) / "eps_curve.png")
-            out["eps_curve.png"] = (Path(tmp) / "eps_curve.png").read_bytes()
+        if HISTORY_PLOT in run.files and run.record.history:
+            plot_history(run.record.history, Path(tmp) / HISTORY_PLOT)
+            out[HISTORY_PLOT] = (Path(tmp) / HISTORY_PLOT).read_bytes()
+        if EPS_CURVE_PLOT in run.files and evaluation is not None and "eps_curve" in evaluation:
+            plot_eps_curve(evaluation, Path(tmp) / EPS_CURVE_PLOT)
+            out[EPS_CURVE_PLOT] = (Path(tmp) / EPS_CURVE_PLOT).read_bytes()
     return out
 
 
@@ -252,7 +242,7 @@ def resolve_token(required: bool) -> str | None:
     return token
 
 
-def _one_line(e: BaseException, token: str | None) -> str:
+def one_line(e: BaseException, token: str | None) -> str:
     """A one-line description of a client error, with the token (if a server echoed it) masked."""
     text = re.sub(r"\s*For more information check: \S+", "", " ".join(str(e).split())) or type(e).__name__
     if token:
@@ -260,7 +250,7 @@ def _one_line(e: BaseException, token: str | None) -> str:
     return text[:400]
 
 
-def _check_repo_id(repo_id: str) -> str:
+def check_repo_id(repo_id: str) -> str:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     repo_id = repo_id.removeprefix("hf-hub:")
@@ -312,7 +302,7 @@ def push(run_dir: str | Path, repo_id: str, private: bool = False, revision: str
          commit_message: str | None = None) -> PushResult:
     """Publish ``run_dir`` to ``repo_id`` (created when missing) in one commit on ``revision`` (default main),
     holding the run folder's lock meanwhile."""
-    repo_id = _check_repo_id(repo_id)
+    repo_id = check_repo_id(repo_id)
     locked = _lock_for_push(Path(run_dir).expanduser())
     try:
         return _push(run_dir, repo_id, private, revision, commit_message)
@@ -387,7 +377,7 @@ def _safe_head(api: Any, repo_id: str, branch: str) -> str | None | bool:
 def _push_error(e: BaseException, repo_id: str, token: str | None, stage: str, changed: bool | None,
                 head: str | None = None, branch: str = "main", created: bool = False) -> UserError:
     status = _status(e)
-    reason = _one_line(e, token)
+    reason = one_line(e, token)
     if status == 401:
         return UserError(f"push to {repo_id} refused: the token was not accepted ({TOKEN_HELP} with a valid token)")
     if status == 403:
@@ -422,7 +412,7 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | Path | None
 
     from ..models import hub_reachable
 
-    repo_id = _check_repo_id(repo_id)
+    repo_id = check_repo_id(repo_id)
     if local_dir is not None:
         local_dir = check_local_dir(local_dir)
     token = resolve_token(required=False)
@@ -439,7 +429,7 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | Path | None
         hint = "" if token else f" (if it is private, {TOKEN_HELP})"
         raise UserError(f"model repo {repo_id} not found{hint}") from None
     except Exception as e:  # noqa: BLE001
-        raise HubTransferError(f"pull {repo_id} failed while listing files ({_one_line(e, token)})") from None
+        raise HubTransferError(f"pull {repo_id} failed while listing files ({one_line(e, token)})") from None
 
     safe = [f for f in files if f.endswith(".safetensors")]
     pickles = [f for f in files if _matches(f, PICKLE_PATTERNS)]
@@ -456,7 +446,7 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | Path | None
         folder = snapshot_download(repo_id, revision=revision, local_dir=local_dir, ignore_patterns=ignore,
                                    token=token)
     except Exception as e:  # noqa: BLE001
-        raise HubTransferError(f"pull {repo_id} failed while downloading ({_one_line(e, token)}); files already "
+        raise HubTransferError(f"pull {repo_id} failed while downloading ({one_line(e, token)}); files already "
                                "downloaded stay in the cache, run the same command again") from None
     folder_path = Path(folder)
     info = verify_loads(folder_path, f"{repo_id} (downloaded to {folder_path})")

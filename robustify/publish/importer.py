@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fileio import file_sha256
+from ..runfolder import CARD, CONFIG, EVAL, RunFolder
 from . import converters
 
 HUB_SOURCE = re.compile(r"hf-hub:([A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*)/(.+)")
@@ -100,7 +101,7 @@ def fetch(repo_id: str, filename: str, revision: str | None, trust_pickle: bool)
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     from ..models import hub_reachable
-    from .hub import HubTransferError, _one_line, resolve_token
+    from .hub import HubTransferError, one_line, resolve_token
 
     if converters.is_pickle(Path(filename)) and not trust_pickle:  # refuse before downloading anything
         raise UserError(f"hf-hub:{repo_id}/{filename} is a pickle, which can run code when loaded; refusing to "
@@ -122,7 +123,7 @@ def fetch(repo_id: str, filename: str, revision: str | None, trust_pickle: bool)
     except RepositoryNotFoundError:
         raise UserError(f"model repo {repo_id} not found (if it is private, set HF_TOKEN)") from None
     except Exception as e:  # noqa: BLE001
-        raise HubTransferError(f"import from {repo_id} failed while listing files ({_one_line(e, token)})") from None
+        raise HubTransferError(f"import from {repo_id} failed while listing files ({one_line(e, token)})") from None
     if filename not in files:
         close = [f for f in files if f.rsplit("/", 1)[-1].split(".")[0] == Path(filename).stem.split(".")[0]] or \
             [f for f in files if not f.startswith(".")][:6]
@@ -131,7 +132,7 @@ def fetch(repo_id: str, filename: str, revision: str | None, trust_pickle: bool)
     try:
         path = Path(hf_hub_download(repo_id, filename, revision=info.sha, token=token))
     except Exception as e:  # noqa: BLE001 - a cut connection, a size mismatch: nothing usable was kept
-        raise HubTransferError(f"import from {repo_id} failed while downloading {filename} ({_one_line(e, token)}); "
+        raise HubTransferError(f"import from {repo_id} failed while downloading {filename} ({one_line(e, token)}); "
                                "run the same command again") from None
     return path, str(info.sha)
 
@@ -279,7 +280,7 @@ def import_checkpoint(source: str, out_dir: str | Path, arch: str | None = None,
         if not diff <= LOGITS_TOL:
             raise UserError(f"{what}: the written folder does not reproduce the converted model (max logit "
                             f"difference {diff:.3g}); nothing was written")
-        (tmp / "README.md").write_text(str(render_import_card(prov, arch, model.num_classes, cfg)), encoding="utf-8")
+        (tmp / CARD).write_text(str(render_import_card(prov, arch, model.num_classes, cfg)), encoding="utf-8")
         for p in tmp.iterdir():
             os.chmod(p, 0o644)
         os.chmod(tmp, 0o755)
@@ -295,8 +296,8 @@ def import_checkpoint(source: str, out_dir: str | Path, arch: str | None = None,
 def read_provenance(folder: Path) -> dict[str, Any] | None:
     """config.json's ``import`` block of an imported folder (None for any other folder)."""
     try:
-        block = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("import")
-    except (OSError, ValueError, AttributeError):
+        block = RunFolder(folder).read_json(CONFIG).get("import")
+    except (UserError, AttributeError):
         return None
     return block if isinstance(block, dict) else None
 
@@ -312,17 +313,17 @@ def refresh_card(folder: Path) -> Path:
     if block is None:
         raise UserError(f"--refresh-card {str(folder)!r}: not a folder written by 'robustify import' (config.json "
                         "has no 'import' block)")
-    cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    cfg = RunFolder(folder).read_json(CONFIG)
     known = {f for f in Provenance.__dataclass_fields__}
     prov = Provenance(**{k: v for k, v in block.items() if k in known})
     prov.reported = [Reported(**r) for r in block.get("reported", [])]
     measured = None
-    if (folder / "eval.json").is_file():
+    if (folder / EVAL).is_file():
         try:
-            measured = json.loads((folder / "eval.json").read_text(encoding="utf-8"))
+            measured = json.loads((folder / EVAL).read_text(encoding="utf-8"))
         except ValueError:
-            raise UserError(f"{folder / 'eval.json'} is not valid JSON; run robustify eval again") from None
+            raise UserError(f"{folder / EVAL} is not valid JSON; run robustify eval again") from None
     card = render_import_card(prov, cfg.get("architecture", "?"), int(cfg.get("num_classes", 0)),
                               cfg.get("pretrained_cfg", {}), measured)
-    atomic_write_text(folder / "README.md", str(card))
-    return folder / "README.md"
+    atomic_write_text(folder / CARD, str(card))
+    return folder / CARD

@@ -1,6 +1,8 @@
 """The typed record of a run folder: what was trained, from what, on what, and every evaluation of it.
 
-One module defines it, writes it and reads it back; everything else renders from it:
+One module defines it, writes it and reads it back (:meth:`RunRecord.files` is the one writer of its two files,
+:meth:`RunRecord.read` / :meth:`RunRecord.from_files` the one reader; the files' names and their atomic reading and
+writing are ``runfolder.py``'s); everything else renders from it:
 
 - ``metrics.json``: ``before`` / ``after`` (the DESIGN.md contract: ``clean_acc``, ``pgd_acc``, ``pgd``, and the
   standard ``autoattack_acc`` when run), ``history``, ``cost``, plus ``evaluations``: every evaluation ever made of
@@ -33,10 +35,11 @@ from typing import Any
 
 from ..errors import UserError
 from ..fileio import file_sha256
+from ..runfolder import CONFIG, METRICS, RECIPE, WEIGHTS, RunFolder
 from . import public
 
 SCHEMA = 3  # 1: the inline blocks before this module (read as legacy); 3: the record names its weights' sha256
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = WEIGHTS  # the weights the record names (the file name is runfolder.py's)
 HASH_KEY = "weights_sha256"  # in config.json's robustness block and in metrics.json: the exported weights' sha256
 SEAL_KEY = "record_sha256"  # in both: the digest of config.json + metrics.json together (:func:`seal`)
 EVAL_KEY = "eval_sha256"  # in metrics.json: the sha256 of the eval.json that robustify eval wrote beside it
@@ -421,33 +424,44 @@ class RunRecord:
         }
 
     # ---- files
-    def write(self, run_dir: Path) -> None:
-        """metrics.json, and the ``robustness`` block of an existing config.json (timm's fields are kept)."""
-        from ..fileio import atomic_write_json, read_json
+    def files(self, config: Mapping[str, Any]) -> dict[str, bytes]:
+        """config.json (``config``'s fields, timm's, with this record's ``robustness`` block) and metrics.json,
+        sealed together (:func:`seal`): the one writer of the record, whether the files go into a run folder (export,
+        ``robustify eval``, :meth:`write`) or into a pushed repo."""
+        import copy
 
-        metrics = self.metrics()
-        config_path = run_dir / "config.json"
-        if config_path.is_file():
-            config = read_json(config_path)
-            config["robustness"] = self.robustness()
-            seal(config, metrics)
-            atomic_write_json(config_path, config)
-        atomic_write_json(run_dir / "metrics.json", metrics)
+        config, metrics = copy.deepcopy(dict(config)), self.metrics()
+        config["robustness"] = self.robustness()
+        seal(config, metrics)
+        return {CONFIG: json_bytes(config), METRICS: json_bytes(metrics)}
+
+    def write(self, run_dir: Path) -> None:
+        """metrics.json, and the ``robustness`` block of an existing config.json (timm's fields are kept); both
+        replaced together. Without a config.json (a folder being assembled) only metrics.json is written."""
+        folder = RunFolder(run_dir)
+        if folder.has(CONFIG):
+            folder.write(self.files(folder.read_json(CONFIG)))
+        else:
+            folder.write({METRICS: json_bytes(self.metrics())})
 
     @classmethod
     def read(cls, run_dir: Path) -> RunRecord:
         """The record of ``run_dir`` (config.json's robustness block + metrics.json), older folders included."""
-        from ..fileio import read_json
+        folder = RunFolder(run_dir)
+        config, metrics = folder.read_record_files()
+        return cls.from_files(config, metrics, folder.path.name, folder.what)
 
-        what = f"run folder {str(run_dir)!r}"
-        try:
-            config, metrics = read_json(run_dir / "config.json"), read_json(run_dir / "metrics.json")
-        except (OSError, ValueError) as e:
-            raise UserError(f"{what}: cannot read its JSON files ({str(e).splitlines()[0]})") from None
+    @classmethod
+    def from_files(cls, config: Any, metrics: Any, name: str, what: str,
+                   need: tuple[str, ...] = ("threat_model",)) -> RunRecord:
+        """The record in a run folder's config.json and metrics.json as read (:meth:`RunFolder.read_record_files`);
+        a config.json without a ``robustness`` block holding ``need`` (a plain timm folder) is one line."""
         robustness = config.get("robustness") if isinstance(config, dict) else None
-        if not isinstance(robustness, dict) or not isinstance(metrics, dict):
-            raise UserError(f"{what}: config.json has no 'robustness' block; was it written by 'robustify finetune'?")
-        return cls.from_dicts(robustness, metrics, name=run_dir.name)
+        if not isinstance(robustness, dict) or not set(need) <= set(robustness) or not isinstance(metrics, dict):
+            held = " (threat model, method, data set)" if len(need) > 1 else ""
+            raise UserError(f"{what}: {CONFIG} has no 'robustness' block{held}; was it written by 'robustify "
+                            "finetune'?")
+        return cls.from_dicts(robustness, metrics, name=name)
 
     @classmethod
     def from_dicts(cls, robustness: Mapping[str, Any], metrics: Mapping[str, Any], name: str = "run") -> RunRecord:
@@ -499,6 +513,13 @@ class RunRecord:
         return cls(training, evaluations, list(metrics.get("history") or []), cost,
                    eval_sha256=metrics.get(EVAL_KEY) if isinstance(metrics.get(EVAL_KEY), str) else None,
                    recipe_sha256=metrics.get(RECIPE_KEY) if isinstance(metrics.get(RECIPE_KEY), str) else None)
+
+
+def json_bytes(obj: Any) -> bytes:
+    """A record file's bytes: indented JSON and a final newline (every JSON file of a run folder has this form)."""
+    import json
+
+    return (json.dumps(obj, indent=2) + "\n").encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------- binding record and weights
@@ -563,25 +584,19 @@ def verify_weights(run_dir: Path, config: Any = None, metrics: Any = None, what:
                    fix: str | None = None) -> str | None:
     """Refuse (one line) a run folder whose ``model.safetensors`` is not the file its record describes: weights
     copied in from another run, or damaged on disk. Returns the verified sha256 (None for a pre-schema-3 folder)."""
-    from ..fileio import read_json
-
-    run_dir = Path(run_dir)
-    what = what or f"run folder {str(run_dir)!r}"
-    try:
-        config = read_json(run_dir / "config.json") if config is None else config
-        metrics = read_json(run_dir / "metrics.json") if metrics is None else metrics
-    except (OSError, ValueError) as e:
-        raise UserError(f"{what}: cannot read its JSON files ({str(e).splitlines()[0]})") from None
+    folder = RunFolder(run_dir, what)
+    run_dir, what = folder.path, folder.what
+    config = folder.read_json(CONFIG) if config is None else config
+    metrics = folder.read_json(METRICS) if metrics is None else metrics
     expected = recorded_weights_hash(config, metrics, what, run_dir)
     if expected is None:
         return None
     check_seal(config, metrics, what, fix or f"restore the run's own files (robustify finetune --output-dir {run_dir} "
                "--resume re-exports them from the last checkpoint)")
     recipe = metrics.get(RECIPE_KEY) if isinstance(metrics, Mapping) else None
-    restore = "restore the run's own recipe.yaml"
-    if isinstance(recipe, str) and (not (run_dir / "recipe.yaml").is_file()
-                                    or file_sha256(run_dir / "recipe.yaml") != recipe):
-        raise UserError(f"{what}: recipe.yaml is missing or not the recipe the weights were trained with (its sha256 "
+    restore = f"restore the run's own {RECIPE}"
+    if isinstance(recipe, str) and (not folder.has(RECIPE) or file_sha256(folder / RECIPE) != recipe):
+        raise UserError(f"{what}: {RECIPE} is missing or not the recipe the weights were trained with (its sha256 "
                         f"differs from the record's); {fix or restore}")
     path = run_dir / WEIGHTS_FILE
     if not path.is_file():

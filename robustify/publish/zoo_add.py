@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .hub import RunFolder, read_run_folder
+from ..runfolder import CARD, CONFIG, WEIGHTS
+from .hub import FinishedRun, read_run_folder
 
 
 @dataclass
@@ -42,9 +43,9 @@ def fetch_published(repo_id: str, revision: str | None = None) -> Published:
     from huggingface_hub import HfApi, ModelCard, hf_hub_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
-    from .hub import HubTransferError, _check_repo_id, _one_line, resolve_token
+    from .hub import HubTransferError, check_repo_id, one_line, resolve_token
 
-    repo_id = _check_repo_id(repo_id)
+    repo_id = check_repo_id(repo_id)
     token = resolve_token(required=False)
     api = HfApi(token=token)
     try:
@@ -56,33 +57,33 @@ def fetch_published(repo_id: str, revision: str | None = None) -> Published:
         raise UserError(f"model repo {repo_id} not found: push the run first ('robustify push RUN --repo-id "
                         f"{repo_id}')") from None
     except Exception as e:  # noqa: BLE001
-        raise HubTransferError(f"zoo add: reading {repo_id} failed ({_one_line(e, token)})") from None
+        raise HubTransferError(f"zoo add: reading {repo_id} failed ({one_line(e, token)})") from None
     paths: dict[str, Path] = {}
     block = config = weights_sha256 = None
     try:
-        for name in ("README.md", "config.json"):
+        for name in (CARD, CONFIG):
             if name in files:
                 paths[name] = Path(hf_hub_download(repo_id, name, revision=info.sha, token=token))
-        if "model.safetensors" in files:  # its sha256 from the Hub's LFS pointer: the weights are not downloaded
-            entry = api.get_paths_info(repo_id, ["model.safetensors"], revision=info.sha)[0]
+        if WEIGHTS in files:  # its sha256 from the Hub's LFS pointer: the weights are not downloaded
+            entry = api.get_paths_info(repo_id, [WEIGHTS], revision=info.sha)[0]
             lfs = getattr(entry, "lfs", None)
             if lfs is not None:
                 weights_sha256 = lfs.sha256
             else:  # stored without LFS (a tiny model): hash the file itself
                 from ..fileio import file_sha256
 
-                weights_sha256 = file_sha256(Path(hf_hub_download(repo_id, "model.safetensors", revision=info.sha,
+                weights_sha256 = file_sha256(Path(hf_hub_download(repo_id, WEIGHTS, revision=info.sha,
                                                                   token=token)))
     except Exception as e:  # noqa: BLE001
-        raise HubTransferError(f"zoo add: downloading from {repo_id} failed ({_one_line(e, token)})") from None
-    if "README.md" in paths:
+        raise HubTransferError(f"zoo add: downloading from {repo_id} failed ({one_line(e, token)})") from None
+    if CARD in paths:
         try:
-            block = ModelCard.load(paths["README.md"]).data.to_dict().get("robustbench")
+            block = ModelCard.load(paths[CARD]).data.to_dict().get("robustbench")
         except Exception:  # noqa: BLE001 - an unparsable card is reported by the check below
             block = None
-    if "config.json" in paths:
+    if CONFIG in paths:
         try:
-            config = json.loads(paths["config.json"].read_text(encoding="utf-8"))
+            config = json.loads(paths[CONFIG].read_text(encoding="utf-8"))
         except ValueError:
             config = None
     return Published(repo_id, str(info.sha), files, block if isinstance(block, dict) else None, config, paths,
@@ -99,13 +100,13 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def check_weights_present(run: RunFolder, pub: Published) -> str | None:
-    if "model.safetensors" not in pub.files:
+def check_weights_present(run: FinishedRun, pub: Published) -> str | None:
+    if WEIGHTS not in pub.files:
         return "the repo has no model.safetensors"
     return None
 
 
-def check_weights_hash(run: RunFolder, pub: Published) -> str | None:
+def check_weights_hash(run: FinishedRun, pub: Published) -> str | None:
     """The published weights are the run's own: the sha256 its record names (verified against the local file when
     the run folder was read)."""
     want = run.record.training.weights_sha256
@@ -117,7 +118,7 @@ def check_weights_hash(run: RunFolder, pub: Published) -> str | None:
     return None
 
 
-def check_card(run: RunFolder, pub: Published) -> str | None:
+def check_card(run: FinishedRun, pub: Published) -> str | None:
     from .card import robustbench_block
 
     if pub.card_block is None:
@@ -129,7 +130,7 @@ def check_card(run: RunFolder, pub: Published) -> str | None:
     return None
 
 
-def check_config(run: RunFolder, pub: Published) -> str | None:
+def check_config(run: FinishedRun, pub: Published) -> str | None:
     robustness = (pub.config or {}).get("robustness")
     if not isinstance(robustness, dict):
         return "the published config.json has no robustness block"
@@ -141,7 +142,7 @@ def check_config(run: RunFolder, pub: Published) -> str | None:
 
 
 # Each check compares the run with the published repo; append one to check more (it returns the mismatch or None).
-CHECKS: list[Callable[[RunFolder, Published], str | None]] = [check_weights_present, check_card, check_config,
+CHECKS: list[Callable[[FinishedRun, Published], str | None]] = [check_weights_present, check_card, check_config,
                                                               check_weights_hash]
 
 

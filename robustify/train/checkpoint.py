@@ -41,7 +41,15 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import UserError
 from ..fileio import atomic_write_json, file_sha256
-from ..runfolder import CHECKPOINTS, STATE_FILE, checkpoint_dirs  # noqa: F401  (the layout is shared)
+from ..runfolder import (  # noqa: F401  (the layout is runfolder.py's; tests and the trainer import it from here)
+    CHECKPOINTS,
+    RECIPE,
+    STATE_FILE,
+    checkpoint_dirs,
+    checkpoint_folders,
+    checkpoint_path,
+    checkpoint_temp_path,
+)
 
 BEST_FILE = "best.safetensors"
 MANIFEST = "manifest.json"  # every file of the checkpoint with its size and sha256, written last
@@ -115,9 +123,7 @@ def save_checkpoint(accelerator: Accelerator, run_dir: Path, state: TrainState, 
 
     Every process takes part: Accelerate writes the model/optimizer from the main process and RNG states from each.
     """
-    root = Path(run_dir) / CHECKPOINTS
-    final = root / f"ckpt_{state.progress:09d}"
-    tmp = root / f".tmp_ckpt_{state.progress:09d}"
+    final, tmp = checkpoint_path(run_dir, state.progress), checkpoint_temp_path(run_dir, state.progress)
     if _writes_here(accelerator) and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
@@ -267,9 +273,9 @@ def resume_changes(saved: dict[str, Any], current: dict[str, Any]) -> tuple[list
     a larger ``train.epochs`` (extending the run), explained in ``notes``. A key that a later robustify added is
     compared as its default, so a checkpoint made before it existed still resumes.
     """
-    from ..config import FinetuneConfig, _flatten
+    from ..config import FinetuneConfig, flatten
 
-    defaults = _flatten(FinetuneConfig().to_dict())  # a key added after the checkpoint was made: it had the default
+    defaults = flatten(FinetuneConfig().to_dict())  # a key added after the checkpoint was made: it had the default
     refused, notes = [], []
     for key in sorted(set(saved) | set(current)):
         old, new = saved.get(key, defaults.get(key)), current.get(key, defaults.get(key))
@@ -337,22 +343,13 @@ def damage(folder: Path) -> str | None:
     return None
 
 
-def _listed(run_dir: Path) -> list[Path]:
-    """Every checkpoint folder, complete or not, oldest first (a damaged one may lack its state file)."""
-    root = Path(run_dir) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("ckpt_") and p.name[5:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
 def choose_checkpoint(run_dir: Path, is_main: bool = True, say: Any = print, among: set[str] | None = None) -> Path:
     """The newest intact checkpoint of ``run_dir`` (of those named in ``among``, when given: the ones every node
     holds): each is verified (:func:`damage`), newest first; a damaged one is reported in one line and moved aside
     (``checkpoints/damaged_ckpt_*``, kept for inspection, never resumed or counted again). None intact: a
     :class:`UserError` that says so and how to start the run again."""
     damaged: list[str] = []
-    for folder in reversed([f for f in _listed(run_dir) if among is None or f.name in among]):
+    for folder in reversed([f for f in checkpoint_folders(run_dir) if among is None or f.name in among]):
         why = damage(folder)
         if why is None:
             if damaged:
@@ -364,7 +361,7 @@ def choose_checkpoint(run_dir: Path, is_main: bool = True, say: Any = print, amo
             with contextlib.suppress(OSError):
                 folder.rename(aside)
         damaged.append(f"checkpoint {folder.name} is damaged ({why}; moved to {CHECKPOINTS}/{aside.name})")
-    recipe = Path(run_dir) / "recipe.yaml"
+    recipe = Path(run_dir) / RECIPE
     start = (f"robustify finetune --recipe {recipe}" if recipe.is_file() else
              "robustify finetune --recipe RECIPE --output-dir NEW_DIR")
     raise UserError(f"no intact checkpoint to resume from in {Path(run_dir) / CHECKPOINTS}"
@@ -376,9 +373,9 @@ def choose_checkpoint(run_dir: Path, is_main: bool = True, say: Any = print, amo
 def run_fingerprint(cfg: Any, loaders: Any = None) -> dict[str, Any]:
     """What makes a run this run: its resolved recipe (without the keys a resume may change) and its data as the
     loaders saw it (spec, split sizes, classes, the held-out probe indices' hash). Stored in every checkpoint."""
-    from ..config import _flatten
+    from ..config import flatten
 
-    recipe = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in RESUME_MAY_CHANGE}
+    recipe = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in RESUME_MAY_CHANGE}
     fp: dict[str, Any] = {"recipe": recipe,
                           "recipe_sha256": hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode())
                           .hexdigest()}
@@ -425,7 +422,7 @@ def recipe_file_edited(run_dir: Path) -> bool:
     """True when the folder's recipe.yaml no longer matches the sha256 stamp the run wrote into it."""
     from ..config import recipe_stamp_ok
 
-    path = Path(run_dir) / "recipe.yaml"
+    path = Path(run_dir) / RECIPE
     try:
         return recipe_stamp_ok(path.read_bytes()) is False
     except OSError:

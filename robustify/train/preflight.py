@@ -18,6 +18,7 @@ import torch
 
 from ..config import FinetuneConfig, expand_stages, stage_notes
 from ..errors import UserError
+from ..runfolder import CONFIG
 from . import pure_bf16
 from .freeze import frozen_names
 from .hardware import refuse_fp16
@@ -39,7 +40,7 @@ def architecture_of(name: str) -> str | None:
         return None
     folder = Path(str(spec).removeprefix("local-dir:")).expanduser()
     try:
-        return json.loads((folder / "config.json").read_text(encoding="utf-8")).get("architecture")
+        return json.loads((folder / CONFIG).read_text(encoding="utf-8")).get("architecture")
     except (OSError, ValueError, AttributeError):
         return None
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from ..config import FinetuneConfig, ScheduleConfig, _flatten
+from .. import sections
+from ..config import FinetuneConfig, ScheduleConfig, flatten
 from ..errors import ConfigError
 
 Schedule = Callable[[float], float]
@@ -107,7 +108,7 @@ def validate_section(cfg: FinetuneConfig) -> None:
     :func:`robustify.config.validate`)."""
     if cfg.schedule.name not in SCHEDULES:
         raise ConfigError(f"schedule.name={cfg.schedule.name!r} is not accepted; choose one of: {', '.join(SCHEDULES)}")
-    flat = _flatten({"schedule": cfg.to_dict()["schedule"]})
+    flat = flatten({"schedule": cfg.to_dict()["schedule"]})
     if not 0 < cfg.schedule.gamma <= 1:
         raise ConfigError(f"schedule.gamma={cfg.schedule.gamma:g} is outside (0, 1]; it multiplies the learning rate "
                           "at each milestone, e.g. 0.1")
@@ -119,6 +120,9 @@ def validate_section(cfg: FinetuneConfig) -> None:
                 "schedule.start_factor", "schedule.end_factor"):
         if not 0 <= flat[key] <= 1:
             raise ConfigError(f"{key}={flat[key]} is outside [0, 1]; use a fraction such as 0.5")
+
+
+sections.register("schedule", validate_section)  # config.validate runs it (robustify/sections.py)
 
 
 # ----------------------------------------------------------------------------- warm-up for a scaled peak lr

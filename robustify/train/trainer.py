@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .. import data as data_mod
 from .. import runlock
-from ..config import FinetuneConfig, _flatten, config_from_dict, dump_yaml, expand_stages, scaled_lr
+from ..config import FinetuneConfig, config_from_dict, dump_yaml, expand_stages, flatten, scaled_lr
 from ..errors import Interrupted, UserError
 from ..evaluate.autoattack import sharded_autoattack
 from ..evaluate.collectives import broadcast_buffers, stage
@@ -46,6 +46,7 @@ from ..models import RobustModel, build_robust_model, load_backbone
 from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
+from ..runfolder import HISTORY, HISTORY_PLOT, RECIPE
 from . import awp as awp_mod
 from . import ema as ema_mod
 from . import eps_warmup, local_sgd, pseudo_labels, pure_bf16
@@ -133,13 +134,13 @@ def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerat
 
 def check_resume(run_dir: Path, cfg: FinetuneConfig) -> list[str]:
     """Refuse a ``--resume`` that would continue a different run; returns notes on accepted changes."""
-    saved_path = run_dir / "recipe.yaml"
+    saved_path = run_dir / RECIPE
     if not saved_path.is_file():
         return []
     from ..config import load_yaml_file
 
     saved = config_from_dict(load_yaml_file(saved_path, "the run's recipe") or {})
-    refused, notes = resume_changes(_flatten(saved.to_dict()), _flatten(cfg.to_dict()))
+    refused, notes = resume_changes(flatten(saved.to_dict()), flatten(cfg.to_dict()))
     if refused:
         raise UserError(f"--resume continues the same run, but {'; '.join(refused)} (the run's own settings are in "
                         f"{saved_path}); start a new --output-dir for a different run, or only raise train.epochs to "
@@ -159,12 +160,12 @@ def resume_checkpoint(accelerator: Accelerator, run_dir: Path, cfg: FinetuneConf
             saved = TrainState.from_json(json.loads((folder / STATE_FILE).read_text()))
             edited = recipe_file_edited(run_dir)
             if edited and not saved.fingerprint:
-                raise UserError(f"--resume: {run_dir / 'recipe.yaml'} was edited after the run wrote it, and "
+                raise UserError(f"--resume: {run_dir / RECIPE} was edited after the run wrote it, and "
                                 f"checkpoint {folder.name} is older than recipe fingerprints, so the change cannot be "
                                 "checked; undo the edit, or start a new --output-dir for a different run")
             check_same_recipe(folder, saved.fingerprint, cfg, edited)
             if edited:
-                accelerator.print(f"robustify: {run_dir / 'recipe.yaml'} was edited after the run wrote it; only keys "
+                accelerator.print(f"robustify: {run_dir / RECIPE} was edited after the run wrote it; only keys "
                                   "a resume may change differ from the checkpoint's recipe, continuing")
             verdict = [("ok", str(folder))]
         except UserError as e:
@@ -293,7 +294,7 @@ def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, Finetun
     if cfg.train.log_with:
         accelerator.project_configuration.logging_dir = str(run_dir / "logs")
         accelerator.init_trackers(run_dir.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                                        for k, v in _flatten(cfg.to_dict()).items()})
+                                                        for k, v in flatten(cfg.to_dict()).items()})
     set_seed(cfg.train.seed)
     return accelerator, run_dir, cfg
 
@@ -653,8 +654,8 @@ def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
     from ..publish.export import write_failed
 
     try:
-        plot_history(history, run_dir / "history.png")  # report.save_figure: temporary file, then rename
-        atomic_write_json(run_dir / "history.json", history)
+        plot_history(history, run_dir / HISTORY_PLOT)  # report.save_figure: temporary file, then rename
+        atomic_write_json(run_dir / HISTORY, history)
     except Exception as e:  # noqa: BLE001 - only a full disk or a read-only folder becomes one line
         raise write_failed(e, run_dir, "the run's history (history.png, history.json)") from None
 def agreed_resume_point(run_dir: Path, resume: bool, accelerator: Accelerator) -> set[str] | None:
@@ -727,7 +728,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 # a new run (or one stopped before its first checkpoint, which starts over), written only once the
                 # model and data loaded, so a mistake in either leaves nothing behind; with save_on_each_node by
                 # every node's local main process, so a node without a shared disk resumes with the run's recipe
-                atomic_write_text(run_dir / "recipe.yaml", dump_yaml(cfg))
+                atomic_write_text(run_dir / RECIPE, dump_yaml(cfg))
             accelerator.wait_for_everyone()
             resume_from = None
             if state.before is None:

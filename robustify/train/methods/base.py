@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ... import attacks
+from ... import attacks, sections
 from ...config import FinetuneConfig, MethodConfig, ThreatConfig
 from ...errors import ConfigError
 from .. import awp as awp_mod
@@ -70,6 +70,9 @@ def validate_section(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} with method.name='free' is not accepted: free AT "
                           "takes one optimizer step per replay by definition; use train.grad_accum=1")
     awp_mod.validate(cfg)  # train.awp: which methods it combines with
+
+
+sections.register("method", validate_section)  # config.validate runs it (robustify/sections.py)
 
 
 @dataclass

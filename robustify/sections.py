@@ -1,0 +1,47 @@
+"""The config sections whose checks belong to a registry above the shared layer: ``data`` (the data sources),
+``method`` (the methods) and ``schedule`` (the schedules). Each registry registers its section's check here when it
+is imported (:func:`register`); ``config.validate`` runs them (:func:`checks`).
+
+Why registration: ``config.py`` sits below the wings (they import its dataclasses), so it may not import them, not
+even by a module name in a string (that was an import cycle config -> train that no walk of the imports could see).
+The registries register themselves instead, and the package facade (``robustify/__init__.py``, which Python runs
+before any module of the package) names them once, in a loader that runs the first time a config is checked: a
+config built by ``robustify.config.build_config`` in a fresh process is checked exactly as the CLI checks it.
+
+Must not: import a registry (the facade names them), or hold a section's rules (each registry owns its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+OWNED = ("data", "method", "schedule")  # the sections a registry checks, in the order their checks run
+
+Check = Callable[[Any], None]  # takes the FinetuneConfig; raises ConfigError (may fill a default, e.g. data.eval_split)
+
+_checks: dict[str, Check] = {}
+_loaders: list[Callable[[], None]] = []
+
+
+def register(section: str, check: Check) -> None:
+    """Called by the registry that owns ``section`` when it is imported."""
+    if section not in OWNED:
+        raise ValueError(f"section {section!r} has no registry owner; add it to sections.OWNED")
+    _checks[section] = check
+
+
+def load_with(loader: Callable[[], None]) -> None:
+    """Run ``loader`` (it imports the registries) before the checks are first asked for (the facade's call)."""
+    _loaders.append(loader)
+
+
+def checks() -> list[Check]:
+    """Every owned section's check, in :data:`OWNED` order, once the registries are imported."""
+    while _loaders:
+        _loaders[0]()
+        _loaders.pop(0)  # only once it succeeded: a failed import is retried (and raises again) next time
+    missing = [s for s in OWNED if s not in _checks]
+    if missing:  # a programming error: a registry stopped registering, or the facade stopped loading it
+        raise RuntimeError(f"no check registered for config section(s) {', '.join(missing)}")
+    return [_checks[s] for s in OWNED]
