@@ -27,6 +27,7 @@ SLOW_FIRST = (
     "tests/test_local_sgd.py::test_local_sgd_resumes_exactly_at_an_epoch_end",
     "tests/test_unlabeled.py::test_unlabeled_data_raises_robust_accuracy_at_the_same_steps",
     "tests/test_scale.py::test_two_nodes_killed_with_sigkill_resume_exactly",
+    "tests/test_recipes.py::test_every_recipe_trains_a_few_steps",  # one group: 29 short trainings
     "tests/test_sign_compression.py::test_sign_compression_resumes_exactly_with_each_process_error_memory",
     "tests/test_hub.py::test_second_push_replaces_the_card",
     "tests/test_distributed.py::test_rollback_and_best_model_come_from_memory_on_every_process",
