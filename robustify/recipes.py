@@ -181,10 +181,10 @@ def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
         examples = min(total, scfg.data.max_train_examples) if (total and scfg.data.max_train_examples) else (
             total or scfg.data.max_train_examples)
         if examples is not None and scfg.train.probe_split == "heldout":
-            from .data.heldout import split_indices
+            from .data.heldout import train_size
 
-            # the same check and the same split as the run's (data.heldout): the probe is never trained on
-            examples = len(split_indices(examples, scfg.train.probe_size, scfg.train.seed)[0])
+            # the same check and the same count as the run's split (data.heldout): the probe is never trained on
+            examples = train_size(examples, scfg.train.probe_size)
         gb = scfg.train.global_batch or scfg.data.batch_size
         if scfg.data.per_class is not None and examples and scfg.data.name in CLASSES:  # few-shot subset
             examples = min(examples, scfg.data.per_class * CLASSES[scfg.data.name])

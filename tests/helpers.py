@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from robustify.models import load_backbone
@@ -40,6 +44,35 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def launch_env(**extra: str) -> dict[str, str]:
+    """The environment of a process a test launches: one thread per process (the suite's workers already use both
+    cores), offline, and this checkout first on the path (so a launched ``-m robustify`` runs the code under test
+    and a script can import ``tests``)."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **extra}
+
+
+def torchrun_cmd(args: list[str], nproc: int = 2, port: int | None = None, nnodes: int = 1,
+                 node_rank: int = 0) -> list[str]:
+    """``torchrun --nproc_per_node N ... args`` on 127.0.0.1 (the one spelling of the launcher in the suite): with
+    ``nnodes > 1`` each node's command must be given the same ``port``."""
+    nodes = ["--nnodes", str(nnodes), "--node_rank", str(node_rank)] if nnodes > 1 else []
+    return [sys.executable, "-m", "torch.distributed.run", *nodes, "--nproc_per_node", str(nproc),
+            "--master_addr", "127.0.0.1", "--master_port", str(port or free_port()), *args]
+
+
+def torchrun(args: list[str], cwd: Path | None = None, nproc: int = 2, timeout: float = 300,
+             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node N args`` on CPU (gloo), waited for; a hang fails the test at ``timeout`` instead
+    of waiting forever. ``args`` is a script path or ``-m module ...`` with its arguments."""
+    env = launch_env(**(extra_env or {}))
+    return subprocess.run(torchrun_cmd(args, nproc), capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
 
 
 def step_context(model: torch.nn.Module, steps: list[int], lr: float = 0.1):

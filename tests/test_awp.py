@@ -7,9 +7,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ from robustify.config import MethodConfig, ThreatConfig, build_config
 from robustify.recipes import plan
 from robustify.train.awp import AWP
 from robustify.train.methods import StepContext, build_method
-from tests.helpers import free_port
+from tests.helpers import torchrun
 
 TINY = ["data.max_train_examples=128", "data.batch_size=32", "train.epochs=2", "eval.n_examples=32",
         "eval.pgd_steps=1", "train.probe_size=32", "train.probe_steps=1", "train.log_every=1"]
@@ -144,13 +141,9 @@ def test_run_counts_cost_and_resumes_exactly(tmp_path: Path):
 
 def test_two_process_gloo_run_stays_in_sync(tmp_path: Path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "robustify", "finetune", "--output-dir", str(run),
-           "--method", "pgd", *[a for kv in TINY + ["method.steps=1", "method.loss=trades", "train.awp=true",
-                                                    "train.probe_split=train"] for a in ("--set", kv)]]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    sets = TINY + ["method.steps=1", "method.loss=trades", "train.awp=true", "train.probe_split=train"]
+    res = torchrun(["-m", "robustify", "finetune", "--output-dir", str(run), "--method", "pgd",
+                    *[a for kv in sets for a in ("--set", kv)]], tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((run / "metrics.json").read_text())
     assert m["cost"]["world_size"] == 2 and m["cost"]["ranks_in_sync"] is True

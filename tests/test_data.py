@@ -311,14 +311,11 @@ def test_aliases_load_the_real_hub_ids_from_a_local_hub(tmp_path: Path):
         out["eval"] = one["data_loading"]
         # the same under torchrun at world 3: each process streams and decodes only its batch (footers read
         # main-process-first), and the numbers and the subset's hash are the single process's
-        import socket, subprocess
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        import subprocess
+        from tests.helpers import torchrun_cmd
         rep3 = Path({str(tmp_path)!r}) / "eval3.json"
-        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3",
-                               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "robustify",
-                               *eval_args, "--output", str(rep3)], capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(torchrun_cmd(["-m", "robustify", *eval_args, "--output", str(rep3)], nproc=3),
+                              capture_output=True, text=True, timeout=300)
         out["eval3_rc"] = proc.returncode
         three = json.loads(rep3.read_text()) if proc.returncode == 0 else {{"stderr": proc.stderr[-2000:]}}
         out["eval3"] = three.get("data_loading", three)

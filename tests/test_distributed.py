@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import timm
 import torch
 
-from tests.helpers import free_port
+from tests.helpers import torchrun
 
 
 def test_two_process_run_keeps_ranks_in_sync(tmp_path: Path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "robustify", "finetune", "--epochs", "2", "--output-dir", str(run),
-           "--set", "data.max_train_examples=512", "--set", "eval.n_examples=64", "--set", "eval.pgd_steps=3",
-           "--set", "train.probe_size=64", "--set", "data.batch_size=64", "--set", "train.probe_split=train"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = torchrun(["-m", "robustify", "finetune", "--epochs", "2", "--output-dir", str(run),
+                    "--set", "data.max_train_examples=512", "--set", "eval.n_examples=64", "--set", "eval.pgd_steps=3",
+                    "--set", "train.probe_size=64", "--set", "data.batch_size=64", "--set", "train.probe_split=train"],
+                   tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((run / "metrics.json").read_text())
     assert m["cost"]["world_size"] == 2
@@ -56,14 +50,6 @@ if acc.is_main_process:
 """
 
 
-def _torchrun(args: list[str], tmp_path: Path, nproc: int = 2) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
-
-
 def test_sharded_evaluation_equals_single_process(tmp_path: Path):
     """Two processes each attack half of the examples and report exactly the single-process counts, whether each
     holds all examples or (as the trainer's evaluation: decoded alone) only its own block."""
@@ -72,7 +58,7 @@ def test_sharded_evaluation_equals_single_process(tmp_path: Path):
 
     script = tmp_path / "shard.py"
     script.write_text(SHARDED_EVAL)
-    res = _torchrun([str(script), str(tmp_path / "out.json")], tmp_path)
+    res = torchrun([str(script), str(tmp_path / "out.json")], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     two = json.loads((tmp_path / "out.json").read_text())
     x, y = quickstart_batch(200)
@@ -94,7 +80,7 @@ def test_robustify_eval_under_torchrun_equals_one_process(tmp_path: Path, quicks
     args = ["eval", str(quickstart_run), "--attack", "clean,pgd", "--preset", "quick", "--n-examples", "40",
             "--batch-size", "32", "--no-curve", "--no-checks", "--no-update"]
     # three processes, two batches: one process has an empty share and must still reach every collective
-    res = _torchrun(["-m", "robustify", *args, "--output", str(tmp_path / "two.json")], tmp_path, nproc=3)
+    res = torchrun(["-m", "robustify", *args, "--output", str(tmp_path / "two.json")], tmp_path, nproc=3)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.count("examples (first 40") == 1  # one process prints the report
     assert cli([*args, "--output", str(tmp_path / "one.json")]) == 0
@@ -115,9 +101,9 @@ def test_rollback_and_best_model_come_from_memory_on_every_process(tmp_path: Pat
     from tests.test_guard import STAGES
 
     run = tmp_path / "run"
-    res = _torchrun(["-m", "robustify", "finetune", "--output-dir", str(run), "--set", "eval.n_examples=64",
-                     "--set", "eval.pgd_steps=3", "--set", "train.probe_size=128", "--set", "data.batch_size=32",
-                     "--set", "train.save_on_each_node=true", "--set", STAGES], tmp_path)
+    res = torchrun(["-m", "robustify", "finetune", "--output-dir", str(run), "--set", "eval.n_examples=64",
+                    "--set", "eval.pgd_steps=3", "--set", "train.probe_size=128", "--set", "data.batch_size=32",
+                    "--set", "train.save_on_each_node=true", "--set", STAGES], tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((run / "metrics.json").read_text())
     assert (m["stopped"] or "").startswith("catastrophic overfitting"), m["history"]

@@ -6,16 +6,13 @@ per epoch fall by about K against DDP's per-step gradient all-reduce (both count
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from robustify.config import build_config
 from robustify.errors import ConfigError
-from tests.helpers import free_port
+from tests.helpers import torchrun
 
 SCRIPT = r"""
 import json, sys
@@ -75,18 +72,10 @@ if rank == 0:
 """
 
 
-def _torchrun(args: list[str], tmp_path: Path, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
-
-
 def test_params_differ_between_syncs_and_match_at_each_with_k_times_fewer_all_reduces(tmp_path: Path):
     script = tmp_path / "local.py"
     script.write_text(SCRIPT)
-    res = _torchrun([str(script), str(tmp_path / "out.json")], tmp_path)
+    res = torchrun([str(script), str(tmp_path / "out.json")], tmp_path, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads((tmp_path / "out.json").read_text())
     # identical right after each of the 3 averages (steps 4, 8, 12), different in between (own data per process)
@@ -118,7 +107,7 @@ def test_local_sgd_resumes_exactly_at_an_epoch_end(tmp_path: Path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     for args in (["--output-dir", str(whole)], ["--output-dir", str(split), "--set", "train.stop_after=1"],
                  ["--output-dir", str(split), "--resume", "--set", "train.stop_after=null"]):
-        res = _torchrun(["-m", "robustify", "finetune", "--epochs", "2", *args, *sets], tmp_path)
+        res = torchrun(["-m", "robustify", "finetune", "--epochs", "2", *args, *sets], tmp_path, timeout=900)
         assert res.returncode == 0, res.stderr[-3000:]
     # the uninterrupted quickstart run on two processes ends in sync, records K and made its optimizer steps
     m = json.loads((whole / "metrics.json").read_text())

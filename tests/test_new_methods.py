@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,7 @@ from robustify.errors import ConfigError, UserError
 from robustify.train.checkpoint import checkpoint_dirs
 from robustify.train.methods import build_method
 from robustify.train.methods.trades import kl_to_clean, trades_loss
-from tests.helpers import free_port, step_context
+from tests.helpers import step_context, torchrun
 
 
 class Recorder(torch.nn.Module):
@@ -265,14 +262,11 @@ def test_grad_compression_maps_to_accelerate_ddp_kwargs():
 
 def test_fp16_comm_hook_is_registered_on_a_two_process_run(tmp_path: Path):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "robustify", "finetune", "--epochs", "1", "--output-dir", str(run),
-           "--set", "train.grad_compression=fp16", "--set", "data.max_train_examples=256",
-           "--set", "eval.n_examples=32", "--set", "eval.pgd_steps=2", "--set", "train.probe_size=32",
-           "--set", "train.probe_steps=2", "--set", "data.batch_size=64", "--set", "train.probe_split=train"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = torchrun(["-m", "robustify", "finetune", "--epochs", "1", "--output-dir", str(run),
+                    "--set", "train.grad_compression=fp16", "--set", "data.max_train_examples=256",
+                    "--set", "eval.n_examples=32", "--set", "eval.pgd_steps=2", "--set", "train.probe_size=32",
+                    "--set", "train.probe_steps=2", "--set", "data.batch_size=64", "--set", "train.probe_split=train"],
+                   tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((run / "metrics.json").read_text())
     assert m["cost"]["world_size"] == 2 and m["cost"]["comm_hook"] == "fp16_compress_hook"

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import datasets
@@ -89,12 +88,28 @@ def test_dry_run_writes_nothing(name: str, tmp_path: Path, monkeypatch, capsys):
 TRAINED = [n for n in RECIPES if n != "quickstart" and not (n.startswith("cifar100-") and not n.endswith("fgsm-rs"))]
 
 
+@pytest.fixture(scope="module")
+def trained(standin_data: dict, tmp_path_factory) -> dict[str, Path]:
+    """Each recipe trained a few steps on its stand-in, on first use (a test that reruns one shares its run)."""
+
+    class Lazy(dict):
+        def __missing__(self, name: str) -> Path:
+            run = tmp_path_factory.mktemp("recipe") / "first"
+            args = ["finetune", "--recipe", name, "--output-dir", str(run), "--limit-train", "16", "--limit-eval", "8"]
+            assert main(args + _sets(*TINY, *standin_data[plan(name).cfg.data.name])) == 0
+            self[name] = run
+            return run
+
+    return Lazy()
+
+
 @pytest.mark.parametrize("name", TRAINED)
-def test_every_recipe_trains_a_few_steps(name: str, standin_data: dict, tmp_path: Path, capsys):
+def test_every_recipe_trains_a_few_steps(name: str, trained: dict, capsys):
     cfg = plan(name).cfg
-    run = tmp_path / "run"
-    args = ["finetune", "--recipe", name, "--output-dir", str(run), "--limit-train", "16", "--limit-eval", "8"]
-    assert main(args + _sets(*TINY, *standin_data[cfg.data.name])) == 0, capsys.readouterr().err
+    try:
+        run = trained[name]
+    except AssertionError:
+        raise AssertionError(capsys.readouterr().err) from None
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["history"] and all(math.isfinite(h["loss"]) for h in metrics["history"])
     config = json.loads((run / "config.json").read_text())
@@ -108,16 +123,17 @@ def test_every_recipe_trains_a_few_steps(name: str, standin_data: dict, tmp_path
     assert recipe["stages"] == yaml.safe_load(yaml.safe_dump(cfg.to_dict()))["stages"]
 
 
-def test_a_runs_recipe_reruns_it_beside_the_run(standin_data: dict, tmp_path: Path, monkeypatch, capsys):
+def test_a_runs_recipe_reruns_it_beside_the_run(trained: dict, tmp_path: Path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    run = tmp_path / "first"
-    args = ["--limit-train", "16", "--limit-eval", "8"] + _sets(*TINY, *standin_data["cifar10"])
-    assert main(["finetune", "--recipe", "cifar10-resnet50-fgsm-rs", "--output-dir", str(run)] + args) == 0
+    run = trained["cifar10-resnet50-fgsm-rs"]  # the run test_every_recipe_trains_a_few_steps checks
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    capsys.readouterr()
     assert main(["finetune", "--recipe", str(run / "recipe.yaml")]) == 0
     assert "this new run goes to" in capsys.readouterr().out
-    (rerun,) = [p for p in tmp_path.iterdir() if p.name.startswith("first-rerun-")]
+    (rerun,) = [p for p in run.parent.iterdir() if p.name.startswith("first-rerun-")]
     assert (rerun / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
-    assert os.listdir(run) == os.listdir(run)  # the original is untouched (it would have refused to overwrite)
+    # the original is untouched (it would have refused to overwrite)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
 
 def test_stages_expand_and_validate():

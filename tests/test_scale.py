@@ -14,20 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import ROOT, free_port, launch_env, torchrun, torchrun_cmd
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH = 4
-
-
-def torchrun(args: list[str], cwd: Path, nproc: int = 2, timeout: float = 240,
-             extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``torchrun --nproc_per_node N`` on CPU (gloo); a hang fails the test at ``timeout`` instead of waiting."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-           **(extra_env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
 
 
 def sizes(world: int) -> list[int]:
@@ -67,15 +56,23 @@ if state.is_main_process:
 
 
 def _single_process(script: Path, out: Path, ns: list[int]) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     res = subprocess.run([sys.executable, str(script), str(out), json.dumps(ns)], capture_output=True, text=True,
-                         env=env, timeout=240, cwd=out.parent)
+                         env=launch_env(), timeout=240, cwd=out.parent)
     assert res.returncode == 0, res.stderr[-3000:]
     return json.loads(out.read_text())
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The single-process numbers for the shares of both world sizes, in one interpreter (each subset's numbers
+    come from generators seeded per batch offset, so they do not depend on the other subsets evaluated with it)."""
+    folder = tmp_path_factory.mktemp("uneven-one")
+    (folder / "uneven.py").write_text(UNEVEN_EVAL)
+    return _single_process(folder / "uneven.py", folder / "one.json", sorted(set(sizes(2)) | set(sizes(3))))
+
+
 @pytest.mark.parametrize("world", [2, 3])
-def test_eval_and_probe_reach_every_collective_with_any_share(tmp_path: Path, world: int):
+def test_eval_and_probe_reach_every_collective_with_any_share(tmp_path: Path, world: int, one_process: dict):
     """Subsets of 1, batch-1, batch, batch+1 and world x batch + 1 examples: some processes get no batch at all, one
     gets a single example; every process reaches the same collectives, and the numbers equal one process's."""
     script = tmp_path / "uneven.py"
@@ -84,7 +81,7 @@ def test_eval_and_probe_reach_every_collective_with_any_share(tmp_path: Path, wo
     res = torchrun([str(script), str(tmp_path / "many.json"), json.dumps(ns)], tmp_path, nproc=world, timeout=200)
     assert res.returncode == 0, res.stderr[-3000:]
     many = json.loads((tmp_path / "many.json").read_text())
-    one = _single_process(script, tmp_path / "one.json", ns)
+    one = {str(n): one_process[str(n)] for n in ns}
     assert many == one
     assert all(one[str(n)]["probe"][2] == n for n in ns)
 
@@ -306,13 +303,12 @@ def test_sigterm_on_one_process_stops_all_within_seconds(tmp_path: Path):
     import time
 
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "-m", "robustify", "finetune", "--output-dir", str(run),
-           "--epochs", "200", "--set", "train.log_every=100000", "--set", "data.max_train_examples=512",
-           "--set", "data.batch_size=16", "--set", "eval.n_examples=16", "--set", "eval.pgd_steps=1",
-           "--set", "train.probe_size=16", "--set", "train.probe_steps=1", "--set", "data.num_workers=0"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    cmd = torchrun_cmd(["-m", "robustify", "finetune", "--output-dir", str(run),
+                        "--epochs", "200", "--set", "train.log_every=100000", "--set", "data.max_train_examples=512",
+                        "--set", "data.batch_size=16", "--set", "eval.n_examples=16", "--set", "eval.pgd_steps=1",
+                        "--set", "train.probe_size=16", "--set", "train.probe_steps=1", "--set", "data.num_workers=0"])
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=launch_env(),
+                            cwd=tmp_path)
     try:
         for line in proc.stdout:  # epoch 1 is done: epoch 2 is being trained
             if line.startswith("epoch 1/"):
@@ -521,14 +517,11 @@ def test_nodes_without_a_common_checkpoint_are_refused_in_one_line(tmp_path: Pat
 
     for node, progress in ((0, 20), (1, 10)):
         fake_checkpoint(tmp_path / f"node{node}" / "run", progress)
-    port = str(free_port())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-                               "--node_rank", str(node), "--master_addr", "127.0.0.1", "--master_port", port,
-                               "-m", "robustify", "finetune", "--output-dir", "run", "--resume",
-                               "--set", "train.save_on_each_node=true"],
-                              cwd=tmp_path / f"node{node}", env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for node in (0, 1)]
+    port = free_port()
+    args = ["-m", "robustify", "finetune", "--output-dir", "run", "--resume", "--set", "train.save_on_each_node=true"]
+    procs = [subprocess.Popen(torchrun_cmd(args, nproc=1, port=port, nnodes=2, node_rank=node),
+                              cwd=tmp_path / f"node{node}", env=launch_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for node in (0, 1)]
     errs = [p.communicate(timeout=400)[1] for p in procs]
     for err in errs:
         line = next(ln for ln in err.splitlines() if ln.startswith("robustify: error:"))
@@ -544,16 +537,14 @@ def _two_nodes(root: Path, *args: str) -> list[subprocess.Popen]:
     """One robustify finetune on two single-process "nodes" (torchrun --nnodes 2): each runs in its own folder
     ``root/node<k>`` with ``--output-dir run``, so each node's run folder is a different folder behind the same
     path, as on nodes with node-local disks."""
-    port = str(free_port())
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    port = free_port()
     procs = []
     for node in (0, 1):
         (root / f"node{node}").mkdir(parents=True, exist_ok=True)
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank",
-             str(node), "--master_addr", "127.0.0.1", "--master_port", port, "-m", "robustify", "finetune",
-             "--output-dir", "run", *args], cwd=root / f"node{node}", env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, start_new_session=True))
+            torchrun_cmd(["-m", "robustify", "finetune", "--output-dir", "run", *args], nproc=1, port=port, nnodes=2,
+                         node_rank=node), cwd=root / f"node{node}", env=launch_env(TQDM_DISABLE="1"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True))
     return procs
 
 

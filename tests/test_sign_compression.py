@@ -6,16 +6,13 @@ exact resume, and the quickstart still becomes robust with it."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from robustify.config import build_config
 from robustify.errors import ConfigError
-from tests.helpers import free_port
+from tests.helpers import torchrun
 
 SCRIPT = r"""
 import json, sys
@@ -85,18 +82,10 @@ dist.destroy_process_group()
 """
 
 
-def _torchrun(args: list[str], tmp_path: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
-
-
 def test_sign_hook_votes_sends_a_quarter_of_fp32_and_resumes_exactly(tmp_path: Path):
     script = tmp_path / "sign.py"
     script.write_text(SCRIPT)
-    res = _torchrun([str(script), str(tmp_path / "out.json")], tmp_path)
+    res = torchrun([str(script), str(tmp_path / "out.json")], tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     r = json.loads((tmp_path / "out.json").read_text())
     assert r["hook"] == "sign_majority_vote_hook"
@@ -115,11 +104,11 @@ def test_sign_compression_config():
 
 def test_quickstart_with_sign_compression_on_two_processes_stays_in_sync_and_robust(tmp_path: Path):
     run = tmp_path / "run"
-    res = _torchrun(["-m", "robustify", "finetune", "--epochs", "3", "--output-dir", str(run),
-                     "--set", "train.grad_compression=sign", "--set", "data.max_train_examples=768",
-                     "--set", "eval.n_examples=64", "--set", "eval.pgd_steps=3", "--set", "train.probe_size=32",
-                     "--set", "train.probe_steps=2", "--set", "data.batch_size=32",
-                     "--set", "train.probe_split=train"], tmp_path, timeout=900)
+    res = torchrun(["-m", "robustify", "finetune", "--epochs", "3", "--output-dir", str(run),
+                    "--set", "train.grad_compression=sign", "--set", "data.max_train_examples=768",
+                    "--set", "eval.n_examples=64", "--set", "eval.pgd_steps=3", "--set", "train.probe_size=32",
+                    "--set", "train.probe_steps=2", "--set", "data.batch_size=32",
+                    "--set", "train.probe_split=train"], tmp_path, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     m = json.loads((run / "metrics.json").read_text())
     assert m["cost"]["comm_hook"] == "sign_majority_vote_hook" and m["cost"]["ranks_in_sync"] is True
@@ -139,7 +128,7 @@ def test_sign_compression_resumes_exactly_with_each_process_error_memory(tmp_pat
     whole, split = tmp_path / "whole", tmp_path / "split"
     for args in (["--output-dir", str(whole)], ["--output-dir", str(split), "--set", "train.stop_after=1"],
                  ["--output-dir", str(split), "--resume", "--set", "train.stop_after=null"]):
-        res = _torchrun(["-m", "robustify", "finetune", "--epochs", "2", *args, *sets], tmp_path)
+        res = torchrun(["-m", "robustify", "finetune", "--epochs", "2", *args, *sets], tmp_path, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
         if "--resume" not in args and split in [Path(a) for a in args if a.startswith("/")]:
             (ckpt,) = sorted((split / "checkpoints").glob("ckpt_*"))[-1:]

@@ -21,11 +21,18 @@ import torch
 from ..errors import UserError
 
 
-def split_indices(n: int, probe_size: int, seed: int) -> tuple[list[int], list[int]]:
-    """(train indices, probe indices) of ``n`` examples: disjoint, both sorted, together ``range(n)``."""
+def train_size(n: int, probe_size: int) -> int:
+    """How many of ``n`` examples are trained on once ``probe_size`` are held out (the plan needs only the count:
+    shuffling ImageNet's 1.28M indices for it took seconds per recipe)."""
     if not 0 < probe_size < n:
         raise UserError(f"train.probe_size={probe_size} cannot be held out of {n} training examples; use a value "
                         f"between 1 and {n - 1}, or train.probe_split=train")
+    return n - probe_size
+
+
+def split_indices(n: int, probe_size: int, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, probe indices) of ``n`` examples: disjoint, both sorted, together ``range(n)``."""
+    train_size(n, probe_size)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     return sorted(perm[: n - probe_size]), sorted(perm[n - probe_size:])
 
