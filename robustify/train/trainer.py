@@ -292,8 +292,19 @@ def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, Finetun
         accelerator.project_configuration.logging_dir = str(run_dir / "logs")
         accelerator.init_trackers(run_dir.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                         for k, v in _flatten(cfg.to_dict()).items()})
-    set_seed(cfg.train.seed)
+    seed_process(cfg.train.seed)
     return accelerator, run_dir, cfg
+
+
+def seed_process(seed: int) -> None:
+    """Seed this process's RNGs with ``seed + process index`` (Accelerate's ``device_specific``): every process
+    draws its own random starts and noise (FGSM-RS, N-FGSM, PGD, DEAT, TRADES, dropout), so the global batch keeps
+    its perturbation diversity; with one process the seed is ``seed`` itself, so single-process runs are unchanged.
+    What must agree across processes does not come from these streams: data order, the probe and evaluation starts
+    and pseudo-label draws use their own generators seeded from (seed, position), and DDP broadcasts process 0's
+    initial weights (a freshly initialised head included). A resume restores each process's own RNG state
+    (Accelerate saves ``random_states_<rank>.pkl``), so a resumed run draws what the uninterrupted one would have."""
+    set_seed(seed, device_specific=True)
 
 
 def _loaders(data_cfg: Any, cfg: FinetuneConfig, accelerator: Accelerator,
