@@ -68,3 +68,57 @@ def test_each_process_draws_its_own_random_starts_and_a_resume_draws_them_again(
 
     torch.manual_seed(7)
     assert attacks.random_init(torch.zeros(2, 3, 4, 4), 0.1, "Linf").flatten().tolist() == rows[0]["first"]
+
+
+SIGN_HOOK_SYNCS = r"""
+import json, sys
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+from robustify.train import sign_hook
+
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=0, world_size=1)
+calls = {"tensor": 0, "repeat_interleave": 0, "without_output_size": 0}
+real_tensor, real_ri = torch.tensor, torch.repeat_interleave
+def from_hook():
+    return sys._getframe(2).f_globals.get("__name__") == "robustify.train.sign_hook"
+def tensor(*a, **k):
+    calls["tensor"] += from_hook()
+    return real_tensor(*a, **k)
+def repeat_interleave(*a, **k):
+    if from_hook():
+        calls["repeat_interleave"] += 1
+        calls["without_output_size"] += "output_size" not in k
+    return real_ri(*a, **k)
+torch.tensor, torch.repeat_interleave = tensor, repeat_interleave
+torch.manual_seed(0)
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 10))
+ddp = DDP(net, bucket_cap_mb=0.001)
+state = sign_hook.register(ddp)
+per_backward = []
+for step in range(4):
+    before = dict(calls)
+    ddp.zero_grad()
+    torch.nn.functional.cross_entropy(ddp(torch.randn(4, 3, 8, 8)), torch.randint(0, 10, (4,))).backward()
+    per_backward.append({k: calls[k] - before[k] for k in calls})
+json.dump({"per_backward": per_backward, "layouts": len(state.repeats)}, open(sys.argv[1], "w"))
+del ddp
+dist.destroy_process_group()
+"""
+
+
+def test_sign_hook_builds_no_host_tensor_per_bucket_and_sizes_every_repeat(tmp_path: Path):
+    """The host syncs of the sign hook on a GPU: ``torch.tensor(sizes, device=...)`` per bucket (a pageable copy)
+    and ``repeat_interleave`` without ``output_size`` (reads the sum back). Counted on CPU: after DDP's bucket
+    rebuild (first backward) the hook creates no tensor from host lists, and every repeat_interleave is sized."""
+    script = tmp_path / "hook.py"
+    script.write_text(SIGN_HOOK_SYNCS)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    res = subprocess.run([sys.executable, str(script), str(tmp_path / "out.json"), str(tmp_path / "store")],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    steady = out["per_backward"][2:]
+    assert all(c["repeat_interleave"] > 0 for c in out["per_backward"])  # the hook ran, two per bucket
+    assert all(c["without_output_size"] == 0 for c in out["per_backward"])
+    assert all(c["tensor"] == 0 for c in steady), out
+    assert 1 <= out["layouts"] <= 8  # counts built once per bucket layout, not per backward
