@@ -122,3 +122,24 @@ def test_sign_hook_builds_no_host_tensor_per_bucket_and_sizes_every_repeat(tmp_p
     assert all(c["without_output_size"] == 0 for c in out["per_backward"])
     assert all(c["tensor"] == 0 for c in steady), out
     assert 1 <= out["layouts"] <= 8  # counts built once per bucket layout, not per backward
+
+
+def test_default_teacher_labels_in_fp32_although_accelerate_wrapped_its_forward_in_bf16_autocast():
+    """The default teacher is the prepared module itself (``fp32_copy`` returns an fp32 model as it is), whose
+    ``forward`` Accelerate wrapped in autocast; bf16 autocast runs on a CPU too, so the labels' precision shows."""
+    from accelerate import Accelerator
+
+    from robustify.train.pseudo_labels import _label
+    from tests.helpers import quickstart_batch, quickstart_model
+
+    x, _ = quickstart_batch(48)
+    reference = quickstart_model()
+    with torch.no_grad():
+        p = torch.softmax(reference(x), dim=1)
+    acc = Accelerator(cpu=True, mixed_precision="bf16")
+    teacher = acc.prepare(quickstart_model())
+    with torch.no_grad():  # the wrapped forward itself computes in bf16: what labelling must not use
+        assert not torch.equal(torch.softmax(teacher(x).float(), dim=1), p)
+    labels, conf = _label(teacher, x, torch.device("cpu"), 16)
+    assert torch.equal(conf, p.max(dim=1).values)  # bit for bit the fp32 forward
+    assert torch.equal(labels, p.argmax(dim=1))
