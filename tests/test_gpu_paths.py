@@ -170,3 +170,27 @@ def test_a_powersgd_reseed_inside_the_backward_leaves_the_training_rng_as_it_was
     first = torch.rand(3)
     stepper(model(torch.ones(1, 4)).sum())
     assert torch.equal(torch.cat([first, torch.rand(3)]), expected)
+
+
+def _lp_ft(run: Path, *extra: str):
+    from robustify.config import build_config
+
+    cfg = build_config("quickstart-lp-ft", ["data.max_train_examples=64", "data.batch_size=32", "eval.n_examples=16",
+                                            "eval.pgd_steps=1", "train.probe_size=16", "train.probe_steps=1",
+                                            "train.ema=true", f"output_dir={run}", *extra])
+    cfg.stages[0]["train"]["epochs"], cfg.stages[1]["train"]["epochs"] = 1, 2
+    return cfg
+
+
+def test_ema_with_two_stages_resumes_into_the_second_stage_bit_identically(tmp_path: Path):
+    """LP-FT with ``train.ema``: stopped after the first epoch of stage 2 and resumed, the run ends with the same
+    exported (averaged) weights as the uninterrupted run; each stage's average was registered with Accelerate, and a
+    stage-2 checkpoint held two while the resumed process registered one (Accelerate refused the mismatch)."""
+    from robustify.train.trainer import finetune
+
+    whole = finetune(_lp_ft(tmp_path / "whole"))
+    assert finetune(_lp_ft(tmp_path / "split", "train.stop_after=2")) == {}
+    split = finetune(_lp_ft(tmp_path / "split", "train.stop_after=null"), resume=True)
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "split" / "model.safetensors"
+                                                                       ).read_bytes()
+    assert [h["probe_robust_acc"] for h in whole["history"]] == [h["probe_robust_acc"] for h in split["history"]]

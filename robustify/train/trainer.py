@@ -320,10 +320,12 @@ def _loaders(data_cfg: Any, cfg: FinetuneConfig, accelerator: Accelerator,
 
 
 def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone: torch.nn.Module, state: TrainState,
-          best: BestWeights, resume_from: Path | None = None, verdict_data: Any = None) -> Run:
+          best: BestWeights, resume_from: Path | None = None, verdict_data: Any = None,
+          ema_slot: ema_mod.AverageSlot | None = None) -> Run:
     """One stage's data, model view, optimizer and method around ``backbone`` (the same module through all stages);
     ``resume_from``: the checkpoint to restore (model, optimizer, RNG, trainer and method state); ``verdict_data``:
-    the exported (last) stage's data section, whose resolution every verdict of this stage uses."""
+    the exported (last) stage's data section, whose resolution every verdict of this stage uses; ``ema_slot``: the
+    run's one registered weight-average slot (:class:`ema.AverageSlot`; None: the average is registered here)."""
     loaders = _loaders(cfg.data, cfg, accelerator, backbone)
     head_replaced = backbone.num_classes != loaders.num_classes  # data.unlabeled: the default teacher cannot label
     if backbone.num_classes != loaders.num_classes:
@@ -353,7 +355,9 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     raw: RobustModel = accelerator.unwrap_model(model)
     maybe_compile(raw, cfg.train.compile)
     average = ema_mod.create(cfg.train, raw)  # train.ema: the weight average is what is probed and exported
-    if average is not None:
+    if ema_slot is not None:  # registered once per run (finetune), so a resume into any stage finds one object
+        ema_slot.average = average
+    elif average is not None:
         accelerator.register_for_checkpointing(average)
     probed, weights = ema_mod.exported(average, raw)
     if resume_from is not None:
@@ -718,6 +722,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         state.stage, saved_fingerprint = saved.stage, saved.fingerprint
     base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
                          trust_pickle=cfg.model.trust_pickle)
+    ema_slot = None
+    if any(stage.train.ema for _, stage in stages):  # one checkpointed average whatever the number of stages
+        ema_slot = ema_mod.AverageSlot()
+        accelerator.register_for_checkpointing(ema_slot)
     first_epoch, run = None, None
     with StopSignal() as stop:
         for index in range(state.stage, len(stages)):
@@ -727,7 +735,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 accelerator.free_memory()  # best-robust selection span the whole run (same threat model throughout)
                 state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
             run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from,
-                        verdict_data=stages[-1][1].data if len(stages) > 1 else None)
+                        verdict_data=stages[-1][1].data if len(stages) > 1 else None, ema_slot=ema_slot)
             run.stage_name = name if len(stages) > 1 else ""
             if resume_from is not None:  # the checkpoint's data must be this data (sizes, held-out probe)
                 check_same_data(resumed_from, saved_fingerprint, stage_cfg, run.loaders)
