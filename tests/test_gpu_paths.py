@@ -194,3 +194,23 @@ def test_ema_with_two_stages_resumes_into_the_second_stage_bit_identically(tmp_p
     assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "split" / "model.safetensors"
                                                                        ).read_bytes()
     assert [h["probe_robust_acc"] for h in whole["history"]] == [h["probe_robust_acc"] for h in split["history"]]
+
+
+def test_out_of_memory_in_a_step_is_one_line_with_the_batch_and_what_to_try(tmp_path: Path, monkeypatch, capsys):
+    """A CUDA OOM in the step, simulated on CPU by the step raising torch's own OutOfMemoryError: exit 2, one line
+    naming the batch size and what to try, no traceback."""
+    from robustify.cli import main
+    from robustify.train.methods import fgsm_rs
+
+    def oom(self, ctx, x, y):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.1 GiB total)")
+
+    monkeypatch.setattr(fgsm_rs.FGSMRandomStart, "step", oom)
+    rc = main(["finetune", "--output-dir", str(tmp_path / "run"), "--set", "method.name=fgsm-rs",
+               "--set", "data.max_train_examples=64", "--set", "data.batch_size=32", "--set", "eval.n_examples=16",
+               "--set", "eval.pgd_steps=1", "--set", "train.probe_size=16", "--set", "train.probe_steps=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and err[0].startswith("robustify: error: out of memory in a fgsm-rs training step"), err
+    assert "data.batch_size=32" in err[0] and "data.batch_size=16 with train.grad_accum=2" in err[0]
+    assert "Tried to allocate 2.00 GiB" in err[0] and "train.compile=true" in err[0]

@@ -93,3 +93,24 @@ def apply_determinism(enabled: bool) -> dict[str, bool]:
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True)
     return {"deterministic": True}
+
+
+def out_of_memory(error: BaseException, cfg: FinetuneConfig, device: torch.device, method: str) -> Exception:
+    """A device out-of-memory error in a training step as one line (a :class:`UserError`, exit 2): the minibatch, the
+    device's memory (total, and the peak this process allocated) and what to try, instead of a CUDA traceback. The
+    peak is read from the caching allocator's counters (no device synchronisation)."""
+    from ..errors import UserError, first_line
+
+    seen = ""
+    if torch.device(device).type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        seen = f" on a GPU with {total:.1f} GiB ({peak:.1f} GiB peak allocated by this process)"
+    hints = [f"data.batch_size={max(cfg.data.batch_size // 2, 1)} with train.grad_accum={cfg.train.grad_accum * 2} "
+             "(the same global batch)"]
+    if not cfg.train.compile:
+        hints.append("train.compile=true (fused kernels keep fewer activations)")
+    if cfg.train.mixed_precision == "no":
+        hints.append("train.mixed_precision=bf16")
+    return UserError(f"out of memory in a {method} training step at data.batch_size={cfg.data.batch_size} per "
+                     f"process{seen}: {first_line(error)[:160]}; try {', or '.join(hints)}")

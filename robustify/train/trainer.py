@@ -70,6 +70,7 @@ from .divergence import DivergenceGuard
 from .hardware import (
     apply_determinism,
     maybe_compile,
+    out_of_memory,
     refuse_fp16,
     resolve_hardware_settings,
     target_device_type,
@@ -542,8 +543,12 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
             run.stepper.progress = ((epoch - 1) * n_batches + state.batch) / (run.epochs * n_batches)
         share = eps_warmup.factor(cfg.threat.eps_warmup_fraction,  # 1.0 without warm-up (threat.eps_warmup_fraction)
                                   eps_warmup.stage_progress(epoch, state.batch, run.epochs, n_batches))
-        with acc.accumulate(run.model), eps_warmup.scaled(run.method, share):
-            res = run.method.step(run.ctx, x, y)
+        try:
+            with acc.accumulate(run.model), eps_warmup.scaled(run.method, share):
+                res = run.method.step(run.ctx, x, y)
+        except torch.OutOfMemoryError as e:  # one line with the batch, the memory seen and what to try
+            bar.close()
+            raise out_of_memory(e, cfg, acc.device, cfg.method.name) from None
         n = y.shape[0]  # a Python int from the shape: adding it is a kernel argument, not a host-to-device copy
         sums[:2] += torch.stack([res.loss.double() * n, (res.logits.argmax(1) == y).sum().double()])
         sums[2] += n
