@@ -214,3 +214,15 @@ def test_out_of_memory_in_a_step_is_one_line_with_the_batch_and_what_to_try(tmp_
     assert len(err) == 1 and err[0].startswith("robustify: error: out of memory in a fgsm-rs training step"), err
     assert "data.batch_size=32" in err[0] and "data.batch_size=16 with train.grad_accum=2" in err[0]
     assert "Tried to allocate 2.00 GiB" in err[0] and "train.compile=true" in err[0]
+
+
+def test_cudnn_benchmark_is_on_unless_the_run_is_deterministic():
+    from robustify.train.hardware import apply_determinism
+
+    saved = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        assert apply_determinism(False) == {"deterministic": False}
+        assert torch.backends.cudnn.benchmark  # a CUDA run searches each shape's fastest convolution once
+    finally:
+        torch.backends.cudnn.benchmark = saved

@@ -85,8 +85,16 @@ def apply_determinism(enabled: bool) -> dict[str, bool]:
     (``CUBLAS_WORKSPACE_CONFIG``, read when cuBLAS starts, so this runs before the model reaches the GPU), and the
     in-model resize switches to matrix products (``models.Resize``). Cost: typically 5-30% slower convolutions.
     On a CPU, runs already repeat bit for bit; the flag changes nothing measurable there. Returns what was set.
+
+    Without the flag, cuDNN benchmarks its convolution algorithms once per input shape (``cudnn.benchmark``; torch
+    leaves it off): adversarial training repeats the same shapes thousands of times (each attack pass and the
+    training pass), so the one-off search pays for itself within the first steps; a new shape (the epoch's last
+    partial batch, the evaluation batch) costs one more search. TF32 is left at torch's defaults (cuDNN convolutions
+    in TF32, fp32 matmuls in true fp32): ``train.mixed_precision: no`` means fp32 as the user asked, and bf16 autocast
+    is the fast path on every GPU with TF32.
     """
     if not enabled:
+        torch.backends.cudnn.benchmark = True
         return {"deterministic": False}
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
