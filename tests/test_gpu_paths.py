@@ -226,3 +226,12 @@ def test_cudnn_benchmark_is_on_unless_the_run_is_deterministic():
         assert torch.backends.cudnn.benchmark  # a CUDA run searches each shape's fastest convolution once
     finally:
         torch.backends.cudnn.benchmark = saved
+
+
+def test_local_sgd_averages_in_bounded_chunks_in_order():
+    from robustify.train.local_sgd import _chunks
+
+    ts = [torch.zeros(n) for n in (3, 4, 10, 2, 2)]
+    groups = _chunks(ts, 8)
+    assert [[t.numel() for t in g] for g in groups] == [[3, 4], [10], [2, 2]]  # a larger tensor travels alone
+    assert [t for g in groups for t in g] == ts
