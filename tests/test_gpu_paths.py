@@ -235,3 +235,82 @@ def test_local_sgd_averages_in_bounded_chunks_in_order():
     groups = _chunks(ts, 8)
     assert [[t.numel() for t in g] for g in groups] == [[3, 4], [10], [2, 2]]  # a larger tensor travels alone
     assert [t for g in groups for t in g] == ts
+
+
+# ------------------------------------------------------------------------------------ scripts/gpu_check.py on CPU
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_writes_each_row_as_it_goes_and_a_failure_is_one_row(tmp_path: Path):
+    """The self-check's report: the JSON on disk after every row; an exception of any kind (an IndexError with no
+    message, a subprocess timeout, a UserError) is a row with its one-line reason and the next check still runs; a
+    check past the time budget is a 'skipped' row; the table names every row."""
+    from robustify.errors import UserError
+
+    gc = _gpu_check()
+    out = tmp_path / "report" / "gpu.json"
+    now = [0.0]
+    report = gc.Report(out, {"gpu": "test"}, budget_seconds=100, clock=lambda: now[0])
+    assert json.loads(out.read_text())["checks"] == []
+
+    def on_disk() -> list[dict]:
+        return json.loads(out.read_text())["checks"]
+
+    def fine() -> dict:
+        now[0] += 5
+        return {"images_per_second": 12.5}
+
+    def raises(error: BaseException):
+        def fn() -> dict:
+            raise error
+        return fn
+
+    report.check("first", fine)
+    assert [r["check"] for r in on_disk()] == ["first"] and on_disk()[0]["ok"] is True
+    report.check("no message", raises(IndexError()))
+    report.check("timeout", raises(subprocess.TimeoutExpired(["robustify"], 240)))
+    report.check("refused", raises(UserError("data.decode=device needs torchvision with nvJPEG\nsecond line")))
+    report.check("not passed", lambda: {"ok": False, "bit_identical": False})
+    rows = on_disk()
+    assert [r["ok"] for r in rows] == [True, False, False, False, False]
+    assert rows[1]["error"] == "IndexError"
+    assert rows[2]["error"].startswith("TimeoutExpired: Command '['robustify']' timed out after 240")
+    assert rows[3]["error"] == "UserError: data.decode=device needs torchvision with nvJPEG"  # one line
+    assert rows[4]["bit_identical"] is False and "error" not in rows[4]
+    now[0] = 101
+    report.check("late", fine)
+    assert on_disk()[-1]["error"].startswith("skipped: the time budget of 100s was spent")
+    assert json.loads(out.read_text())["ok"] is False and report.ok is False
+    table = report.table().splitlines()
+    assert len(table) == 1 + 6 and table[2].startswith("no message") and "FAIL" in table[2]
+    assert "error=IndexError" in table[2] and "images_per_second=12.5" in table[1]
+
+
+def test_gpu_check_subprocess_failures_are_one_line_and_its_commands_are_accepted(tmp_path: Path, capsys):
+    """A robustify subprocess that fails is reported by its last line (or 'no output'); the finetune commands the
+    self-check runs on the GPU (exact resume; the real loader path on a parquet folder of JPEGs, decoded by the
+    workers or on the device) are accepted by ``--dry-run`` here, so a typo cannot cost a GPU session."""
+    import pytest
+
+    from robustify.cli import main
+
+    gc = _gpu_check()
+    with pytest.raises(gc.CheckFailed, match=r"robustify finetune exited 2: robustify: error: .*--resume"):
+        gc.run_cli(["finetune", "--resume"], timeout=120)
+    data = gc.write_jpeg_parquet(tmp_path / "jpegs", n_train=8, n_test=4)
+    assert sorted(p.name for p in data.iterdir()) == ["test-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
+    for decode in ("workers", "device"):
+        assert main([*gc.loader_args(data, tmp_path / f"run-{decode}", decode), "--dry-run"]) == 0, \
+            capsys.readouterr().err
+        assert "resnet18" in capsys.readouterr().out
+    assert main(["finetune", "--output-dir", str(tmp_path / "resume"), *gc.RESUME_ARGS, "--dry-run"]) == 0
+    assert {label for label, _, _ in gc.STEP_VARIANTS} >= {"natural", "fgsm-rs", "n-fgsm", "free", "pgd", "deat",
+                                                           "pgd TRADES", "pgd AWP", "fgsm-rs EMA", "pgd FOSC",
+                                                           "fgsm-rs L2", "pgd L1", "fgsm-rs eps warm-up",
+                                                           "fgsm-rs pure-bf16"}
