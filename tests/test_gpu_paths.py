@@ -314,3 +314,20 @@ def test_gpu_check_subprocess_failures_are_one_line_and_its_commands_are_accepte
                                                            "pgd TRADES", "pgd AWP", "fgsm-rs EMA", "pgd FOSC",
                                                            "fgsm-rs L2", "pgd L1", "fgsm-rs eps warm-up",
                                                            "fgsm-rs pure-bf16"}
+
+
+def test_sync_bn_is_refused_with_attack_forwards_in_train_mode():
+    """SyncBatchNorm in train mode would all-gather in every attack pass (and hang under FOSC's early exits)."""
+    import pytest
+
+    from robustify.config import build_config
+    from robustify.errors import UserError
+    from robustify.train.hardware import check_sync_bn
+
+    with pytest.raises(UserError, match="with method.bn_mode=train would synchronise BatchNorm in every attack pass "
+                                        "of pgd; set method.bn_mode=eval"):
+        check_sync_bn(build_config("quickstart", ["model.sync_bn=true", "method.name=pgd"]), "cuda")
+    check_sync_bn(build_config("quickstart", ["model.sync_bn=true", "method.name=pgd", "method.bn_mode=eval"]), "cuda")
+    check_sync_bn(build_config("quickstart", ["model.sync_bn=true", "method.name=natural"]), "cuda")
+    with pytest.raises(UserError, match="needs GPUs"):
+        check_sync_bn(build_config("quickstart", ["model.sync_bn=true", "method.bn_mode=eval"]), "cpu")

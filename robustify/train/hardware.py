@@ -65,6 +65,23 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return model
 
 
+def check_sync_bn(cfg: FinetuneConfig, device_type: str) -> None:
+    """``model.sync_bn`` with several processes: refused on a CPU (torch's SyncBatchNorm runs on CUDA or XPU only) and
+    with ``method.bn_mode: train`` for a method that attacks: SyncBatchNorm in train mode all-gathers statistics in
+    every attack forward and backward too (about 1,500 collectives per PGD-10 step of a ResNet-50), and an attack
+    that stops early on one process (``method.fosc``) leaves the others waiting in a collective."""
+    from ..errors import UserError
+
+    if device_type == "cpu":
+        raise UserError("model.sync_bn=true needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) only; leave it "
+                        "false on CPU (BatchNorm statistics are still broadcast before every probe, evaluation and "
+                        "export)")
+    if cfg.method.name != "natural" and cfg.method.bn_mode == "train":
+        raise UserError(f"model.sync_bn=true with method.bn_mode=train would synchronise BatchNorm in every attack "
+                        f"pass of {cfg.method.name}; set method.bn_mode=eval (attacks use the running statistics, "
+                        "training forwards still synchronise) or model.sync_bn=false")
+
+
 def refuse_fp16(cfg: FinetuneConfig) -> None:
     """One line instead of silently weaker attacks: fp16 autocast is not supported for adversarial training."""
     from ..errors import UserError

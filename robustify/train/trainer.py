@@ -69,6 +69,7 @@ from .checkpoint import (
 from .divergence import DivergenceGuard
 from .hardware import (
     apply_determinism,
+    check_sync_bn,
     maybe_compile,
     out_of_memory,
     refuse_fp16,
@@ -341,17 +342,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.model.sync_bn and accelerator.num_processes > 1:  # model.sync_bn: statistics of the global batch
-        if accelerator.device.type == "cpu":
-            raise UserError("model.sync_bn=true needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) only; "
-                            "leave it false on CPU (BatchNorm statistics are still broadcast before every probe, "
-                            "evaluation and export)")
-        if cfg.method.name != "natural" and cfg.method.bn_mode == "train":
-            # SyncBatchNorm in train mode all-gathers statistics in every attack forward and backward too (about
-            # 1,500 collectives per PGD-10 step of a ResNet-50), and an attack that stops early on one process
-            # (method.fosc) leaves the others waiting in a collective
-            raise UserError(f"model.sync_bn=true with method.bn_mode=train would synchronise BatchNorm in every "
-                            f"attack pass of {cfg.method.name}; set method.bn_mode=eval (attacks use the running "
-                            "statistics, training forwards still synchronise) or model.sync_bn=false")
+        check_sync_bn(cfg, accelerator.device.type)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     method = build_method(cfg.method, cfg.threat)
