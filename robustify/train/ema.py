@@ -43,6 +43,26 @@ class WeightAverage:
         self.updates = int(state["updates"])
 
 
+class AverageSlot:
+    """The run's one checkpointed weight average, registered with Accelerate once per run whatever the number of
+    stages: each stage starts its own average (of the weights as that stage begins) and puts it here.
+
+    Registering each stage's average instead would leave the earlier stages' averages registered too (Accelerate
+    keeps every registered object; ``free_memory`` does not drop them): a checkpoint in stage 2 would hold two, a
+    resumed process registers one, and Accelerate refuses the mismatch. A stage without ``train.ema`` saves an empty
+    state here, so the number of registered objects never depends on the stage."""
+
+    def __init__(self) -> None:
+        self.average: WeightAverage | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.average.state_dict() if self.average is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.average is not None and state:
+            self.average.load_state_dict(state)
+
+
 def create(cfg: TrainConfig, model: torch.nn.Module) -> WeightAverage | None:
     """The average of ``model`` (the unwrapped module, already on its device) when ``train.ema`` is set."""
     return WeightAverage(model, cfg.ema_decay) if cfg.ema else None

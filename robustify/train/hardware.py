@@ -65,6 +65,23 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return model
 
 
+def check_sync_bn(cfg: FinetuneConfig, device_type: str) -> None:
+    """``model.sync_bn`` with several processes: refused on a CPU (torch's SyncBatchNorm runs on CUDA or XPU only) and
+    with ``method.bn_mode: train`` for a method that attacks: SyncBatchNorm in train mode all-gathers statistics in
+    every attack forward and backward too (about 1,500 collectives per PGD-10 step of a ResNet-50), and an attack
+    that stops early on one process (``method.fosc``) leaves the others waiting in a collective."""
+    from ..errors import UserError
+
+    if device_type == "cpu":
+        raise UserError("model.sync_bn=true needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) only; leave it "
+                        "false on CPU (BatchNorm statistics are still broadcast before every probe, evaluation and "
+                        "export)")
+    if cfg.method.name != "natural" and cfg.method.bn_mode == "train":
+        raise UserError(f"model.sync_bn=true with method.bn_mode=train would synchronise BatchNorm in every attack "
+                        f"pass of {cfg.method.name}; set method.bn_mode=eval (attacks use the running statistics, "
+                        "training forwards still synchronise) or model.sync_bn=false")
+
+
 def refuse_fp16(cfg: FinetuneConfig) -> None:
     """One line instead of silently weaker attacks: fp16 autocast is not supported for adversarial training."""
     from ..errors import UserError
@@ -85,11 +102,40 @@ def apply_determinism(enabled: bool) -> dict[str, bool]:
     (``CUBLAS_WORKSPACE_CONFIG``, read when cuBLAS starts, so this runs before the model reaches the GPU), and the
     in-model resize switches to matrix products (``models.Resize``). Cost: typically 5-30% slower convolutions.
     On a CPU, runs already repeat bit for bit; the flag changes nothing measurable there. Returns what was set.
+
+    Without the flag, cuDNN benchmarks its convolution algorithms once per input shape (``cudnn.benchmark``; torch
+    leaves it off): adversarial training repeats the same shapes thousands of times (each attack pass and the
+    training pass), so the one-off search pays for itself within the first steps; a new shape (the epoch's last
+    partial batch, the evaluation batch) costs one more search. TF32 is left at torch's defaults (cuDNN convolutions
+    in TF32, fp32 matmuls in true fp32): ``train.mixed_precision: no`` means fp32 as the user asked, and bf16 autocast
+    is the fast path on every GPU with TF32.
     """
     if not enabled:
+        torch.backends.cudnn.benchmark = True
         return {"deterministic": False}
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
     torch.use_deterministic_algorithms(True)
     return {"deterministic": True}
+
+
+def out_of_memory(error: BaseException, cfg: FinetuneConfig, device: torch.device, method: str) -> Exception:
+    """A device out-of-memory error in a training step as one line (a :class:`UserError`, exit 2): the minibatch, the
+    device's memory (total, and the peak this process allocated) and what to try, instead of a CUDA traceback. The
+    peak is read from the caching allocator's counters (no device synchronisation)."""
+    from ..errors import UserError, first_line
+
+    seen = ""
+    if torch.device(device).type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        seen = f" on a GPU with {total:.1f} GiB ({peak:.1f} GiB peak allocated by this process)"
+    hints = [f"data.batch_size={max(cfg.data.batch_size // 2, 1)} with train.grad_accum={cfg.train.grad_accum * 2} "
+             "(the same global batch)"]
+    if not cfg.train.compile:
+        hints.append("train.compile=true (fused kernels keep fewer activations)")
+    if cfg.train.mixed_precision == "no":
+        hints.append("train.mixed_precision=bf16")
+    return UserError(f"out of memory in a {method} training step at data.batch_size={cfg.data.batch_size} per "
+                     f"process{seen}: {first_line(error)[:160]}; try {', or '.join(hints)}")

@@ -3,9 +3,10 @@ trains each process on its own for K optimizer steps, then averages the models, 
 every step. Built on Accelerate's ``LocalSGD`` (which keeps DDP in ``no_sync`` for the whole context and counts the
 steps); this module only changes what one synchronisation does: one coalesced all-reduce of the parameters *and*
 the optimizer's state (SGD momentum, Adam moments), instead of Accelerate's barrier plus one all-reduce per
-parameter. Averaging the optimizer state too (rather than keeping it per process) makes every process identical at
-each synchronisation point, which is where robustify takes its checkpoints, so a resume is exact with the one copy
-of the optimizer state that Accelerate saves.
+parameter; in place, in chunks of at most ``CHUNK_ELEMENTS`` (one all-reduce for a small model). Averaging the
+optimizer state too (rather than keeping it per process) makes every process identical at each synchronisation
+point, which is where robustify takes its checkpoints, so a resume is exact with the one copy of the optimizer state
+that Accelerate saves.
 
 One context per epoch: its exit synchronises, so every epoch ends (and is probed, selected and checkpointed) at a
 synchronisation point. Signals are acted on only at synchronisation points. This module must not take optimizer
@@ -36,6 +37,22 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return out
 
 
+CHUNK_ELEMENTS = 2**25  # 128 MB of fp32 per all-reduce: bounded transient memory, few collectives
+
+
+def _chunks(tensors: list[torch.Tensor], limit: int) -> list[list[torch.Tensor]]:
+    """``tensors`` in order, grouped so each group holds at most ``limit`` elements (a larger tensor alone)."""
+    groups: list[list[torch.Tensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if groups[-1] and size + t.numel() > limit:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.numel()
+    return [g for g in groups if g]
+
+
 class AveragingLocalSGD(LocalSGD):
     """Accelerate's LocalSGD whose synchronisation averages parameters and optimizer state in one all-reduce."""
 
@@ -49,13 +66,19 @@ class AveragingLocalSGD(LocalSGD):
         if not self.enabled:
             return
         tensors = [p.data for p in self.model.parameters()] + _optimizer_tensors(self.optimizer)
-        flat = torch.cat([t.reshape(-1).to(torch.float32) for t in tensors])
-        flat = self.accelerator.reduce(flat, reduction="mean")
-        offset = 0
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[offset:offset + n].view_as(t))
-            offset += n
+        world = self.accelerator.num_processes
+        for chunk in _chunks(tensors, CHUNK_ELEMENTS):
+            # one fp32 buffer per chunk, summed in place (Accelerate's ``reduce`` clones its input: a whole flat
+            # copy of weights and optimizer state was two transient copies, ~7 GB for ViT-L with AdamW)
+            flat = torch.cat([t.reshape(-1).to(torch.float32) for t in chunk])
+            torch.distributed.all_reduce(flat, torch.distributed.ReduceOp.SUM)
+            flat /= world  # the mean, as Accelerate's reduce computes it (sum, then divide)
+            offset = 0
+            for t in chunk:
+                n = t.numel()
+                t.copy_(flat[offset:offset + n].view_as(t))
+                offset += n
+            del flat
         self.syncs += 1
 
     def advance(self, optimizer_steps: int) -> None:

@@ -74,6 +74,25 @@ def comm_hook_name(model: torch.nn.Module) -> str | None:
     return getattr(hooks[-1][0], "__qualname__", str(hooks[-1][0])) if hooks else None
 
 
+def reseeding_hook_devices(model: torch.nn.Module, device: torch.device) -> list[int] | None:
+    """The CUDA devices whose RNG the model's communication hook reseeds (``[]``: the CPU generator only), or None
+    when its hook leaves every generator alone.
+
+    torch's ``powerSGD_hook`` calls ``torch.manual_seed`` inside ``fork_rng(devices=[])`` whenever it draws fresh
+    low-rank matrices (the first compressed step, and again after every resume, its memory being empty): the CPU
+    generator is restored, every CUDA generator is left reseeded to the same value on all processes. The training
+    random starts would then repeat across processes and differ between a resumed and an uninterrupted run. A
+    backward pass draws no random numbers itself, so restoring the generators around it (:class:`OptimizerStepper`)
+    undoes only the hook's reseeding."""
+    name = comm_hook_name(model) or ""
+    if "powerSGD" not in name:
+        return None
+    if torch.device(device).type != "cuda":
+        return []
+    index = torch.device(device).index
+    return [torch.cuda.current_device() if index is None else index]
+
+
 def step_autocast(accelerator: Accelerator) -> Callable[[], contextlib.AbstractContextManager]:
     """The autocast context for training steps: Accelerate's when mixed precision is on, else a no-op context."""
     return contextlib.nullcontext if accelerator.mixed_precision == "no" else accelerator.autocast
@@ -117,9 +136,14 @@ class OptimizerStepper:
         self.progress: float | None = None
         self._step_optimizer = _plain_optimizer(accelerator, optimizer)
         self._lr_set: float | None = None  # the lr last written into the param groups
+        self._rng_devices = reseeding_hook_devices(model, accelerator.device)
 
     def __call__(self, loss: torch.Tensor) -> None:
-        self.accelerator.backward(loss)
+        if self._rng_devices is None:
+            self.accelerator.backward(loss)
+        else:  # PowerSGD reseeds the device generators inside the backward: give them back their state
+            with torch.random.fork_rng(devices=self._rng_devices):
+                self.accelerator.backward(loss)
         if self.after_backward is not None:
             self.after_backward()
         if not self.accelerator.sync_gradients:

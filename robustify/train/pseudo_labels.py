@@ -76,15 +76,22 @@ class Unlabeled:
 @torch.no_grad()
 def _label(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_size: int
            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's labels and confidence in true fp32: through the evaluation kernel's :class:`FP32` view (the
+    module's own forward with autocast off; Accelerate wraps a prepared model's ``forward`` in bf16 autocast, and
+    the default teacher is that prepared module) and with TF32 off (:func:`fp32_math`), as every evaluation."""
+    from ..evaluate.kernel import FP32, fp32_math
+
     was_training = model.training
     model.eval()
+    view = FP32(model)
     labels, conf = [], []
     try:
-        for i in range(0, len(x), batch_size):
-            p = torch.softmax(model(to_unit(x[i:i + batch_size].to(device))).float(), dim=1)
-            c, lab = p.max(dim=1)
-            labels.append(lab.cpu())
-            conf.append(c.cpu())
+        with fp32_math():
+            for i in range(0, len(x), batch_size):
+                p = torch.softmax(view(to_unit(x[i:i + batch_size].to(device))).float(), dim=1)
+                c, lab = p.max(dim=1)
+                labels.append(lab.cpu())
+                conf.append(c.cpu())
     finally:
         model.train(was_training)
     return torch.cat(labels), torch.cat(conf)

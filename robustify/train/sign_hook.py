@@ -43,6 +43,7 @@ class SignState:
         self.bytes_sent = 0  # payload bytes handed to all-reduce by this process since the start
         self.calls = 0  # all-reduce calls (two per bucket: signs and scale)
         self.backwards = 0  # backward passes whose gradients went through the hook (bucket 0 starts each)
+        self.repeats: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # per bucket layout (_repeats)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {ERROR_PREFIX + k: v.detach().clone() for k, v in self.errors.items()}
@@ -61,23 +62,41 @@ def _flat_error(state: SignState, params: list[torch.Tensor], like: torch.Tensor
     return torch.cat(parts) if parts else torch.zeros_like(like)
 
 
+def _repeats(state: SignState, sizes: list[int], device: torch.device) -> torch.Tensor:
+    """The bucket's element counts per parameter tensor as a device tensor, built once per bucket layout (DDP
+    rebuilds its buckets once, after the first step): ``torch.tensor(sizes, device=cuda)`` copies from pageable
+    host memory, which blocks the host, so doing it per bucket and backward would stall the overlap of
+    communication with the backward pass."""
+    key = (str(device), tuple(sizes))
+    t = state.repeats.get(key)
+    if t is None:
+        t = state.repeats[key] = torch.tensor(sizes, dtype=torch.long).to(device)
+    return t
+
+
 def sign_majority_vote_hook(state: SignState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """Replace the bucket's fp32 all-reduce by a majority vote over error-corrected signs (module docstring)."""
+    """Replace the bucket's fp32 all-reduce by a majority vote over error-corrected signs (module docstring).
+
+    No host synchronisation per bucket: the per-tensor counts come from :func:`_repeats` (cached on the device) and
+    every ``repeat_interleave`` is told its ``output_size`` (else it reads the counts' sum back from the GPU), in
+    the hook and in the vote's callback alike."""
     buffer = bucket.buffer()
     params = bucket.parameters()
     sizes = [p.numel() for p in params]
+    total = buffer.numel()
+    repeats = _repeats(state, sizes, buffer.device)
     p = buffer + _flat_error(state, params, buffer)
     signs = torch.sign(p).to(torch.int8)
     # one scale per parameter tensor, not per bucket: DDP rebuilds its buckets after the first step (and again after
     # a resume), and a per-bucket scale would make the update depend on that layout
     scale = torch.stack([chunk.abs().mean() for chunk in p.split(sizes)]).float()
-    expand = torch.repeat_interleave(scale.to(p.dtype), torch.tensor(sizes, device=p.device))
+    expand = torch.repeat_interleave(scale.to(p.dtype), repeats, output_size=total)
     new_error = p - expand * signs.to(p.dtype)
     for param, err in zip(params, new_error.split(sizes), strict=True):
         state.errors[state.names.get(id(param), str(id(param)))] = err.detach().clone()
     group = state.process_group
     world = dist.get_world_size(group)
-    dist.all_reduce(scale, group=group)  # small, synchronous: the vote's future below carries the result
+    dist.all_reduce(scale, group=group)  # small; on NCCL it orders the streams, it does not block the host
     state.bytes_sent += signs.numel() * signs.element_size() + scale.numel() * scale.element_size()
     state.calls += 2
     state.backwards += int(bucket.index() == 0)
@@ -85,8 +104,7 @@ def sign_majority_vote_hook(state: SignState, bucket: dist.GradBucket) -> torch.
 
     def apply_vote(f: torch.futures.Future) -> torch.Tensor:
         vote = f.value()[0].sign().to(buffer.dtype)
-        mean_scale = torch.repeat_interleave((scale / world).to(buffer.dtype), torch.tensor(sizes,
-                                                                                             device=buffer.device))
+        mean_scale = torch.repeat_interleave((scale / world).to(buffer.dtype), repeats, output_size=total)
         buffer.copy_(vote.mul_(mean_scale))
         return buffer
 

@@ -70,7 +70,9 @@ from .checkpoint import (
 from .divergence import DivergenceGuard
 from .hardware import (
     apply_determinism,
+    check_sync_bn,
     maybe_compile,
+    out_of_memory,
     refuse_fp16,
     resolve_hardware_settings,
     target_device_type,
@@ -295,8 +297,19 @@ def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, Finetun
         accelerator.project_configuration.logging_dir = str(run_dir / "logs")
         accelerator.init_trackers(run_dir.name, config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                         for k, v in flatten(cfg.to_dict()).items()})
-    set_seed(cfg.train.seed)
+    seed_process(cfg.train.seed)
     return accelerator, run_dir, cfg
+
+
+def seed_process(seed: int) -> None:
+    """Seed this process's RNGs with ``seed + process index`` (Accelerate's ``device_specific``): every process
+    draws its own random starts and noise (FGSM-RS, N-FGSM, PGD, DEAT, TRADES, dropout), so the global batch keeps
+    its perturbation diversity; with one process the seed is ``seed`` itself, so single-process runs are unchanged.
+    What must agree across processes does not come from these streams: data order, the probe and evaluation starts
+    and pseudo-label draws use their own generators seeded from (seed, position), and DDP broadcasts process 0's
+    initial weights (a freshly initialised head included). A resume restores each process's own RNG state
+    (Accelerate saves ``random_states_<rank>.pkl``), so a resumed run draws what the uninterrupted one would have."""
+    set_seed(seed, device_specific=True)
 
 
 def _loaders(data_cfg: Any, cfg: FinetuneConfig, accelerator: Accelerator,
@@ -312,10 +325,12 @@ def _loaders(data_cfg: Any, cfg: FinetuneConfig, accelerator: Accelerator,
 
 
 def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone: torch.nn.Module, state: TrainState,
-          best: BestWeights, resume_from: Path | None = None, verdict_data: Any = None) -> Run:
+          best: BestWeights, resume_from: Path | None = None, verdict_data: Any = None,
+          ema_slot: ema_mod.AverageSlot | None = None) -> Run:
     """One stage's data, model view, optimizer and method around ``backbone`` (the same module through all stages);
     ``resume_from``: the checkpoint to restore (model, optimizer, RNG, trainer and method state); ``verdict_data``:
-    the exported (last) stage's data section, whose resolution every verdict of this stage uses."""
+    the exported (last) stage's data section, whose resolution every verdict of this stage uses; ``ema_slot``: the
+    run's one registered weight-average slot (:class:`ema.AverageSlot`; None: the average is registered here)."""
     loaders = _loaders(cfg.data, cfg, accelerator, backbone)
     head_replaced = backbone.num_classes != loaders.num_classes  # data.unlabeled: the default teacher cannot label
     if backbone.num_classes != loaders.num_classes:
@@ -330,10 +345,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if cfg.model.sync_bn and accelerator.num_processes > 1:  # model.sync_bn: statistics of the global batch
-        if accelerator.device.type == "cpu":
-            raise UserError("model.sync_bn=true needs GPUs: torch's SyncBatchNorm runs on CUDA (or XPU) only; "
-                            "leave it false on CPU (BatchNorm statistics are still broadcast before every probe, "
-                            "evaluation and export)")
+        check_sync_bn(cfg, accelerator.device.type)
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     method = build_method(cfg.method, cfg.threat)
@@ -345,7 +357,9 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     raw: RobustModel = accelerator.unwrap_model(model)
     maybe_compile(raw, cfg.train.compile)
     average = ema_mod.create(cfg.train, raw)  # train.ema: the weight average is what is probed and exported
-    if average is not None:
+    if ema_slot is not None:  # registered once per run (finetune), so a resume into any stage finds one object
+        ema_slot.average = average
+    elif average is not None:
         accelerator.register_for_checkpointing(average)
     probed, weights = ema_mod.exported(average, raw)
     if resume_from is not None:
@@ -530,8 +544,12 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
             run.stepper.progress = ((epoch - 1) * n_batches + state.batch) / (run.epochs * n_batches)
         share = eps_warmup.factor(cfg.threat.eps_warmup_fraction,  # 1.0 without warm-up (threat.eps_warmup_fraction)
                                   eps_warmup.stage_progress(epoch, state.batch, run.epochs, n_batches))
-        with acc.accumulate(run.model), eps_warmup.scaled(run.method, share):
-            res = run.method.step(run.ctx, x, y)
+        try:
+            with acc.accumulate(run.model), eps_warmup.scaled(run.method, share):
+                res = run.method.step(run.ctx, x, y)
+        except torch.OutOfMemoryError as e:  # one line with the batch, the memory seen and what to try
+            bar.close()
+            raise out_of_memory(e, cfg, acc.device, cfg.method.name) from None
         n = y.shape[0]  # a Python int from the shape: adding it is a kernel argument, not a host-to-device copy
         sums[:2] += torch.stack([res.loss.double() * n, (res.logits.argmax(1) == y).sum().double()])
         sums[2] += n
@@ -710,6 +728,10 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         state.stage, saved_fingerprint = saved.stage, saved.fingerprint
     base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
                          trust_pickle=cfg.model.trust_pickle)
+    ema_slot = None
+    if any(stage.train.ema for _, stage in stages):  # one checkpointed average whatever the number of stages
+        ema_slot = ema_mod.AverageSlot()
+        accelerator.register_for_checkpointing(ema_slot)
     first_epoch, run = None, None
     with StopSignal() as stop:
         for index in range(state.stage, len(stages)):
@@ -719,7 +741,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 accelerator.free_memory()  # best-robust selection span the whole run (same threat model throughout)
                 state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
             run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from,
-                        verdict_data=stages[-1][1].data if len(stages) > 1 else None)
+                        verdict_data=stages[-1][1].data if len(stages) > 1 else None, ema_slot=ema_slot)
             run.stage_name = name if len(stages) > 1 else ""
             if resume_from is not None:  # the checkpoint's data must be this data (sizes, held-out probe)
                 check_same_data(resumed_from, saved_fingerprint, stage_cfg, run.loaders)
