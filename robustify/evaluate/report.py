@@ -81,6 +81,20 @@ def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module
 
 
 # ------------------------------------------------------------------------------------------ the evaluation
+DEFAULT_ATTACKS = ("clean", "pgd", "autoattack")
+
+
+def default_attacks() -> tuple[tuple[str, ...], str | None]:
+    """``robustify eval`` without ``--attack``: AutoAttack when its optional package is installed, else clean and PGD
+    with a one-line note saying so (a plain ``pip install -e .`` must evaluate, not stop on a missing extra)."""
+    from .autoattack import INSTALL, package_version
+
+    if package_version() is not None:
+        return DEFAULT_ATTACKS, None
+    return ("clean", "pgd"), (f"AutoAttack is not installed, so this evaluation runs clean and PGD only; for AutoAttack: "
+                              f"{INSTALL} in your robustify clone")
+
+
 @dataclass
 class EvalSettings:
     """What to run. Defaults are the ``standard`` preset (the final report)."""
