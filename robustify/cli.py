@@ -464,9 +464,9 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         help="honest robustness evaluation: clean, PGD, AutoAttack, accuracy vs eps, gradient-masking checks",
         description="Evaluate any model 'finetune' accepts (a run folder, hf-hub:ORG/NAME, local-dir:PATH, a timm "
                     "name) on the first N examples of a split: clean accuracy, FGSM, PGD with restarts on the CE and "
-                    "margin losses, AutoAttack (APGD-CE, APGD-T, FAB-T, Square; optional extra: pip install "
-                    "-e \".[autoattack]\" in the clone), an accuracy-vs-eps curve, and checks that flag gradient masking. On a "
-                    "run folder, data, eps and N default to the run's own, and the results update its metrics.json, "
+                    "margin losses, AutoAttack (APGD-CE, APGD-T, FAB-T, Square; optional extra: "
+                    "pip install -e \".[autoattack]\" in the clone; without it the default --attack is clean,pgd), "
+                    "an accuracy-vs-eps curve, and checks that flag gradient masking. On a run folder, data, eps and N default to the run's own, and the results update its metrics.json, "
                     "config.json and model card.",
     )
     p.add_argument("model", metavar="MODEL", help=MODEL_FORMS)
@@ -782,8 +782,8 @@ def _doctor_parser(sub: argparse._SubParsersAction) -> None:
         description="Check this machine before a long run: torch/CUDA/cuDNN/NCCL versions, GPUs and bf16, the "
                     "processes 'accelerate launch' would start, free disk at the output and cache folders, whether "
                     "the Hub answers (through the proxy huggingface_hub would use) and whether a gated data set is "
-                    "open to the current token (never printed). Reads only. Exit 0: nothing blocks a run (an unreachable "
-                    "Hub is a warning: the quickstart runs offline); 1: a 'fail' row says what does.",
+                    "open to the current token (never printed). Reads only. Exit 0: nothing blocks a run (an "
+                    "unreachable Hub is a warning: the quickstart runs offline); 1: a 'fail' row says what does.",
     )
     p.add_argument("--output-dir", default=".", metavar="DIR", help="where the run will write")
     p.add_argument("--gated-dataset", default=None, metavar="ORG/NAME",

@@ -223,7 +223,8 @@ def plan(recipe: str | None, overrides: list[str] | None = None) -> Plan:
     head = header(path) if path is not None else {}
     if path is not None and path.resolve() == resolve_recipe_path("quickstart").resolve():  # one place
         head["expected"] = expected_text()
-    return Plan(path.stem if path is not None else DEFAULTS_NAME, cfg, stages, eval_passes, None if tp is None else eval_passes / tp / 3600, head, notes)
+    return Plan(path.stem if path is not None else DEFAULTS_NAME, cfg, stages, eval_passes,
+                None if tp is None else eval_passes / tp / 3600, head, notes)
 
 
 def frontier_notes(name: str, cfg: FinetuneConfig, data_passes: int) -> list[str]:

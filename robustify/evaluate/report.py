@@ -91,8 +91,8 @@ def default_attacks() -> tuple[tuple[str, ...], str | None]:
 
     if package_version() is not None:
         return DEFAULT_ATTACKS, None
-    return ("clean", "pgd"), (f"AutoAttack is not installed, so this evaluation runs clean and PGD only; for AutoAttack: "
-                              f"{INSTALL} in your robustify clone")
+    return ("clean", "pgd"), ("AutoAttack is not installed, so this evaluation runs clean and PGD only; for "
+                              f"AutoAttack: {INSTALL} in your robustify clone")
 
 
 @dataclass
