@@ -466,8 +466,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
                     "name) on the first N examples of a split: clean accuracy, FGSM, PGD with restarts on the CE and "
                     "margin losses, AutoAttack (APGD-CE, APGD-T, FAB-T, Square; optional extra: "
                     "pip install -e \".[autoattack]\" in the clone; without it the default --attack is clean,pgd), "
-                    "an accuracy-vs-eps curve, and checks that flag gradient masking. On a run folder, data, eps and N default to the run's own, and the results update its metrics.json, "
-                    "config.json and model card.",
+                    "an accuracy-vs-eps curve, and checks that flag gradient masking. On a run folder, data, eps and "
+                    "N default to the run's own, and the results update its metrics.json, config.json and model card.",
     )
     p.add_argument("model", metavar="MODEL", help=MODEL_FORMS)
     p.add_argument("--data", help=f"{DATA_FORMS} (run folder: its own)")
