@@ -299,7 +299,8 @@ def _pull_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("repo_id", metavar="ORG/NAME", help="the model repo (hf-hub:ORG/NAME is accepted too), or a zoo "
                    "name ('robustify zoo list'): downloaded, imported if needed and checked into its zoo folder")
     p.add_argument("--revision", metavar="REV", help="branch, tag or commit id (default: main)")
-    p.add_argument("--local-dir", metavar="DIR", help="download into DIR instead of the Hugging Face cache")
+    p.add_argument("--local-dir", metavar="DIR", help="download into DIR instead of the Hugging Face cache (a zoo "
+                   "name: instead of its zoo folder; DIR must be new, empty or hold that model)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="also download and load pickle weights, which can run code when loaded")
     p.set_defaults(handler=_run_pull)
@@ -759,11 +760,16 @@ def _run_pull_zoo(args: argparse.Namespace) -> int:
     from .publish.zoo import get_entry, pull_entry
 
     entry = get_entry(args.repo_id)
-    folder, done = pull_entry(entry, trust_pickle=args.trust_pickle)
+    if args.revision is not None:  # a flag is honoured or refused, never dropped
+        raise UserError(f"--revision {args.revision!r} is not accepted with a zoo name: the entry {entry.name} pins "
+                        f"its revision; for another one pull the repo itself: robustify pull {entry.hub_id} --revision "
+                        f"{args.revision}")
+    folder, done = pull_entry(entry, trust_pickle=args.trust_pickle, local_dir=args.local_dir)
     print(f"{entry.name}: {done}")
     print(f"loads with timm from {folder}")
+    model = shlex.quote(str(folder)) if args.local_dir is not None else f"zoo:{entry.name}"
     print(f'use it: timm.create_model("local-dir:{folder}", pretrained=True); or robustify finetune --model '
-          f"zoo:{entry.name} --data DATA")
+          f"{model} --data DATA")
     return 0
 
 
