@@ -5,7 +5,7 @@ settings, so numbers are comparable with RobustBench. ``pyautoattack`` is fra31/
 licence, pure PyTorch, CPU and GPU, no downloads), so we use its four attack classes unchanged and only drive the
 cascade ourselves, to get a progress bar per attack, per-attack robust accuracy and a per-example record for the
 gradient-masking checks. It is an optional extra, installed from the clone with
-``pip install -e ".[autoattack]"`` (never ``pip install robustify[...]``: another project owns that name on PyPI).
+``pip install -e ".[autoattack]"`` (never by the package name from PyPI: another project owns that name there).
 
 The cascade (``version="standard"``, as in RobustBench): APGD-CE (100 iterations), APGD-T (targeted DLR loss,
 9 target classes x 100 iterations), FAB-T (9 target classes x 100 iterations), Square (5000 queries). Each attack
