@@ -218,7 +218,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         from .recipes import DEFAULTS_TEXT
 
         print(f"robustify: settings: {DEFAULTS_TEXT}")
-    if not args.resume and args.output_dir is None:
+    if not args.resume and args.output_dir is None and recipe is not None:
         rerun = _rerun_output_dir(recipe, cfg.output_dir)
         if rerun:
             print(f"robustify: {recipe} is the recipe of the run in {cfg.output_dir}; this new run goes to {rerun}")
