@@ -157,3 +157,14 @@ def test_doctor_offline_is_a_warning_not_a_failure(monkeypatch):
     hub = next(r for r in rows if r.check == "Hub")
     assert hub.status == doctor.WARN and "run offline" in hub.value
     assert doctor.exit_code(rows) == 0
+
+
+def test_every_recipe_a_page_names_is_shipped():
+    """``--recipe NAME`` anywhere on a page (inline code too, which the command test does not run) is a shipped
+    recipe, a YAML path or a placeholder."""
+    from robustify.recipes import recipe_names
+
+    shipped = set(recipe_names())
+    bad = [f"{p.name}: {name}" for p in PAGES for name in re.findall(r"--recipe[ =]([a-z0-9][\w.-]*)", p.read_text())
+           if name not in shipped and not name.endswith((".yaml", ".yml"))]
+    assert not bad, bad
