@@ -168,3 +168,19 @@ def test_every_recipe_a_page_names_is_shipped():
     bad = [f"{p.name}: {name}" for p in PAGES for name in re.findall(r"--recipe[ =]([a-z0-9][\w.-]*)", p.read_text())
            if name not in shipped and not name.endswith((".yaml", ".yml"))]
     assert not bad, bad
+
+
+def test_eval_of_a_run_finds_its_relative_local_data(tmp_path: Path, monkeypatch):
+    """README's flow: ``finetune --data imagefolder:shapes --output-dir runs/pets`` then ``eval runs/pets`` from the
+    same folder: the run's recipe names a relative path, which counts when it exists from here (else the record's
+    public name, which eval refuses in one line asking for --data)."""
+    from robustify.evaluate.report import _recipe_data
+
+    run = tmp_path / "runs" / "pets"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text("data:\n  name: imagefolder:shapes\n")
+    monkeypatch.chdir(tmp_path)
+    public = "local imagefolder data set (shapes)"
+    assert _recipe_data(run, public) == public  # a pulled run: only the name, nothing here
+    (tmp_path / "shapes").mkdir()
+    assert _recipe_data(run, public) == "imagefolder:shapes"

@@ -428,7 +428,8 @@ class RunInfo:
 
 
 def _recipe_data(path: Path, fallback: str) -> str:
-    """The local --data spec from recipe.yaml (a pulled run's recipe holds only a file name; then the public one)."""
+    """The local --data spec from recipe.yaml; a relative path counts when it exists from here (the folder
+    ``finetune`` ran in), else (a pulled run's recipe holds only a file name) the public name."""
     import yaml
 
     try:
@@ -436,7 +437,8 @@ def _recipe_data(path: Path, fallback: str) -> str:
         spec = str(recipe["data"]["name"])
     except (OSError, ValueError, yaml.YAMLError, KeyError, TypeError):  # ValueError: not UTF-8 (verify_weights says)
         return fallback
-    if spec.startswith(("npz:", "imagefolder:")) and not Path(spec.split(":", 1)[1]).expanduser().is_absolute():
+    local = Path(spec.split(":", 1)[1]).expanduser() if spec.startswith(("npz:", "imagefolder:")) else None
+    if local is not None and not local.is_absolute() and not local.exists():
         return fallback
     return spec
 
@@ -578,6 +580,9 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
 
     run = read_run(model)
     data = data or (run.data if run else None)
+    if data and data.startswith("local "):  # the record's public name of a local data set no longer found from here
+        raise UserError(f"{model!r} was trained on a {data} that is not found from this folder; give it with --data "
+                        "(e.g. --data imagefolder:PATH or npz:PATH)")
     if not data:
         raise UserError(f"--data is needed to evaluate {model!r} (only a run folder knows its data set); e.g. "
                         "--data cifar10")
