@@ -127,8 +127,9 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
         "finetune", formatter_class=_Formatter,
         help="adversarially fine-tune a pretrained backbone (no arguments: the offline quickstart)",
         description="Adversarially fine-tune a timm backbone. With no arguments it runs recipes/quickstart.yaml: a "
-                    f"small pretrained backbone and data set shipped with robustify, offline, {measured}. Flags "
-                    "override the recipe; --set overrides any recipe key.",
+                    f"small pretrained backbone and data set shipped with robustify, offline, {measured}. With --model "
+                    "or --data and no --recipe it starts from the documented defaults instead (its first line says "
+                    "so). Flags override the recipe; --set overrides any recipe key.",
     )
     q = _quickstart_defaults()
 
