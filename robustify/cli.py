@@ -109,6 +109,14 @@ def _quickstart_defaults() -> dict[str, str]:
         return {}
 
 
+# the --data and --model forms --help names (robustify.data.sources.ACCEPTED and models.resolve_spec own them; not
+# imported here, since --help must not import torch; tests/test_docs_reference.py checks they agree)
+DATA_FORMS = ("quickstart, cifar10, cifar100, mnist, imagenet-1k, tiny-imagenet, ORG/NAME (a Hub data set), "
+              "imagefolder:PATH, disk:PATH, parquet:PATH_OR_GLOB or npz:PATH")
+MODEL_FORMS = ("quickstart, a timm name (resnet50.a1_in1k), hf-hub:ORG/NAME, local-dir:PATH, a run folder or "
+               "zoo:NAME (a model from 'robustify zoo list')")
+
+
 def _finetune_parser(sub: argparse._SubParsersAction) -> None:
     try:
         from .recipes import quickstart_help_text
@@ -120,20 +128,35 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
         "finetune", formatter_class=_Formatter,
         help="adversarially fine-tune a pretrained backbone (no arguments: the offline quickstart)",
         description="Adversarially fine-tune a timm backbone. With no arguments it runs recipes/quickstart.yaml: a "
-                    f"small pretrained backbone and data set shipped with robustify, offline, {measured}. Flags "
-                    "override the recipe; --set overrides any recipe key.",
+                    f"small pretrained backbone and data set shipped with robustify, offline, {measured}. With --model "
+                    "or --data and no --recipe it starts from the documented defaults instead (its first line says "
+                    "so). Flags override the recipe; --set overrides any recipe key.",
     )
     q = _quickstart_defaults()
 
     def recipe(key: str, flag: str) -> str:
-        return f"(recipe key {key}; quickstart: {q[flag]})" if flag in q else f"(recipe key {key})"
+        """The flag's recipe key, its value in the quickstart and its default (with --model or --data)."""
+        try:
+            from .config import FinetuneConfig
+
+            default: Any = FinetuneConfig()
+            for part in key.split("."):
+                default = getattr(default, part)
+            if isinstance(default, float):  # eps 8/255 reads as 8/255, not 0.03137
+                levels = default * 255
+                default = f"{round(levels)}/255" if 0 < default < 1 and abs(levels - round(levels)) < 1e-9 else \
+                    f"{default:g}"
+        except Exception:  # noqa: BLE001 - help must render even from a broken install
+            return f"(recipe key {key})"
+        return (f"(recipe key {key}; quickstart: {q[flag]}; default: {default})" if flag in q else
+                f"(recipe key {key}; default: {default})")
 
     p.add_argument("--recipe", help="recipe YAML path or shipped recipe name (with --resume: the run's own "
-                   "recipe.yaml, and an explicit --recipe must be the run's recipe) (default: quickstart)")
-    p.add_argument("--model", help="timm name, hf-hub:ORG/NAME, local-dir:PATH or a run folder "
-                   + recipe("model.name", "model"))
-    p.add_argument("--data", help="quickstart, cifar10, cifar100, ORG/NAME, imagefolder:PATH or npz:PATH "
-                   + recipe("data.name", "data"))
+                   "recipe.yaml, and an explicit --recipe must be the run's recipe) (default: quickstart when "
+                   "neither --model nor --data is given; with either, no recipe: the defaults of "
+                   "docs/configuration.md, e.g. eps 8/255, batch 128, PGD-20 on 1000 examples)")
+    p.add_argument("--model", help=f"{MODEL_FORMS} " + recipe("model.name", "model"))
+    p.add_argument("--data", help=f"{DATA_FORMS} " + recipe("data.name", "data"))
     p.add_argument("--method", help="natural | fgsm-rs | n-fgsm | free | deat | pgd " + recipe("method.name", "method"))
     p.add_argument("--eps", help="perturbation radius in [0,1] pixel units, e.g. 8/255; for threat.norm L1 summed "
                    "over the image, e.g. 12 " + recipe("threat.eps", "eps"))
@@ -178,18 +201,18 @@ def _run_finetune(args: argparse.Namespace) -> int:
             overrides.insert(0, f"{key}={value}")
     if args.model and args.model.startswith("zoo:") and not args.dry_run:
         _ensure_zoo_model(args.model, args.trust_pickle)
+    recipe = default_recipe(args)
     if args.limit_train is not None and not args.resume:  # a resumed run keeps the sizes it started with
-        for note in _quick_trial(args.recipe or "quickstart", overrides, args.limit_train):
+        for note in _quick_trial(recipe, overrides, args.limit_train):
             if os.environ.get("RANK", "0") == "0":  # once under a launcher (every process runs this)
                 print(f"robustify: {note}")
     if args.dry_run:
         from .recipes import dry_run
 
-        print(dry_run(args.recipe or "quickstart", overrides))
+        print(dry_run(recipe, overrides))
         return 0
     from .train.trainer import finetune
 
-    recipe = args.recipe or "quickstart"
     if args.resume:
         if args.output_dir is None:
             raise UserError("--resume needs --output-dir RUN_DIR: the folder of the run to continue")
@@ -197,7 +220,11 @@ def _run_finetune(args: argparse.Namespace) -> int:
         if saved.is_file() and args.recipe is None:  # continue with the run's own resolved recipe; an explicit
             recipe = str(saved)  # --recipe is compared with the run's (trainer.check_resume, the checkpoint's)
     cfg = build_config(recipe, overrides)
-    if not args.resume and args.output_dir is None:
+    if recipe is None and os.environ.get("RANK", "0") == "0":  # the one case where no recipe file is in force
+        from .recipes import DEFAULTS_TEXT
+
+        print(f"robustify: settings: {DEFAULTS_TEXT}")
+    if not args.resume and args.output_dir is None and recipe is not None:
         rerun = _rerun_output_dir(recipe, cfg.output_dir)
         if rerun:
             print(f"robustify: {recipe} is the recipe of the run in {cfg.output_dir}; this new run goes to {rerun}")
@@ -235,6 +262,16 @@ def _quick_trial(recipe: str, overrides: list[str], limit: int) -> list[str]:
         notes.append(f"quick trial (--limit-train {limit}): data.batch_size {cfg.data.batch_size} -> {batch}, the "
                      f"{left} examples left after the probe (--set data.batch_size=N to choose)")
     return notes
+
+
+def default_recipe(args: argparse.Namespace) -> str | None:
+    """The recipe a ``finetune`` without ``--recipe`` starts from. Bare ``robustify finetune`` (flags such as --eps
+    included) is the quickstart; once --model or --data names something else to train, the quickstart's small-data
+    settings (eps 0.1, batch 64, 500 examples) would be a surprise, so it starts from the documented defaults
+    (``None``: FinetuneConfig's, the default column of docs/configuration.md)."""
+    if args.recipe is not None:
+        return args.recipe
+    return None if (args.model is not None or args.data is not None) else "quickstart"
 
 
 def _rerun_output_dir(recipe: str, output_dir: str) -> str | None:
@@ -299,7 +336,8 @@ def _pull_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("repo_id", metavar="ORG/NAME", help="the model repo (hf-hub:ORG/NAME is accepted too), or a zoo "
                    "name ('robustify zoo list'): downloaded, imported if needed and checked into its zoo folder")
     p.add_argument("--revision", metavar="REV", help="branch, tag or commit id (default: main)")
-    p.add_argument("--local-dir", metavar="DIR", help="download into DIR instead of the Hugging Face cache")
+    p.add_argument("--local-dir", metavar="DIR", help="download into DIR instead of the Hugging Face cache (a zoo "
+                   "name: instead of its zoo folder; DIR must be new, empty or hold that model)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="also download and load pickle weights, which can run code when loaded")
     p.set_defaults(handler=_run_pull)
@@ -464,18 +502,19 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
         help="honest robustness evaluation: clean, PGD, AutoAttack, accuracy vs eps, gradient-masking checks",
         description="Evaluate any model 'finetune' accepts (a run folder, hf-hub:ORG/NAME, local-dir:PATH, a timm "
                     "name) on the first N examples of a split: clean accuracy, FGSM, PGD with restarts on the CE and "
-                    "margin losses, AutoAttack (APGD-CE, APGD-T, FAB-T, Square; optional extra: pip install "
-                    "'robustify[autoattack]'), an accuracy-vs-eps curve, and checks that flag gradient masking. On a "
-                    "run folder, data, eps and N default to the run's own, and the results update its metrics.json, "
-                    "config.json and model card.",
+                    "margin losses, AutoAttack (APGD-CE, APGD-T, FAB-T, Square; optional extra: "
+                    "pip install -e \".[autoattack]\" in the clone; without it the default --attack is clean,pgd), "
+                    "an accuracy-vs-eps curve, and checks that flag gradient masking. On a run folder, data, eps and "
+                    "N default to the run's own, and the results update its metrics.json, config.json and model card.",
     )
-    p.add_argument("model", metavar="MODEL", help="run folder, hf-hub:ORG/NAME, local-dir:PATH or timm name")
-    p.add_argument("--data", help="quickstart, cifar10, ORG/NAME, imagefolder:PATH or npz:PATH (run folder: its own)")
+    p.add_argument("model", metavar="MODEL", help=MODEL_FORMS)
+    p.add_argument("--data", help=f"{DATA_FORMS} (run folder: its own)")
     p.add_argument("--split", help="split to evaluate on (run folder: its eval split; else the data set's labelled "
                    "evaluation split: test, validation for imagenet-1k, valid for tiny-imagenet)")
-    p.add_argument("--attack", default="clean,pgd,autoattack",
+    p.add_argument("--attack",
                    help="comma-separated: clean, pgd, autoattack (clean and one-step FGSM always run: the checks "
-                        "compare against them)")
+                        "compare against them) (default: clean,pgd,autoattack; clean,pgd, said in one line, when "
+                        "AutoAttack's optional package is not installed)")
     p.add_argument("--eps", help="perturbation radius in [0,1] pixel units, e.g. 8/255 (run folder: its own)")
     p.add_argument("--norm", choices=("Linf", "L2", "L1"), help="threat model norm (run folder: its own; else Linf); "
                    "L1: eps summed over the image, e.g. --eps 12 on CIFAR (Croce & Hein 2021)")
@@ -486,7 +525,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
                         "and a reduced AutoAttack, labelled 'quick' (a first look)")
     p.add_argument("--pgd-steps", type=int, help="PGD steps (default: from --preset)")
     p.add_argument("--pgd-restarts", type=int, help="PGD random restarts per loss (default: from --preset)")
-    p.add_argument("--pgd-loss", default="ce,cw", help="PGD losses: ce, cw (the margin loss) or ce,cw")
+    p.add_argument("--pgd-loss", default="ce+cw", help="PGD losses: ce, cw (the margin loss) or ce+cw, as the recipe "
+                   "key eval.pgd_loss spells them (ce,cw is accepted too)")
     p.add_argument("--aa-version", choices=("standard", "quick"), help="AutoAttack budget (default: from --preset)")
     p.add_argument("--no-curve", action="store_true", help="skip the accuracy-vs-eps curve")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
@@ -536,7 +576,14 @@ def _eval(args: argparse.Namespace) -> Any:
 
     start = time.perf_counter()
     _check_eval_args(args)
-    attacks = tuple(a.strip() for a in args.attack.split(",") if a.strip())
+    if args.attack is None:
+        from .evaluate.report import default_attacks
+
+        attacks, note = default_attacks()
+        if note and os.environ.get("RANK", "0") == "0":
+            print(f"robustify: {note}")
+    else:
+        attacks = tuple(a.strip() for a in args.attack.split(",") if a.strip())
     eps = parse_number(args.eps, "--eps") if args.eps is not None else None
     res = run_eval(args.model, data=args.data, split=args.split, eps=eps, norm=args.norm, n_examples=args.n_examples,
                    attacks=attacks, preset=args.preset, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
@@ -750,11 +797,16 @@ def _run_pull_zoo(args: argparse.Namespace) -> int:
     from .publish.zoo import get_entry, pull_entry
 
     entry = get_entry(args.repo_id)
-    folder, done = pull_entry(entry, trust_pickle=args.trust_pickle)
+    if args.revision is not None:  # a flag is honoured or refused, never dropped
+        raise UserError(f"--revision {args.revision!r} is not accepted with a zoo name: the entry {entry.name} pins "
+                        f"its revision; for another one pull the repo itself: robustify pull {entry.hub_id} --revision "
+                        f"{args.revision}")
+    folder, done = pull_entry(entry, trust_pickle=args.trust_pickle, local_dir=args.local_dir)
     print(f"{entry.name}: {done}")
     print(f"loads with timm from {folder}")
+    model = shlex.quote(str(folder)) if args.local_dir is not None else f"zoo:{entry.name}"
     print(f'use it: timm.create_model("local-dir:{folder}", pretrained=True); or robustify finetune --model '
-          f"zoo:{entry.name} --data DATA")
+          f"{model} --data DATA")
     return 0
 
 
@@ -773,12 +825,13 @@ def _doctor_parser(sub: argparse._SubParsersAction) -> None:
         description="Check this machine before a long run: torch/CUDA/cuDNN/NCCL versions, GPUs and bf16, the "
                     "processes 'accelerate launch' would start, free disk at the output and cache folders, whether "
                     "the Hub answers (through the proxy huggingface_hub would use) and whether a gated data set is "
-                    "open to the current token (never printed). Reads only. Exit 0: nothing blocks a run; 1: a "
-                    "'fail' row says what does.",
+                    "open to the current token (never printed). Reads only. Exit 0: nothing blocks a run (an "
+                    "unreachable Hub is a warning: the quickstart runs offline); 1: a 'fail' row says what does.",
     )
     p.add_argument("--output-dir", default=".", metavar="DIR", help="where the run will write")
     p.add_argument("--gated-dataset", default=None, metavar="ORG/NAME",
-                   help="the gated data set to check access to (default: ILSVRC/imagenet-1k; '' to skip)")
+                   help="the gated data set to check access to; named here, a closed one is a 'fail' (default: "
+                        "ILSVRC/imagenet-1k, a 'warn' when closed; '' to skip)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(handler=_run_doctor)
 
@@ -789,7 +842,7 @@ def _run_doctor(args: argparse.Namespace) -> int:
     from . import doctor
 
     gated = doctor.GATED_DEFAULT if args.gated_dataset is None else args.gated_dataset
-    rows = doctor.diagnose(args.output_dir, gated)
+    rows = doctor.diagnose(args.output_dir, gated, gated_required=args.gated_dataset is not None)
     print(json.dumps(doctor.as_json(rows), indent=2) if args.json else doctor.render(rows))
     return doctor.exit_code(rows)
 

@@ -198,7 +198,7 @@ class EvalConfig:
     n_examples: int = 1000  # the first N examples of the eval split (RobustBench convention)
     pgd_steps: int = 20
     pgd_restarts: int = 1
-    pgd_loss: str = "ce"  # ce | cw
+    pgd_loss: str = "ce"  # ce | cw | ce+cw
     autoattack: bool = False
 
 
@@ -212,7 +212,7 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    output_dir: str = "runs/robustify"
+    output_dir: str = "runs/robustify-{time}"  # {time}: a fresh folder per run, never an earlier run's
     stages: list[dict[str, Any]] = field(default_factory=list)  # named partial overrides run one after another
 
     def to_dict(self) -> dict[str, Any]:
@@ -756,8 +756,9 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
 
 
 def build_config(recipe: str | None = None, overrides: list[str] | None = None) -> FinetuneConfig:
-    """Recipe (default: the quickstart) + overrides → a validated :class:`FinetuneConfig`."""
-    data = load_recipe(recipe or "quickstart")
+    """Recipe + overrides → a validated :class:`FinetuneConfig`; ``recipe=None`` starts from the dataclasses'
+    defaults (what docs/configuration.md documents), not from any recipe file."""
+    data = load_recipe(recipe) if recipe is not None else {}
     for assignment in overrides or []:
         apply_override(data, assignment)
     return validate(_build(FinetuneConfig, data))

@@ -4,7 +4,10 @@ Versions (torch, CUDA, cuDNN, NCCL and the libraries robustify runs on), the GPU
 processes ``accelerate launch`` would start, free disk where the run and the caches write, whether the Hub answers
 (through the proxy huggingface_hub would use) and whether a gated data set is open to the current token. It only
 reads: it never downloads a model or data, never writes a file, and never prints or stores the token (only where
-it comes from). Exit status 0 when nothing blocks a run, 1 when something does (a ``fail`` row).
+it comes from). Exit status 0 when nothing blocks a run, 1 when something does (a ``fail`` row). An unreachable Hub
+is a ``warn``, not a ``fail``: the quickstart and local models and data run offline, and a run that needs the Hub
+says so itself; so is the default gated data set (ImageNet) when closed to the token, unless it was asked for by
+name (``--gated-dataset``).
 
 Must not: change anything or print a token: it only reads the environment and reports.
 """
@@ -154,7 +157,7 @@ def _proxy_for(endpoint: str) -> str | None:
     return proxies.get(urlsplit(endpoint).scheme) or proxies.get("all")
 
 
-def _hub(gated: str) -> list[Row]:
+def _hub(gated: str, gated_required: bool = False) -> list[Row]:
     from huggingface_hub import constants, get_token
 
     from .models import hub_reachable
@@ -172,12 +175,16 @@ def _hub(gated: str) -> list[Row]:
                            {"endpoint": endpoint, "offline": True}))
         return rows
     reachable = hub_reachable(timeout=5.0)
-    rows.insert(0, Row("Hub", OK if reachable else FAIL, f"{endpoint} {'answers' if reachable else 'unreachable'}"
-                       f"{via}" + ("" if reachable else " (pretrained weights and Hub data sets need it; set "
-                                   "HTTPS_PROXY, or HF_HUB_OFFLINE=1 with a pre-filled cache)"),
+    rows.insert(0, Row("Hub", OK if reachable else WARN, f"{endpoint} {'answers' if reachable else 'unreachable'}"
+                       f"{via}" + ("" if reachable else " (the quickstart and local models and data run offline; "
+                                   "pretrained weights and Hub data sets need it: set HTTPS_PROXY, or "
+                                   "HF_HUB_OFFLINE=1 with a pre-filled cache)"),
                        {"endpoint": endpoint, "reachable": reachable, "proxy": _redact(proxy) if proxy else None}))
     if reachable and gated:
-        rows.append(_gated(gated, endpoint, token))
+        row = _gated(gated, endpoint, token)
+        if row.status == FAIL and not gated_required:  # only the ImageNet recipes need it: a warning by default
+            row.status = WARN
+        rows.append(row)
     return rows
 
 
@@ -202,9 +209,11 @@ def _gated(repo_id: str, endpoint: str, token: str | None) -> Row:
                {"accessible": True})
 
 
-def diagnose(output_dir: str | os.PathLike = ".", gated: str = GATED_DEFAULT) -> list[Row]:
-    """Every row of the report, in the order it prints."""
-    return [*_versions(), *_gpus(), _launch(), *_disk(Path(output_dir)), *_hub(gated)]
+def diagnose(output_dir: str | os.PathLike = ".", gated: str = GATED_DEFAULT, gated_required: bool = False
+             ) -> list[Row]:
+    """Every row of the report, in the order it prints; ``gated_required``: the gated data set was named by the
+    user, so a closed one blocks (a ``fail``) instead of warning."""
+    return [*_versions(), *_gpus(), _launch(), *_disk(Path(output_dir)), *_hub(gated, gated_required)]
 
 
 def exit_code(rows: list[Row]) -> int:

@@ -165,14 +165,20 @@ def split_size(cfg: FinetuneConfig, split: str) -> int | None:
     return SPLIT_SIZES.get(cfg.data.name, {}).get(split)
 
 
-def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
-    """The dry-run plan of a recipe: resolved config, stages, passes and the cost estimate."""
+DEFAULTS_NAME = "(no recipe)"
+DEFAULTS_TEXT = ("no recipe: robustify's defaults (docs/configuration.md#every-recipe-key: eps 8/255, batch 128, "
+                 "PGD-20 on 1000 examples) with your flags; bare 'robustify finetune' is the quickstart")
+
+
+def plan(recipe: str | None, overrides: list[str] | None = None) -> Plan:
+    """The dry-run plan of a recipe (``None``: the defaults, no recipe file): resolved config, stages, passes and
+    the cost estimate."""
     from .train import awp as awp_mod
     from .train import pseudo_labels as pseudo_mod
     from .train.methods import build_method
 
     cfg = build_config(recipe, overrides)
-    path = resolve_recipe_path(recipe)
+    path = resolve_recipe_path(recipe) if recipe is not None else None
     notes: list[str] = []
     stages: list[StagePlan] = []
     for name, scfg in expand_stages(cfg):
@@ -215,10 +221,11 @@ def plan(recipe: str, overrides: list[str] | None = None) -> Plan:
         notes.append(f"no throughput assumption for {cfg.model.name!r}: no H100-hours estimate (run 'robustify bench')")
     if e.autoattack:
         notes.append("the cost leaves out AutoAttack (eval.autoattack: true), which can exceed the training cost")
-    head = header(path)
-    if path.resolve() == resolve_recipe_path("quickstart").resolve():  # its figures come from one place
+    head = header(path) if path is not None else {}
+    if path is not None and path.resolve() == resolve_recipe_path("quickstart").resolve():  # one place
         head["expected"] = expected_text()
-    return Plan(path.stem, cfg, stages, eval_passes, None if tp is None else eval_passes / tp / 3600, head, notes)
+    return Plan(path.stem if path is not None else DEFAULTS_NAME, cfg, stages, eval_passes,
+                None if tp is None else eval_passes / tp / 3600, head, notes)
 
 
 def frontier_notes(name: str, cfg: FinetuneConfig, data_passes: int) -> list[str]:
@@ -339,7 +346,8 @@ def catalogue_table(rows: list[dict[str, Any]] | None = None):
 
 def dry_run_text(p: Plan, checks: list[str]) -> str:
     """What ``finetune --dry-run`` prints (besides the resolved YAML)."""
-    lines = [f"recipe {p.name}: {p.cfg.model.name} on {p.cfg.data.name}, {threat_text(p.cfg)}"]
+    what = f"{p.cfg.model.name} on {p.cfg.data.name}, {threat_text(p.cfg)}"
+    lines = [f"{p.name}: {what}" if p.name == DEFAULTS_NAME else f"recipe {p.name}: {what}"]
     if "expected" in p.header:
         lines.append(f"expected: {p.header['expected']}")
     lines.append("plan:")
@@ -418,8 +426,8 @@ def check_data(cfg: FinetuneConfig) -> str:
     return f"data {d.name}: {len(tr)} train / {len(ev)} eval examples, {tr.features['label'].num_classes} classes"
 
 
-def dry_run(recipe: str, overrides: list[str] | None = None) -> str:
-    """Resolve, check and plan a recipe without training or writing anything."""
+def dry_run(recipe: str | None, overrides: list[str] | None = None) -> str:
+    """Resolve, check and plan a recipe (``None``: the defaults) without training or writing anything."""
     from .config import dump_yaml
     from .train.preflight import preflight
 
@@ -439,7 +447,8 @@ def dry_run(recipe: str, overrides: list[str] | None = None) -> str:
     if p.cfg.data.decode == "device":
         checks.append("data.decode=device: the training JPEGs are decoded on the GPU (nvJPEG) in the training process; "
                       "the run checks its CUDA device before loading anything (not measured on a GPU yet)")
-    return "resolved config:\n" + dump_yaml(p.cfg) + "\n" + dry_run_text(p, checks)
+    source = DEFAULTS_TEXT if recipe is None else f"recipe {p.name} ({resolve_recipe_path(recipe)})"
+    return f"settings: {source}\nresolved config:\n" + dump_yaml(p.cfg) + "\n" + dry_run_text(p, checks)
 
 
 def summary(p: Plan) -> dict[str, Any]:

@@ -135,7 +135,7 @@ def test_help_lists_commands_and_defaults(capsys):
     out = " ".join(capsys.readouterr().out.split())
     for flag in ("--recipe", "--model", "--data", "--method", "--eps", "--epochs", "--output-dir", "--resume", "--set"):
         assert flag in out
-    assert out.count("(default: quickstart)") == 1  # --recipe's default is shown
+    assert out.count("(default: quickstart when neither --model nor --data is given") == 1  # --recipe's default
     assert "quickstart: fgsm-rs" in out and "quickstart: 0.1" in out  # recipe-backed flags show the recipe's value
 
 

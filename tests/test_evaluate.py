@@ -238,8 +238,8 @@ def test_eval_errors_are_one_line(quickstart_run, monkeypatch, capsys):
     monkeypatch.setattr(autoattack, "package_version", lambda: None)
     assert main(["eval", str(quickstart_run), "--attack", "clean,pgd,autoattack"]) == 2
     err = capsys.readouterr().err
-    assert err.strip() == ("robustify: error: --attack autoattack needs the optional package: "
-                           "pip install 'robustify[autoattack]'")
+    assert err.strip() == ("robustify: error: --attack autoattack needs the optional package pyautoattack: "
+                           'pip install -e ".[autoattack]" (in your robustify clone)')
     assert main(["eval", "quickstart", "--eps", "0.1"]) == 2  # not a run folder: --data is needed
     assert "--data is needed" in capsys.readouterr().err
     assert main(["eval", str(quickstart_run), "--attack", "clean,bim"]) == 2

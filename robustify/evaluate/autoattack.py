@@ -4,7 +4,8 @@ Why a package and not our own code: AutoAttack's value is that everyone runs *th
 settings, so numbers are comparable with RobustBench. ``pyautoattack`` is fra31/auto-attack packaged for PyPI (MIT
 licence, pure PyTorch, CPU and GPU, no downloads), so we use its four attack classes unchanged and only drive the
 cascade ourselves, to get a progress bar per attack, per-attack robust accuracy and a per-example record for the
-gradient-masking checks. It is an optional extra: ``pip install 'robustify[autoattack]'``.
+gradient-masking checks. It is an optional extra, installed from the clone with
+``pip install -e ".[autoattack]"`` (never by the package name from PyPI: another project owns that name there).
 
 The cascade (``version="standard"``, as in RobustBench): APGD-CE (100 iterations), APGD-T (targeted DLR loss,
 9 target classes x 100 iterations), FAB-T (9 target classes x 100 iterations), Square (5000 queries). Each attack
@@ -33,7 +34,8 @@ from ..errors import UserError
 from .kernel import FP32, bar_for, own_block
 
 ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
-MISSING = "--attack autoattack needs the optional package: pip install 'robustify[autoattack]'"
+INSTALL = 'pip install -e ".[autoattack]"'  # from the clone: the PyPI name "robustify" is another project's
+MISSING = f"--attack autoattack needs the optional package pyautoattack: {INSTALL} (in your robustify clone)"
 
 
 @dataclass(frozen=True)

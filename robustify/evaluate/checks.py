@@ -202,7 +202,7 @@ def check_gradients(extra: dict[str, Any], losses: tuple[str, ...]) -> dict[str,
     if z.get("ce"):
         note = (f" {_pct(z['ce'])} have a zero cross-entropy gradient (the softmax saturates in float32 on very "
                 "confident predictions); " + ("the margin loss PGD also uses still has gradients there."
-                                               if "cw" in losses else "add the margin loss: --pgd-loss ce,cw."))
+                                               if "cw" in losses else "add the margin loss: --pgd-loss ce+cw."))
     return _item("gradients", title, "pass", "Every example has a non-zero input gradient for the margin loss." + note,
                  **details)
 

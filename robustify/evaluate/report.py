@@ -82,6 +82,20 @@ def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module
 
 
 # ------------------------------------------------------------------------------------------ the evaluation
+DEFAULT_ATTACKS = ("clean", "pgd", "autoattack")
+
+
+def default_attacks() -> tuple[tuple[str, ...], str | None]:
+    """``robustify eval`` without ``--attack``: AutoAttack when its optional package is installed, else clean and PGD
+    with a one-line note saying so (a plain ``pip install -e .`` must evaluate, not stop on a missing extra)."""
+    from .autoattack import INSTALL, package_version
+
+    if package_version() is not None:
+        return DEFAULT_ATTACKS, None
+    return ("clean", "pgd"), ("AutoAttack is not installed, so this evaluation runs clean and PGD only; for "
+                              f"AutoAttack: {INSTALL} in your robustify clone")
+
+
 @dataclass
 class EvalSettings:
     """What to run. Defaults are the ``standard`` preset (the final report)."""
@@ -415,7 +429,8 @@ class RunInfo:
 
 
 def _recipe_data(folder: RunFolder, fallback: str) -> str:
-    """The local --data spec from recipe.yaml (a pulled run's recipe holds only a file name; then the public one)."""
+    """The local --data spec from recipe.yaml; a relative path counts when it exists from here (the folder
+    ``finetune`` ran in), else (a pulled run's recipe holds only a file name) the public name."""
     import yaml
 
     try:
@@ -423,7 +438,8 @@ def _recipe_data(folder: RunFolder, fallback: str) -> str:
         spec = str(recipe["data"]["name"])
     except (UserError, yaml.YAMLError, KeyError, TypeError):  # unreadable or not UTF-8: verify_weights says so
         return fallback
-    if spec.startswith(("npz:", "imagefolder:")) and not Path(spec.split(":", 1)[1]).expanduser().is_absolute():
+    local = Path(spec.split(":", 1)[1]).expanduser() if spec.startswith(("npz:", "imagefolder:")) else None
+    if local is not None and not local.is_absolute() and not local.exists():
         return fallback
     return spec
 
@@ -542,6 +558,9 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
 
     run = read_run(model)
     data = data or (run.data if run else None)
+    if data and data.startswith("local "):  # the record's public name of a local data set no longer found from here
+        raise UserError(f"{model!r} was trained on a {data} that is not found from this folder; give it with --data "
+                        "(e.g. --data imagefolder:PATH or npz:PATH)")
     if not data:
         raise UserError(f"--data is needed to evaluate {model!r} (only a run folder knows its data set); e.g. "
                         "--data cifar10")

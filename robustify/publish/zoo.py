@@ -381,17 +381,25 @@ def _check_architecture(e: ZooEntry, folder: Path, what: str) -> None:
                         f"{e.architecture!r}; the repo does not hold the model the entry describes")
 
 
-def pull_entry(e: ZooEntry, trust_pickle: bool = False) -> tuple[Path, str]:
-    """Download ``e`` into its zoo folder (``robustify pull NAME``) as a timm folder and check that it loads:
-    imported through its converter, or downloaded as is when it already is a timm repo. Returns (folder, what was
-    done). A folder already there is checked, not downloaded again."""
+def pull_entry(e: ZooEntry, trust_pickle: bool = False, local_dir: str | os.PathLike | None = None
+               ) -> tuple[Path, str]:
+    """Download ``e`` into its zoo folder (``robustify pull NAME``), or into ``local_dir`` (``--local-dir DIR``), as
+    a timm folder and check that it loads: imported through its converter, or downloaded as is when it already is a
+    timm repo. Returns (folder, what was done). A model folder already there is checked, not downloaded again; a
+    ``local_dir`` that holds anything else is refused (nothing in it is overwritten)."""
     import shutil
     import tempfile
 
     from ..models import is_model_folder, zoo_folder
     from .hub import pull, verify_loads
 
-    folder = zoo_folder(e.name)
+    folder = Path(local_dir).expanduser() if local_dir is not None else zoo_folder(e.name)
+    if local_dir is not None and folder.exists() and not folder.is_dir():
+        raise UserError(f"--local-dir {str(local_dir)!r} is a file; give a new or empty folder")
+    if (local_dir is not None and folder.is_dir() and not is_model_folder(folder)
+            and any(p.name != ".cache" for p in folder.iterdir())):
+        raise UserError(f"--local-dir {str(local_dir)!r} is not empty and holds no model; give a new or empty folder "
+                        "(nothing in it was changed)")
     if is_model_folder(folder):
         _check_architecture(e, folder, f"{folder} (remove it and pull again)")
         verify_loads(folder, f"zoo model {e.name} ({folder})")

@@ -8,7 +8,7 @@ show that 16-bit units alone match fp32 when the update is Kahan-compensated (or
 rounding error of each update is kept in a bf16 buffer and added back at the next one.
 
 The optimizer is torch-optimi's (``optimi.SGD`` / ``optimi.AdamW`` with ``kahan_sum=True``), not written here; it is
-an optional dependency (``pip install "robustify[pure-bf16]"``), checked before a run starts.
+an optional dependency (``pip install -e ".[pure-bf16]"`` in the clone), checked before a run starts.
 
 How the model runs: the backbone's parameters and buffers are bf16; robustify's input normalization stays fp32 (so
 the [0,1] pixel space the attacks live in is exact), the backbone's input is cast to its own dtype at its entry and
@@ -50,8 +50,8 @@ def require_optimi() -> Any:
         import optimi
     except ImportError:
         raise UserError("train.mixed_precision='pure-bf16' needs torch-optimi (its Kahan-summed optimizers): "
-                        "pip install \"robustify[pure-bf16]\" (or pip install torch-optimi); or use 'bf16' "
-                        "(autocast, fp32 weights)") from None
+                        "pip install -e \".[pure-bf16]\" in your robustify clone (or pip install torch-optimi); or "
+                        "use 'bf16' (autocast, fp32 weights)") from None
     return optimi
 
 

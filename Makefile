@@ -1,0 +1,42 @@
+# The two commands README starts with, on a fresh clone: each creates .venv (or updates it when pyproject.toml
+# changed) and then runs. People who install into their own environment skip this file: pip install -e ".[test]".
+#
+#   make quickstart            # the offline quickstart (robustify finetune, no arguments)
+#   make test                  # the test suite, as CI runs it (.ci/run calls this)
+#   make quickstart CPU=1      # torch's CPU-only build first (a smaller .venv; see README "Install")
+#
+# PYTHON: the interpreter that makes .venv (3.10 or newer); VENV: where it lives.
+
+PYTHON ?= python3
+VENV ?= .venv
+CPU ?=
+TORCH_INDEX ?= $(if $(CPU),https://download.pytorch.org/whl/cpu,)
+PIP = $(VENV)/bin/python -m pip
+
+.PHONY: quickstart test venv clean-venv
+
+# the interpreter itself; a CPU-only torch goes in first when asked, so the package's torch requirement is met
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH_INDEX),$(PIP) install torch torchvision --index-url $(TORCH_INDEX),)
+
+# the package (an editable install: the clone's code runs), redone when pyproject.toml changes
+$(VENV)/.robustify: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e .
+	touch $@
+
+# the package with the test tools (pytest, xdist, ruff, pyautoattack, hypothesis, torch-optimi)
+$(VENV)/.robustify-test: pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -e ".[test]"
+	touch $@ $(VENV)/.robustify
+
+venv: $(VENV)/.robustify
+
+quickstart: $(VENV)/.robustify
+	$(VENV)/bin/robustify finetune
+
+test: $(VENV)/.robustify-test
+	$(VENV)/bin/python -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)
