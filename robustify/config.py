@@ -611,7 +611,7 @@ def stage_notes(cfg: FinetuneConfig) -> list[str]:
         (natural if (_merge(base, stage).get("method") or {}).get("name") == "natural" else adversarial).append(name)
     if not keys:
         return []
-    flat = _flatten(base)
+    flat = flatten(base)
     given = ", ".join(f"{k}={flat[k]!r}" if isinstance(flat[k], str) else f"{k}={str(flat[k]).lower()}" for k in keys)
     one = len(keys) == 1
     return [f"{given} {'applies' if one else 'apply'} to the adversarial stage(s) {', '.join(adversarial)} only; "
