@@ -174,13 +174,14 @@ def test_eval_of_a_run_finds_its_relative_local_data(tmp_path: Path, monkeypatch
     """README's flow: ``finetune --data imagefolder:shapes --output-dir runs/pets`` then ``eval runs/pets`` from the
     same folder: the run's recipe names a relative path, which counts when it exists from here (else the record's
     public name, which eval refuses in one line asking for --data)."""
-    from robustify.evaluate.report import _recipe_data
+    from robustify.evaluate.report import recipe_data
+    from robustify.runfolder import RunFolder
 
     run = tmp_path / "runs" / "pets"
     run.mkdir(parents=True)
     (run / "recipe.yaml").write_text("data:\n  name: imagefolder:shapes\n")
     monkeypatch.chdir(tmp_path)
     public = "local imagefolder data set (shapes)"
-    assert _recipe_data(run, public) == public  # a pulled run: only the name, nothing here
+    assert recipe_data(RunFolder(run), public) == public  # a pulled run: only the name, nothing here
     (tmp_path / "shapes").mkdir()
-    assert _recipe_data(run, public) == "imagefolder:shapes"
+    assert recipe_data(RunFolder(run), public) == "imagefolder:shapes"

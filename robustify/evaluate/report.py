@@ -428,7 +428,7 @@ class RunInfo:
         return self.record.strongest().n_examples if self.record.evaluations else None
 
 
-def _recipe_data(folder: RunFolder, fallback: str) -> str:
+def recipe_data(folder: RunFolder, fallback: str) -> str:
     """The local --data spec from recipe.yaml; a relative path counts when it exists from here (the folder
     ``finetune`` ran in), else (a pulled run's recipe holds only a file name) the public name."""
     import yaml
@@ -454,7 +454,7 @@ def read_run(spec: str) -> RunInfo | None:
     if not isinstance(robustness, dict) or "threat_model" not in robustness:
         return None  # a timm folder (an imported model, a pulled third-party repo): evaluated as a plain model
     record = RunRecord.from_files(config, folder.read_json(METRICS), folder.path.name, folder.what)
-    return RunInfo(folder.path, record, _recipe_data(folder, record.training.dataset))
+    return RunInfo(folder.path, record, recipe_data(folder, record.training.dataset))
 
 
 def matches_run(run: RunInfo, report: dict[str, Any]) -> str | None:
