@@ -1,7 +1,7 @@
 """GPU self-check: what the CPU test suite cannot show, measured on one CUDA GPU in one run (< 8 minutes on an H100),
 offline.
 
-    python scripts/gpu_check.py [--output gpu_check.json] [--skip-compile] [--budget-seconds 450]
+    python scripts/gpu_check.py [--output gpu_check.json] [--skip-compile] [--budget-seconds 420] [--only PREFIX]
 
 Every check runs guarded: a failure (an exception, a subprocess that dies, a timeout, a refusal such as a torchvision
 without nvJPEG) is a row with its one-line reason, and the rest still runs. The JSON is rewritten (temporary file,
@@ -231,18 +231,17 @@ def check_step(method: str, overrides: list[str], model: str, batch: int, size: 
             res = one(i)
         finite = bool(torch.isfinite(res.loss).all().item())
         graphs = _graphs()
-        torch.cuda.synchronize()
+        times, _ = _time_steps(one, warm, 3, accelerator.device)  # before the sync check, which may stop a step
+        times.sort()
         sync, where = None, None
         torch.cuda.set_sync_debug_mode("error")
         try:
             for i in range(2):
-                one(warm + i)
+                one(warm + 3 + i)
         except RuntimeError as e:
             sync, where = one_line(e), robustify_frame(e)
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        times, _ = _time_steps(one, warm + 2, 3, accelerator.device)
-        times.sort()
         row: dict[str, Any] = {"method": m.name, "precision": cfg.train.mixed_precision, "channels_last": True,
                                "loss_finite": finite, "host_sync": sync, "ms_per_step": round(times[1] * 1000, 1),
                                "images_per_second": round(batch / times[1], 1), "peak_mb": _peak_mb()}
@@ -458,8 +457,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=96, help="input size of the method steps")
     parser.add_argument("--bench-batch", type=int, default=128, help="minibatch of the resnet50 224 px bench")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the compiled steps")
-    parser.add_argument("--budget-seconds", type=float, default=450.0,
+    parser.add_argument("--budget-seconds", type=float, default=420.0,
                         help="checks that would start later than this are reported as skipped")
+    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                        help="run only the checks whose name starts with PREFIX (repeatable: e.g. --only compiled)")
     args = parser.parse_args(argv)
 
     import torch
@@ -474,22 +475,27 @@ def main(argv: list[str] | None = None) -> int:
     report = Report(Path(args.output), header, args.budget_seconds)
     print(f"{header['gpu']}  torch {header['torch']}  CUDA {header['cuda']}  cuDNN {header['cudnn']}", flush=True)
     shape = (args.model, args.batch_size, args.image_size)
+
+    def check(name: str, fn: Callable[..., dict[str, Any]], *a: Any, **k: Any) -> None:
+        if not args.only or any(name.startswith(prefix) for prefix in args.only):
+            report.check(name, fn, *a, **k)
+
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for label, method, overrides in STEP_VARIANTS:
-            report.check(f"step {label}", check_step, method, overrides, *shape)
-        report.check("fp32 eval, TF32 off", check_fp32_eval)
-        report.check("autoattack on CUDA, TF32 off", check_autoattack)
-        report.check("exact resume, deterministic", check_exact_resume, tmp)
-        report.check("bench resnet50 224px", check_bench, args.bench_batch)
-        report.check("device decode alone", check_device_decode)
+            check(f"step {label}", check_step, method, overrides, *shape)
+        check("fp32 eval, TF32 off", check_fp32_eval)
+        check("autoattack on CUDA, TF32 off", check_autoattack)
+        check("exact resume, deterministic", check_exact_resume, tmp)
+        check("bench resnet50 224px", check_bench, args.bench_batch)
+        check("device decode alone", check_device_decode)
         data = tmp / "jpegs"
-        report.check("loader: write the parquet", lambda: {"folder": str(write_jpeg_parquet(data))})
+        check("loader: write the parquet", lambda: {"folder": str(write_jpeg_parquet(data))})
         for decode in ("workers", "device"):
-            report.check(f"loader decode={decode}", check_loader, data, tmp / f"loader-{decode}", decode)
+            check(f"loader decode={decode}", check_loader, data, tmp / f"loader-{decode}", decode)
         if not args.skip_compile:  # last: the slowest, and the budget cuts what it must
             for method in METHODS:
-                report.check(f"compiled {method}", check_step, method, [], *shape, compiled=True)
+                check(f"compiled {method}", check_step, method, [], *shape, compiled=True)
     report.write()
     print(report.table())
     print(f"gpu_check: {'all checks passed' if report.ok else 'some checks FAILED'} in "
