@@ -202,8 +202,6 @@ SLICED_LPFT = [("lp-ft",)] + [("lp-ft", n) for n in ("awp", "ema", "eps-warmup",
                                                      "unlabeled", "pure-bf16", "fosc", "trades", "L2", "L1",
                                                      "deterministic", "few-shot", "grad-accum")]
 SLICED_FAST = {("trades",), ("lp-ft", "awp")}
-EMA_PER_STAGE = ("LP-FT + EMA: every stage registers another weight average, so the resume is refused by Accelerate; "
-                 "fixed in trainer.py on another branch of issue 26 (expected to pass after that merge)")
 
 
 @pytest.mark.parametrize("names", SLICED_ALONE + SLICED_LPFT, ids=lambda n: "+".join(n))
@@ -212,8 +210,6 @@ def test_a_time_sliced_run_of_an_option_equals_the_uninterrupted_one(names: tupl
 
     if names not in SLICED_FAST and not os.environ.get("ROBUSTIFY_ALL_PAIRS"):
         pytest.skip("set ROBUSTIFY_ALL_PAIRS=1 to run every option's time-sliced run")
-    if names == ("lp-ft", "ema"):
-        pytest.skip(EMA_PER_STAGE)
     with np.load(QUICKSTART_DIR / "digits.npz") as a:
         x = a["x_test"][-48:]
     unlabeled = tmp_path / "unlabeled.npz"
