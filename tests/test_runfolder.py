@@ -27,9 +27,6 @@ PACKAGE = Path(__file__).resolve().parents[1] / "robustify"
 NAMES = {v for k, v in vars(runfolder).items() if k.isupper() and isinstance(v, str) and "*" not in v}
 # Functions that still spell a name themselves, and why (each one a reason, not a convenience):
 EXEMPT = {
-    # the pull path (a pulled repo has a run folder's layout); another branch rewrites it, then it asks runfolder too
-    ("publish/hub.py", "pull"), ("publish/hub.py", "verify_pulled"), ("publish/hub.py", "card_summary"),
-    ("publish/zoo.py", "_check_architecture"),
     # an example --output file name in a message; fileio.py is below runfolder.py (runfolder writes through it)
     ("fileio.py", "check_output_file"),
 }

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,13 +72,6 @@ class PushResult:
 
 
 # --------------------------------------------------------------------------------------------- run folders
-def _read_json(path: Path, what: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: invalid JSON or not UTF-8
-        raise UserError(f"{what}: {path.name} cannot be read ({str(e).splitlines()[0]})") from None
-
-
 def _has_results(metrics: Any) -> bool:
     after = metrics.get("after") if isinstance(metrics, dict) else None
     if not isinstance(after, dict) or not isinstance(after.get("clean_acc"), (int, float)):
@@ -433,8 +425,8 @@ def pull(repo_id: str, revision: str | None = None, local_dir: str | Path | None
 
     safe = [f for f in files if f.endswith(".safetensors")]
     pickles = [f for f in files if _matches(f, PICKLE_PATTERNS)]
-    if "config.json" not in files:
-        raise UserError(f"{repo_id} is not a timm model repo (no config.json); robustify pulls timm hub-format models")
+    if CONFIG not in files:
+        raise UserError(f"{repo_id} is not a timm model repo (no {CONFIG}); robustify pulls timm hub-format models")
     if not safe and pickles and not trust_pickle:
         raise UserError(f"{repo_id} has only pickle weights ({', '.join(pickles)}), which can run code when loaded; "
                         f"refusing to download them. Pass {TRUST_FLAG} if you trust this repo")
@@ -488,13 +480,14 @@ def verify_pulled(folder: Path, repo_id: str) -> None:
     from .runrecord import HASH_KEY, file_sha256, recorded_weights_hash
 
     what = f"{repo_id} (downloaded to {folder})"
-    config = _read_json(folder / "config.json", what)
+    pulled = runfolder.RunFolder(folder, what)
+    config = pulled.read_json(CONFIG)
     robustness = config.get("robustness") if isinstance(config, dict) else None
     if not isinstance(robustness, dict) or not (folder / runrecord.WEIGHTS_FILE).is_file():
         return  # not a robustify model: timm's files only, nothing recorded to compare with
     fix = "its card's numbers do not belong to these weights; do not cite them, and ask the repo's owner to push " \
           "the run again (robustify push)"
-    metrics = _read_json(folder / "metrics.json", what) if (folder / "metrics.json").is_file() else None
+    metrics = pulled.read_json(METRICS) if pulled.has(METRICS) else None
     try:
         expected = recorded_weights_hash(config, metrics if metrics is not None else {HASH_KEY: robustness.get(
             HASH_KEY), "schema": robustness.get("schema")}, what)
@@ -533,7 +526,7 @@ def _pull_offline(repo_id: str, revision: str | None, local_dir: str | Path | No
 
 def card_summary(folder: Path) -> str | None:
     """One line of results from the pulled card's robustbench block, if it has one."""
-    readme = folder / "README.md"
+    readme = folder / CARD
     if not readme.is_file():
         return None
     try:

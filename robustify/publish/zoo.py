@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -25,6 +24,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from ..errors import UserError
+from ..runfolder import CONFIG, RunFolder
 
 ZOO_DIRS = (
     Path(__file__).resolve().parents[2] / "zoo",  # a source checkout / editable install
@@ -373,11 +373,11 @@ def _check_architecture(e: ZooEntry, folder: Path, what: str) -> None:
     """Refuse a folder whose config.json names another architecture than the entry: a repo that loads with timm
     is not yet the model the zoo entry describes (its numbers, threat model and license are the entry's)."""
     try:
-        arch = json.loads((folder / "config.json").read_text()).get("architecture")
-    except (OSError, ValueError, AttributeError):
+        arch = RunFolder(folder, what).read_json(CONFIG).get("architecture")
+    except (UserError, AttributeError):
         arch = None
     if arch != e.architecture:
-        raise UserError(f"{what}: config.json's architecture is {arch!r}, but zoo entry {e.name} is "
+        raise UserError(f"{what}: {CONFIG}'s architecture is {arch!r}, but zoo entry {e.name} is "
                         f"{e.architecture!r}; the repo does not hold the model the entry describes")
 
 
