@@ -181,7 +181,8 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                    help="print the resolved config, stages, planned passes and cost estimate, check the model and "
                         "data, and exit without training or writing anything")
     p.add_argument("--limit-train", type=int, metavar="N", help="train on the first N examples only (recipe key "
-                   "data.max_train_examples), for a quick trial")
+                   "data.max_train_examples), for a quick trial: the held-out probe and the batch shrink to fit, "
+                   "and the run's first lines say so")
     p.add_argument("--limit-eval", type=int, metavar="N", help="evaluate on the first N examples only (recipe key "
                    "eval.n_examples)")
     p.set_defaults(handler=_run_finetune)
@@ -202,7 +203,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
     if args.model and args.model.startswith("zoo:") and not args.dry_run:
         _ensure_zoo_model(args.model, args.trust_pickle)
     recipe = default_recipe(args)
-    if args.limit_train is not None and not args.resume:  # a resumed run keeps the sizes it started with
+    if args.limit_train is not None:  # the same shrink on --resume (it depends only on the arguments and world size)
         for note in _quick_trial(recipe, overrides, args.limit_train):
             if os.environ.get("RANK", "0") == "0":  # once under a launcher (every process runs this)
                 print(f"robustify: {note}")

@@ -133,7 +133,22 @@ def _fp32_switches() -> list[Any]:
 @contextlib.contextmanager
 def fp32_math() -> Iterator[None]:
     """True float32 arithmetic inside evaluation: TF32 off for matmuls and cuDNN convolutions (PyTorch lets cuDNN
-    use TF32 by default on Ampere and later), restored afterwards so training keeps its own setting.
+    use TF32 by default on Ampere and later), and cuDNN's benchmark mode off (training turns it on unless
+    ``train.deterministic``; its choice of algorithm may differ between runs and batch shapes, and an evaluation must
+    give the same counts on every run and at every world size); each restored afterwards so training keeps its own.
+    """
+    benchmark = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        with _tf32_off():
+            yield
+    finally:
+        torch.backends.cudnn.benchmark = benchmark
+
+
+@contextlib.contextmanager
+def _tf32_off() -> Iterator[None]:
+    """TF32 off, then restored.
 
     Uses the per-backend ``fp32_precision`` switches where torch has them (2.9+; mixing them with the legacy
     ``allow_tf32`` flags is an error there), else the legacy flags.

@@ -68,8 +68,8 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
 def check_sync_bn(cfg: FinetuneConfig, device_type: str) -> None:
     """``model.sync_bn`` with several processes: refused on a CPU (torch's SyncBatchNorm runs on CUDA or XPU only) and
     with ``method.bn_mode: train`` for a method that attacks: SyncBatchNorm in train mode all-gathers statistics in
-    every attack forward and backward too (about 1,500 collectives per PGD-10 step of a ResNet-50), and an attack
-    that stops early on one process (``method.fosc``) leaves the others waiting in a collective."""
+    every attack forward and backward too (by count of BatchNorm layers, over a thousand collectives per PGD-10 step
+    of a ResNet-50: not measured on a GPU yet). Checked for every stage when the run starts."""
     from ..errors import UserError
 
     if device_type == "cpu":

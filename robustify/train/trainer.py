@@ -287,6 +287,10 @@ def start(cfg: FinetuneConfig, resume: bool) -> tuple[Accelerator, Path, Finetun
         from ..data.device_decode import check_device
 
         check_device(accelerator.device)  # CUDA with nvJPEG: a dry run (any machine) does not check it
+    if accelerator.num_processes > 1:  # model.sync_bn of every stage, before any stage trains (a natural first stage)
+        for _, stage_cfg in expand_stages(cfg):
+            if stage_cfg.model.sync_bn:
+                check_sync_bn(stage_cfg, accelerator.device.type)
     run_dir = resolve_output_dir(cfg, resume, accelerator)
     notes = check_resume(run_dir, cfg) if resume and checkpoint_dirs(run_dir) else []
     for note in notes:
@@ -344,9 +348,8 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if cfg.model.sync_bn and accelerator.num_processes > 1:  # model.sync_bn: statistics of the global batch
-        check_sync_bn(cfg, accelerator.device.type)
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if cfg.model.sync_bn and accelerator.num_processes > 1:  # model.sync_bn: statistics of the global batch (checked
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # for every stage in start())
 
     method = build_method(cfg.method, cfg.threat)
     global_batch = cfg.data.batch_size * accelerator.num_processes * cfg.train.grad_accum

@@ -32,8 +32,10 @@ class FOSCSchedule:
         return max(self.start * (self.total_epochs - 1 - self.epochs_seen) / span, 0.0)
 
     def record(self, fosc: torch.Tensor, grads: torch.Tensor) -> None:
-        row = torch.stack([fosc.detach().double().sum(), torch.tensor(float(fosc.numel()), dtype=torch.float64,
-                                                                      device=fosc.device), grads.double()])
+        # the count is filled on the device (a kernel argument): torch.tensor(..., device=) would copy from pageable
+        # host memory and synchronise the host at every step
+        row = torch.stack([fosc.detach().double().sum(), fosc.new_full((), fosc.numel(), dtype=torch.float64),
+                           grads.double()])
         self.sums = row if self.sums is None else self.sums.to(row.device) + row
 
     def end_epoch(self) -> dict:
