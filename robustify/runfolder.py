@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, first_line
 from .fileio import atomic_write_many
 
 WEIGHTS = "model.safetensors"
@@ -120,7 +120,7 @@ class RunFolder:
         try:
             return (self.path / name).read_text(encoding="utf-8")
         except (OSError, ValueError) as e:  # ValueError: not UTF-8
-            raise UserError(f"{self.what}: {name} cannot be read ({_first_line(e)})") from None
+            raise UserError(f"{self.what}: {name} cannot be read ({first_line(e)})") from None
 
     def read_json(self, name: str) -> Any:
         """The file's JSON (the one JSON reader of a run folder: a missing, unreadable or invalid file is one line
@@ -131,7 +131,7 @@ class RunFolder:
         try:
             return json.loads(text)
         except ValueError as e:
-            raise UserError(f"{self.what}: {name} cannot be read ({_first_line(e)})") from None
+            raise UserError(f"{self.what}: {name} cannot be read ({first_line(e)})") from None
 
     def read_record_files(self) -> tuple[Any, Any]:
         """config.json and metrics.json, as stored (their meaning: ``publish/runrecord.py``)."""
@@ -142,8 +142,3 @@ class RunFolder:
         place (:func:`fileio.atomic_write_many`), so a failure leaves every one of them as it was."""
         atomic_write_many({self.path / name: data.encode("utf-8") if isinstance(data, str) else data
                            for name, data in files.items()})
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

@@ -17,7 +17,6 @@ Must not: write a folder whose logits differ from the source layout, or keep a p
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -318,11 +317,8 @@ def refresh_card(folder: Path) -> Path:
     prov = Provenance(**{k: v for k, v in block.items() if k in known})
     prov.reported = [Reported(**r) for r in block.get("reported", [])]
     measured = None
-    if (folder / EVAL).is_file():
-        try:
-            measured = json.loads((folder / EVAL).read_text(encoding="utf-8"))
-        except ValueError:
-            raise UserError(f"{folder / EVAL} is not valid JSON; run robustify eval again") from None
+    if (folder / EVAL).is_file():  # the one reader: a file that cannot be read is one line naming it
+        measured = RunFolder(folder).read_json(EVAL)
     card = render_import_card(prov, cfg.get("architecture", "?"), int(cfg.get("num_classes", 0)),
                               cfg.get("pretrained_cfg", {}), measured)
     atomic_write_text(folder / CARD, str(card))

@@ -411,7 +411,8 @@ def pull_entry(e: ZooEntry, trust_pickle: bool = False, local_dir: str | os.Path
             pull(e.hub_id, revision=e.revision, local_dir=tmp)
             _check_architecture(e, tmp, f"{e.hub_id} (nothing kept)")
             shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping of a local_dir
-            if folder.exists():
+            if folder.exists():  # an empty --local-dir (or one holding only a failed pull's bookkeeping)
+                shutil.rmtree(folder / ".cache", ignore_errors=True)
                 folder.rmdir()
             os.replace(tmp, folder)
         except BaseException:
