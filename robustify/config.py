@@ -422,9 +422,6 @@ FREEZE_RE = re.compile(r"none|backbone|stem|stages:[1-9][0-9]*")
 def validate_frontier(cfg: FinetuneConfig) -> None:
     """Generic checks of the fine-tuning frontier's keys (eps warm-up, AWP, freezing, few-shot); which methods AWP
     combines with is the method registry's check (``train.methods.base.validate_section``)."""
-    if not 0 <= cfg.threat.eps_warmup_fraction <= 1:
-        raise ConfigError(f"threat.eps_warmup_fraction={cfg.threat.eps_warmup_fraction:g} is outside [0, 1]; it is "
-                          "the share of each stage over which the training eps ramps from 0, e.g. 0.3 (0: off)")
     if cfg.train.awp_gamma <= 0:
         raise ConfigError(f"train.awp_gamma={cfg.train.awp_gamma:g} is not accepted; use a value > 0 such as 5e-3 "
                           "(relative to each layer's weight norm)")

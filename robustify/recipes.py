@@ -231,11 +231,9 @@ def plan(recipe: str | None, overrides: list[str] | None = None) -> Plan:
 def frontier_notes(name: str, cfg: FinetuneConfig, data_passes: int) -> list[str]:
     """Dry-run notes for the fine-tuning frontier's options of one stage (what they change in the plan)."""
     from .train import awp as awp_mod
+    from .train import options
 
-    out = []
-    if cfg.threat.eps_warmup_fraction > 0 and cfg.method.name != "natural":
-        out.append(f"stage {name}: eps warm-up, the training eps ramps 0 -> {cfg.threat.eps:.4g} over the first "
-                   f"{cfg.threat.eps_warmup_fraction:.0%} of the stage (no extra passes; evaluations at the full eps)")
+    out = options.plan_notes(name, cfg, data_passes)  # each active option's own notes (train/options/)
     if cfg.train.awp:
         out.append(f"stage {name}: AWP (gamma {cfg.train.awp_gamma:g}) adds {awp_mod.extra_passes(cfg)} pass(es) "
                    f"per minibatch in {awp_mod.active_epochs(cfg, data_passes)} of {data_passes} epochs "

@@ -25,9 +25,9 @@ def _run(overrides: list[str]):
     from robustify.models import RobustModel
     from robustify.train import awp as awp_mod
     from robustify.train import ema as ema_mod
-    from robustify.train import eps_warmup
     from robustify.train.methods import StepContext, build_method
     from robustify.train.optim import OptimizerStepper, build_optimizer, step_autocast
+    from robustify.train.options import eps_warmup
 
     cfg = build_config("quickstart", ["data.batch_size=4", "method.steps=2", "method.replays=2",
                                       "method.max_strength=2", *overrides])

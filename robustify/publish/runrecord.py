@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import sections
 from ..errors import UserError
 from ..fileio import file_sha256
 from ..runfolder import CONFIG, METRICS, RECIPE, WEIGHTS, RunFolder
@@ -663,8 +664,8 @@ def frontier_options(cfg: Any) -> dict[str, Any]:
     """The fine-tuning frontier's options that are on in ``cfg`` (the last stage's config; per-epoch details such as
     the training eps and whether AWP was active are in the history), for the record and the card."""
     out: dict[str, Any] = {}
-    if cfg.threat.eps_warmup_fraction > 0:
-        out["eps_warmup_fraction"] = cfg.threat.eps_warmup_fraction
+    for unit in sections.options():  # each registered option's own entries (train/options/), in registry order
+        out.update(unit.record(cfg))
     if cfg.train.awp:
         out["awp"] = {"gamma": cfg.train.awp_gamma, "warmup_epochs": cfg.train.awp_warmup_epochs}
     if cfg.model.freeze != "none":

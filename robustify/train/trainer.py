@@ -24,7 +24,7 @@ import os
 import platform
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,8 @@ from ..report import before_after_table, history_table, plot_history, print_tabl
 from ..runfolder import HISTORY, HISTORY_PLOT, RECIPE
 from . import awp as awp_mod
 from . import ema as ema_mod
-from . import eps_warmup, local_sgd, pseudo_labels, pure_bf16
 from . import freeze as freeze_mod
+from . import local_sgd, options, pseudo_labels, pure_bf16
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -244,6 +244,7 @@ class Run:
     guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
     unlabeled: pseudo_labels.Unlabeled | None = None  # data.unlabeled: pseudo-labelled examples mixed into batches
     comm: Any = None  # train.grad_compression=sign: the hook's state (per-process error memory, bytes sent)
+    options: list[options.Option] = field(default_factory=list)  # the stage's active options (train/options/)
 
     @property
     def main(self) -> bool:
@@ -393,6 +394,9 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
               ctx, epochs, lr, verdicts.eval_block(*block), verdicts.eval_size, verdict_model=verdict_model,
               probe_batch=verdicts.probe)
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
+    run.options = options.active(cfg)  # only the options that are on: the others run no code
+    for opt in run.options:
+        opt.setup(run)
     if cfg.data.unlabeled and cfg.method.name != "natural":  # robust self-training: labelled once, before training
         # the default teacher (the model before adversarial fine-tuning) labels in fp32, whatever the precision
         run.unlabeled = pseudo_labels.prepare(cfg, run_dir, accelerator, loaders, pure_bf16.fp32_copy(raw),
@@ -522,6 +526,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
     sums = torch.tensor(state.epoch_sums, dtype=torch.float64, device=acc.device)  # loss*n, correct, n
     t0 = time.perf_counter() - state.epoch_seconds
     run.model.train()
+    for opt in run.options:  # the active options' epoch hooks (train/options/)
+        opt.begin_epoch(run, epoch)
     if run.ctx.awp is not None:
         run.ctx.awp.set_epoch(epoch)  # off during train.awp_warmup_epochs
     awp_passes = run.ctx.awp.passes_now if run.ctx.awp is not None else 0  # AWP's extra pass, when active
@@ -542,10 +548,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         steps_before = run.stepper.opt_steps
         if run.method.dynamic_steps:  # steps per minibatch vary (deat): follow the epochs, not a fixed step plan
             run.stepper.progress = ((epoch - 1) * n_batches + state.batch) / (run.epochs * n_batches)
-        share = eps_warmup.factor(cfg.threat.eps_warmup_fraction,  # 1.0 without warm-up (threat.eps_warmup_fraction)
-                                  eps_warmup.stage_progress(epoch, state.batch, run.epochs, n_batches))
-        try:
-            with acc.accumulate(run.model), eps_warmup.scaled(run.method, share):
+        try:  # the active options' step hooks (train/options/): none when every option is off
+            with acc.accumulate(run.model), options.step_scope(run.options, run, epoch, state.batch):
                 res = run.method.step(run.ctx, x, y)
         except torch.OutOfMemoryError as e:  # one line with the batch, the memory seen and what to try
             bar.close()
@@ -608,7 +612,7 @@ def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
            "seconds": state.epoch_seconds, "opt_steps": run.stepper.opt_steps, "note": note,
            **({"stage": run.stage_name} if run.stage_name else {}),
            **run.method.on_epoch_end(epoch),
-           **eps_warmup.history_fields(run.cfg, epoch, run.epochs, run.loaders.batches_per_epoch),
+           **{k: v for opt in run.options for k, v in opt.history_fields(run, epoch).items()},
            **({"awp": run.ctx.awp.active} if run.ctx.awp is not None else {}),
            **({"freeze": run.cfg.model.freeze} if run.cfg.model.freeze != "none" else {})}
     state.history.append(row)

@@ -1,0 +1,62 @@
+"""Run options, one file per option, registered by name (like the methods in train/methods/).
+
+An option (eps warm-up, AWP, ...) is a class of :class:`base.Option` that owns its config checks, its cost in the
+dry-run plan, its setup, its hooks in the step, its history and record fields and its card lines. The trainer builds
+the active options of a stage (:func:`active`) and calls their hooks in one place each; an option that is off is not
+in the list and runs no code. Adding an option is adding a file here and one line below.
+
+Must not: import the trainer, or hold one option's rules outside that option's file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from ... import sections
+from .base import Option
+from .eps_warmup import EpsWarmup
+
+# the registry, in the order the checks run and the plan, record and card list the options
+OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup,)}
+
+
+def check(cfg: Any) -> None:
+    """Every option's config checks (the ``options`` section of robustify/sections.py)."""
+    for unit in OPTIONS.values():
+        unit.check(cfg)
+
+
+def active(cfg: Any) -> list[Option]:
+    """The options that are on for a stage with config ``cfg``, built for it (empty: no option code runs)."""
+    return [unit(cfg) for unit in OPTIONS.values() if unit.active(cfg)]
+
+
+def plan_notes(stage: str, cfg: Any, data_passes: int) -> list[str]:
+    """The dry-run notes of every active option of one stage."""
+    return [note for unit in OPTIONS.values() if unit.active(cfg) for note in unit.plan_notes(stage, cfg, data_passes)]
+
+
+def step_scope(options: list[Option], run: Any, epoch: int, batch: int) -> contextlib.AbstractContextManager:
+    """The active options' step hooks around one method step, in registry order."""
+    scopes = [s for s in (opt.step_scope(run, epoch, batch) for opt in options) if s is not None]
+    if not scopes:
+        return contextlib.nullcontext()
+    return scopes[0] if len(scopes) == 1 else stacked(scopes)
+
+
+@contextlib.contextmanager
+def stacked(scopes: list[contextlib.AbstractContextManager]) -> Iterator[None]:
+    """Several options' step hooks entered in order when the step starts, left in reverse order after it."""
+    with contextlib.ExitStack() as stack:
+        for scope in scopes:
+            stack.enter_context(scope)
+        yield
+
+
+for _unit in OPTIONS.values():
+    sections.register_option(_unit.name, _unit)
+sections.register("options", check)  # config.validate runs it (robustify/sections.py)
+
+__all__ = ["OPTIONS", "Option", "active", "check", "plan_notes", "step_scope"]

@@ -1,0 +1,86 @@
+"""The option protocol: what a run option (eps warm-up, AWP, EMA, ...) owns and where it hooks into a run.
+
+An option is a registered unit, like a method. Its class owns everything about it:
+
+- ``active(cfg)``: whether the option is on for a stage's config (only active options are instantiated, so an option
+  that is off runs no code in the step);
+- ``check(cfg)``: its config keys' checks (one line naming the bad value, exit 2), and the rules that pair it with
+  another option (the option that refuses holds the rule);
+- ``plan_notes`` / ``extra_passes``: its cost in the dry-run plan (recipes.py asks the registry);
+- ``record(cfg)`` / ``card_lines(record)``: its entry in the run record's ``training.options`` and its model-card
+  lines (publish/ asks the registry through robustify/sections.py, never naming the option).
+
+An instance (one per stage, built by the trainer from the stage's config) hooks into the run:
+
+- ``setup(run)``: after the stage's model, optimizer and method exist;
+- ``begin_epoch(run, epoch)``: before the epoch's first minibatch;
+- ``step_scope(run, epoch, batch)``: a context manager around one method step (None: no step hook);
+- ``history_fields(run, epoch)`` / ``cost_fields(run)``: its fields of the epoch's history row and of the cost block.
+
+Must not: import the trainer (the run is passed in), or be named by any module but its own file, its registry line
+and its docs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar
+
+
+class Option:
+    """Base class: every hook does nothing; an option overrides the ones it needs."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg  # the stage's FinetuneConfig
+
+    # --- class level: the config, the plan, the record and the card (no run needed) ------------------------------
+    @classmethod
+    def active(cls, cfg: Any) -> bool:
+        """Whether the option is on for a stage with config ``cfg``."""
+        return False
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """Raise ConfigError (one line) for a bad value of the option's keys or a pairing it refuses."""
+
+    @classmethod
+    def extra_passes(cls, cfg: Any, data_passes: int) -> tuple[int, int]:
+        """(extra forward/backward passes per minibatch while active, epochs it is active) for the plan."""
+        return 0, 0
+
+    @classmethod
+    def plan_notes(cls, stage: str, cfg: Any, data_passes: int) -> list[str]:
+        """The dry-run plan's notes on what the option changes in stage ``stage``."""
+        return []
+
+    @classmethod
+    def record(cls, cfg: Any) -> dict[str, Any]:
+        """The option's entries in the run record's ``training.options`` (the last stage's config)."""
+        return {}
+
+    @classmethod
+    def card_lines(cls, record: Any) -> list[str]:
+        """The model card's lines on the option, from the run record (a folder written before the option's
+        migration reads the same: the record's fields are unchanged)."""
+        return []
+
+    # --- instance level: the hooks of a running stage ---------------------------------------------------------------
+    def setup(self, run: Any) -> None:
+        """After the stage's model, optimizer and method are built (and a resume restored)."""
+
+    def begin_epoch(self, run: Any, epoch: int) -> None:
+        """Before the first minibatch of ``epoch`` (also on a resume into the middle of it)."""
+
+    def step_scope(self, run: Any, epoch: int, batch: int) -> contextlib.AbstractContextManager | None:
+        """A context around minibatch ``batch`` of ``epoch``'s method step; None when the option has no step hook."""
+        return None
+
+    def history_fields(self, run: Any, epoch: int) -> dict[str, Any]:
+        """The option's fields of ``epoch``'s history row."""
+        return {}
+
+    def cost_fields(self, run: Any) -> dict[str, Any]:
+        """The option's fields of metrics.json's cost block."""
+        return {}
