@@ -23,8 +23,8 @@ def _run(overrides: list[str]):
     from accelerate import Accelerator
 
     from robustify.models import RobustModel
-    from robustify.train import awp as awp_mod
     from robustify.train import ema as ema_mod
+    from robustify.train import options
     from robustify.train.methods import StepContext, build_method
     from robustify.train.optim import OptimizerStepper, build_optimizer, step_autocast
     from robustify.train.options import eps_warmup
@@ -41,11 +41,10 @@ def _run(overrides: list[str]):
     optimizer = build_optimizer(raw, cfg)
     stepper = OptimizerStepper(acc, raw, optimizer, cfg, total_opt_steps=8)
     stepper.after_step = (lambda: average.update(raw)) if average is not None else None
-    ctx = StepContext(model=raw, attack_model=raw, optimize=stepper, autocast=step_autocast(acc),
-                      awp=awp_mod.build(cfg, raw))
-    stepper.after_backward = ctx.awp.restore if ctx.awp is not None else None
-    if ctx.awp is not None:
-        ctx.awp.set_epoch(1)
+    ctx = StepContext(model=raw, attack_model=raw, optimize=stepper, autocast=step_autocast(acc))
+    for opt in options.active(cfg):  # the options' step hooks as the trainer attaches them (AWP), in epoch 1
+        opt.attach(ctx, stepper, raw)
+        opt.begin_epoch(None, 1)
     method = build_method(cfg.method, cfg.threat)
     results = []
     for batch in range(2):

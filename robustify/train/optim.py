@@ -129,7 +129,7 @@ class OptimizerStepper:
         self.total = max(total_opt_steps, 1)  # optimizer steps in the whole run
         self.opt_steps = opt_steps
         self.after_step: Callable[[], None] | None = None  # called after each optimizer step (weight averaging)
-        self.after_backward: Callable[[], None] | None = None  # after every backward, before any step (AWP restore)
+        self.after_backward: Callable[[], None] | None = None  # after every backward, before any step (an option's)
         # the schedule's position in [0, 1] when the trainer sets it per minibatch (the share of the stage's
         # minibatches done: methods whose optimizer steps per minibatch vary, deat); None: optimizer steps done /
         # planned, the usual case

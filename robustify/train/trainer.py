@@ -47,7 +47,6 @@ from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from ..runfolder import HISTORY, HISTORY_PLOT, RECIPE
-from . import awp as awp_mod
 from . import ema as ema_mod
 from . import freeze as freeze_mod
 from . import local_sgd, options, pseudo_labels, pure_bf16
@@ -383,9 +382,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     # a peak lr scaled up for a large global batch reaches its peak gradually (schedules.warmup_for_scaled_lr)
     stepper.schedule, warmup = warmup_for_scaled_lr(stepper.schedule, lr / cfg.schedule.lr if cfg.schedule.lr else 1.0,
                                                     epochs)
-    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator),
-                      awp=awp_mod.build(cfg, raw))
-    stepper.after_backward = ctx.awp.restore if ctx.awp is not None else None
+    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator))
     verdict_model, verdicts = verdict_view(cfg, verdict_data, accelerator, backbone, probed, loaders)
     # each process decodes only the evaluation examples it attacks (the kernel's batch-aligned block)
     block = shard_range(verdicts.eval_size, cfg.data.eval_batch_size, accelerator.process_index,
@@ -528,9 +525,7 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
     run.model.train()
     for opt in run.options:  # the active options' epoch hooks (train/options/)
         opt.begin_epoch(run, epoch)
-    if run.ctx.awp is not None:
-        run.ctx.awp.set_epoch(epoch)  # off during train.awp_warmup_epochs
-    awp_passes = run.ctx.awp.passes_now if run.ctx.awp is not None else 0  # AWP's extra pass, when active
+    passes = run.method.passes_per_batch + sum(opt.passes_now() for opt in run.options)  # per minibatch
     # train.local_sgd_steps: DDP in no_sync for the epoch, the models averaged every K optimizer steps and at its end
     local = local_sgd.for_epoch(acc, run.model, run.optimizer, cfg.train.local_sgd_steps)
     if local is not None:
@@ -559,8 +554,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         sums[2] += n
         state.batch += 1
         state.progress += 1
-        state.batch_passes += run.method.passes_per_batch + awp_passes
-        state.example_passes += y.shape[0] * acc.num_processes * (run.method.passes_per_batch + awp_passes)
+        state.batch_passes += passes
+        state.example_passes += y.shape[0] * acc.num_processes * passes
         bar.update(1)
         if state.batch % cfg.train.log_every == 0 or state.batch == n_batches:
             s = sums.tolist()  # the one host sync every log_every minibatches
@@ -613,7 +608,6 @@ def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
            **({"stage": run.stage_name} if run.stage_name else {}),
            **run.method.on_epoch_end(epoch),
            **{k: v for opt in run.options for k, v in opt.history_fields(run, epoch).items()},
-           **({"awp": run.ctx.awp.active} if run.ctx.awp is not None else {}),
            **({"freeze": run.cfg.model.freeze} if run.cfg.model.freeze != "none" else {})}
     state.history.append(row)
     state.epoch, state.batch, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
@@ -642,7 +636,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
     cost = {"wall_seconds": state.wall_seconds, "epochs": len(state.history),
             "optimizer_steps": state.prior_opt_steps + run.stepper.opt_steps, "batch_passes": state.batch_passes,
             "example_passes": state.example_passes,
-            "passes_per_batch": run.method.passes_per_batch + (run.ctx.awp.passes if run.ctx.awp is not None else 0),
+            "passes_per_batch": run.method.passes_per_batch + sum(opt.passes_per_batch() for opt in run.options),
             # Accelerate's autocast setting, except for pure-bf16 (no autocast: the weights themselves are bf16)
             "hardware": {**hardware_info(acc), **({"mixed_precision": pure_bf16.PURE} if pure_bf16.is_pure(cfg)
                                                   else {})}, "world_size": acc.num_processes, "ranks_in_sync": in_sync,

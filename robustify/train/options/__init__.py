@@ -15,11 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from ... import sections
+from .awp import AwpOption
 from .base import Option
 from .eps_warmup import EpsWarmup
 
 # the registry, in the order the checks run and the plan, record and card list the options
-OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup,)}
+OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption)}
 
 
 def check(cfg: Any) -> None:
@@ -36,6 +37,17 @@ def active(cfg: Any) -> list[Option]:
 def plan_notes(stage: str, cfg: Any, data_passes: int) -> list[str]:
     """The dry-run notes of every active option of one stage."""
     return [note for unit in OPTIONS.values() if unit.active(cfg) for note in unit.plan_notes(stage, cfg, data_passes)]
+
+
+def extra_passes(cfg: Any, data_passes: int) -> tuple[int, int]:
+    """For the plan: (extra passes per minibatch while active, extra passes per minibatch summed over the stage's
+    ``data_passes`` epochs) of the stage's active options."""
+    per_batch, total = 0, 0
+    for unit in OPTIONS.values():
+        if unit.active(cfg):
+            passes, epochs = unit.extra_passes(cfg, data_passes)
+            per_batch, total = per_batch + passes, total + passes * epochs
+    return per_batch, total
 
 
 def step_scope(options: list[Option], run: Any, epoch: int, batch: int) -> contextlib.AbstractContextManager:
@@ -59,4 +71,4 @@ for _unit in OPTIONS.values():
     sections.register_option(_unit.name, _unit)
 sections.register("options", check)  # config.validate runs it (robustify/sections.py)
 
-__all__ = ["OPTIONS", "Option", "active", "check", "plan_notes", "step_scope"]
+__all__ = ["OPTIONS", "Option", "active", "check", "extra_passes", "plan_notes", "step_scope"]

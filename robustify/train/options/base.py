@@ -12,8 +12,12 @@ An option is a registered unit, like a method. Its class owns everything about i
 
 An instance (one per stage, built by the trainer from the stage's config) hooks into the run:
 
-- ``setup(run)``: after the stage's model, optimizer and method exist;
+- ``setup(run)``: after the stage's model, optimizer and method exist; by default ``attach``;
+- ``attach(ctx, stepper, model)``: hooks into the step's pieces (the method's StepContext, the optimizer stepper,
+  the unwrapped model), as the trainer and the step benchmark (bench/steps.py) both build them;
+- ``steady_state()``: the option as it runs after any warm-up of its own (what the step benchmark measures);
 - ``begin_epoch(run, epoch)``: before the epoch's first minibatch;
+- ``passes_now()`` / ``passes_per_batch()``: extra forward/backward passes per minibatch this epoch / when active;
 - ``step_scope(run, epoch, batch)``: a context manager around one method step (None: no step hook);
 - ``history_fields(run, epoch)`` / ``cost_fields(run)``: its fields of the epoch's history row and of the cost block.
 
@@ -69,6 +73,21 @@ class Option:
     # --- instance level: the hooks of a running stage ---------------------------------------------------------------
     def setup(self, run: Any) -> None:
         """After the stage's model, optimizer and method are built (and a resume restored)."""
+        self.attach(run.ctx, run.stepper, run.raw)
+
+    def attach(self, ctx: Any, stepper: Any, model: Any) -> None:
+        """Hook into the step's pieces: the method's StepContext, the OptimizerStepper, the unwrapped model."""
+
+    def steady_state(self) -> None:
+        """Switch to how the option runs after any warm-up of its own (the step benchmark measures that)."""
+
+    def passes_now(self) -> int:
+        """Extra forward/backward passes per minibatch in the current epoch."""
+        return 0
+
+    def passes_per_batch(self) -> int:
+        """Extra forward/backward passes per minibatch while the option is active (metrics.json's cost)."""
+        return 0
 
     def begin_epoch(self, run: Any, epoch: int) -> None:
         """Before the first minibatch of ``epoch`` (also on a resume into the middle of it)."""
