@@ -387,8 +387,6 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
                           "accuracy (a fraction), e.g. 0.2")
     if not cfg.output_dir.strip():
         raise ConfigError("output_dir is empty; give a folder for the run, e.g. --output-dir runs/my-run")
-    if not 0 < cfg.train.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay={cfg.train.ema_decay:g} is outside (0, 1); use a value such as 0.999")
     if cfg.train.log_with is not None:
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
         from accelerate.utils import is_tensorboard_available, is_wandb_available

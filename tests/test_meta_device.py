@@ -23,7 +23,6 @@ def _run(overrides: list[str]):
     from accelerate import Accelerator
 
     from robustify.models import RobustModel
-    from robustify.train import ema as ema_mod
     from robustify.train import options
     from robustify.train.methods import StepContext, build_method
     from robustify.train.optim import OptimizerStepper, build_optimizer, step_autocast
@@ -33,16 +32,19 @@ def _run(overrides: list[str]):
                                       "method.max_strength=2", *overrides])
     raw = RobustModel(timm.create_model("test_resnet", pretrained=False, num_classes=10), (0.5, 0.5, 0.5),
                       (0.25, 0.25, 0.25), (3, 32, 32))
-    average = ema_mod.create(cfg.train, raw)  # timm's ModelEmaV3 makes a generator on the model's device: not meta
-    raw.to(META).train()
-    if average is not None:
-        average.module.to(META)
     acc = Accelerator(cpu=True)
+    active = options.active(cfg)
+    for opt in active:  # EMA: timm's ModelEmaV3 makes a generator on the model's device, so before the move to meta
+        opt.prepare(raw, acc)
+    raw.to(META).train()
+    for opt in active:
+        supplied = opt.exported()
+        if supplied is not None:  # the weight average moves with the model
+            supplied[0].to(META)
     optimizer = build_optimizer(raw, cfg)
     stepper = OptimizerStepper(acc, raw, optimizer, cfg, total_opt_steps=8)
-    stepper.after_step = (lambda: average.update(raw)) if average is not None else None
     ctx = StepContext(model=raw, attack_model=raw, optimize=stepper, autocast=step_autocast(acc))
-    for opt in options.active(cfg):  # the options' step hooks as the trainer attaches them (AWP), in epoch 1
+    for opt in active:  # the options' step hooks as the trainer attaches them (AWP, EMA), in epoch 1
         opt.attach(ctx, stepper, raw)
         opt.begin_epoch(None, 1)
     method = build_method(cfg.method, cfg.threat)

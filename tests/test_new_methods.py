@@ -191,7 +191,7 @@ def test_n_fgsm_run_gets_robust_and_exports_the_weight_average(tmp_path: Path):
 
 def test_ema_averages_after_each_step():
     from robustify.config import TrainConfig
-    from robustify.train.ema import create, exported
+    from robustify.train.options.ema import create, exported
 
     model = torch.nn.Linear(2, 1)
     assert create(TrainConfig(ema=False), model) is None and exported(None, model) == (model, "raw")

@@ -49,7 +49,6 @@ from ..errors import UserError
 from ..fileio import atomic_write_json
 from ..models import RobustModel, load_backbone, resolve_spec
 from ..report import Listing, output_console
-from ..train import ema as ema_mod
 from ..train import options, pure_bf16
 from ..train.hardware import maybe_compile, resolve_hardware_settings, target_device_type
 from ..train.methods import METHODS, Method, StepContext, build_method
@@ -212,7 +211,7 @@ def _note(method: Method, epochs: int) -> str:
 def method_step(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Accelerator,
                 total_batches: int) -> tuple[Method, Callable[[torch.Tensor, torch.Tensor], Any], RobustModel]:
     """A fresh copy of ``base`` set up for training with method ``name`` exactly as the trainer sets it up
-    (prepared model and optimizer, :class:`OptimizerStepper`, :class:`StepContext`, ``train.awp`` and ``train.ema``
+    (prepared model and optimizer, :class:`OptimizerStepper`, :class:`StepContext`, the active options
     hooked in as the trainer hooks them); returns the method and
     ``step(x, y)``, one training minibatch through ``method.step``, and the (unwrapped) model it trains.
     ``total_batches`` sizes the lr schedule."""
@@ -233,9 +232,6 @@ def method_step(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: 
     for opt in options.active(cfg):  # as in an epoch after each option's own warm-up
         opt.attach(ctx, optimize, raw)
         opt.steady_state()
-    average = ema_mod.create(cfg.train, raw)
-    if average is not None:
-        optimize.after_step = lambda: average.update(raw)
     return method, lambda x, y: method.step(ctx, x, y), raw
 
 

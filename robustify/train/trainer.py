@@ -47,7 +47,6 @@ from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from ..runfolder import HISTORY, HISTORY_PLOT, RECIPE
-from . import ema as ema_mod
 from . import freeze as freeze_mod
 from . import local_sgd, options, pseudo_labels, pure_bf16
 from .checkpoint import (
@@ -326,11 +325,11 @@ def _loaders(data_cfg: Any, cfg: FinetuneConfig, accelerator: Accelerator,
 
 def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone: torch.nn.Module, state: TrainState,
           best: BestWeights, resume_from: Path | None = None, verdict_data: Any = None,
-          ema_slot: ema_mod.AverageSlot | None = None) -> Run:
+          slots: dict[str, Any] | None = None) -> Run:
     """One stage's data, model view, optimizer and method around ``backbone`` (the same module through all stages);
     ``resume_from``: the checkpoint to restore (model, optimizer, RNG, trainer and method state); ``verdict_data``:
-    the exported (last) stage's data section, whose resolution every verdict of this stage uses; ``ema_slot``: the
-    run's one registered weight-average slot (:class:`ema.AverageSlot`; None: the average is registered here)."""
+    the exported (last) stage's data section, whose resolution every verdict of this stage uses; ``slots``: the
+    options' run-level checkpointed states, registered once per run (:func:`options.run_slots`)."""
     loaders = _loaders(cfg.data, cfg, accelerator, backbone)
     head_replaced = backbone.num_classes != loaders.num_classes  # data.unlabeled: the default teacher cannot label
     if backbone.num_classes != loaders.num_classes:
@@ -356,12 +355,10 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     comm = register_custom_hook(model, cfg)  # train.grad_compression: sign (per-process error memory)
     raw: RobustModel = accelerator.unwrap_model(model)
     maybe_compile(raw, cfg.train.compile)
-    average = ema_mod.create(cfg.train, raw)  # train.ema: the weight average is what is probed and exported
-    if ema_slot is not None:  # registered once per run (finetune), so a resume into any stage finds one object
-        ema_slot.average = average
-    elif average is not None:
-        accelerator.register_for_checkpointing(average)
-    probed, weights = ema_mod.exported(average, raw)
+    active = options.active(cfg, slots)  # only the options that are on: the others run no code
+    for opt in active:
+        opt.prepare(raw, accelerator)
+    probed, weights = options.exported(active, raw)  # the raw weights, or an option's (the weight average)
     if resume_from is not None:
         loaded, method_state = load_checkpoint(accelerator, resume_from, best, accelerator.device)
         state.__dict__.update(loaded.__dict__)
@@ -378,7 +375,6 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     steps_per_epoch = -(-loaders.batches_per_epoch // cfg.train.grad_accum) * method.optimizer_steps_per_batch
     stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
                                lr=lr)
-    stepper.after_step = (lambda: average.update(raw)) if average is not None else None
     # a peak lr scaled up for a large global batch reaches its peak gradually (schedules.warmup_for_scaled_lr)
     stepper.schedule, warmup = warmup_for_scaled_lr(stepper.schedule, lr / cfg.schedule.lr if cfg.schedule.lr else 1.0,
                                                     epochs)
@@ -391,7 +387,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
               ctx, epochs, lr, verdicts.eval_block(*block), verdicts.eval_size, verdict_model=verdict_model,
               probe_batch=verdicts.probe)
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
-    run.options = options.active(cfg)  # only the options that are on: the others run no code
+    run.options = active
     for opt in run.options:
         opt.setup(run)
     if cfg.data.unlabeled and cfg.method.name != "natural":  # robust self-training: labelled once, before training
@@ -726,10 +722,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         state.stage, saved_fingerprint = saved.stage, saved.fingerprint
     base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
                          trust_pickle=cfg.model.trust_pickle)
-    ema_slot = None
-    if any(stage.train.ema for _, stage in stages):  # one checkpointed average whatever the number of stages
-        ema_slot = ema_mod.AverageSlot()
-        accelerator.register_for_checkpointing(ema_slot)
+    slots = options.run_slots([stage for _, stage in stages], accelerator)  # once per run, whatever the stages
     first_epoch, run = None, None
     with StopSignal() as stop:
         for index in range(state.stage, len(stages)):
@@ -739,7 +732,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 accelerator.free_memory()  # best-robust selection span the whole run (same threat model throughout)
                 state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
             run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from,
-                        verdict_data=stages[-1][1].data if len(stages) > 1 else None, ema_slot=ema_slot)
+                        verdict_data=stages[-1][1].data if len(stages) > 1 else None, slots=slots)
             run.stage_name = name if len(stages) > 1 else ""
             if resume_from is not None:  # the checkpoint's data must be this data (sizes, held-out probe)
                 check_same_data(resumed_from, saved_fingerprint, stage_cfg, run.loaders)

@@ -17,10 +17,11 @@ from typing import Any
 from ... import sections
 from .awp import AwpOption
 from .base import Option
+from .ema import EmaOption
 from .eps_warmup import EpsWarmup
 
 # the registry, in the order the checks run and the plan, record and card list the options
-OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption)}
+OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption)}
 
 
 def check(cfg: Any) -> None:
@@ -29,9 +30,35 @@ def check(cfg: Any) -> None:
         unit.check(cfg)
 
 
-def active(cfg: Any) -> list[Option]:
-    """The options that are on for a stage with config ``cfg``, built for it (empty: no option code runs)."""
-    return [unit(cfg) for unit in OPTIONS.values() if unit.active(cfg)]
+def run_slots(stages: list[Any], accelerator: Any) -> dict[str, Any]:
+    """Each option's run-level checkpointed state, registered with Accelerate once per run whatever the stages
+    (``stages``: every stage's config), in registry order."""
+    slots = {}
+    for unit in OPTIONS.values():
+        slot = unit.run_slot(stages)
+        if slot is not None:
+            accelerator.register_for_checkpointing(slot)
+            slots[unit.name] = slot
+    return slots
+
+
+def active(cfg: Any, slots: dict[str, Any] | None = None) -> list[Option]:
+    """The options that are on for a stage with config ``cfg``, built for it with their run-level ``slots`` (empty:
+    no option code runs)."""
+    slots = slots or {}
+    for name, slot in slots.items():  # a new stage: what the previous stage left in a run slot is cleared
+        OPTIONS[name].reset_slot(slot)
+    return [unit(cfg, slots.get(unit.name)) for unit in OPTIONS.values() if unit.active(cfg)]
+
+
+def exported(options: list[Option], model: Any) -> tuple[Any, str]:
+    """The module the probe measures and the run folder exports, and its name in the record: an option's (the
+    weight average), or the trained weights themselves (``"raw"``)."""
+    for opt in options:
+        supplied = opt.exported()
+        if supplied is not None:
+            return supplied
+    return model, "raw"
 
 
 def plan_notes(stage: str, cfg: Any, data_passes: int) -> list[str]:
@@ -71,4 +98,4 @@ for _unit in OPTIONS.values():
     sections.register_option(_unit.name, _unit)
 sections.register("options", check)  # config.validate runs it (robustify/sections.py)
 
-__all__ = ["OPTIONS", "Option", "active", "check", "extra_passes", "plan_notes", "step_scope"]
+__all__ = ["OPTIONS", "Option", "active", "check", "exported", "extra_passes", "plan_notes", "run_slots", "step_scope"]

@@ -12,6 +12,10 @@ An option is a registered unit, like a method. Its class owns everything about i
 
 An instance (one per stage, built by the trainer from the stage's config) hooks into the run:
 
+- ``run_slot(stages)``: the option's checkpointed state for the whole run (registered with Accelerate once per run,
+  whatever the stages; None: none), given to each stage's instance;
+- ``prepare(model, accelerator)``: once the stage's model is prepared, before a resume restores the checkpoint;
+- ``exported()``: the weights the probe measures and the run folder exports, when the option supplies them (EMA);
 - ``setup(run)``: after the stage's model, optimizer and method exist; by default ``attach``;
 - ``attach(ctx, stepper, model)``: hooks into the step's pieces (the method's StepContext, the optimizer stepper,
   the unwrapped model), as the trainer and the step benchmark (bench/steps.py) both build them;
@@ -36,8 +40,9 @@ class Option:
 
     name: ClassVar[str] = "base"
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, slot: Any = None):
         self.cfg = cfg  # the stage's FinetuneConfig
+        self.slot = slot  # the option's run-level checkpointed state (run_slot), if it has one
 
     # --- class level: the config, the plan, the record and the card (no run needed) ------------------------------
     @classmethod
@@ -70,7 +75,24 @@ class Option:
         migration reads the same: the record's fields are unchanged)."""
         return []
 
+    @classmethod
+    def run_slot(cls, stages: list[Any]) -> Any:
+        """The option's checkpointed state for the whole run (one object whatever the stages), or None."""
+        return None
+
+    @classmethod
+    def reset_slot(cls, slot: Any) -> None:
+        """A new stage begins (before its active options are built): clear what the previous stage left in the
+        run-level slot."""
+
     # --- instance level: the hooks of a running stage ---------------------------------------------------------------
+    def prepare(self, model: Any, accelerator: Any) -> None:
+        """Once the stage's (unwrapped) model is prepared, before a resume restores the checkpoint."""
+
+    def exported(self) -> tuple[Any, str] | None:
+        """(the module the probe measures and the run folder exports, its name in the record) or None."""
+        return None
+
     def setup(self, run: Any) -> None:
         """After the stage's model, optimizer and method are built (and a resume restored)."""
         self.attach(run.ctx, run.stepper, run.raw)
