@@ -63,8 +63,8 @@ class ModelConfig:
     trust_pickle: bool = False  # also load a pickle checkpoint (.pth, .bin, ...): only for files you trust
     channels_last: bool | str = "auto"  # auto: true on CUDA, false on CPU (robustify/hardware.py)
     sync_bn: bool = False  # several processes: BatchNorm statistics over the global batch (SyncBatchNorm) in training
-    # frontier (train/freeze.py): none | backbone (linear probe) | stem | stages:N (stem + first N stages), by timm's
-    # group_matcher; frozen parameters get no optimizer state and their BatchNorm statistics stay as they are
+    # frontier (train/options/freeze.py): none | backbone (linear probe) | stem | stages:N (stem + first N stages), by
+    # timm's group_matcher; frozen parameters get no optimizer state and their BatchNorm statistics stay as they are
     freeze: str = "none"
 
 
@@ -414,16 +414,9 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     return cfg
 
 
-FREEZE_RE = re.compile(r"none|backbone|stem|stages:[1-9][0-9]*")
-
-
 def validate_frontier(cfg: FinetuneConfig) -> None:
     """Generic checks of the fine-tuning frontier's keys (eps warm-up, AWP, freezing, few-shot); which methods AWP
     combines with is the method registry's check (``train.methods.base.validate_section``)."""
-    cfg.model.freeze = str(cfg.model.freeze).strip()
-    if not FREEZE_RE.fullmatch(cfg.model.freeze):
-        raise ConfigError(f"model.freeze={cfg.model.freeze!r} is not accepted; choose one of: none, backbone, stem, "
-                          "stages:N (N >= 1: the stem and the first N stages)")
     if not 0 < cfg.data.unlabeled_ratio < 1:
         raise ConfigError(f"data.unlabeled_ratio={cfg.data.unlabeled_ratio:g} is outside (0, 1); it is the "
                           "pseudo-labelled share of each minibatch, e.g. 0.5")

@@ -234,9 +234,6 @@ def frontier_notes(name: str, cfg: FinetuneConfig, data_passes: int) -> list[str
     from .train import options
 
     out = options.plan_notes(name, cfg, data_passes)  # each active option's own notes (train/options/)
-    if cfg.model.freeze != "none":
-        out.append(f"stage {name}: model.freeze={cfg.model.freeze}: frozen parameters get no gradient step (the "
-                   "passes above still count whole forward/backward passes)")
     if cfg.data.unlabeled and cfg.method.name != "natural":
         from .train.pseudo_labels import per_batch
 

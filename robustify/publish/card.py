@@ -232,8 +232,6 @@ def _frontier_lines(record: RunRecord) -> list[str]:
         lines.append(f"- Adversarial weight perturbation (AWP, Wu et al. 2020): gamma {awp.get('gamma'):g} of each "
                      f"layer's weight norm, after {awp.get('warmup_epochs', 0)} warm-up epoch(s); its extra "
                      "forward/backward pass is in the cost below.")
-    if "freeze" in opts:
-        lines.append(f"- Frozen parameters (model.freeze, last stage): `{opts['freeze']}`.")
     if "per_class" in opts:
         lines.append(f"- Few-shot: {opts['per_class']} training examples per class (seeded, balanced).")
     if "unlabeled" in opts:

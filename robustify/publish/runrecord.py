@@ -668,8 +668,6 @@ def frontier_options(cfg: Any) -> dict[str, Any]:
         out.update(unit.record(cfg))
     if cfg.train.awp:
         out["awp"] = {"gamma": cfg.train.awp_gamma, "warmup_epochs": cfg.train.awp_warmup_epochs}
-    if cfg.model.freeze != "none":
-        out["freeze"] = cfg.model.freeze
     if cfg.data.per_class is not None:
         out["per_class"] = cfg.data.per_class
     if cfg.data.unlabeled:

@@ -47,7 +47,6 @@ from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from ..runfolder import HISTORY, HISTORY_PLOT, RECIPE
-from . import freeze as freeze_mod
 from . import local_sgd, options, pseudo_labels, pure_bf16
 from .checkpoint import (
     STATE_FILE,
@@ -334,10 +333,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     head_replaced = backbone.num_classes != loaders.num_classes  # data.unlabeled: the default teacher cannot label
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
-    frozen = freeze_mod.apply(backbone, cfg.model.freeze)  # model.freeze, before the optimizer sees the parameters
-    if frozen is not None:
-        accelerator.print(f"robustify: model.freeze={cfg.model.freeze}: {frozen['trainable']:,} parameters train, "
-                          f"{frozen['frozen']:,} are frozen")
+    options.prepare_backbone(cfg, backbone, accelerator.print)  # e.g. model.freeze, before the optimizer is built
     # train.mixed_precision=pure-bf16: the backbone's weights and buffers in bf16 (back to fp32 for another stage)
     pure_bf16.set_precision(backbone, pure_bf16.is_pure(cfg))
     model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
@@ -603,8 +599,7 @@ def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
            "seconds": state.epoch_seconds, "opt_steps": run.stepper.opt_steps, "note": note,
            **({"stage": run.stage_name} if run.stage_name else {}),
            **run.method.on_epoch_end(epoch),
-           **{k: v for opt in run.options for k, v in opt.history_fields(run, epoch).items()},
-           **({"freeze": run.cfg.model.freeze} if run.cfg.model.freeze != "none" else {})}
+           **{k: v for opt in run.options for k, v in opt.history_fields(run, epoch).items()}}
     state.history.append(row)
     state.epoch, state.batch, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
     run.say(f"epoch {epoch}/{run.epochs}  loss {row['loss']:.3f}  train acc {row['train_acc']:.1%}  probe clean "

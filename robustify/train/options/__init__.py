@@ -19,15 +19,28 @@ from .awp import AwpOption
 from .base import Option
 from .ema import EmaOption
 from .eps_warmup import EpsWarmup
+from .freeze import FreezeOption
 
 # the registry, in the order the checks run and the plan, record and card list the options
-OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption)}
+OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption, FreezeOption)}
 
 
 def check(cfg: Any) -> None:
     """Every option's config checks (the ``options`` section of robustify/sections.py)."""
     for unit in OPTIONS.values():
         unit.check(cfg)
+
+
+def preflight(cfg: Any, stages: list[Any], architecture_of: Any) -> None:
+    """Every option's checks that need the architecture or the environment (train/preflight.py)."""
+    for unit in OPTIONS.values():
+        unit.preflight(cfg, stages, architecture_of)
+
+
+def prepare_backbone(cfg: Any, backbone: Any, say: Any) -> None:
+    """Every option's change to the stage's backbone (on or off: a stage undoes the previous stage's)."""
+    for unit in OPTIONS.values():
+        unit.prepare_backbone(cfg, backbone, say)
 
 
 def run_slots(stages: list[Any], accelerator: Any) -> dict[str, Any]:
@@ -98,4 +111,5 @@ for _unit in OPTIONS.values():
     sections.register_option(_unit.name, _unit)
 sections.register("options", check)  # config.validate runs it (robustify/sections.py)
 
-__all__ = ["OPTIONS", "Option", "active", "check", "exported", "extra_passes", "plan_notes", "run_slots", "step_scope"]
+__all__ = ["OPTIONS", "Option", "active", "check", "exported", "extra_passes", "plan_notes", "prepare_backbone",
+           "preflight", "run_slots", "step_scope"]

@@ -7,6 +7,8 @@ An option is a registered unit, like a method. Its class owns everything about i
 - ``check(cfg)``: its config keys' checks (one line naming the bad value, exit 2), and the rules that pair it with
   another option (the option that refuses holds the rule);
 - ``plan_notes`` / ``extra_passes``: its cost in the dry-run plan (recipes.py asks the registry);
+- ``preflight(cfg, stages, architecture_of)``: its checks that need the architecture (train/preflight.py asks);
+- ``prepare_backbone(cfg, backbone, say)``: at every stage, on or off (a stage undoes what the previous one did);
 - ``record(cfg)`` / ``card_lines(record)``: its entry in the run record's ``training.options`` and its model-card
   lines (publish/ asks the registry through robustify/sections.py, never naming the option).
 
@@ -63,6 +65,16 @@ class Option:
     def plan_notes(cls, stage: str, cfg: Any, data_passes: int) -> list[str]:
         """The dry-run plan's notes on what the option changes in stage ``stage``."""
         return []
+
+    @classmethod
+    def preflight(cls, cfg: Any, stages: list[Any], architecture_of: Any) -> None:
+        """Checks before the run loads anything that need the architecture (``architecture_of(name)``: the timm
+        architecture, or None) or the environment; ``stages``: every stage's config."""
+
+    @classmethod
+    def prepare_backbone(cls, cfg: Any, backbone: Any, say: Any) -> None:
+        """At every stage, whether the option is on or off (so a stage undoes the previous stage's change), before
+        the optimizer sees the parameters; ``say`` prints a line of the run's log."""
 
     @classmethod
     def record(cls, cfg: Any) -> dict[str, Any]:
