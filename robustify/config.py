@@ -417,14 +417,6 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
 def validate_frontier(cfg: FinetuneConfig) -> None:
     """Generic checks of the fine-tuning frontier's keys (eps warm-up, AWP, freezing, few-shot); which methods AWP
     combines with is the method registry's check (``train.methods.base.validate_section``)."""
-    if not 0 < cfg.data.unlabeled_ratio < 1:
-        raise ConfigError(f"data.unlabeled_ratio={cfg.data.unlabeled_ratio:g} is outside (0, 1); it is the "
-                          "pseudo-labelled share of each minibatch, e.g. 0.5")
-    for key, value in (("data.unlabeled", cfg.data.unlabeled), ("train.teacher", cfg.train.teacher)):
-        if value is not None and not str(value).strip():
-            raise ConfigError(f"{key} is empty; give a data spec (data.unlabeled) or a model (train.teacher), or null")
-    if cfg.train.teacher is not None and cfg.data.unlabeled is None:
-        raise ConfigError("train.teacher is set but data.unlabeled is not; the teacher only labels data.unlabeled")
     if cfg.data.per_class is not None and cfg.data.per_class <= 0:
         raise ConfigError(f"data.per_class={cfg.data.per_class} is not accepted; use 1 or more examples per class, or "
                           "null for all")

@@ -174,7 +174,6 @@ def plan(recipe: str | None, overrides: list[str] | None = None) -> Plan:
     """The dry-run plan of a recipe (``None``: the defaults, no recipe file): resolved config, stages, passes and
     the cost estimate."""
     from .train import options
-    from .train import pseudo_labels as pseudo_mod
     from .train.methods import build_method
 
     cfg = build_config(recipe, overrides)
@@ -204,9 +203,10 @@ def plan(recipe: str | None, overrides: list[str] | None = None) -> Plan:
             bpe = examples // gb
             passes = data_passes * bpe * gb * method.passes_per_batch
             passes += option_passes * bpe * gb
-            if scfg.data.unlabeled and scfg.method.name != "natural":  # pseudo-labelled examples in every minibatch
+            extra = options.extra_examples(scfg)  # examples an option appends to each minibatch (pseudo-labelled)
+            if extra:
                 b = scfg.data.batch_size
-                passes = passes * (b + pseudo_mod.per_batch(b, scfg.data.unlabeled_ratio)) // b
+                passes = passes * (b + extra) // b
         tp = throughput(scfg.model.name, size)
         stages.append(StagePlan(name, scfg.method.name, scfg.train.epochs, data_passes, examples or 0, gb, bpe,
                                 data_passes * bpe * method.optimizer_steps_per_batch,
@@ -234,13 +234,6 @@ def frontier_notes(name: str, cfg: FinetuneConfig, data_passes: int) -> list[str
     from .train import options
 
     out = options.plan_notes(name, cfg, data_passes)  # each active option's own notes (train/options/)
-    if cfg.data.unlabeled and cfg.method.name != "natural":
-        from .train.pseudo_labels import per_batch
-
-        extra = per_batch(cfg.data.batch_size, cfg.data.unlabeled_ratio)
-        teacher = cfg.train.teacher or "the model before adversarial fine-tuning"
-        out.append(f"stage {name}: unlabeled data {cfg.data.unlabeled!r}: {extra} pseudo-labelled examples join each "
-                   f"minibatch of {cfg.data.batch_size} (counted above), labelled once by {teacher} before the stage")
     if cfg.data.per_class is not None:
         known = cfg.data.name in CLASSES
         out.append(f"stage {name}: few-shot, {cfg.data.per_class} training examples per class ("

@@ -129,7 +129,7 @@ def test_default_teacher_labels_in_fp32_although_accelerate_wrapped_its_forward_
     ``forward`` Accelerate wrapped in autocast; bf16 autocast runs on a CPU too, so the labels' precision shows."""
     from accelerate import Accelerator
 
-    from robustify.train.pseudo_labels import _label
+    from robustify.train.options.pseudo_labels import _label
     from tests.helpers import quickstart_batch, quickstart_model
 
     x, _ = quickstart_batch(48)

@@ -85,7 +85,7 @@ def test_option_hooks_step_on_the_meta_device(option: list[str]):
 
 
 def test_pseudo_labelled_examples_join_a_meta_minibatch():
-    from robustify.train.pseudo_labels import Unlabeled
+    from robustify.train.options.pseudo_labels import Unlabeled
 
     unlabeled = Unlabeled(torch.zeros(6, 3, 32, 32, dtype=torch.uint8), torch.arange(6) % 3, torch.ones(6), 2, 0, 0,
                           {})

@@ -234,10 +234,6 @@ def _frontier_lines(record: RunRecord) -> list[str]:
                      "forward/backward pass is in the cost below.")
     if "per_class" in opts:
         lines.append(f"- Few-shot: {opts['per_class']} training examples per class (seeded, balanced).")
-    if "unlabeled" in opts:
-        u = opts["unlabeled"]
-        lines.append(f"- Robust self-training: unlabeled images from `{u.get('data')}`, pseudo-labelled once by the "
-                     f"teacher ({u.get('teacher')}), made {u.get('ratio', 0):.0%} of each training minibatch.")
     return lines
 
 

@@ -670,9 +670,6 @@ def frontier_options(cfg: Any) -> dict[str, Any]:
         out["awp"] = {"gamma": cfg.train.awp_gamma, "warmup_epochs": cfg.train.awp_warmup_epochs}
     if cfg.data.per_class is not None:
         out["per_class"] = cfg.data.per_class
-    if cfg.data.unlabeled:
-        out["unlabeled"] = {"data": public.dataset_name(cfg.data.unlabeled)[0], "ratio": cfg.data.unlabeled_ratio,
-                            "teacher": public.model_name(cfg.train.teacher)[0] if cfg.train.teacher else "default"}
     return out
 
 

@@ -47,7 +47,7 @@ from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from ..runfolder import HISTORY, HISTORY_PLOT, RECIPE
-from . import local_sgd, options, pseudo_labels, pure_bf16
+from . import local_sgd, options, pure_bf16
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -239,7 +239,7 @@ class Run:
     clock: float = 0.0  # perf_counter at the last wall-time update (see tick)
     stage_name: str = ""  # the stage's name when the recipe has several
     guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
-    unlabeled: pseudo_labels.Unlabeled | None = None  # data.unlabeled: pseudo-labelled examples mixed into batches
+    head_replaced: bool = False  # the backbone's classifier was replaced for this data's classes (a new head)
     comm: Any = None  # train.grad_compression=sign: the hook's state (per-process error memory, bytes sent)
     options: list[options.Option] = field(default_factory=list)  # the stage's active options (train/options/)
 
@@ -330,7 +330,7 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     the exported (last) stage's data section, whose resolution every verdict of this stage uses; ``slots``: the
     options' run-level checkpointed states, registered once per run (:func:`options.run_slots`)."""
     loaders = _loaders(cfg.data, cfg, accelerator, backbone)
-    head_replaced = backbone.num_classes != loaders.num_classes  # data.unlabeled: the default teacher cannot label
+    head_replaced = backbone.num_classes != loaders.num_classes  # a new head (a default teacher cannot label)
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
     options.prepare_backbone(cfg, backbone, accelerator.print)  # e.g. model.freeze, before the optimizer is built
@@ -383,13 +383,10 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
               ctx, epochs, lr, verdicts.eval_block(*block), verdicts.eval_size, verdict_model=verdict_model,
               probe_batch=verdicts.probe)
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
+    run.head_replaced = head_replaced
     run.options = active
     for opt in run.options:
         opt.setup(run)
-    if cfg.data.unlabeled and cfg.method.name != "natural":  # robust self-training: labelled once, before training
-        # the default teacher (the model before adversarial fine-tuning) labels in fp32, whatever the precision
-        run.unlabeled = pseudo_labels.prepare(cfg, run_dir, accelerator, loaders, pure_bf16.fp32_copy(raw),
-                                              head_replaced)
     run.comm = comm
     run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
             f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
@@ -526,8 +523,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
                **({} if run.main else {"disable": True}))  # only switch off, so TQDM_DISABLE=1 still works
     for x, y in loaders.train_epoch(epoch, start_batch=state.batch):
         x, y = data_mod.to_unit(x.to(acc.device, non_blocking=True)), y.to(acc.device, non_blocking=True)
-        if run.unlabeled is not None:  # data.unlabeled: the minibatch's pseudo-labelled examples appended
-            x, y = run.unlabeled.mix(x, y, epoch, state.batch)
+        for opt in run.options:  # the active options' batch hooks (pseudo-labelled examples appended)
+            x, y = opt.batch(x, y, epoch, state.batch)
         if cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if state.batch == n_batches - 1:  # close a partial accumulation group at the epoch's end
@@ -635,7 +632,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "comm_hook": comm_hook_name(run.model), "local_sgd_steps": cfg.train.local_sgd_steps,
             "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
             "deterministic": bool(cfg.train.deterministic),
-            **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {}),
+            **{k: v for opt in run.options for k, v in opt.cost_fields(run).items()},
             **({"comm_bytes_per_step": run.comm.bytes_per_step} if run.comm is not None else {})}
     exported = pure_bf16.fp32_copy(run.probed)  # the run folder's weights are fp32 whatever the training precision
     record = runrecord.from_finetune(cfg, exported if isinstance(exported, RobustModel) else raw,

@@ -20,9 +20,11 @@ from .base import Option
 from .ema import EmaOption
 from .eps_warmup import EpsWarmup
 from .freeze import FreezeOption
+from .pseudo_labels import UnlabeledOption
 
 # the registry, in the order the checks run and the plan, record and card list the options
-OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption, FreezeOption)}
+OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption, FreezeOption,
+                                                                    UnlabeledOption)}
 
 
 def check(cfg: Any) -> None:
@@ -90,6 +92,11 @@ def extra_passes(cfg: Any, data_passes: int) -> tuple[int, int]:
     return per_batch, total
 
 
+def extra_examples(cfg: Any) -> int:
+    """For the plan: examples the stage's active options append to each minibatch (pseudo-labelled ones)."""
+    return sum(unit.extra_examples(cfg) for unit in OPTIONS.values() if unit.active(cfg))
+
+
 def step_scope(options: list[Option], run: Any, epoch: int, batch: int) -> contextlib.AbstractContextManager:
     """The active options' step hooks around one method step, in registry order."""
     scopes = [s for s in (opt.step_scope(run, epoch, batch) for opt in options) if s is not None]
@@ -111,5 +118,5 @@ for _unit in OPTIONS.values():
     sections.register_option(_unit.name, _unit)
 sections.register("options", check)  # config.validate runs it (robustify/sections.py)
 
-__all__ = ["OPTIONS", "Option", "active", "check", "exported", "extra_passes", "plan_notes", "prepare_backbone",
-           "preflight", "run_slots", "step_scope"]
+__all__ = ["OPTIONS", "Option", "active", "check", "exported", "extra_examples", "extra_passes", "plan_notes",
+           "prepare_backbone", "preflight", "run_slots", "step_scope"]

@@ -24,6 +24,7 @@ An instance (one per stage, built by the trainer from the stage's config) hooks 
 - ``steady_state()``: the option as it runs after any warm-up of its own (what the step benchmark measures);
 - ``begin_epoch(run, epoch)``: before the epoch's first minibatch;
 - ``passes_now()`` / ``passes_per_batch()``: extra forward/backward passes per minibatch this epoch / when active;
+- ``batch(x, y, epoch, batch)``: the minibatch the method trains on (pseudo-labelled examples appended);
 - ``step_scope(run, epoch, batch)``: a context manager around one method step (None: no step hook);
 - ``history_fields(run, epoch)`` / ``cost_fields(run)``: its fields of the epoch's history row and of the cost block.
 
@@ -60,6 +61,11 @@ class Option:
     def extra_passes(cls, cfg: Any, data_passes: int) -> tuple[int, int]:
         """(extra forward/backward passes per minibatch while active, epochs it is active) for the plan."""
         return 0, 0
+
+    @classmethod
+    def extra_examples(cls, cfg: Any) -> int:
+        """For the plan: examples the option appends to each minibatch of ``data.batch_size``."""
+        return 0
 
     @classmethod
     def plan_notes(cls, stage: str, cfg: Any, data_passes: int) -> list[str]:
@@ -125,6 +131,10 @@ class Option:
 
     def begin_epoch(self, run: Any, epoch: int) -> None:
         """Before the first minibatch of ``epoch`` (also on a resume into the middle of it)."""
+
+    def batch(self, x: Any, y: Any, epoch: int, batch: int) -> tuple[Any, Any]:
+        """The minibatch (inputs in [0, 1] on the device, labels) the method trains on."""
+        return x, y
 
     def step_scope(self, run: Any, epoch: int, batch: int) -> contextlib.AbstractContextManager | None:
         """A context around minibatch ``batch`` of ``epoch``'s method step; None when the option has no step hook."""
