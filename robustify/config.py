@@ -188,7 +188,7 @@ class TrainConfig:
     teacher: str | None = None  # frontier: labels data.unlabeled (None: the model before adversarial fine-tuning)
     grad_compression: str = "none"  # none | fp16 | bf16 | powersgd | sign (majority vote + error feedback): DDP hook
     deterministic: bool = False  # CUDA: deterministic kernels (cuDNN, cuBLAS, the resize), slower; see docs/scale.md
-    local_sgd_steps: int | None = None  # local SGD: average the models every K optimizer steps (train/local_sgd.py)
+    local_sgd_steps: int | None = None  # local SGD: average the models every K optimizer steps (train/options/)
 
 
 @dataclass
@@ -404,7 +404,6 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.train.dist_timeout_minutes <= 0:
         raise ConfigError(f"train.dist_timeout_minutes={cfg.train.dist_timeout_minutes:g} is not accepted; use a "
                           "value > 0 such as 60")
-    _validate_local_sgd(cfg)
     _validate_pure_bf16(cfg)
     if cfg.stages:
         expand_stages(cfg)  # each stage is validated as a full config
@@ -420,24 +419,6 @@ def validate_frontier(cfg: FinetuneConfig) -> None:
     if cfg.data.per_class is not None and cfg.data.per_class <= 0:
         raise ConfigError(f"data.per_class={cfg.data.per_class} is not accepted; use 1 or more examples per class, or "
                           "null for all")
-def _validate_local_sgd(cfg: FinetuneConfig) -> None:
-    """train.local_sgd_steps: K >= 1, and the combinations it refuses (each in one line)."""
-    k = cfg.train.local_sgd_steps
-    if k is None:
-        return
-    if k < 1:
-        raise ConfigError(f"train.local_sgd_steps={k} is not accepted; use a whole number >= 1 (optimizer steps "
-                          "between model averages), or null to switch local SGD off")
-    clash = {"train.grad_accum": (cfg.train.grad_accum, 1), "train.grad_compression": (cfg.train.grad_compression,
-                                                                                       "none"),
-             "train.checkpoint_every": (cfg.train.checkpoint_every, None),
-             "train.ema": (cfg.train.ema, False)}  # a per-process weight average would drift between averages
-    for key, (value, off) in clash.items():
-        if value != off:
-            raise ConfigError(f"train.local_sgd_steps={k} with {key}={value!r} is not accepted: local SGD sends no "
-                              f"gradients and checkpoints only where the models are averaged; set {key}={off!r}")
-
-
 def _validate_pure_bf16(cfg: FinetuneConfig) -> None:
     """train.mixed_precision=pure-bf16: the combinations it refuses, each in one line (why: train/pure_bf16.py)."""
     if cfg.train.mixed_precision != "pure-bf16":

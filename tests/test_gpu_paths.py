@@ -229,7 +229,7 @@ def test_cudnn_benchmark_is_on_unless_the_run_is_deterministic():
 
 
 def test_local_sgd_averages_in_bounded_chunks_in_order():
-    from robustify.train.local_sgd import _chunks
+    from robustify.train.options.local_sgd import _chunks
 
     ts = [torch.zeros(n) for n in (3, 4, 10, 2, 2)]
     groups = _chunks(ts, 8)

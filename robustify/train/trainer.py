@@ -47,7 +47,7 @@ from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from ..runfolder import HISTORY, HISTORY_PLOT, RECIPE
-from . import local_sgd, options, pure_bf16
+from . import options, pure_bf16
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -515,10 +515,6 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
     for opt in run.options:  # the active options' epoch hooks (train/options/)
         opt.begin_epoch(run, epoch)
     passes = run.method.passes_per_batch + sum(opt.passes_now() for opt in run.options)  # per minibatch
-    # train.local_sgd_steps: DDP in no_sync for the epoch, the models averaged every K optimizer steps and at its end
-    local = local_sgd.for_epoch(acc, run.model, run.optimizer, cfg.train.local_sgd_steps)
-    if local is not None:
-        local.__enter__()  # left by the __exit__ below; an Interrupted stop happens where the models were averaged
     bar = tqdm(total=n_batches, initial=state.batch, desc=f"epoch {epoch}/{run.epochs}", leave=False,
                **({} if run.main else {"disable": True}))  # only switch off, so TQDM_DISABLE=1 still works
     for x, y in loaders.train_epoch(epoch, start_batch=state.batch):
@@ -555,9 +551,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         # across processes after every optimizer step (a CPU all-reduce of one number, see StopSignal.agreed), so
         # a SIGTERM on any process stops all of them within one step, whatever train.log_every
         check = acc.sync_gradients
-        if local is not None:  # local SGD: exact only where the models were just averaged; agree at each of those
-            local.advance(run.stepper.opt_steps - steps_before)
-            check = local.at_sync() and run.stepper.opt_steps != steps_before
+        for opt in run.options:  # an option may move where a checkpoint is exact (local SGD: at model averages)
+            check = opt.after_batch(run, run.stepper.opt_steps - steps_before, check)
         signalled = stop.agreed(acc) if check else None
         if (due or signalled) and state.batch < n_batches:
             state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
@@ -568,8 +563,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
                 raise Interrupted(f"{name} received: checkpoint written at epoch {epoch}, minibatch {state.batch} "
                                   f"({where.name}); continue with: {run.resume_command()}", 130 if name == "SIGINT"
                                   else 143)
-    if local is not None:
-        local.__exit__(None, None, None)  # the epoch's last average: it ends at a synchronisation point
+    for opt in run.options:  # e.g. local SGD's last average of the epoch: it ends at a synchronisation point
+        opt.finish_epoch(run)
     bar.close()
     state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
     # a NaN model must never be probed, selected as best or checkpointed

@@ -20,11 +20,12 @@ from .base import Option
 from .ema import EmaOption
 from .eps_warmup import EpsWarmup
 from .freeze import FreezeOption
+from .local_sgd import LocalSgdOption
 from .pseudo_labels import UnlabeledOption
 
 # the registry, in the order the checks run and the plan, record and card list the options
 OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption, FreezeOption,
-                                                                    UnlabeledOption)}
+                                                                    UnlabeledOption, LocalSgdOption)}
 
 
 def check(cfg: Any) -> None:

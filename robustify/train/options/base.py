@@ -25,6 +25,8 @@ An instance (one per stage, built by the trainer from the stage's config) hooks 
 - ``begin_epoch(run, epoch)``: before the epoch's first minibatch;
 - ``passes_now()`` / ``passes_per_batch()``: extra forward/backward passes per minibatch this epoch / when active;
 - ``batch(x, y, epoch, batch)``: the minibatch the method trains on (pseudo-labelled examples appended);
+- ``after_batch(run, optimizer_steps, exact)``: after each minibatch; whether a checkpoint or a stop is exact here;
+- ``finish_epoch(run)``: after the epoch's last minibatch, before the guard, probe and checkpoint;
 - ``step_scope(run, epoch, batch)``: a context manager around one method step (None: no step hook);
 - ``history_fields(run, epoch)`` / ``cost_fields(run)``: its fields of the epoch's history row and of the cost block.
 
@@ -139,6 +141,14 @@ class Option:
     def step_scope(self, run: Any, epoch: int, batch: int) -> contextlib.AbstractContextManager | None:
         """A context around minibatch ``batch`` of ``epoch``'s method step; None when the option has no step hook."""
         return None
+
+    def after_batch(self, run: Any, optimizer_steps: int, exact: bool) -> bool:
+        """After a minibatch that took ``optimizer_steps`` steps: whether a checkpoint (or a stop) here is exact,
+        given ``exact``, the trainer's own answer (an accumulation group is complete)."""
+        return exact
+
+    def finish_epoch(self, run: Any) -> None:
+        """After the epoch's last minibatch (not on an interruption)."""
 
     def history_fields(self, run: Any, epoch: int) -> dict[str, Any]:
         """The option's fields of ``epoch``'s history row."""
