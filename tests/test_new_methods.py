@@ -250,7 +250,7 @@ def test_lamb_and_lars_come_from_timm(name: str):
 def test_grad_compression_maps_to_accelerate_ddp_kwargs():
     from accelerate.utils import DDPCommunicationHookType
 
-    from robustify.train.optim import ddp_kwargs
+    from robustify.train.options.grad_compression import ddp_kwargs
 
     assert ddp_kwargs(FinetuneConfig()) == []
     for value, hook in [("fp16", DDPCommunicationHookType.FP16), ("powersgd", DDPCommunicationHookType.POWER_SGD)]:

@@ -75,10 +75,9 @@ from .hardware import (
     target_device_type,
 )
 from .methods import Method, StepContext, build_method
-from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, register_custom_hook, step_autocast
+from .optim import OptimizerStepper, build_optimizer, comm_hook_name, step_autocast
 from .preflight import preflight
 from .schedules import warmup_for_scaled_lr
-from .sign_hook import ERROR_PREFIX as COMM_ERROR_PREFIX
 
 
 def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_dir: str | None = None) -> Accelerator:
@@ -106,7 +105,7 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     precision = "no" if pure_bf16.is_pure(cfg) else cfg.train.mixed_precision
     return Accelerator(cpu=use_cpu, mixed_precision=precision, log_with=log_with,
                        project_config=project, gradient_accumulation_steps=cfg.train.grad_accum,
-                       kwargs_handlers=[timeout, *ddp_kwargs(cfg)])
+                       kwargs_handlers=[timeout, *options.accelerator_kwargs(cfg)])
 
 
 def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerator) -> Path:
@@ -240,7 +239,6 @@ class Run:
     stage_name: str = ""  # the stage's name when the recipe has several
     guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
     head_replaced: bool = False  # the backbone's classifier was replaced for this data's classes (a new head)
-    comm: Any = None  # train.grad_compression=sign: the hook's state (per-process error memory, bytes sent)
     options: list[options.Option] = field(default_factory=list)  # the stage's active options (train/options/)
 
     @property
@@ -348,20 +346,20 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     lr = scaled_lr(cfg, global_batch)
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
-    comm = register_custom_hook(model, cfg)  # train.grad_compression: sign (per-process error memory)
+    active = options.active(cfg, slots)  # only the options that are on: the others run no code
+    for opt in active:  # e.g. a DDP communication hook, before the first backward
+        opt.wrap(model)
     raw: RobustModel = accelerator.unwrap_model(model)
     maybe_compile(raw, cfg.train.compile)
-    active = options.active(cfg, slots)  # only the options that are on: the others run no code
     for opt in active:
         opt.prepare(raw, accelerator)
     probed, weights = options.exported(active, raw)  # the raw weights, or an option's (the weight average)
     if resume_from is not None:
         loaded, method_state = load_checkpoint(accelerator, resume_from, best, accelerator.device)
         state.__dict__.update(loaded.__dict__)
-        if comm is not None:
-            comm.load_state_dict(method_state)
+        for opt in active:  # each option takes its own per-process state (the sign hook's error memory)
+            method_state = opt.load_state_dict(method_state)
         check_stream_position(method_state.pop(STREAM_POSITION, None), loaders, state, accelerator, resume_from)
-        method_state = {k: v for k, v in method_state.items() if not k.startswith(COMM_ERROR_PREFIX)}
         if hasattr(method, "load_state_dict"):
             method.load_state_dict(method_state)
         accelerator.print(f"resumed from {resume_from} (stage {state.stage + 1}, epoch {state.epoch} done, "
@@ -387,7 +385,6 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     run.options = active
     for opt in run.options:
         opt.setup(run)
-    run.comm = comm
     run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
             f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
             f"{loaders.batches_per_epoch} batches, {accelerator.num_processes} process(es) on {accelerator.device}, "
@@ -494,7 +491,8 @@ def _moved(saved: dict[str, Any], here: dict[str, Any], rank: int, folder: Path)
 
 def checkpoint(run: Run) -> Path:
     method_state = run.method.state_dict() if hasattr(run.method, "state_dict") else {}
-    method_state = {**method_state, **(run.comm.state_dict() if run.comm is not None else {})}
+    for opt in run.options:  # the options' per-process state (the sign hook's error memory)
+        method_state = {**method_state, **opt.state_dict()}
     position = run.loaders.stream_position(run.state.epoch + 1, run.state.batch)
     if position is not None:  # streaming: this process's position in its stream, checked on resume
         method_state[STREAM_POSITION] = position
@@ -627,8 +625,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "comm_hook": comm_hook_name(run.model), "local_sgd_steps": cfg.train.local_sgd_steps,
             "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
             "deterministic": bool(cfg.train.deterministic),
-            **{k: v for opt in run.options for k, v in opt.cost_fields(run).items()},
-            **({"comm_bytes_per_step": run.comm.bytes_per_step} if run.comm is not None else {})}
+            **{k: v for opt in run.options for k, v in opt.cost_fields(run).items()}}
     exported = pure_bf16.fp32_copy(run.probed)  # the run folder's weights are fp32 whatever the training precision
     record = runrecord.from_finetune(cfg, exported if isinstance(exported, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,

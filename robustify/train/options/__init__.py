@@ -20,12 +20,14 @@ from .base import Option
 from .ema import EmaOption
 from .eps_warmup import EpsWarmup
 from .freeze import FreezeOption
+from .grad_compression import GradCompression
 from .local_sgd import LocalSgdOption
 from .pseudo_labels import UnlabeledOption
 
 # the registry, in the order the checks run and the plan, record and card list the options
 OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption, FreezeOption,
-                                                                    UnlabeledOption, LocalSgdOption)}
+                                                                    UnlabeledOption, LocalSgdOption,
+                                                                    GradCompression)}
 
 
 def check(cfg: Any) -> None:
@@ -44,6 +46,11 @@ def prepare_backbone(cfg: Any, backbone: Any, say: Any) -> None:
     """Every option's change to the stage's backbone (on or off: a stage undoes the previous stage's)."""
     for unit in OPTIONS.values():
         unit.prepare_backbone(cfg, backbone, say)
+
+
+def accelerator_kwargs(cfg: Any) -> list[Any]:
+    """The kwargs handlers the options add to the run's Accelerator (a DDP communication hook)."""
+    return [kw for unit in OPTIONS.values() for kw in unit.accelerator_kwargs(cfg)]
 
 
 def run_slots(stages: list[Any], accelerator: Any) -> dict[str, Any]:
@@ -119,5 +126,5 @@ for _unit in OPTIONS.values():
     sections.register_option(_unit.name, _unit)
 sections.register("options", check)  # config.validate runs it (robustify/sections.py)
 
-__all__ = ["OPTIONS", "Option", "active", "check", "exported", "extra_examples", "extra_passes", "plan_notes",
-           "prepare_backbone", "preflight", "run_slots", "step_scope"]
+__all__ = ["OPTIONS", "Option", "accelerator_kwargs", "active", "check", "exported", "extra_examples", "extra_passes",
+           "plan_notes", "prepare_backbone", "preflight", "run_slots", "step_scope"]

@@ -16,6 +16,9 @@ An instance (one per stage, built by the trainer from the stage's config) hooks 
 
 - ``run_slot(stages)``: the option's checkpointed state for the whole run (registered with Accelerate once per run,
   whatever the stages; None: none), given to each stage's instance;
+- ``accelerator_kwargs(cfg)``: kwargs handlers for the run's Accelerator (a DDP communication hook);
+- ``wrap(model)``: the prepared (DDP-wrapped) model, right after ``accelerator.prepare``;
+- ``state_dict()`` / ``load_state_dict(state)``: per-process state saved with the method's in each checkpoint;
 - ``prepare(model, accelerator)``: once the stage's model is prepared, before a resume restores the checkpoint;
 - ``exported()``: the weights the probe measures and the run folder exports, when the option supplies them (EMA);
 - ``setup(run)``: after the stage's model, optimizer and method exist; by default ``attach``;
@@ -75,6 +78,11 @@ class Option:
         return []
 
     @classmethod
+    def accelerator_kwargs(cls, cfg: Any) -> list[Any]:
+        """Kwargs handlers the option adds to the run's Accelerator (e.g. a DDP communication hook)."""
+        return []
+
+    @classmethod
     def preflight(cls, cfg: Any, stages: list[Any], architecture_of: Any) -> None:
         """Checks before the run loads anything that need the architecture (``architecture_of(name)``: the timm
         architecture, or None) or the environment; ``stages``: every stage's config."""
@@ -106,6 +114,17 @@ class Option:
         run-level slot."""
 
     # --- instance level: the hooks of a running stage ---------------------------------------------------------------
+    def wrap(self, model: Any) -> None:
+        """The prepared (possibly DDP-wrapped) model, right after ``accelerator.prepare``, before any step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """This process's state to save with the method's in every checkpoint (keys the option alone uses)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Restore from a checkpoint's per-process state; returns the entries that are not the option's."""
+        return state
+
     def prepare(self, model: Any, accelerator: Any) -> None:
         """Once the stage's (unwrapped) model is prepared, before a resume restores the checkpoint."""
 
