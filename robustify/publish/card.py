@@ -222,16 +222,11 @@ def _robust_summary(ev: Evaluation) -> str:
 
 
 def _frontier_lines(record: RunRecord) -> list[str]:
-    """Card lines for the fine-tuning frontier's options (eps warm-up with its per-epoch eps, AWP, freezing,
-    few-shot), from the record's options and history; none when no option was on."""
+    """Card lines for the run's options (each registered option's own, then few-shot), from the record's options
+    and history; none when no option was on."""
     opts, lines = record.training.options or {}, []
     for unit in sections.options():  # each registered option's own lines (train/options/), in registry order
         lines += unit.card_lines(record)
-    if "awp" in opts:
-        awp = opts["awp"]
-        lines.append(f"- Adversarial weight perturbation (AWP, Wu et al. 2020): gamma {awp.get('gamma'):g} of each "
-                     f"layer's weight norm, after {awp.get('warmup_epochs', 0)} warm-up epoch(s); its extra "
-                     "forward/backward pass is in the cost below.")
     if "per_class" in opts:
         lines.append(f"- Few-shot: {opts['per_class']} training examples per class (seeded, balanced).")
     return lines

@@ -661,13 +661,11 @@ def from_finetune(cfg: Any, model: Any, *, name: str, method: Mapping[str, Any],
 
 
 def frontier_options(cfg: Any) -> dict[str, Any]:
-    """The fine-tuning frontier's options that are on in ``cfg`` (the last stage's config; per-epoch details such as
-    the training eps and whether AWP was active are in the history), for the record and the card."""
+    """The options that are on in ``cfg`` (the last stage's config; per-epoch details are in the history), each
+    registered option's own entries then few-shot, for the record and the card."""
     out: dict[str, Any] = {}
     for unit in sections.options():  # each registered option's own entries (train/options/), in registry order
         out.update(unit.record(cfg))
-    if cfg.train.awp:
-        out["awp"] = {"gamma": cfg.train.awp_gamma, "warmup_epochs": cfg.train.awp_warmup_epochs}
     if cfg.data.per_class is not None:
         out["per_class"] = cfg.data.per_class
     return out
