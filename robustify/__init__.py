@@ -22,7 +22,7 @@ def _load_registries() -> None:
     is checked: named here, in the package's composition root, so config.py never names a wing above it, and
     imported late, so that ``import robustify`` stays cheap."""
     from .data import sources  # noqa: F401
-    from .train import methods, schedules  # noqa: F401
+    from .train import methods, options, schedules  # noqa: F401
 
 
 sections.load_with(_load_registries)

@@ -173,8 +173,7 @@ DEFAULTS_TEXT = ("no recipe: robustify's defaults (docs/configuration.md#every-r
 def plan(recipe: str | None, overrides: list[str] | None = None) -> Plan:
     """The dry-run plan of a recipe (``None``: the defaults, no recipe file): resolved config, stages, passes and
     the cost estimate."""
-    from .train import awp as awp_mod
-    from .train import pseudo_labels as pseudo_mod
+    from .train import options
     from .train.methods import build_method
 
     cfg = build_config(recipe, overrides)
@@ -196,20 +195,22 @@ def plan(recipe: str | None, overrides: list[str] | None = None) -> Plan:
             examples = min(examples, scfg.data.per_class * CLASSES[scfg.data.name])
         data_passes = method.epochs(scfg.train.epochs)
         size = backbone_size(scfg)
+        option_per_batch, option_passes = options.extra_passes(scfg, data_passes)  # the active options' own passes
         if examples is None:
             notes.append(f"stage {name}: the size of {scfg.data.name!r} is not known offline; passes per example only")
             bpe, passes = 0, 0
         else:
             bpe = examples // gb
             passes = data_passes * bpe * gb * method.passes_per_batch
-            passes += awp_mod.active_epochs(scfg, data_passes) * bpe * gb * awp_mod.extra_passes(scfg)  # train.awp
-            if scfg.data.unlabeled and scfg.method.name != "natural":  # pseudo-labelled examples in every minibatch
+            passes += option_passes * bpe * gb
+            extra = options.extra_examples(scfg)  # examples an option appends to each minibatch (pseudo-labelled)
+            if extra:
                 b = scfg.data.batch_size
-                passes = passes * (b + pseudo_mod.per_batch(b, scfg.data.unlabeled_ratio)) // b
+                passes = passes * (b + extra) // b
         tp = throughput(scfg.model.name, size)
         stages.append(StagePlan(name, scfg.method.name, scfg.train.epochs, data_passes, examples or 0, gb, bpe,
                                 data_passes * bpe * method.optimizer_steps_per_batch,
-                                method.passes_per_batch + awp_mod.extra_passes(scfg), passes,
+                                method.passes_per_batch + option_per_batch, passes,
                                 size, None if tp is None or examples is None else passes / tp / 3600))
         notes += frontier_notes(name, scfg, data_passes)
     e = cfg.eval
@@ -230,26 +231,9 @@ def plan(recipe: str | None, overrides: list[str] | None = None) -> Plan:
 
 def frontier_notes(name: str, cfg: FinetuneConfig, data_passes: int) -> list[str]:
     """Dry-run notes for the fine-tuning frontier's options of one stage (what they change in the plan)."""
-    from .train import awp as awp_mod
+    from .train import options
 
-    out = []
-    if cfg.threat.eps_warmup_fraction > 0 and cfg.method.name != "natural":
-        out.append(f"stage {name}: eps warm-up, the training eps ramps 0 -> {cfg.threat.eps:.4g} over the first "
-                   f"{cfg.threat.eps_warmup_fraction:.0%} of the stage (no extra passes; evaluations at the full eps)")
-    if cfg.train.awp:
-        out.append(f"stage {name}: AWP (gamma {cfg.train.awp_gamma:g}) adds {awp_mod.extra_passes(cfg)} pass(es) "
-                   f"per minibatch in {awp_mod.active_epochs(cfg, data_passes)} of {data_passes} epochs "
-                   f"(after {cfg.train.awp_warmup_epochs} warm-up), included above")
-    if cfg.model.freeze != "none":
-        out.append(f"stage {name}: model.freeze={cfg.model.freeze}: frozen parameters get no gradient step (the "
-                   "passes above still count whole forward/backward passes)")
-    if cfg.data.unlabeled and cfg.method.name != "natural":
-        from .train.pseudo_labels import per_batch
-
-        extra = per_batch(cfg.data.batch_size, cfg.data.unlabeled_ratio)
-        teacher = cfg.train.teacher or "the model before adversarial fine-tuning"
-        out.append(f"stage {name}: unlabeled data {cfg.data.unlabeled!r}: {extra} pseudo-labelled examples join each "
-                   f"minibatch of {cfg.data.batch_size} (counted above), labelled once by {teacher} before the stage")
+    out = options.plan_notes(name, cfg, data_passes)  # each active option's own notes (train/options/)
     if cfg.data.per_class is not None:
         known = cfg.data.name in CLASSES
         out.append(f"stage {name}: few-shot, {cfg.data.per_class} training examples per class ("

@@ -1,6 +1,9 @@
 """The config sections whose checks belong to a registry above the shared layer: ``data`` (the data sources),
-``method`` (the methods) and ``schedule`` (the schedules). Each registry registers its section's check here when it
-is imported (:func:`register`); ``config.validate`` runs them (:func:`checks`).
+``method`` (the methods), ``schedule`` (the schedules) and ``options`` (the run options, train/options/). Each
+registry registers its section's check here when it is imported (:func:`register`); ``config.validate`` runs them
+(:func:`checks`). The options registry also registers its units here (:func:`register_option`), so the record and
+the card (publish/, a layer below train/) ask each option for its record fields and card lines (:func:`options`)
+without naming any option.
 
 Why registration: ``config.py`` sits below the wings (they import its dataclasses), so it may not import them, not
 even by a module name in a string (that was an import cycle config -> train that no walk of the imports could see).
@@ -16,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-OWNED = ("data", "method", "schedule")  # the sections a registry checks, in the order their checks run
+OWNED = ("data", "method", "schedule", "options")  # the sections a registry checks, in the order their checks run
 
 Check = Callable[[Any], None]  # takes the FinetuneConfig; raises ConfigError (may fill a default, e.g. data.eval_split)
 
 _checks: dict[str, Check] = {}
 _loaders: list[Callable[[], None]] = []
+_options: dict[str, Any] = {}
 
 
 def register(section: str, check: Check) -> None:
@@ -36,11 +40,26 @@ def load_with(loader: Callable[[], None]) -> None:
     _loaders.append(loader)
 
 
-def checks() -> list[Check]:
-    """Every owned section's check, in :data:`OWNED` order, once the registries are imported."""
+def register_option(name: str, unit: Any) -> None:
+    """Called by the options registry (train/options/) for each option class, in registry order."""
+    _options[name] = unit
+
+
+def load_registries() -> None:
     while _loaders:
         _loaders[0]()
         _loaders.pop(0)  # only once it succeeded: a failed import is retried (and raises again) next time
+
+
+def options() -> list[Any]:
+    """Every registered option class (train/options/base.py's ``Option``), in registry order, once loaded."""
+    load_registries()
+    return list(_options.values())
+
+
+def checks() -> list[Check]:
+    """Every owned section's check, in :data:`OWNED` order, once the registries are imported."""
+    load_registries()
     missing = [s for s in OWNED if s not in _checks]
     if missing:  # a programming error: a registry stopped registering, or the facade stopped loading it
         raise RuntimeError(f"no check registered for config section(s) {', '.join(missing)}")

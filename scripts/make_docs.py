@@ -40,7 +40,7 @@ SECTION_HEADINGS = {
     "eval": "### `eval` (the evaluation `finetune` runs before and after training; see [evaluation.md](evaluation.md))",
     "": "### Top level",
 }
-# accepted values checked by code that has no table to import (config.validate_data, train/freeze.py)
+# accepted values checked by code that has no table to import (config.validate_data, train/options/freeze.py)
 OTHER_CHOICES = {
     "data.interpolation": ("null", "bilinear", "bicubic", "nearest"),
     "model.freeze": ("none", "backbone", "stem", "stages:N"),

@@ -17,8 +17,8 @@ from safetensors.torch import load_file
 from robustify.cli import main as cli
 from robustify.config import MethodConfig, ThreatConfig, build_config
 from robustify.recipes import plan
-from robustify.train.awp import AWP
 from robustify.train.methods import StepContext, build_method
+from robustify.train.options.awp import AWP
 from tests.helpers import torchrun
 
 TINY = ["data.max_train_examples=128", "data.batch_size=32", "train.epochs=2", "eval.n_examples=32",
@@ -64,7 +64,8 @@ def test_gradient_is_taken_at_the_perturbed_weights_and_the_step_starts_from_the
             grads[n] = p.grad.clone()
             p.data.add_(p.grad, alpha=-0.1)
 
-    ctx = StepContext(model=net, attack_model=net, optimize=optimize, autocast=contextlib.nullcontext, awp=awp)
+    ctx = StepContext(model=net, attack_model=net, optimize=optimize, autocast=contextlib.nullcontext,
+                      perturb_weights=awp.perturb)
     torch.manual_seed(1)
     x_adv = x + method.step.__globals__["attacks"].pgd(net, x, y, 0.05, method.alpha, 1)  # the same attack
     torch.manual_seed(1)

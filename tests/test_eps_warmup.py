@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 from robustify.cli import main as cli
 from robustify.config import MethodConfig, ThreatConfig, build_config
 from robustify.errors import ConfigError
-from robustify.train import eps_warmup
 from robustify.train.methods import build_method
+from robustify.train.options import eps_warmup
 from tests.helpers import step_context
 
 TINY = ["data.max_train_examples=128", "data.batch_size=32", "train.epochs=2", "eval.n_examples=32",

@@ -20,8 +20,8 @@ from robustify.data import QUICKSTART_DIR
 from robustify.data.few_shot import per_class_indices
 from robustify.errors import UserError
 from robustify.models import load_backbone
-from robustify.train import freeze
 from robustify.train.optim import build_optimizer
+from robustify.train.options import freeze
 
 TINY = ["data.max_train_examples=256", "data.batch_size=32", "eval.n_examples=64", "eval.pgd_steps=3",
         "train.probe_size=32", "train.probe_steps=1", "train.log_every=1"]

@@ -74,13 +74,13 @@ SIGN_HOOK_SYNCS = r"""
 import json, sys
 import torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from robustify.train import sign_hook
+from robustify.train.options import sign_hook
 
 dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=0, world_size=1)
 calls = {"tensor": 0, "repeat_interleave": 0, "without_output_size": 0}
 real_tensor, real_ri = torch.tensor, torch.repeat_interleave
 def from_hook():
-    return sys._getframe(2).f_globals.get("__name__") == "robustify.train.sign_hook"
+    return sys._getframe(2).f_globals.get("__name__") == "robustify.train.options.sign_hook"
 def tensor(*a, **k):
     calls["tensor"] += from_hook()
     return real_tensor(*a, **k)
@@ -129,7 +129,7 @@ def test_default_teacher_labels_in_fp32_although_accelerate_wrapped_its_forward_
     ``forward`` Accelerate wrapped in autocast; bf16 autocast runs on a CPU too, so the labels' precision shows."""
     from accelerate import Accelerator
 
-    from robustify.train.pseudo_labels import _label
+    from robustify.train.options.pseudo_labels import _label
     from tests.helpers import quickstart_batch, quickstart_model
 
     x, _ = quickstart_batch(48)
@@ -153,7 +153,8 @@ def test_a_powersgd_reseed_inside_the_backward_leaves_the_training_rng_as_it_was
     from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
 
     from robustify.config import build_config
-    from robustify.train.optim import OptimizerStepper, reseeding_hook_devices
+    from robustify.train.optim import OptimizerStepper
+    from robustify.train.options.grad_compression import GradCompression, reseeding_hook_devices
 
     model = torch.nn.Linear(4, 2)
     assert reseeding_hook_devices(model, torch.device("cpu")) is None  # no hook: nothing forked per step
@@ -162,8 +163,10 @@ def test_a_powersgd_reseed_inside_the_backward_leaves_the_training_rng_as_it_was
     assert reseeding_hook_devices(model, torch.device("cuda", 3)) == [3]
     model.weight.register_hook(lambda g: (torch.manual_seed(123), g)[1])  # the hook's reseed, mid-backward
     acc = Accelerator(cpu=True)
-    stepper = OptimizerStepper(acc, model, torch.optim.SGD(model.parameters(), lr=0.1),
-                               build_config("quickstart", []), total_opt_steps=4)
+    cfg = build_config("quickstart", ["train.grad_compression=powersgd"])
+    stepper = OptimizerStepper(acc, model, torch.optim.SGD(model.parameters(), lr=0.1), cfg, total_opt_steps=4)
+    GradCompression(cfg).attach(None, stepper, model)  # as the trainer and the step benchmark attach the option
+    assert stepper.rng_devices == []
     torch.manual_seed(0)
     expected = torch.rand(6)  # the stream without any reseed
     torch.manual_seed(0)
@@ -229,7 +232,7 @@ def test_cudnn_benchmark_is_on_unless_the_run_is_deterministic():
 
 
 def test_local_sgd_averages_in_bounded_chunks_in_order():
-    from robustify.train.local_sgd import _chunks
+    from robustify.train.options.local_sgd import _chunks
 
     ts = [torch.zeros(n) for n in (3, 4, 10, 2, 2)]
     groups = _chunks(ts, 8)

@@ -19,7 +19,7 @@ import json, sys
 import torch, torch.distributed as dist
 from accelerate import Accelerator
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from robustify.train.local_sgd import AveragingLocalSGD
+from robustify.train.options.local_sgd import AveragingLocalSGD
 
 acc = Accelerator(cpu=True)
 rank = acc.process_index

@@ -23,29 +23,30 @@ def _run(overrides: list[str]):
     from accelerate import Accelerator
 
     from robustify.models import RobustModel
-    from robustify.train import awp as awp_mod
-    from robustify.train import ema as ema_mod
-    from robustify.train import eps_warmup
+    from robustify.train import options
     from robustify.train.methods import StepContext, build_method
     from robustify.train.optim import OptimizerStepper, build_optimizer, step_autocast
+    from robustify.train.options import eps_warmup
 
     cfg = build_config("quickstart", ["data.batch_size=4", "method.steps=2", "method.replays=2",
                                       "method.max_strength=2", *overrides])
     raw = RobustModel(timm.create_model("test_resnet", pretrained=False, num_classes=10), (0.5, 0.5, 0.5),
                       (0.25, 0.25, 0.25), (3, 32, 32))
-    average = ema_mod.create(cfg.train, raw)  # timm's ModelEmaV3 makes a generator on the model's device: not meta
-    raw.to(META).train()
-    if average is not None:
-        average.module.to(META)
     acc = Accelerator(cpu=True)
+    active = options.active(cfg)
+    for opt in active:  # EMA: timm's ModelEmaV3 makes a generator on the model's device, so before the move to meta
+        opt.prepare(raw, acc)
+    raw.to(META).train()
+    for opt in active:
+        supplied = opt.exported()
+        if supplied is not None:  # the weight average moves with the model
+            supplied[0].to(META)
     optimizer = build_optimizer(raw, cfg)
     stepper = OptimizerStepper(acc, raw, optimizer, cfg, total_opt_steps=8)
-    stepper.after_step = (lambda: average.update(raw)) if average is not None else None
-    ctx = StepContext(model=raw, attack_model=raw, optimize=stepper, autocast=step_autocast(acc),
-                      awp=awp_mod.build(cfg, raw))
-    stepper.after_backward = ctx.awp.restore if ctx.awp is not None else None
-    if ctx.awp is not None:
-        ctx.awp.set_epoch(1)
+    ctx = StepContext(model=raw, attack_model=raw, optimize=stepper, autocast=step_autocast(acc))
+    for opt in active:  # the options' step hooks as the trainer attaches them (AWP, EMA), in epoch 1
+        opt.attach(ctx, stepper, raw)
+        opt.begin_epoch(None, 1)
     method = build_method(cfg.method, cfg.threat)
     results = []
     for batch in range(2):
@@ -84,7 +85,7 @@ def test_option_hooks_step_on_the_meta_device(option: list[str]):
 
 
 def test_pseudo_labelled_examples_join_a_meta_minibatch():
-    from robustify.train.pseudo_labels import Unlabeled
+    from robustify.train.options.pseudo_labels import Unlabeled
 
     unlabeled = Unlabeled(torch.zeros(6, 3, 32, 32, dtype=torch.uint8), torch.arange(6) % 3, torch.ones(6), 2, 0, 0,
                           {})

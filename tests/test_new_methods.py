@@ -191,7 +191,7 @@ def test_n_fgsm_run_gets_robust_and_exports_the_weight_average(tmp_path: Path):
 
 def test_ema_averages_after_each_step():
     from robustify.config import TrainConfig
-    from robustify.train.ema import create, exported
+    from robustify.train.options.ema import create, exported
 
     model = torch.nn.Linear(2, 1)
     assert create(TrainConfig(ema=False), model) is None and exported(None, model) == (model, "raw")
@@ -250,7 +250,7 @@ def test_lamb_and_lars_come_from_timm(name: str):
 def test_grad_compression_maps_to_accelerate_ddp_kwargs():
     from accelerate.utils import DDPCommunicationHookType
 
-    from robustify.train.optim import ddp_kwargs
+    from robustify.train.options.grad_compression import ddp_kwargs
 
     assert ddp_kwargs(FinetuneConfig()) == []
     for value, hook in [("fp16", DDPCommunicationHookType.FP16), ("powersgd", DDPCommunicationHookType.POWER_SGD)]:

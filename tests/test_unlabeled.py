@@ -17,7 +17,7 @@ from robustify.cli import main as cli
 from robustify.config import build_config
 from robustify.data import QUICKSTART_DIR, build_loaders
 from robustify.models import load_backbone
-from robustify.train import pseudo_labels
+from robustify.train.options import pseudo_labels
 
 
 def _npz(path: Path, x_train, y_train, x_test, y_test) -> Path:

@@ -49,9 +49,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_json
 from ..models import RobustModel, load_backbone, resolve_spec
 from ..report import Listing, output_console
-from ..train import awp as awp_mod
-from ..train import ema as ema_mod
-from ..train import pure_bf16
+from ..train import options, pure_bf16
 from ..train.hardware import maybe_compile, resolve_hardware_settings, target_device_type
 from ..train.methods import METHODS, Method, StepContext, build_method
 from ..train.optim import OptimizerStepper, build_optimizer, step_autocast
@@ -213,7 +211,7 @@ def _note(method: Method, epochs: int) -> str:
 def method_step(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Accelerator,
                 total_batches: int) -> tuple[Method, Callable[[torch.Tensor, torch.Tensor], Any], RobustModel]:
     """A fresh copy of ``base`` set up for training with method ``name`` exactly as the trainer sets it up
-    (prepared model and optimizer, :class:`OptimizerStepper`, :class:`StepContext`, ``train.awp`` and ``train.ema``
+    (prepared model and optimizer, :class:`OptimizerStepper`, :class:`StepContext`, the active options
     hooked in as the trainer hooks them); returns the method and
     ``step(x, y)``, one training minibatch through ``method.step``, and the (unwrapped) model it trains.
     ``total_batches`` sizes the lr schedule."""
@@ -230,14 +228,10 @@ def method_step(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: 
     total_steps = max(total_batches * method.optimizer_steps_per_batch, 1)
     optimize = OptimizerStepper(accelerator, model, optimizer, cfg, total_steps)  # the trainer's own step
     # the option hooks as the trainer wires them: AWP (active, as after its warm-up epochs) and the weight average
-    awp = awp_mod.build(cfg, raw)
-    if awp is not None:
-        awp.set_epoch(cfg.train.awp_warmup_epochs + 1)
-        optimize.after_backward = awp.restore
-    average = ema_mod.create(cfg.train, raw)
-    if average is not None:
-        optimize.after_step = lambda: average.update(raw)
-    ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=step_autocast(accelerator), awp=awp)
+    ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=step_autocast(accelerator))
+    for opt in options.active(cfg):  # as in an epoch after each option's own warm-up
+        opt.attach(ctx, optimize, raw)
+        opt.steady_state()
     return method, lambda x, y: method.step(ctx, x, y), raw
 
 

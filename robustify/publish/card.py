@@ -26,6 +26,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .. import sections
 from ..report import pct
 from ..runfolder import EPS_CURVE_PLOT, HISTORY_PLOT
 from . import public
@@ -221,28 +222,13 @@ def _robust_summary(ev: Evaluation) -> str:
 
 
 def _frontier_lines(record: RunRecord) -> list[str]:
-    """Card lines for the fine-tuning frontier's options (eps warm-up with its per-epoch eps, AWP, freezing,
-    few-shot), from the record's options and history; none when no option was on."""
+    """Card lines for the run's options (each registered option's own, then few-shot), from the record's options
+    and history; none when no option was on."""
     opts, lines = record.training.options or {}, []
-    warm = [(h.get("epoch"), h["train_eps"]) for h in record.history if "train_eps" in h]
-    if "eps_warmup_fraction" in opts or warm:
-        per_epoch = ", ".join(f"{e}: {eps_text(v) if v > 0 else '0'}" for e, v in warm)
-        lines.append(f"- Epsilon warm-up: the training eps rose linearly from 0 to {eps_text(record.training.eps)} "
-                     f"over the first {opts.get('eps_warmup_fraction', 0):.0%} of each stage (eps at the end of each "
-                     f"epoch: {per_epoch or 'not recorded'}); the probe and every evaluation used the full eps.")
-    if "awp" in opts:
-        awp = opts["awp"]
-        lines.append(f"- Adversarial weight perturbation (AWP, Wu et al. 2020): gamma {awp.get('gamma'):g} of each "
-                     f"layer's weight norm, after {awp.get('warmup_epochs', 0)} warm-up epoch(s); its extra "
-                     "forward/backward pass is in the cost below.")
-    if "freeze" in opts:
-        lines.append(f"- Frozen parameters (model.freeze, last stage): `{opts['freeze']}`.")
+    for unit in sections.options():  # each registered option's own lines (train/options/), in registry order
+        lines += unit.card_lines(record)
     if "per_class" in opts:
         lines.append(f"- Few-shot: {opts['per_class']} training examples per class (seeded, balanced).")
-    if "unlabeled" in opts:
-        u = opts["unlabeled"]
-        lines.append(f"- Robust self-training: unlabeled images from `{u.get('data')}`, pseudo-labelled once by the "
-                     f"teacher ({u.get('teacher')}), made {u.get('ratio', 0):.0%} of each training minibatch.")
     return lines
 
 

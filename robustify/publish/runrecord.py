@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .. import sections
 from ..errors import UserError
 from ..fileio import file_sha256
 from ..runfolder import CONFIG, METRICS, RECIPE, WEIGHTS, RunFolder
@@ -660,20 +661,13 @@ def from_finetune(cfg: Any, model: Any, *, name: str, method: Mapping[str, Any],
 
 
 def frontier_options(cfg: Any) -> dict[str, Any]:
-    """The fine-tuning frontier's options that are on in ``cfg`` (the last stage's config; per-epoch details such as
-    the training eps and whether AWP was active are in the history), for the record and the card."""
+    """The options that are on in ``cfg`` (the last stage's config; per-epoch details are in the history), each
+    registered option's own entries then few-shot, for the record and the card."""
     out: dict[str, Any] = {}
-    if cfg.threat.eps_warmup_fraction > 0:
-        out["eps_warmup_fraction"] = cfg.threat.eps_warmup_fraction
-    if cfg.train.awp:
-        out["awp"] = {"gamma": cfg.train.awp_gamma, "warmup_epochs": cfg.train.awp_warmup_epochs}
-    if cfg.model.freeze != "none":
-        out["freeze"] = cfg.model.freeze
+    for unit in sections.options():  # each registered option's own entries (train/options/), in registry order
+        out.update(unit.record(cfg))
     if cfg.data.per_class is not None:
         out["per_class"] = cfg.data.per_class
-    if cfg.data.unlabeled:
-        out["unlabeled"] = {"data": public.dataset_name(cfg.data.unlabeled)[0], "ratio": cfg.data.unlabeled_ratio,
-                            "teacher": public.model_name(cfg.train.teacher)[0] if cfg.train.teacher else "default"}
     return out
 
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, DistributedType, KwargsHandler
+from accelerate.utils import DistributedType
 
 from ..config import FinetuneConfig
 from . import pure_bf16
@@ -46,51 +45,10 @@ def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.
     return torch.optim.SGD(groups, lr=cfg.schedule.lr, momentum=o.momentum, nesterov=o.nesterov)
 
 
-COMM_HOOKS = {"fp16": DDPCommunicationHookType.FP16, "bf16": DDPCommunicationHookType.BF16,
-              "powersgd": DDPCommunicationHookType.POWER_SGD}
-
-
-def ddp_kwargs(cfg: FinetuneConfig) -> list[KwargsHandler]:
-    """Accelerate kwargs handlers for ``Accelerator(kwargs_handlers=...)``: ``train.grad_compression`` as a PyTorch
-    DDP communication hook (fp16 / bf16 compression of the gradient all-reduce, or PowerSGD low-rank compression),
-    registered by Accelerate when it wraps the model in DDP; nothing for a single process."""
-    hook = COMM_HOOKS.get(cfg.train.grad_compression)
-    return [DistributedDataParallelKwargs(comm_hook=hook)] if hook is not None else []
-
-
-def register_custom_hook(model: torch.nn.Module, cfg: FinetuneConfig) -> Any:
-    """``train.grad_compression: sign``: robustify's own DDP hook (sign_hook.py), registered on the prepared model
-    before its first backward; returns its state (error memory, bytes sent), None otherwise or for one process."""
-    if cfg.train.grad_compression != "sign":
-        return None
-    from . import sign_hook
-
-    return sign_hook.register(model)
-
-
 def comm_hook_name(model: torch.nn.Module) -> str | None:
     """The name of the communication hook registered on a DDP-wrapped model (None if none, or not DDP)."""
     hooks = getattr(model, "_comm_hooks", None) or []
     return getattr(hooks[-1][0], "__qualname__", str(hooks[-1][0])) if hooks else None
-
-
-def reseeding_hook_devices(model: torch.nn.Module, device: torch.device) -> list[int] | None:
-    """The CUDA devices whose RNG the model's communication hook reseeds (``[]``: the CPU generator only), or None
-    when its hook leaves every generator alone.
-
-    torch's ``powerSGD_hook`` calls ``torch.manual_seed`` inside ``fork_rng(devices=[])`` whenever it draws fresh
-    low-rank matrices (the first compressed step, and again after every resume, its memory being empty): the CPU
-    generator is restored, every CUDA generator is left reseeded to the same value on all processes. The training
-    random starts would then repeat across processes and differ between a resumed and an uninterrupted run. A
-    backward pass draws no random numbers itself, so restoring the generators around it (:class:`OptimizerStepper`)
-    undoes only the hook's reseeding."""
-    name = comm_hook_name(model) or ""
-    if "powerSGD" not in name:
-        return None
-    if torch.device(device).type != "cuda":
-        return []
-    index = torch.device(device).index
-    return [torch.cuda.current_device() if index is None else index]
 
 
 def step_autocast(accelerator: Accelerator) -> Callable[[], contextlib.AbstractContextManager]:
@@ -129,20 +87,22 @@ class OptimizerStepper:
         self.total = max(total_opt_steps, 1)  # optimizer steps in the whole run
         self.opt_steps = opt_steps
         self.after_step: Callable[[], None] | None = None  # called after each optimizer step (weight averaging)
-        self.after_backward: Callable[[], None] | None = None  # after every backward, before any step (AWP restore)
+        self.after_backward: Callable[[], None] | None = None  # after every backward, before any step (an option's)
         # the schedule's position in [0, 1] when the trainer sets it per minibatch (the share of the stage's
         # minibatches done: methods whose optimizer steps per minibatch vary, deat); None: optimizer steps done /
         # planned, the usual case
         self.progress: float | None = None
         self._step_optimizer = _plain_optimizer(accelerator, optimizer)
         self._lr_set: float | None = None  # the lr last written into the param groups
-        self._rng_devices = reseeding_hook_devices(model, accelerator.device)
+        # the device generators a communication hook reseeds inside the backward (set by the option that registers
+        # it: PowerSGD, train/options/grad_compression.py), given back their state after it; None: none
+        self.rng_devices: list[int] | None = None
 
     def __call__(self, loss: torch.Tensor) -> None:
-        if self._rng_devices is None:
+        if self.rng_devices is None:
             self.accelerator.backward(loss)
-        else:  # PowerSGD reseeds the device generators inside the backward: give them back their state
-            with torch.random.fork_rng(devices=self._rng_devices):
+        else:  # a communication hook reseeds the device generators inside the backward: give them back their state
+            with torch.random.fork_rng(devices=self.rng_devices):
                 self.accelerator.backward(loss)
         if self.after_backward is not None:
             self.after_backward()

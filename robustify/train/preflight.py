@@ -2,9 +2,10 @@
 them first and ``finetune --dry-run`` runs exactly these, so a dry run never plans settings the run then refuses.
 
 What is checked here beyond the config's own validation (``robustify.config``): the precision (fp16 is refused,
-``hardware.refuse_fp16``; pure-bf16 needs torch-optimi installed), and each stage's ``model.freeze`` against the
-architecture's timm parameter groups, with the architecture built on PyTorch's ``meta`` device (no memory, no
-weights, no download) when its name or its folder's ``config.json`` says which timm architecture it is.
+``hardware.refuse_fp16``; pure-bf16 needs torch-optimi installed), and each option's own preflight checks
+(train/options/: e.g. each stage's ``model.freeze`` against the architecture's timm parameter groups, with the
+architecture built on PyTorch's ``meta`` device), given :func:`architecture_of`: the architecture when its name or its
+folder's ``config.json`` says which timm architecture it is (no memory, no weights, no download).
 
 Must not: load weights, read data, or allocate on a device (the dry run calls it).
 """
@@ -14,13 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
 from ..config import FinetuneConfig, expand_stages, stage_notes
 from ..errors import UserError
 from ..runfolder import CONFIG
-from . import pure_bf16
-from .freeze import frozen_names
+from . import options, pure_bf16
 from .hardware import refuse_fp16
 
 
@@ -45,22 +43,6 @@ def architecture_of(name: str) -> str | None:
         return None
 
 
-def check_freeze(cfg: FinetuneConfig) -> None:
-    """Every stage's ``model.freeze`` names groups the architecture has (one line otherwise, as the run says it)."""
-    specs = {stage.model.freeze for _, stage in expand_stages(cfg)} - {"none", "backbone"}
-    if not specs:
-        return
-    arch = architecture_of(cfg.model.name)
-    if arch is None:
-        return  # a Hub model: checked when the run has loaded it
-    import timm
-
-    with torch.device("meta"):
-        backbone = timm.create_model(arch, pretrained=False)
-    for spec in sorted(specs):
-        frozen_names(backbone, spec)
-
-
 def preflight(cfg: FinetuneConfig) -> list[str]:
     """Everything a run refuses before it starts that can be known from the recipe alone; returns the notes the
     run (and the dry run) prints in its first lines: how run-level options were applied to its stages
@@ -78,5 +60,5 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
         from ..data.device_decode import check_decoder
 
         check_decoder(cfg.data.interpolation or "bilinear")
-    check_freeze(cfg)
+    options.preflight(cfg, [stage for _, stage in stages], architecture_of)  # each option's own (model.freeze)
     return stage_notes(cfg)

@@ -24,7 +24,7 @@ import os
 import platform
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,10 +47,7 @@ from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from ..runfolder import HISTORY, HISTORY_PLOT, RECIPE
-from . import awp as awp_mod
-from . import ema as ema_mod
-from . import eps_warmup, local_sgd, pseudo_labels, pure_bf16
-from . import freeze as freeze_mod
+from . import options, pure_bf16
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -78,10 +75,9 @@ from .hardware import (
     target_device_type,
 )
 from .methods import Method, StepContext, build_method
-from .optim import OptimizerStepper, build_optimizer, comm_hook_name, ddp_kwargs, register_custom_hook, step_autocast
+from .optim import OptimizerStepper, build_optimizer, comm_hook_name, step_autocast
 from .preflight import preflight
 from .schedules import warmup_for_scaled_lr
-from .sign_hook import ERROR_PREFIX as COMM_ERROR_PREFIX
 
 
 def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_dir: str | None = None) -> Accelerator:
@@ -109,7 +105,7 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     precision = "no" if pure_bf16.is_pure(cfg) else cfg.train.mixed_precision
     return Accelerator(cpu=use_cpu, mixed_precision=precision, log_with=log_with,
                        project_config=project, gradient_accumulation_steps=cfg.train.grad_accum,
-                       kwargs_handlers=[timeout, *ddp_kwargs(cfg)])
+                       kwargs_handlers=[timeout, *options.accelerator_kwargs(cfg)])
 
 
 def resolve_output_dir(cfg: FinetuneConfig, resume: bool, accelerator: Accelerator) -> Path:
@@ -242,8 +238,8 @@ class Run:
     clock: float = 0.0  # perf_counter at the last wall-time update (see tick)
     stage_name: str = ""  # the stage's name when the recipe has several
     guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
-    unlabeled: pseudo_labels.Unlabeled | None = None  # data.unlabeled: pseudo-labelled examples mixed into batches
-    comm: Any = None  # train.grad_compression=sign: the hook's state (per-process error memory, bytes sent)
+    head_replaced: bool = False  # the backbone's classifier was replaced for this data's classes (a new head)
+    options: list[options.Option] = field(default_factory=list)  # the stage's active options (train/options/)
 
     @property
     def main(self) -> bool:
@@ -330,19 +326,16 @@ def _loaders(data_cfg: Any, cfg: FinetuneConfig, accelerator: Accelerator,
 
 def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone: torch.nn.Module, state: TrainState,
           best: BestWeights, resume_from: Path | None = None, verdict_data: Any = None,
-          ema_slot: ema_mod.AverageSlot | None = None) -> Run:
+          slots: dict[str, Any] | None = None) -> Run:
     """One stage's data, model view, optimizer and method around ``backbone`` (the same module through all stages);
     ``resume_from``: the checkpoint to restore (model, optimizer, RNG, trainer and method state); ``verdict_data``:
-    the exported (last) stage's data section, whose resolution every verdict of this stage uses; ``ema_slot``: the
-    run's one registered weight-average slot (:class:`ema.AverageSlot`; None: the average is registered here)."""
+    the exported (last) stage's data section, whose resolution every verdict of this stage uses; ``slots``: the
+    options' run-level checkpointed states, registered once per run (:func:`options.run_slots`)."""
     loaders = _loaders(cfg.data, cfg, accelerator, backbone)
-    head_replaced = backbone.num_classes != loaders.num_classes  # data.unlabeled: the default teacher cannot label
+    head_replaced = backbone.num_classes != loaders.num_classes  # a new head (a default teacher cannot label)
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
-    frozen = freeze_mod.apply(backbone, cfg.model.freeze)  # model.freeze, before the optimizer sees the parameters
-    if frozen is not None:
-        accelerator.print(f"robustify: model.freeze={cfg.model.freeze}: {frozen['trainable']:,} parameters train, "
-                          f"{frozen['frozen']:,} are frozen")
+    options.prepare_backbone(cfg, backbone, accelerator.print)  # e.g. model.freeze, before the optimizer is built
     # train.mixed_precision=pure-bf16: the backbone's weights and buffers in bf16 (back to fp32 for another stage)
     pure_bf16.set_precision(backbone, pure_bf16.is_pure(cfg))
     model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
@@ -356,22 +349,20 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     lr = scaled_lr(cfg, global_batch)
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
-    comm = register_custom_hook(model, cfg)  # train.grad_compression: sign (per-process error memory)
+    active = options.active(cfg, slots)  # only the options that are on: the others run no code
+    for opt in active:  # e.g. a DDP communication hook, before the first backward
+        opt.wrap(model)
     raw: RobustModel = accelerator.unwrap_model(model)
     maybe_compile(raw, cfg.train.compile)
-    average = ema_mod.create(cfg.train, raw)  # train.ema: the weight average is what is probed and exported
-    if ema_slot is not None:  # registered once per run (finetune), so a resume into any stage finds one object
-        ema_slot.average = average
-    elif average is not None:
-        accelerator.register_for_checkpointing(average)
-    probed, weights = ema_mod.exported(average, raw)
+    for opt in active:
+        opt.prepare(raw, accelerator)
+    probed, weights = options.exported(active, raw)  # the raw weights, or an option's (the weight average)
     if resume_from is not None:
         loaded, method_state = load_checkpoint(accelerator, resume_from, best, accelerator.device)
         state.__dict__.update(loaded.__dict__)
-        if comm is not None:
-            comm.load_state_dict(method_state)
+        for opt in active:  # each option takes its own per-process state (the sign hook's error memory)
+            method_state = opt.load_state_dict(method_state)
         check_stream_position(method_state.pop(STREAM_POSITION, None), loaders, state, accelerator, resume_from)
-        method_state = {k: v for k, v in method_state.items() if not k.startswith(COMM_ERROR_PREFIX)}
         if hasattr(method, "load_state_dict"):
             method.load_state_dict(method_state)
         accelerator.print(f"resumed from {resume_from} (stage {state.stage + 1}, epoch {state.epoch} done, "
@@ -381,13 +372,10 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     steps_per_epoch = -(-loaders.batches_per_epoch // cfg.train.grad_accum) * method.optimizer_steps_per_batch
     stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
                                lr=lr)
-    stepper.after_step = (lambda: average.update(raw)) if average is not None else None
     # a peak lr scaled up for a large global batch reaches its peak gradually (schedules.warmup_for_scaled_lr)
     stepper.schedule, warmup = warmup_for_scaled_lr(stepper.schedule, lr / cfg.schedule.lr if cfg.schedule.lr else 1.0,
                                                     epochs)
-    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator),
-                      awp=awp_mod.build(cfg, raw))
-    stepper.after_backward = ctx.awp.restore if ctx.awp is not None else None
+    ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator))
     verdict_model, verdicts = verdict_view(cfg, verdict_data, accelerator, backbone, probed, loaders)
     # each process decodes only the evaluation examples it attacks (the kernel's batch-aligned block)
     block = shard_range(verdicts.eval_size, cfg.data.eval_batch_size, accelerator.process_index,
@@ -396,11 +384,10 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
               ctx, epochs, lr, verdicts.eval_block(*block), verdicts.eval_size, verdict_model=verdict_model,
               probe_batch=verdicts.probe)
     run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
-    if cfg.data.unlabeled and cfg.method.name != "natural":  # robust self-training: labelled once, before training
-        # the default teacher (the model before adversarial fine-tuning) labels in fp32, whatever the precision
-        run.unlabeled = pseudo_labels.prepare(cfg, run_dir, accelerator, loaders, pure_bf16.fp32_copy(raw),
-                                              head_replaced)
-    run.comm = comm
+    run.head_replaced = head_replaced
+    run.options = active
+    for opt in run.options:
+        opt.setup(run)
     run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
             f"{loaders.eval_size} eval examples at {loaders.input_size}, {epochs} epochs x "
             f"{loaders.batches_per_epoch} batches, {accelerator.num_processes} process(es) on {accelerator.device}, "
@@ -507,7 +494,8 @@ def _moved(saved: dict[str, Any], here: dict[str, Any], rank: int, folder: Path)
 
 def checkpoint(run: Run) -> Path:
     method_state = run.method.state_dict() if hasattr(run.method, "state_dict") else {}
-    method_state = {**method_state, **(run.comm.state_dict() if run.comm is not None else {})}
+    for opt in run.options:  # the options' per-process state (the sign hook's error memory)
+        method_state = {**method_state, **opt.state_dict()}
     position = run.loaders.stream_position(run.state.epoch + 1, run.state.batch)
     if position is not None:  # streaming: this process's position in its stream, checked on resume
         method_state[STREAM_POSITION] = position
@@ -525,19 +513,15 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
     sums = torch.tensor(state.epoch_sums, dtype=torch.float64, device=acc.device)  # loss*n, correct, n
     t0 = time.perf_counter() - state.epoch_seconds
     run.model.train()
-    if run.ctx.awp is not None:
-        run.ctx.awp.set_epoch(epoch)  # off during train.awp_warmup_epochs
-    awp_passes = run.ctx.awp.passes_now if run.ctx.awp is not None else 0  # AWP's extra pass, when active
-    # train.local_sgd_steps: DDP in no_sync for the epoch, the models averaged every K optimizer steps and at its end
-    local = local_sgd.for_epoch(acc, run.model, run.optimizer, cfg.train.local_sgd_steps)
-    if local is not None:
-        local.__enter__()  # left by the __exit__ below; an Interrupted stop happens where the models were averaged
+    for opt in run.options:  # the active options' epoch hooks (train/options/)
+        opt.begin_epoch(run, epoch)
+    passes = run.method.passes_per_batch + sum(opt.passes_now() for opt in run.options)  # per minibatch
     bar = tqdm(total=n_batches, initial=state.batch, desc=f"epoch {epoch}/{run.epochs}", leave=False,
                **({} if run.main else {"disable": True}))  # only switch off, so TQDM_DISABLE=1 still works
     for x, y in loaders.train_epoch(epoch, start_batch=state.batch):
         x, y = data_mod.to_unit(x.to(acc.device, non_blocking=True)), y.to(acc.device, non_blocking=True)
-        if run.unlabeled is not None:  # data.unlabeled: the minibatch's pseudo-labelled examples appended
-            x, y = run.unlabeled.mix(x, y, epoch, state.batch)
+        for opt in run.options:  # the active options' batch hooks (pseudo-labelled examples appended)
+            x, y = opt.batch(x, y, epoch, state.batch)
         if cfg.model.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if state.batch == n_batches - 1:  # close a partial accumulation group at the epoch's end
@@ -545,10 +529,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         steps_before = run.stepper.opt_steps
         if run.method.dynamic_steps:  # steps per minibatch vary (deat): follow the epochs, not a fixed step plan
             run.stepper.progress = ((epoch - 1) * n_batches + state.batch) / (run.epochs * n_batches)
-        share = eps_warmup.factor(cfg.threat.eps_warmup_fraction,  # 1.0 without warm-up (threat.eps_warmup_fraction)
-                                  eps_warmup.stage_progress(epoch, state.batch, run.epochs, n_batches))
-        try:
-            with acc.accumulate(run.model), eps_warmup.scaled(run.method, share):
+        try:  # the active options' step hooks (train/options/): none when every option is off
+            with acc.accumulate(run.model), options.step_scope(run.options, run, epoch, state.batch):
                 res = run.method.step(run.ctx, x, y)
         except torch.OutOfMemoryError as e:  # one line with the batch, the memory seen and what to try
             bar.close()
@@ -558,8 +540,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         sums[2] += n
         state.batch += 1
         state.progress += 1
-        state.batch_passes += run.method.passes_per_batch + awp_passes
-        state.example_passes += y.shape[0] * acc.num_processes * (run.method.passes_per_batch + awp_passes)
+        state.batch_passes += passes
+        state.example_passes += y.shape[0] * acc.num_processes * passes
         bar.update(1)
         if state.batch % cfg.train.log_every == 0 or state.batch == n_batches:
             s = sums.tolist()  # the one host sync every log_every minibatches
@@ -570,9 +552,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
         # across processes after every optimizer step (a CPU all-reduce of one number, see StopSignal.agreed), so
         # a SIGTERM on any process stops all of them within one step, whatever train.log_every
         check = acc.sync_gradients
-        if local is not None:  # local SGD: exact only where the models were just averaged; agree at each of those
-            local.advance(run.stepper.opt_steps - steps_before)
-            check = local.at_sync() and run.stepper.opt_steps != steps_before
+        for opt in run.options:  # an option may move where a checkpoint is exact (local SGD: at model averages)
+            check = opt.after_batch(run, run.stepper.opt_steps - steps_before, check)
         signalled = stop.agreed(acc) if check else None
         if (due or signalled) and state.batch < n_batches:
             state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
@@ -583,8 +564,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
                 raise Interrupted(f"{name} received: checkpoint written at epoch {epoch}, minibatch {state.batch} "
                                   f"({where.name}); continue with: {run.resume_command()}", 130 if name == "SIGINT"
                                   else 143)
-    if local is not None:
-        local.__exit__(None, None, None)  # the epoch's last average: it ends at a synchronisation point
+    for opt in run.options:  # e.g. local SGD's last average of the epoch: it ends at a synchronisation point
+        opt.finish_epoch(run)
     bar.close()
     state.epoch_sums, state.epoch_seconds = sums.tolist(), time.perf_counter() - t0
     # a NaN model must never be probed, selected as best or checkpointed
@@ -611,9 +592,7 @@ def end_epoch(run: Run, epoch: int) -> dict[str, Any]:
            "seconds": state.epoch_seconds, "opt_steps": run.stepper.opt_steps, "note": note,
            **({"stage": run.stage_name} if run.stage_name else {}),
            **run.method.on_epoch_end(epoch),
-           **eps_warmup.history_fields(run.cfg, epoch, run.epochs, run.loaders.batches_per_epoch),
-           **({"awp": run.ctx.awp.active} if run.ctx.awp is not None else {}),
-           **({"freeze": run.cfg.model.freeze} if run.cfg.model.freeze != "none" else {})}
+           **{k: v for opt in run.options for k, v in opt.history_fields(run, epoch).items()}}
     state.history.append(row)
     state.epoch, state.batch, state.epoch_sums, state.epoch_seconds = epoch, 0, [0.0, 0.0, 0.0], 0.0
     run.say(f"epoch {epoch}/{run.epochs}  loss {row['loss']:.3f}  train acc {row['train_acc']:.1%}  probe clean "
@@ -641,7 +620,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
     cost = {"wall_seconds": state.wall_seconds, "epochs": len(state.history),
             "optimizer_steps": state.prior_opt_steps + run.stepper.opt_steps, "batch_passes": state.batch_passes,
             "example_passes": state.example_passes,
-            "passes_per_batch": run.method.passes_per_batch + (run.ctx.awp.passes if run.ctx.awp is not None else 0),
+            "passes_per_batch": run.method.passes_per_batch + sum(opt.passes_per_batch() for opt in run.options),
             # Accelerate's autocast setting, except for pure-bf16 (no autocast: the weights themselves are bf16)
             "hardware": {**hardware_info(acc), **({"mixed_precision": pure_bf16.PURE} if pure_bf16.is_pure(cfg)
                                                   else {})}, "world_size": acc.num_processes, "ranks_in_sync": in_sync,
@@ -649,8 +628,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "comm_hook": comm_hook_name(run.model), "local_sgd_steps": cfg.train.local_sgd_steps,
             "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
             "deterministic": bool(cfg.train.deterministic),
-            **({"unlabeled": run.unlabeled.info} if run.unlabeled is not None else {}),
-            **({"comm_bytes_per_step": run.comm.bytes_per_step} if run.comm is not None else {})}
+            **{k: v for opt in run.options for k, v in opt.cost_fields(run).items()}}
     exported = pure_bf16.fp32_copy(run.probed)  # the run folder's weights are fp32 whatever the training precision
     record = runrecord.from_finetune(cfg, exported if isinstance(exported, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
@@ -731,10 +709,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
         state.stage, saved_fingerprint = saved.stage, saved.fingerprint
     base = load_backbone(cfg.model.name, pretrained=cfg.model.pretrained, checkpoint=cfg.model.checkpoint,
                          trust_pickle=cfg.model.trust_pickle)
-    ema_slot = None
-    if any(stage.train.ema for _, stage in stages):  # one checkpointed average whatever the number of stages
-        ema_slot = ema_mod.AverageSlot()
-        accelerator.register_for_checkpointing(ema_slot)
+    slots = options.run_slots([stage for _, stage in stages], accelerator)  # once per run, whatever the stages
     first_epoch, run = None, None
     with StopSignal() as stop:
         for index in range(state.stage, len(stages)):
@@ -744,7 +719,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
                 accelerator.free_memory()  # best-robust selection span the whole run (same threat model throughout)
                 state.stage, state.epoch, state.batch, state.opt_steps = index, 0, 0, 0
             run = setup(stage_cfg, accelerator, run_dir, base.backbone, state, best, resume_from,
-                        verdict_data=stages[-1][1].data if len(stages) > 1 else None, ema_slot=ema_slot)
+                        verdict_data=stages[-1][1].data if len(stages) > 1 else None, slots=slots)
             run.stage_name = name if len(stages) > 1 else ""
             if resume_from is not None:  # the checkpoint's data must be this data (sizes, held-out probe)
                 check_same_data(resumed_from, saved_fingerprint, stage_cfg, run.loaders)

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from ... import attacks, sections
 from ...config import FinetuneConfig, MethodConfig, ThreatConfig
 from ...errors import ConfigError
-from .. import awp as awp_mod
 from . import trades as trades_mod
 
 METHODS: dict[str, type[Method]] = {}
@@ -69,7 +68,6 @@ def validate_section(cfg: FinetuneConfig) -> None:
     if cfg.method.name == "free" and cfg.train.grad_accum > 1:
         raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} with method.name='free' is not accepted: free AT "
                           "takes one optimizer step per replay by definition; use train.grad_accum=1")
-    awp_mod.validate(cfg)  # train.awp: which methods it combines with
 
 
 sections.register("method", validate_section)  # config.validate runs it (robustify/sections.py)
@@ -81,7 +79,9 @@ class StepContext:
     attack_model: torch.nn.Module  # the unwrapped module: attack forwards, which have no weight backward, use it
     optimize: Callable[[torch.Tensor], None]  # backward + clip + lr + optimizer step + zero_grad
     autocast: Callable[[], contextlib.AbstractContextManager]
-    awp: awp_mod.AWP | None = None  # train.awp: perturbs the weights before the training forward (train/awp.py)
+    # an option's weight perturbation before the training forward (train/options/), given the method's
+    # training objective as a function of the model; None: the weights are trained as they are
+    perturb_weights: Callable[[Callable[[torch.nn.Module], torch.Tensor]], None] | None = None
 
 
 @dataclass
@@ -158,8 +158,8 @@ class Method:
         if self.trades and x_clean is not None:
             return self._train_on_trades(ctx, x_train, y, x_clean)
         with ctx.autocast():
-            if ctx.awp is not None:  # the weights at w + v for this forward; the stepper restores them
-                ctx.awp.perturb(lambda m: F.cross_entropy(m(x_train).float(), y))
+            if ctx.perturb_weights is not None:  # the weights at w + v for this forward; the stepper restores them
+                ctx.perturb_weights(lambda m: F.cross_entropy(m(x_train).float(), y))
             logits = ctx.model(x_train)
             loss = F.cross_entropy(logits.float(), y)
         ctx.optimize(loss)
@@ -189,9 +189,9 @@ class Method:
                          x_clean: torch.Tensor) -> StepResult:
         # one forward of clean and perturbed inputs together: one backward, and DDP sees a single forward
         with ctx.autocast():
-            if ctx.awp is not None:  # TRADES-AWP: the weights perturbed against the TRADES objective
-                ctx.awp.perturb(lambda m: trades_mod.trades_loss(*m(torch.cat([x_clean, x_adv])).chunk(2), y,
-                                                                 self.cfg.beta))
+            if ctx.perturb_weights is not None:  # e.g. TRADES-AWP: perturbed against the TRADES objective
+                ctx.perturb_weights(lambda m: trades_mod.trades_loss(*m(torch.cat([x_clean, x_adv])).chunk(2), y,
+                                                                     self.cfg.beta))
             logits_clean, logits_adv = ctx.model(torch.cat([x_clean, x_adv])).chunk(2)
             loss = trades_mod.trades_loss(logits_clean, logits_adv, y, self.cfg.beta)
         ctx.optimize(loss)

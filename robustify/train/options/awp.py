@@ -29,8 +29,9 @@ from typing import Any
 
 import torch
 
-from ..attacks import frozen_batchnorm_stats
-from ..errors import ConfigError
+from ...attacks import frozen_batchnorm_stats
+from ...errors import ConfigError
+from .base import Option
 
 METHODS = ("fgsm-rs", "n-fgsm", "pgd")
 REFUSED = {
@@ -43,7 +44,16 @@ REFUSED = {
 
 
 def validate(cfg: Any) -> None:
-    """``train.awp`` combines with fgsm-rs, n-fgsm and pgd (CE or TRADES); a one-line refusal otherwise."""
+    """``train.awp_gamma`` and ``train.awp_warmup_epochs`` in range; ``train.awp`` combines with fgsm-rs, n-fgsm and
+    pgd (CE or TRADES); a one-line refusal otherwise."""
+    if cfg.train.awp_gamma <= 0:
+        raise ConfigError(f"train.awp_gamma={cfg.train.awp_gamma:g} is not accepted; use a value > 0 such as 5e-3 "
+                          "(relative to each layer's weight norm)")
+    if cfg.train.awp_gamma > 1:
+        raise ConfigError(f"train.awp_gamma={cfg.train.awp_gamma:g} would move each layer by more than its own norm; "
+                          "use a value in (0, 1] such as 5e-3")
+    if cfg.train.awp_warmup_epochs < 0:
+        raise ConfigError(f"train.awp_warmup_epochs={cfg.train.awp_warmup_epochs} is not accepted; use 0 or more")
     if cfg.train.awp and cfg.method.name not in METHODS:
         why = REFUSED.get(cfg.method.name, "it is not an attack-then-train method")
         raise ConfigError(f"train.awp=true with method.name={cfg.method.name!r} is not accepted: {why}; use "
@@ -124,3 +134,61 @@ def build(cfg: Any, model: torch.nn.Module) -> AWP | None:
     if not cfg.train.awp:
         return None
     return AWP(model, cfg.train.awp_gamma, cfg.train.awp_warmup_epochs, extra_passes(cfg))
+
+
+class AwpOption(Option):
+    """``train.awp``: the registered unit (checks, plan, hooks, history, record and card of AWP)."""
+
+    name = "awp"
+
+    @classmethod
+    def active(cls, cfg: Any) -> bool:
+        return bool(cfg.train.awp)
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        validate(cfg)
+
+    @classmethod
+    def extra_passes(cls, cfg: Any, data_passes: int) -> tuple[int, int]:
+        return extra_passes(cfg), active_epochs(cfg, data_passes)
+
+    @classmethod
+    def plan_notes(cls, stage: str, cfg: Any, data_passes: int) -> list[str]:
+        return [f"stage {stage}: AWP (gamma {cfg.train.awp_gamma:g}) adds {extra_passes(cfg)} pass(es) per minibatch "
+                f"in {active_epochs(cfg, data_passes)} of {data_passes} epochs (after {cfg.train.awp_warmup_epochs} "
+                "warm-up), included above"]
+
+    @classmethod
+    def record(cls, cfg: Any) -> dict[str, Any]:
+        return {"awp": {"gamma": cfg.train.awp_gamma, "warmup_epochs": cfg.train.awp_warmup_epochs}} \
+            if cfg.train.awp else {}
+
+    @classmethod
+    def card_lines(cls, record: Any) -> list[str]:
+        awp = (record.training.options or {}).get("awp")
+        if awp is None:
+            return []
+        return [f"- Adversarial weight perturbation (AWP, Wu et al. 2020): gamma {awp.get('gamma'):g} of each layer's "
+                f"weight norm, after {awp.get('warmup_epochs', 0)} warm-up epoch(s); its extra forward/backward pass "
+                "is in the cost below."]
+
+    def attach(self, ctx: Any, stepper: Any, model: torch.nn.Module) -> None:
+        self.awp = build(self.cfg, model)
+        ctx.perturb_weights = self.awp.perturb  # the method perturbs before its training forward
+        stepper.after_backward = self.awp.restore  # the weights back before the optimizer steps
+
+    def steady_state(self) -> None:
+        self.awp.active = True
+
+    def begin_epoch(self, run: Any, epoch: int) -> None:
+        self.awp.set_epoch(epoch)  # off during train.awp_warmup_epochs
+
+    def passes_now(self) -> int:
+        return self.awp.passes_now
+
+    def passes_per_batch(self) -> int:
+        return self.awp.passes
+
+    def history_fields(self, run: Any, epoch: int) -> dict[str, Any]:
+        return {"awp": self.awp.active}

@@ -6,6 +6,11 @@ enabled, it is the model the per-epoch probe measures, the best-robust selection
 ``metrics.json`` and the ``robustness`` block record ``"weights": "ema"`` (or ``"raw"``). timm's decay warm-up is
 on, so the average covers the short runs of fine-tuning too (the decay rises towards ``train.ema_decay``).
 
+The option (:class:`EmaOption`) owns the ``train.ema_decay`` check, the run's one checkpointed average slot
+(:meth:`EmaOption.run_slot`, registered once per run whatever the stages), the average's creation
+(:meth:`EmaOption.prepare`), the weights it exports (:meth:`EmaOption.exported`) and its update after every
+optimizer step (:meth:`EmaOption.attach`).
+
 Must not: average anything but the weights the optimizer steps.
 """
 
@@ -16,7 +21,9 @@ from typing import Any
 import torch
 from timm.utils.model_ema import ModelEmaV3
 
-from ..config import TrainConfig
+from ...config import TrainConfig
+from ...errors import ConfigError
+from .base import Option
 
 
 class WeightAverage:
@@ -71,3 +78,48 @@ def create(cfg: TrainConfig, model: torch.nn.Module) -> WeightAverage | None:
 def exported(average: WeightAverage | None, model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     """The model that is probed and exported, and its name in the run record: the average, or the raw weights."""
     return (average.module, "ema") if average is not None else (model, "raw")
+
+
+class EmaOption(Option):
+    """``train.ema``: the registered unit (check, run slot, average, exported weights, update hook)."""
+
+    name = "ema"
+
+    def __init__(self, cfg: Any, slot: AverageSlot | None = None):
+        super().__init__(cfg)
+        self.slot = slot  # the run's registered slot (None: the average is registered on its own in prepare)
+        self.average: WeightAverage | None = None
+
+    @classmethod
+    def active(cls, cfg: Any) -> bool:
+        return bool(cfg.train.ema)
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        if not 0 < cfg.train.ema_decay < 1:
+            raise ConfigError(f"train.ema_decay={cfg.train.ema_decay:g} is outside (0, 1); use a value such as 0.999")
+
+    @classmethod
+    def run_slot(cls, stages: list[Any]) -> AverageSlot | None:
+        """One checkpointed average for the whole run when any stage averages (see :class:`AverageSlot`)."""
+        return AverageSlot() if any(cls.active(cfg) for cfg in stages) else None
+
+    @classmethod
+    def reset_slot(cls, slot: AverageSlot) -> None:
+        slot.average = None  # a stage without an average saves an empty state (see AverageSlot)
+
+    def prepare(self, model: torch.nn.Module, accelerator: Any) -> None:
+        self.average = create(self.cfg.train, model)
+        if self.slot is not None:  # registered once per run, so a resume into any stage finds one object
+            self.slot.average = self.average
+        else:
+            accelerator.register_for_checkpointing(self.average)
+
+    def exported(self) -> tuple[torch.nn.Module, str] | None:
+        return (self.average.module, "ema") if self.average is not None else None  # probed and exported
+
+    def attach(self, ctx: Any, stepper: Any, model: torch.nn.Module) -> None:
+        if self.average is None:  # the step benchmark: no run, no slot
+            self.average = create(self.cfg.train, model)
+        average = self.average
+        stepper.after_step = lambda: average.update(model)

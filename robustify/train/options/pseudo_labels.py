@@ -20,6 +20,10 @@ enter training through the unlabeled set. The labels of the unlabeled spec, if i
 Written here because neither timm nor datasets nor accelerate has a pseudo-labelling step; it must not change the
 labelled loaders, the probe or the evaluation.
 
+The option (:class:`UnlabeledOption`) owns the keys' checks, the plan's extra examples and note, the labelling
+before the stage trains (its setup), the mixing into each minibatch (its batch hook), the cost block's ``unlabeled``
+entry, the record and the card line.
+
 Must not: label evaluation or probe examples.
 """
 
@@ -32,8 +36,10 @@ from typing import Any
 
 import torch
 
-from ..data import decode_all, get_dataset, to_unit
-from ..errors import UserError
+from ...data import decode_all, get_dataset, to_unit
+from ...errors import ConfigError, UserError
+from .. import pure_bf16
+from .base import Option
 
 FOLDER = "pseudo_labels"
 
@@ -79,7 +85,7 @@ def _label(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_
     """The teacher's labels and confidence in true fp32: through the evaluation kernel's :class:`FP32` view (the
     module's own forward with autocast off; Accelerate wraps a prepared model's ``forward`` in bf16 autocast, and
     the default teacher is that prepared module) and with TF32 off (:func:`fp32_math`), as every evaluation."""
-    from ..evaluate.kernel import FP32, fp32_math
+    from ...evaluate.kernel import FP32, fp32_math
 
     was_training = model.training
     model.eval()
@@ -98,7 +104,7 @@ def _label(model: torch.nn.Module, x: torch.Tensor, device: torch.device, batch_
 
 
 def _teacher(cfg: Any, loaders: Any, current: torch.nn.Module, head_replaced: bool) -> tuple[torch.nn.Module, str]:
-    from ..models import build_robust_model, load_backbone
+    from ...models import build_robust_model, load_backbone
 
     if cfg.train.teacher:
         base = load_backbone(cfg.train.teacher, pretrained=True)
@@ -123,7 +129,7 @@ def prepare(cfg: Any, run_dir: Path, accelerator: Any, loaders: Any, current: to
     cleaned of eval/probe duplicates, labelled by the teacher and stored."""
     from safetensors.torch import load_file, save_file
 
-    from ..publish.public import dataset_name
+    from ...publish.public import dataset_name
 
     rank, world = accelerator.process_index, accelerator.num_processes
     d = cfg.data
@@ -165,3 +171,65 @@ def prepare(cfg: Any, run_dir: Path, accelerator: Any, loaders: Any, current: to
                       f"dropped as copies of eval/probe images), {n_per} per minibatch of {d.batch_size} labelled, "
                       f"mean teacher confidence {info['mean_confidence']:.2f} on process {rank}")
     return Unlabeled(x, labels.long(), conf, n_per, cfg.train.seed, rank, info)
+
+
+class UnlabeledOption(Option):
+    """``data.unlabeled`` with an attack method: robust self-training on pseudo-labelled examples."""
+
+    name = "unlabeled"
+
+    @classmethod
+    def active(cls, cfg: Any) -> bool:
+        return bool(cfg.data.unlabeled) and cfg.method.name != "natural"
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        if not 0 < cfg.data.unlabeled_ratio < 1:
+            raise ConfigError(f"data.unlabeled_ratio={cfg.data.unlabeled_ratio:g} is outside (0, 1); it is the "
+                              "pseudo-labelled share of each minibatch, e.g. 0.5")
+        for key, value in (("data.unlabeled", cfg.data.unlabeled), ("train.teacher", cfg.train.teacher)):
+            if value is not None and not str(value).strip():
+                raise ConfigError(f"{key} is empty; give a data spec (data.unlabeled) or a model (train.teacher), or "
+                                  "null")
+        if cfg.train.teacher is not None and cfg.data.unlabeled is None:
+            raise ConfigError("train.teacher is set but data.unlabeled is not; the teacher only labels data.unlabeled")
+
+    @classmethod
+    def extra_examples(cls, cfg: Any) -> int:
+        return per_batch(cfg.data.batch_size, cfg.data.unlabeled_ratio)
+
+    @classmethod
+    def plan_notes(cls, stage: str, cfg: Any, data_passes: int) -> list[str]:
+        extra = per_batch(cfg.data.batch_size, cfg.data.unlabeled_ratio)
+        teacher = cfg.train.teacher or "the model before adversarial fine-tuning"
+        return [f"stage {stage}: unlabeled data {cfg.data.unlabeled!r}: {extra} pseudo-labelled examples join each "
+                f"minibatch of {cfg.data.batch_size} (counted above), labelled once by {teacher} before the stage"]
+
+    @classmethod
+    def record(cls, cfg: Any) -> dict[str, Any]:
+        if not cfg.data.unlabeled:
+            return {}
+        from ...publish import public
+
+        return {"unlabeled": {"data": public.dataset_name(cfg.data.unlabeled)[0], "ratio": cfg.data.unlabeled_ratio,
+                              "teacher": public.model_name(cfg.train.teacher)[0] if cfg.train.teacher else "default"}}
+
+    @classmethod
+    def card_lines(cls, record: Any) -> list[str]:
+        u = (record.training.options or {}).get("unlabeled")
+        if u is None:
+            return []
+        return [f"- Robust self-training: unlabeled images from `{u.get('data')}`, pseudo-labelled once by the "
+                f"teacher ({u.get('teacher')}), made {u.get('ratio', 0):.0%} of each training minibatch."]
+
+    def setup(self, run: Any) -> None:
+        # labelled once, before training; the default teacher (the model before adversarial fine-tuning) labels in
+        # fp32, whatever the precision
+        self.unlabeled = prepare(self.cfg, run.run_dir, run.accelerator, run.loaders, pure_bf16.fp32_copy(run.raw),
+                                 run.head_replaced)
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.unlabeled.mix(x, y, epoch, batch)  # the minibatch's pseudo-labelled examples appended
+
+    def cost_fields(self, run: Any) -> dict[str, Any]:
+        return {"unlabeled": self.unlabeled.info}

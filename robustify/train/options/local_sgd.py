@@ -12,14 +12,22 @@ One context per epoch: its exit synchronises, so every epoch ends (and is probed
 synchronisation point. Signals are acted on only at synchronisation points. This module must not take optimizer
 steps or change the learning rate.
 
+The option (:class:`LocalSgdOption`) owns the key's check and the pairings it refuses, the epoch's context (its
+``begin_epoch`` / ``finish_epoch`` hooks) and where a checkpoint or a stop is exact (its ``after_batch`` hook).
+
 Must not: checkpoint between model averages.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from accelerate import Accelerator
 from accelerate.local_sgd import LocalSGD
+
+from ...errors import ConfigError
+from .base import Option
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -97,3 +105,49 @@ def for_epoch(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch
     if not steps or accelerator.num_processes == 1:
         return None
     return AveragingLocalSGD(accelerator, model, optimizer, steps)
+
+
+class LocalSgdOption(Option):
+    """``train.local_sgd_steps: K``: DDP in no_sync for each epoch, the models averaged every K optimizer steps."""
+
+    name = "local_sgd"
+    local: AveragingLocalSGD | None = None  # the epoch's context (None: a single process, nothing to average)
+
+    @classmethod
+    def active(cls, cfg: Any) -> bool:
+        return bool(cfg.train.local_sgd_steps)
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """train.local_sgd_steps: K >= 1, and the combinations it refuses (each in one line)."""
+        k = cfg.train.local_sgd_steps
+        if k is None:
+            return
+        if k < 1:
+            raise ConfigError(f"train.local_sgd_steps={k} is not accepted; use a whole number >= 1 (optimizer steps "
+                              "between model averages), or null to switch local SGD off")
+        clash = {"train.grad_accum": (cfg.train.grad_accum, 1),
+                 "train.grad_compression": (cfg.train.grad_compression, "none"),
+                 "train.checkpoint_every": (cfg.train.checkpoint_every, None),
+                 "train.ema": (cfg.train.ema, False)}  # a per-process weight average would drift between averages
+        for key, (value, off) in clash.items():
+            if value != off:
+                raise ConfigError(f"train.local_sgd_steps={k} with {key}={value!r} is not accepted: local SGD sends "
+                                  f"no gradients and checkpoints only where the models are averaged; set {key}={off!r}")
+
+    def begin_epoch(self, run: Any, epoch: int) -> None:
+        self.local = for_epoch(run.accelerator, run.model, run.optimizer, self.cfg.train.local_sgd_steps)
+        if self.local is not None:
+            self.local.__enter__()  # left in finish_epoch; an Interrupted stop happens where the models were averaged
+
+    def after_batch(self, run: Any, optimizer_steps: int, exact: bool) -> bool:
+        if self.local is None:
+            return exact
+        # exact only where the models were just averaged; agree at each of those
+        self.local.advance(optimizer_steps)
+        return self.local.at_sync() and optimizer_steps != 0
+
+    def finish_epoch(self, run: Any) -> None:
+        if self.local is not None:
+            self.local.__exit__(None, None, None)  # the epoch's last average: it ends at a synchronisation point
+            self.local = None

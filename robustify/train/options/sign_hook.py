@@ -117,7 +117,7 @@ def register(model: torch.nn.Module) -> SignState | None:
         return None
     world = dist.get_world_size()
     if world > 127:
-        from ..errors import UserError
+        from ...errors import UserError
 
         raise UserError(f"train.grad_compression='sign' sums int8 votes, which holds at most 127 processes (this run "
                         f"has {world}); use train.grad_compression=bf16 or powersgd")

@@ -15,14 +15,24 @@ them too. Every stage of a recipe calls :func:`apply` on the same backbone, whic
 freezing (``timm.utils.unfreeze``), so stages never inherit each other's setting. This module must not build
 optimizers or touch the data; an unknown stage count is a one-line :class:`UserError`.
 
+The option (:class:`FreezeOption`) owns the key's check, the preflight check against the architecture's groups, the
+backbone's freezing at each stage, the plan's note, the history's ``freeze`` field, the record and the card line.
+
 Must not: give a frozen parameter optimizer state or change it.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
-from ..errors import UserError
+from ...errors import ConfigError, UserError
+from .base import Option
+
+SPEC = re.compile(r"none|backbone|stem|stages:[1-9][0-9]*")
 
 
 def _groups(backbone: torch.nn.Module) -> list[list[str]]:
@@ -80,3 +90,61 @@ def apply(backbone: torch.nn.Module, spec: str) -> dict[str, int] | None:
                   for b in (m.weight, m.bias))
     trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     return {"trainable": trainable, "frozen": frozen}
+
+
+class FreezeOption(Option):
+    """``model.freeze``: the registered unit (a stage with ``none`` still undoes the previous stage's freezing)."""
+
+    name = "freeze"
+
+    @classmethod
+    def active(cls, cfg: Any) -> bool:
+        return cfg.model.freeze != "none"
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        cfg.model.freeze = str(cfg.model.freeze).strip()
+        if not SPEC.fullmatch(cfg.model.freeze):
+            raise ConfigError(f"model.freeze={cfg.model.freeze!r} is not accepted; choose one of: none, backbone, "
+                              "stem, stages:N (N >= 1: the stem and the first N stages)")
+
+    @classmethod
+    def preflight(cls, cfg: Any, stages: list[Any], architecture_of: Callable[[str], str | None]) -> None:
+        """Every stage's ``model.freeze`` names groups the architecture has (one line otherwise, as the run says
+        it), on the architecture built on the meta device (no weights, no memory)."""
+        specs = {stage.model.freeze for stage in stages} - {"none", "backbone"}
+        if not specs:
+            return
+        arch = architecture_of(cfg.model.name)
+        if arch is None:
+            return  # a Hub model: checked when the run has loaded it
+        import timm
+
+        with torch.device("meta"):
+            backbone = timm.create_model(arch, pretrained=False)
+        for spec in sorted(specs):
+            frozen_names(backbone, spec)
+
+    @classmethod
+    def prepare_backbone(cls, cfg: Any, backbone: torch.nn.Module, say: Callable[[str], None]) -> None:
+        frozen = apply(backbone, cfg.model.freeze)  # before the optimizer sees the parameters
+        if frozen is not None:
+            say(f"robustify: model.freeze={cfg.model.freeze}: {frozen['trainable']:,} parameters train, "
+                f"{frozen['frozen']:,} are frozen")
+
+    @classmethod
+    def plan_notes(cls, stage: str, cfg: Any, data_passes: int) -> list[str]:
+        return [f"stage {stage}: model.freeze={cfg.model.freeze}: frozen parameters get no gradient step (the "
+                "passes above still count whole forward/backward passes)"]
+
+    @classmethod
+    def record(cls, cfg: Any) -> dict[str, Any]:
+        return {"freeze": cfg.model.freeze} if cfg.model.freeze != "none" else {}
+
+    @classmethod
+    def card_lines(cls, record: Any) -> list[str]:
+        spec = (record.training.options or {}).get("freeze")
+        return [] if spec is None else [f"- Frozen parameters (model.freeze, last stage): `{spec}`."]
+
+    def history_fields(self, run: Any, epoch: int) -> dict[str, Any]:
+        return {"freeze": self.cfg.model.freeze}

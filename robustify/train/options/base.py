@@ -1,0 +1,178 @@
+"""The option protocol: what a run option (eps warm-up, AWP, EMA, ...) owns and where it hooks into a run.
+
+An option is a registered unit, like a method. Its class owns everything about it:
+
+- ``active(cfg)``: whether the option is on for a stage's config (only active options are instantiated, so an option
+  that is off runs no code in the step);
+- ``check(cfg)``: its config keys' checks (one line naming the bad value, exit 2), and the rules that pair it with
+  another option (the option that refuses holds the rule);
+- ``plan_notes`` / ``extra_passes``: its cost in the dry-run plan (recipes.py asks the registry);
+- ``preflight(cfg, stages, architecture_of)``: its checks that need the architecture (train/preflight.py asks);
+- ``prepare_backbone(cfg, backbone, say)``: at every stage, on or off (a stage undoes what the previous one did);
+- ``record(cfg)`` / ``card_lines(record)``: its entry in the run record's ``training.options`` and its model-card
+  lines (publish/ asks the registry through robustify/sections.py, never naming the option).
+
+An instance (one per stage, built by the trainer from the stage's config) hooks into the run:
+
+- ``run_slot(stages)``: the option's checkpointed state for the whole run (registered with Accelerate once per run,
+  whatever the stages; None: none), given to each stage's instance;
+- ``accelerator_kwargs(cfg)``: kwargs handlers for the run's Accelerator (a DDP communication hook);
+- ``wrap(model)``: the prepared (DDP-wrapped) model, right after ``accelerator.prepare``;
+- ``state_dict()`` / ``load_state_dict(state)``: per-process state saved with the method's in each checkpoint;
+- ``prepare(model, accelerator)``: once the stage's model is prepared, before a resume restores the checkpoint;
+- ``exported()``: the weights the probe measures and the run folder exports, when the option supplies them (EMA);
+- ``setup(run)``: after the stage's model, optimizer and method exist; by default ``attach``;
+- ``attach(ctx, stepper, model)``: hooks into the step's pieces (the method's StepContext, the optimizer stepper,
+  the unwrapped model), as the trainer and the step benchmark (bench/steps.py) both build them;
+- ``steady_state()``: the option as it runs after any warm-up of its own (what the step benchmark measures);
+- ``begin_epoch(run, epoch)``: before the epoch's first minibatch;
+- ``passes_now()`` / ``passes_per_batch()``: extra forward/backward passes per minibatch this epoch / when active;
+- ``batch(x, y, epoch, batch)``: the minibatch the method trains on (pseudo-labelled examples appended);
+- ``after_batch(run, optimizer_steps, exact)``: after each minibatch; whether a checkpoint or a stop is exact here;
+- ``finish_epoch(run)``: after the epoch's last minibatch, before the guard, probe and checkpoint;
+- ``step_scope(run, epoch, batch)``: a context manager around one method step (None: no step hook);
+- ``history_fields(run, epoch)`` / ``cost_fields(run)``: its fields of the epoch's history row and of the cost block.
+
+Must not: import the trainer (the run is passed in), or be named by any module but its own file, its registry line
+and its docs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar
+
+
+class Option:
+    """Base class: every hook does nothing; an option overrides the ones it needs."""
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self, cfg: Any, slot: Any = None):
+        self.cfg = cfg  # the stage's FinetuneConfig
+        self.slot = slot  # the option's run-level checkpointed state (run_slot), if it has one
+
+    # --- class level: the config, the plan, the record and the card (no run needed) ------------------------------
+    @classmethod
+    def active(cls, cfg: Any) -> bool:
+        """Whether the option is on for a stage with config ``cfg``."""
+        return False
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """Raise ConfigError (one line) for a bad value of the option's keys or a pairing it refuses."""
+
+    @classmethod
+    def extra_passes(cls, cfg: Any, data_passes: int) -> tuple[int, int]:
+        """(extra forward/backward passes per minibatch while active, epochs it is active) for the plan."""
+        return 0, 0
+
+    @classmethod
+    def extra_examples(cls, cfg: Any) -> int:
+        """For the plan: examples the option appends to each minibatch of ``data.batch_size``."""
+        return 0
+
+    @classmethod
+    def plan_notes(cls, stage: str, cfg: Any, data_passes: int) -> list[str]:
+        """The dry-run plan's notes on what the option changes in stage ``stage``."""
+        return []
+
+    @classmethod
+    def accelerator_kwargs(cls, cfg: Any) -> list[Any]:
+        """Kwargs handlers the option adds to the run's Accelerator (e.g. a DDP communication hook)."""
+        return []
+
+    @classmethod
+    def preflight(cls, cfg: Any, stages: list[Any], architecture_of: Any) -> None:
+        """Checks before the run loads anything that need the architecture (``architecture_of(name)``: the timm
+        architecture, or None) or the environment; ``stages``: every stage's config."""
+
+    @classmethod
+    def prepare_backbone(cls, cfg: Any, backbone: Any, say: Any) -> None:
+        """At every stage, whether the option is on or off (so a stage undoes the previous stage's change), before
+        the optimizer sees the parameters; ``say`` prints a line of the run's log."""
+
+    @classmethod
+    def record(cls, cfg: Any) -> dict[str, Any]:
+        """The option's entries in the run record's ``training.options`` (the last stage's config)."""
+        return {}
+
+    @classmethod
+    def card_lines(cls, record: Any) -> list[str]:
+        """The model card's lines on the option, from the run record (a folder written before the option's
+        migration reads the same: the record's fields are unchanged)."""
+        return []
+
+    @classmethod
+    def run_slot(cls, stages: list[Any]) -> Any:
+        """The option's checkpointed state for the whole run (one object whatever the stages), or None."""
+        return None
+
+    @classmethod
+    def reset_slot(cls, slot: Any) -> None:
+        """A new stage begins (before its active options are built): clear what the previous stage left in the
+        run-level slot."""
+
+    # --- instance level: the hooks of a running stage ---------------------------------------------------------------
+    def wrap(self, model: Any) -> None:
+        """The prepared (possibly DDP-wrapped) model, right after ``accelerator.prepare``, before any step."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """This process's state to save with the method's in every checkpoint (keys the option alone uses)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Restore from a checkpoint's per-process state; returns the entries that are not the option's."""
+        return state
+
+    def prepare(self, model: Any, accelerator: Any) -> None:
+        """Once the stage's (unwrapped) model is prepared, before a resume restores the checkpoint."""
+
+    def exported(self) -> tuple[Any, str] | None:
+        """(the module the probe measures and the run folder exports, its name in the record) or None."""
+        return None
+
+    def setup(self, run: Any) -> None:
+        """After the stage's model, optimizer and method are built (and a resume restored)."""
+        self.attach(run.ctx, run.stepper, run.raw)
+
+    def attach(self, ctx: Any, stepper: Any, model: Any) -> None:
+        """Hook into the step's pieces: the method's StepContext, the OptimizerStepper, the unwrapped model."""
+
+    def steady_state(self) -> None:
+        """Switch to how the option runs after any warm-up of its own (the step benchmark measures that)."""
+
+    def passes_now(self) -> int:
+        """Extra forward/backward passes per minibatch in the current epoch."""
+        return 0
+
+    def passes_per_batch(self) -> int:
+        """Extra forward/backward passes per minibatch while the option is active (metrics.json's cost)."""
+        return 0
+
+    def begin_epoch(self, run: Any, epoch: int) -> None:
+        """Before the first minibatch of ``epoch`` (also on a resume into the middle of it)."""
+
+    def batch(self, x: Any, y: Any, epoch: int, batch: int) -> tuple[Any, Any]:
+        """The minibatch (inputs in [0, 1] on the device, labels) the method trains on."""
+        return x, y
+
+    def step_scope(self, run: Any, epoch: int, batch: int) -> contextlib.AbstractContextManager | None:
+        """A context around minibatch ``batch`` of ``epoch``'s method step; None when the option has no step hook."""
+        return None
+
+    def after_batch(self, run: Any, optimizer_steps: int, exact: bool) -> bool:
+        """After a minibatch that took ``optimizer_steps`` steps: whether a checkpoint (or a stop) here is exact,
+        given ``exact``, the trainer's own answer (an accumulation group is complete)."""
+        return exact
+
+    def finish_epoch(self, run: Any) -> None:
+        """After the epoch's last minibatch (not on an interruption)."""
+
+    def history_fields(self, run: Any, epoch: int) -> dict[str, Any]:
+        """The option's fields of ``epoch``'s history row."""
+        return {}
+
+    def cost_fields(self, run: Any) -> dict[str, Any]:
+        """The option's fields of metrics.json's cost block."""
+        return {}

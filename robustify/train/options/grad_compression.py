@@ -1,0 +1,97 @@
+"""Gradient compression (``train.grad_compression``): the DDP communication hook of a multi-process run.
+
+``fp16`` / ``bf16`` (the all-reduce in half precision) and ``powersgd`` (PyTorch's low-rank PowerSGD hook) are
+PyTorch's own hooks, handed to Accelerate (:func:`ddp_kwargs`), which registers them when it wraps the model in
+DDP; ``sign`` is robustify's majority-vote hook with error feedback (sign_hook.py), registered on the prepared model
+before its first backward, whose per-process error memory is saved with each process's checkpointed state.
+
+The option (:class:`GradCompression`) owns the Accelerator's kwargs, the sign hook's registration and checkpointed
+state, the cost block's ``comm_bytes_per_step`` and the optimizer stepper's RNG guard for PowerSGD (which reseeds
+the device generators inside the backward: :func:`reseeding_hook_devices`). Nothing happens for a single process.
+
+Must not: change the gradients' value beyond what the chosen hook computes, or step the optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, KwargsHandler
+
+from ..optim import comm_hook_name
+from .base import Option
+
+COMM_HOOKS = {"fp16": DDPCommunicationHookType.FP16, "bf16": DDPCommunicationHookType.BF16,
+              "powersgd": DDPCommunicationHookType.POWER_SGD}
+
+
+def ddp_kwargs(cfg: Any) -> list[KwargsHandler]:
+    """Accelerate kwargs handlers for ``Accelerator(kwargs_handlers=...)``: ``train.grad_compression`` as a PyTorch
+    DDP communication hook (fp16 / bf16 compression of the gradient all-reduce, or PowerSGD low-rank compression),
+    registered by Accelerate when it wraps the model in DDP; nothing for a single process."""
+    hook = COMM_HOOKS.get(cfg.train.grad_compression)
+    return [DistributedDataParallelKwargs(comm_hook=hook)] if hook is not None else []
+
+
+def register_custom_hook(model: torch.nn.Module, cfg: Any) -> Any:
+    """``train.grad_compression: sign``: robustify's own DDP hook (sign_hook.py), registered on the prepared model
+    before its first backward; returns its state (error memory, bytes sent), None otherwise or for one process."""
+    if cfg.train.grad_compression != "sign":
+        return None
+    from . import sign_hook
+
+    return sign_hook.register(model)
+
+
+def reseeding_hook_devices(model: torch.nn.Module, device: torch.device) -> list[int] | None:
+    """The CUDA devices whose RNG the model's communication hook reseeds (``[]``: the CPU generator only), or None
+    when its hook leaves every generator alone.
+
+    torch's ``powerSGD_hook`` calls ``torch.manual_seed`` inside ``fork_rng(devices=[])`` whenever it draws fresh
+    low-rank matrices (the first compressed step, and again after every resume, its memory being empty): the CPU
+    generator is restored, every CUDA generator is left reseeded to the same value on all processes. The training
+    random starts would then repeat across processes and differ between a resumed and an uninterrupted run. A
+    backward pass draws no random numbers itself, so restoring the generators around it (``OptimizerStepper``)
+    undoes only the hook's reseeding."""
+    name = comm_hook_name(model) or ""
+    if "powerSGD" not in name:
+        return None
+    if torch.device(device).type != "cuda":
+        return []
+    index = torch.device(device).index
+    return [torch.cuda.current_device() if index is None else index]
+
+
+class GradCompression(Option):
+    """``train.grad_compression`` other than ``none``: the registered unit."""
+
+    name = "grad_compression"
+    state: Any = None  # the sign hook's state (error memory, bytes sent); None for the other hooks or one process
+
+    @classmethod
+    def active(cls, cfg: Any) -> bool:
+        return cfg.train.grad_compression != "none"
+
+    @classmethod
+    def accelerator_kwargs(cls, cfg: Any) -> list[Any]:
+        return ddp_kwargs(cfg)
+
+    def wrap(self, model: torch.nn.Module) -> None:
+        self.state = register_custom_hook(model, self.cfg)  # sign: per-process error memory
+
+    def attach(self, ctx: Any, stepper: Any, model: torch.nn.Module) -> None:
+        stepper.rng_devices = reseeding_hook_devices(stepper.model, stepper.accelerator.device)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.state.state_dict() if self.state is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> dict[str, Any]:
+        from .sign_hook import ERROR_PREFIX
+
+        if self.state is not None:
+            self.state.load_state_dict(state)
+        return {k: v for k, v in state.items() if not k.startswith(ERROR_PREFIX)}
+
+    def cost_fields(self, run: Any) -> dict[str, Any]:
+        return {"comm_bytes_per_step": self.state.bytes_per_step} if self.state is not None else {}
