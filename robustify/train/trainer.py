@@ -217,7 +217,7 @@ class Run:
     run_dir: Path
     model: torch.nn.Module  # prepared (DDP-wrapped when several processes): training forwards
     raw: RobustModel  # the module itself: attacks and training forwards
-    probed: torch.nn.Module  # what the probe measures, best-robust keeps and the run folder exports (raw, or EMA-like)
+    probed: torch.nn.Module  # what the probe measures, best-robust keeps and the run folder exports (raw or an average)
     weights: str  # which weights `probed` holds: "raw", or the option's name for them
     optimizer: torch.optim.Optimizer
     loaders: data_mod.Loaders
