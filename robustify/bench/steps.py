@@ -227,7 +227,7 @@ def method_step(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: 
     model.train()
     total_steps = max(total_batches * method.optimizer_steps_per_batch, 1)
     optimize = OptimizerStepper(accelerator, model, optimizer, cfg, total_steps)  # the trainer's own step
-    # the option hooks as the trainer wires them: AWP (active, as after its warm-up epochs) and the weight average
+    # the active options' hooks as the trainer attaches them (as after each option's own warm-up epochs)
     ctx = StepContext(model=model, attack_model=raw, optimize=optimize, autocast=step_autocast(accelerator))
     for opt in options.active(cfg):  # as in an epoch after each option's own warm-up
         opt.attach(ctx, optimize, raw)

@@ -308,7 +308,7 @@ class Training:
     mixed_precision: str = "fp32"  # training precision
     weights: str = "raw"  # which weights were exported: "raw" or "ema" (the weight average, train.ema)
     probe: dict[str, Any] | None = None  # how the probe examples were chosen (held out of training or not)
-    options: dict[str, Any] | None = None  # frontier options in use (eps warm-up, AWP, freezing, few-shot, ...)
+    options: dict[str, Any] | None = None  # options in use (each option's entries, few-shot)
     weights_sha256: str | None = None  # sha256 of the exported model.safetensors (raw or EMA, as ``weights`` says)
 
 

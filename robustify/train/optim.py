@@ -95,7 +95,7 @@ class OptimizerStepper:
         self._step_optimizer = _plain_optimizer(accelerator, optimizer)
         self._lr_set: float | None = None  # the lr last written into the param groups
         # the device generators a communication hook reseeds inside the backward (set by the option that registers
-        # it: PowerSGD, train/options/grad_compression.py), given back their state after it; None: none
+        # it, train/options/), given back their state after it; None: none
         self.rng_devices: list[int] | None = None
 
     def __call__(self, loss: torch.Tensor) -> None:

@@ -3,8 +3,8 @@ them first and ``finetune --dry-run`` runs exactly these, so a dry run never pla
 
 What is checked here beyond the config's own validation (``robustify.config``): the precision (fp16 is refused,
 ``hardware.refuse_fp16``; pure-bf16 needs torch-optimi installed), and each option's own preflight checks
-(train/options/: e.g. each stage's ``model.freeze`` against the architecture's timm parameter groups, with the
-architecture built on PyTorch's ``meta`` device), given :func:`architecture_of`: the architecture when its name or its
+(train/options/, e.g. a setting checked against the architecture's timm parameter groups, with the architecture
+built on PyTorch's ``meta`` device), given :func:`architecture_of`: the architecture when its name or its
 folder's ``config.json`` says which timm architecture it is (no memory, no weights, no download).
 
 Must not: load weights, read data, or allocate on a device (the dry run calls it).
@@ -60,5 +60,5 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
         from ..data.device_decode import check_decoder
 
         check_decoder(cfg.data.interpolation or "bilinear")
-    options.preflight(cfg, [stage for _, stage in stages], architecture_of)  # each option's own (model.freeze)
+    options.preflight(cfg, [stage for _, stage in stages], architecture_of)  # each option's own
     return stage_notes(cfg)

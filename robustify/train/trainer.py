@@ -217,8 +217,8 @@ class Run:
     run_dir: Path
     model: torch.nn.Module  # prepared (DDP-wrapped when several processes): training forwards
     raw: RobustModel  # the module itself: attacks and training forwards
-    probed: torch.nn.Module  # what the probe measures, best-robust keeps and the run folder exports (raw or the EMA)
-    weights: str  # "raw" or "ema": which weights `probed` holds
+    probed: torch.nn.Module  # what the probe measures, best-robust keeps and the run folder exports (raw or an average)
+    weights: str  # which weights `probed` holds: "raw", or the option's name for them
     optimizer: torch.optim.Optimizer
     loaders: data_mod.Loaders
     method: Method
@@ -332,10 +332,10 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     the exported (last) stage's data section, whose resolution every verdict of this stage uses; ``slots``: the
     options' run-level checkpointed states, registered once per run (:func:`options.run_slots`)."""
     loaders = _loaders(cfg.data, cfg, accelerator, backbone)
-    head_replaced = backbone.num_classes != loaders.num_classes  # a new head (a default teacher cannot label)
+    head_replaced = backbone.num_classes != loaders.num_classes  # a new head (what the old one predicts is meaningless)
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
-    options.prepare_backbone(cfg, backbone, accelerator.print)  # e.g. model.freeze, before the optimizer is built
+    options.prepare_backbone(cfg, backbone, accelerator.print)  # before the optimizer is built
     # train.mixed_precision=pure-bf16: the backbone's weights and buffers in bf16 (back to fp32 for another stage)
     pure_bf16.set_precision(backbone, pure_bf16.is_pure(cfg))
     model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
@@ -404,7 +404,7 @@ def verdict_view(cfg: FinetuneConfig, verdict_data: Any, accelerator: Accelerato
                  probed: torch.nn.Module, loaders: data_mod.Loaders) -> tuple[torch.nn.Module, data_mod.Loaders]:
     """The model and data the stage's verdicts use: this stage's own, unless its resolution differs from the
     exported stage's; then the exported stage's probe and evaluation subset, seen through a :class:`RobustModel`
-    around the same backbone (``probed``'s, so the weight average when ``train.ema``) with that stage's
+    around the same backbone (``probed``'s, so an option's exported weights when it supplies them) with that stage's
     preprocessing. The same examples (the probe rows and eval subset do not depend on the resolution)."""
     if verdict_data is None or (verdict_data.image_size, verdict_data.attack_size) == (cfg.data.image_size,
                                                                                           cfg.data.attack_size):
@@ -625,7 +625,7 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "hardware": {**hardware_info(acc), **({"mixed_precision": pure_bf16.PURE} if pure_bf16.is_pure(cfg)
                                                   else {})}, "world_size": acc.num_processes, "ranks_in_sync": in_sync,
             "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
-            "comm_hook": comm_hook_name(run.model), "local_sgd_steps": cfg.train.local_sgd_steps,
+            "comm_hook": comm_hook_name(run.model), **options.config_cost(cfg),
             "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
             "deterministic": bool(cfg.train.deterministic),
             **{k: v for opt in run.options for k, v in opt.cost_fields(run).items()}}

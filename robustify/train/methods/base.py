@@ -189,7 +189,7 @@ class Method:
                          x_clean: torch.Tensor) -> StepResult:
         # one forward of clean and perturbed inputs together: one backward, and DDP sees a single forward
         with ctx.autocast():
-            if ctx.perturb_weights is not None:  # e.g. TRADES-AWP: perturbed against the TRADES objective
+            if ctx.perturb_weights is not None:  # perturbed against the TRADES objective
                 ctx.perturb_weights(lambda m: trades_mod.trades_loss(*m(torch.cat([x_clean, x_adv])).chunk(2), y,
                                                                      self.cfg.beta))
             logits_clean, logits_adv = ctx.model(torch.cat([x_clean, x_adv])).chunk(2)

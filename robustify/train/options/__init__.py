@@ -53,6 +53,11 @@ def accelerator_kwargs(cfg: Any) -> list[Any]:
     return [kw for unit in OPTIONS.values() for kw in unit.accelerator_kwargs(cfg)]
 
 
+def config_cost(cfg: Any) -> dict[str, Any]:
+    """metrics.json's cost fields every option records, on or off (its setting)."""
+    return {k: v for unit in OPTIONS.values() for k, v in unit.config_cost(cfg).items()}
+
+
 def run_slots(stages: list[Any], accelerator: Any) -> dict[str, Any]:
     """Each option's run-level checkpointed state, registered with Accelerate once per run whatever the stages
     (``stages``: every stage's config), in registry order."""
@@ -126,5 +131,5 @@ for _unit in OPTIONS.values():
     sections.register_option(_unit.name, _unit)
 sections.register("options", check)  # config.validate runs it (robustify/sections.py)
 
-__all__ = ["OPTIONS", "Option", "accelerator_kwargs", "active", "check", "exported", "extra_examples", "extra_passes",
-           "plan_notes", "prepare_backbone", "preflight", "run_slots", "step_scope"]
+__all__ = ["OPTIONS", "Option", "accelerator_kwargs", "active", "check", "config_cost", "exported", "extra_examples",
+           "extra_passes", "plan_notes", "prepare_backbone", "preflight", "run_slots", "step_scope"]

@@ -9,6 +9,7 @@ An option is a registered unit, like a method. Its class owns everything about i
 - ``plan_notes`` / ``extra_passes``: its cost in the dry-run plan (recipes.py asks the registry);
 - ``preflight(cfg, stages, architecture_of)``: its checks that need the architecture (train/preflight.py asks);
 - ``prepare_backbone(cfg, backbone, say)``: at every stage, on or off (a stage undoes what the previous one did);
+- ``config_cost(cfg)``: cost fields recorded on or off (local SGD's ``local_sgd_steps``);
 - ``record(cfg)`` / ``card_lines(record)``: its entry in the run record's ``training.options`` and its model-card
   lines (publish/ asks the registry through robustify/sections.py, never naming the option).
 
@@ -81,6 +82,11 @@ class Option:
     def accelerator_kwargs(cls, cfg: Any) -> list[Any]:
         """Kwargs handlers the option adds to the run's Accelerator (e.g. a DDP communication hook)."""
         return []
+
+    @classmethod
+    def config_cost(cls, cfg: Any) -> dict[str, Any]:
+        """metrics.json's cost fields the option records whether it is on or off (its setting)."""
+        return {}
 
     @classmethod
     def preflight(cls, cfg: Any, stages: list[Any], architecture_of: Any) -> None:

@@ -135,6 +135,10 @@ class LocalSgdOption(Option):
                 raise ConfigError(f"train.local_sgd_steps={k} with {key}={value!r} is not accepted: local SGD sends "
                                   f"no gradients and checkpoints only where the models are averaged; set {key}={off!r}")
 
+    @classmethod
+    def config_cost(cls, cfg: Any) -> dict[str, Any]:
+        return {"local_sgd_steps": cfg.train.local_sgd_steps}  # null when off, as every run records it
+
     def begin_epoch(self, run: Any, epoch: int) -> None:
         self.local = for_epoch(run.accelerator, run.model, run.optimizer, self.cfg.train.local_sgd_steps)
         if self.local is not None:
