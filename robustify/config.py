@@ -180,13 +180,12 @@ class TrainConfig:
     ema: bool = False  # keep an exponential moving average of the weights (timm ModelEmaV3); probe and export it
     ema_decay: float = 0.999  # the EMA's decay (reached after timm's warm-up, so short runs still average)
     probe_split: str = "heldout"  # heldout: probe examples are held out of training (Rice et al. 2020) | train
-    grad_compression: str = "none"  # none | fp16 | bf16 | powersgd: DDP communication hook for multi-process runs
+    grad_compression: str = "none"  # none | fp16 | bf16 | powersgd | sign (majority vote + error feedback): DDP hook
     # frontier (train/options/awp.py): adversarial weight perturbation (Wu et al. 2020) before each optimizer step
     awp: bool = False
     awp_gamma: float = 5e-3  # the weight perturbation's size, relative to each layer's weight norm
     awp_warmup_epochs: int = 0  # epochs of each stage trained without AWP first
     teacher: str | None = None  # frontier: labels data.unlabeled (None: the model before adversarial fine-tuning)
-    grad_compression: str = "none"  # none | fp16 | bf16 | powersgd | sign (majority vote + error feedback): DDP hook
     deterministic: bool = False  # CUDA: deterministic kernels (cuDNN, cuBLAS, the resize), slower; see docs/scale.md
     local_sgd_steps: int | None = None  # local SGD: average the models every K optimizer steps (train/options/)
 
