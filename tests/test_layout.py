@@ -23,6 +23,15 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+def import_target(node: ast.ImportFrom, mod: str, is_pkg: bool) -> str:
+    """The absolute module a ``from ... import`` in module ``mod`` names (relative levels resolved)."""
+    if not node.level:
+        return node.module or ""
+    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
@@ -55,12 +64,7 @@ def imports_in(source: str, mod: str, is_pkg: bool = False) -> set[str]:
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("robustify"))
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = mod.split(".") if is_pkg else mod.split(".")[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = import_target(node, mod, is_pkg)
             if not target.startswith("robustify"):
                 continue
             for alias in node.names:
@@ -150,12 +154,7 @@ def private_names_crossing(mod: str) -> list[str]:
     bad = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = mod.split(".") if is_pkg else mod.split(".")[:-1]
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = import_target(node, mod, is_pkg)
             if not target.startswith("robustify"):
                 continue
             for alias in node.names:
