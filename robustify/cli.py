@@ -143,9 +143,9 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
             for part in key.split("."):
                 default = getattr(default, part)
             if isinstance(default, float):  # eps 8/255 reads as 8/255, not 0.03137
-                levels = default * 255
-                default = f"{round(levels)}/255" if 0 < default < 1 and abs(levels - round(levels)) < 1e-9 else \
-                    f"{default:g}"
+                from .publish.runrecord import eps_text
+
+                default = eps_text(default)
         except Exception:  # noqa: BLE001 - help must render even from a broken install
             return f"(recipe key {key})"
         return (f"(recipe key {key}; quickstart: {q[flag]}; default: {default})" if flag in q else

@@ -85,10 +85,9 @@ def show(value: Any, key: str = "") -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        levels = value * 255
-        if key in PIXEL_KEYS and 0 < value < 1 and abs(levels - round(levels)) < 1e-9:
-            return f"{round(levels)}/255"
-        return f"{value:g}"
+        from robustify.publish.runrecord import eps_text
+
+        return eps_text(value) if key in PIXEL_KEYS else f"{value:g}"
     if isinstance(value, list):
         return "[" + ", ".join(show(v) for v in value) + "]"
     return str(value)
