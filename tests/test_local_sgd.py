@@ -69,6 +69,7 @@ with AveragingLocalSGD(acc, model, opt, K) as local:
 if rank == 0:
     json.dump({"ddp_calls": ddp_calls, "local_calls": local_calls_in_loop, "same": same, "syncs": local.syncs},
               open(sys.argv[1], "w"))
+acc.end_training()  # a gloo group left alive at exit can abort the process ("terminate called ...")
 """
 
 
