@@ -161,8 +161,9 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 10
     global_batch: int | None = None  # the global batch schedule.lr is stated for (None: whatever the run uses)
-    # auto | no | bf16 | pure-bf16 | fp16; auto: bf16 on CUDA, no (fp32) on CPU; bf16 is autocast over fp32 weights,
-    # pure-bf16 keeps weights, gradients and optimizer state in bf16 with Kahan-summed updates (train/pure_bf16.py)
+    # auto | no | bf16 | pure-bf16; auto: bf16 on CUDA, no (fp32) on CPU; bf16 is autocast over fp32 weights,
+    # pure-bf16 keeps weights, gradients and optimizer state in bf16 with Kahan-summed updates
+    # (train/options/pure_bf16.py); fp16 is not a choice: its loss scaling would weaken the attacks (train/hardware.py)
     mixed_precision: str = "auto"
     compile: bool = False  # torch.compile the model forward (nn.Module.compile)
     grad_accum: int = 1
@@ -231,7 +232,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.loss": ("ce", "trades"),
     "train.probe_split": ("heldout", "train"),
     "train.grad_compression": ("none", "fp16", "bf16", "powersgd", "sign"),
-    "train.mixed_precision": ("auto", "no", "bf16", "pure-bf16", "fp16"),
+    "train.mixed_precision": ("auto", "no", "bf16", "pure-bf16"),
     "train.select": ("best-robust", "last"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
 }

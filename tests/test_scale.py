@@ -378,9 +378,10 @@ def test_evaluation_turns_tf32_off_and_restores_it():
 
 
 # ------------------------------------------------------------------------------------------ fp16 refused
-def test_fp16_is_refused_in_one_line_recommending_bf16(tmp_path: Path, monkeypatch, capsys):
+def test_fp16_is_refused_in_one_line_naming_the_accepted_precisions(tmp_path: Path, monkeypatch, capsys):
     """Even where a GPU would be used (the device check is patched to say CUDA): fp16 would weaken every attack
-    silently (unscaled input gradients, loss-scaled free/DEAT replays), so it is refused before anything starts."""
+    silently (unscaled input gradients, loss-scaled free/DEAT replays), so it is not a choice of
+    train.mixed_precision: refused like any value outside a key's choices, before anything starts."""
     from robustify.cli import main as cli
     from robustify.train import trainer
 
@@ -388,8 +389,8 @@ def test_fp16_is_refused_in_one_line_recommending_bf16(tmp_path: Path, monkeypat
     run = tmp_path / "run"
     assert cli(["finetune", "--output-dir", str(run), "--set", "train.mixed_precision=fp16"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("robustify: error: train.mixed_precision='fp16' is not accepted")
-    assert "use 'bf16'" in err[0]
+    assert err == ["robustify: error: train.mixed_precision='fp16' is not accepted; choose one of: auto, no, bf16, "
+                   "pure-bf16"], err
     assert not run.exists() or not any(run.iterdir())
 
 

@@ -1,6 +1,6 @@
 """Stop a run whose training went non-finite or diverged, before it can be selected as "best", exported or published.
 
-A NaN learning rate, a learning rate far too high, fp16 overflow or a perturbation that free AT carries from batch to
+A NaN learning rate, a learning rate far too high or a perturbation that free AT carries from batch to
 batch can turn the loss or the weights into NaN/inf. Left alone, such a run "finishes": a NaN model is marked best
 every epoch (its probe accuracy is whatever argmax of NaN logits gives) and is exported with a card claiming ~1/C
 accuracy. The guard here turns that into a :class:`TrainingDiverged` error (exit status 3) that names the step, the
@@ -42,8 +42,6 @@ def likely_cause(cfg: FinetuneConfig, lr: float | None = None) -> str:
     causes = []
     if not math.isfinite(lr_now):
         causes.append(f"the learning rate is {lr_now} (check schedule.*)")
-    if cfg.train.mixed_precision == "fp16":
-        causes.append("fp16 overflow (use train.mixed_precision=bf16 or no)")
     high = 0.01 if cfg.optim.name == "adamw" else 1.0
     if cfg.schedule.lr >= high:
         causes.append(f"the learning rate is too high (schedule.lr={cfg.schedule.lr:g}; try 10x lower, e.g. "

@@ -5,7 +5,8 @@ channels-last memory layout on a CUDA GPU, where tensor cores and cuDNN's NHWC k
 fp32 and the contiguous layout on a CPU, where bf16 without AMX/AVX512-BF16 is emulated (measured 10-65x slower than
 fp32 on an AVX2 CPU) and oneDNN gains nothing from NHWC inputs. A GPU without bf16 (pre-Ampere) trains in fp32.
 
-``train.mixed_precision: fp16`` is refused (:func:`refuse_fp16`): fp16 needs loss scaling, and adversarial training
+``fp16`` is not one of ``train.mixed_precision``'s choices (robustify.config refuses it in one line naming the
+accepted values, like any value outside a key's choices): fp16 needs loss scaling, and adversarial training
 takes gradients that GradScaler does not scale. FGSM/PGD input gradients from ``torch.autograd.grad`` would
 underflow to zero (weaker attacks, silently), and free AT / DEAT read the input gradient from the scaled backward
 (``delta.grad`` carries the loss scale, inf/NaN on GradScaler's overflow steps, then ``sign(NaN)``). Scaling every
@@ -80,16 +81,6 @@ def check_sync_bn(cfg: FinetuneConfig, device_type: str) -> None:
         raise UserError(f"model.sync_bn=true with method.bn_mode=train would synchronise BatchNorm in every attack "
                         f"pass of {cfg.method.name}; set method.bn_mode=eval (attacks use the running statistics, "
                         "training forwards still synchronise) or model.sync_bn=false")
-
-
-def refuse_fp16(cfg: FinetuneConfig) -> None:
-    """One line instead of silently weaker attacks: fp16 autocast is not supported for adversarial training."""
-    from ..errors import UserError
-
-    if cfg.train.mixed_precision == "fp16":
-        raise UserError("train.mixed_precision='fp16' is not accepted: attack input gradients and free/DEAT replays "
-                        "are not loss-scaled, so under fp16 they underflow or overflow and the attacks weaken "
-                        "silently; use 'bf16' (same speed on Ampere and later GPUs, no scaling needed) or 'no' (fp32)")
 
 
 def apply_determinism(enabled: bool) -> dict[str, bool]:

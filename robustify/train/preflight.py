@@ -1,8 +1,7 @@
 """The checks a run makes before it loads weights, reads data or touches a device, in one place: ``finetune`` runs
 them first and ``finetune --dry-run`` runs exactly these, so a dry run never plans settings the run then refuses.
 
-What is checked here beyond the config's own validation (``robustify.config``): the precision (fp16 is refused,
-``hardware.refuse_fp16``; pure-bf16 needs torch-optimi installed), and each option's own preflight checks
+What is checked here beyond the config's own validation (``robustify.config``): each option's own preflight checks
 (train/options/, e.g. a setting checked against the architecture's timm parameter groups, with the architecture
 built on PyTorch's ``meta`` device), given :func:`architecture_of`: the architecture when its name or its
 folder's ``config.json`` says which timm architecture it is (no memory, no weights, no download).
@@ -19,7 +18,6 @@ from ..config import FinetuneConfig, expand_stages, stage_notes
 from ..errors import UserError
 from ..runfolder import CONFIG
 from . import options, pure_bf16
-from .hardware import refuse_fp16
 
 
 def architecture_of(name: str) -> str | None:
@@ -47,7 +45,6 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
     """Everything a run refuses before it starts that can be known from the recipe alone; returns the notes the
     run (and the dry run) prints in its first lines: how run-level options were applied to its stages
     (:func:`robustify.config.stage_notes`)."""
-    refuse_fp16(cfg)
     stages = expand_stages(cfg)
     if any(pure_bf16.is_pure(stage) for _, stage in stages):
         pure_bf16.require_optimi()  # an optional dependency: say so before anything starts

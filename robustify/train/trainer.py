@@ -70,7 +70,6 @@ from .hardware import (
     check_sync_bn,
     maybe_compile,
     out_of_memory,
-    refuse_fp16,
     resolve_hardware_settings,
     target_device_type,
 )
@@ -92,7 +91,6 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     ``main_process_first``), which can take tens of minutes for a large set on a slow link; NCCL's default of 10
     minutes would turn that into a crash, an infinite timeout would turn a dead peer into a hang.
     """
-    refuse_fp16(cfg)  # before anything touches a device
     apply_determinism(cfg.train.deterministic)  # before cuBLAS starts (CUBLAS_WORKSPACE_CONFIG)
     use_cpu = target_device_type() == "cpu"
     resolve_hardware_settings(cfg, "cpu" if use_cpu else "cuda")  # 'auto' precision / layout, in place
