@@ -404,7 +404,6 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.train.dist_timeout_minutes <= 0:
         raise ConfigError(f"train.dist_timeout_minutes={cfg.train.dist_timeout_minutes:g} is not accepted; use a "
                           "value > 0 such as 60")
-    _validate_pure_bf16(cfg)
     if cfg.stages:
         expand_stages(cfg)  # each stage is validated as a full config
     if cfg.data.image_size is not None and cfg.data.image_size < 8:
@@ -419,21 +418,6 @@ def validate_frontier(cfg: FinetuneConfig) -> None:
     if cfg.data.per_class is not None and cfg.data.per_class <= 0:
         raise ConfigError(f"data.per_class={cfg.data.per_class} is not accepted; use 1 or more examples per class, or "
                           "null for all")
-def _validate_pure_bf16(cfg: FinetuneConfig) -> None:
-    """train.mixed_precision=pure-bf16: the combinations it refuses, each in one line (why: train/pure_bf16.py)."""
-    if cfg.train.mixed_precision != "pure-bf16":
-        return
-    clash = {"optim.name": (cfg.optim.name, ("sgd", "adamw"), "torch-optimi's Kahan-summed optimizers are SGD and "
-                                                              "AdamW"),
-             "optim.nesterov": (cfg.optim.nesterov, (False,), "torch-optimi's SGD has heavy-ball momentum only"),
-             "train.ema": (cfg.train.ema, (False,), "a 0.1% average update vanishes in bf16 weights"),
-             "train.awp": (cfg.train.awp, (False,), "AWP's perturb-then-restore of the weights is not exact in bf16"),
-             "train.local_sgd_steps": (cfg.train.local_sgd_steps, (None,), "not supported together yet"),
-             "train.grad_compression": (cfg.train.grad_compression, ("none",), "the gradients already travel in bf16")}
-    for key, (value, accepted, why) in clash.items():
-        if value not in accepted:
-            raise ConfigError(f"train.mixed_precision='pure-bf16' with {key}={value!r} is not accepted ({why}); set "
-                              f"{key}={accepted[0]!r}, or use train.mixed_precision=bf16 (autocast, fp32 weights)")
 
 
 def validate_data(cfg: FinetuneConfig) -> None:
@@ -565,7 +549,7 @@ def stage_notes(cfg: FinetuneConfig) -> list[str]:
     if not keys:
         return []
     flat = flatten(base)
-    given = ", ".join(f"{k}={flat[k]!r}" if isinstance(flat[k], str) else f"{k}={str(flat[k]).lower()}" for k in keys)
+    given = ", ".join(f"{k}={spelled(flat[k])}" for k in keys)
     one = len(keys) == 1
     return [f"{given} {'applies' if one else 'apply'} to the adversarial stage(s) {', '.join(adversarial)} only; "
             f"the natural stage(s) {', '.join(natural)} train without {'it' if one else 'them'} (no adversary)"]
@@ -591,6 +575,16 @@ def _validate_pixels(cfg: FinetuneConfig) -> None:
     if alpha is not None and cfg.threat.norm == "Linf" and alpha > 1:
         raise ConfigError(f"method.alpha={alpha:g} is outside (0, 1]; it is in [0,1] pixel units, e.g. 2/255"
                           + _over_255_hint(alpha))
+
+
+def spelled(value: Any) -> str:
+    """A config value as a user writes it in a recipe or ``--set`` (``true``, ``false``, ``null``; a string quoted, as
+    every refusal line quotes one), for the lines that name a setting: never Python's ``True`` / ``None``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value) if isinstance(value, str) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

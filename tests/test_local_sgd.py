@@ -91,8 +91,8 @@ def test_local_sgd_config_rules():
     for sets, message in [(["train.local_sgd_steps=0"], "train.local_sgd_steps=0 is not accepted; use a whole"),
                           (["train.local_sgd_steps=4", "train.grad_accum=2"], "with train.grad_accum=2 is not"),
                           (["train.local_sgd_steps=4", "train.grad_compression=sign"], "train.grad_compression"),
-                          (["train.local_sgd_steps=4", "train.checkpoint_every=10"], "train.checkpoint_every=None"),
-                          (["train.local_sgd_steps=4", "train.ema=true"], "with train.ema=True is not accepted")]:
+                          (["train.local_sgd_steps=4", "train.checkpoint_every=10"], "set train.checkpoint_every=null"),
+                          (["train.local_sgd_steps=4", "train.ema=true"], "with train.ema=true is not accepted")]:
         with pytest.raises(ConfigError, match=message):
             build_config("quickstart", sets)
 

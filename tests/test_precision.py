@@ -38,7 +38,8 @@ def test_pure_bf16_trains_in_bf16_and_becomes_robust(tmp_path: Path):
     import torch
     from safetensors.torch import load_file
 
-    from robustify.train import pure_bf16, trainer
+    from robustify.train import trainer
+    from robustify.train.options import pure_bf16
 
     seen: dict[str, set] = {}
     real_epoch = trainer.train_epoch
@@ -94,7 +95,7 @@ def test_pure_bf16_refuses_what_it_cannot_do(tmp_path: Path, capsys):
     from robustify.cli import main as cli
 
     for sets, text in ((["optim.name=lamb"], "optim.name='lamb'"), (["optim.nesterov=true"], "optim.nesterov"),
-                       (["train.ema=true"], "train.ema=True"), (["train.awp=true"], "train.awp=True"),
+                       (["train.ema=true"], "train.ema=true"), (["train.awp=true"], "train.awp=true"),
                        (["train.grad_compression=sign"], "train.grad_compression='sign'")):
         args = ["finetune", "--output-dir", str(tmp_path / "r"), "--set", "train.mixed_precision=pure-bf16"]
         assert cli(args + [a for s in sets for a in ("--set", s)]) == 2

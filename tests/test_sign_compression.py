@@ -20,7 +20,7 @@ import torch, torch.distributed as dist
 from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 from torch.nn.parallel import DistributedDataParallel as DDP
 from robustify.train.options import sign_hook
-from robustify.train.optim import comm_hook_name
+from robustify.train.hardware import comm_hook_name
 
 dist.init_process_group("gloo")
 rank = dist.get_rank()

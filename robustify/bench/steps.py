@@ -49,7 +49,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_json
 from ..models import RobustModel, load_backbone, resolve_spec
 from ..report import Listing, output_console
-from ..train import options, pure_bf16
+from ..train import options
 from ..train.hardware import maybe_compile, resolve_hardware_settings, target_device_type
 from ..train.methods import METHODS, Method, StepContext, build_method
 from ..train.optim import OptimizerStepper, build_optimizer, step_autocast
@@ -220,7 +220,7 @@ def method_step(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: 
     set_seed(cfg.train.seed)
     method = build_method(cfg.method, cfg.threat)
     model = copy.deepcopy(base)
-    pure_bf16.set_precision(model.backbone, pure_bf16.is_pure(cfg))  # as the trainer's setup
+    options.prepare_backbone(cfg, model.backbone, lambda line: None)  # as the trainer's setup (pure-bf16's cast)
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = maybe_compile(accelerator.unwrap_model(model), cfg.train.compile)
@@ -269,6 +269,17 @@ def _measure(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: Acc
     }
 
 
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Bytes held by the trainable weights, their gradients and the optimizer's state tensors (Kahan buffers
+    included), measured from the tensors themselves."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    weights = sum(p.numel() * p.element_size() for p in params)
+    grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
+    state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
+                if isinstance(v, torch.Tensor))
+    return {"weights": weights, "gradients": grads, "optimizer_state": state}
+
+
 STATE_PRECISIONS = {"no": "fp32 (also bf16 autocast: fp32 weights)", "pure-bf16": "pure-bf16 (Kahan-summed)"}
 
 
@@ -283,7 +294,7 @@ def state_memory(cfg: FinetuneConfig, base: RobustModel) -> dict[str, Any]:
         try:  # pure-bf16 refuses some optimizers (the config's own check), or torch-optimi is missing
             validate(c)
             model = copy.deepcopy(base).cpu()
-            pure_bf16.set_precision(model.backbone, pure_bf16.is_pure(c))
+            options.prepare_backbone(c, model.backbone, lambda line: None)  # pure-bf16's cast
             optimizer = build_optimizer(model, c)
         except UserError as e:
             out[precision] = {"label": label, "error": str(e)}
@@ -292,7 +303,7 @@ def state_memory(cfg: FinetuneConfig, base: RobustModel) -> dict[str, Any]:
             if p.requires_grad:
                 p.grad = torch.zeros_like(p)
         optimizer.step()
-        b = pure_bf16.state_bytes(model, optimizer)
+        b = state_bytes(model, optimizer)
         out[precision] = {"label": label, **b, "total": sum(b.values())}
         del model, optimizer
     return out

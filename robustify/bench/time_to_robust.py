@@ -51,7 +51,7 @@ from ..data.preprocessing import Preprocessing
 from ..errors import UserError
 from ..evaluate.kernel import sharded_pgd_accuracy
 from ..models import build_robust_model, create_backbone
-from ..train import pure_bf16
+from ..train import options
 from ..train.hardware import resolve_hardware_settings, target_device_type
 from ..train.trainer import make_accelerator
 from .steps import cpu_name, method_step
@@ -126,8 +126,8 @@ def _run(label: str, cfg: FinetuneConfig, pretrained: bool, train: tuple[torch.T
         seconds += time.perf_counter() - t0
         example_passes += per_epoch * b * method.passes_per_batch
         t1 = time.perf_counter()
-        # fp32, as the trainer's verdicts (pure-bf16 trains a bf16 copy)
-        ev = sharded_pgd_accuracy(pure_bf16.fp32_copy(raw), test[0], test[1], cfg.threat.eps, cfg.threat.norm,
+        # fp32, as the trainer's verdicts (an option's fp32 copy: pure-bf16 trains bf16 weights)
+        ev = sharded_pgd_accuracy(options.evaluation_model(cfg, raw), test[0], test[1], cfg.threat.eps, cfg.threat.norm,
                                   steps=eval_steps,
                                   seed=cfg.train.seed, batch_size=cfg.data.eval_batch_size, device=device,
                                   progress=False)

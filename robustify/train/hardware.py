@@ -130,3 +130,9 @@ def out_of_memory(error: BaseException, cfg: FinetuneConfig, device: torch.devic
         hints.append("train.mixed_precision=bf16")
     return UserError(f"out of memory in a {method} training step at data.batch_size={cfg.data.batch_size} per "
                      f"process{seen}: {first_line(error)[:160]}; try {', or '.join(hints)}")
+
+
+def comm_hook_name(model: torch.nn.Module) -> str | None:
+    """The name of the communication hook registered on a DDP-wrapped model (None if none, or not DDP)."""
+    hooks = getattr(model, "_comm_hooks", None) or []
+    return getattr(hooks[-1][0], "__qualname__", str(hooks[-1][0])) if hooks else None

@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from ..config import FinetuneConfig
-from . import pure_bf16
+from . import options
 from .schedules import build_schedule
 
 
@@ -31,8 +31,9 @@ def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.
         if p.requires_grad:
             (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if pure_bf16.is_pure(cfg):  # bf16 weights: torch-optimi's Kahan-summed update (pure_bf16.py)
-        return pure_bf16.build_optimizer(groups, cfg)
+    own = options.build_optimizer(groups, cfg)  # an option's own (pure-bf16: Kahan-summed, train/options/)
+    if own is not None:
+        return own
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.schedule.lr)
     if o.name in ("lamb", "lars"):
@@ -43,12 +44,6 @@ def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.
         extra = {"momentum": o.momentum, "nesterov": o.nesterov} if o.name == "lars" else {}
         return create_optimizer_v2(groups, opt=o.name, lr=cfg.schedule.lr, weight_decay=o.weight_decay, **extra)
     return torch.optim.SGD(groups, lr=cfg.schedule.lr, momentum=o.momentum, nesterov=o.nesterov)
-
-
-def comm_hook_name(model: torch.nn.Module) -> str | None:
-    """The name of the communication hook registered on a DDP-wrapped model (None if none, or not DDP)."""
-    hooks = getattr(model, "_comm_hooks", None) or []
-    return getattr(hooks[-1][0], "__qualname__", str(hooks[-1][0])) if hooks else None
 
 
 def step_autocast(accelerator: Accelerator) -> Callable[[], contextlib.AbstractContextManager]:

@@ -15,9 +15,8 @@ import json
 from pathlib import Path
 
 from ..config import FinetuneConfig, expand_stages, stage_notes
-from ..errors import UserError
 from ..runfolder import CONFIG
-from . import options, pure_bf16
+from . import options
 
 
 def architecture_of(name: str) -> str | None:
@@ -46,13 +45,6 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
     run (and the dry run) prints in its first lines: how run-level options were applied to its stages
     (:func:`robustify.config.stage_notes`)."""
     stages = expand_stages(cfg)
-    if any(pure_bf16.is_pure(stage) for _, stage in stages):
-        pure_bf16.require_optimi()  # an optional dependency: say so before anything starts
-        mixed = sorted({f"{name or 'the recipe'}: {stage.train.mixed_precision}" for name, stage in stages
-                        if not pure_bf16.is_pure(stage)})
-        if mixed:  # best weights kept in one precision would be restored, rounded, into the other
-            raise UserError("train.mixed_precision='pure-bf16' must be the precision of every stage; "
-                            f"{', '.join(mixed)}; set it in the recipe's train section, not in one stage")
     if any(stage.data.decode == "device" for _, stage in stages):  # the device itself is checked by the run
         from ..data.device_decode import check_decoder
 

@@ -47,7 +47,7 @@ from ..publish import runrecord
 from ..publish.export import write_run_folder
 from ..report import before_after_table, history_table, plot_history, print_table
 from ..runfolder import HISTORY, HISTORY_PLOT, RECIPE
-from . import options, pure_bf16
+from . import options
 from .checkpoint import (
     STATE_FILE,
     BestWeights,
@@ -68,13 +68,14 @@ from .divergence import DivergenceGuard
 from .hardware import (
     apply_determinism,
     check_sync_bn,
+    comm_hook_name,
     maybe_compile,
     out_of_memory,
     resolve_hardware_settings,
     target_device_type,
 )
 from .methods import Method, StepContext, build_method
-from .optim import OptimizerStepper, build_optimizer, comm_hook_name, step_autocast
+from .optim import OptimizerStepper, build_optimizer, step_autocast
 from .preflight import preflight
 from .schedules import warmup_for_scaled_lr
 
@@ -99,8 +100,8 @@ def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_d
     project = ProjectConfiguration(project_dir=project_dir or os.getcwd(), logging_dir=project_dir or os.getcwd(),
                                    save_on_each_node=cfg.train.save_on_each_node)
     timeout = InitProcessGroupKwargs(timeout=timedelta(minutes=cfg.train.dist_timeout_minutes))
-    # pure-bf16 is no autocast for Accelerate: the model itself is bf16 (pure_bf16.py)
-    precision = "no" if pure_bf16.is_pure(cfg) else cfg.train.mixed_precision
+    # an option's own precision (pure-bf16) is no autocast for Accelerate: the model itself is in it (train/options/)
+    precision = "no" if options.own_precision(cfg) else cfg.train.mixed_precision
     return Accelerator(cpu=use_cpu, mixed_precision=precision, log_with=log_with,
                        project_config=project, gradient_accumulation_steps=cfg.train.grad_accum,
                        kwargs_handlers=[timeout, *options.accelerator_kwargs(cfg)])
@@ -254,9 +255,13 @@ class Run:
         self.clock = now
 
     def judged(self) -> torch.nn.Module:
-        """The model every verdict measures: ``verdict_model``, or for pure-bf16 training an fp32 copy of it (the
-        evaluation is fp32 whatever the training precision)."""
-        return pure_bf16.fp32_copy(self.verdict_model)
+        """The model every verdict measures: ``verdict_model``, or the fp32 copy of it an option training in its own
+        precision gives (the evaluation is fp32 whatever the training precision)."""
+        return self.evaluation_model(self.verdict_model)
+
+    def evaluation_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` as a verdict or a teacher sees it: itself, or an active option's fp32 copy (pure-bf16)."""
+        return options.evaluation_model(self.cfg, model)
 
     def resume_command(self) -> str:
         return f"robustify finetune --output-dir {self.run_dir} --resume"
@@ -334,8 +339,6 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
     if backbone.num_classes != loaders.num_classes:
         backbone.reset_classifier(loaders.num_classes)
     options.prepare_backbone(cfg, backbone, accelerator.print)  # before the optimizer is built
-    # train.mixed_precision=pure-bf16: the backbone's weights and buffers in bf16 (back to fp32 for another stage)
-    pure_bf16.set_precision(backbone, pure_bf16.is_pure(cfg))
     model = build_robust_model(backbone, loaders.preprocessing, source=cfg.model.name)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -619,15 +622,15 @@ def finalise(run: Run, recipe_yaml: str) -> dict[str, Any]:
             "optimizer_steps": state.prior_opt_steps + run.stepper.opt_steps, "batch_passes": state.batch_passes,
             "example_passes": state.example_passes,
             "passes_per_batch": run.method.passes_per_batch + sum(opt.passes_per_batch() for opt in run.options),
-            # Accelerate's autocast setting, except for pure-bf16 (no autocast: the weights themselves are bf16)
-            "hardware": {**hardware_info(acc), **({"mixed_precision": pure_bf16.PURE} if pure_bf16.is_pure(cfg)
+            # Accelerate's autocast setting, except for an option's own precision (pure-bf16: the weights themselves)
+            "hardware": {**hardware_info(acc), **({"mixed_precision": own} if (own := options.own_precision(cfg))
                                                   else {})}, "world_size": acc.num_processes, "ranks_in_sync": in_sync,
             "global_batch": global_batch, "peak_lr": run.lr, "training_precision": cfg.train.mixed_precision,
             "comm_hook": comm_hook_name(run.model), **options.config_cost(cfg),
             "sync_bn": bool(cfg.model.sync_bn and acc.num_processes > 1),
             "deterministic": bool(cfg.train.deterministic),
             **{k: v for opt in run.options for k, v in opt.cost_fields(run).items()}}
-    exported = pure_bf16.fp32_copy(run.probed)  # the run folder's weights are fp32 whatever the training precision
+    exported = run.evaluation_model(run.probed)  # the run folder's weights are fp32 whatever the training precision
     record = runrecord.from_finetune(cfg, exported if isinstance(exported, RobustModel) else raw,
                                      name=run.run_dir.name, method=run.method.describe(), before=state.before,
                                      after=after, history=state.history, cost=cost, selected_epoch=selected,

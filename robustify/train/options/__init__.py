@@ -23,11 +23,12 @@ from .freeze import FreezeOption
 from .grad_compression import GradCompression
 from .local_sgd import LocalSgdOption
 from .pseudo_labels import UnlabeledOption
+from .pure_bf16 import PureBf16
 
 # the registry, in the order the checks run and the plan, record and card list the options
 OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption, FreezeOption,
                                                                     UnlabeledOption, LocalSgdOption,
-                                                                    GradCompression)}
+                                                                    GradCompression, PureBf16)}
 
 
 def check(cfg: Any) -> None:
@@ -51,6 +52,25 @@ def prepare_backbone(cfg: Any, backbone: Any, say: Any) -> None:
 def accelerator_kwargs(cfg: Any) -> list[Any]:
     """The kwargs handlers the options add to the run's Accelerator (a DDP communication hook)."""
     return [kw for unit in OPTIONS.values() for kw in unit.accelerator_kwargs(cfg)]
+
+
+def own_precision(cfg: Any) -> str | None:
+    """The training precision an active option implements itself (pure-bf16), or None (Accelerate's autocast)."""
+    return next((p for unit in OPTIONS.values() if unit.active(cfg) for p in [unit.own_precision(cfg)] if p), None)
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> Any:
+    """An active option's own optimizer over ``groups`` (pure-bf16's Kahan-summed one), or None."""
+    return next((o for unit in OPTIONS.values() if unit.active(cfg) for o in [unit.build_optimizer(groups, cfg)]
+                 if o is not None), None)
+
+
+def evaluation_model(cfg: Any, model: Any) -> Any:
+    """The model every verdict and the export measure: ``model``, or the fp32 copy an active option gives."""
+    for unit in OPTIONS.values():
+        if unit.active(cfg):
+            model = unit.evaluation_model(model)
+    return model
 
 
 def config_cost(cfg: Any) -> dict[str, Any]:
@@ -131,5 +151,6 @@ for _unit in OPTIONS.values():
     sections.register_option(_unit.name, _unit)
 sections.register("options", check)  # config.validate runs it (robustify/sections.py)
 
-__all__ = ["OPTIONS", "Option", "accelerator_kwargs", "active", "check", "config_cost", "exported", "extra_examples",
-           "extra_passes", "plan_notes", "prepare_backbone", "preflight", "run_slots", "step_scope"]
+__all__ = ["OPTIONS", "Option", "accelerator_kwargs", "active", "build_optimizer", "check", "config_cost",
+           "evaluation_model", "exported", "extra_examples", "extra_passes", "own_precision", "plan_notes",
+           "prepare_backbone", "preflight", "run_slots", "step_scope"]

@@ -10,6 +10,9 @@ An option is a registered unit, like a method. Its class owns everything about i
 - ``preflight(cfg, stages, architecture_of)``: its checks that need the architecture (train/preflight.py asks);
 - ``prepare_backbone(cfg, backbone, say)``: at every stage, on or off (a stage undoes what the previous one did);
 - ``config_cost(cfg)``: cost fields recorded on or off (local SGD's ``local_sgd_steps``);
+- ``own_precision(cfg)`` / ``build_optimizer(groups, cfg)`` / ``evaluation_model(model)``: an option that trains
+  in a precision of its own (pure-bf16) names it (the Accelerator then runs without autocast), builds the optimizer
+  for it and gives the fp32 copy every verdict and the export measure;
 - ``record(cfg)`` / ``card_lines(record)``: its entry in the run record's ``training.options`` and its model-card
   lines (publish/ asks the registry through robustify/sections.py, never naming the option).
 
@@ -87,6 +90,24 @@ class Option:
     def config_cost(cls, cfg: Any) -> dict[str, Any]:
         """metrics.json's cost fields the option records whether it is on or off (its setting)."""
         return {}
+
+    @classmethod
+    def own_precision(cls, cfg: Any) -> str | None:
+        """The training precision the option implements in the weights' own dtype (recorded as the hardware's
+        ``mixed_precision``; Accelerate then runs without autocast), or None: the config's, through Accelerate."""
+        return None
+
+    @classmethod
+    def build_optimizer(cls, groups: list[dict[str, Any]], cfg: Any) -> Any:
+        """The optimizer over ``groups`` (the decay / no-decay parameter groups) when the option needs its own (a
+        Kahan-summed bf16 one), or None: robustify's (train/optim.py)."""
+        return None
+
+    @classmethod
+    def evaluation_model(cls, model: Any) -> Any:
+        """The model as every verdict (probe, guard, evaluation, teacher) and the export see it while the option is
+        active: ``model`` itself, or an fp32 copy of it (pure-bf16)."""
+        return model
 
     @classmethod
     def preflight(cls, cfg: Any, stages: list[Any], architecture_of: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, KwargsHandler
 
-from ..optim import comm_hook_name
+from ..hardware import comm_hook_name
 from .base import Option
 
 COMM_HOOKS = {"fp16": DDPCommunicationHookType.FP16, "bf16": DDPCommunicationHookType.BF16,

@@ -26,6 +26,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.local_sgd import LocalSGD
 
+from ...config import spelled
 from ...errors import ConfigError
 from .base import Option
 
@@ -132,8 +133,9 @@ class LocalSgdOption(Option):
                  "train.ema": (cfg.train.ema, False)}  # a per-process weight average would drift between averages
         for key, (value, off) in clash.items():
             if value != off:
-                raise ConfigError(f"train.local_sgd_steps={k} with {key}={value!r} is not accepted: local SGD sends "
-                                  f"no gradients and checkpoints only where the models are averaged; set {key}={off!r}")
+                raise ConfigError(f"train.local_sgd_steps={k} with {key}={spelled(value)} is not accepted: local SGD "
+                                  "sends no gradients and checkpoints only where the models are averaged; set "
+                                  f"{key}={spelled(off)}")
 
     @classmethod
     def config_cost(cls, cfg: Any) -> dict[str, Any]:

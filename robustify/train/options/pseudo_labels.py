@@ -38,7 +38,6 @@ import torch
 
 from ...data import decode_all, get_dataset, to_unit
 from ...errors import ConfigError, UserError
-from .. import pure_bf16
 from .base import Option
 
 FOLDER = "pseudo_labels"
@@ -225,7 +224,7 @@ class UnlabeledOption(Option):
     def setup(self, run: Any) -> None:
         # labelled once, before training; the default teacher (the model before adversarial fine-tuning) labels in
         # fp32, whatever the precision
-        self.unlabeled = prepare(self.cfg, run.run_dir, run.accelerator, run.loaders, pure_bf16.fp32_copy(run.raw),
+        self.unlabeled = prepare(self.cfg, run.run_dir, run.accelerator, run.loaders, run.evaluation_model(run.raw),
                                  run.head_replaced)
 
     def batch(self, x: torch.Tensor, y: torch.Tensor, epoch: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,10 +18,12 @@ losses, accuracies and the attacks' input gradients are computed in fp32 on bf16
 Evaluation is fp32 on an fp32 copy of the weights (:func:`fp32_copy`: bf16 -> fp32 is exact), as for every other
 precision; the exported weights are that copy, so the run folder holds fp32 weights.
 
-Refused in one line (``robustify.config``): LAMB/LARS and Nesterov momentum (torch-optimi has neither), a weight
-average (train.ema: a 0.1% EMA update vanishes in bf16), AWP (its perturb-then-restore is not exact in bf16), local
-SGD and gradient compression (the gradients already travel in bf16); and (``train.preflight``) a recipe whose stages
-do not all use it.
+The option (:class:`PureBf16`) owns all of it: its refusals (``check``: LAMB/LARS and Nesterov momentum, which
+torch-optimi lacks; a weight average, train.ema, whose 0.1% update vanishes in bf16; AWP, whose perturb-then-restore
+is not exact in bf16; local SGD; gradient compression, the gradients already travel in bf16), its preflight
+(torch-optimi installed, and every stage of a recipe in pure-bf16), the backbone's cast (``prepare_backbone``), the
+Accelerator's precision (``own_precision``: no autocast, the weights themselves are bf16), the optimizer
+(``build_optimizer``) and the fp32 copy every verdict and the export measure (``evaluation_model``).
 
 Must not: change anything for the other precisions.
 """
@@ -34,7 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ...config import spelled
+from ...errors import ConfigError, UserError
+from .base import Option
 
 PURE = "pure-bf16"
 _HOOKED = "_robustify_dtype_hooks"
@@ -101,12 +105,62 @@ def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optim
     return optimi.SGD(groups, lr=cfg.schedule.lr, momentum=o.momentum, kahan_sum=True)
 
 
-def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, int]:
-    """Bytes held by the trainable weights, their gradients and the optimizer's state tensors (Kahan buffers
-    included), measured from the tensors themselves."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    weights = sum(p.numel() * p.element_size() for p in params)
-    grads = sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None)
-    state = sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-                if isinstance(v, torch.Tensor))
-    return {"weights": weights, "gradients": grads, "optimizer_state": state}
+class PureBf16(Option):
+    """``train.mixed_precision: pure-bf16``: bf16 weights, gradients and optimizer state, Kahan-summed updates."""
+
+    name = "pure_bf16"
+
+    @classmethod
+    def active(cls, cfg: Any) -> bool:
+        return is_pure(cfg)
+
+    @classmethod
+    def check(cls, cfg: Any) -> None:
+        """The combinations it refuses, each in one line naming both settings as a user writes them."""
+        if not is_pure(cfg):
+            return
+        clash = {"optim.name": (cfg.optim.name, ("sgd", "adamw"), "torch-optimi's Kahan-summed optimizers are SGD "
+                                                                  "and AdamW"),
+                 "optim.nesterov": (cfg.optim.nesterov, (False,), "torch-optimi's SGD has heavy-ball momentum only"),
+                 "train.ema": (cfg.train.ema, (False,), "a 0.1% average update vanishes in bf16 weights"),
+                 "train.awp": (cfg.train.awp, (False,), "AWP's perturb-then-restore of the weights is not exact in "
+                                                        "bf16"),
+                 "train.local_sgd_steps": (cfg.train.local_sgd_steps, (None,), "not supported together yet"),
+                 "train.grad_compression": (cfg.train.grad_compression, ("none",), "the gradients already travel "
+                                                                                   "in bf16")}
+        for key, (value, accepted, why) in clash.items():
+            if value not in accepted:
+                raise ConfigError(f"train.mixed_precision={spelled(PURE)} with {key}={spelled(value)} is not accepted "
+                                  f"({why}); set {key}={spelled(accepted[0])}, or use train.mixed_precision=bf16 "
+                                  "(autocast, fp32 weights)")
+
+    @classmethod
+    def preflight(cls, cfg: Any, stages: list[Any], architecture_of: Any) -> None:
+        """torch-optimi installed (an optional dependency: said before anything starts), and every stage in pure-bf16
+        or none: best weights kept in one precision would be restored, rounded, into the other."""
+        if not any(is_pure(stage) for stage in stages):
+            return
+        require_optimi()
+        names = [str(s.get("name", f"stage{i + 1}")) if isinstance(s, dict) else f"stage{i + 1}"
+                 for i, s in enumerate(cfg.stages)] or [""]
+        mixed = sorted({f"{name or 'the recipe'}: {stage.train.mixed_precision}"
+                        for name, stage in zip(names, stages, strict=False) if not is_pure(stage)})
+        if mixed:
+            raise UserError(f"train.mixed_precision={spelled(PURE)} must be the precision of every stage; "
+                            f"{', '.join(mixed)}; set it in the recipe's train section, not in one stage")
+
+    @classmethod
+    def prepare_backbone(cls, cfg: Any, backbone: Any, say: Any) -> None:
+        set_precision(backbone, is_pure(cfg))  # bf16, or back to fp32 for a stage in another precision
+
+    @classmethod
+    def own_precision(cls, cfg: Any) -> str | None:
+        return PURE if is_pure(cfg) else None
+
+    @classmethod
+    def build_optimizer(cls, groups: list[dict[str, Any]], cfg: Any) -> torch.optim.Optimizer | None:
+        return build_optimizer(groups, cfg) if is_pure(cfg) else None
+
+    @classmethod
+    def evaluation_model(cls, model: nn.Module) -> nn.Module:
+        return fp32_copy(model)
