@@ -32,7 +32,7 @@ def test_factor_ramps_linearly_then_stays_at_one():
 
 
 @pytest.mark.parametrize("alpha", [None, 0.05])
-def test_scaled_step_uses_the_scaled_eps_and_alpha_then_restores(alpha):
+def test_scaled_step_passes_the_scaled_eps_and_alpha_into_the_step(alpha):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
     method = build_method(MethodConfig(name="fgsm-rs", alpha=alpha), ThreatConfig(eps=0.1))
@@ -42,11 +42,12 @@ def test_scaled_step_uses_the_scaled_eps_and_alpha_then_restores(alpha):
     x = torch.rand(16, 3, 8, 8) * 0.5 + 0.25  # far from the image box: nothing is clipped
     y = torch.randint(0, 4, (16,))
     threat, cfg = method.threat, method.cfg
-    with eps_warmup.scaled(method, 0.25):
-        assert method.threat.eps == pytest.approx(0.025)
-        assert method.alpha == pytest.approx(0.25 * (alpha if alpha is not None else 0.125))
-        method.step(step_context(model, []), x, y)
-    assert method.threat is threat and method.cfg is cfg  # the method's own settings are back
+    ctx = step_context(model, [])
+    with eps_warmup.scaled(ctx, 0.25):  # the share travels on the step's context, into the method's step
+        assert method.budget(ctx) == pytest.approx((0.025, 0.25 * (alpha if alpha is not None else 0.125)))
+        method.step(ctx, x, y)
+    assert ctx.eps_share == 1.0 and method.budget(ctx) == pytest.approx((0.1, alpha or 0.125))
+    assert method.threat is threat and method.cfg is cfg and threat.eps == 0.1  # the method itself never changed
     trained_on = seen[-1]
     assert (trained_on - x).abs().max() <= 0.025 + 1e-6  # the training perturbation stayed in the scaled ball
     assert (trained_on - x).abs().max() > 0.01

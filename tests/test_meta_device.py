@@ -53,7 +53,7 @@ def _run(overrides: list[str]):
         x = torch.rand(4, 3, 32, 32, device=META)
         y = torch.randint(0, 10, (4,), device=META)
         share = eps_warmup.factor(cfg.threat.eps_warmup_fraction, eps_warmup.stage_progress(1, batch, 2, 2))
-        with eps_warmup.scaled(method, share):
+        with eps_warmup.scaled(ctx, share):
             results.append(method.step(ctx, x, y))
     return results, raw
 

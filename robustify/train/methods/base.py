@@ -82,6 +82,9 @@ class StepContext:
     # an option's weight perturbation before the training forward (train/options/), given the method's
     # training objective as a function of the model; None: the weights are trained as they are
     perturb_weights: Callable[[Callable[[torch.nn.Module], torch.Tensor]], None] | None = None
+    # the share of threat.eps this step trains at (an option's: eps warm-up ramps it from 0 to 1); a method reads its
+    # step's radius and step size through :meth:`Method.budget`, so no option ever changes a method's attributes
+    eps_share: float = 1.0
 
 
 @dataclass
@@ -141,6 +144,25 @@ class Method:
     def epochs(self, requested: int) -> int:
         """How many passes over the data to make for ``requested`` epochs (free AT divides them by m)."""
         return requested
+
+    def alpha_for(self, eps: float) -> float:
+        """The method's own step size at radius ``eps``, used when ``method.alpha`` is not set (1.25 eps, eps,
+        2.5 eps / steps, ...)."""
+        return eps
+
+    @property
+    def alpha(self) -> float:
+        """The step size at the threat's full eps: ``method.alpha``, else the method's rule (:meth:`alpha_for`)."""
+        return self.cfg.alpha if self.cfg.alpha is not None else self.alpha_for(self.threat.eps)
+
+    def budget(self, ctx: StepContext) -> tuple[float, float]:
+        """This step's (eps, alpha): the threat's eps and the step size, both scaled by ``ctx.eps_share`` (eps
+        warm-up): a rule-derived alpha follows the scaled eps, an explicit ``method.alpha`` scales with it."""
+        share = ctx.eps_share
+        if share >= 1.0:
+            return self.threat.eps, self.alpha
+        eps = self.threat.eps * share
+        return eps, self.cfg.alpha * share if self.cfg.alpha is not None else self.alpha_for(eps)
 
     def describe(self) -> dict:
         return {"name": self.name}

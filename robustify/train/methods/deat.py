@@ -40,9 +40,8 @@ class DEAT(Method):
         self.epochs_seen = 0
         self.grad_mag: torch.Tensor | None = None  # this epoch's G so far, kept on the device (no host sync)
 
-    @property
-    def alpha(self) -> float:
-        return self.cfg.alpha if self.cfg.alpha is not None else 1.25 * self.threat.eps
+    def alpha_for(self, eps: float) -> float:
+        return 1.25 * eps
 
     dynamic_steps = True
 
@@ -61,8 +60,8 @@ class DEAT(Method):
                 "gamma": self.cfg.gamma, "criterion": "M+"}
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        eps, norm = self.threat.eps, self.threat.norm
-        _, grad, result = replay(ctx, x, y, attacks.random_init(x, eps, norm), self.strength, self.alpha, eps, norm)
+        (eps, alpha), norm = self.budget(ctx), self.threat.norm
+        _, grad, result = replay(ctx, x, y, attacks.random_init(x, eps, norm), self.strength, alpha, eps, norm)
         magnitude = grad.abs().sum()
         self.grad_mag = magnitude if self.grad_mag is None else self.grad_mag + magnitude
         return result

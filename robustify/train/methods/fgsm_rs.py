@@ -19,11 +19,8 @@ class FGSMRandomStart(Method):
     ``method.random_start: false`` is plain FGSM training from the clean input (alpha defaults to eps then): the
     setting in which Wong et al. observe catastrophic overfitting, kept so the guard against it can be exercised."""
 
-    @property
-    def alpha(self) -> float:
-        if self.cfg.alpha is not None:
-            return self.cfg.alpha
-        return 1.25 * self.threat.eps if self.cfg.random_start else self.threat.eps
+    def alpha_for(self, eps: float) -> float:
+        return 1.25 * eps if self.cfg.random_start else eps
 
     @property
     def passes_per_batch(self) -> int:
@@ -36,6 +33,7 @@ class FGSMRandomStart(Method):
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         with batchnorm_mode(ctx.attack_model, self.cfg.bn_mode), ctx.autocast():
             loss_fn, target = self.attack_objective(ctx, x, y)
-            delta = attacks.fgsm(ctx.attack_model, x, target, self.threat.eps, self.alpha, self.threat.norm,
+            eps, alpha = self.budget(ctx)
+            delta = attacks.fgsm(ctx.attack_model, x, target, eps, alpha, self.threat.norm,
                                  random_start=self.cfg.random_start, loss_fn=loss_fn)
         return self._train_on(ctx, x + delta, y, x_clean=x)

@@ -24,9 +24,6 @@ class Free(Method):
         super().__init__(cfg, threat)
         self.delta: torch.Tensor | None = None
 
-    @property
-    def alpha(self) -> float:
-        return self.cfg.alpha if self.cfg.alpha is not None else self.threat.eps
 
     @property
     def optimizer_steps_per_batch(self) -> int:
@@ -52,9 +49,9 @@ class Free(Method):
         return self.delta[: x.shape[0]]
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        eps, norm = self.threat.eps, self.threat.norm
+        (eps, alpha), norm = self.budget(ctx), self.threat.norm
         delta = attacks.clamp_to_image(x, self._carried_delta(x))
-        self.delta, _, result = replay(ctx, x, y, delta, self.cfg.replays, self.alpha, eps, norm)
+        self.delta, _, result = replay(ctx, x, y, delta, self.cfg.replays, alpha, eps, norm)
         return result
 
     def state_dict(self) -> dict:

@@ -20,9 +20,6 @@ class NoiseFGSM(Method):
     the missing clip are what avoid catastrophic overfitting at large eps without extra passes (two per minibatch,
     as FGSM-RS)."""
 
-    @property
-    def alpha(self) -> float:
-        return self.cfg.alpha if self.cfg.alpha is not None else self.threat.eps
 
     @property
     def passes_per_batch(self) -> int:
@@ -36,9 +33,10 @@ class NoiseFGSM(Method):
         """The training perturbation: noise (in the image box), one gradient step, back into the image box only."""
         norm = self.threat.norm
         loss_fn, target = self.attack_objective(ctx, x, y)
-        noise = attacks.random_init(x, self.cfg.noise_factor * self.threat.eps, norm)
+        eps, alpha = self.budget(ctx)
+        noise = attacks.random_init(x, self.cfg.noise_factor * eps, norm)
         grad, _ = attacks.input_gradient(ctx.attack_model, x, noise, target, loss_fn)
-        return attacks.clamp_to_image(x, attacks.gradient_step(noise, grad, self.alpha, norm)).detach()
+        return attacks.clamp_to_image(x, attacks.gradient_step(noise, grad, alpha, norm)).detach()
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
         with batchnorm_mode(ctx.attack_model, self.cfg.bn_mode), ctx.autocast():

@@ -29,9 +29,8 @@ class PGD(Method):
             self.fosc.total_epochs = requested
         return requested
 
-    @property
-    def alpha(self) -> float:
-        return self.cfg.alpha if self.cfg.alpha is not None else 2.5 * self.threat.eps / self.cfg.steps
+    def alpha_for(self, eps: float) -> float:
+        return 2.5 * eps / self.cfg.steps
 
     @property
     def passes_per_batch(self) -> int:
@@ -42,18 +41,18 @@ class PGD(Method):
                 **self.describe_loss(), **({"fosc_start": self.cfg.fosc_start} if self.fosc is not None else {})}
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
-        eps, norm = self.threat.eps, self.threat.norm
+        (eps, alpha), norm = self.budget(ctx), self.threat.norm
         with batchnorm_mode(ctx.attack_model, self.cfg.bn_mode), ctx.autocast():
             if self.fosc is not None:
-                delta, value, grads = attacks.pgd_fosc(ctx.attack_model, x, y, eps, self.alpha, self.cfg.steps, norm,
+                delta, value, grads = attacks.pgd_fosc(ctx.attack_model, x, y, eps, alpha, self.cfg.steps, norm,
                                                        self.fosc.threshold())
                 self.fosc.record(value, grads)
                 return self._train_on(ctx, x + delta, y, x_clean=x)
             if self.trades:
                 _, target = self.attack_objective(ctx, x, y)
-                delta = trades.pgd_kl(ctx.attack_model, x, target, eps, self.alpha, self.cfg.steps, norm)
+                delta = trades.pgd_kl(ctx.attack_model, x, target, eps, alpha, self.cfg.steps, norm)
             else:
-                delta = attacks.pgd(ctx.attack_model, x, y, eps, self.alpha, self.cfg.steps, norm)
+                delta = attacks.pgd(ctx.attack_model, x, y, eps, alpha, self.cfg.steps, norm)
         return self._train_on(ctx, x + delta, y, x_clean=x)
 
     def on_epoch_end(self, epoch: int) -> dict:

@@ -4,8 +4,10 @@ Fine-tuning a non-robust backbone at the full eps from the first step destroys m
 learns anything robust (Ngnawé et al. 2026, "Epsilon-Scheduling"; Debenedetti et al. 2022 warm eps up for ViTs).
 Here the training eps of step t of a stage is ``eps * min(1, t / (fraction * T))`` (t = minibatches done in the
 stage, T = the stage's minibatches), and the method's step size alpha scales with it, whether it is the method's
-default (a multiple of eps) or set in the recipe. The position is computed from the checkpointed position (epoch,
-minibatch), so a resumed run ramps exactly as an uninterrupted one.
+default (a multiple of eps) or set in the recipe. The share of eps is passed into the method's step on its
+StepContext (``ctx.eps_share``, read through ``Method.budget``): no attribute of the method changes.
+The position is computed from the checkpointed position (epoch, minibatch), so a resumed run ramps exactly as an
+uninterrupted one.
 
 The option (:class:`EpsWarmup`) owns the key's check, the plan's note, the step hook, the history's ``train_eps``
 fields, the record's ``eps_warmup_fraction`` and the card's line. This module only changes what the *training step*
@@ -19,7 +21,6 @@ Must not: change the eps of the probe, the guard or any evaluation (always the f
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,23 +42,15 @@ def stage_progress(epoch: int, batch: int, epochs: int, batches_per_epoch: int) 
 
 
 @contextlib.contextmanager
-def scaled(method: Any, share: float) -> Iterator[None]:
-    """Run one training step with the method's eps (and an explicit ``method.alpha``) multiplied by ``share``.
-
-    The method's ``threat`` and ``cfg`` are swapped for scaled copies and put back afterwards, so the method's own
-    alpha rule (1.25 eps, eps, 2.5 eps / steps) follows the scaled eps without any method knowing about warm-up.
-    """
-    if share >= 1.0:
-        yield
-        return
-    threat, cfg = method.threat, method.cfg
-    method.threat = dataclasses.replace(threat, eps=threat.eps * share)
-    if cfg.alpha is not None:
-        method.cfg = dataclasses.replace(cfg, alpha=cfg.alpha * share)
+def scaled(ctx: Any, share: float) -> Iterator[None]:
+    """Run one training step at ``share`` of eps: the step's context (the method's StepContext) carries the share,
+    which the method applies to its eps and alpha (``Method.budget``: its own alpha rule, 1.25 eps, eps,
+    2.5 eps / steps, follows the scaled eps; an explicit ``method.alpha`` scales with it); back to 1 afterwards."""
+    ctx.eps_share = share
     try:
         yield
     finally:
-        method.threat, method.cfg = threat, cfg
+        ctx.eps_share = 1.0
 
 
 def history_fields(cfg: Any, epoch: int, epochs: int, batches_per_epoch: int) -> dict[str, float]:
@@ -110,7 +103,7 @@ class EpsWarmup(Option):
     def step_scope(self, run: Any, epoch: int, batch: int) -> contextlib.AbstractContextManager:
         share = factor(self.cfg.threat.eps_warmup_fraction,
                        stage_progress(epoch, batch, run.epochs, run.loaders.batches_per_epoch))
-        return scaled(run.method, share)
+        return scaled(run.ctx, share)
 
     def history_fields(self, run: Any, epoch: int) -> dict[str, Any]:
         return history_fields(self.cfg, epoch, run.epochs, run.loaders.batches_per_epoch)
