@@ -346,12 +346,6 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     if cfg.data.decode == "device" and cfg.data.augment != "rrc-flip":
         raise ConfigError(f"data.decode=device decodes the JPEGs of augment rrc-flip on the GPU; with "
                           f"data.augment={cfg.data.augment!r} use data.decode=workers, or set data.augment=rrc-flip")
-    if cfg.data.decode == "device" and str(cfg.data.streaming).lower() in ("false", "0", "no"):
-        raise ConfigError(f"data.decode=device applies to streamed data sets; with data.streaming="
-                          f"{cfg.data.streaming!r} use data.decode=workers, or data.streaming=true or auto")
-    if cfg.data.decode == "device" and cfg.data.interpolation == "nearest":
-        raise ConfigError("data.decode=device resizes with torch, which has no antialiased 'nearest' interpolation; "
-                          "with data.interpolation='nearest' use data.decode=workers, or bilinear or bicubic")
     for check in sections.checks():  # data, method, schedule: each registry checks its own section
         check(cfg)
     _validate_pixels(cfg)

@@ -491,7 +491,14 @@ def test_device_decode_mixes_in_rows_the_device_cannot_decode_and_names_a_broken
 
     from robustify.bench.data_pipeline import imagenet_like_jpegs
     from robustify.config import ConfigError, FinetuneConfig, validate
-    from robustify.data.device_decode import EncodedBatch, _chunks, check_decoder, check_device, decode_batch
+    from robustify.data.device_decode import (
+        EncodedBatch,
+        _chunks,
+        check_decoder,
+        check_device,
+        check_plan,
+        decode_batch,
+    )
     from robustify.data.preprocessing import rrc_flip
     from robustify.errors import UserError
 
@@ -530,12 +537,14 @@ def test_device_decode_mixes_in_rows_the_device_cannot_decode_and_names_a_broken
     cfg.data.decode = "device"
     with pytest.raises(ConfigError, match="data.decode=device .* data.augment='none'"):
         validate(cfg)
-    cfg.data.augment, cfg.data.streaming = "rrc-flip", "false"
-    with pytest.raises(ConfigError, match="applies to streamed data sets; with data.streaming='false'"):
-        validate(cfg)
-    cfg.data.streaming, cfg.data.interpolation = "auto", "nearest"
-    with pytest.raises(ConfigError, match="with data.interpolation='nearest' use data.decode=workers"):
-        validate(cfg)
+    # what the decode needs of the data is its own check (device_decode.check_plan), asked by the preflight with the
+    # recipe's values and by build_loaders with the resolved ones: the config leaves it alone
+    cfg.data.augment, cfg.data.streaming, cfg.data.interpolation = "rrc-flip", "false", "nearest"
+    validate(cfg)
+    with pytest.raises(UserError, match="applies to streamed data sets; 'quickstart' is read map-style"):
+        check_plan("quickstart", False, "bilinear")
+    with pytest.raises(UserError, match="antialiased 'nearest'"):
+        check_plan("imagenet-1k", True, "nearest")
     with pytest.raises(UserError, match="antialiased 'nearest'"):
         check_decoder("nearest")
     with pytest.raises(UserError, match="decodes on a CUDA GPU; this run is on cpu"):

@@ -93,6 +93,17 @@ def torchvision_decoder():
     return decode_jpeg if version >= MIN_TORCHVISION else None
 
 
+def check_plan(name: str, streaming: bool, interpolation: str) -> None:
+    """``data.decode=device``'s rules on the data it would decode, in one place: a streamed set (``streaming``: the
+    resolved ``data.streaming``), an interpolation torch antialiases and a torchvision with the batched decoder. The
+    preflight asks with the recipe's values (before anything loads, the dry run too), ``build_loaders`` again with
+    the resolved ones (``auto`` streaming, the backbone's own interpolation)."""
+    if not streaming:
+        raise UserError(f"data.decode=device applies to streamed data sets; {name!r} is read map-style (set "
+                        "data.streaming=true, or data.decode=workers)")
+    check_decoder(interpolation)
+
+
 def check_decoder(interpolation: str) -> None:
     """One line when ``data.decode=device`` cannot work with this torchvision (no batched decoder) or this
     interpolation (no antialiased torch kernel): checked before any data is read."""

@@ -331,12 +331,9 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
     streaming = use_streaming(cfg)
     eval_split = cfg.eval_split or default_eval_split(cfg.name)
     if getattr(cfg, "decode", "workers") == "device":  # before any data is read
-        from .device_decode import check_decoder
+        from .device_decode import check_plan
 
-        if not streaming:
-            raise UserError(f"data.decode=device applies to streamed data sets; {cfg.name!r} is read map-style (set "
-                            "data.streaming=true, or data.decode=workers)")
-        check_decoder(pre.interpolation)
+        check_plan(cfg.name, streaming, pre.interpolation)
     if streaming:  # the main process reads the shards' footers first (kept in the cache folder for the others)
         with (main_process_first or contextlib.nullcontext)():
             for split in (cfg.train_split, eval_split):

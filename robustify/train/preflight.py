@@ -46,8 +46,11 @@ def preflight(cfg: FinetuneConfig) -> list[str]:
     (:func:`robustify.config.stage_notes`)."""
     stages = expand_stages(cfg)
     if any(stage.data.decode == "device" for _, stage in stages):  # the device itself is checked by the run
-        from ..data.device_decode import check_decoder
+        from ..data.device_decode import check_plan
+        from ..data.loaders import use_streaming
 
-        check_decoder(cfg.data.interpolation or "bilinear")
+        for _, stage in stages:  # data.decode=device's own rules (data/device_decode.py), on the recipe's values
+            if stage.data.decode == "device":
+                check_plan(stage.data.name, use_streaming(stage.data), stage.data.interpolation or "bilinear")
     options.preflight(cfg, [stage for _, stage in stages], architecture_of)  # each option's own
     return stage_notes(cfg)
