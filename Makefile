@@ -3,7 +3,8 @@
 #
 #   make quickstart            # the offline quickstart (robustify finetune, no arguments)
 #   make test                  # the test suite, as CI runs it (.ci/run calls this)
-#   make quickstart CPU=1      # torch's CPU-only build first (a smaller .venv; see README "Install")
+#   make quickstart CPU=1      # torch's CPU-only build (a smaller .venv; see README "Install"): installed first in a
+#                              # new .venv, or put in place of a CUDA build in an existing one
 #
 # PYTHON: the interpreter that makes .venv (3.10 or newer); VENV: where it lives.
 
@@ -15,18 +16,26 @@ PIP = $(VENV)/bin/python -m pip
 
 .PHONY: quickstart test venv clean-venv
 
-# the interpreter itself; a CPU-only torch goes in first when asked, so the package's torch requirement is met
+TORCH_CPU = $(if $(CPU),$(VENV)/.torch-cpu,)
+
+# the interpreter itself
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
-	$(if $(TORCH_INDEX),$(PIP) install torch torchvision --index-url $(TORCH_INDEX),)
+
+# CPU=1: torch's CPU-only build, before the package (so its torch requirement is met by it), also in a .venv made
+# earlier without CPU=1: a CUDA build found there is replaced (pip alone would keep it: "torch" is satisfied)
+$(VENV)/.torch-cpu: | $(VENV)/bin/python
+	$(VENV)/bin/python -c "import sys, torch; sys.exit(torch.version.cuda is not None)" 2>/dev/null || \
+		$(PIP) install --force-reinstall torch torchvision --index-url $(TORCH_INDEX)
+	touch $@
 
 # the package (an editable install: the clone's code runs), redone when pyproject.toml changes
-$(VENV)/.robustify: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.robustify: pyproject.toml | $(VENV)/bin/python $(TORCH_CPU)
 	$(PIP) install -e .
 	touch $@
 
 # the package with the test tools (pytest, xdist, ruff, pyautoattack, hypothesis, torch-optimi)
-$(VENV)/.robustify-test: pyproject.toml | $(VENV)/bin/python
+$(VENV)/.robustify-test: pyproject.toml | $(VENV)/bin/python $(TORCH_CPU)
 	$(PIP) install -e ".[test]"
 	touch $@ $(VENV)/.robustify
 

@@ -16,7 +16,7 @@ def test_every_option_off_builds_none_and_each_on_builds_itself():
     assert options.active(build_config("quickstart", [])) == []  # the quickstart's step runs no option code
     on = {"eps_warmup": "threat.eps_warmup_fraction=0.5", "awp": "train.awp=true", "ema": "train.ema=true",
           "freeze": "model.freeze=stem", "grad_compression": "train.grad_compression=bf16",
-          "local_sgd": "train.local_sgd_steps=2"}
+          "local_sgd": "train.local_sgd_steps=2", "pure_bf16": "train.mixed_precision=pure-bf16"}
     for name, setting in on.items():
         assert [o.name for o in options.active(build_config("quickstart", [setting]))] == [name]
 

@@ -75,6 +75,21 @@ def stage(name: str) -> Iterator[None]:
                                 "another path)") from None
 
 
+def summed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over all processes (itself for one process), as a new tensor on ``t``'s device. NCCL reduces
+    CUDA tensors only, so a host tensor (a method's running sums before its first step, or restored from a
+    checkpoint) travels through the process's GPU."""
+    out = t.detach().clone()
+    if not distributed():
+        return out
+    if dist.get_backend() == "nccl" and out.device.type != "cuda":
+        moved = out.cuda()
+        dist.all_reduce(moved)
+        return moved.to(out.device)
+    dist.all_reduce(out)
+    return out
+
+
 def broadcast_buffers(module: torch.nn.Module, name: str = "buffer broadcast") -> None:
     """Copy every buffer of ``module`` (BatchNorm running mean/var and batch counts) from process 0 to all processes.
 

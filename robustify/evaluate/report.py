@@ -429,8 +429,10 @@ class RunInfo:
 
 
 def recipe_data(folder: RunFolder, fallback: str) -> str:
-    """The local --data spec from recipe.yaml; a relative path counts when it exists from here (the folder
-    ``finetune`` ran in), else (a pulled run's recipe holds only a file name) the public name."""
+    """The local --data spec from recipe.yaml. A relative path is the one ``finetune`` was given in the folder it ran
+    in, which the recipe's ``output_dir`` tells (the run folder's path ends with it): found there, it is returned as
+    an absolute path, whatever folder ``eval`` runs in; else it counts when it exists from here, else (a pulled
+    run's recipe holds only a file name) the public name."""
     import yaml
 
     try:
@@ -438,10 +440,26 @@ def recipe_data(folder: RunFolder, fallback: str) -> str:
         spec = str(recipe["data"]["name"])
     except (UserError, yaml.YAMLError, KeyError, TypeError):  # unreadable or not UTF-8: verify_weights says so
         return fallback
-    local = Path(spec.split(":", 1)[1]).expanduser() if spec.startswith(("npz:", "imagefolder:")) else None
-    if local is not None and not local.is_absolute() and not local.exists():
-        return fallback
-    return spec
+    prefix = next((p for p in ("npz:", "imagefolder:") if spec.startswith(p)), None)
+    local = Path(spec[len(prefix):]).expanduser() if prefix else None
+    if local is None or local.is_absolute():
+        return spec
+    ran_in = _finetune_folder(folder.path, recipe.get("output_dir"))
+    if ran_in is not None and (ran_in / local).exists():
+        return f"{prefix}{ran_in / local}"
+    return spec if local.exists() else fallback
+
+
+def _finetune_folder(run: Path, output_dir: Any) -> Path | None:
+    """The folder ``finetune`` ran in: the run folder's path less the relative ``output_dir`` the recipe recorded
+    (None when it was absolute, is missing, or the run folder was moved since)."""
+    if not isinstance(output_dir, str) or not output_dir or Path(output_dir).is_absolute():
+        return None
+    tail = Path(output_dir).expanduser().parts
+    path = run.resolve()
+    if ".." in tail or len(tail) >= len(path.parts) or path.parts[-len(tail):] != tail:
+        return None
+    return path.parents[len(tail) - 1]
 
 
 def read_run(spec: str) -> RunInfo | None:

@@ -28,6 +28,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import re
 import shutil
 import signal
 from collections.abc import Iterator
@@ -184,8 +185,21 @@ def write_failed(error: BaseException, final: Path, run_dir: Path) -> BaseExcept
 def load_checkpoint(accelerator: Accelerator, folder: Path, best: BestWeights,
                     device: torch.device) -> tuple[TrainState, dict[str, Any]]:
     """Restore model, optimizer and RNG (Accelerate), then the trainer state, this process's method state (on
-    ``device``) and the best-probe weights."""
-    accelerator.load_state(str(folder))
+    ``device``) and the best-probe weights. A checkpoint without a state the run registers (one written by an
+    earlier robustify, which registered an option's state only in the stages that used it: ``train.ema`` set in a
+    later stage only) is one line saying so, not Accelerate's RuntimeError or FileNotFoundError."""
+    try:
+        accelerator.load_state(str(folder))
+    except (FileNotFoundError, RuntimeError) as e:
+        counts = re.findall(r"(?:Found checkpoints|Registered objects): (\d+)", str(e))
+        if isinstance(e, RuntimeError) and len(counts) != 2:
+            raise
+        held = (f"holds {counts[0]} option state(s) where this run registers {counts[1]}" if len(counts) == 2
+                else f"has no {Path(getattr(e, 'filename', '') or '').name or 'file the run reads'}")
+        raise UserError(f"checkpoint {folder} {held} (an option's checkpointed state, e.g. the weight average of "
+                        "train.ema set in a later stage only: a checkpoint written by an earlier robustify, which "
+                        "registered it only in the stages using it); finish the run with the robustify that wrote "
+                        "it, or start it again in a new --output-dir") from None
     state = TrainState.from_json(json.loads((folder / STATE_FILE).read_text()))
     best.load(folder / BEST_FILE)
     method_state: dict[str, Any] = {}

@@ -22,10 +22,10 @@ the trainer.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 from ... import attacks
 from ...config import MethodConfig, ThreatConfig
+from ...evaluate.collectives import summed
 from .base import Method, StepContext, StepResult, register_method, replay
 
 
@@ -68,11 +68,8 @@ class DEAT(Method):
 
     def epoch_magnitude(self) -> float:
         """G for the epoch that just ended, summed over all processes so every process makes the same decision."""
-        g = self.grad_mag if self.grad_mag is not None else torch.zeros(())
-        g = g.detach().double().clone()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(g)
-        return float(g)
+        g = self.grad_mag if self.grad_mag is not None else torch.zeros((), dtype=torch.float64)
+        return float(summed(g.double()))  # a host tensor (no step yet, or restored) is reduced through the GPU
 
     def on_epoch_end(self, epoch: int) -> dict:
         used, g = self.strength, self.epoch_magnitude()

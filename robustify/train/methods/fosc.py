@@ -14,7 +14,8 @@ the trainer.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
+
+from ...evaluate.collectives import summed
 
 
 class FOSCSchedule:
@@ -42,10 +43,7 @@ class FOSCSchedule:
         """The epoch's history fields, summed over all processes so every process reports the same row."""
         used = self.threshold()
         sums = self.sums if self.sums is not None else torch.zeros(3, dtype=torch.float64)
-        sums = sums.detach().clone()
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(sums)
-        total, n, grads = sums.tolist()
+        total, n, grads = summed(sums).tolist()  # a host tensor (no step yet, or restored) is reduced through the GPU
         self.sums = None
         self.epochs_seen += 1
         return {"fosc": total / max(n, 1), "fosc_threshold": used, "attack_grads": int(grads)}
