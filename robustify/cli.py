@@ -26,13 +26,39 @@ from .runfolder import RECIPE
 Handler = Callable[[argparse.Namespace], int | None]
 
 
+class _Deferred(str):
+    """A help text written only when help is shown: ``--set``'s list of options asks the registries (which import
+    torch and timm), which every other command would otherwise pay for when the parser is built."""
+
+    def __new__(cls, render: Callable[[], str]) -> _Deferred:
+        text = super().__new__(cls, "(written when help is shown)")
+        text.render = render  # type: ignore[attr-defined]
+        return text
+
+
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows a flag's default only when it has one (recipe-backed flags say their recipe key and value instead)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
+        if isinstance(action.help, _Deferred):
+            return action.help.render().replace("%", "%%")  # type: ignore[attr-defined]
         if action.default in (None, False, [], argparse.SUPPRESS):
             return action.help
         return super()._get_help_string(action)
+
+
+def _set_help() -> str:
+    """``finetune --set``'s help: each registered option from its own declaration (its keys and title,
+    train/options/), then the frontier keys that are not options."""
+    text = "override any recipe key, e.g. --set schedule.lr=0.1 --set method.replays=8"
+    try:
+        from . import sections
+
+        listed = "; ".join(unit.usage() for unit in sections.options())
+    except Exception:  # noqa: BLE001 - help must render even from a broken install
+        return f"{text}; the options: docs/configuration.md"
+    return (f"{text}; options (docs/methods-frontier.md, docs/seed-methods.md): {listed}; also data.per_class=K "
+            "(few-shot), threat.norm=L1, method.loss=trades, method.fosc=true (pgd) [method.fosc_start]")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -169,14 +195,7 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                    help="allow a pickle model.checkpoint (.pth, .bin), which can run code when loaded "
                         "(recipe key model.trust_pickle)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any recipe key, e.g. --set schedule.lr=0.1 --set method.replays=8; fine-tuning "
-                        "options (docs/methods-frontier.md): threat.eps_warmup_fraction=F (training eps ramps from 0 "
-                        "over that share), train.awp=true [train.awp_gamma=5e-3 train.awp_warmup_epochs=N] "
-                        "(adversarial weight perturbation), model.freeze=none|backbone|stem|stages:N, "
-                        "data.per_class=K (few-shot), data.unlabeled=SPEC [data.unlabeled_ratio=0.5 "
-                        "train.teacher=MODEL] (robust self-training); seed methods (docs/seed-methods.md): "
-                        "threat.norm=L1, method.fosc=true (pgd), method.fosc_start, train.grad_compression=sign, "
-                        "train.local_sgd_steps=K, train.mixed_precision=pure-bf16")
+                   help=_Deferred(_set_help))
     p.add_argument("--dry-run", action="store_true",
                    help="print the resolved config, stages, planned passes and cost estimate, check the model and "
                         "data, and exit without training or writing anything")

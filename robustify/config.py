@@ -453,13 +453,17 @@ def scaled_lr(cfg: FinetuneConfig, global_batch: int) -> float:
 STAGE_SECTIONS = ("method", "schedule", "optim", "train", "data")
 STAGE_FIXED = {"data.name", "data.train_split", "data.eval_split", "data.image_column", "data.label_column",
                "data.attack_size", "data.holdout", "data.streaming", "train.seed", "train.global_batch"}
-STAGE_FIXED |= {"data.per_class", "data.unlabeled", "train.teacher"}  # frontier: the same subset and pseudo-labels
-STAGE_MODEL_KEYS = {"freeze"}  # frontier: the one model key a stage may change (LP-FT: probe frozen, then all)
-# Options that only mean something against an adversary, with their "off" value. Set for the whole run (in the
-# recipe's sections or by --set), they apply to the run's adversarial stages; a natural stage (LP-FT's linear probe,
-# a head-fitting stage) runs without them instead of refusing the run. A stage that names one itself is checked as
-# written (natural + train.awp stays a one-line refusal). See docs/configuration.md, "How options compose".
-ADVERSARIAL_ONLY = {"train.awp": False, "method.loss": "ce", "method.fosc": False}
+STAGE_FIXED |= {"data.per_class"}  # frontier: the same few-shot subset (an option's fixed keys: its class declares)
+
+
+def adversarial_only() -> dict[str, Any]:
+    """Keys that only mean something against an adversary, with their "off" value, as the registries declare them
+    (an option's class, e.g. train.awp; the methods', method.loss and method.fosc: robustify/sections.py). Set for the
+    whole run (in the recipe's sections or by --set), they apply to the run's adversarial stages; a natural stage
+    (LP-FT's linear probe, a head-fitting stage) runs without them instead of refusing the run. A stage that names one
+    itself is checked as written (natural + train.awp stays a one-line refusal). See docs/configuration.md, "How
+    options compose"."""
+    return sections.declared("adversarial_only")
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -481,6 +485,8 @@ def expand_stages(cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
     base = cfg.to_dict()
     base["stages"] = []
     out: list[tuple[str, FinetuneConfig]] = []
+    fixed_keys = STAGE_FIXED | set(sections.declared("fixed"))  # the run's data; an option's (its pseudo-labels)
+    model_keys = sorted(sections.declared("stage"))  # model keys a stage may change (model.freeze)
     for i, stage in enumerate(cfg.stages):
         if not isinstance(stage, dict):
             raise ConfigError(f"stages[{i}] must be a mapping with a name and sections to override, got {stage!r}")
@@ -489,21 +495,22 @@ def expand_stages(cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
         if name in {n for n, _ in out}:
             raise ConfigError(f"stages[{i}]: the name {name!r} is used twice; give each stage its own name")
         for section, value in stage.items():
-            if section == "model" and isinstance(value, dict) and value and set(value) <= STAGE_MODEL_KEYS:
+            if section == "model" and isinstance(value, dict) and value and {f"model.{k}" for k in value} <= set(
+                    model_keys):
                 continue  # model.freeze only (checked with the whole stage below)
             if section not in STAGE_SECTIONS:
                 raise ConfigError(f"stages[{i}] ({name}): '{section}' cannot change between stages; a stage may "
-                                  f"override: name, {', '.join(STAGE_SECTIONS)}, and model.freeze")
+                                  f"override: name, {', '.join(STAGE_SECTIONS)}, and {', '.join(model_keys)}")
             if not isinstance(value, dict):
                 raise ConfigError(f"stages[{i}] ({name}): '{section}' must be a section of keys, got {value!r}")
-            fixed = sorted(f"{section}.{k}" for k in value if f"{section}.{k}" in STAGE_FIXED)
+            fixed = sorted(f"{section}.{k}" for k in value if f"{section}.{k}" in fixed_keys)
             if fixed:
                 raise ConfigError(f"stages[{i}] ({name}): '{fixed[0]}' cannot change between stages (it defines the "
                                   "run's data and threat model)")
         merged = _merge(base, stage)
         for key in _run_level_adversarial(base, stage, merged):  # a natural stage: the run's adversarial options off
             section, leaf = key.split(".")
-            merged[section] = {**merged[section], leaf: ADVERSARIAL_ONLY[key]}
+            merged[section] = {**merged[section], leaf: adversarial_only()[key]}
         try:
             out.append((name, validate(_build(FinetuneConfig, merged))))
         except ConfigError as e:
@@ -512,12 +519,12 @@ def expand_stages(cfg: FinetuneConfig) -> list[tuple[str, FinetuneConfig]]:
 
 
 def _run_level_adversarial(base: dict[str, Any], stage: dict[str, Any], merged: dict[str, Any]) -> list[str]:
-    """The :data:`ADVERSARIAL_ONLY` keys set (not off) for the whole run that a natural stage leaves off: those the
+    """The :func:`adversarial_only` keys set (not off) for the whole run that a natural stage leaves off: those the
     stage does not name itself, when the stage's method is ``natural``."""
     if (merged.get("method") or {}).get("name") != "natural":
         return []
     out = []
-    for key, off in ADVERSARIAL_ONLY.items():
+    for key, off in adversarial_only().items():
         section, leaf = key.split(".")
         given = (stage.get(section) or {}) if isinstance(stage.get(section), dict) else {}
         if leaf not in given and (base.get(section) or {}).get(leaf, off) != off:
@@ -527,7 +534,7 @@ def _run_level_adversarial(base: dict[str, Any], stage: dict[str, Any], merged: 
 
 def stage_notes(cfg: FinetuneConfig) -> list[str]:
     """One line for the run's first lines when run-level adversarial options skip its natural stages
-    (:data:`ADVERSARIAL_ONLY`): which options, which stages they apply to and which run without them."""
+    (:func:`adversarial_only`): which options, which stages they apply to and which run without them."""
     if not cfg.stages:
         return []
     base = cfg.to_dict()

@@ -3,7 +3,8 @@
 registry registers its section's check here when it is imported (:func:`register`); ``config.validate`` runs them
 (:func:`checks`). The options registry also registers its units here (:func:`register_option`), so the record and
 the card (publish/, a layer below train/) ask each option for its record fields and card lines (:func:`options`)
-without naming any option.
+without naming any option; and the keys they declare (:func:`declare`: which keys only mean something against an
+adversary, which a stage may or may not change), so config.py holds no option's key table.
 
 Why registration: ``config.py`` sits below the wings (they import its dataclasses), so it may not import them, not
 even by a module name in a string (that was an import cycle config -> train that no walk of the imports could see).
@@ -26,6 +27,10 @@ Check = Callable[[Any], None]  # takes the FinetuneConfig; raises ConfigError (m
 _checks: dict[str, Check] = {}
 _loaders: list[Callable[[], None]] = []
 _options: dict[str, Any] = {}
+# keys the registries declare, by kind: "adversarial_only" (key -> its off value), "fixed" (keys a stage may not
+# change), "stage" (model keys a stage may change)
+DECLARED = ("adversarial_only", "fixed", "stage")
+_declared: dict[str, dict[str, Any]] = {kind: {} for kind in DECLARED}
 
 
 def register(section: str, check: Check) -> None:
@@ -43,6 +48,19 @@ def load_with(loader: Callable[[], None]) -> None:
 def register_option(name: str, unit: Any) -> None:
     """Called by the options registry (train/options/) for each option class, in registry order."""
     _options[name] = unit
+
+
+def declare(kind: str, keys: dict[str, Any]) -> None:
+    """Called by a registry for the keys its units declare (an option's class attributes, train/options/base.py)."""
+    if kind not in DECLARED:
+        raise ValueError(f"unknown key declaration {kind!r}; one of {', '.join(DECLARED)}")
+    _declared[kind].update(keys)
+
+
+def declared(kind: str) -> dict[str, Any]:
+    """The keys of one :data:`DECLARED` kind, from every registry, once loaded (config.expand_stages asks)."""
+    load_registries()
+    return dict(_declared[kind])
 
 
 def load_registries() -> None:

@@ -84,3 +84,28 @@ def test_a_runs_relative_data_is_found_from_the_folder_finetune_ran_in(tmp_path:
     assert recipe_data(RunFolder(run), public) == "imagefolder:shapes"  # unknown origin: from here, as before
     monkeypatch.chdir(tmp_path)
     assert recipe_data(RunFolder(run), public) == public
+
+
+def test_each_option_declares_its_keys_once_and_the_set_help_lists_them(capsys):
+    """An option's keys live in its class (train/options/): they are config keys, no two options declare one key,
+    ``--set``'s help is written from them, and the stage rules (adversarial-only keys, keys a stage may not change,
+    model keys a stage may change) are the declarations of the registries, not tables in config.py."""
+    from robustify import sections
+    from robustify.cli import main
+    from robustify.config import adversarial_only, all_keys
+
+    units = list(options.OPTIONS.values())
+    declared = [k for unit in units for k in unit.keys]
+    assert declared and len(declared) == len(set(declared)) and set(declared) <= set(all_keys())
+    assert all(unit.title for unit in units)
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for unit in units:
+        assert " ".join(unit.usage().split()) in help_text.replace("- ", "-"), unit.usage()
+    assert adversarial_only() == {"method.loss": "ce", "method.fosc": False, "train.awp": False}
+    assert {"data.unlabeled", "train.teacher"} <= set(sections.declared("fixed"))
+    assert set(sections.declared("stage")) == {"model.freeze"}
+    config_source = (ROOT / "robustify/config.py").read_text()
+    after_schema = config_source.split("def _coerce(")[1]  # after the dataclasses and their CHOICES
+    assert not [k for k in declared if f'"{k}"' in after_schema]  # beyond the schema: no option key

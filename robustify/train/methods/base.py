@@ -71,6 +71,9 @@ def validate_section(cfg: FinetuneConfig) -> None:
 
 
 sections.register("method", validate_section)  # config.validate runs it (robustify/sections.py)
+# the method keys that only mean something against an adversary, with their off value (a natural stage runs without
+# them when they are set for the whole run: robustify.config.expand_stages)
+sections.declare("adversarial_only", {"method.loss": "ce", "method.fosc": False})
 
 
 @dataclass

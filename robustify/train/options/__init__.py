@@ -149,6 +149,9 @@ def stacked(scopes: list[contextlib.AbstractContextManager]) -> Iterator[None]:
 
 for _unit in OPTIONS.values():
     sections.register_option(_unit.name, _unit)
+    sections.declare("adversarial_only", _unit.adversarial_only)
+    sections.declare("fixed", dict.fromkeys(_unit.fixed_keys))
+    sections.declare("stage", dict.fromkeys(_unit.stage_keys))
 sections.register("options", check)  # config.validate runs it (robustify/sections.py)
 
 __all__ = ["OPTIONS", "Option", "accelerator_kwargs", "active", "build_optimizer", "check", "config_cost",

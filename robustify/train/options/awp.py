@@ -140,6 +140,9 @@ class AwpOption(Option):
     """``train.awp``: the registered unit (checks, plan, hooks, history, record and card of AWP)."""
 
     name = "awp"
+    keys = {"train.awp": "true", "train.awp_gamma": "5e-3", "train.awp_warmup_epochs": "N"}
+    title = "adversarial weight perturbation"
+    adversarial_only = {"train.awp": False}  # a natural stage (LP-FT's linear probe) trains without it
 
     @classmethod
     def active(cls, cfg: Any) -> bool:

@@ -16,6 +16,15 @@ An option is a registered unit, like a method. Its class owns everything about i
 - ``record(cfg)`` / ``card_lines(record)``: its entry in the run record's ``training.options`` and its model-card
   lines (publish/ asks the registry through robustify/sections.py, never naming the option).
 
+Its keys, declared once in its class (the config's schema, the dataclass fields, stays in robustify/config.py):
+
+- ``keys``: its config keys, each with what ``--set``'s help shows for its value (the first: the switch), and
+  ``title``: a few words on what it does (the CLI's ``--set`` help lists each option from these);
+- ``adversarial_only``: keys that only mean something against an adversary, with their off value (a natural stage,
+  LP-FT's linear probe, runs without them when they are set for the whole run);
+- ``fixed_keys``: keys a stage may not change (the run's data); ``stage_keys``: keys of the ``model`` section a stage
+  may change (``model.freeze``).
+
 An instance (one per stage, built by the trainer from the stage's config) hooks into the run:
 
 - ``run_slot(stages)``: the option's checkpointed state for the whole run (registered with Accelerate once per run,
@@ -51,12 +60,24 @@ class Option:
     """Base class: every hook does nothing; an option overrides the ones it needs."""
 
     name: ClassVar[str] = "base"
+    keys: ClassVar[dict[str, str]] = {}
+    title: ClassVar[str] = ""
+    adversarial_only: ClassVar[dict[str, Any]] = {}
+    fixed_keys: ClassVar[tuple[str, ...]] = ()
+    stage_keys: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: Any, slot: Any = None):
         self.cfg = cfg  # the stage's FinetuneConfig
         self.slot = slot  # the option's run-level checkpointed state (run_slot), if it has one
 
     # --- class level: the config, the plan, the record and the card (no run needed) ------------------------------
+    @classmethod
+    def usage(cls) -> str:
+        """The option's entry in ``--set``'s help: its switch, its other keys in brackets, its title."""
+        (switch, value), *more = cls.keys.items()
+        extra = f" [{' '.join(f'{k}={v}' for k, v in more)}]" if more else ""
+        return f"{switch}={value}{extra} ({cls.title})"
+
     @classmethod
     def active(cls, cfg: Any) -> bool:
         """Whether the option is on for a stage with config ``cfg``."""

@@ -84,6 +84,8 @@ class EmaOption(Option):
     """``train.ema``: the registered unit (check, run slot, average, exported weights, update hook)."""
 
     name = "ema"
+    keys = {"train.ema": "true", "train.ema_decay": "0.999"}
+    title = "a weight average, probed and exported"
 
     def __init__(self, cfg: Any, slot: AverageSlot | None = None):
         super().__init__(cfg)

@@ -68,6 +68,8 @@ class EpsWarmup(Option):
     """``threat.eps_warmup_fraction`` > 0 with an attack method: the training eps ramps 0 -> eps over that share."""
 
     name = "eps_warmup"
+    keys = {"threat.eps_warmup_fraction": "F"}
+    title = "the training eps ramps from 0 over that share of each stage"
 
     @classmethod
     def active(cls, cfg: Any) -> bool:

@@ -96,6 +96,9 @@ class FreezeOption(Option):
     """``model.freeze``: the registered unit (a stage with ``none`` still undoes the previous stage's freezing)."""
 
     name = "freeze"
+    keys = {"model.freeze": "none|backbone|stem|stages:N"}
+    title = "frozen parameters get no optimizer step"
+    stage_keys = ("model.freeze",)  # the one model key a stage may change (LP-FT: probe frozen, then all)
 
     @classmethod
     def active(cls, cfg: Any) -> bool:

@@ -67,6 +67,8 @@ class GradCompression(Option):
     """``train.grad_compression`` other than ``none``: the registered unit."""
 
     name = "grad_compression"
+    keys = {"train.grad_compression": "fp16|bf16|powersgd|sign"}
+    title = "a DDP communication hook"
     state: Any = None  # the sign hook's state (error memory, bytes sent); None for the other hooks or one process
 
     @classmethod

@@ -112,6 +112,8 @@ class LocalSgdOption(Option):
     """``train.local_sgd_steps: K``: DDP in no_sync for each epoch, the models averaged every K optimizer steps."""
 
     name = "local_sgd"
+    keys = {"train.local_sgd_steps": "K"}
+    title = "local SGD: the models averaged every K optimizer steps"
     local: AveragingLocalSGD | None = None  # the epoch's context (None: a single process, nothing to average)
 
     @classmethod

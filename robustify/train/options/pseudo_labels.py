@@ -176,6 +176,9 @@ class UnlabeledOption(Option):
     """``data.unlabeled`` with an attack method: robust self-training on pseudo-labelled examples."""
 
     name = "unlabeled"
+    keys = {"data.unlabeled": "SPEC", "data.unlabeled_ratio": "0.5", "train.teacher": "MODEL"}
+    title = "robust self-training on pseudo-labelled data"
+    fixed_keys = ("data.unlabeled", "train.teacher")  # the same pseudo-labels in every stage
 
     @classmethod
     def active(cls, cfg: Any) -> bool:

@@ -109,6 +109,8 @@ class PureBf16(Option):
     """``train.mixed_precision: pure-bf16``: bf16 weights, gradients and optimizer state, Kahan-summed updates."""
 
     name = "pure_bf16"
+    keys = {"train.mixed_precision": "pure-bf16"}
+    title = "bf16 weights, gradients and optimizer state, Kahan-summed"
 
     @classmethod
     def active(cls, cfg: Any) -> bool:
