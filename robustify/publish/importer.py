@@ -66,7 +66,12 @@ class Provenance:
     dropped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     zoo_name: str | None = None
-    converter_checked_against_real_files: bool = False
+    # the original project's package and version the converter is checked against (its own code builds, saves and
+    # loads the format in tests/test_originals_*.py); None: not checked against an original project
+    converter_checked_against: str | None = None
+    authors: str | None = None  # the weights' authors (the paper's), for the card
+    paper: str | None = None  # "TITLE (VENUE), URL"
+    leaderboard: str | None = None  # the leaderboard entry the reported numbers come from (a URL)
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,9 +142,14 @@ def fetch(repo_id: str, filename: str, revision: str | None, trust_pickle: bool)
 
 
 # ------------------------------------------------------------------------------------------------ the model
-def _auto_format(obj: Any) -> str:
+def _auto_format(obj: Any, filename: str = "") -> str:
     """madrylab when the file has MadryLab's layout (['model'] with the attacker's or the normalizer's keys beside
-    module.model.*), else state-dict."""
+    module.model.*), robustbench when it is named as a robustbench entry's file (NAME.pt: the entry fixes the
+    normalization, which the file lacks), else state-dict."""
+    from .converters.robustbench import is_entry_file
+
+    if is_entry_file(filename):
+        return "robustbench"
     if isinstance(obj, Mapping):
         inner = obj.get("model", obj.get("state_dict"))
         if isinstance(inner, Mapping) and any(str(k).removeprefix("module.").startswith(("normalizer.", "attacker."))
@@ -157,11 +167,16 @@ def build_model(arch: str, state: Mapping[str, Any], what: str):
         close = timm.list_models(f"*{arch[:10]}*")[:5]
         raise UserError(f"--arch {arch!r} is not a timm architecture" + (f"; similar: {', '.join(close)}" if close
                                                                           else ""))
-    model = timm.create_model(arch, pretrained=False)
-    head = model.pretrained_cfg.get("classifier")
-    head_w = state.get(f"{head}.weight") if isinstance(head, str) else None
-    if head_w is not None and head_w.ndim == 2 and head_w.shape[0] != model.num_classes:
-        model.reset_classifier(int(head_w.shape[0]))
+    import torch
+
+    # built on the meta device: random initialization of a large network costs seconds (WRN-50-2: ~3 s) and every
+    # tensor is replaced by the file's anyway; load_state_dict(assign=True) below puts the file's tensors in place
+    with torch.device("meta"):
+        model = timm.create_model(arch, pretrained=False)
+        head = model.pretrained_cfg.get("classifier")
+        head_w = state.get(f"{head}.weight") if isinstance(head, str) else None
+        if head_w is not None and head_w.ndim == 2 and head_w.shape[0] != model.num_classes:
+            model.reset_classifier(int(head_w.shape[0]))
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(set(expected) - set(shapes))
@@ -180,7 +195,14 @@ def build_model(arch: str, state: Mapping[str, Any], what: str):
         raise UserError(f"{what} has key(s) timm {arch} does not have: {', '.join(unexpected[:3])}"
                         f"{' ...' if len(unexpected) > 3 else ''}; strip a prefix (--strip-prefix) or give the right "
                         "--arch")
-    model.load_state_dict(dict(state))
+    # fp32 as a model built on the CPU would hold them (a half-precision file's tensors are cast, as load_state_dict
+    # into a CPU model casts them), each its own contiguous tensor (assign keeps the file's storage)
+    model.load_state_dict({k: (v.float() if v.is_floating_point() else v).contiguous().clone() for k, v in
+                           state.items()}, assign=True)
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):  # a non-persistent buffer (not in any file)
+        num_classes = model.num_classes
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
+        model.load_state_dict(dict(state))
     return model.eval()
 
 
@@ -238,15 +260,13 @@ def import_checkpoint(source: str, out_dir: str | Path, arch: str | None = None,
     safe = tuple(g for name in converters.names() for g in converters.get(name).safe_globals) if fmt == "auto" \
         else converters.get(fmt).safe_globals
     obj = converters.read_file(path, what, trust_pickle, safe)
-    conv = converters.get(_auto_format(obj) if fmt == "auto" else fmt)
+    conv = converters.get(_auto_format(obj, filename) if fmt == "auto" else fmt)
     if arch is None:
-        from .converters.madrylab import guess_arch
-
-        arch = guess_arch(filename) if conv.name == "madrylab" else None
+        arch = conv.guess_arch(filename) if conv.guess_arch is not None else None
         if arch is None:
             raise UserError(f"{what}: give --arch TIMM_ARCH (the timm architecture the weights are for)")
     arch = conv.arch_map.get(arch, arch)
-    converted = conv.convert(obj, arch, dict(options or {}, what=what))
+    converted = conv.convert(obj, arch, dict(options or {}, what=what, filename=filename))
     model = build_model(arch, converted.state_dict, what)
 
     # the architecture's facts only: timm's default cfg also describes timm's own pretrained weights (license,
@@ -267,7 +287,8 @@ def import_checkpoint(source: str, out_dir: str | Path, arch: str | None = None,
         training=meta.get("training"), reported=[r if isinstance(r, Reported) else Reported(**r)
                                                  for r in meta.get("reported", [])],
         dropped=converted.dropped, notes=converted.notes, zoo_name=meta.get("zoo_name"),
-        converter_checked_against_real_files=conv.checked_against_real_files)
+        converter_checked_against=conv.checked_against, authors=meta.get("authors"), paper=meta.get("paper"),
+        leaderboard=meta.get("leaderboard"))
 
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
