@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 LABELS = {"clean_acc": "clean accuracy", "autoattack_acc": "AutoAttack (standard) robust accuracy",
-          "pgd_acc": "PGD robust accuracy"}
+          "pgd_acc": "PGD robust accuracy", "corruptions_acc": "common-corruptions (ImageNet-C) accuracy"}
 
 
 def render_import_card(prov: Any, arch: str, num_classes: int, cfg: Mapping[str, Any],
@@ -57,7 +57,10 @@ def render_import_card(prov: Any, arch: str, num_classes: int, cfg: Mapping[str,
     lines += [f"- Dropped from the source file: {d}." for d in p.dropped]
     lines += [f"- Note: {n}." for n in p.notes]
     lines += ["", "## Threat model it was trained for"]
-    if p.norm:
+    if p.norm == "corruptions":
+        lines.append("- Common corruptions (RobustBench's corruptions benchmark), not an Lp threat model"
+                     + (f", on {p.dataset}" if p.dataset else "") + ".")
+    elif p.norm:
         lines.append(f"- {p.norm}, eps = {p.eps} in [0,1] pixel units" + (f", on {p.dataset}" if p.dataset else "")
                      + ".")
     else:
