@@ -14,6 +14,7 @@ Skipped, with the reason, where robustbench 1.1.1 is not installed (``make test`
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,57 @@ def test_entries_timm_lacks_are_refused_in_one_line(spec, message, tmp_path, cap
 def test_converter_is_marked_checked() -> None:
     assert converters.get("robustbench").checked_against == "robustbench 1.1.1"
     assert converters.get("madrylab").checked_against == "robustness 1.2.1"
+
+
+# ------------------------------------------------------------------------------------------------ pull robustbench:NAME
+def _offline(monkeypatch, tmp_path: Path) -> Path:
+    """No way out: every HTTP(S) request goes to a closed local port (as on a machine without network, whatever
+    this one has), and robustify's caches in tmp_path."""
+    for var in ("HTTPS_PROXY", "HTTP_PROXY", "https_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    for var in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("ROBUSTIFY_ROBUSTBENCH_DIR", str(tmp_path / "rb"))
+    monkeypatch.setenv("ROBUSTIFY_ZOO_DIR", str(tmp_path / "zoo"))
+    return tmp_path / "zoo"
+
+
+def test_pull_offline_fails_in_one_line(rb, tmp_path, monkeypatch, capsys) -> None:
+    zoo_dir = _offline(monkeypatch, tmp_path)
+    assert main(["pull", "robustbench:Salman2020Do_R50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "https://drive.google.com is unreachable" in err and "Salman2020Do_R50" in err
+    assert not zoo_dir.exists() and not (tmp_path / "rb" / "imagenet" / "Linf" / "Salman2020Do_R50.pt").exists()
+
+
+def test_pull_without_the_package_says_how_to_install_it(tmp_path, monkeypatch, capsys) -> None:
+    _offline(monkeypatch, tmp_path)
+    monkeypatch.setitem(sys.modules, "robustbench", None)  # what importlib sees when it is not installed
+    assert main(["pull", "robustbench:Salman2020Do_R50"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "needs the robustbench package" in err
+    assert "pip install 'robustify[robustbench]'" in err and "robustbench==1.1.1" in err
+
+
+def test_pull_converts_through_robustbench_and_cites_its_numbers(rb, built, tmp_path, monkeypatch, capsys) -> None:
+    """The file robustbench's load_model reads (already in its model_dir: nothing to download) becomes the zoo
+    entry's timm folder; its card cites RobustBench's numbers as imported, with authors, paper, license and the
+    leaderboard entry; its logits are robustbench's."""
+    zoo_dir = _offline(monkeypatch, tmp_path)
+    _save(built["Salman2020Do_R18"], "bare", tmp_path / "rb" / "imagenet" / "Linf" / "Salman2020Do_R18.pt")
+    assert main(["pull", "robustbench:Salman2020Do_R18"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    folder = zoo_dir / "robustbench-salman2020do-r18"
+    assert "checked against robustbench 1.1.1" in out and "max difference" in out and str(folder) in out
+    card = (folder / "README.md").read_text()
+    for words in ("52.92%", "25.32%", "Hadi Salman", "Do Adversarially Robust ImageNet Models Transfer Better?",
+                  "https://arxiv.org/abs/2007.08489", "License: mit", "not measured here",
+                  "model_info/imagenet/Linf/Salman2020Do_R18.json", "robustbench:imagenet/Linf/Salman2020Do_R18",
+                  "checked against robustbench 1.1.1"):
+        assert words in card, words
+    x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert float((built["Salman2020Do_R18"](x) - _timm_logits(folder, x)).abs().max()) <= TOL
+    assert main(["pull", "robustbench:Salman2020Do_R18"]) == 0  # there already: checked, not converted again
+    assert "already downloaded" in capsys.readouterr().out
