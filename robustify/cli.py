@@ -305,6 +305,15 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_push(args: argparse.Namespace) -> int:
     from .publish.hub import push, read_run_folder, usage_text
+    from .publish.importer import push_imported, read_provenance
+
+    if read_provenance(Path(args.run_dir).expanduser()) is not None:  # robustify import / pull robustbench:NAME
+        commit, url, files = push_imported(args.run_dir, args.repo_id, private=args.private, revision=args.revision,
+                                           commit_message=args.message)
+        print(f"pushed {args.repo_id} in one commit {commit[:8]}: {', '.join(files)}")
+        print(f"commit: {url}")
+        print(usage_text(args.repo_id.removeprefix("hf-hub:"), args.revision))
+        return 0
 
     res = push(args.run_dir, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message)
     if res.changed:

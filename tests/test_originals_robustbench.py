@@ -14,6 +14,7 @@ Skipped, with the reason, where robustbench 1.1.1 is not installed (``make test`
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -28,8 +29,12 @@ from robustify.publish.converters import robustbench as rbconv
 
 try:
     from tests import originals
+    from tests.hub_server import LocalHub
+    from tests.zoo_runs import cli
 except ImportError:  # tests/ is not a package: pytest puts tests/ on sys.path
     import originals
+    from hub_server import LocalHub
+    from zoo_runs import cli
 
 TOL = 1e-4
 # one full-size model per architecture; each case saves it in one of the wrappers load_model accepts
@@ -239,3 +244,16 @@ def test_pull_converts_through_robustbench_and_cites_its_numbers(rb, built, tmp_
         assert float((built["Salman2020Do_R18"](x) - _timm_logits(folder, x)).abs().max()) <= TOL
     assert main(["pull", "robustbench:Salman2020Do_R18"]) == 0  # there already: checked, not converted again
     assert "already downloaded" in capsys.readouterr().out
+
+    # robustify push publishes the folder as it is: the card on the Hub cites RobustBench's numbers as imported
+    dropped = ("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+    with LocalHub(tmp_path / "hub_root") as hub:
+        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(dropped)}
+        env.update(HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HUB_DISABLE_XET="1", HF_HOME=str(tmp_path / "hf"),
+                   HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", NO_PROXY="127.0.0.1,localhost")
+        (push,) = cli(env, ["push", str(folder), "--repo-id", "someone/rb-salman2020do-r18"])
+        assert push[0] == 0, push[2]
+        files = hub.repo_files("someone/rb-salman2020do-r18")
+    assert {"model.safetensors", "config.json", "README.md"} <= set(files)
+    assert files["README.md"].decode() == card
+    assert files["model.safetensors"] == (folder / "model.safetensors").read_bytes()

@@ -486,3 +486,42 @@ def pull_robustbench(spec: str, out_dir: str | Path, meta: Mapping[str, Any] | N
                         f"{diff:.3g} (more than {LOGITS_TOL}); nothing was kept")
     res.max_logit_diff = max(res.max_logit_diff, diff)
     return res
+
+
+# ------------------------------------------------------------------------------------------------ push
+IMPORTED_FILES = ("model.safetensors", CONFIG, CARD)
+
+
+def push_imported(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
+                  commit_message: str | None = None) -> tuple[str, str, list[str]]:
+    """``robustify push FOLDER`` of a folder ``robustify import`` / ``pull robustbench:NAME`` wrote: its weights,
+    config.json and card (which cites the source's numbers as imported, not measured) in one commit, after checking
+    that the folder loads with timm. Returns (commit id, commit URL, files)."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from .hub import HubTransferError, check_repo_id, one_line, resolve_token, verify_loads
+
+    path = Path(folder).expanduser()
+    if read_provenance(path) is None:
+        raise UserError(f"{str(folder)!r} is not a folder written by 'robustify import' (config.json has no 'import' "
+                        "block)")
+    missing = [n for n in IMPORTED_FILES if not (path / n).is_file()]
+    if missing:
+        raise UserError(f"imported folder {str(folder)!r} is missing {', '.join(missing)}; import it again")
+    repo_id = check_repo_id(repo_id)
+    verify_loads(path, f"imported folder {str(folder)!r}")
+    token = resolve_token(required=True)
+    api = HfApi(token=token)
+    block = read_provenance(path) or {}
+    message = commit_message or f"robustify push: {block.get('zoo_name') or path.name} (imported from " \
+                                f"{block.get('source')}, converter {block.get('converter')})"
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision:
+            api.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = api.create_commit(repo_id, [CommitOperationAdd(n, str(path / n)) for n in IMPORTED_FILES],
+                                 commit_message=message, revision=revision or "main")
+    except Exception as e:  # noqa: BLE001 - one commit: every file landed or none did
+        raise HubTransferError(f"push of {str(folder)!r} to {repo_id} failed ({one_line(e, token)}); the repo was "
+                               "left as it was; run the same command again") from None
+    return info.oid, info.commit_url, list(IMPORTED_FILES)
