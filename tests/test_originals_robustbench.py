@@ -220,7 +220,7 @@ def test_pull_without_the_package_says_how_to_install_it(tmp_path, monkeypatch, 
     assert main(["pull", "robustbench:Salman2020Do_R50"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs the robustbench package" in err
-    assert "pip install 'robustify[robustbench]'" in err and "robustbench==1.1.1" in err
+    assert "pip install -e '.[robustbench]'" in err and "robustbench==1.1.1" in err
 
 
 def test_pull_converts_through_robustbench_and_cites_its_numbers(rb, built, tmp_path, monkeypatch, capsys) -> None:

@@ -351,8 +351,8 @@ def refresh_card(folder: Path) -> Path:
 ROBUSTBENCH = "robustbench:"
 GDRIVE = "https://drive.google.com"  # where robustbench 1.1.1's load_model downloads the model-zoo files (gdown)
 TORCHVISION = "https://download.pytorch.org"  # Standard_R50: torchvision's own pretrained weights
-INSTALL_ROBUSTBENCH = ("pip install 'robustify[robustbench]' && pip install --no-deps robustbench==1.1.1 (--no-deps: "
-                       "robustbench pins timm==1.0.9)")
+INSTALL_ROBUSTBENCH = ("pip install -e '.[robustbench]' in robustify's clone, then pip install --no-deps "
+                       "robustbench==1.1.1 (it pins timm==1.0.9)")
 LEADERBOARD = "https://github.com/RobustBench/robustbench/blob/master/model_info/{}/{}/{}.json"
 
 
