@@ -34,9 +34,13 @@ $(VENV)/.robustify: pyproject.toml | $(VENV)/bin/python $(TORCH_CPU)
 	$(PIP) install -e .
 	touch $@
 
-# the package with the test tools (pytest, xdist, ruff, pyautoattack, hypothesis, torch-optimi)
+# the package with the test tools (pytest, xdist, ruff, pyautoattack, hypothesis, torch-optimi) and the original
+# projects the converters are checked against (robustbench, MadryLab robustness: --no-deps, their pins clash with
+# timm and torchvision; the "originals" extra holds what they import)
+ORIGINALS = robustbench==1.1.1 robustness==1.2.1
 $(VENV)/.robustify-test: pyproject.toml | $(VENV)/bin/python $(TORCH_CPU)
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,originals]"
+	$(PIP) install --no-deps $(ORIGINALS)
 	touch $@ $(VENV)/.robustify
 
 venv: $(VENV)/.robustify

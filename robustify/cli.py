@@ -324,6 +324,15 @@ def _push_parser(sub: argparse._SubParsersAction) -> None:
 
 def _run_push(args: argparse.Namespace) -> int:
     from .publish.hub import push, read_run_folder, usage_text
+    from .publish.importer import push_imported, read_provenance
+
+    if read_provenance(Path(args.run_dir).expanduser()) is not None:  # robustify import / pull robustbench:NAME
+        commit, url, files = push_imported(args.run_dir, args.repo_id, private=args.private, revision=args.revision,
+                                           commit_message=args.message)
+        print(f"pushed {args.repo_id} in one commit {commit[:8]}: {', '.join(files)}")
+        print(f"commit: {url}")
+        print(usage_text(args.repo_id.removeprefix("hf-hub:"), args.revision))
+        return 0
 
     res = push(args.run_dir, args.repo_id, private=args.private, revision=args.revision, commit_message=args.message)
     if res.changed:
@@ -353,8 +362,9 @@ def _pull_parser(sub: argparse._SubParsersAction) -> None:
                     "with timm and print how to use it. Pickle weights (.bin, .pth, ...) are refused unless "
                     "--trust-pickle is given.",
     )
-    p.add_argument("repo_id", metavar="ORG/NAME", help="the model repo (hf-hub:ORG/NAME is accepted too), or a zoo "
-                   "name ('robustify zoo list'): downloaded, imported if needed and checked into its zoo folder")
+    p.add_argument("repo_id", metavar="ORG/NAME", help="the model repo (hf-hub:ORG/NAME is accepted too), a zoo "
+                   "name ('robustify zoo list'): downloaded, imported if needed and checked into its zoo folder, or "
+                   "robustbench:NAME: through RobustBench's own loader (the robustbench extra), converted and checked")
     p.add_argument("--revision", metavar="REV", help="branch, tag or commit id (default: main)")
     p.add_argument("--local-dir", metavar="DIR", help="download into DIR instead of the Hugging Face cache (a zoo "
                    "name: instead of its zoo folder; DIR must be new, empty or hold that model)")
@@ -366,6 +376,16 @@ def _pull_parser(sub: argparse._SubParsersAction) -> None:
 def _run_pull(args: argparse.Namespace) -> int:
     from .publish.hub import card_summary, pull, usage_text
 
+    if args.repo_id.startswith("robustbench:"):  # RobustBench's loader downloads, robustify converts and checks
+        from .publish.zoo import pull_robustbench_spec
+
+        if args.revision is not None:
+            raise UserError(f"--revision is not accepted with {args.repo_id}: RobustBench's files have no revisions")
+        folder, done = pull_robustbench_spec(args.repo_id, local_dir=args.local_dir)
+        print(f"{args.repo_id}: {done}")
+        print(f'use it: timm.create_model("local-dir:{folder}", pretrained=True); publish it: robustify push '
+              f"{shlex.quote(str(folder))} --repo-id ORG/NAME")
+        return 0
     if "/" not in args.repo_id:  # a zoo name: download, import and check it in one step
         return _run_pull_zoo(args)
 

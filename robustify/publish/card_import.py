@@ -1,8 +1,9 @@
 """The model card of an imported third-party checkpoint (``robustify import`` / ``robustify pull ZOO_NAME``).
 
-It states provenance first (source repo, file, commit, sha256, license, converter and whether that converter has
-been checked against real published files), then the threat model the weights were trained for and how, then the
-published numbers, each labelled with who reported it and on what protocol: "reported by ..., not measured here".
+It states provenance first (source repo or RobustBench entry, file, commit, sha256, authors, paper, leaderboard
+entry, license, converter and the original project's release the converter was checked against), then the threat
+model the weights were trained for and how, then the published numbers, each labelled with who reported it and on
+what protocol: "reported by ..., not measured here".
 When ``robustify eval`` has measured the folder (its ``eval.json``), both are shown side by side. It must not
 present a reported number as a measurement.
 
@@ -15,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 LABELS = {"clean_acc": "clean accuracy", "autoattack_acc": "AutoAttack (standard) robust accuracy",
-          "pgd_acc": "PGD robust accuracy"}
+          "pgd_acc": "PGD robust accuracy", "corruptions_acc": "common-corruptions (ImageNet-C) accuracy"}
 
 
 def render_import_card(prov: Any, arch: str, num_classes: int, cfg: Mapping[str, Any],
@@ -30,23 +31,36 @@ def render_import_card(prov: Any, arch: str, num_classes: int, cfg: Mapping[str,
                          tags=["image-classification", "timm", "adversarial-robustness", "robustify", "imported"]
                          + ([f"{p.norm.lower()}-robust"] if p.norm else []))
     where = (f"[{p.repo_id}](https://huggingface.co/{p.repo_id}), file `{p.filename}`, commit `{p.revision}`"
-             if p.repo_id else f"local file `{p.filename}`")
+             if p.repo_id else p.source if p.source.startswith("robustbench:") else f"local file `{p.filename}`")
+    checked = getattr(p, "converter_checked_against", None)
     lines = [
         f"# {name} (imported)", "",
         f"`{arch}` weights ({num_classes} classes) converted by `robustify import` from a third-party checkpoint; "
         "they load with plain timm (`model.safetensors` + `config.json`, normalization in `pretrained_cfg`).", "",
         "## Provenance",
         f"- Source: {where}; sha256 of the file `{p.sha256}`.",
+    ]
+    if getattr(p, "authors", None):
+        lines.append(f"- Authors: {p.authors}.")
+    if getattr(p, "paper", None):
+        lines.append(f"- Paper: {p.paper}.")
+    if getattr(p, "leaderboard", None):
+        lines.append(f"- Leaderboard entry: {p.leaderboard}.")
+    lines += [
         f"- License: {p.license or 'not stated by the source: check it before use'}.",
         f"- Converter: `{p.converter}`"
-        + (" (checked against real published files)." if p.converter_checked_against_real_files else
-           " (built from the format's public loading code and tested on checkpoints built in that layout; not yet "
-           "checked against this real file by robustify's authors)."),
+        + (f" (checked against {checked}: robustify's tests build this format with that package's own code, "
+           "random weights, save it as the package saves it and compare logits of the package's model with the "
+           "converted timm folder)." if checked else
+           " (not checked against an original project's code: a generic layout, tested on files built here)."),
     ]
     lines += [f"- Dropped from the source file: {d}." for d in p.dropped]
     lines += [f"- Note: {n}." for n in p.notes]
     lines += ["", "## Threat model it was trained for"]
-    if p.norm:
+    if p.norm == "corruptions":
+        lines.append("- Common corruptions (RobustBench's corruptions benchmark), not an Lp threat model"
+                     + (f", on {p.dataset}" if p.dataset else "") + ".")
+    elif p.norm:
         lines.append(f"- {p.norm}, eps = {p.eps} in [0,1] pixel units" + (f", on {p.dataset}" if p.dataset else "")
                      + ".")
     else:

@@ -32,7 +32,7 @@ ZOO_DIRS = (
 )
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*")
 NAME = re.compile(r"[a-z0-9][a-z0-9_.\-]*")
-THREAT_MODELS = ("Linf", "L2")
+THREAT_MODELS = ("Linf", "L2", "corruptions")  # corruptions: RobustBench's common-corruptions benchmark (no eps)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,11 @@ class ZooEntry:
     converter: str | None = None  # madrylab | state-dict (see robustify.publish.converters) | timm (as is)
     training: str | None = None  # how the source trained it, in words
     numbers_source: str | None = None  # who reported clean_acc/pgd_acc/autoattack_acc, on which protocol
+    corruptions_acc: float | None = None  # RobustBench's corruptions benchmark (ImageNet-C), threat_model corruptions
+    authors: str | None = None  # the weights' authors (the paper's), for the card
+    paper: str | None = None  # "TITLE (VENUE), URL"
+    leaderboard: str | None = None  # the leaderboard entry the numbers are read from (a URL)
+    pushed: bool = False  # a robustify-converted timm folder of an imported model is on the Hub at hub_id
 
     @property
     def imported(self) -> bool:
@@ -80,10 +85,45 @@ class ZooEntry:
 
     @property
     def robust_acc(self) -> tuple[float | None, str]:
-        """The headline robust accuracy and the attack behind it: AutoAttack when measured, else PGD."""
+        """The headline robust accuracy and the attack behind it: AutoAttack when measured, else PGD (ImageNet-C
+        accuracy for a corruptions entry)."""
         if self.autoattack_acc is not None:
             return self.autoattack_acc, "AutoAttack"
+        if self.corruptions_acc is not None:
+            return self.corruptions_acc, "ImageNet-C"
         return self.pgd_acc, "PGD"
+
+    @property
+    def robustbench_entry(self) -> tuple[str, str, str] | None:
+        """(dataset, threat model, name) of a RobustBench model-zoo entry (converter robustbench; ``file`` is its
+        place under load_model's model_dir, DATASET/THREAT/NAME.pt)."""
+        if self.converter != "robustbench" or not self.file:
+            return None
+        from .converters.robustbench import entry_from_path
+
+        name, dataset, threat = entry_from_path(self.file)
+        return (dataset, threat, name) if dataset and threat else None
+
+    @property
+    def checked_against(self) -> str | None:
+        """The original project's release the entry's converter is checked against (None: not an imported model,
+        or a converter not checked against original code)."""
+        if self.converter in (None, "timm"):
+            return None
+        from . import converters
+
+        return converters.get(self.converter).checked_against
+
+    @property
+    def on_hub(self) -> str:
+        """What of the model is on the Hugging Face Hub, for ``zoo list``: ``timm`` (a timm repo at hub_id),
+        ``ckpt`` (the source checkpoint, converted by ``robustify pull``) or ``no`` (not pushed yet: RobustBench's
+        files are on Google Drive until ``robustify push`` publishes the converted folder)."""
+        if self.converter in (None, "timm") or self.pushed:
+            return "timm"
+        if self.converter == "robustbench":
+            return "no"
+        return "ckpt"
 
     @property
     def load_command(self) -> str:
@@ -163,6 +203,8 @@ def _check_values(e: ZooEntry, source: str, stem: str | None) -> None:
         raise bad("hub_id", "use ORG/NAME")
     if e.threat_model not in THREAT_MODELS:
         raise bad("threat_model", f"choose one of: {', '.join(THREAT_MODELS)}")
+    if e.threat_model == "corruptions" and (e.eps is not None or e.corruptions_acc is None):
+        raise bad("threat_model", "a corruptions entry has no eps and needs corruptions_acc")
     if e.eps is None and not e.imported:
         raise bad("eps", "use a fraction such as 8/255 or a decimal")
     try:
@@ -171,7 +213,7 @@ def _check_values(e: ZooEntry, source: str, stem: str | None) -> None:
         raise bad("eps", "use a fraction such as 8/255 or a decimal") from None
     if not 0 < eps <= (1 if e.threat_model == "Linf" else 1e3):
         raise bad("eps", "eps is in [0,1] pixel units and must be > 0")
-    for key in ("clean_acc", "pgd_acc", "autoattack_acc"):
+    for key in ("clean_acc", "pgd_acc", "autoattack_acc", "corruptions_acc"):
         value = getattr(e, key)
         if value is not None and not 0 <= value <= 100:
             raise bad(key, "accuracies are percentages in [0, 100]")
@@ -182,13 +224,16 @@ def _check_values(e: ZooEntry, source: str, stem: str | None) -> None:
             raise bad("converter", f"choose one of: timm, {', '.join(converters.names())}")
         if e.converter != "timm" and not e.file:
             raise UserError(f"zoo entry {source}: an imported model needs field 'file' (the checkpoint in {e.hub_id})")
-        if any(v is not None for v in (e.clean_acc, e.pgd_acc, e.autoattack_acc)) and not e.numbers_source:
+        if e.converter == "robustbench" and e.robustbench_entry is None:
+            raise bad("file", "a robustbench entry's file is DATASET/THREAT/NAME.pt (where load_model keeps it)")
+        if any(v is not None for v in (e.clean_acc, e.pgd_acc, e.autoattack_acc, e.corruptions_acc)) \
+                and not e.numbers_source:
             raise UserError(f"zoo entry {source}: published numbers need field 'numbers_source' (who reported them, "
                             "on which protocol)")
     else:
         if e.clean_acc is None:
             raise bad("clean_acc", "give the measured clean accuracy in percent")
-        if e.pgd_acc is None and e.autoattack_acc is None:
+        if e.pgd_acc is None and e.autoattack_acc is None and e.corruptions_acc is None:
             raise UserError(f"zoo entry {source}: needs a robust accuracy: field 'pgd_acc' or 'autoattack_acc'")
     if e.n_examples is not None and e.n_examples <= 0:
         raise bad("n_examples", "use the number of evaluated examples (> 0)")
@@ -276,7 +321,30 @@ def list_table(entries: list[ZooEntry]):
         table.add_row(e.name + (" (demo)" if e.demo else " (imported)" if e.imported else ""), e.base_model,
                       e.dataset, e.threat_model, e.eps or "-", _pct(e.clean_acc),
                       f"{_pct(robust)} {attack}" if robust is not None else "-", e.method, e.hub_id)
+    table.caption = provenance_caption(entries)
     return table
+
+
+def provenance_caption(entries: list[ZooEntry]) -> str:
+    """Under the table (per-entry columns would not fit a terminal): which imported entries' converter is checked
+    against the original project's own code, and which are not yet on the Hub as timm repos (``zoo show`` and
+    ``--json`` say it per entry: checked_against, on_hub)."""
+    groups: dict[str, list[ZooEntry]] = {}
+    for e in entries:
+        if e.imported and e.converter != "timm":
+            groups.setdefault(e.converter or "", []).append(e)
+    checked = [f"{len(es)} {conv} entries ({es[0].checked_against})" for conv, es in sorted(groups.items())
+               if es[0].checked_against]
+    unchecked = [f"{len(es)} {conv}" for conv, es in sorted(groups.items()) if not es[0].checked_against]
+    unpushed = sorted({e.converter for e in entries if e.on_hub == "no"})
+    n_unpushed = sum(e.on_hub == "no" for e in entries)
+    text = "imported, converter checked against the original project's own code: " + (", ".join(checked) or "none")
+    if unchecked:
+        text += f"; not checked: {', '.join(unchecked)}"
+    if n_unpushed:
+        text += (f"; not yet on the Hub as timm repos: the {n_unpushed} {'/'.join(unpushed)} entries (robustify pull "
+                 "NAME converts them; robustify push publishes)")
+    return text
 
 
 def print_list(entries: list[ZooEntry]) -> None:
@@ -292,7 +360,8 @@ def entry_json(e: ZooEntry) -> dict[str, Any]:
     and its attack, and the commands that load the model and make it again."""
     robust, attack = e.robust_acc
     return dataclasses.asdict(e) | {"robust_acc": robust, "robust_attack": attack, "load_command": e.load_command,
-                                    "recipe_command": e.recipe_command}
+                                    "recipe_command": e.recipe_command, "checked_against": e.checked_against,
+                                    "on_hub": e.on_hub}
 
 
 def show_text(e: ZooEntry) -> str:
@@ -304,7 +373,7 @@ def show_text(e: ZooEntry) -> str:
     lines = [f"{e.name}" + ("  [demo]" if e.demo else ""), ""]
     for f in fields(ZooEntry):
         value = getattr(e, f.name)
-        if f.name in ("clean_acc", "pgd_acc", "autoattack_acc"):
+        if f.name in ("clean_acc", "pgd_acc", "autoattack_acc", "corruptions_acc"):
             value = _pct(value)
         elif f.name == "overrides":
             value = " ".join(value) or "-"
@@ -335,10 +404,13 @@ def _imported_text(e: ZooEntry) -> list[str]:
     """``zoo show`` of an imported model: how to get it as a timm folder, and that its numbers are reported ones."""
     from ..models import zoo_folder
 
-    trust = " --trust-pickle" if e.file and not e.file.endswith(".safetensors") else ""
+    trust = " --trust-pickle" if e.file and not e.file.endswith(".safetensors") and e.converter != "robustbench" \
+        else ""
     return [
         "",
         f"Published numbers (not measured here): {e.numbers_source or 'none recorded'}.",
+        f"Converter {e.converter}: " + (f"checked against {e.checked_against} (the original project's own code)."
+                                        if e.checked_against else "not checked against an original project's code."),
         "Download, convert and check it (a timm folder; pickles are read only with --trust-pickle, through "
         "torch.load(weights_only=True)):",
         f"  robustify pull {e.name}{trust}",
@@ -352,6 +424,9 @@ def _imported_text(e: ZooEntry) -> list[str]:
 
 def import_command(e: ZooEntry) -> str:
     """The ``robustify import`` command equivalent to ``robustify pull NAME`` for an imported entry."""
+    rb = e.robustbench_entry
+    if rb is not None:
+        return f"robustify pull robustbench:{'/'.join(rb)} --local-dir {e.name}"
     if e.converter == "timm":
         return f"robustify pull {e.hub_id}" + (f" --revision {e.revision}" if e.revision else "")
     trust = " --trust-pickle" if e.file and not e.file.endswith(".safetensors") else ""
@@ -366,7 +441,48 @@ def reported_numbers(e: ZooEntry) -> list[dict[str, Any]]:
     protocol = f"{e.n_examples} examples; {e.attack}" if e.n_examples else e.attack
     return [{"metric": k, "value": getattr(e, k), "by": by, "protocol": protocol if k != "clean_acc" else
              (f"{e.n_examples} examples" if e.n_examples else "")}
-            for k in ("clean_acc", "pgd_acc", "autoattack_acc") if getattr(e, k) is not None]
+            for k in ("clean_acc", "pgd_acc", "autoattack_acc", "corruptions_acc") if getattr(e, k) is not None]
+
+
+def entry_meta(e: ZooEntry) -> dict[str, Any]:
+    """What an import of ``e`` records in config.json and the card: license, threat model, training, the published
+    numbers (as reported, not measured), authors, paper and leaderboard entry."""
+    return {"license": e.license, "norm": e.threat_model, "eps": e.eps, "dataset": e.dataset,
+            "training": e.training, "reported": reported_numbers(e), "zoo_name": e.name, "authors": e.authors,
+            "paper": e.paper, "leaderboard": e.leaderboard}
+
+
+def robustbench_name(dataset: str, threat: str, name: str) -> str:
+    """The zoo name of a RobustBench entry: the entry that lists it, else robustbench-NAME (lower case)."""
+    for e in load_zoo():
+        if e.robustbench_entry == (dataset, threat, name):
+            return e.name
+    return "robustbench-" + re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def pull_robustbench_spec(spec: str, local_dir: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """``robustify pull robustbench:NAME``: into the zoo folder of the entry that lists it (or ``--local-dir``),
+    with that entry's published numbers, authors, paper and license for the card. A folder already holding the
+    model is checked, not downloaded again."""
+    from ..models import is_model_folder, zoo_folder
+    from .converters.robustbench import find
+    from .hub import verify_loads
+    from .importer import parse_robustbench, pull_robustbench
+
+    dataset, threat, name = parse_robustbench(spec)
+    (dataset, threat, name), _ = find(name, dataset, threat)
+    zname = robustbench_name(dataset, threat, name)
+    entry = next((e for e in load_zoo() if e.name == zname), None)
+    folder = Path(local_dir).expanduser() if local_dir is not None else zoo_folder(zname)
+    if is_model_folder(folder):
+        verify_loads(folder, f"robustbench:{name} ({folder})")
+        return folder, "already downloaded"
+    meta = entry_meta(entry) if entry is not None else {"dataset": dataset, "zoo_name": zname,
+                                                        "norm": threat if threat != "corruptions" else None}
+    res = pull_robustbench(f"robustbench:{dataset}/{threat}/{name}", folder, meta)
+    return folder, (f"downloaded through robustbench's load_model and converted with the robustbench converter "
+                    f"(checked against {res.provenance.converter_checked_against}); logits equal robustbench's model "
+                    f"(max difference {res.max_logit_diff:.1e})")
 
 
 def _check_architecture(e: ZooEntry, folder: Path, what: str) -> None:
@@ -419,10 +535,12 @@ def pull_entry(e: ZooEntry, trust_pickle: bool = False, local_dir: str | os.Path
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return folder, f"downloaded {e.hub_id} (already timm's format)"
+    rb = e.robustbench_entry
+    if rb is not None:
+        return pull_robustbench_spec("robustbench:" + "/".join(rb), local_dir)
     from .importer import import_checkpoint
 
-    meta = {"license": e.license, "norm": e.threat_model, "eps": e.eps, "dataset": e.dataset,
-            "training": e.training, "reported": reported_numbers(e), "zoo_name": e.name}
+    meta = entry_meta(e)
     res = import_checkpoint(f"hf-hub:{e.hub_id}/{e.file}", folder, arch=e.architecture, fmt=e.converter,
                             trust_pickle=trust_pickle, revision=e.revision, meta=meta)
     verify_loads(folder, f"zoo model {e.name} ({folder})")

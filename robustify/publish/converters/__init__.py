@@ -35,7 +35,7 @@ __all__ = ["PICKLE_SUFFIXES", "REGISTRY", "TRUST_FLAG", "Converted", "Converter"
 
 
 def _load_builtin() -> None:
-    from . import madrylab, state_dict  # noqa: F401 - importing registers them
+    from . import madrylab, robustbench, state_dict  # noqa: F401 - importing registers them
 
 
 def get(name: str) -> Converter:

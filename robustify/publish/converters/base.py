@@ -39,7 +39,10 @@ class Converter:
     convert: Callable[[Any, str, Mapping[str, Any]], Converted]  # (loaded file, timm arch, options) -> Converted
     safe_globals: tuple[Any, ...] = ()  # extra globals torch.load(weights_only=True) may rebuild for this format
     arch_map: Mapping[str, str] = field(default_factory=dict)  # the format's architecture names -> timm names
-    checked_against_real_files: bool = False  # set True only after someone converted a real published file
+    # the original project's package and version whose own code the tests build, save and load the format with
+    # (tests/test_originals_*.py), e.g. "robustness 1.2.1"; None: not checked against an original project
+    checked_against: str | None = None
+    guess_arch: Callable[[str], str | None] | None = None  # file name -> timm architecture, when the format says
 
 
 REGISTRY: dict[str, Converter] = {}

@@ -12,8 +12,10 @@ dict is that of ``DataParallel(AttackerModel)``, so every key starts with ``modu
   normalization the library applies inside the model (after clamping to [0,1]); moved to ``pretrained_cfg``.
 
 The file holds only dicts, tensors, numbers and strings, so ``torch.load(weights_only=True)`` needs no extra global
-(``SAFE_GLOBALS`` is empty; a file that needs one is reported, not unpickled). Not yet checked against a real
-published file (no network here): the tests build files in exactly this layout from timm models.
+(``SAFE_GLOBALS`` is empty; a file that needs one is reported, not unpickled). Checked against robustness 1.2.1
+itself (tests/test_originals_madrylab.py): an ``AttackerModel`` built by the library, saved as its ``train.py``
+saves checkpoints (``torch.save(..., pickle_module=dill)`` with its optimizer and schedule), converts to a timm
+folder whose logits equal those of the model the library's ``make_and_restore_model`` restores.
 
 Must not: unpickle without weights_only=True, or keep the attacker's copy of the weights.
 """
@@ -84,4 +86,5 @@ def convert(obj: Any, arch: str, options: Mapping[str, Any]) -> Converted:
 CONVERTER = register(Converter(
     name="madrylab",
     description="MadryLab robustness checkpoints (.ckpt/.pt): ['model'] under module.model., normalizer dropped",
-    convert=convert, safe_globals=SAFE_GLOBALS, arch_map=ARCHS))
+    convert=convert, safe_globals=SAFE_GLOBALS, arch_map=ARCHS, checked_against="robustness 1.2.1",
+    guess_arch=guess_arch))
