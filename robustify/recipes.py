@@ -252,7 +252,7 @@ def threat_text(cfg: FinetuneConfig) -> str:
 
 def method_text(cfg: FinetuneConfig) -> str:
     m = cfg.method
-    return {"free": f"free m={m.replays}", "pgd": f"pgd-{m.steps}"}.get(m.name, m.name)
+    return {"free": f"free m={m.replays}", "pgd": f"pgd-{m.steps}", "apgd": f"apgd-{m.steps}"}.get(m.name, m.name)
 
 
 def _hours(h: float | None) -> str:
