@@ -9,7 +9,8 @@ The primitives return fresh tensors and never modify their arguments; inside, th
 they have just allocated (a training step runs them every minibatch, and on a CPU each full-size temporary costs
 an allocation and page faults). Each in-place form computes exactly what the out-of-place one did, bit for bit.
 
-L1 (Croce & Hein 2021, "Mind the box"): eps is summed over the whole image (RobustBench's CIFAR-10 L1 budget is 12).
+L1 (Croce & Hein 2021, "Mind the box"): eps is summed over the whole image (the usual CIFAR-10 L1 budget is 12;
+RobustBench has no L1 leaderboard).
 Projecting onto the L1 ball and then clipping to the image box (what works for Linf and L2) leaves points that are
 not the nearest feasible ones and wastes budget on coordinates the box cuts off, so the L1 projection here is the
 exact Euclidean projection onto the *intersection* of the ball and the box (:func:`project_l1_box`), and the L1

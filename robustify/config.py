@@ -102,7 +102,7 @@ class DataConfig:
 @dataclass
 class ThreatConfig:
     """The threat model: an Lp ball of radius eps around each input, in [0,1] pixel units (for L1 and L2 the norm of
-    the whole perturbation: RobustBench's CIFAR-10 budgets are Linf 8/255, L2 0.5, L1 12)."""
+    the whole perturbation: RobustBench's CIFAR-10 budgets are Linf 8/255 and L2 0.5; L1's usual one is 12)."""
 
     norm: str = "Linf"  # Linf | L2 | L1 (Croce & Hein 2021: the L1 ball intersected with the [0,1] box)
     eps: float = 8 / 255

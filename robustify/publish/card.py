@@ -109,7 +109,8 @@ def robustbench_block(record: RunRecord) -> dict[str, Any]:
         block["autoattack_acc"] = _percent(s.autoattack_acc)
     block |= {"pgd_acc": _percent(s.pgd_acc), "attack": s.pgd_text or "none", "n_examples": s.n_examples,
               "resolution": resolution_text(s.input_size), "precision": s.precision,
-              "additional_data": additional_data(record)[0], "number_forward_passes": 1, "method": t.method.get("name", "?")}
+              "additional_data": additional_data(record)[0], "number_forward_passes": 1,
+              "method": t.method.get("name", "?")}
     return block
 
 
