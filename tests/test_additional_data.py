@@ -27,6 +27,10 @@ def _based_on(record, base: str, hub: str | None):
                                                                     base_model_hub_id=hub))
 
 
+def _with_options(record, options: dict):
+    return dataclasses.replace(record, training=dataclasses.replace(record.training, options=options))
+
+
 def test_a_from_scratch_run_has_no_additional_data():
     for kw in ({}, IMAGENET):
         record = make_record(pretrained=False, **kw)
@@ -96,3 +100,15 @@ def test_real_extra_data_is_additional_data():
 ])
 def test_which_weights_are_imagenet_1k_only(base: str, hub: str | None, only: bool):
     assert imagenet1k_only(_based_on(make_record(**IMAGENET), base, hub)) is only
+
+
+def test_the_extra_sets_the_record_names_are_read_from_it():
+    """The ``data.extra`` option records its sets under ``options.extra.sets`` (name, hub_id, kind, generated, size)."""
+    record = make_record(pretrained=False)
+    sets = [{"name": "dm-1m", "hub_id": None, "kind": "generated", "generated": True, "size": 1_000_000}]
+    named = _with_options(record, {"extra": {"sets": sets}})
+    assert additional_data(named) == (False, "It uses additional 1M synthetic images in training.")
+    assert model_info(named)["footnote"] == "It uses additional 1M synthetic images in training."
+    real = [dict(sets[0], kind="real", generated=False)]
+    named = _with_options(record, {"extra": {"sets": real}})
+    assert additional_data(named)[0] is True and robustbench_block(named)["additional_data"] is True

@@ -154,16 +154,26 @@ def _count_text(n: int) -> str:
     return str(n)
 
 
-def additional_data(record: RunRecord, extra: Sequence[Mapping[str, Any]] = ()) -> tuple[bool, str | None]:
+def extra_sets(record: RunRecord) -> list[Mapping[str, Any]]:
+    """The extra training sets the run record names (``options.extra.sets``, written by the ``data.extra`` option)."""
+    extra = (record.training.options or {}).get("extra")
+    sets = extra.get("sets") if isinstance(extra, Mapping) else None
+    return [s for s in sets if isinstance(s, Mapping)] if isinstance(sets, list) else []
+
+
+def additional_data(record: RunRecord,
+                    extra: Sequence[Mapping[str, Any]] | None = None) -> tuple[bool, str | None]:
     """RobustBench's ``additional_data`` for the run, and the footnote it calls for (None: none), by RobustBench's
     own rule (the comment above :data:`OTHER_DATA_TAG`).
 
     ``extra``: the labelled or unlabelled sets mixed into training besides the target's training split, each a
     mapping with ``name``, ``size`` (images, or None) and ``generated`` (true: made by a generative model trained
-    on the target's training split only; false: real external images). Starting weights count as other data unless
+    on the target's training split only; false: real external images); None: those the record names
+    (:func:`extra_sets`). Starting weights count as other data unless
     the run is from scratch or is an ImageNet run from ImageNet-1k-only timm weights (:func:`imagenet1k_only`).
     """
     t = record.training
+    extra = extra_sets(record) if extra is None else extra
     real = any(not bool(e.get("generated")) for e in extra)
     if t.pretrained and not (robustbench_dataset(record) == "imagenet" and imagenet1k_only(record)):
         real = True
@@ -176,9 +186,9 @@ def additional_data(record: RunRecord, extra: Sequence[Mapping[str, Any]] = ()) 
 
 
 def model_info(record: RunRecord, name: str | None = None, link: str = "", authors: str = "", venue: str = "",
-               footnote: str | None = None, extra: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+               footnote: str | None = None, extra: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The run's RobustBench model_info (fields and types of :data:`FIELDS`), or :class:`NotComparable`.
-    ``extra``: the run's extra training sets, as :func:`additional_data` takes them."""
+    ``extra``: the run's extra training sets, as :func:`additional_data` takes them (None: the record's)."""
     ev, why = protocol_check(record)
     if ev is None:
         raise NotComparable(f"no RobustBench model_info for run {record.training.name!r}: not comparable: {why}")
