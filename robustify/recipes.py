@@ -286,7 +286,8 @@ def catalogue() -> list[dict[str, Any]]:
 
 
 # columns of the recipes table; the name says data, backbone and method already, so those go first when narrow
-CATALOGUE_DROP = ("passes", "global batch", "data", "backbone", "method", "epochs", "threat model", "est. H100-h")
+CATALOGUE_DROP = ("passes", "global batch", "data", "backbone", "method", "epochs", "threat model", "target",
+                  "est. H100-h")
 
 
 def expected_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
