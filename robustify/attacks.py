@@ -9,7 +9,8 @@ The primitives return fresh tensors and never modify their arguments; inside, th
 they have just allocated (a training step runs them every minibatch, and on a CPU each full-size temporary costs
 an allocation and page faults). Each in-place form computes exactly what the out-of-place one did, bit for bit.
 
-L1 (Croce & Hein 2021, "Mind the box"): eps is summed over the whole image (RobustBench's CIFAR-10 L1 budget is 12).
+L1 (Croce & Hein 2021, "Mind the box"): eps is summed over the whole image (the usual CIFAR-10 L1 budget is 12;
+RobustBench has no L1 leaderboard).
 Projecting onto the L1 ball and then clipping to the image box (what works for Linf and L2) leaves points that are
 not the nearest feasible ones and wastes budget on coordinates the box cuts off, so the L1 projection here is the
 exact Euclidean projection onto the *intersection* of the ball and the box (:func:`project_l1_box`), and the L1
@@ -166,13 +167,15 @@ def random_init(x: torch.Tensor, eps: float, norm: str, generator: torch.Generat
 
 
 def l1_direction(grad: torch.Tensor, x: torch.Tensor | None = None, delta: torch.Tensor | None = None,
-                 sparsity: float = L1_SPARSITY) -> torch.Tensor:
+                 sparsity: float | torch.Tensor = L1_SPARSITY) -> torch.Tensor:
     """The sparse L1 steepest-ascent direction (L1 norm 1 per example): sign(grad) on the ``sparsity`` share of the
     coordinates with the largest |grad|, the rest 0.
 
     With ``x`` and ``delta``, coordinates that sit on the image box's bound the gradient points through (a pixel at
     1 whose gradient is positive) are left out before choosing (Croce & Hein 2021: a step there is cut off by the box
     and wastes budget). The k-th largest |grad| comes from ``torch.kthvalue``: no sort of the whole image, no host sync.
+    ``sparsity`` may be a tensor with one share per example (L1-APGD adapts it per example, :func:`apgd`); each row's
+    k-th largest then comes from one sort of the rows and a gather (k differs per row, which kthvalue cannot take).
     """
     g = grad.reshape(grad.shape[0], -1)
     if x is not None and delta is not None:
@@ -180,9 +183,13 @@ def l1_direction(grad: torch.Tensor, x: torch.Tensor | None = None, delta: torch
         stuck = ((point >= 1) & (g > 0)) | ((point <= 0) & (g < 0))
         g = g.masked_fill(stuck, 0)
     d = g.shape[1]
-    k = max(1, min(d, math.ceil(sparsity * d)))
     mag = g.abs()
-    kth = mag.kthvalue(d - k + 1, dim=1, keepdim=True).values  # the k-th largest
+    if isinstance(sparsity, torch.Tensor):
+        k = (sparsity.reshape(-1, 1) * d).ceil().clamp(1, d).long()
+        kth = mag.sort(dim=1, descending=True).values.gather(1, k - 1)  # each row's k-th largest
+    else:
+        k = max(1, min(d, math.ceil(sparsity * d)))
+        kth = mag.kthvalue(d - k + 1, dim=1, keepdim=True).values  # the k-th largest
     chosen = (mag >= kth) & (mag > 0)
     sign = g.sign().mul_(chosen)
     return sign.div_(sign.abs().sum(1, keepdim=True).clamp_min(1)).view(grad.shape)
@@ -334,3 +341,124 @@ def pgd_fosc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: floa
             running = running & (value > threshold)
         delta = torch.where(running.view(shape), ascent_step(x, delta, grad, alpha, eps, norm), delta)
     return delta, last, grads
+
+
+# --- APGD (Croce & Hein 2020) as a training attack ---------------------------------------------------------------
+APGD_MOMENTUM = 0.75  # weight of the new step against the last move (Croce & Hein's alpha; 1.0 at the first step)
+APGD_RHO = 0.75  # a checkpoint halves the step where the loss rose in at most this share of the window's steps
+
+
+def per_example_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per example, against class indices or class probabilities (soft targets, e.g. mixup's)."""
+    return F.cross_entropy(logits.float(), target, reduction="none")
+
+
+def apgd_checkpoints(steps: int, norm: str) -> dict[int, int]:
+    """{iteration (0-based): window length} where APGD checks its step size, from the step count alone (so in Python,
+    with no host synchronisation): for Linf/L2 the first window is 22% of the steps and each next one 3% shorter,
+    down to 6% (at least 1 step each); for L1 every 4% of the steps (Croce & Hein 2020 and 2021, as in AutoAttack's
+    and Singh et al.'s code). No check after the last step: nothing follows it."""
+    if norm == "L1":
+        every = max(int(0.04 * steps), 1)
+        return {i: every for i in range(every - 1, steps - 1, every)}
+    window, shortest, shrink = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    out, i = {}, window - 1
+    while i < steps - 1:
+        out[i] = window
+        window = max(window - shrink, shortest)
+        i += window
+    return out
+
+
+def _loss_and_grad(model: torch.nn.Module, x: torch.Tensor, delta: torch.Tensor, target: torch.Tensor,
+                   loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-example loss at ``x + delta`` and its gradient w.r.t. ``delta`` only (weights get no ``.grad``)."""
+    with torch.enable_grad(), input_only():
+        delta = delta.detach().requires_grad_(True)
+        losses = loss_fn(model(x + delta), target)
+        (grad,) = torch.autograd.grad(losses.sum(), delta)
+    return losses.detach(), grad.detach()
+
+
+def _into_ball_and_box(x: torch.Tensor, delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "L1":
+        return project_l1_box(x, delta, eps)
+    return _clamp_to_image_(x, _project_(delta, eps, norm))
+
+
+def apgd(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, eps: float, steps: int, norm: str = "Linf",
+         alpha: float | None = None, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = per_example_ce,
+         start: torch.Tensor | None = None) -> torch.Tensor:
+    """APGD (Croce & Hein 2020) with ``steps`` gradient evaluations; returns the perturbation of highest loss found.
+
+    The step size starts at ``alpha`` (default 2 eps for Linf/L2, eps for L1) per example and is adapted at fixed
+    checkpoints (:func:`apgd_checkpoints`). Linf/L2: a checkpoint halves an example's step, and restarts it from its
+    best point, when its loss rose in at most ``APGD_RHO`` of the window's steps or when its best loss did not improve
+    since the last checkpoint that left its step alone; each step mixes the projected gradient step with the last move
+    (momentum ``APGD_MOMENTUM``). L1 (Croce & Hein 2021): the sparse step of :func:`l1_direction` with a per-example
+    sparsity that starts at ``L1_SPARSITY`` (Singh et al.'s training value; AutoAttack's evaluation starts at 20%) and
+    follows the sparsity of the best point (its L0 share / 1.5); a checkpoint restores the full step and restarts from
+    the best point where that sparsity fell by more than 5%, and divides the step by 1.5 (down to a tenth) elsewhere;
+    no momentum (as in both references); the exact projection onto the ball and box (:func:`project_l1_box`).
+
+    Starts from ``start`` (default: the clean input, as Singh et al.'s APGD training does). Cost: ``steps``
+    forward/backward passes to the input plus one forward to score the last iterate (whose gradient is never needed).
+    Every choice is a ``torch.where`` on per-example tensors: no host synchronisation, whole-batch forwards only.
+    ``loss_fn`` gives one loss per example (default: cross-entropy, which also takes soft targets).
+    """
+    check_norm(norm)
+    n = x.shape[0]
+    shape = (-1, *([1] * (x.dim() - 1)))
+    first = (2.0 if norm != "L1" else 1.0) * eps if alpha is None else alpha
+    delta = torch.zeros_like(x) if start is None else start.detach().clone()
+    loss, grad = _loss_and_grad(model, x, delta, target, loss_fn)
+    step = torch.full((n, *([1] * (x.dim() - 1))), first, dtype=x.dtype, device=x.device)
+    best, best_loss, best_grad = delta, loss, grad
+    previous, last_loss = delta, loss
+    rises = torch.zeros(n, dtype=torch.long, device=x.device)  # loss rises since the last checkpoint
+    halved_last = torch.ones(n, dtype=torch.bool, device=x.device)
+    best_at_check = best_loss
+    dims = x[0].numel()
+    sparsity = torch.full((n,), L1_SPARSITY, dtype=torch.float32, device=x.device)
+    support_before = torch.full((n,), float(dims), device=x.device)
+    checkpoints = apgd_checkpoints(steps, norm)
+    for i in range(steps):
+        with torch.no_grad():
+            if norm == "L1":
+                moved = project_l1_box(x, delta + step * l1_direction(grad, x, delta, sparsity), eps)
+            else:
+                direction = grad.sign() if norm == "Linf" else grad / _per_example_norm(grad)
+                moved = _into_ball_and_box(x, delta + step * direction, eps, norm)
+                if i > 0:
+                    moved = _into_ball_and_box(x, delta + APGD_MOMENTUM * (moved - delta)
+                                               + (1 - APGD_MOMENTUM) * (delta - previous), eps, norm)
+            previous, delta = delta, moved
+        if i == steps - 1:  # the last iterate is scored, never stepped from: no backward
+            with torch.no_grad():
+                loss = loss_fn(model(x + delta), target).detach()
+        else:
+            loss, grad = _loss_and_grad(model, x, delta, target, loss_fn)
+        with torch.no_grad():
+            better = loss > best_loss
+            best = torch.where(better.view(shape), delta, best)
+            best_grad = torch.where(better.view(shape), grad, best_grad)
+            best_loss = torch.where(better, loss, best_loss)
+            rises += loss > last_loss
+            last_loss = loss
+            if i not in checkpoints:
+                continue
+            if norm == "L1":
+                support = (best != 0).flatten(1).sum(1).float()
+                restart = support / support_before < 0.95
+                sparsity = support / dims / 1.5
+                step = torch.where(restart.view(shape), torch.full_like(step, first), step / 1.5)
+                step = step.clamp(first / 10, first)
+                support_before = support
+            else:
+                restart = (rises <= checkpoints[i] * APGD_RHO) | (~halved_last & (best_at_check >= best_loss))
+                halved_last, best_at_check = restart, best_loss
+                step = torch.where(restart.view(shape), step / 2, step)
+                rises = torch.zeros_like(rises)
+            delta = torch.where(restart.view(shape), best, delta)
+            grad = torch.where(restart.view(shape), best_grad, grad)
+    return best.detach()

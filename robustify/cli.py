@@ -183,7 +183,8 @@ def _finetune_parser(sub: argparse._SubParsersAction) -> None:
                    "docs/configuration.md, e.g. eps 8/255, batch 128, PGD-20 on 1000 examples)")
     p.add_argument("--model", help=f"{MODEL_FORMS} " + recipe("model.name", "model"))
     p.add_argument("--data", help=f"{DATA_FORMS} " + recipe("data.name", "data"))
-    p.add_argument("--method", help="natural | fgsm-rs | n-fgsm | free | deat | pgd " + recipe("method.name", "method"))
+    p.add_argument("--method",
+                   help="natural | fgsm-rs | n-fgsm | free | deat | pgd | apgd " + recipe("method.name", "method"))
     p.add_argument("--eps", help="perturbation radius in [0,1] pixel units, e.g. 8/255; for threat.norm L1 summed "
                    "over the image, e.g. 12 " + recipe("threat.eps", "eps"))
     p.add_argument("--epochs", help="epochs (divided by m for free AT) " + recipe("train.epochs", "epochs"))

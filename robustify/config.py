@@ -102,7 +102,7 @@ class DataConfig:
 @dataclass
 class ThreatConfig:
     """The threat model: an Lp ball of radius eps around each input, in [0,1] pixel units (for L1 and L2 the norm of
-    the whole perturbation: RobustBench's CIFAR-10 budgets are Linf 8/255, L2 0.5, L1 12)."""
+    the whole perturbation: RobustBench's CIFAR-10 budgets are Linf 8/255 and L2 0.5; L1's usual one is 12)."""
 
     norm: str = "Linf"  # Linf | L2 | L1 (Croce & Hein 2021: the L1 ball intersected with the [0,1] box)
     eps: float = 8 / 255
@@ -115,9 +115,10 @@ class ThreatConfig:
 class MethodConfig:
     """The adversarial training method and its attack settings (see ``robustify/methods.py``)."""
 
-    name: str = "fgsm-rs"  # natural | fgsm-rs | n-fgsm | free | pgd | deat
-    alpha: float | None = None  # step size; None: 1.25 eps (fgsm-rs), eps (free), 2.5 eps / steps (pgd)
-    steps: int = 7  # pgd only
+    name: str = "fgsm-rs"  # natural | fgsm-rs | n-fgsm | free | pgd | deat | apgd
+    # step size; None: 1.25 eps (fgsm-rs), eps (free), 2.5 eps / steps (pgd), the first step 2 eps (apgd; eps for L1)
+    alpha: float | None = None
+    steps: int = 7  # pgd and apgd: gradient evaluations of the attack
     replays: int = 4  # free only: m, each minibatch is replayed m times and the epochs are divided by m
     bn_mode: str = "train"  # BatchNorm mode while the attack is generated: train (Fast AT) | eval (Madry)
     noise_factor: float = 2.0  # n-fgsm only: noise uniform in [-k eps, k eps] (de Jorge et al.: k = 2; 0: plain FGSM)

@@ -1,9 +1,11 @@
 """The recipe catalogue: listing the shipped recipes, the dry-run plan and the cost estimate.
 
 A recipe's header comment carries what a table needs besides the config: ``# expected: ...`` (the result to expect,
-with its source, or "not yet measured") and free text. The plan and the cost are computed here from the resolved
-config, never written by hand: per stage, the training examples, batches, epochs over the data, forward/backward
-passes (the method's own ``passes_per_batch``), plus the evaluation before and after and the per-epoch probe.
+with its source, or "not yet measured"), for a recipe that reproduces a published setting ``# target: ...`` (the
+published result it aims at, with its source; shown next to the estimate), and free text. The plan and the cost are
+computed here from the resolved config, never written by hand: per stage, the training examples, batches, epochs
+over the data, forward/backward passes (the method's own ``passes_per_batch``), plus the evaluation before and after
+and the per-epoch probe.
 
 H100-hours are an *estimate* from assumed training throughputs (:data:`THROUGHPUT`, images/s for one
 forward+backward pass per image on one H100 in bf16 at 224 px, scaled by pixel count to other resolutions). They
@@ -252,7 +254,7 @@ def threat_text(cfg: FinetuneConfig) -> str:
 
 def method_text(cfg: FinetuneConfig) -> str:
     m = cfg.method
-    return {"free": f"free m={m.replays}", "pgd": f"pgd-{m.steps}"}.get(m.name, m.name)
+    return {"free": f"free m={m.replays}", "pgd": f"pgd-{m.steps}", "apgd": f"apgd-{m.steps}"}.get(m.name, m.name)
 
 
 def _hours(h: float | None) -> str:
@@ -277,13 +279,15 @@ def catalogue() -> list[dict[str, Any]]:
                         "examples": s.examples, "global_batch": s.global_batch, "train_passes": s.train_passes,
                         "image_size": list(s.image_size), "est_h100_hours": s.hours} for s in p.stages],
             "global_batch": p.stages[-1].global_batch, "train_passes": p.train_passes, "eval_passes": p.eval_passes,
-            "est_h100_hours": p.hours, "expected": p.header.get("expected", "not yet measured"),
+            "est_h100_hours": p.hours, "target": p.header.get("target"),
+            "expected": p.header.get("expected", "not yet measured"),
         })
     return rows
 
 
 # columns of the recipes table; the name says data, backbone and method already, so those go first when narrow
-CATALOGUE_DROP = ("passes", "global batch", "data", "backbone", "method", "epochs", "threat model", "est. H100-h")
+CATALOGUE_DROP = ("passes", "global batch", "data", "backbone", "method", "epochs", "threat model", "target",
+                  "est. H100-h")
 
 
 def expected_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
@@ -307,6 +311,15 @@ def expected_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
     return cells, [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
 
 
+def target_cell(target: str | None) -> str:
+    """The table's short "target" cell: the published numbers and the entry they are from, without the details in
+    parentheses after the entry's id (``72.72% clean / 49.46% AutoAttack (RobustBench Singh2023..., ...)``)."""
+    if not target:
+        return ""
+    head, _, rest = target.partition(" (")
+    return f"{head} ({rest.split(',')[0].rstrip(')')})" if rest else head
+
+
 def catalogue_table(rows: list[dict[str, Any]] | None = None):
     """The ``robustify recipes`` table (a :class:`robustify.report.Listing`) of :func:`catalogue`'s rows; the notes
     its "expected" cells point to are :func:`expected_cells`' second list."""
@@ -315,16 +328,17 @@ def catalogue_table(rows: list[dict[str, Any]] | None = None):
     rows = catalogue() if rows is None else rows
     table = Listing(title="robustify recipes", show_lines=False, name="name", drop=CATALOGUE_DROP)
     for col in ("name", "backbone", "data", "method", "threat model", "epochs", "global batch", "passes",
-                "est. H100-h", "expected"):
+                "est. H100-h", "target", "expected"):
         table.add_column(col, overflow="fold")
     for r, expected in zip(rows, expected_cells(rows)[0], strict=True):
         if "invalid" in r:
-            table.add_row(r["name"], "", "", "", "", "", "", "", "", expected)
+            table.add_row(r["name"], "", "", "", "", "", "", "", "", "", expected)
             continue
         table.add_row(r["name"], r["backbone"] + ("" if r["pretrained"] else " (scratch)"), r["data"],
                       " → ".join(r["methods"]), r["threat_model"]["text"],
                       "+".join(str(s["epochs"]) for s in r["stages"]), str(r["global_batch"]),
-                      f"{r['train_passes'] / 1e6:,.1f}M", _hours(r["est_h100_hours"]), expected)
+                      f"{r['train_passes'] / 1e6:,.1f}M", _hours(r["est_h100_hours"]), target_cell(r.get("target")),
+                      expected)
     return table
 
 
@@ -332,6 +346,8 @@ def dry_run_text(p: Plan, checks: list[str]) -> str:
     """What ``finetune --dry-run`` prints (besides the resolved YAML)."""
     what = f"{p.cfg.model.name} on {p.cfg.data.name}, {threat_text(p.cfg)}"
     lines = [f"{p.name}: {what}" if p.name == DEFAULTS_NAME else f"recipe {p.name}: {what}"]
+    if "target" in p.header:
+        lines.append(f"target: {p.header['target']}")
     if "expected" in p.header:
         lines.append(f"expected: {p.header['expected']}")
     lines.append("plan:")

@@ -189,17 +189,17 @@ def recipes_block(rows: list[dict[str, Any]] | None = None) -> str:
     rows = recipes.catalogue() if rows is None else rows
     cells, notes = recipes.expected_cells(rows)
     lines = ["| recipe | backbone | data | method | threat model | epochs (per stage) | global batch | passes | "
-             "est. H100-h | expected |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "est. H100-h | target | expected |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r, expected in zip(rows, cells, strict=True):
         link = f"[`{r['name']}`](../recipes/{r['name']}.yaml)"
         if "invalid" in r:
-            lines.append(f"| {link} | | | | | | | | | {expected} |")
+            lines.append(f"| {link} | | | | | | | | | | {expected} |")
             continue
         lines.append(" | ".join([
             f"| {link}", f"`{r['backbone']}`" + ("" if r["pretrained"] else " (scratch)"), r["data"],
             " → ".join(r["methods"]), r["threat_model"]["text"], "+".join(str(s["epochs"]) for s in r["stages"]),
             str(r["global_batch"]), f"{r['train_passes'] / 1e6:,.1f}M", _hours(r["est_h100_hours"]),
-            f"{expected} |"]))
+            recipes.target_cell(r.get("target")), f"{expected} |"]))
     if notes:
         lines += ["", "Notes of the expected column (the recipes' `# expected:` headers; the quickstart's from "
                   "`robustify/assets/quickstart/expected.json`):", ""]

@@ -12,7 +12,7 @@ import torch
 
 from robustify.config import build_config
 
-METHODS = ("natural", "fgsm-rs", "n-fgsm", "free", "pgd", "deat")
+METHODS = ("natural", "fgsm-rs", "n-fgsm", "free", "pgd", "deat", "apgd")
 META = torch.device("meta")
 
 
@@ -58,8 +58,10 @@ def _run(overrides: list[str]):
     return results, raw
 
 
-# every method under Linf; L2 through a single-step and a multi-step method; L1 through pgd (L1 accepts pgd and natural)
-CASES = [(name, "Linf") for name in METHODS] + [("fgsm-rs", "L2"), ("free", "L2"), ("pgd", "L2"), ("pgd", "L1")]
+# every method under Linf; L2 through a single-step and the multi-step methods; L1 through pgd and apgd (L1 accepts
+# those and natural)
+CASES = [(name, "Linf") for name in METHODS] + [("fgsm-rs", "L2"), ("free", "L2"), ("pgd", "L2"), ("pgd", "L1"),
+                                                ("apgd", "L2"), ("apgd", "L1")]
 
 
 @pytest.mark.parametrize(("name", "norm"), CASES, ids=[f"{n}-{norm}" for n, norm in CASES])

@@ -201,6 +201,8 @@ def _note(method: Method, epochs: int) -> str:
         return "1 attack step + 1 training pass"
     if name == "pgd":
         return f"{method.cfg.steps} attack steps + 1 training pass"
+    if name == "apgd":
+        return f"{method.cfg.steps} attack steps + 1 forward scoring the last + 1 training pass"
     if name == "free":
         m = method.cfg.replays
         return (f"each minibatch replayed m={m} times ({m} optimizer steps); a {epochs}-epoch run makes "
@@ -380,6 +382,8 @@ def _label(r: dict[str, Any]) -> str:
         return f"free-{r['passes_per_batch']}"
     if r["method"] == "pgd":
         return f"pgd-{r['passes_per_batch'] - 1}"
+    if r["method"] == "apgd":
+        return f"apgd-{r['passes_per_batch'] - 2}"
     return r["method"]
 
 

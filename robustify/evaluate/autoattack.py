@@ -14,7 +14,9 @@ runs only on the examples still robust after the previous ones, and robust accur
 comparable with RobustBench.
 
 ``norm="L1"`` (Croce & Hein 2021) runs the L1 versions of the same four attacks with AutoAttack's own L1 settings
-(APGD's large-eps schedule, 5 restarts of APGD-CE, 5 targets for APGD-T), as RobustBench's L1 leaderboard does.
+(APGD's large-eps schedule, 5 restarts of APGD-CE, 5 targets for APGD-T), as AutoAttack's standard version runs L1
+(Croce & Hein 2021). RobustBench has no L1 leaderboard (Linf and L2 only, plus corruptions), so an L1 figure is
+comparable with papers that ran this same version, not with a RobustBench board.
 
 Must not: change the attack's settings behind the user's back (a non-standard version is named so).
 """

@@ -6,8 +6,9 @@ The YAML front matter is what machines read: ``library_name: timm`` (so the Hub 
 model and the data set (Hub ids only; omitted when there is none), the inherited license, tags, ``model-index``
 results of the strongest evaluation (each metric named with its attack, budget and number of examples; threat
 model, precision and resolution in its config and args) and a ``robustbench`` block with the fields RobustBench's
-model_info files use, meaning what RobustBench means (``additional_data: true`` for a model fine-tuned from
-pretrained weights; ``autoattack_acc`` only from the standard AutoAttack), which is also the shape of a ``zoo/``
+model_info files use, meaning what RobustBench means (``additional_data: true`` for real images beyond the target's
+training split, such as ImageNet weights fine-tuned on CIFAR, and false for ImageNet-1k weights fine-tuned on
+ImageNet-1k; ``autoattack_acc`` only from the standard AutoAttack), which is also the shape of a ``zoo/``
 entry. The body is what people read: the threat model (with the resolution attacks perturb at and the BatchNorm
 mode), what the model is robust to and what not, every evaluation under its own header (attack, budget, examples,
 precision, resolution), how it was made and what that cost, which weights were exported, and how to use it with
@@ -70,13 +71,15 @@ BIBTEX = {
   year      = {2020}
 }""",
 }
-METHOD_PAPERS = {"fgsm-rs": "wong2020fast", "free": "shafahi2019free", "pgd": "madry2018towards"}
+METHOD_PAPERS = {"fgsm-rs": "wong2020fast", "free": "shafahi2019free", "pgd": "madry2018towards",
+                 "apgd": "croce2020reliable"}
 SCHEDULE_PAPERS = {"slow-start-fast-decay": "jeddi2020simple", "cyclic": "wong2020fast"}
 METHOD_TEXT = {
     "natural": "natural (non-adversarial) fine-tuning: a baseline, not a defense",
     "fgsm-rs": "FGSM with a random start (Fast AT, Wong et al. 2020)",
     "free": "free adversarial training (Shafahi et al. 2019)",
     "pgd": "PGD adversarial training (Madry et al. 2018)",
+    "apgd": "APGD adversarial training (APGD of Croce & Hein 2020 as the attack, as in Singh et al. 2023)",
 }
 
 
@@ -93,7 +96,10 @@ def _threat(record: RunRecord, ev: Evaluation | None = None) -> str:
 def robustbench_block(record: RunRecord) -> dict[str, Any]:
     """RobustBench's model_info fields for the strongest evaluation (accuracies in percent), plus how the PGD
     figure was measured and at which resolution and precision. ``autoattack_acc`` appears only for the standard
-    AutoAttack; ``additional_data`` is true whenever training started from pretrained weights."""
+    AutoAttack; ``additional_data`` is RobustBench's (:func:`robustify.publish.robustbench.additional_data`: true for
+    real images beyond the target's training split, such as an ImageNet backbone fine-tuned on CIFAR)."""
+    from .robustbench import additional_data
+
     t, s = record.training, record.strongest()
     block: dict[str, Any] = {
         "threat_model": t.norm, "eps": eps_text(t.eps), "dataset": t.dataset, "architecture": t.architecture,
@@ -103,7 +109,8 @@ def robustbench_block(record: RunRecord) -> dict[str, Any]:
         block["autoattack_acc"] = _percent(s.autoattack_acc)
     block |= {"pgd_acc": _percent(s.pgd_acc), "attack": s.pgd_text or "none", "n_examples": s.n_examples,
               "resolution": resolution_text(s.input_size), "precision": s.precision,
-              "additional_data": bool(t.pretrained), "number_forward_passes": 1, "method": t.method.get("name", "?")}
+              "additional_data": additional_data(record)[0], "number_forward_passes": 1,
+              "method": t.method.get("name", "?")}
     return block
 
 

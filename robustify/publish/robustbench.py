@@ -25,6 +25,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,22 +112,98 @@ def protocol_check(record: RunRecord) -> tuple[Evaluation | None, str | None]:
     return None, "; ".join(_problems(record.strongest(), proto))
 
 
+# --------------------------------------------------------------------------------------------- additional_data
+# RobustBench's ``additional_data`` (read from its own model_info files, shared/robustbench): true when training saw
+# *real* images beyond the target's training split: an ImageNet backbone fine-tuned on CIFAR (Debenedetti2022Light's
+# CIFAR-10 XCiTs), ImageNet-21k pretraining for an ImageNet model (Bai2024MixedNUTS), an external unlabelled pool
+# (Carmon2019Unlabeled). False for a model trained on its target's training split only, which includes an ImageNet-1k
+# backbone adversarially fine-tuned on ImageNet-1k (Singh2023Revisiting starts from clean ImageNet-1k weights: false)
+# and images *generated* by a model trained on that split, listed as false with a footnote ("It uses additional 1M
+# synthetic images in training.": Wang2023Better, Bartoldson2024, Cui2023Decoupled).
+# timm tags that name other data than ImageNet-1k in a pretrained tag (``augreg_in21k_ft_in1k``, ``ns_jft_in1k``,
+# ``clip_laion2b_ft_in1k``, ``fb_swsl_ig1b_ft_in1k``): a ``_ft_`` (fine-tuned from something first) or one of these
+OTHER_DATA_TAG = re.compile(r"(^|_)(ft|in(?!1k)\d+k|jft\w*|ig\d\w*|laion\w*|openai|clip\w*|yfcc\w*|datacomp\w*|"
+                            r"dfn\w*|lvd\w*|cc\d+m|mim\w*|dino\w*|sw\w*|ssl\w*|merged\w*)(_|$)")
+
+
+def imagenet1k_only(record: RunRecord) -> bool:
+    """Whether the run's starting weights are timm weights trained on ImageNet-1k alone: a ``timm/`` Hub id or timm
+    name whose pretrained tag ends in ``in1k`` and names no other data (:data:`OTHER_DATA_TAG`). Anything else (a
+    model from another Hub organisation, local weights, the quickstart backbone, an untagged name) is not known to
+    be, so it is counted as other data: RobustBench's flag is an admission, and claiming none needs evidence."""
+    t = record.training
+    for spec in (t.base_model_hub_id, t.base_model):
+        if not spec:
+            continue
+        spec = spec.removeprefix("hf-hub:").split("@", 1)[0]
+        if "/" in spec:
+            org, _, spec = spec.partition("/")
+            if org != "timm":
+                continue
+        _, dot, tag = spec.partition(".")
+        if dot and tag.endswith("in1k"):
+            return OTHER_DATA_TAG.search(tag) is None
+    return False
+
+
+def _count_text(n: int) -> str:
+    """1000000 -> "1M", 20000000 -> "20M", 500000 -> "500K", as RobustBench's footnotes count images."""
+    for unit, size in (("M", 1_000_000), ("K", 1_000)):
+        if n >= size:
+            return f"{n / size:g}{unit}"
+    return str(n)
+
+
+def extra_sets(record: RunRecord) -> list[Mapping[str, Any]]:
+    """The extra training sets the run record names (``options.extra.sets``, written by the ``data.extra`` option)."""
+    extra = (record.training.options or {}).get("extra")
+    sets = extra.get("sets") if isinstance(extra, Mapping) else None
+    return [s for s in sets if isinstance(s, Mapping)] if isinstance(sets, list) else []
+
+
+def additional_data(record: RunRecord,
+                    extra: Sequence[Mapping[str, Any]] | None = None) -> tuple[bool, str | None]:
+    """RobustBench's ``additional_data`` for the run, and the footnote it calls for (None: none), by RobustBench's
+    own rule (the comment above :data:`OTHER_DATA_TAG`).
+
+    ``extra``: the labelled or unlabelled sets mixed into training besides the target's training split, each a
+    mapping with ``name``, ``size`` (images, or None) and ``generated`` (true: made by a generative model trained
+    on the target's training split only; false: real external images); None: those the record names
+    (:func:`extra_sets`). Starting weights count as other data unless
+    the run is from scratch or is an ImageNet run from ImageNet-1k-only timm weights (:func:`imagenet1k_only`).
+    """
+    t = record.training
+    extra = extra_sets(record) if extra is None else extra
+    real = any(not bool(e.get("generated")) for e in extra)
+    if t.pretrained and not (robustbench_dataset(record) == "imagenet" and imagenet1k_only(record)):
+        real = True
+    generated = [e for e in extra if bool(e.get("generated"))]
+    if not generated:
+        return real, None
+    sizes = [e.get("size") for e in generated]
+    count = f"{_count_text(sum(sizes))} " if all(isinstance(n, int) and n > 0 for n in sizes) else ""
+    return real, f"It uses additional {count}synthetic images in training."
+
+
 def model_info(record: RunRecord, name: str | None = None, link: str = "", authors: str = "", venue: str = "",
-               footnote: str | None = None) -> dict[str, Any]:
-    """The run's RobustBench model_info (fields and types of :data:`FIELDS`), or :class:`NotComparable`."""
+               footnote: str | None = None, extra: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """The run's RobustBench model_info (fields and types of :data:`FIELDS`), or :class:`NotComparable`.
+    ``extra``: the run's extra training sets, as :func:`additional_data` takes them (None: the record's)."""
     ev, why = protocol_check(record)
     if ev is None:
         raise NotComparable(f"no RobustBench model_info for run {record.training.name!r}: not comparable: {why}")
     t = record.training
     aa = f"{100 * ev.autoattack_acc:.2f}"
+    flag, synthetic = additional_data(record, extra)
+    ours = " ".join(part for part in (synthetic, (
+        f"Evaluated with robustify eval (standard AutoAttack, first {ev.n_examples} {ev.split} images, "
+        f"{ev.precision}); fine-tuned from pretrained weights.") if t.pretrained else None) if part)
     info = {
         "link": link, "name": name or f"{t.method.get('name')} adversarial fine-tuning of {t.base_model}",
-        "authors": authors, "additional_data": bool(t.pretrained), "number_forward_passes": 1,
+        "authors": authors, "additional_data": flag, "number_forward_passes": 1,
         "dataset": robustbench_dataset(record), "venue": venue, "architecture": t.architecture,
         "eps": eps_text(t.eps), "clean_acc": f"{100 * ev.clean_acc:.2f}", "reported": aa, "autoattack_acc": aa,
-        "footnote": footnote or (f"Evaluated with robustify eval (standard AutoAttack, first {ev.n_examples} "
-                                 f"{ev.split} images, {ev.precision}); fine-tuned from pretrained weights."
-                                 if t.pretrained else None),
+        "footnote": footnote or ours or None,
     }
     check_fields(info)
     return info
@@ -261,7 +338,8 @@ def compare(record: RunRecord, offline: bool = False, board: dict[str, Any] | No
     ev, why = protocol_check(record)
     result: dict[str, Any] = {"run": t.name, "dataset": ds or t.dataset, "threat_model": t.norm,
                               "eps": eps_text(t.eps), "architecture": t.architecture,
-                              "additional_data": bool(t.pretrained), "comparable": ev is not None, "reason": why}
+                              "additional_data": additional_data(record)[0], "comparable": ev is not None,
+                              "reason": why}
     if ds is None or t.norm not in PROTOCOLS[ds].eps or why and why.startswith("eps "):
         return result  # no leaderboard to show
     source = "given"
@@ -292,8 +370,7 @@ def compare_text(r: dict[str, Any]) -> str:
     lines = [f"{r['run']}: {r['dataset']} {r['threat_model']} eps={r['eps']}, {r['architecture']}"]
     if r["comparable"]:
         lines.append(f"rank {r['rank']} of {r['of']} by AutoAttack ({r['autoattack_acc']:.2f}%, clean "
-                     f"{r['clean_acc']:.2f}%)" + (" with additional data (pretrained weights)" if r["additional_data"]
-                                                  else ""))
+                     f"{r['clean_acc']:.2f}%)" + (" with additional data" if r["additional_data"] else ""))
     else:
         lines.append(f"not comparable: {r['reason']}")
     if "leaderboard" in r:

@@ -53,7 +53,7 @@ class ZooEntry:
     recipe: str  # a shipped recipe name (robustify finetune --recipe NAME) or a path/URL to the recipe YAML
     pgd_acc: float | None = None
     autoattack_acc: float | None = None  # the standard AutoAttack only (RobustBench's meaning)
-    additional_data: bool = True  # RobustBench: true for models that start from pretrained weights (every fine-tune)
+    additional_data: bool = True  # RobustBench's: real images beyond the target's training split (robustbench.py)
     resolution: str | None = None  # the resolution the attacks perturb at, e.g. "32x32"
     precision: str | None = None  # of the evaluation, e.g. "fp32"
     number_forward_passes: int = 1

@@ -1,5 +1,5 @@
 """Training-step strategies, one file per method, registered by name (``natural``, ``fgsm-rs``, ``n-fgsm``, ``free``,
-``pgd``, ``deat``).
+``pgd``, ``deat``, ``apgd``).
 
 A method turns one minibatch into one or more optimizer steps. It gets a :class:`StepContext` from the trainer,
 whose ``optimize(loss)`` does the backward pass, gradient clipping, learning-rate update and optimizer step
@@ -18,6 +18,7 @@ from . import pgd  # noqa: F401
 from . import free  # noqa: F401
 from . import n_fgsm  # noqa: F401
 from . import deat  # noqa: F401
+from . import apgd  # noqa: F401
 from .base import (
     METHODS,
     Method,

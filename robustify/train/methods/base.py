@@ -25,8 +25,9 @@ from ...errors import ConfigError
 from . import trades as trades_mod
 
 METHODS: dict[str, type[Method]] = {}
-# methods sound under the L1 threat model: multi-step PGD (sparse L1 steps, exact projection; Croce & Hein 2021)
-L1_METHODS = ("natural", "pgd")
+# methods sound under the L1 threat model: multi-step PGD and APGD (sparse L1 steps, exact projection; Croce & Hein
+# 2021)
+L1_METHODS = ("natural", "pgd", "apgd")
 
 
 def register_method(name: str):

@@ -33,7 +33,7 @@ from ...attacks import frozen_batchnorm_stats
 from ...errors import ConfigError
 from .base import Option
 
-METHODS = ("fgsm-rs", "n-fgsm", "pgd")
+METHODS = ("fgsm-rs", "n-fgsm", "pgd", "apgd")
 REFUSED = {
     "free": "free AT steps the weights on every replay of a minibatch, with one backward serving both the weight "
             "and the input gradient, so there is no single weight gradient to take at perturbed weights",
