@@ -513,9 +513,24 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="split to evaluate on (run folder: its eval split; else the data set's labelled "
                    "evaluation split: test, validation for imagenet-1k, valid for tiny-imagenet)")
     p.add_argument("--attack",
-                   help="comma-separated: clean, pgd, autoattack (clean and one-step FGSM always run: the checks "
-                        "compare against them) (default: clean,pgd,autoattack; clean,pgd, said in one line, when "
+                   help="comma-separated: clean, pgd, autoattack, corruptions (the 15 common corruptions at "
+                        "severities 1-5) (clean and one-step FGSM always run: the checks compare against them) "
+                        "(default: clean,pgd,autoattack; clean,pgd, said in one line, when "
                         "AutoAttack's optional package is not installed)")
+    p.add_argument("--corruptions", metavar="NAMES", help="with --attack corruptions: corruption names or families "
+                   "(noise, blur, weather, digital), comma-separated, or all (default: all 15)")
+    p.add_argument("--severities", metavar="LIST", help="with --attack corruptions: severities, e.g. 1,3,5 or 1-5 "
+                   "(default: all five)")
+    p.add_argument("--corruption-source", choices=("auto", "published", "on-the-fly"), default="auto",
+                   help="published: the authors' CIFAR-10-C / CIFAR-100-C / ImageNet-C images from the Hub (the only "
+                        "numbers comparable with RobustBench); on-the-fly: corrupt the subset itself (any data); "
+                        "auto: published where the data set has a known Hub copy")
+    p.add_argument("--corruption-data", metavar="ORG/NAME", help="another Hub copy of the published corrupted set "
+                   "(the authors' layout)")
+    p.add_argument("--corruption-baseline", metavar="MODEL", help="the model mCE is relative to (default: a run's "
+                   "base model; none: no mCE)")
+    p.add_argument("--corruption-workers", type=int, metavar="N", help="processes corrupting batches beside an "
+                   "accelerator (default: 0 on the CPU, else one per free core up to 8)")
     p.add_argument("--eps", help="perturbation radius in [0,1] pixel units, e.g. 8/255 (run folder: its own)")
     p.add_argument("--norm", choices=("Linf", "L2", "L1"), help="threat model norm (run folder: its own; else Linf); "
                    "L1: eps summed over the image, e.g. --eps 12 on CIFAR (Croce & Hein 2021)")
@@ -553,6 +568,15 @@ def _check_eval_args(args: argparse.Namespace) -> None:
         if getattr(args, flag) is not None:
             check_output_file(getattr(args, flag), f"--{flag}")
     resolve_spec(args.model)  # a missing path or an unknown name, before any data is loaded
+    from .evaluate.corruptions import settings_from
+
+    settings_from(_corruption_options(args))  # a bad corruption or severity name, before anything is loaded
+
+
+def _corruption_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"corruptions": args.corruptions, "severities": args.severities, "source": args.corruption_source,
+            "data_repo": args.corruption_data, "baseline": args.corruption_baseline,
+            "workers": args.corruption_workers}
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -590,7 +614,8 @@ def _eval(args: argparse.Namespace) -> Any:
                    attacks=attacks, preset=args.preset, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
                    pgd_loss=args.pgd_loss, aa_version=args.aa_version, curve=not args.no_curve,
                    checks=not args.no_checks, seed=args.seed, batch_size=args.batch_size, output=args.output,
-                   plot=args.plot, update_run=not args.no_update)
+                   plot=args.plot, update_run=not args.no_update,
+                   suite_options={"corruptions": _corruption_options(args)})
     # every process is done with collectives: destroy the group (as PyTorch asks; on exit without it gloo's worker
     # threads can abort the process, and torchrun then reports a failed evaluation); after an error it is left alone
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -602,6 +627,10 @@ def _eval(args: argparse.Namespace) -> Any:
     if not args.json:
         print_tables([eval_table(report), *([eps_curve_table(report)] if "eps_curve" in report else []),
                       *([checks_table(report)] if "checks" in report else [])])
+        if "corruptions" in report:
+            from .evaluate.corruptions import markdown
+
+            print(markdown(report["corruptions"]))
     print(f"{report['n_examples']} examples (first {report['n_examples']} of {report['subset']['split']}, sha256 "
           f"{report['subset']['sha256_16']}), seed {args.seed}, on {report['device']}, "
           f"{time.perf_counter() - start:.1f} s")
