@@ -177,7 +177,7 @@ def evaluate_corruptions(models: dict[str, torch.nn.Module], ex: Examples, s: Co
     if len(names) > 1:
         base = results[names[1]]
         out["baseline"] = {"model": names[1], **base}
-        out |= _mce(main, base, s)
+        out |= mce(main, base, s)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -192,7 +192,7 @@ def _accuracies(c: torch.Tensor, n: int, s: CorruptionSettings) -> dict[str, Any
             "mean_corruption_acc": sum(per.values()) / len(per)}
 
 
-def _mce(main: dict[str, Any], base: dict[str, Any], s: CorruptionSettings) -> dict[str, Any]:
+def mce(main: dict[str, Any], base: dict[str, Any], s: CorruptionSettings) -> dict[str, Any]:
     """mCE and relative mCE (percent) against the baseline; a corruption the baseline gets all right is left out
     (its ratio is undefined) and named."""
     ce, rel, undefined = {}, {}, []
