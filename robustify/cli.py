@@ -444,6 +444,11 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                    "installed: pip install -e '.[bench]'), interleaved in one process; ratios to the plain loop")
     g.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one epoch of every runner each)")
     g.add_argument("--batches", type=int, default=8, help="minibatches per epoch")
+    g = p.add_argument_group("common corruptions (--corruptions)")
+    g.add_argument("--corruptions", action="store_true", help="images/s per CPU core of each of the 15 common "
+                   "corruptions at 32 and 224 px, and what an ImageNet-C-sized evaluation costs on this machine")
+    g.add_argument("--corruption-images", type=int, default=8, metavar="N", help="images per corruption and "
+                   "severity (default 8)")
     g = p.add_argument_group("time to robustness (--time-to-robust)")
     g.add_argument("--time-to-robust", action="store_true", help="fgsm-rs fine-tuning from the pretrained "
                    "backbone vs PGD-AT from scratch on the recipe's data (default: the quickstart): wall time and "
@@ -477,6 +482,12 @@ def _bench(args: argparse.Namespace, show: bool) -> dict[str, Any]:
     """Run the bench ``args`` ask for; ``show``: print its table (the notes are printed either way)."""
     from .bench.steps import main as bench
 
+    if args.corruptions:
+        from .bench.corruptions import main as corruption_bench
+
+        if args.corruption_images < 1:
+            raise UserError(f"--corruption-images {args.corruption_images} is not accepted; use 1 or more")
+        return corruption_bench(args.corruption_images, output=args.output, show=show)
     if args.time_to_robust:
         from .bench.time_to_robust import main as ttr
 
@@ -754,6 +765,9 @@ def _zoo_more_parsers(zsub: argparse._SubParsersAction) -> None:
                            "and eps")
     cmp_.add_argument("run_dir", metavar="RUN", help="a finished, evaluated run folder")
     cmp_.add_argument("--offline", action="store_true", help="use the cached leaderboard only")
+    cmp_.add_argument("--threat-model", choices=("run", "corruptions"), default="run",
+                      help="run: the run's own norm and eps; corruptions: RobustBench's common-corruptions board "
+                           "(from the run's corruptions.json)")
     cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp_.set_defaults(handler=_run_zoo_compare)
     add = zsub.add_parser("add", help="write the zoo entry of a pushed run, after checking its published card")
@@ -774,9 +788,24 @@ def _run_zoo_compare(args: argparse.Namespace) -> int:
     from .publish.hub import read_run_folder
     from .publish.robustbench import compare, compare_text
 
-    result = compare(read_run_folder(args.run_dir).record, offline=args.offline)
+    run = read_run_folder(args.run_dir)
+    if args.threat_model == "corruptions":
+        from .publish.robustbench import compare_corruptions, compare_corruptions_text
+
+        result = compare_corruptions(run.record, _corruptions_result(args.run_dir), offline=args.offline)
+        print(json.dumps(result, indent=2) if args.json else compare_corruptions_text(result))
+        return 0
+    result = compare(run.record, offline=args.offline)
     print(json.dumps(result, indent=2) if args.json else compare_text(result))
     return 0
+
+
+def _corruptions_result(run_dir: str) -> dict[str, Any] | None:
+    """The run folder's corruptions.json (robustify eval --attack corruptions), or None."""
+    from .runfolder import CORRUPTIONS_REPORT, RunFolder
+
+    folder = RunFolder(run_dir)
+    return folder.read_json(CORRUPTIONS_REPORT) if folder.has(CORRUPTIONS_REPORT) else None
 
 
 def _run_zoo_add(args: argparse.Namespace) -> int:
@@ -805,6 +834,10 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--authors", default="", help="model_info 'authors'")
     p.add_argument("--venue", default="", help="model_info 'venue'")
     p.add_argument("--footnote", help="model_info 'footnote'")
+    p.add_argument("--threat-model", choices=("run", "corruptions"), default="run",
+                   help="run: the run's own norm and eps (AutoAttack); corruptions: RobustBench's corruptions "
+                        "model_info, only from the published CIFAR-10-C / CIFAR-100-C images (the run's "
+                        "corruptions.json)")
     p.set_defaults(handler=_run_export)
 
 
@@ -815,6 +848,15 @@ def _run_export(args: argparse.Namespace) -> int:
 
     out = check_output_file(args.robustbench, "--robustbench")
     run = read_run_folder(args.run_dir)
+    if args.threat_model == "corruptions":
+        from .publish.robustbench import corruptions_model_info
+
+        info = corruptions_model_info(run.record, _corruptions_result(args.run_dir), name=args.name, link=args.link,
+                                      authors=args.authors, venue=args.venue, footnote=args.footnote)
+        atomic_write_json(out, info)
+        print(f"wrote {out}: {info['dataset']} corruptions: clean {info['clean_acc']}%, corruptions "
+              f"{info['corruptions_acc']}%")
+        return 0
     info = model_info(run.record, name=args.name, link=args.link, authors=args.authors, venue=args.venue,
                       footnote=args.footnote)
     atomic_write_json(out, info)

@@ -46,12 +46,12 @@ def test_every_corruption_changes_the_image_and_is_seeded_by_the_example(severit
         # world sizes 1 and 3: each process corrupts its block of whole batches; rerun: the same seeds again
         for a, b in ((0, 2), (2, 4), (4, 6)):
             assert torch.equal(corrupt_batch(x[a:b], c, severity, seeds[a:b]), whole[a:b]), c
-    assert example_seed(digests[0], "fog", 1) != example_seed(digests[0], "fog", 2) != example_seed(digests[1], "fog", 2)
+    seeds = {example_seed(digests[0], "fog", 1), example_seed(digests[0], "fog", 2), example_seed(digests[1], "fog", 2)}
+    assert len(seeds) == 3
 
 
 def test_severity_5_lowers_the_quickstart_models_accuracy_more_than_severity_1():
     from robustify.data.examples import Examples
-
     from robustify.evaluate.corruptions.evaluate import mce
 
     x, y = quickstart_batch(32)
@@ -178,7 +178,8 @@ def test_cifar10c_layout_from_the_local_hub_at_world_sizes_1_and_3(tmp_path: Pat
         out = {{"rc1": main(args + ["--output", str(tmp / "one.json")])}}
         proc = subprocess.run(torchrun_cmd(["-m", "robustify", *args, "--output", str(tmp / "three.json")], nproc=3),
                               capture_output=True, text=True, timeout=300)
-        out["rc3"], out["err3"] = proc.returncode, proc.stderr[-2000:]
+        out["rc3"] = proc.returncode
+        out["err3"] = [ln for ln in proc.stderr.splitlines() if "robustify: error" in ln] or proc.stderr[-2000:]
         for k in ("one", "three"):
             if (tmp / f"{{k}}.json").exists():
                 rep = json.loads((tmp / f"{{k}}.json").read_text())

@@ -107,12 +107,15 @@ class PublishedReader:
         from ...data.preprocessing import decode_one
 
         if self.pub.layout == "npy":
-            base = (severity - 1) * self.pub.per_severity
             images = self._npy(f"{corruption}.npy")
             labels = self._npy("labels.npy")
-            if images.shape[0] != 5 * self.pub.per_severity or labels.shape[0] < base + end:
-                raise UserError(f"{self.pub.name}: {corruption}.npy holds {images.shape[0]} images, the published "
-                                f"layout {5 * self.pub.per_severity} (5 severities x {self.pub.per_severity})")
+            per = images.shape[0] // 5  # the severities stacked: 5 x the test split (10,000 for the published sets)
+            base = (severity - 1) * per
+            if images.shape[0] % 5 or labels.shape[0] != images.shape[0] or end > per:
+                raise UserError(f"{self.pub.name}: {corruption}.npy holds {images.shape[0]} images and labels.npy "
+                                f"{labels.shape[0]} labels; the published layout stacks 5 severities of the test "
+                                f"split ({5 * self.pub.per_severity:,} of each), and examples up to {end} are asked "
+                                "for")
             pil = [Image.fromarray(np.asarray(images[base + i])) for i in range(start, end)]
             y = torch.as_tensor(np.asarray(labels[base + start:base + end]), dtype=torch.long)
         else:
