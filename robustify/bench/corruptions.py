@@ -4,7 +4,8 @@ costs in corruption work on this machine's cores.
 
 Each corruption runs on the same natural-looking synthetic images (smooth gradients and shapes, seeded) at every
 severity, in this process on one thread (one DataLoader worker's worth: ``robustify eval`` runs one corrupting
-worker per free core beside an accelerator), so the figure is per core; the node's cores multiply it.
+worker per free core beside an accelerator), timed in process CPU seconds, so the figure is per core and does not
+depend on what else the machine runs; the node's cores multiply it.
 
 Must not: change what evaluation computes (it times :func:`corrupt` as evaluation calls it).
 """
@@ -53,11 +54,11 @@ def time_corruptions(n_images: int = 8, sizes: tuple[int, ...] = SIZES) -> dict[
             rates[str(size)] = {}
             for c in CORRUPTIONS:
                 corrupt(images[0], c, 1, 0)  # warm-up (imports, kernels)
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 for s in SEVERITIES:
                     for i, im in enumerate(images):
                         corrupt(im, c, s, i)
-                rates[str(size)][c] = round(len(SEVERITIES) * n_images / (time.perf_counter() - t0), 1)
+                rates[str(size)][c] = round(len(SEVERITIES) * n_images / max(time.process_time() - t0, 1e-9), 1)
     finally:
         torch.set_num_threads(threads)
     return {"images_per_second_per_core": rates, "images_per_corruption": n_images * len(SEVERITIES),
