@@ -86,8 +86,8 @@ def test_parsers_accept_families_and_ranges():
 REFERENCE = os.environ.get("ROBUSTIFY_IMAGECORRUPTIONS", "")  # a `pip install --target DIR imagecorruptions` folder
 DETERMINISTIC = {"defocus_blur": 2.0, "zoom_blur": 2.5, "brightness": 1.0, "contrast": 1.0, "pixelate": 0.5,
                  "jpeg_compression": 0.5}  # mean |mine - reference| allowed, in 0..255 pixel units
-NOT_COMPARED = {"frost": "robustify's frost texture is procedural (the reference's photographs are not shipped)",
-                "elastic_transform": "imagecorruptions 1.1.2 replaced ImageNet-C's elastic parameters with its own"}
+# frost is compared by amount only (robustify's texture is procedural, the reference's photographs are not shipped)
+NOT_COMPARED = {"elastic_transform": "imagecorruptions 1.1.2 replaced ImageNet-C's elastic parameters with its own"}
 
 
 def test_images_match_the_reference_implementation_where_it_runs(tmp_path: Path):
@@ -134,7 +134,7 @@ def test_images_match_the_reference_implementation_where_it_runs(tmp_path: Path)
             strength = np.abs(mine - img).mean(), np.abs(ref - img).mean()
             assert 0.6 <= strength[0] / strength[1] <= 1.6, (c, strength)
         compared.append(c)
-    assert len(compared) >= 10, (compared, status)  # glass_blur and fog fail in the reference on numpy 2
+    assert len(compared) >= 12, (compared, status)  # glass_blur and fog fail in the reference on numpy 2
 
 
 # ---------------------------------------------------------------------------- the published layout on the Hub

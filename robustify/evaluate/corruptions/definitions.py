@@ -192,8 +192,8 @@ def frost_texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """A procedural ice texture (HxWx3 in [0, 1]): branching bright crystals over a faint, bluish fractal haze.
 
     Stands in for the reference's six frost photographs (not shipped: see the module docstring); its mean
-    brightness (about 0.45) and its bluish tint follow theirs so that the severities darken and whiten an image by
-    similar amounts."""
+    brightness (about 0.7) and its bluish tint follow theirs, so each severity whitens an image by about as much as
+    the reference's does (tests/test_corruptions.py compares the amounts)."""
     size = 1 << max(5, math.ceil(math.log2(max(h, w))))
     haze = plasma_fractal(size, 1.6, rng)[:h, :w]
     crystals = np.zeros((h, w), dtype=np.float64)
@@ -212,7 +212,7 @@ def frost_texture(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
             angle += 2 * math.pi / 3
     crystals = gaussian_blur(crystals, max(0.5, min(h, w) / 224))
     crystals /= max(crystals.max(), 1e-12)
-    v = np.clip(0.25 + 0.35 * haze + 0.6 * crystals, 0, 1)
+    v = np.clip(0.5 + 0.3 * haze + 0.5 * crystals, 0, 1)
     return np.stack([v * 0.92, v * 0.96, np.minimum(v * 1.05 + 0.03, 1.0)], axis=-1)
 
 
@@ -260,14 +260,12 @@ def glass_blur(x: np.ndarray, c, s: float, rng: np.random.Generator) -> np.ndarr
     h, w = x.shape[:2]
     x = gaussian_blur(x, sigma)
     src = list(range(h * w))
+    rows, cols = np.arange(h - delta - 1, delta - 1, -1), np.arange(w - delta - 1, delta - 1, -1)
+    here = (rows[:, None] * w + cols[None, :]).ravel()
     for _ in range(iterations):
-        rows, cols = list(range(h - delta - 1, delta - 1, -1)), list(range(w - delta - 1, delta - 1, -1))
-        offsets = rng.integers(-delta, delta, size=(len(rows), len(cols), 2)).tolist()
-        for i, r in enumerate(rows):
-            for j, col in enumerate(cols):
-                dy, dx = offsets[i][j]
-                p, q = r * w + col, (r + dy) * w + col + dx
-                src[p], src[q] = src[q], src[p]
+        dy, dx = rng.integers(-delta, delta, size=(2, len(rows), len(cols))).reshape(2, -1)
+        for p, q in zip(here.tolist(), (here + dy * w + dx).tolist(), strict=True):  # in sweep order: sequential
+            src[p], src[q] = src[q], src[p]
     x = x.reshape(h * w, -1)[np.asarray(src)].reshape(h, w, -1)
     return gaussian_blur(x, sigma)
 
