@@ -66,6 +66,18 @@ def test_severity_5_lowers_the_quickstart_models_accuracy_more_than_severity_1()
     assert mce(r, r, s)["mce"] == pytest.approx(100.0)  # the baseline itself scores 100
 
 
+def test_worker_processes_corrupt_the_same_batches():
+    """Beside an accelerator, DataLoader workers corrupt batches ahead of the model: same counts as in-process."""
+    from robustify.data.examples import Examples
+
+    x, y = quickstart_batch(12)
+    ex = Examples((x * 255).round().to(torch.uint8), y, "quickstart", "test", 10)
+    runs = [evaluate_corruptions({"model": quickstart_model()}, ex, CorruptionSettings(
+        corruptions=("shot_noise", "fog"), severities=(2, 5), source="on-the-fly", batch_size=4, workers=w), None,
+        progress=False) for w in (0, 2)]
+    assert runs[0]["accuracy"] == runs[1]["accuracy"] and runs[1]["workers"] == 2
+
+
 @pytest.mark.parametrize("flag,value,needle", [
     ("--corruptions", "fgo", "--corruptions 'fgo' is not accepted; choose from: all, noise, blur"),
     ("--severities", "6", "--severities '6' is not accepted; use severities 1-5"),

@@ -86,6 +86,7 @@ class PublishedReader:
     def __init__(self, pub: PublishedSet, transform: Callable[[Any], torch.Tensor]) -> None:
         self.pub, self.transform = pub, transform
         self._arrays: dict[str, np.ndarray] = {}
+        self._streams: dict[str, tuple[Any, int]] = {}  # parquet: repo -> (open iterator, rows read)
 
     def _npy(self, filename: str) -> np.ndarray:
         if filename not in self._arrays:
@@ -125,12 +126,19 @@ class PublishedReader:
         return (torch.stack(x) if x else torch.zeros((0, 3, 1, 1), dtype=torch.uint8)), y
 
     def _parquet(self, corruption: str, severity: int, start: int, end: int) -> tuple[list[Any], list[int]]:
+        """Rows ``[start, end)`` of the streamed split: read on from where this reader's last call for the same
+        corruption and severity stopped (a process asks for its batches in order), reopened only to go back."""
+        import itertools
+
         import datasets
 
         repo = self.pub.repo.format(corruption=corruption, severity=severity)
         try:
-            ds = datasets.load_dataset(repo, split=self.pub.split, streaming=True)
-            rows = list(ds.skip(start).take(end - start))
+            it, pos = self._streams.get(repo, (None, 0))
+            if it is None or pos > start:
+                it, pos = iter(datasets.load_dataset(repo, split=self.pub.split, streaming=True)), 0
+            rows = list(itertools.islice(it, start - pos, end - pos))
+            self._streams[repo] = (it, pos + (start - pos) + len(rows))
         except Exception as e:  # noqa: BLE001
             raise UserError(f"{self.pub.name}: {repo!r} could not be streamed ({first_line(e)}); connect, or use "
                             "--corruption-source on-the-fly") from None
