@@ -219,3 +219,16 @@ def test_cifar10c_layout_from_the_local_hub_at_world_sizes_1_and_3(tmp_path: Pat
         assert c1[key] == c3[key], key
     assert set(c1["accuracy"]) == {"fog", "contrast"} and set(c1["accuracy"]["fog"]) == {"1", "2", "3", "4", "5"}
     assert out["files"] == ["one_corruptions.json", "one_corruptions.md", "one_corruptions.png"]
+
+
+def test_bench_times_every_corruption_per_core(capsys):
+    from robustify.bench.corruptions import imagenet_c_cost, lines, time_corruptions
+
+    r = time_corruptions(1, sizes=(32,))
+    rates = r["images_per_second_per_core"]["32"]
+    assert set(rates) == set(CORRUPTIONS) and all(v > 0 for v in rates.values())
+    assert r["imagenet_c"] is None and len(lines(r)) == 1 + len(CORRUPTIONS)  # no 224 px figures: no estimate
+    cost = imagenet_c_cost({c: 100.0 for c in CORRUPTIONS})
+    assert cost["core_hours"] == round(5_000 * 15 * 5 / 100 / 3600, 2) and cost["corrupted_images"] == 375_000
+    assert main(["bench", "--corruptions", "--corruption-images", "0"]) == 2
+    assert "--corruption-images 0 is not accepted" in one_error_line(capsys)
