@@ -38,15 +38,18 @@ class PublishedSet:
     layout: str  # "npy" | "parquet"
     per_severity: int  # images per severity (the test split's size)
     split: str = "validation"  # parquet only
+    auto: bool = True  # taken by --corruption-source auto (else only when asked for: published)
 
 
 PUBLISHED: dict[str, PublishedSet] = {
     # an unchanged copy of Zenodo record 2535967 (CC BY 4.0), in the authors' npy layout
     "cifar10-c": PublishedSet("cifar10-c", "YashP54/cifar10-c", "npy", 10_000),
     "cifar100-c": PublishedSet("cifar100-c", None, "npy", 10_000),
-    # one parquet data set per corruption and severity, 50,000 validation images each
+    # one parquet data set per corruption and severity, 50,000 validation images each; only with
+    # --corruption-source published: its row order is not known to be the validation split's (a different order
+    # is refused by the label check)
     "imagenet-c": PublishedSet("imagenet-c", "Tsomaros/ImageNet-C-{corruption}-severity_{severity}", "parquet",
-                               50_000),
+                               50_000, auto=False),
 }
 # the clean data sets (robustify's --data spellings and their Hub ids) whose corrupted set is published
 FOR_DATA = {"cifar10": "cifar10-c", "uoft-cs/cifar10": "cifar10-c", "cifar100": "cifar100-c",
@@ -67,7 +70,7 @@ def choose_source(data: str, source: str, repo: str | None) -> tuple[str, Publis
     pub = published_for(data)
     if pub is not None and repo:
         pub = PublishedSet(pub.name, repo, pub.layout, pub.per_severity, pub.split)
-    if source == "on-the-fly":
+    if source == "on-the-fly" or (source == "auto" and pub is not None and not pub.auto and not repo):
         return "on-the-fly", None
     if pub is None or pub.repo is None:
         if source == "published":
