@@ -94,6 +94,21 @@ def test_parsers_accept_families_and_ranges():
     assert parse_severities("1-3,5") == (1, 2, 3, 5) and parse_severities(None) == (1, 2, 3, 4, 5)
 
 
+def test_the_source_is_published_only_where_a_known_copy_is_in_the_authors_order():
+    from robustify.errors import UserError
+    from robustify.evaluate.corruptions.sources import choose_source
+
+    assert choose_source("cifar10", "auto", None)[0] == "published"
+    assert choose_source("imagenet-1k", "auto", None) == ("on-the-fly", None)  # order unverified: only when asked
+    assert choose_source("imagenet-1k", "published", None)[1].layout == "parquet"
+    assert choose_source("quickstart", "auto", None) == ("on-the-fly", None)
+    assert choose_source("cifar100", "published", "me/c100c")[1].repo == "me/c100c"
+    with pytest.raises(UserError, match="no Hub copy of cifar100-c is known"):
+        choose_source("cifar100", "published", None)
+    with pytest.raises(UserError, match="'quickstart' has no published corrupted set"):
+        choose_source("quickstart", "published", None)
+
+
 # ------------------------------------------------------------------------------------ the reference implementation
 REFERENCE = os.environ.get("ROBUSTIFY_IMAGECORRUPTIONS", "")  # a `pip install --target DIR imagecorruptions` folder
 DETERMINISTIC = {"defocus_blur": 2.0, "zoom_blur": 2.5, "brightness": 1.0, "contrast": 1.0, "pixelate": 0.5,
