@@ -484,6 +484,11 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                    "installed: pip install -e '.[bench]'), interleaved in one process; ratios to the plain loop")
     g.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one epoch of every runner each)")
     g.add_argument("--batches", type=int, default=8, help="minibatches per epoch")
+    g = p.add_argument_group("common corruptions (--corruptions)")
+    g.add_argument("--corruptions", action="store_true", help="images/s per CPU core of each of the 15 common "
+                   "corruptions at 32 and 224 px, and what an ImageNet-C-sized evaluation costs on this machine")
+    g.add_argument("--corruption-images", type=int, default=8, metavar="N", help="images per corruption and "
+                   "severity (default 8)")
     g = p.add_argument_group("time to robustness (--time-to-robust)")
     g.add_argument("--time-to-robust", action="store_true", help="fgsm-rs fine-tuning from the pretrained "
                    "backbone vs PGD-AT from scratch on the recipe's data (default: the quickstart): wall time and "
@@ -517,6 +522,12 @@ def _bench(args: argparse.Namespace, show: bool) -> dict[str, Any]:
     """Run the bench ``args`` ask for; ``show``: print its table (the notes are printed either way)."""
     from .bench.steps import main as bench
 
+    if args.corruptions:
+        from .bench.corruptions import main as corruption_bench
+
+        if args.corruption_images < 1:
+            raise UserError(f"--corruption-images {args.corruption_images} is not accepted; use 1 or more")
+        return corruption_bench(args.corruption_images, output=args.output, show=show)
     if args.time_to_robust:
         from .bench.time_to_robust import main as ttr
 
@@ -553,9 +564,24 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="split to evaluate on (run folder: its eval split; else the data set's labelled "
                    "evaluation split: test, validation for imagenet-1k, valid for tiny-imagenet)")
     p.add_argument("--attack",
-                   help="comma-separated: clean, pgd, autoattack (clean and one-step FGSM always run: the checks "
-                        "compare against them) (default: clean,pgd,autoattack; clean,pgd, said in one line, when "
+                   help="comma-separated: clean, pgd, autoattack, corruptions (the 15 common corruptions at "
+                        "severities 1-5) (clean and one-step FGSM always run: the checks compare against them) "
+                        "(default: clean,pgd,autoattack; clean,pgd, said in one line, when "
                         "AutoAttack's optional package is not installed)")
+    p.add_argument("--corruptions", metavar="NAMES", help="with --attack corruptions: corruption names or families "
+                   "(noise, blur, weather, digital), comma-separated, or all (default: all 15)")
+    p.add_argument("--severities", metavar="LIST", help="with --attack corruptions: severities, e.g. 1,3,5 or 1-5 "
+                   "(default: all five)")
+    p.add_argument("--corruption-source", choices=("auto", "published", "on-the-fly"), default="auto",
+                   help="published: the authors' CIFAR-10-C / CIFAR-100-C / ImageNet-C images from the Hub (the only "
+                        "numbers comparable with RobustBench); on-the-fly: corrupt the subset itself (any data); "
+                        "auto: published where the data set has a known Hub copy")
+    p.add_argument("--corruption-data", metavar="ORG/NAME", help="another Hub copy of the published corrupted set "
+                   "(the authors' layout)")
+    p.add_argument("--corruption-baseline", metavar="MODEL", help="the model mCE is relative to (default: a run's "
+                   "base model; none: no mCE)")
+    p.add_argument("--corruption-workers", type=int, metavar="N", help="processes corrupting batches beside an "
+                   "accelerator (default: 0 on the CPU, else one per free core up to 8)")
     p.add_argument("--eps", help="perturbation radius in [0,1] pixel units, e.g. 8/255 (run folder: its own)")
     p.add_argument("--norm", choices=("Linf", "L2", "L1"), help="threat model norm (run folder: its own; else Linf); "
                    "L1: eps summed over the image, e.g. --eps 12 on CIFAR (Croce & Hein 2021)")
@@ -593,6 +619,15 @@ def _check_eval_args(args: argparse.Namespace) -> None:
         if getattr(args, flag) is not None:
             check_output_file(getattr(args, flag), f"--{flag}")
     resolve_spec(args.model)  # a missing path or an unknown name, before any data is loaded
+    from .evaluate.corruptions import settings_from
+
+    settings_from(_corruption_options(args))  # a bad corruption or severity name, before anything is loaded
+
+
+def _corruption_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {"corruptions": args.corruptions, "severities": args.severities, "source": args.corruption_source,
+            "data_repo": args.corruption_data, "baseline": args.corruption_baseline,
+            "workers": args.corruption_workers}
 
 
 def _run_eval(args: argparse.Namespace) -> int:
@@ -630,7 +665,8 @@ def _eval(args: argparse.Namespace) -> Any:
                    attacks=attacks, preset=args.preset, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
                    pgd_loss=args.pgd_loss, aa_version=args.aa_version, curve=not args.no_curve,
                    checks=not args.no_checks, seed=args.seed, batch_size=args.batch_size, output=args.output,
-                   plot=args.plot, update_run=not args.no_update)
+                   plot=args.plot, update_run=not args.no_update,
+                   suite_options={"corruptions": _corruption_options(args)})
     # every process is done with collectives: destroy the group (as PyTorch asks; on exit without it gloo's worker
     # threads can abort the process, and torchrun then reports a failed evaluation); after an error it is left alone
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -642,6 +678,10 @@ def _eval(args: argparse.Namespace) -> Any:
     if not args.json:
         print_tables([eval_table(report), *([eps_curve_table(report)] if "eps_curve" in report else []),
                       *([checks_table(report)] if "checks" in report else [])])
+        if "corruptions" in report:
+            from .evaluate.corruptions import markdown
+
+            print(markdown(report["corruptions"]))
     print(f"{report['n_examples']} examples (first {report['n_examples']} of {report['subset']['split']}, sha256 "
           f"{report['subset']['sha256_16']}), seed {args.seed}, on {report['device']}, "
           f"{time.perf_counter() - start:.1f} s")
@@ -765,6 +805,9 @@ def _zoo_more_parsers(zsub: argparse._SubParsersAction) -> None:
                            "and eps")
     cmp_.add_argument("run_dir", metavar="RUN", help="a finished, evaluated run folder")
     cmp_.add_argument("--offline", action="store_true", help="use the cached leaderboard only")
+    cmp_.add_argument("--threat-model", choices=("run", "corruptions"), default="run",
+                      help="run: the run's own norm and eps; corruptions: RobustBench's common-corruptions board "
+                           "(from the run's corruptions.json)")
     cmp_.add_argument("--json", action="store_true", help="print the comparison as JSON")
     cmp_.set_defaults(handler=_run_zoo_compare)
     add = zsub.add_parser("add", help="write the zoo entry of a pushed run, after checking its published card")
@@ -785,9 +828,24 @@ def _run_zoo_compare(args: argparse.Namespace) -> int:
     from .publish.hub import read_run_folder
     from .publish.robustbench import compare, compare_text
 
-    result = compare(read_run_folder(args.run_dir).record, offline=args.offline)
+    run = read_run_folder(args.run_dir)
+    if args.threat_model == "corruptions":
+        from .publish.robustbench import compare_corruptions, compare_corruptions_text
+
+        result = compare_corruptions(run.record, _corruptions_result(args.run_dir), offline=args.offline)
+        print(json.dumps(result, indent=2) if args.json else compare_corruptions_text(result))
+        return 0
+    result = compare(run.record, offline=args.offline)
     print(json.dumps(result, indent=2) if args.json else compare_text(result))
     return 0
+
+
+def _corruptions_result(run_dir: str) -> dict[str, Any] | None:
+    """The run folder's corruptions.json (robustify eval --attack corruptions), or None."""
+    from .runfolder import CORRUPTIONS_REPORT, RunFolder
+
+    folder = RunFolder(run_dir)
+    return folder.read_json(CORRUPTIONS_REPORT) if folder.has(CORRUPTIONS_REPORT) else None
 
 
 def _run_zoo_add(args: argparse.Namespace) -> int:
@@ -816,6 +874,10 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--authors", default="", help="model_info 'authors'")
     p.add_argument("--venue", default="", help="model_info 'venue'")
     p.add_argument("--footnote", help="model_info 'footnote'")
+    p.add_argument("--threat-model", choices=("run", "corruptions"), default="run",
+                   help="run: the run's own norm and eps (AutoAttack); corruptions: RobustBench's corruptions "
+                        "model_info, only from the published CIFAR-10-C / CIFAR-100-C images (the run's "
+                        "corruptions.json)")
     p.set_defaults(handler=_run_export)
 
 
@@ -826,6 +888,15 @@ def _run_export(args: argparse.Namespace) -> int:
 
     out = check_output_file(args.robustbench, "--robustbench")
     run = read_run_folder(args.run_dir)
+    if args.threat_model == "corruptions":
+        from .publish.robustbench import corruptions_model_info
+
+        info = corruptions_model_info(run.record, _corruptions_result(args.run_dir), name=args.name, link=args.link,
+                                      authors=args.authors, venue=args.venue, footnote=args.footnote)
+        atomic_write_json(out, info)
+        print(f"wrote {out}: {info['dataset']} corruptions: clean {info['clean_acc']}%, corruptions "
+              f"{info['corruptions_acc']}%")
+        return 0
     info = model_info(run.record, name=args.name, link=args.link, authors=args.authors, venue=args.venue,
                       footnote=args.footnote)
     atomic_write_json(out, info)

@@ -15,7 +15,8 @@ Files (the layout docs/run-folder.md describes):
   config.json also carries the record's ``robustness`` block;
 - ``metrics.json``: the record's results; ``README.md``: the model card; ``recipe.yaml``: the resolved recipe;
 - ``history.json`` / ``history.png``: per-epoch history; ``eval.json`` / ``eps_curve.png``: ``robustify eval``'s
-  report and accuracy-vs-eps plot;
+  report and accuracy-vs-eps plot; ``corruptions.json`` / ``corruptions.md`` / ``corruptions.png``: the
+  common-corruption evaluation (``--attack corruptions``);
 - ``checkpoints/ckpt_<progress>/``: complete checkpoints (``trainer_state.json`` marks one complete);
 - ``.lock``: the run lock (``runlock.py``); ``.export-*`` and ``.*.tmp``: temporaries of an interrupted write.
 
@@ -41,6 +42,9 @@ HISTORY = "history.json"
 HISTORY_PLOT = "history.png"
 EVAL = "eval.json"
 EPS_CURVE_PLOT = "eps_curve.png"
+CORRUPTIONS_REPORT = "corruptions.json"  # robustify eval --attack corruptions: the result, a table and a plot
+CORRUPTIONS_TABLE = "corruptions.md"
+CORRUPTIONS_PLOT = "corruptions.png"
 PLOTS = "*.png"  # every plot a run folder holds (history.png, eps_curve.png, ...)
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"  # inside a checkpoint: written last, so it marks the checkpoint complete

@@ -59,16 +59,9 @@ def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module
     model; else the backbone's timm data config at the model's input size). Under several processes (``state``, an
     ``accelerate.PartialState``) each decodes only its block of whole ``batch_size`` batches, the block
     :func:`evaluate` attacks on it (:func:`shard_range`); the main process prepares the data set first."""
-    from timm.data import resolve_data_config
-
-    from ..data import Preprocessing
     from ..data.loaders import evaluation_block
 
-    pre = getattr(model, "preprocessing", None)
-    if pre is None:
-        cfg = dict(resolve_data_config(model=getattr(model, "backbone", model)))
-        cfg["input_size"] = tuple(getattr(model, "input_size", cfg["input_size"]))
-        pre = Preprocessing.from_data_config(cfg)
+    pre = model_preprocessing(model)
     world = state.num_processes if state is not None else 1
     block = None
     if world > 1:
@@ -79,6 +72,38 @@ def load_examples(data: str, split: str, n_examples: int, model: torch.nn.Module
     main = state is None or state.is_main_process
     return evaluation_block(data, split, n_examples, pre, block, first,
                             desc=f"loading {data} {split}" if progress and main else None)
+
+
+def model_preprocessing(model: torch.nn.Module) -> Any:
+    """The model's one preprocessing: the run's own for a robustify model, else the backbone's timm data config at
+    the model's input size."""
+    from timm.data import resolve_data_config
+
+    from ..data import Preprocessing
+
+    pre = getattr(model, "preprocessing", None)
+    if pre is None:
+        cfg = dict(resolve_data_config(model=getattr(model, "backbone", model)))
+        cfg["input_size"] = tuple(getattr(model, "input_size", cfg["input_size"]))
+        pre = Preprocessing.from_data_config(cfg)
+    return pre
+
+
+# ------------------------------------------------------------------------------------------ the suites
+def _corruptions_suite(net: torch.nn.Module, ex: Examples, options: dict[str, Any], settings: EvalSettings,
+                       device: Any, state: Any, progress: bool, run: RunInfo | None) -> dict[str, Any]:
+    """``--attack corruptions``: evaluate.corruptions on the same subset (baseline: the run's base model)."""
+    from .corruptions import run_suite, settings_from
+
+    s = settings_from(options, seed=settings.seed, batch_size=settings.batch_size)
+    return run_suite(net, ex, s, model_preprocessing(net).transform(), device, state, progress,
+                     baseline=run.record.training.base_model if run is not None else None,
+                     num_classes=getattr(net, "num_classes", None),
+                     weights_sha256=run.record.training.weights_sha256 if run is not None else None)
+
+
+# name -> the evaluation beyond the Lp attacks it runs on the subset; its result is stored under report[name]
+SUITES: dict[str, Callable[..., dict[str, Any]]] = {"corruptions": _corruptions_suite}
 
 
 # ------------------------------------------------------------------------------------------ the evaluation
@@ -126,8 +151,8 @@ class EvalSettings:
         if self.norm not in attacks.NORMS:
             _bad("--norm", self.norm, attacks.NORMS)
         for a in self.attacks:
-            if a not in ATTACK_CHOICES:
-                _bad("--attack", a, ATTACK_CHOICES)
+            if a not in ATTACK_CHOICES and a not in SUITES:
+                _bad("--attack", a, ATTACK_CHOICES + tuple(SUITES))
         if self.eps <= 0 or (self.norm == "Linf" and self.eps > 1):
             raise UserError(f"--eps {self.eps:g} is not accepted; use eps in (0, 1] pixel units for Linf (e.g. 8/255) "
                             "or > 0 for L2 and L1 (summed over the image, e.g. 0.5 and 12 on CIFAR)")
@@ -475,12 +500,17 @@ def read_run(spec: str) -> RunInfo | None:
     return RunInfo(folder.path, record, recipe_data(folder, record.training.dataset))
 
 
-def matches_run(run: RunInfo, report: dict[str, Any]) -> str | None:
-    """None when the evaluation measured the run's own threat model on its own data; else why not."""
+def matches_data(run: RunInfo, report: dict[str, Any]) -> str | None:
+    """None when the evaluation ran on the run's own data; else why not."""
     sub = report["subset"]
     if sub["data"] != run.data and public.dataset_name(sub["data"])[0] != run.record.training.dataset:
         return f"evaluated on {sub['data']}, but the model was trained for {run.record.training.dataset}"
-    return run.record.mismatch(Evaluation.from_report(report))
+    return None
+
+
+def matches_run(run: RunInfo, report: dict[str, Any]) -> str | None:
+    """None when the evaluation measured the run's own threat model on its own data; else why not."""
+    return matches_data(run, report) or run.record.mismatch(Evaluation.from_report(report))
 
 
 def render_run_update(run: RunInfo, report: dict[str, Any], plot: bool = True) -> tuple[dict[Path, bytes], str]:
@@ -563,7 +593,8 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
              pgd_steps: int | None = None, pgd_restarts: int | None = None, pgd_loss: str | None = None,
              aa_version: str | None = None, curve: bool = True, checks: bool = True, seed: int = 0,
              batch_size: int = 250, output: str | Path | None = None, plot: str | Path | None = None,
-             update_run: bool = True, progress: bool = True) -> EvalOutcome:
+             update_run: bool = True, progress: bool = True,
+             suite_options: dict[str, dict[str, Any]] | None = None) -> EvalOutcome:
     """``robustify eval``: load any model ``finetune`` accepts, evaluate it, write the JSON / PNG, and update a run
     folder when the evaluation measured the run's own threat model on its own data.
 
@@ -616,7 +647,13 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
         raise UserError(f"model {model!r} has {net.num_classes} outputs but {data!r} has {ex.num_classes} classes; "
                         "evaluate a model on the data set it was trained for")
     report: dict[str, Any] = {"model": model, "robustify_version": __version__}
+    suites = [a for a in settings.attacks if a in SUITES]
+    settings.attacks = tuple(a for a in settings.attacks if a not in SUITES)
     report |= evaluate(FP32(net), ex, settings, device=device, progress=progress, state=state)
+    for name in suites:
+        report[name] = SUITES[name](net, ex, (suite_options or {}).get(name, {}), settings, device, state, progress,
+                                    run)
+    settings.attacks += tuple(suites)
     decoded = [int(ex.y.shape[0])]
     if state.num_processes > 1:
         from accelerate.utils import gather_object
@@ -641,6 +678,13 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
         with tempfile.TemporaryDirectory(prefix="robustify-plot-") as tmp:
             plot_eps_curve(report, Path(tmp) / "plot.png")
             files[Path(plot).expanduser()] = (Path(tmp) / "plot.png").read_bytes()
+    if "corruptions" in report:
+        from .corruptions import files_for
+
+        if output:
+            files |= {out.with_name(k): v for k, v in files_for(report["corruptions"], out.stem).items()}
+        if run is not None and update_run and matches_data(run, report) is None:
+            files |= {run.path / k: v for k, v in files_for(report["corruptions"]).items()}
     note = None
     if run is not None:
         outcome.not_updated = "--no-update was given" if not update_run else matches_run(run, report)

@@ -209,11 +209,13 @@ def model_info(record: RunRecord, name: str | None = None, link: str = "", autho
     return info
 
 
-def check_fields(info: dict[str, Any], where: str = "model_info") -> None:
-    """Exactly :data:`FIELDS` with their types (a robustify bug otherwise, so a plain assertion message)."""
-    if list(info) != list(FIELDS):
-        raise ValueError(f"{where}: fields {list(info)} are not RobustBench's {list(FIELDS)}")
-    for k, types in FIELDS.items():
+def check_fields(info: dict[str, Any], where: str = "model_info",
+                 fields: dict[str, tuple[type, ...]] | None = None) -> None:
+    """Exactly :data:`FIELDS` (or ``fields``) with their types (a robustify bug otherwise, so a plain message)."""
+    fields = FIELDS if fields is None else fields
+    if list(info) != list(fields):
+        raise ValueError(f"{where}: fields {list(info)} are not RobustBench's {list(fields)}")
+    for k, types in fields.items():
         if not isinstance(info[k], types) or (int in types and isinstance(info[k], bool)):
             raise ValueError(f"{where}: field {k!r}={info[k]!r} is not of RobustBench's type {types}")
 
@@ -403,3 +405,114 @@ def card_lines(record: RunRecord) -> list[str]:
     lines.append(("- " + compare_text(r).split("\n", 1)[1].replace("\n", "\n- ")).replace("leaderboard: Robust",
                                                                                           "Robust"))
     return lines + [""]
+
+
+# ------------------------------------------------------------------------------------------------ corruptions
+# RobustBench's corruptions model_info: the same fields with ``corruptions_acc`` for ``autoattack_acc``
+# (eps: the training eps of an adversarially trained model, as RobustBench's own files write it, else null)
+CORRUPTIONS_FIELDS: dict[str, tuple[type, ...]] = {
+    (k.replace("autoattack", "corruptions")): ((str, type(None)) if k == "eps" else v) for k, v in FIELDS.items()}
+# the published set and the number of images per severity RobustBench's corruptions boards use (its ImageNet board
+# also ranks 3D common corruptions and mCE against AlexNet, which robustify does not measure)
+CORRUPTION_PROTOCOLS = {"cifar10": ("cifar10-c", 10_000), "cifar100": ("cifar100-c", 10_000)}
+N_CORRUPTIONS = 15
+
+
+def corruptions_check(record: RunRecord, result: dict[str, Any] | None) -> str | None:
+    """None when ``result`` (the run folder's corruptions.json) is RobustBench's corruptions protocol; else why not."""
+    ds = robustbench_dataset(record)
+    if ds is None:
+        return f"data set {record.training.dataset!r} has no RobustBench corruptions leaderboard (cifar10, cifar100)"
+    if ds not in CORRUPTION_PROTOCOLS:
+        return (f"RobustBench's {ds} corruptions board also ranks 3D common corruptions and mCE against AlexNet, "
+                "which robustify does not measure")
+    if result is None:
+        return "the run has no corruption evaluation (robustify eval RUN --attack corruptions)"
+    name, n = CORRUPTION_PROTOCOLS[ds]
+    if result.get("source") != "published":
+        return (f"on-the-fly corruptions (robustify's own images); RobustBench uses the published {name} images "
+                "(--corruption-source published)")
+    if result.get("published_set") != name:
+        return f"evaluated on {result.get('published_set')}, RobustBench's {ds} board on {name}"
+    if len(result.get("corruptions", [])) != N_CORRUPTIONS or list(result.get("severities", [])) != [1, 2, 3, 4, 5]:
+        return (f"{len(result.get('corruptions', []))} corruptions at severities "
+                f"{','.join(map(str, result.get('severities', [])))}; RobustBench averages all 15 at severities 1-5")
+    if result.get("n_examples") != n:
+        return f"{result.get('n_examples')} images per severity, RobustBench uses all {n:,}"
+    if result.get("weights_sha256") != record.training.weights_sha256:
+        return "the corruption evaluation measured other weights than the run folder's (evaluate it again)"
+    return None
+
+
+def corruptions_model_info(record: RunRecord, result: dict[str, Any] | None, name: str | None = None,
+                           link: str = "", authors: str = "", venue: str = "",
+                           footnote: str | None = None) -> dict[str, Any]:
+    """The run's RobustBench corruptions model_info (:data:`CORRUPTIONS_FIELDS`), or :class:`NotComparable`."""
+    why = corruptions_check(record, result)
+    if why is not None:
+        raise NotComparable(f"no RobustBench corruptions model_info for run {record.training.name!r}: not "
+                            f"comparable: {why}")
+    assert result is not None
+    t = record.training
+    acc = f"{100 * result['mean_corruption_acc']:.2f}"
+    info = {
+        "link": link, "name": name or f"{t.method.get('name')} adversarial fine-tuning of {t.base_model}",
+        "authors": authors, "additional_data": bool(t.pretrained), "number_forward_passes": 1,
+        "dataset": robustbench_dataset(record), "venue": venue, "architecture": t.architecture, "eps": eps_text(t.eps),
+        "clean_acc": f"{100 * result['clean_acc']:.2f}", "reported": acc, "corruptions_acc": acc,
+        "footnote": footnote or (f"Evaluated with robustify eval --attack corruptions on the published "
+                                 f"{result['published_set']} images; fine-tuned from pretrained weights."
+                                 if t.pretrained else None),
+    }
+    check_fields(info, fields=CORRUPTIONS_FIELDS)
+    return info
+
+
+def compare_corruptions(record: RunRecord, result: dict[str, Any] | None, offline: bool = False,
+                        board: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Where ``record``'s corruption accuracy stands on RobustBench's corruptions board for its data set."""
+    t = record.training
+    ds = robustbench_dataset(record)
+    why = corruptions_check(record, result)
+    out: dict[str, Any] = {"run": t.name, "dataset": ds or t.dataset, "threat_model": "corruptions",
+                           "architecture": t.architecture, "additional_data": bool(t.pretrained),
+                           "comparable": why is None, "reason": why}
+    if ds is None or ds not in CORRUPTION_PROTOCOLS:
+        return out
+    source = "given"
+    if board is None:
+        board, source = leaderboard(ds, "corruptions", offline)
+    entries = []
+    for key, info in board["entries"].items():
+        try:
+            entries.append({"id": key, "name": info.get("name"), "architecture": info.get("architecture"),
+                            "clean_acc": float(info["clean_acc"]), "corruptions_acc": float(info["corruptions_acc"]),
+                            "additional_data": bool(info.get("additional_data"))})
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+    entries.sort(key=lambda e: (-e["corruptions_acc"], -e["clean_acc"]))
+    out |= {"leaderboard": {"commit": board.get("commit"), "fetched_at": board.get("fetched_at"), "source": source,
+                            "entries": len(entries)}, "best_overall": entries[0] if entries else None}
+    if result is not None:
+        acc = round(100 * result["mean_corruption_acc"], 2)
+        out |= {"corruptions_acc": acc, "clean_acc": round(100 * result["clean_acc"], 2),
+                "source": result.get("source"),
+                "would_rank": 1 + sum(e["corruptions_acc"] > acc for e in entries), "of": len(entries) + 1}
+    return out
+
+
+def compare_corruptions_text(r: dict[str, Any]) -> str:
+    lines = [f"{r['run']}: {r['dataset']} common corruptions, {r['architecture']}"]
+    if "corruptions_acc" in r:
+        lines.append(f"{'rank' if r['comparable'] else 'would rank'} {r['would_rank']} of {r['of']} by corruption "
+                     f"accuracy ({r['corruptions_acc']:.2f}%, clean {r['clean_acc']:.2f}%)")
+    if not r["comparable"]:
+        lines.append(f"not comparable: {r['reason']}")
+    if "leaderboard" in r:
+        b, best = r["leaderboard"], r["best_overall"]
+        if best:
+            lines.append(f"best overall: {best['id']} ({best['architecture']}): {best['corruptions_acc']:.2f}% "
+                         f"corruptions, {best['clean_acc']:.2f}% clean")
+        lines.append(f"leaderboard: RobustBench corruptions at commit {str(b['commit'])[:8]}, {b['entries']} entries, "
+                     f"{b['source']} (fetched {b['fetched_at']})")
+    return "\n".join(lines)
