@@ -82,6 +82,10 @@ class StepContext:
     # an option's weight perturbation before the training forward (train/options/), given the method's
     # training objective as a function of the model; None: the weights are trained as they are
     perturb_weights: Callable[[Callable[[torch.nn.Module], torch.Tensor]], None] | None = None
+    # the training loss, (fp32 logits, targets) -> batch mean, as every method computes it (the cross-entropy of the
+    # training inputs, TRADES' clean term, free/DEAT's replays); an option swaps it (train/options/: timm's label
+    # smoothing, or Mixup's soft-target CE with soft targets). The attacks keep their own objective.
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
 
 
 @dataclass
@@ -159,9 +163,9 @@ class Method:
             return self._train_on_trades(ctx, x_train, y, x_clean)
         with ctx.autocast():
             if ctx.perturb_weights is not None:  # the weights at w + v for this forward; the stepper restores them
-                ctx.perturb_weights(lambda m: F.cross_entropy(m(x_train).float(), y))
+                ctx.perturb_weights(lambda m: ctx.loss(m(x_train).float(), y))
             logits = ctx.model(x_train)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = ctx.loss(logits.float(), y)
         ctx.optimize(loss)
         return StepResult(loss.detach(), logits.detach())
 
@@ -191,9 +195,9 @@ class Method:
         with ctx.autocast():
             if ctx.perturb_weights is not None:  # perturbed against the TRADES objective
                 ctx.perturb_weights(lambda m: trades_mod.trades_loss(*m(torch.cat([x_clean, x_adv])).chunk(2), y,
-                                                                     self.cfg.beta))
+                                                                     self.cfg.beta, ctx.loss))
             logits_clean, logits_adv = ctx.model(torch.cat([x_clean, x_adv])).chunk(2)
-            loss = trades_mod.trades_loss(logits_clean, logits_adv, y, self.cfg.beta)
+            loss = trades_mod.trades_loss(logits_clean, logits_adv, y, self.cfg.beta, ctx.loss)
         ctx.optimize(loss)
         return StepResult(loss.detach(), logits_adv.detach())
 
@@ -209,7 +213,7 @@ def replay(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, delta: torch.Tens
         delta = delta.detach().requires_grad_(True)
         with ctx.autocast():
             logits = ctx.model(x + delta)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = ctx.loss(logits.float(), y)
         ctx.optimize(loss)  # one backward: weight grads (stepped) and delta.grad
         grad = delta.grad.detach()
         with torch.no_grad():
