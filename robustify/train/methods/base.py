@@ -128,6 +128,11 @@ class Method:
     # True when the optimizer steps per minibatch change during the run (deat): the trainer then positions the
     # learning-rate schedule by minibatches done instead of by optimizer steps against a fixed plan
     dynamic_steps = False
+    # whether the step accepts soft targets (an (N, classes) float tensor from mixup/CutMix, train/options/mixup.py)
+    # wherever it uses ``y``: its training loss goes through ``ctx.loss`` and its attack only feeds ``y`` to a
+    # cross-entropy (torch's takes probability targets). A method that reads ``y`` as class indices (success
+    # checks, margins) sets False, and mixup is refused with it before anything loads.
+    soft_targets = True
 
     def __init__(self, cfg: MethodConfig, threat: ThreatConfig):
         self.cfg = cfg

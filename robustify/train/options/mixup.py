@@ -102,6 +102,14 @@ class MixupOption(Option):
         if mixing(cfg) and t.mixup_prob == 0:
             raise ConfigError("train.mixup_prob=0 with mixup or CutMix on mixes nothing; use a probability > 0, or "
                               "train.mixup_alpha=0 and train.cutmix_alpha=0 to switch mixing off")
+        from ..methods import METHODS
+
+        method = METHODS.get(cfg.method.name)
+        if mixing(cfg) and method is not None and not method.soft_targets:
+            raise ConfigError(f"train.mixup_alpha={t.mixup_alpha:g} / train.cutmix_alpha={t.cutmix_alpha:g} with "
+                              f"method.name={cfg.method.name!r} is not accepted: the method reads its labels as class "
+                              "indices and mixup gives soft targets; use another method, or label smoothing alone "
+                              "(train.label_smoothing)")
 
     @classmethod
     def plan_notes(cls, stage: str, cfg: Any, data_passes: int) -> list[str]:
@@ -118,8 +126,8 @@ class MixupOption(Option):
         if entry is None:
             return []
         return [f"- Trained with {describe(entry)} (timm's Mixup and SoftTargetCrossEntropy); the training attack "
-                "maximised the soft-target cross-entropy of the mixed images. The evaluation is on clean images with "
-                "their own labels."]
+                "maximised the soft-target cross-entropy of the mixed images. The probe and the evaluation use unmixed "
+                "images with their own labels."]
 
     def setup(self, run: Any) -> None:
         self.rank = run.accelerator.process_index
