@@ -159,6 +159,25 @@ def test_auto_augment_is_seeded_per_example_and_the_same_at_world_size_1_and_3()
     assert not torch.equal(next(iter(plain.train_epoch(1)))[0], x1)  # the policy does change the pixels
 
 
+def test_randaugments_zero_bit_posterize_is_the_black_image_not_a_crash():
+    """rand-m9-mstd0.5-inc1 (the references' policy) keeps 0 bits at its top magnitude; Pillow 13 refuses that, which
+    crashed a quickstart run at a random minibatch. The op now gives the black image Pillow gave before."""
+    from PIL import Image, ImageOps
+    from timm.data import auto_augment
+
+    from robustify.data.preprocessing import train_transform
+
+    tf = train_transform((3, 32, 32), auto_augment="rand-m9-mstd0.5-inc1")
+    (op,) = [op for t in tf.transforms for op in getattr(t, "ops", []) if op.name == "PosterizeIncreasing"]
+    img = Image.fromarray(np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3))
+    with pytest.raises(ValueError):
+        auto_augment.posterize(img, 0)  # timm's own op on this Pillow
+    assert not np.asarray(op.aug_fn(img, 0)).any()
+    assert np.array_equal(np.asarray(op.aug_fn(img, 3)), np.asarray(ImageOps.posterize(img, 3)))
+    op.magnitude, op.magnitude_std, op.prob = 10, 0, 1.0  # the top magnitude: 0 bits kept, through the op itself
+    assert not np.asarray(op(img)).any()
+
+
 def test_the_policy_travels_to_stream_workers_in_the_preprocessing_record():
     from robustify.data.preprocessing import Preprocessing
 

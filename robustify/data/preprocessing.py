@@ -123,8 +123,33 @@ def train_transform(input_size: tuple[int, int, int], interpolation: str = "bili
     RandAugment / AutoAugment / AugMix policy of that name), without normalization."""
     from timm.data import create_transform
 
-    return create_transform(input_size=tuple(input_size), interpolation=interpolation, mean=(0.0, 0.0, 0.0),
-                            std=(1.0, 1.0, 1.0), is_training=True, auto_augment=auto_augment)
+    transform = create_transform(input_size=tuple(input_size), interpolation=interpolation, mean=(0.0, 0.0, 0.0),
+                                 std=(1.0, 1.0, 1.0), is_training=True, auto_augment=auto_augment)
+    return posterize_zero_bits(transform) if auto_augment else transform
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize op, with 0 bits kept giving the black image it gave before Pillow 13 (which refuses 0)."""
+    from timm.data import auto_augment
+
+    if bits_to_keep < 1:
+        return Image.new(img.mode, img.size)  # every bit masked off: what ImageOps.posterize(img, 0) returned
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def posterize_zero_bits(transform):
+    """timm's RandAugment with increasing posterize (``inc1``, as in ``rand-m9-mstd0.5-inc1``) keeps 4 - 4 = 0 bits
+    at the top magnitude, which the noise of ``mstd`` reaches now and then; Pillow 13 raises on 0 bits (earlier
+    Pillow returned a black image), so a run crashes at a random minibatch. Each posterize op of the policy is
+    pointed at :func:`_posterize` (timm's function, plus the black image at 0 bits); nothing else changes."""
+    from timm.data import auto_augment
+
+    for step in getattr(transform, "transforms", []):
+        groups = getattr(step, "policy", None) or [getattr(step, "ops", [])]  # AutoAugment's sub-policies, or ops
+        for op in (op for group in groups for op in group):
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = _posterize
+    return transform
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
