@@ -97,6 +97,9 @@ class DataConfig:
     per_class: int | None = None  # frontier: few-shot, K training examples per class (seeded, balanced, recorded)
     unlabeled: str | None = None  # frontier: any data spec; pseudo-labelled once by train.teacher (its labels unused)
     unlabeled_ratio: float = 0.5  # frontier: the pseudo-labelled share of each training minibatch, in (0, 1)
+    # timm's auto-augment policy for augment: timm (train/options/auto_augment.py), e.g. rand-m9-mstd0.5-inc1
+    # (RandAugment), original (AutoAugment), augmix-m5-w4-d2; seeded per example
+    auto_augment: str | None = None
 
 
 @dataclass
@@ -190,6 +193,14 @@ class TrainConfig:
     teacher: str | None = None  # frontier: labels data.unlabeled (None: the model before adversarial fine-tuning)
     deterministic: bool = False  # CUDA: deterministic kernels (cuDNN, cuBLAS, the resize), slower; see docs/scale.md
     local_sgd_steps: int | None = None  # local SGD: average the models every K optimizer steps (train/options/)
+    # timm's augmentation losses (train/options/mixup.py, label_smoothing.py): label smoothing of the training
+    # loss (LabelSmoothingCrossEntropy, or Mixup's soft targets when mixup/CutMix is on); 0: off
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0  # timm.data.Mixup: mixup's Beta(alpha, alpha); 0: off (0.8 in DeiT and Singh et al.)
+    cutmix_alpha: float = 0.0  # timm.data.Mixup: CutMix's Beta(alpha, alpha); 0: off (1.0 in DeiT)
+    mixup_prob: float = 1.0  # the probability that a minibatch (or example, by mixup_mode) is mixed at all
+    mixup_switch_prob: float = 0.5  # with both on: the probability of CutMix instead of mixup
+    mixup_mode: str = "batch"  # batch | pair | elem: one draw per minibatch, per pair or per example
 
 
 @dataclass
@@ -234,6 +245,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.probe_split": ("heldout", "train"),
     "train.grad_compression": ("none", "fp16", "bf16", "powersgd", "sign"),
     "train.mixed_precision": ("auto", "no", "bf16", "pure-bf16"),
+    "train.mixup_mode": ("batch", "pair", "elem"),
     "train.select": ("best-robust", "last"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
 }

@@ -54,6 +54,10 @@ OPTIONS: dict[str, list[str]] = {
     "deterministic": ["train.deterministic=true"],
     "few-shot": ["data.per_class=4"],
     "grad-accum": ["train.grad_accum=2"],
+    # timm's augmentation and losses (issue 30): mixup + CutMix with smoothed soft targets, label smoothing, RandAugment
+    "mixup": ["train.mixup_alpha=0.8", "train.cutmix_alpha=1.0", "train.label_smoothing=0.1"],
+    "label-smoothing": ["train.label_smoothing=0.1"],
+    "randaugment": ["data.augment=timm", "data.auto_augment=rand-m9-mstd0.5-inc1", "data.num_workers=0"],
 }
 # the key each option's refusals name
 KEYS = {"awp": "train.awp", "ema": "train.ema", "eps-warmup": "threat.eps_warmup_fraction",
@@ -61,7 +65,8 @@ KEYS = {"awp": "train.awp", "ema": "train.ema", "eps-warmup": "threat.eps_warmup
         "unlabeled": "data.unlabeled", "lp-ft": "stages", "freeze": "model.freeze",
         "pure-bf16": "train.mixed_precision", "fosc": "method.fosc", "trades": "method.loss",
         "L2": "threat.norm", "L1": "threat.norm", "deterministic": "train.deterministic", "few-shot": "data.per_class",
-        "grad-accum": "train.grad_accum"}
+        "grad-accum": "train.grad_accum", "mixup": "train.mixup_alpha", "label-smoothing": "train.label_smoothing",
+        "randaugment": "data.auto_augment"}
 # pairs refused up front, each for a stated reason (the line names both keys)
 REFUSED = {
     frozenset({"ema", "local-sgd"}): "a per-process weight average would drift between the model averages",
@@ -81,7 +86,8 @@ PAIRS = [("awp", "trades"), ("awp", "lp-ft"), ("ema", "lp-ft"), ("ema", "eps-war
          ("local-sgd", "freeze"), ("local-sgd", "L1"), ("sign", "fosc"), ("sign", "unlabeled"), ("powersgd", "L2"),
          ("powersgd", "few-shot"), ("unlabeled", "lp-ft"), ("freeze", "pure-bf16"), ("pure-bf16", "trades"),
          ("fosc", "L2"), ("trades", "lp-ft"), ("L1", "deterministic"), ("deterministic", "grad-accum"),
-         ("few-shot", "grad-accum")]
+         ("few-shot", "grad-accum"), ("mixup", "trades"), ("mixup", "unlabeled"), ("randaugment", "mixup"),
+         ("label-smoothing", "awp"), ("label-smoothing", "lp-ft"), ("randaugment", "few-shot")]
 
 
 def compose(names: tuple[str, ...], unlabeled: Path, out: Path) -> tuple[str, list[str]]:

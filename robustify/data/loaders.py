@@ -21,6 +21,7 @@ Must not: hold more decoded batches than its bound, or give processes different 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterator
@@ -398,7 +399,9 @@ def build_loaders(cfg: Any, data_config: dict, eval_examples: int, probe_size: i
     if n_batches == 0:
         raise UserError(f"data.batch_size={bs} x {world_size} process(es) is larger than the training split "
                         f"({n_train} examples); use a smaller batch size")
-    return Loaders(data=cfg.name, train_split=cfg.train_split, eval_split=eval_split, preprocessing=pre,
+    # the model, the probe, evaluation and export: the same preprocessing without the training-only policy
+    return Loaders(data=cfg.name, train_split=cfg.train_split, eval_split=eval_split,
+                   preprocessing=dataclasses.replace(pre, auto_augment=None),
                    num_classes=n_classes, label_names=names, train_size=n_train,
                    eval_size=n_eval, batches_per_epoch=n_batches, probe=(to_unit(px), py), streaming=streaming,
                    _seed=seed, _rank=rank, _world=world_size, _epoch_index=epoch_index, _train=train,

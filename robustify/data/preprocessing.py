@@ -39,6 +39,9 @@ class Preprocessing:
     std: tuple[float, ...] = (0.229, 0.224, 0.225)
     model_input_size: tuple[int, int, int] | None = None
     crop_mode: str = "center"
+    # training only (augment: timm): timm's auto-augment policy string (data.auto_augment); never in the probe,
+    # the evaluation or the exported pretrained_cfg
+    auto_augment: str | None = None
 
     @classmethod
     def from_data_config(cls, data_config: dict[str, Any], cfg: Any = None) -> Preprocessing:
@@ -60,7 +63,8 @@ class Preprocessing:
         return cls(input_size=tuple(input_size), interpolation=str(interpolation), crop_pct=float(crop_pct),
                    mean=tuple(float(v) for v in data_config.get("mean", cls.mean)),
                    std=tuple(float(v) for v in data_config.get("std", cls.std)),
-                   model_input_size=tuple(model_size) if tuple(model_size) != tuple(input_size) else None)
+                   model_input_size=tuple(model_size) if tuple(model_size) != tuple(input_size) else None,
+                   auto_augment=getattr(cfg, "auto_augment", None))
 
     @property
     def backbone_input_size(self) -> tuple[int, int, int]:
@@ -71,8 +75,9 @@ class Preprocessing:
         return eval_transform(self.input_size, self.interpolation, self.crop_pct)
 
     def train_transform(self):
-        """timm's training augmentation at ``input_size`` (RandomResizedCrop, flip, colour jitter), no normalization."""
-        return train_transform(self.input_size, self.interpolation)
+        """timm's training augmentation at ``input_size`` (RandomResizedCrop, flip, colour jitter or the auto-augment
+        policy), no normalization."""
+        return train_transform(self.input_size, self.interpolation, self.auto_augment)
 
     def pretrained_cfg(self) -> dict[str, Any]:
         """The fields of timm's ``pretrained_cfg`` that make ``create_transform`` reproduce :meth:`transform`.
@@ -90,6 +95,8 @@ class Preprocessing:
         d["input_size"] = list(self.input_size)
         d["model_input_size"] = list(self.backbone_input_size)
         d["mean"], d["std"] = list(self.mean), list(self.std)
+        if self.auto_augment is None:  # records written before the key read the same
+            del d["auto_augment"]
         return d
 
     @classmethod
@@ -98,7 +105,8 @@ class Preprocessing:
         model = tuple(d.get("model_input_size") or inp)
         return cls(input_size=inp, interpolation=d.get("interpolation", "bilinear"),
                    crop_pct=float(d.get("crop_pct", 1.0)), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   model_input_size=model if model != inp else None, crop_mode=d.get("crop_mode", "center"))
+                   model_input_size=model if model != inp else None, crop_mode=d.get("crop_mode", "center"),
+                   auto_augment=d.get("auto_augment"))
 
 
 def eval_transform(input_size: tuple[int, int, int], interpolation: str = "bilinear", crop_pct: float = 1.0):
@@ -109,12 +117,39 @@ def eval_transform(input_size: tuple[int, int, int], interpolation: str = "bilin
                             mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), is_training=False)
 
 
-def train_transform(input_size: tuple[int, int, int], interpolation: str = "bilinear"):
-    """timm's training augmentation (random resized crop, flip, colour jitter), without normalization."""
+def train_transform(input_size: tuple[int, int, int], interpolation: str = "bilinear",
+                    auto_augment: str | None = None):
+    """timm's training augmentation (random resized crop, flip, then colour jitter or, with ``auto_augment``, timm's
+    RandAugment / AutoAugment / AugMix policy of that name), without normalization."""
     from timm.data import create_transform
 
-    return create_transform(input_size=tuple(input_size), interpolation=interpolation, mean=(0.0, 0.0, 0.0),
-                            std=(1.0, 1.0, 1.0), is_training=True)
+    transform = create_transform(input_size=tuple(input_size), interpolation=interpolation, mean=(0.0, 0.0, 0.0),
+                                 std=(1.0, 1.0, 1.0), is_training=True, auto_augment=auto_augment)
+    return posterize_zero_bits(transform) if auto_augment else transform
+
+
+def _posterize(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize op, with 0 bits kept giving the black image it gave before Pillow 13 (which refuses 0)."""
+    from timm.data import auto_augment
+
+    if bits_to_keep < 1:
+        return Image.new(img.mode, img.size)  # every bit masked off: what ImageOps.posterize(img, 0) returned
+    return auto_augment.posterize(img, bits_to_keep, **kwargs)
+
+
+def posterize_zero_bits(transform):
+    """timm's RandAugment with increasing posterize (``inc1``, as in ``rand-m9-mstd0.5-inc1``) keeps 4 - 4 = 0 bits
+    at the top magnitude, which the noise of ``mstd`` reaches now and then; Pillow 13 raises on 0 bits (earlier
+    Pillow returned a black image), so a run crashes at a random minibatch. Each posterize op of the policy is
+    pointed at :func:`_posterize` (timm's function, plus the black image at 0 bits); nothing else changes."""
+    from timm.data import auto_augment
+
+    for step in getattr(transform, "transforms", []):
+        groups = getattr(step, "policy", None) or [getattr(step, "ops", [])]  # AutoAugment's sub-policies, or ops
+        for op in (op for group in groups for op in group):
+            if getattr(op, "aug_fn", None) is auto_augment.posterize:
+                op.aug_fn = _posterize
+    return transform
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -306,12 +341,16 @@ def make_example(img, pre: Preprocessing, augment: str, seed: int, transforms: d
 
 
 def seeded_transform(transform, img: Image.Image, seed: int) -> torch.Tensor:
-    """Apply a random (timm) transform with the Python and torch RNGs seeded for this example only."""
-    state = random.getstate()
+    """Apply a random (timm) transform with the Python, NumPy and torch RNGs seeded for this example only (timm's
+    RandAugment picks its operations with NumPy's global RNG, AugMix draws its weights there), so an example's
+    augmentation is a pure function of ``seed`` whichever worker, process or world size decodes it."""
+    state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
+        np.random.seed(seed & 0xFFFFFFFF)  # NumPy's legacy seed takes 32 bits of the well-mixed example seed
         torch.manual_seed(seed)
         try:
             return transform(to_rgb(img))
         finally:
             random.setstate(state)
+            np.random.set_state(np_state)

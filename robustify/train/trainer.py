@@ -537,7 +537,8 @@ def train_epoch(run: Run, epoch: int, stop: StopSignal) -> None:
             bar.close()
             raise out_of_memory(e, cfg, acc.device, cfg.method.name) from None
         n = y.shape[0]  # a Python int from the shape: adding it is a kernel argument, not a host-to-device copy
-        sums[:2] += torch.stack([res.loss.double() * n, (res.logits.argmax(1) == y).sum().double()])
+        hard = y if y.dim() == 1 else y.argmax(1)  # soft targets (an option's mixup): accuracy on the dominant label
+        sums[:2] += torch.stack([res.loss.double() * n, (res.logits.argmax(1) == hard).sum().double()])
         sums[2] += n
         state.batch += 1
         state.progress += 1

@@ -89,6 +89,10 @@ class StepContext:
     # the share of threat.eps this step trains at (an option's: eps warm-up ramps it from 0 to 1); a method reads its
     # step's radius and step size through :meth:`Method.budget`, so no option ever changes a method's attributes
     eps_share: float = 1.0
+    # the training loss, (fp32 logits, targets) -> batch mean, as every method computes it (the cross-entropy of the
+    # training inputs, TRADES' clean term, free/DEAT's replays); an option swaps it (train/options/: timm's label
+    # smoothing, or Mixup's soft-target CE with soft targets). The attacks keep their own objective.
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
 
 
 @dataclass
@@ -131,6 +135,11 @@ class Method:
     # True when the optimizer steps per minibatch change during the run (deat): the trainer then positions the
     # learning-rate schedule by minibatches done instead of by optimizer steps against a fixed plan
     dynamic_steps = False
+    # whether the step accepts soft targets (an (N, classes) float tensor from mixup/CutMix, train/options/mixup.py)
+    # wherever it uses ``y``: its training loss goes through ``ctx.loss`` and its attack only feeds ``y`` to a
+    # cross-entropy (torch's takes probability targets). A method that reads ``y`` as class indices (success
+    # checks, margins) sets False, and mixup is refused with it before anything loads.
+    soft_targets = True
 
     def __init__(self, cfg: MethodConfig, threat: ThreatConfig):
         self.cfg = cfg
@@ -185,9 +194,9 @@ class Method:
             return self._train_on_trades(ctx, x_train, y, x_clean)
         with ctx.autocast():
             if ctx.perturb_weights is not None:  # the weights at w + v for this forward; the stepper restores them
-                ctx.perturb_weights(lambda m: F.cross_entropy(m(x_train).float(), y))
+                ctx.perturb_weights(lambda m: ctx.loss(m(x_train).float(), y))
             logits = ctx.model(x_train)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = ctx.loss(logits.float(), y)
         ctx.optimize(loss)
         return StepResult(loss.detach(), logits.detach())
 
@@ -217,9 +226,9 @@ class Method:
         with ctx.autocast():
             if ctx.perturb_weights is not None:  # perturbed against the TRADES objective
                 ctx.perturb_weights(lambda m: trades_mod.trades_loss(*m(torch.cat([x_clean, x_adv])).chunk(2), y,
-                                                                     self.cfg.beta))
+                                                                     self.cfg.beta, ctx.loss))
             logits_clean, logits_adv = ctx.model(torch.cat([x_clean, x_adv])).chunk(2)
-            loss = trades_mod.trades_loss(logits_clean, logits_adv, y, self.cfg.beta)
+            loss = trades_mod.trades_loss(logits_clean, logits_adv, y, self.cfg.beta, ctx.loss)
         ctx.optimize(loss)
         return StepResult(loss.detach(), logits_adv.detach())
 
@@ -235,7 +244,7 @@ def replay(ctx: StepContext, x: torch.Tensor, y: torch.Tensor, delta: torch.Tens
         delta = delta.detach().requires_grad_(True)
         with ctx.autocast():
             logits = ctx.model(x + delta)
-            loss = F.cross_entropy(logits.float(), y)
+            loss = ctx.loss(logits.float(), y)
         ctx.optimize(loss)  # one backward: weight grads (stepped) and delta.grad
         grad = delta.grad.detach()
         with torch.no_grad():

@@ -14,6 +14,8 @@ the trainer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -44,8 +46,11 @@ def pgd_kl(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor, eps: f
     return delta.detach()
 
 
-def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float) -> torch.Tensor:
-    """CE(f(x), y) + beta * KL(f(x) || f(x + delta)), batch means; gradients flow through both predictions."""
+def trades_loss(logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, beta: float,
+                ce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy) -> torch.Tensor:
+    """CE(f(x), y) + beta * KL(f(x) || f(x + delta)), batch means; gradients flow through both predictions. ``ce``:
+    the run's training loss (the StepContext's: label-smoothed or soft-target CE when an option says so); the KL term
+    compares two predictions and never sees a label."""
     logits_clean, logits_adv = logits_clean.float(), logits_adv.float()
     kl = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
-    return F.cross_entropy(logits_clean, y) + beta * kl
+    return ce(logits_clean, y) + beta * kl

@@ -15,20 +15,24 @@ from collections.abc import Iterator
 from typing import Any
 
 from ... import sections
+from .auto_augment import AutoAugmentOption
 from .awp import AwpOption
 from .base import Option
 from .ema import EmaOption
 from .eps_warmup import EpsWarmup
 from .freeze import FreezeOption
 from .grad_compression import GradCompression
+from .label_smoothing import LabelSmoothingOption
 from .local_sgd import LocalSgdOption
+from .mixup import MixupOption
 from .pseudo_labels import UnlabeledOption
 from .pure_bf16 import PureBf16
 
 # the registry, in the order the checks run and the plan, record and card list the options
 OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption, FreezeOption,
                                                                     UnlabeledOption, LocalSgdOption,
-                                                                    GradCompression, PureBf16)}
+                                                                    GradCompression, PureBf16, LabelSmoothingOption,
+                                                                    MixupOption, AutoAugmentOption)}
 
 
 def check(cfg: Any) -> None:
