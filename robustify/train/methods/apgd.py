@@ -28,11 +28,8 @@ class APGD(Method):
     """APGD-AT: ``method.steps`` APGD-CE steps from the clean input (``method.alpha``: the first step size, default
     2 eps for Linf/L2 and eps for L1), then one training step on the highest-loss point."""
 
-    @property
-    def alpha(self) -> float:
-        if self.cfg.alpha is not None:
-            return self.cfg.alpha
-        return (1.0 if self.threat.norm == "L1" else 2.0) * self.threat.eps
+    def alpha_for(self, eps: float) -> float:
+        return (1.0 if self.threat.norm == "L1" else 2.0) * eps
 
     @property
     def passes_per_batch(self) -> int:
@@ -43,7 +40,7 @@ class APGD(Method):
                 "rho": attacks.APGD_RHO, "start": "clean", "bn_mode": self.cfg.bn_mode}
 
     def step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor) -> StepResult:
+        eps, alpha = self.budget(ctx)  # eps warm-up scales both (train/options/eps_warmup.py)
         with batchnorm_mode(ctx.attack_model, self.cfg.bn_mode), ctx.autocast():
-            delta = attacks.apgd(ctx.attack_model, x, y, self.threat.eps, self.cfg.steps, self.threat.norm,
-                                 alpha=self.alpha)
+            delta = attacks.apgd(ctx.attack_model, x, y, eps, self.cfg.steps, self.threat.norm, alpha=alpha)
         return self._train_on(ctx, x + delta, y)
