@@ -97,6 +97,11 @@ class DataConfig:
     per_class: int | None = None  # frontier: few-shot, K training examples per class (seeded, balanced, recorded)
     unlabeled: str | None = None  # frontier: any data spec; pseudo-labelled once by train.teacher (its labels unused)
     unlabeled_ratio: float = 0.5  # frontier: the pseudo-labelled share of each training minibatch, in (0, 1)
+    # extra labelled sets mixed into every training minibatch (robustify/data/extra.py): npz:PATH (arrays image and
+    # label, as DM-Improves-AT publishes them; npz:hf://datasets/ORG/NAME/FILE.npz from the Hub), parquet:..., ORG/NAME
+    extra: list[str] | None = None
+    extra_fraction: float = 0.7  # the extra sets' share of each training minibatch, in (0, 1) (0.7: Wang et al. 2023)
+    extra_kind: list[str] | None = None  # generated | real, one for all sets or one per set (required with data.extra)
 
 
 @dataclass
@@ -245,7 +250,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         tp = next(a for a in args if a is not type(None))
-        origin = get_origin(tp)
+        origin, args = get_origin(tp), get_args(tp)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -272,6 +277,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r} is not accepted; use a string")
         return str(value)
     if origin is list:
+        if isinstance(value, str) and args == (str,):  # one string for a list of them (data.extra=npz:a)
+            value = [value]
         if not isinstance(value, list):
             example = ("[{name: head, method: {name: natural}, train: {epochs: 1}}, {name: adversarial}] (quote it "
                        "for the shell: --set 'stages=[...]')" if key == "stages" else "[0.5, 0.75]")
@@ -475,6 +482,7 @@ STAGE_SECTIONS = ("method", "schedule", "optim", "train", "data")
 STAGE_FIXED = {"data.name", "data.train_split", "data.eval_split", "data.image_column", "data.label_column",
                "data.attack_size", "data.holdout", "data.streaming", "train.seed", "train.global_batch"}
 STAGE_FIXED |= {"data.per_class", "data.unlabeled", "train.teacher"}  # frontier: the same subset and pseudo-labels
+STAGE_FIXED |= {"data.extra", "data.extra_kind"}  # the same extra sets in every stage (their share may change)
 STAGE_MODEL_KEYS = {"freeze"}  # frontier: the one model key a stage may change (LP-FT: probe frozen, then all)
 # Options that only mean something against an adversary, with their "off" value. Set for the whole run (in the
 # recipe's sections or by --set), they apply to the run's adversarial stages; a natural stage (LP-FT's linear probe,

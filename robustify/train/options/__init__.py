@@ -19,6 +19,7 @@ from .awp import AwpOption
 from .base import Option
 from .ema import EmaOption
 from .eps_warmup import EpsWarmup
+from .extra_data import ExtraDataOption
 from .freeze import FreezeOption
 from .grad_compression import GradCompression
 from .local_sgd import LocalSgdOption
@@ -26,7 +27,7 @@ from .pseudo_labels import UnlabeledOption
 
 # the registry, in the order the checks run and the plan, record and card list the options
 OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption, FreezeOption,
-                                                                    UnlabeledOption, LocalSgdOption,
+                                                                    UnlabeledOption, ExtraDataOption, LocalSgdOption,
                                                                     GradCompression)}
 
 
