@@ -54,6 +54,7 @@ OPTIONS: dict[str, list[str]] = {
     "deterministic": ["train.deterministic=true"],
     "few-shot": ["data.per_class=4"],
     "grad-accum": ["train.grad_accum=2"],
+    "extra": [f"data.extra=npz:{UNLABELED}", "data.extra_kind=real"],  # the npz as extra labelled data (labels 0)
 }
 # the key each option's refusals name
 KEYS = {"awp": "train.awp", "ema": "train.ema", "eps-warmup": "threat.eps_warmup_fraction",
@@ -61,7 +62,7 @@ KEYS = {"awp": "train.awp", "ema": "train.ema", "eps-warmup": "threat.eps_warmup
         "unlabeled": "data.unlabeled", "lp-ft": "stages", "freeze": "model.freeze",
         "pure-bf16": "train.mixed_precision", "fosc": "method.fosc", "trades": "method.loss",
         "L2": "threat.norm", "L1": "threat.norm", "deterministic": "train.deterministic", "few-shot": "data.per_class",
-        "grad-accum": "train.grad_accum"}
+        "grad-accum": "train.grad_accum", "extra": "data.extra"}
 # pairs refused up front, each for a stated reason (the line names both keys)
 REFUSED = {
     frozenset({"ema", "local-sgd"}): "a per-process weight average would drift between the model averages",
@@ -82,6 +83,7 @@ PAIRS = [("awp", "trades"), ("awp", "lp-ft"), ("ema", "lp-ft"), ("ema", "eps-war
          ("powersgd", "few-shot"), ("unlabeled", "lp-ft"), ("freeze", "pure-bf16"), ("pure-bf16", "trades"),
          ("fosc", "L2"), ("trades", "lp-ft"), ("L1", "deterministic"), ("deterministic", "grad-accum"),
          ("few-shot", "grad-accum")]
+PAIRS += [("extra", "lp-ft"), ("extra", "trades")]
 
 
 def compose(names: tuple[str, ...], unlabeled: Path, out: Path) -> tuple[str, list[str]]:
