@@ -261,7 +261,26 @@ def test_extra_labelled_data_raises_robust_accuracy_and_never_reaches_probe_or_e
     drawn = set().union(*trained)
     assert len(trained) == 30 * (200 // 32) and drawn <= extra_digests and len(drawn) > 900
     record = json.loads((tmp_path / "with" / "config.json").read_text())["robustness"]["options"]["extra"]
-    assert record == {"sets": [{"data": "local npz data set (rest.npz)", "hub_id": None, "kind": "real",
-                                "examples": 1097}], "fraction": 0.5, "per_batch": 32}
+    assert record == {"sets": [{"name": "local npz data set (rest.npz)", "hub_id": None, "kind": "real",
+                                "generated": False, "size": 1097}], "fraction": 0.5, "per_batch": 32}
     card = (tmp_path / "with" / "README.md").read_text()
     assert "Extra labelled training data, 50% of each training minibatch" in card and "1,097 real" in card
+
+
+def test_the_record_and_card_name_each_set_its_size_and_kind(monkeypatch):
+    """What RobustBench's additional_data reads (name, size, generated) and what the card says, per set."""
+    specs = ["npz:hf://datasets/P2333/DM-Improves-AT/cifar10/1m.npz", "npz:/data/real.npz"]
+    cfg = build_config("quickstart", [f"data.extra=[{', '.join(specs)}]", "data.extra_kind=[generated, real]"])
+    monkeypatch.setitem(extra_data._SIZES, specs[0], 1_000_000)
+    monkeypatch.setitem(extra_data._SIZES, specs[1], 5_000)
+    rec = extra_data.ExtraDataOption.record(cfg)
+    assert rec == {"extra": {"sets": [
+        {"name": "P2333/DM-Improves-AT (cifar10/1m.npz)", "hub_id": "P2333/DM-Improves-AT", "kind": "generated",
+         "generated": True, "size": 1_000_000},
+        {"name": "local npz data set (real.npz)", "hub_id": None, "kind": "real", "generated": False, "size": 5_000}],
+        "fraction": 0.7, "per_batch": 149}}
+    record = types.SimpleNamespace(training=types.SimpleNamespace(options=rec))
+    (line,) = extra_data.ExtraDataOption.card_lines(record)
+    assert "70% of each training minibatch" in line and "`P2333/DM-Improves-AT (cifar10/1m.npz)`: 1,000,000 " \
+        "generated images (by a model trained only on the target's training split)" in line
+    assert "`local npz data set (real.npz)`: 5,000 real external images" in line

@@ -119,16 +119,17 @@ class ExtraDataOption(Option):
 
     @classmethod
     def record(cls, cfg: Any) -> dict[str, Any]:
-        """The extra sets as the record and RobustBench's ``additional_data`` read them: each set's public name,
-        Hub id, kind and size (the size once this process's run opened the set: the main process writes the record
-        after training; None otherwise)."""
+        """The extra sets as the record keeps them and RobustBench's ``additional_data`` reads them: each set's
+        public ``name``, ``hub_id``, ``kind`` and ``generated`` (kind == generated) and ``size`` in images (known once
+        this process's run opened the set: the main process writes the record after training; None otherwise)."""
         d = cfg.data
         if not d.extra:
             return {}
         sets = []
         for spec, kind in zip(d.extra, extra.kinds_of(d.extra, d.extra_kind), strict=True):
             name, hub = public_name(spec)
-            sets.append({"data": name, "hub_id": hub, "kind": kind, "examples": _SIZES.get(spec)})
+            sets.append({"name": name, "hub_id": hub, "kind": kind, "generated": kind == "generated",
+                         "size": _SIZES.get(spec)})
         return {"extra": {"sets": sets, "fraction": d.extra_fraction,
                           "per_batch": extra.per_process(d.batch_size, d.extra_fraction)}}
 
@@ -139,7 +140,7 @@ class ExtraDataOption(Option):
             return []
         what = {"generated": "generated images (by a model trained only on the target's training split)",
                 "real": "real external images"}
-        sets = "; ".join(f"`{s.get('data')}`: " + (f"{s['examples']:,} " if s.get("examples") else "")
+        sets = "; ".join(f"`{s.get('name')}`: " + (f"{s['size']:,} " if s.get("size") else "")
                          + what.get(s.get("kind"), str(s.get("kind"))) for s in e.get("sets", []))
         return [f"- Extra labelled training data, {e.get('fraction', 0):.0%} of each training minibatch ({sets}); the "
                 "probe and the evaluation use the target data set only."]
