@@ -101,7 +101,7 @@ class DataConfig:
     # label, as DM-Improves-AT publishes them; npz:hf://datasets/ORG/NAME/FILE.npz from the Hub), parquet:..., ORG/NAME
     extra: list[str] | None = None
     extra_fraction: float = 0.7  # the extra sets' share of each training minibatch, in (0, 1) (0.7: Wang et al. 2023)
-    extra_kind: list[str] | None = None  # generated | real, one for all sets or one per set (required with data.extra)
+    extra_kind: list[str] | None = None  # generated or real: one for all sets or one per set (required with data.extra)
 
 
 @dataclass
