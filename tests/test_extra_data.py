@@ -224,7 +224,10 @@ def test_extra_labelled_data_raises_robust_accuracy_and_never_reaches_probe_or_e
                                                                                            monkeypatch):
     """200 labelled quickstart images vs the same plus the other 1,097 as extra labelled data at half of each
     minibatch; same epochs, batch and optimizer steps; PGD-10 on 300 test images. Every example the probe and the
-    evaluations see is a target example, never an extra one; training saw extra ones."""
+    evaluations see is a target example, never an extra one; training saw extra ones.
+
+    Measured on this 2-core machine under load (with the rollback guard on, which stopped the extra run at epoch 19
+    of 30 on a 20-image probe): 46.3% -> 55.3% PGD (clean 96.7% -> 98.0%) at 150 vs 95 steps."""
     import robustify.train.trainer as trainer
 
     target, rest = _split(digits, tmp_path, 200)
@@ -247,7 +250,8 @@ def test_extra_labelled_data_raises_robust_accuracy_and_never_reaches_probe_or_e
     monkeypatch.setattr(trainer, "sharded_pgd_accuracy", spy_pgd)
     monkeypatch.setattr(extra_data.ExtraDataOption, "batch", spy_batch)
     common = [f"data.name=npz:{target}", "data.batch_size=32", "train.epochs=30", "train.probe_size=20",
-              "train.probe_steps=2", "eval.n_examples=300", "eval.pgd_steps=10", "train.select=last"]
+              "train.probe_steps=2", "eval.n_examples=300", "eval.pgd_steps=10", "train.select=last",
+              "train.guard_drop=1"]  # a 20-image probe is too coarse for the rollback guard (4 images = 20%)
     results = {}
     for name, more in (("target only", []), ("with extra", [f"data.extra=npz:{rest}", "data.extra_kind=real",
                                                             "data.extra_fraction=0.5"])):
@@ -259,7 +263,7 @@ def test_extra_labelled_data_raises_robust_accuracy_and_never_reaches_probe_or_e
     seen = set().union(*judged)
     assert len(judged) > 60 and len(seen) >= 300 and not seen & extra_digests  # probes and evaluations: target only
     drawn = set().union(*trained)
-    assert len(trained) == 30 * (200 // 32) and drawn <= extra_digests and len(drawn) > 900
+    assert len(trained) == steps_b and drawn <= extra_digests and len(drawn) > 900  # one draw per minibatch
     record = json.loads((tmp_path / "with" / "config.json").read_text())["robustness"]["options"]["extra"]
     assert record == {"sets": [{"name": "local npz data set (rest.npz)", "hub_id": None, "kind": "real",
                                 "generated": False, "size": 1097}], "fraction": 0.5, "per_batch": 32}
