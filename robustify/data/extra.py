@@ -47,7 +47,7 @@ from .preprocessing import Preprocessing, decode_one, example_seed, flip_crop, m
 
 KINDS = ("generated", "real")
 IMAGE_KEYS = (("image", "label"), ("x_train", "y_train"))  # DM-Improves-AT's names, then robustify's npz names
-_AUGMENT_TAG = 0xE7  # the extra examples' augmentation seeds differ from any target example's (rank slot 0)
+_EXTRA_TAG = 0xE7  # seeds of the extra draw and of its augmentation, apart from any target example's (rank slot 0)
 
 
 def per_process(batch_size: int, fraction: float) -> int:
@@ -249,7 +249,7 @@ class ExtraData:
     def indices(self, epoch: int, batch: int) -> np.ndarray:
         """This process's extra examples of global minibatch ``batch`` of ``epoch`` (indices into the joined sets):
         its slice of one draw seeded by the position alone."""
-        state = np.random.SeedSequence([self.seed, epoch, batch, _AUGMENT_TAG]).generate_state(2, np.uint64)
+        state = np.random.SeedSequence([self.seed, epoch, batch, _EXTRA_TAG]).generate_state(2, np.uint64)
         g = torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
         drawn = torch.randint(self.size, (self.per_process * self.world,), generator=g)
         return drawn[self.rank * self.per_process:(self.rank + 1) * self.per_process].numpy()
@@ -259,7 +259,7 @@ class ExtraData:
         target's input size, augmented like the target's (seeded per example), and their labels."""
         idx = self.indices(epoch, batch)
         base = batch * self.per_process * self.world + self.rank * self.per_process
-        seeds = [example_seed(self.seed, epoch, base + j, _AUGMENT_TAG) for j in range(len(idx))]
+        seeds = [example_seed(self.seed, epoch, base + j, _EXTRA_TAG) for j in range(len(idx))]
         which = np.searchsorted(self.starts, idx, side="right") - 1
         x: list[torch.Tensor | None] = [None] * len(idx)
         y = torch.empty(len(idx), dtype=torch.long)
