@@ -100,6 +100,11 @@ class DataConfig:
     # timm's auto-augment policy for augment: timm (train/options/auto_augment.py), e.g. rand-m9-mstd0.5-inc1
     # (RandAugment), original (AutoAugment), augmix-m5-w4-d2; seeded per example
     auto_augment: str | None = None
+    # extra labelled sets mixed into every training minibatch (robustify/data/extra.py): npz:PATH (arrays image and
+    # label, as DM-Improves-AT publishes them; npz:hf://datasets/ORG/NAME/FILE.npz from the Hub), parquet:..., ORG/NAME
+    extra: list[str] | None = None
+    extra_fraction: float = 0.7  # the extra sets' share of each training minibatch, in (0, 1) (0.7: Wang et al. 2023)
+    extra_kind: list[str] | None = None  # generated or real: one for all sets or one per set (required with data.extra)
 
 
 @dataclass
@@ -259,7 +264,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
         tp = next(a for a in args if a is not type(None))
-        origin = get_origin(tp)
+        origin, args = get_origin(tp), get_args(tp)
     if tp is bool:
         if isinstance(value, bool):
             return value
@@ -286,6 +291,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}={value!r} is not accepted; use a string")
         return str(value)
     if origin is list:
+        if isinstance(value, str) and args == (str,):  # one string for a list of them (data.extra=npz:a)
+            value = [value]
         if not isinstance(value, list):
             example = ("[{name: head, method: {name: natural}, train: {epochs: 1}}, {name: adversarial}] (quote it "
                        "for the shell: --set 'stages=[...]')" if key == "stages" else "[0.5, 0.75]")

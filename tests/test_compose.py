@@ -58,6 +58,7 @@ OPTIONS: dict[str, list[str]] = {
     "mixup": ["train.mixup_alpha=0.8", "train.cutmix_alpha=1.0", "train.label_smoothing=0.1"],
     "label-smoothing": ["train.label_smoothing=0.1"],
     "randaugment": ["data.augment=timm", "data.auto_augment=rand-m9-mstd0.5-inc1", "data.num_workers=0"],
+    "extra": [f"data.extra=npz:{UNLABELED}", "data.extra_kind=real"],  # the npz as extra labelled data (labels 0)
 }
 # the key each option's refusals name
 KEYS = {"awp": "train.awp", "ema": "train.ema", "eps-warmup": "threat.eps_warmup_fraction",
@@ -66,7 +67,8 @@ KEYS = {"awp": "train.awp", "ema": "train.ema", "eps-warmup": "threat.eps_warmup
         "pure-bf16": "train.mixed_precision", "fosc": "method.fosc", "trades": "method.loss",
         "L2": "threat.norm", "L1": "threat.norm", "deterministic": "train.deterministic", "few-shot": "data.per_class",
         "grad-accum": "train.grad_accum", "mixup": "train.mixup_alpha", "label-smoothing": "train.label_smoothing",
-        "randaugment": "data.auto_augment"}
+        "randaugment": "data.auto_augment",
+        "extra": "data.extra"}
 # pairs refused up front, each for a stated reason (the line names both keys)
 REFUSED = {
     frozenset({"ema", "local-sgd"}): "a per-process weight average would drift between the model averages",
@@ -88,6 +90,7 @@ PAIRS = [("awp", "trades"), ("awp", "lp-ft"), ("ema", "lp-ft"), ("ema", "eps-war
          ("fosc", "L2"), ("trades", "lp-ft"), ("L1", "deterministic"), ("deterministic", "grad-accum"),
          ("few-shot", "grad-accum"), ("mixup", "trades"), ("mixup", "unlabeled"), ("randaugment", "mixup"),
          ("label-smoothing", "awp"), ("label-smoothing", "lp-ft"), ("randaugment", "few-shot")]
+PAIRS += [("extra", "lp-ft"), ("extra", "trades")]
 
 
 def compose(names: tuple[str, ...], unlabeled: Path, out: Path) -> tuple[str, list[str]]:

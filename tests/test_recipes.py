@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import yaml
 
@@ -33,7 +34,10 @@ def standin_data(tmp_path_factory) -> dict[str, list[str]]:
     standins.cifar10(32, 16).save_to_disk(str(root / "cifar10"))
     standins.cifar100(32, 16).save_to_disk(str(root / "cifar100"))
     standins.to_parquet(standins.imagenet(32, 16, 4), root / "imagenet")
+    x = standins.cifar10(32, 16)["train"]
+    np.savez(root / "extra.npz", image=np.stack([np.asarray(im) for im in x["img"]]), label=np.asarray(x["label"]))
     return {
+        "extra": [f"data.extra=npz:{root / 'extra.npz'}"],  # a recipe's extra set (a Hub file of GBs) stands in
         "cifar10": [f"data.name=disk:{root / 'cifar10'}", "data.image_column=img", "data.label_column=label",
                     "data.image_size=48"],
         "cifar100": [f"data.name=disk:{root / 'cifar100'}", "data.image_column=img",
@@ -96,7 +100,8 @@ def trained(standin_data: dict, tmp_path_factory) -> dict[str, Path]:
         def __missing__(self, name: str) -> Path:
             run = tmp_path_factory.mktemp("recipe") / "first"
             args = ["finetune", "--recipe", name, "--output-dir", str(run), "--limit-train", "16", "--limit-eval", "8"]
-            assert main(args + _sets(*TINY, *standin_data[plan(name).cfg.data.name])) == 0
+            extra = standin_data["extra"] if plan(name).cfg.data.extra else []
+            assert main(args + _sets(*TINY, *standin_data[plan(name).cfg.data.name], *extra)) == 0
             self[name] = run
             return run
 

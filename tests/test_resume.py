@@ -197,11 +197,12 @@ def test_a_key_added_after_the_checkpoint_compares_as_its_default():
 # plain methods above) are not repeated alone; the others alone and the two-stage LP-FT recipe (stopped at the
 # stage boundary) with each option. The suite runs SLICED_FAST (3 tiny runs each); ROBUSTIFY_ALL_PAIRS=1 runs them all.
 SLICED_ALONE = [("ema",), ("fosc",), ("trades",), ("L2",), ("L1",), ("unlabeled",), ("freeze",), ("few-shot",),
-                ("grad-accum",), ("deterministic",), ("powersgd",), ("mixup",), ("label-smoothing",), ("randaugment",)]
+                ("grad-accum",), ("deterministic",), ("powersgd",), ("mixup",), ("label-smoothing",), ("randaugment",),
+                ("extra",)]
 SLICED_LPFT = [("lp-ft",)] + [("lp-ft", n) for n in ("awp", "ema", "eps-warmup", "local-sgd", "sign", "powersgd",
                                                      "unlabeled", "pure-bf16", "fosc", "trades", "L2", "L1",
                                                      "deterministic", "few-shot", "grad-accum", "mixup",
-                                                     "label-smoothing", "randaugment")]
+                                                     "label-smoothing", "randaugment", "extra")]
 SLICED_FAST = {("trades",), ("lp-ft", "awp")}
 
 

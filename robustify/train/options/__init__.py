@@ -20,6 +20,7 @@ from .awp import AwpOption
 from .base import Option
 from .ema import EmaOption
 from .eps_warmup import EpsWarmup
+from .extra_data import ExtraDataOption
 from .freeze import FreezeOption
 from .grad_compression import GradCompression
 from .label_smoothing import LabelSmoothingOption
@@ -30,7 +31,7 @@ from .pure_bf16 import PureBf16
 
 # the registry, in the order the checks run and the plan, record and card list the options
 OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption, FreezeOption,
-                                                                    UnlabeledOption, LocalSgdOption,
+                                                                    UnlabeledOption, ExtraDataOption, LocalSgdOption,
                                                                     GradCompression, PureBf16, LabelSmoothingOption,
                                                                     MixupOption, AutoAugmentOption)}
 
