@@ -175,6 +175,8 @@ def additional_data(record: RunRecord,
     t = record.training
     extra = extra_sets(record) if extra is None else extra
     real = any(not bool(e.get("generated")) for e in extra)
+    if (t.options or {}).get("unlabeled"):  # data.unlabeled: an external pool of real images, pseudo-labelled
+        real = True
     if t.pretrained and not (robustbench_dataset(record) == "imagenet" and imagenet1k_only(record)):
         real = True
     generated = [e for e in extra if bool(e.get("generated"))]
