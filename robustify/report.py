@@ -219,7 +219,8 @@ def eval_table(report: dict, title: str | None = None) -> Table:
         table.add_row(*(f"[bold]{c}[/bold]" for c in cells) if bold else cells)
 
     row("clean", "", report["clean_acc"])
-    row("FGSM", "one step of eps, no random start", report["fgsm_acc"])
+    if "fgsm_acc" in report:
+        row("FGSM", "one step of eps, no random start", report["fgsm_acc"])
     if "pgd_acc" in report:
         p = report["pgd"]
         restarts = f"{p['restarts']} restart" + ("s" if p["restarts"] != 1 else "")
@@ -234,6 +235,8 @@ def eval_table(report: dict, title: str | None = None) -> Table:
         row(label, f"{aa['package']}, version {aa['version']}", report["autoattack_acc"], bold=True)
     if any(k in report for k in ("pgd_acc", "autoattack_acc")):
         row("robust to all of the above", "worst case per example", report["robust_acc"])
+    for u in report.get("unseen") or []:  # other threat models, never part of the worst case above
+        row(f"unseen: {u['threat']}", f"{u['label']}; {u['radii']} radii", u["acc"])
     return table
 
 
