@@ -106,7 +106,8 @@ def attack_block(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, norm:
 
 def result(norm: str, eps: float, kind: str, attack: UnseenAttack, robust: int, n: int) -> dict[str, Any]:
     """One unseen threat's entry (the report's, the record's and the card's form)."""
-    return {"norm": norm, "eps": eps, "threat": threat_label(norm, eps), "seen": False, "radii": kind, "attack": attack.name, "label": attack.label,
+    return {"norm": norm, "eps": eps, "threat": threat_label(norm, eps), "seen": False, "radii": kind,
+            "attack": attack.name, "label": attack.label,
             "settings": ({k: v for k, v in attack.aa.__dict__.items() if k != "version"} if attack.aa is not None
                          else {"steps": attack.pgd_steps, "restarts": 1, "loss": "ce"}),
             "acc": robust / n if n else 0.0, "robust": robust, "n_examples": n}
