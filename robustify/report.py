@@ -130,12 +130,18 @@ def before_after_table(before: dict, after: dict, title: str = "robustify finetu
     table.add_column("model")
     table.add_column("clean", justify="right")
     table.add_column(attack, justify="right")
-    if "autoattack_acc" in after or "autoattack_acc" in before:
+    aa = "autoattack_acc" in after or "autoattack_acc" in before
+    if aa:
         table.add_column("AutoAttack", justify="right")
+    unseen = [(u["norm"], u["eps"], u["threat"]) for u in after.get("unseen") or []]
+    for _, _, threat in unseen:  # the other norms, marked unseen (eval.unseen)
+        table.add_column(f"unseen {threat}", justify="right")
     for name, row in (("before", before), ("after", after)):
         cells = [name, pct(row.get("clean_acc")), pct(row.get("pgd_acc"))]
-        if len(table.columns) == 4:
+        if aa:
             cells.append(pct(row.get("autoattack_acc")))
+        got = {(u["norm"], u["eps"]): u["acc"] for u in row.get("unseen") or []}
+        cells += [pct(got.get((norm, eps))) for norm, eps, _ in unseen]
         table.add_row(*cells)
     return table
 

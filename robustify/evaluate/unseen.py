@@ -25,6 +25,7 @@ from .. import attacks
 from ..publish import public
 from ..publish.robustbench import DATASETS
 from ..publish.runrecord import eps_text
+from . import collectives
 from .autoattack import VERSIONS, AutoAttackSettings, aa_work_per_example_of, package_version, run_autoattack
 from .kernel import FP32, own_block, pgd_robust
 
@@ -77,7 +78,7 @@ def unseen_attack(preset: str, pgd_steps: int = 10, aa_overrides: dict[str, Any]
                             aa=s)
     s = AutoAttackSettings(version="apgd-ce", apgd_iter=overrides.get("apgd_iter", QUICK_APGD_ITER),
                            attacks=("apgd-ce",))
-    return UnseenAttack("apgd-ce", f"APGD-CE, {s.apgd_iter} iterations (quick)", aa=s)
+    return UnseenAttack("apgd-ce", f"APGD-CE, {s.apgd_iter} iteration{'s' if s.apgd_iter != 1 else ''}", aa=s)
 
 
 def threat_label(norm: str, eps: float) -> str:
@@ -139,7 +140,8 @@ def sharded_unseen(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, nor
                                 device=device, progress=progress and rank == 0, offset=start)
             counts = torch.tensor([int(mask.sum()), int(ys.shape[0])], device=device)
             if world > 1:
-                counts = accelerator.reduce(counts, reduction="sum")
+                with collectives.stage(f"unseen {other}: counts"):
+                    counts = accelerator.reduce(counts, reduction="sum")
             robust, n = (int(v) for v in counts.tolist())
             out.append(result(other, eps, kind, attack, robust, n))
     finally:

@@ -95,6 +95,11 @@ class Evaluation:
     checks: dict[str, Any] | None = None  # gradient-masking checks: passed, verdict
     before: dict[str, Any] | None = None  # the base model on the same examples and attacks (finetune only)
     evaluated_at: str = ""
+    # beyond the threat model (:func:`beyond`): the other norms at their standard radii, each marked unseen
+    # (robustify.evaluate.unseen), and common corruptions (robustify.evaluate.corruptions: per corruption x severity
+    # accuracy, mean accuracy, mCE); ``before`` holds the base model's under the same keys
+    unseen: list[dict[str, Any]] | None = None
+    corruptions: dict[str, Any] | None = None
 
     # ---- what it is
     @property
@@ -169,7 +174,9 @@ class Evaluation:
         """The same attacks with the same budgets on the same examples (a re-run)."""
         def key(e: Evaluation) -> tuple:
             return (e.source, e.preset, e.precision, e.fgsm_acc is not None, e.pgd_acc is not None,
-                    _settings_key(e.pgd), e.aa_version, _settings_key((e.autoattack or {}).get("settings")))
+                    _settings_key(e.pgd), e.aa_version, _settings_key((e.autoattack or {}).get("settings")),
+                    tuple((u.get("norm"), u.get("eps"), u.get("label")) for u in e.unseen or []),
+                    e.corruptions is not None)
         return self.same_examples(other) and key(self) == key(other)
 
     def robust_numbers(self) -> list[tuple[float, str]]:
@@ -211,6 +218,10 @@ class Evaluation:
             d["robust_acc"] = self.robust_acc
         if self.checks is not None:
             d["checks"] = self.checks
+        if self.unseen is not None:
+            d["unseen"] = [dict(u) for u in self.unseen]
+        if self.corruptions is not None:
+            d["corruptions"] = dict(self.corruptions)
         if self.before is not None:
             d["before"] = self.before
         d["evaluated_at"] = self.evaluated_at
@@ -247,7 +258,8 @@ class Evaluation:
             fgsm_acc=d.get("fgsm_acc"), pgd_acc=d.get("pgd_acc"), pgd=dict(pgd) if pgd is not None else None,
             autoattack_acc=aa_acc, autoattack=aa, robust_acc=d.get("robust_acc"),
             checks=d.get("checks"), before=d.get("before"),
-            evaluated_at=str(d.get("evaluated_at") or ""))
+            evaluated_at=str(d.get("evaluated_at") or ""), unseen=unseen_entries(d.get("unseen")),
+            corruptions=dict(d["corruptions"]) if isinstance(d.get("corruptions"), Mapping) else None)
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any], precision: str = "fp32") -> Evaluation:
@@ -268,7 +280,81 @@ class Evaluation:
             if aa else None,
             robust_acc=report.get("robust_acc"),
             checks={"passed": checks["passed"], "verdict": checks["verdict"]} if checks else None,
-            evaluated_at=now())
+            evaluated_at=now(), unseen=unseen_entries(report.get("unseen")),
+            corruptions=corruption_summary(report.get("corruptions")))
+
+
+UNSEEN_KEYS = ("norm", "eps", "threat", "seen", "radii", "attack", "label", "settings", "acc", "n_examples")
+
+
+def unseen_entries(value: Any) -> list[dict[str, Any]] | None:
+    """The unseen threats of a report or a stored block, as the record keeps them (None: not measured)."""
+    if not isinstance(value, list):
+        return None
+    return [{k: u[k] for k in UNSEEN_KEYS if k in u} | {"seen": False} for u in value if isinstance(u, Mapping)]
+
+
+def corruption_summary(value: Any) -> dict[str, Any] | None:
+    """The corruptions result as the record keeps it (None: not measured). The corruptions suite owns its fields
+    (per corruption x severity accuracy, ``mean_acc``, ``mce`` and its baseline, the source); the record keeps them
+    whole, so the card and RobustBench's export read what the suite wrote."""
+    return dict(value) if isinstance(value, Mapping) else None
+
+
+def beyond(d: Mapping[str, Any] | Evaluation | None) -> dict[str, Any]:
+    """One model's measurements beyond its threat model, from an evaluation or a stored ``before`` block:
+    ``{"unseen": [...], "corruptions": {...}}``, each key only when measured. The generic per-model block the
+    record, the card and ``robustify eval`` share: a new kind of measurement is one more key here."""
+    if d is None:
+        return {}
+    get = (lambda k: getattr(d, k)) if isinstance(d, Evaluation) else d.get
+    out: dict[str, Any] = {}
+    if get("unseen"):
+        out["unseen"] = get("unseen")
+    if get("corruptions"):
+        out["corruptions"] = get("corruptions")
+    return out
+
+
+def before_after_rows(ev: Evaluation) -> list[dict[str, Any]]:
+    """The trade a fine-tuning made, one row per measurement, the base model (``before``) beside the robust one
+    (``after``) on the same examples with the same attacks: clean, the seen threat model, each unseen threat model,
+    then the corruptions suite's rows. A row's ``before`` is None where the base model was not measured."""
+    b = ev.before or {}
+    threat = f"{ev.norm} eps={eps_text(ev.eps)}"
+    rows: list[dict[str, Any]] = [{"what": "clean", "before": b.get("clean_acc"), "after": ev.clean_acc}]
+    if ev.aa_version is not None:
+        rows.append({"what": "seen", "threat": threat, "attack": ev.aa_text, "before": b.get("autoattack_acc"),
+                     "after": ev.autoattack_acc})
+    if ev.pgd_acc is not None:
+        rows.append({"what": "seen", "threat": threat, "attack": ev.pgd_text, "before": b.get("pgd_acc"),
+                     "after": ev.pgd_acc})
+    base_unseen = {(u.get("norm"), u.get("eps")): u for u in b.get("unseen") or []}
+    for u in ev.unseen or []:
+        was = base_unseen.get((u.get("norm"), u.get("eps")), {})
+        rows.append({"what": "unseen", "threat": u.get("threat") or f"{u['norm']} eps={eps_text(u['eps'])}",
+                     "attack": u.get("label"), "before": was.get("acc"), "after": u.get("acc")})
+    rows += corruption_rows(ev.corruptions, b.get("corruptions"))
+    return rows
+
+
+# ---- corruptions: the corruptions suite (robustify/evaluate/corruptions/) owns these keys and may refine the rows
+def corruption_rows(after: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The before/after rows of the corruptions result: its mean corruption accuracy and its mCE (relative to the
+    baseline it names), when measured."""
+    if not after:
+        return []
+    before = before or {}
+    source = after.get("source") or after.get("label") or "common corruptions"
+    rows = []
+    if after.get("mean_acc") is not None:
+        rows.append({"what": "corruptions", "threat": "common corruptions, mean accuracy", "attack": source,
+                     "before": before.get("mean_acc"), "after": after.get("mean_acc")})
+    if after.get("mce") is not None:
+        rows.append({"what": "corruptions", "threat": f"mCE (relative to {after.get('baseline', 'the baseline')})",
+                     "attack": source, "before": before.get("mce"), "after": after.get("mce"), "unit": "ratio"})
+    return rows
+# ---- end of corruptions
 
 
 def _settings_key(d: Any) -> tuple:
@@ -385,10 +471,23 @@ class RunRecord:
         ft = self.finetune_evaluation()
         return dict(ft.before) if ft is not None and ft.before else {}
 
+    def before_after(self) -> dict[str, Any] | None:
+        """The base model beside the robust one (:func:`before_after_rows`), from finetune's evaluation, which
+        measured both on the same examples, when it measured beyond the threat model (unseen threats,
+        corruptions); None otherwise (clean and seen are metrics.json's ``before``/``after`` already, and a record
+        without more stays byte for byte what earlier versions wrote)."""
+        ft = self.finetune_evaluation()
+        if ft is None or not ft.before or not beyond(ft):  # clean and seen alone: metrics.json as before
+            return None
+        return {"base_model": self.training.base_model, "evaluation": ft.label, "n_examples": ft.n_examples,
+                "rows": before_after_rows(ft)}
+
     def metrics(self) -> dict[str, Any]:
         """metrics.json."""
         t = self.training
-        return {"schema": SCHEMA, "before": self.before(), "after": self.after(), "history": self.history,
+        trade = self.before_after()
+        return {"schema": SCHEMA, "before": self.before(), "after": self.after(),
+                **({"before_after": trade} if trade else {}), "history": self.history,
                 "cost": self.cost, "selected_epoch": t.selected_epoch, "selection": t.selection,
                 "stopped": t.stopped, "weights": t.weights, "probe": t.probe,
                 "evaluations": [e.block() for e in self.evaluations], HASH_KEY: t.weights_sha256,
@@ -627,6 +726,10 @@ def _finetune_evaluation(block: Mapping[str, Any], before: Mapping[str, Any] | N
         keep = ("clean_acc", "pgd_acc", "pgd", "autoattack_acc", "autoattack_version", "n_examples", "split",
                 "precision")
         ev.before = {k: v for k, v in before.items() if k in keep}
+        if before.get("unseen"):
+            ev.before["unseen"] = unseen_entries(before["unseen"])
+        if isinstance(before.get("corruptions"), Mapping):
+            ev.before["corruptions"] = corruption_summary(before["corruptions"])
     return ev
 
 
