@@ -62,7 +62,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # unseen threat model)
     "standard": {"pgd_steps": 50, "pgd_restarts": 10, "aa_version": "standard"},
     # a quick look (seconds on a CPU for small models); labelled "quick" wherever its numbers appear; unseen threats
-    # by APGD-CE alone (20 iterations)
+    # by APGD-CE alone, pgd_steps iterations
     "quick": {"pgd_steps": 10, "pgd_restarts": 1, "aa_version": "quick"},
 }
 CURVE_FACTORS = (0.0, 0.25, 0.5, 1.0, 2.0)

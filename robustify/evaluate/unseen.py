@@ -7,9 +7,9 @@ data set: CIFAR-like (small images) Linf 8/255, L2 0.5, L1 12; ImageNet-like (22
 L1 255 (:data:`RADII`, :func:`data_kind`).
 
 The attack is the one the evaluation's preset names (:func:`unseen_attack`): the standard AutoAttack for the
-``standard`` preset (RobustBench's evaluation at each radius), APGD-CE alone with a small budget for ``quick``
-(AutoAttack's own APGD, L1-APGD with its large-eps schedule for L1), and robustify's PGD when the optional
-``pyautoattack`` package is missing (labelled so). Every result is marked ``seen: false``.
+``standard`` preset (RobustBench's evaluation at each radius), APGD-CE alone with the preset's PGD steps as its
+iterations for ``quick`` (AutoAttack's own APGD, L1-APGD with its large-eps schedule for L1), and robustify's PGD
+when the optional ``pyautoattack`` package is missing (labelled so). Every result is marked ``seen: false``.
 
 Must not: present an unseen-threat number as the model's own threat model, or its attack as stronger than it was.
 """
@@ -35,7 +35,6 @@ RADII: dict[str, dict[str, float]] = {
 }
 KIND_TEXT = {"cifar": "CIFAR radii (small images)", "imagenet": "ImageNet radii (224 px class)"}
 IMAGENET_SIDE = 128  # an unknown data set at this resolution or above is ImageNet-like (tiny-imagenet's 64 px is not)
-QUICK_APGD_ITER = 20  # the quick preset: APGD-CE with AutoAttack's quick budget
 
 
 def data_kind(data: str, input_size: tuple[int, ...] | list[int]) -> str:
@@ -76,7 +75,7 @@ def unseen_attack(preset: str, pgd_steps: int = 10, aa_overrides: dict[str, Any]
         s = replace(VERSIONS["standard"], **overrides, **({"version": "custom"} if overrides else {}))
         return UnseenAttack("autoattack", "AutoAttack (standard)" if not overrides else "AutoAttack (custom budgets)",
                             aa=s)
-    s = AutoAttackSettings(version="apgd-ce", apgd_iter=overrides.get("apgd_iter", QUICK_APGD_ITER),
+    s = AutoAttackSettings(version="apgd-ce", apgd_iter=overrides.get("apgd_iter", pgd_steps),
                            attacks=("apgd-ce",))
     return UnseenAttack("apgd-ce", f"APGD-CE, {s.apgd_iter} iteration{'s' if s.apgd_iter != 1 else ''}", aa=s)
 
