@@ -24,7 +24,7 @@ def model() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def examples(model):
-    return load_examples("quickstart", "test", 40, model, progress=False)
+    return load_examples("quickstart", "test", 24, model, progress=False)
 
 
 def test_attack_clean_runs_clean_only_no_gradient_no_curve(tmp_path: Path, capsys) -> None:
@@ -37,7 +37,7 @@ def test_attack_clean_runs_clean_only_no_gradient_no_curve(tmp_path: Path, capsy
     assert "at most 256 forward and no input-gradient passes" in lines[0] and "up to about" in lines[0]
     report = json.loads(out.read_text())
     assert report["attacks"] == ["clean"] and report["attack_work"] == [0] and report["forward_work"] == [256]
-    assert not {"fgsm_acc", "pgd_acc", "autoattack_acc", "eps_curve", "checks", "unseen"} & set(report)
+    assert not {"fgsm_acc", "pgd_acc", "autoattack_acc", "robust_acc", "eps_curve", "checks", "unseen"} & set(report)
     assert not (tmp_path / "eval_eps_curve.png").exists()  # no curve, so no plot
     assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]
 
@@ -46,18 +46,18 @@ def test_counted_work_matches_the_plan_for_one_pgd_run(model, examples) -> None:
     s = EvalSettings(eps=EPS, attacks=("pgd",), preset="quick", pgd_steps=3, pgd_restarts=1, pgd_losses=("ce",))
     report = evaluate(model, examples, s, progress=False)
     # the first PGD run attacks every example, one input gradient per step: exactly what the plan counts
-    assert report["attacks"] == ["clean", "pgd"] and report["attack_work"] == [40 * 3]
-    assert sum(w[2] for w in plan_work(s, examples, 10)) == 40 * 3
+    assert report["attacks"] == ["clean", "pgd"] and report["attack_work"] == [24 * 3]
+    assert sum(w[2] for w in plan_work(s, examples, 10)) == 24 * 3
     assert "fgsm_acc" not in report and "eps_curve" not in report and "checks" not in report
 
 
 def test_curve_and_checks_run_when_named(model, examples) -> None:
-    s = EvalSettings(eps=EPS, attacks=("clean", "curve"), preset="quick", pgd_steps=2, pgd_restarts=1)
+    s = EvalSettings(eps=EPS, attacks=("clean", "curve"), preset="quick", pgd_steps=1, pgd_restarts=1)
     report = evaluate(model, examples, s, progress=False)
     assert [p["eps"] for p in report["eps_curve"]["points"]] == pytest.approx([0, 0.025, 0.05, 0.1, 0.2])
     assert "checks" not in report and "pgd_acc" not in report
     assert report["attack_work"][0] <= sum(w[2] for w in plan_work(s, examples, 10))
-    s = EvalSettings(eps=EPS, attacks=("checks",), preset="quick", pgd_steps=2, pgd_restarts=1)
+    s = EvalSettings(eps=EPS, attacks=("checks",), preset="quick", pgd_steps=1, pgd_restarts=1)
     items = {i["name"]: i["status"] for i in evaluate(model, examples, s, progress=False)["checks"]["items"]}
     assert items["attack_order"] == "skipped" and items["eps_curve"] == "skipped"  # nothing to compare against
     assert items["gradients"] != "skipped" and items["large_eps"] != "skipped"

@@ -30,7 +30,7 @@ from .. import sections
 from ..report import pct
 from ..runfolder import EPS_CURVE_PLOT, HISTORY_PLOT
 from . import public
-from .runrecord import Evaluation, RunRecord, before_after_rows, beyond, corruption_rows, eps_text, resolution_text
+from .runrecord import Evaluation, RunRecord, before_after_rows, corruption_rows, eps_text, resolution_text
 
 PLOTS = {  # plots a run folder may hold (written by trainer / evaluation), shown in this order when present
     EPS_CURVE_PLOT: "Robust accuracy as eps grows (it must fall towards 0; a flat curve would mean gradient masking)",
@@ -171,7 +171,7 @@ def _evaluation_section(index: int, ev: Evaluation, record: RunRecord, reported:
             rows.append((_beyond_name(row), row["after"], row["before"], row.get("unit")))
     lines += ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     for name, value, base, *unit in rows:
-        show = _ratio if unit and unit[0] == "ratio" else pct
+        show = _shown(unit[0] if unit else None)
         cells = [name, show(value)] + ([show(base)] if before else [])
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
@@ -182,8 +182,9 @@ def _evaluation_section(index: int, ev: Evaluation, record: RunRecord, reported:
     return lines
 
 
-def _ratio(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+def _shown(unit: str | None):  # noqa: ANN202 - a formatter
+    """How a before/after value is written: accuracies as percentages; ``percent`` values (mCE) are already one."""
+    return (lambda v: "n/a" if v is None else f"{v:.1f}%") if unit == "percent" else pct
 
 
 def _beyond_name(row: dict[str, Any]) -> str:
@@ -193,20 +194,11 @@ def _beyond_name(row: dict[str, Any]) -> str:
     return f"{row['threat']} ({row['attack']})"
 
 
-def _beyond_source(record: RunRecord, key: str) -> Evaluation | None:
-    """The evaluation whose ``key`` (unseen, corruptions) the card reports: the strongest's when it has one, else
-    the latest evaluation that measured it."""
-    s = record.strongest()
-    if beyond(s).get(key):
-        return s
-    return next((e for e in reversed(record.evaluations) if beyond(e).get(key)), None)
-
-
 def _beyond_lines(record: RunRecord) -> list[str]:
     """'Measured beyond the threat model': each unseen threat and the corruptions, the base model beside it when
     finetune measured both (its evaluation holds ``before``)."""
     lines = []
-    ev = _beyond_source(record, "unseen")
+    ev = record.beyond_source("unseen")
     if ev is not None:
         base = {(u.get("norm"), u.get("eps")): u.get("acc") for u in (ev.before or {}).get("unseen") or []}
         parts = []
@@ -216,12 +208,12 @@ def _beyond_lines(record: RunRecord) -> list[str]:
                                                                        else ""))
         lines.append(f"- **Unseen threat models** (not trained for; {ev.unseen[0].get('label')}, "
                      f"{ev.n_examples} examples): " + "; ".join(parts) + ".")
-    ev = _beyond_source(record, "corruptions")
+    ev = record.beyond_source("corruptions")
     if ev is not None:  # corruptions: the corruptions suite's summary (robustify/evaluate/corruptions/)
         rows = corruption_rows(ev.corruptions, (ev.before or {}).get("corruptions"))
-        text = "; ".join(f"{r['threat']}: {(_ratio if r.get('unit') == 'ratio' else pct)(r['after'])}"
-                         + (f" (base model {(_ratio if r.get('unit') == 'ratio' else pct)(r['before'])})"
-                            if r["before"] is not None else "") for r in rows)
+        text = "; ".join(f"{r['threat']}: {_shown(r.get('unit'))(r['after'])}"
+                         + (f" (base model {_shown(r.get('unit'))(r['before'])})" if r["before"] is not None else "")
+                         for r in rows)
         lines.append(f"- **Common corruptions**: {text or 'measured'}.")
     return lines
 
@@ -231,9 +223,9 @@ def _not_robust_to(record: RunRecord, eps: str) -> str:
     out once an evaluation measured them."""
     t = record.training
     items = [f"larger eps than {eps}"]
-    if _beyond_source(record, "unseen") is None:
+    if record.beyond_source("unseen") is None:
         items.append(f"other norms than {t.norm}")
-    if _beyond_source(record, "corruptions") is None:
+    if record.beyond_source("corruptions") is None:
         items.append("common corruptions")
     items += ["patches", "physical or semantic changes", "or inputs unlike the training data"]
     return ", ".join(items)
@@ -250,13 +242,14 @@ def _before_after_section(record: RunRecord) -> list[str]:
              f"the same attacks ({trade['evaluation']}):", "",
              "| measured | base model (before) | this model (after) | change |", "|---|---|---|---|"]
     for r in trade["rows"]:
-        show = _ratio if r.get("unit") == "ratio" else pct
+        show = _shown(r.get("unit"))
+        where = f" [{r['evaluation']}]" if r.get("evaluation") else ""
         name = {"clean": "clean", "seen": f"seen (the threat model): {r.get('threat')}, {r.get('attack')}"}.get(
             r["what"]) or _beyond_name(r)
         change = "n/a" if r["before"] is None or r["after"] is None else (
-            f"{r['after'] - r['before']:+.3f}" if r.get("unit") == "ratio" else
+            f"{r['after'] - r['before']:+.1f} pts" if r.get("unit") == "percent" else
             f"{100 * (r['after'] - r['before']):+.1f} pts")
-        lines.append(f"| {name} | {show(r['before'])} | {show(r['after'])} | {change} |")
+        lines.append(f"| {name}{where} | {show(r['before'])} | {show(r['after'])} | {change} |")
     return lines + [""]
 
 

@@ -221,7 +221,7 @@ class Evaluation:
         if self.unseen is not None:
             d["unseen"] = [dict(u) for u in self.unseen]
         if self.corruptions is not None:
-            d["corruptions"] = dict(self.corruptions)
+            d["corruptions"] = corruption_summary(self.corruptions)
         if self.before is not None:
             d["before"] = self.before
         d["evaluated_at"] = self.evaluated_at
@@ -295,10 +295,13 @@ def unseen_entries(value: Any) -> list[dict[str, Any]] | None:
 
 
 def corruption_summary(value: Any) -> dict[str, Any] | None:
-    """The corruptions result as the record keeps it (None: not measured). The corruptions suite owns its fields
-    (per corruption x severity accuracy, ``mean_acc``, ``mce`` and its baseline, the source); the record keeps them
-    whole, so the card and RobustBench's export read what the suite wrote."""
-    return dict(value) if isinstance(value, Mapping) else None
+    """The corruptions result as the record keeps it (None: not measured). The corruptions suite
+    (robustify/evaluate/corruptions/) owns its fields (per corruption x severity ``accuracy``,
+    ``mean_corruption_acc``, ``mce`` / ``relative_mce`` in percent against its ``baseline``, the ``source``); the
+    record keeps them, less what describes the machine rather than the model (seconds, workers)."""
+    if not isinstance(value, Mapping):
+        return None
+    return {k: v for k, v in value.items() if k not in ("seconds", "workers", "processes")}
 
 
 def beyond(d: Mapping[str, Any] | Evaluation | None) -> dict[str, Any]:
@@ -329,30 +332,47 @@ def before_after_rows(ev: Evaluation) -> list[dict[str, Any]]:
     if ev.pgd_acc is not None:
         rows.append({"what": "seen", "threat": threat, "attack": ev.pgd_text, "before": b.get("pgd_acc"),
                      "after": ev.pgd_acc})
-    base_unseen = {(u.get("norm"), u.get("eps")): u for u in b.get("unseen") or []}
+    return rows + unseen_rows(ev) + corruption_rows(ev.corruptions, b.get("corruptions"))
+
+
+def unseen_rows(ev: Evaluation) -> list[dict[str, Any]]:
+    """The before/after rows of ``ev``'s unseen threats (``before`` None where the base model was not measured)."""
+    base = {(u.get("norm"), u.get("eps")): u for u in (ev.before or {}).get("unseen") or []}
+    rows = []
     for u in ev.unseen or []:
-        was = base_unseen.get((u.get("norm"), u.get("eps")), {})
+        was = base.get((u.get("norm"), u.get("eps")), {})
         rows.append({"what": "unseen", "threat": u.get("threat") or f"{u['norm']} eps={eps_text(u['eps'])}",
                      "attack": u.get("label"), "before": was.get("acc"), "after": u.get("acc")})
-    rows += corruption_rows(ev.corruptions, b.get("corruptions"))
     return rows
 
 
 # ---- corruptions: the corruptions suite (robustify/evaluate/corruptions/) owns these keys and may refine the rows
 def corruption_rows(after: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """The before/after rows of the corruptions result: its mean corruption accuracy and its mCE (relative to the
-    baseline it names), when measured."""
+    """The before/after rows of the corruptions result: mean corruption accuracy and mCE, when measured. The base
+    model's numbers come from its own result (``before``: finetune measured both) or else from the result's
+    ``baseline`` (``robustify eval RUN --attack corruptions`` evaluates the run's base model beside it); mCE is
+    relative to that baseline, so the baseline's own is 100% by definition."""
     if not after:
         return []
-    before = before or {}
-    source = after.get("source") or after.get("label") or "common corruptions"
+    base = dict(before or {})
+    baseline = after.get("baseline") if isinstance(after.get("baseline"), Mapping) else None
+    if not base and baseline:
+        base = {"mean_corruption_acc": baseline.get("mean_corruption_acc"), "mce": 100.0, "relative_mce": 100.0}
+    source = str(after.get("published_set") or after.get("source") or "common corruptions")
+    n = len(after.get("corruptions") or []) or 15
+    levels = sorted(int(v) for v in after.get("severities") or [1, 2, 3, 4, 5])
+    sev = f"{levels[0]}-{levels[-1]}" if levels == list(range(levels[0], levels[-1] + 1)) and len(levels) > 1 else \
+        ",".join(str(v) for v in levels)
     rows = []
-    if after.get("mean_acc") is not None:
-        rows.append({"what": "corruptions", "threat": "common corruptions, mean accuracy", "attack": source,
-                     "before": before.get("mean_acc"), "after": after.get("mean_acc")})
-    if after.get("mce") is not None:
-        rows.append({"what": "corruptions", "threat": f"mCE (relative to {after.get('baseline', 'the baseline')})",
-                     "attack": source, "before": before.get("mce"), "after": after.get("mce"), "unit": "ratio"})
+    if after.get("mean_corruption_acc") is not None:
+        rows.append({"what": "corruptions", "threat": f"common corruptions ({n} types, severities {sev}), mean "
+                     "accuracy", "attack": source, "before": base.get("mean_corruption_acc"),
+                     "after": after.get("mean_corruption_acc")})
+    for key, name in (("mce", "mCE"), ("relative_mce", "relative mCE")):
+        if after.get(key) is not None:
+            against = (baseline or {}).get("model") or "the baseline"
+            rows.append({"what": "corruptions", "threat": f"{name} (relative to {against}; lower is better)",
+                         "attack": source, "before": base.get(key), "after": after.get(key), "unit": "percent"})
     return rows
 # ---- end of corruptions
 
@@ -477,10 +497,29 @@ class RunRecord:
         corruptions); None otherwise (clean and seen are metrics.json's ``before``/``after`` already, and a record
         without more stays byte for byte what earlier versions wrote)."""
         ft = self.finetune_evaluation()
-        if ft is None or not ft.before or not beyond(ft):  # clean and seen alone: metrics.json as before
+        if ft is None or not ft.before:
+            return None
+        rows = before_after_rows(ft)
+        for key, more in (("unseen", unseen_rows), ("corruptions", lambda e: corruption_rows(
+                e.corruptions, (e.before or {}).get("corruptions")))):
+            other = self.beyond_source(key)
+            if not beyond(ft).get(key) and other is not None:  # measured later (robustify eval RUN), on its examples
+                rows += [r | {"evaluation": other.label} for r in more(other)]
+        if not any(r["what"] in ("unseen", "corruptions") for r in rows):  # clean and seen alone: as before
             return None
         return {"base_model": self.training.base_model, "evaluation": ft.label, "n_examples": ft.n_examples,
-                "rows": before_after_rows(ft)}
+                "rows": rows}
+
+    def beyond_source(self, key: str) -> Evaluation | None:
+        """The evaluation whose ``key`` (unseen, corruptions: :func:`beyond`) the record reports: the strongest's
+        when it has one, then finetune's (which measured the base model too), else the latest that measured it."""
+        if not self.evaluations:
+            return None
+        first = [self.strongest(), self.finetune_evaluation()]
+        for e in [e for e in first if e is not None] + list(reversed(self.evaluations)):
+            if beyond(e).get(key):
+                return e
+        return None
 
     def metrics(self) -> dict[str, Any]:
         """metrics.json."""
