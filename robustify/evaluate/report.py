@@ -128,7 +128,7 @@ class EvalSettings:
 
     eps: float
     norm: str = "Linf"
-    attacks: tuple[str, ...] = SEEN_REPORT  # suites (SUITES); exactly these run (clean always)
+    attacks: tuple[str, ...] = SEEN_REPORT  # suites (ATTACK_CHOICES); exactly these run (clean always)
     preset: str = "standard"
     pgd_steps: int = 50
     pgd_restarts: int = 10
