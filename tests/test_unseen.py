@@ -17,7 +17,7 @@ from robustify.publish.runrecord import from_finetune
 from robustify.recipes import threat_text
 from tests.helpers import quickstart_model
 
-TINY_APGD = {"apgd_iter": 2}
+TINY_APGD = {"apgd_iter": 3}
 
 
 def test_radii_follow_the_kind_of_data_set() -> None:
@@ -44,7 +44,7 @@ def test_eval_unseen_reports_the_other_norms_marked_unseen(monkeypatch) -> None:
     r = evaluate(model, ex, s, progress=False)
     assert [(u["norm"], u["eps"], u["seen"], u["threat"]) for u in r["unseen"]] == [
         ("L2", 0.5, False, "L2 eps=0.5"), ("L1", 12.0, False, "L1 eps=12")]
-    assert all(u["label"] == "APGD-CE, 2 iterations" and u["acc"] <= r["clean_acc"] for u in r["unseen"])
+    assert all(u["label"] == "APGD-CE, 3 iterations" and u["acc"] <= r["clean_acc"] for u in r["unseen"])
     assert r["attack_work"][0] > 0 and "pgd_acc" not in r and "robust_acc" not in r  # unseen is not the worst case
     # without AutoAttack's package: robustify's PGD, labelled so
     from robustify.evaluate import autoattack
@@ -103,13 +103,14 @@ def test_finetune_with_eval_unseen_measures_before_and_after(tmp_path: Path) -> 
     from robustify.train.trainer import finetune
     from tests.conftest import TINY
 
+    # eval.pgd_steps=1 (TINY): the unseen APGD runs its minimum of 3 iterations (L1-APGD's schedule needs them)
     finetune(build_config("quickstart", TINY + ["eval.unseen=true", f"output_dir={tmp_path / 'run'}"]))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     unseen_rows = [r for r in metrics["before_after"]["rows"] if r["what"] == "unseen"]
     assert [r["threat"] for r in unseen_rows] == ["L2 eps=0.5", "L1 eps=12"]
     assert all(0 <= r["before"] <= 1 and 0 <= r["after"] <= 1 for r in unseen_rows)
     card = (tmp_path / "run" / "README.md").read_text()
-    assert "## Before and after fine-tuning" in card and "unseen: L1 eps=12, APGD-CE, 1 iteration" in card
+    assert "## Before and after fine-tuning" in card and "unseen: L1 eps=12, APGD-CE, 3 iterations" in card
 
 
 def test_corruptions_from_a_later_eval_join_the_before_and_after() -> None:

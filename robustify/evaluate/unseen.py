@@ -33,6 +33,9 @@ RADII: dict[str, dict[str, float]] = {
     "cifar": {"Linf": 8 / 255, "L2": 0.5, "L1": 12.0},  # RobustBench CIFAR-10; Croce & Hein 2021 (L1)
     "imagenet": {"Linf": 4 / 255, "L2": 2.0, "L1": 255.0},
 }
+# L1-APGD's large-eps schedule runs ceil(30%), ceil(30%) and the rest of the iterations at 3, 2 and 1 eps: fewer than
+# 3 leave its last phase (the one at eps) empty or negative, so the unseen APGD never runs fewer (the label says so)
+MIN_APGD_ITER = 3
 KIND_TEXT = {"cifar": "CIFAR radii (small images)", "imagenet": "ImageNet radii (224 px class)"}
 IMAGENET_SIDE = 128  # an unknown data set at this resolution or above is ImageNet-like (tiny-imagenet's 64 px is not)
 
@@ -75,7 +78,7 @@ def unseen_attack(preset: str, pgd_steps: int = 10, aa_overrides: dict[str, Any]
         s = replace(VERSIONS["standard"], **overrides, **({"version": "custom"} if overrides else {}))
         return UnseenAttack("autoattack", "AutoAttack (standard)" if not overrides else "AutoAttack (custom budgets)",
                             aa=s)
-    s = AutoAttackSettings(version="apgd-ce", apgd_iter=overrides.get("apgd_iter", pgd_steps),
+    s = AutoAttackSettings(version="apgd-ce", apgd_iter=max(overrides.get("apgd_iter", pgd_steps), MIN_APGD_ITER),
                            attacks=("apgd-ce",))
     return UnseenAttack("apgd-ce", f"APGD-CE, {s.apgd_iter} iteration{'s' if s.apgd_iter != 1 else ''}", aa=s)
 
