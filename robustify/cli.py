@@ -551,23 +551,28 @@ def _bench(args: argparse.Namespace, show: bool) -> dict[str, Any]:
 def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", formatter_class=_Formatter,
-        help="honest robustness evaluation: clean, PGD, AutoAttack, accuracy vs eps, gradient-masking checks",
+        help="honest robustness evaluation: clean, PGD, AutoAttack, accuracy vs eps, gradient-masking checks, unseen "
+             "threat models",
         description="Evaluate any model 'finetune' accepts (a run folder, hf-hub:ORG/NAME, local-dir:PATH, a timm "
                     "name) on the first N examples of a split: clean accuracy, FGSM, PGD with restarts on the CE and "
                     "margin losses, AutoAttack (APGD-CE, APGD-T, FAB-T, Square; optional extra: "
-                    "pip install -e \".[autoattack]\" in the clone; without it the default --attack is clean,pgd), "
-                    "an accuracy-vs-eps curve, and checks that flag gradient masking. On a run folder, data, eps and "
-                    "N default to the run's own, and the results update its metrics.json, config.json and model card.",
+                    "pip install -e \".[autoattack]\" in the clone), an accuracy-vs-eps curve, checks that flag "
+                    "gradient masking, and the unseen threat models (the other norms at their standard radii). "
+                    "--attack runs exactly what it names; the first line says what will run and roughly how long it "
+                    "takes. On a run folder, data, eps and N default to the run's own, and the results update its "
+                    "metrics.json, config.json and model card.",
     )
     p.add_argument("model", metavar="MODEL", help=MODEL_FORMS)
     p.add_argument("--data", help=f"{DATA_FORMS} (run folder: its own)")
     p.add_argument("--split", help="split to evaluate on (run folder: its eval split; else the data set's labelled "
                    "evaluation split: test, validation for imagenet-1k, valid for tiny-imagenet)")
     p.add_argument("--attack",
-                   help="comma-separated: clean, pgd, autoattack, corruptions (the 15 common corruptions at "
-                        "severities 1-5) (clean and one-step FGSM always run: the checks compare against them) "
-                        "(default: clean,pgd,autoattack; clean,pgd, said in one line, when "
-                        "AutoAttack's optional package is not installed)")
+                   help="comma-separated suites, run exactly as named (clean always): clean, fgsm, pgd, autoattack, "
+                        "curve (accuracy vs eps), checks (gradient masking), unseen (the other norms at their "
+                        "standard radii: Linf 8/255, L2 0.5, L1 12 on CIFAR-like data; 4/255, 2.0, 255 on "
+                        "ImageNet-like), corruptions (the 15 common corruptions at severities 1-5) (default: the "
+                        "preset's full report, all but corruptions; without AutoAttack's optional package all but "
+                        "autoattack, said in one line)")
     p.add_argument("--corruptions", metavar="NAMES", help="with --attack corruptions: corruption names or families "
                    "(noise, blur, weather, digital), comma-separated, or all (default: all 15)")
     p.add_argument("--severities", metavar="LIST", help="with --attack corruptions: severities, e.g. 1,3,5 or 1-5 "
@@ -595,8 +600,8 @@ def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pgd-loss", default="ce+cw", help="PGD losses: ce, cw (the margin loss) or ce+cw, as the recipe "
                    "key eval.pgd_loss spells them (ce,cw is accepted too)")
     p.add_argument("--aa-version", choices=("standard", "quick"), help="AutoAttack budget (default: from --preset)")
-    p.add_argument("--no-curve", action="store_true", help="skip the accuracy-vs-eps curve")
-    p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
+    p.add_argument("--no-curve", action="store_true", help="drop the accuracy-vs-eps curve (suite curve)")
+    p.add_argument("--no-checks", action="store_true", help="drop the gradient-masking checks (suite checks)")
     p.add_argument("--seed", type=int, default=0, help="seed of every attack's randomness")
     p.add_argument("--batch-size", type=int, default=250, help="examples per attack batch")
     p.add_argument("--output", metavar="FILE.json", help="write the full report as JSON (and FILE_eps_curve.png)")
@@ -652,20 +657,27 @@ def _eval(args: argparse.Namespace) -> Any:
 
     start = time.perf_counter()
     _check_eval_args(args)
+    note = None
     if args.attack is None:
         from .evaluate.report import default_attacks
 
         attacks, note = default_attacks()
-        if note and os.environ.get("RANK", "0") == "0":
-            print(f"robustify: {note}")
     else:
-        attacks = tuple(a.strip() for a in args.attack.split(",") if a.strip())
+        from .evaluate.report import parse_attacks
+
+        attacks = parse_attacks(args.attack)
+
+    def announce(line: str) -> None:  # the first line: what will run and roughly how long; then the note, if any
+        print(line, flush=True)
+        if note:
+            print(f"robustify: {note}", flush=True)
+
     eps = parse_number(args.eps, "--eps") if args.eps is not None else None
     res = run_eval(args.model, data=args.data, split=args.split, eps=eps, norm=args.norm, n_examples=args.n_examples,
                    attacks=attacks, preset=args.preset, pgd_steps=args.pgd_steps, pgd_restarts=args.pgd_restarts,
-                   pgd_loss=args.pgd_loss, aa_version=args.aa_version, curve=not args.no_curve,
-                   checks=not args.no_checks, seed=args.seed, batch_size=args.batch_size, output=args.output,
-                   plot=args.plot, update_run=not args.no_update,
+                   pgd_loss=args.pgd_loss, aa_version=args.aa_version, curve=False if args.no_curve else None,
+                   checks=False if args.no_checks else None, seed=args.seed, batch_size=args.batch_size,
+                   output=args.output, plot=args.plot, update_run=not args.no_update, announce=announce,
                    suite_options={"corruptions": _corruption_options(args)})
     # every process is done with collectives: destroy the group (as PyTorch asks; on exit without it gloo's worker
     # threads can abort the process, and torchrun then reports a failed evaluation); after an error it is left alone

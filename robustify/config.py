@@ -217,6 +217,9 @@ class EvalConfig:
     pgd_restarts: int = 1
     pgd_loss: str = "ce"  # ce | cw | ce+cw
     autoattack: bool = False
+    # the other norms at their standard radii too (Linf 8/255, L2 0.5, L1 12 on CIFAR-like data), before and after,
+    # marked unseen: APGD-CE with pgd_steps iterations, or the standard AutoAttack when autoattack is on
+    unseen: bool = False
 
 
 @dataclass

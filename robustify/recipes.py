@@ -245,11 +245,11 @@ def frontier_notes(name: str, cfg: FinetuneConfig, data_passes: int) -> list[str
 
 
 def threat_text(cfg: FinetuneConfig) -> str:
-    """``Linf 8/255 @32px``: the norm, eps (in /255 when it is a whole number of levels) and the attack resolution."""
-    eps = cfg.threat.eps
-    levels = eps * 255
-    shown = f"{round(levels)}/255" if abs(levels - round(levels)) < 1e-6 and eps > 0 else f"{eps:g}"
-    return f"{cfg.threat.norm} {shown} @{cfg.data.attack_size or backbone_size(cfg)[0]}px"
+    """``Linf 8/255 @32px``: the norm, eps as every record prints it (:func:`runrecord.eps_text`: ``8/255`` below 1,
+    an L1 budget of 12 as ``12``) and the attack resolution."""
+    from .publish.runrecord import eps_text
+
+    return f"{cfg.threat.norm} {eps_text(cfg.threat.eps)} @{cfg.data.attack_size or backbone_size(cfg)[0]}px"
 
 
 def method_text(cfg: FinetuneConfig) -> str:

@@ -130,12 +130,18 @@ def before_after_table(before: dict, after: dict, title: str = "robustify finetu
     table.add_column("model")
     table.add_column("clean", justify="right")
     table.add_column(attack, justify="right")
-    if "autoattack_acc" in after or "autoattack_acc" in before:
+    aa = "autoattack_acc" in after or "autoattack_acc" in before
+    if aa:
         table.add_column("AutoAttack", justify="right")
+    unseen = [(u["norm"], u["eps"], u["threat"]) for u in after.get("unseen") or []]
+    for _, _, threat in unseen:  # the other norms, marked unseen (eval.unseen)
+        table.add_column(f"unseen {threat}", justify="right")
     for name, row in (("before", before), ("after", after)):
         cells = [name, pct(row.get("clean_acc")), pct(row.get("pgd_acc"))]
-        if len(table.columns) == 4:
+        if aa:
             cells.append(pct(row.get("autoattack_acc")))
+        got = {(u["norm"], u["eps"]): u["acc"] for u in row.get("unseen") or []}
+        cells += [pct(got.get((norm, eps))) for norm, eps, _ in unseen]
         table.add_row(*cells)
     return table
 
@@ -219,7 +225,8 @@ def eval_table(report: dict, title: str | None = None) -> Table:
         table.add_row(*(f"[bold]{c}[/bold]" for c in cells) if bold else cells)
 
     row("clean", "", report["clean_acc"])
-    row("FGSM", "one step of eps, no random start", report["fgsm_acc"])
+    if "fgsm_acc" in report:
+        row("FGSM", "one step of eps, no random start", report["fgsm_acc"])
     if "pgd_acc" in report:
         p = report["pgd"]
         restarts = f"{p['restarts']} restart" + ("s" if p["restarts"] != 1 else "")
@@ -234,6 +241,8 @@ def eval_table(report: dict, title: str | None = None) -> Table:
         row(label, f"{aa['package']}, version {aa['version']}", report["autoattack_acc"], bold=True)
     if any(k in report for k in ("pgd_acc", "autoattack_acc")):
         row("robust to all of the above", "worst case per example", report["robust_acc"])
+    for u in report.get("unseen") or []:  # other threat models, never part of the worst case above
+        row(f"unseen: {u['threat']}", f"{u['label']}; {u['radii']} radii", u["acc"])
     return table
 
 

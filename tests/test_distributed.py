@@ -78,7 +78,7 @@ def test_sharded_evaluation_equals_single_process(tmp_path: Path):
 def test_robustify_eval_under_torchrun_equals_one_process(tmp_path: Path, quickstart_run: Path):
     from robustify.cli import main as cli
 
-    args = ["eval", str(quickstart_run), "--attack", "clean,pgd", "--preset", "quick", "--n-examples", "40",
+    args = ["eval", str(quickstart_run), "--attack", "clean,fgsm,pgd", "--preset", "quick", "--n-examples", "40",
             "--batch-size", "32", "--no-curve", "--no-checks", "--no-update"]
     # three processes, two batches: one process has an empty share and must still reach every collective
     res = torchrun(["-m", "robustify", *args, "--output", str(tmp_path / "two.json")], tmp_path, nproc=3)

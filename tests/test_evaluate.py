@@ -200,7 +200,7 @@ def test_eval_command_updates_the_run_folder(quickstart_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(quickstart_run, run)
     out = tmp_path / "eval.json"
-    code = main(["eval", str(run), "--attack", "clean,pgd", "--preset", "quick", "--pgd-steps", "5",
+    code = main(["eval", str(run), "--attack", "clean,fgsm,pgd,curve,checks", "--preset", "quick", "--pgd-steps", "5",
                  "--n-examples", "100", "--output", str(out)])
     assert code == 0
     printed = capsys.readouterr().out

@@ -297,3 +297,22 @@ def sharded_autoattack(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     aa = dict(aa, per_attack={k: c / max(total, 1) for k, c in zip(names, per, strict=True)}, n_examples=total,
               processes=world, precision="fp32")
     return {"autoattack_acc": robust_n / max(total, 1), "autoattack": aa, "autoattack_version": version}
+
+
+def aa_work_per_example_of(s: AutoAttackSettings, norm: str, n_classes: int) -> tuple[float, float]:
+    """At most how many (forward, input-gradient) passes one example costs in the cascade ``s`` (each attack runs
+    only on what the previous ones left, so the real count is lower): for the estimate ``robustify eval`` prints."""
+    targets = max(1, min(s.target_classes, n_classes - 1))
+    restarts = max(s.apgd_restarts, 5) if norm == "L1" and s.version == "standard" else s.apgd_restarts
+    fwd = grad = 0.0
+    for name in s.attacks:
+        if name == "apgd-ce":
+            fwd, grad = fwd + restarts * (s.apgd_iter + 1), grad + restarts * (s.apgd_iter + 1)
+        elif name == "apgd-t":
+            k = min(targets, 5) if norm == "L1" else targets
+            fwd, grad = fwd + k * (s.apgd_iter + 1), grad + k * (s.apgd_iter + 1)
+        elif name == "fab-t":  # a jacobian of two logits and a few forwards per iteration
+            fwd, grad = fwd + targets * s.fab_iter * 3, grad + targets * s.fab_iter * 2
+        elif name == "square":
+            fwd += s.square_queries
+    return fwd, grad

@@ -64,11 +64,14 @@ def zero_gradient_counts(model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
 
 
 def check_attack_order(r: dict[str, Any], tol: float) -> dict[str, Any]:
-    chain = [("clean", r["clean_acc"]), ("FGSM", r["fgsm_acc"])]
+    chain = [("clean", r["clean_acc"])]
+    chain += [("FGSM", r["fgsm_acc"])] if "fgsm_acc" in r else []
     chain += [("PGD", r["pgd_acc"])] if "pgd_acc" in r else []
     chain += [("AutoAttack", r["autoattack_acc"])] if "autoattack_acc" in r else []
     text = " <= ".join(f"{n} {_pct(a)}" for n, a in reversed(chain))
     title = "stronger attacks find more adversarial examples"
+    if len(chain) < 2:
+        return _item("attack_order", title, "skipped", "Not run (needs an attack: --attack fgsm, pgd or autoattack).")
     for (weak, a_weak), (strong, a_strong) in zip(chain, chain[1:], strict=False):
         if a_strong > a_weak + tol:
             why = ("an iterative attack should never do worse than a single step. This is a classic sign of gradient "
@@ -91,7 +94,7 @@ def check_attack_order(r: dict[str, Any], tol: float) -> dict[str, Any]:
 def check_eps_curve(r: dict[str, Any], tol: float) -> dict[str, Any]:
     title = "accuracy falls as eps grows"
     if "eps_curve" not in r:
-        return _item("eps_curve", title, "skipped", "Not run (the accuracy-vs-eps curve was turned off).")
+        return _item("eps_curve", title, "skipped", "Not run (needs the accuracy-vs-eps curve: --attack curve).")
     pts = r["eps_curve"]["points"]
     for a, b in zip(pts, pts[1:], strict=False):
         if b["acc"] > a["acc"] + tol:

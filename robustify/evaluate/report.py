@@ -43,11 +43,26 @@ from .kernel import (  # noqa: F401  (re-exported: the kernel lives in robust_ac
     shard_range,
 )
 
-ATTACK_CHOICES = ("clean", "fgsm", "pgd", "autoattack")
+# what ``--attack`` may name: each runs only when named (clean always runs: every robust accuracy is "correct and not
+# fooled", and a model with non-finite logits is refused before anything else); a suite added here is one line
+SUITE_TEXT: dict[str, str] = {
+    "clean": "clean accuracy",
+    "fgsm": "one-step FGSM at eps (no random start)",
+    "pgd": "PGD with restarts on the CE and margin losses",
+    "autoattack": "AutoAttack (APGD-CE, APGD-T, FAB-T, Square)",
+    "curve": "accuracy vs eps (PGD-CE at 0, 1/4, 1/2, 1, 2 x eps)",
+    "checks": "gradient-masking checks (PGD at an image-erasing eps, input gradients; compares the attacks run)",
+    "unseen": "the other norms at their standard radii (Linf/L2/L1), marked unseen",
+}
+ATTACK_CHOICES = tuple(SUITE_TEXT)
+FULL_REPORT = ("clean", "fgsm", "pgd", "autoattack", "curve", "checks", "unseen")  # no --attack: the preset's report
+SEEN_REPORT = ("clean", "fgsm", "pgd", "autoattack", "curve", "checks")  # EvalSettings' default (the API's)
 PRESETS: dict[str, dict[str, Any]] = {
-    # the final report: PGD-50 x 10 restarts on CE and on the margin loss, AutoAttack as in RobustBench
+    # the final report: PGD-50 x 10 restarts on CE and on the margin loss, AutoAttack as in RobustBench (also at each
+    # unseen threat model)
     "standard": {"pgd_steps": 50, "pgd_restarts": 10, "aa_version": "standard"},
-    # a quick look (seconds on a CPU for small models); labelled "quick" wherever its numbers appear
+    # a quick look (seconds on a CPU for small models); labelled "quick" wherever its numbers appear; unseen threats
+    # by APGD-CE alone, pgd_steps iterations
     "quick": {"pgd_steps": 10, "pgd_restarts": 1, "aa_version": "quick"},
 }
 CURVE_FACTORS = (0.0, 0.25, 0.5, 1.0, 2.0)
@@ -107,18 +122,29 @@ SUITES: dict[str, Callable[..., dict[str, Any]]] = {"corruptions": _corruptions_
 
 
 # ------------------------------------------------------------------------------------------ the evaluation
-DEFAULT_ATTACKS = ("clean", "pgd", "autoattack")
+DEFAULT_ATTACKS = FULL_REPORT
 
 
 def default_attacks() -> tuple[tuple[str, ...], str | None]:
-    """``robustify eval`` without ``--attack``: AutoAttack when its optional package is installed, else clean and PGD
-    with a one-line note saying so (a plain ``pip install -e .`` must evaluate, not stop on a missing extra)."""
+    """``robustify eval`` without ``--attack``: the preset's full report (:data:`FULL_REPORT`), AutoAttack included
+    when its optional package is installed; without it, everything else with a one-line note saying so (a plain
+    ``pip install -e .`` must evaluate, not stop on a missing extra)."""
     from .autoattack import INSTALL, package_version
 
     if package_version() is not None:
         return DEFAULT_ATTACKS, None
-    return ("clean", "pgd"), ("AutoAttack is not installed, so this evaluation runs clean and PGD only; for "
-                              f"AutoAttack: {INSTALL} in your robustify clone")
+    return tuple(a for a in FULL_REPORT if a != "autoattack"), (
+        "AutoAttack is not installed, so this evaluation runs everything but AutoAttack (unseen threats by PGD); for "
+        f"AutoAttack: {INSTALL} in your robustify clone")
+
+
+def parse_attacks(text: str) -> tuple[str, ...]:
+    """``--attack clean,pgd`` -> the suites in the order given, once each (:meth:`EvalSettings.validate` checks the
+    names, before anything is loaded)."""
+    names = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+    if not names:
+        raise UserError(f"--attack {text!r} is not accepted; name one or more of: {', '.join(ATTACK_CHOICES)}")
+    return names
 
 
 @dataclass
@@ -127,7 +153,7 @@ class EvalSettings:
 
     eps: float
     norm: str = "Linf"
-    attacks: tuple[str, ...] = ("clean", "pgd", "autoattack")
+    attacks: tuple[str, ...] = SEEN_REPORT  # suites (ATTACK_CHOICES); exactly these run (clean always)
     preset: str = "standard"
     pgd_steps: int = 50
     pgd_restarts: int = 10
@@ -135,8 +161,8 @@ class EvalSettings:
     pgd_alpha: float | None = None
     aa_version: str = "standard"
     aa_overrides: dict[str, Any] = field(default_factory=dict)  # budgets (tests); the version becomes "custom"
-    curve: bool = True
-    checks: bool = True
+    curve: bool | None = None  # None: as ``attacks`` says; True / False add or remove the suite
+    checks: bool | None = None
     seed: int = 0
     batch_size: int = 250
 
@@ -153,6 +179,15 @@ class EvalSettings:
         for a in self.attacks:
             if a not in ATTACK_CHOICES and a not in SUITES:
                 _bad("--attack", a, ATTACK_CHOICES + tuple(SUITES))
+        names = list(dict.fromkeys(("clean", *self.attacks)))
+        for suite in ("curve", "checks"):
+            flag = getattr(self, suite)
+            if flag is True and suite not in names:
+                names.append(suite)
+            elif flag is False and suite in names:
+                names.remove(suite)
+            setattr(self, suite, suite in names)
+        self.attacks = tuple(names)
         if self.eps <= 0 or (self.norm == "Linf" and self.eps > 1):
             raise UserError(f"--eps {self.eps:g} is not accepted; use eps in (0, 1] pixel units for Linf (e.g. 8/255) "
                             "or > 0 for L2 and L1 (summed over the image, e.g. 0.5 and 12 on CIFAR)")
@@ -181,6 +216,39 @@ def large_eps(norm: str, eps: float, input_size: tuple[int, ...]) -> float:
     d = math.prod(input_size)
     base = 0.5 if norm == "Linf" else 0.5 * math.sqrt(d) if norm == "L2" else 0.5 * d
     return max(base, 4 * eps) if norm != "Linf" else min(1.0, max(base, 4 * eps))
+
+
+class _Tick(torch.autograd.Function):
+    """Identity whose backward counts the examples an input gradient was computed for."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, box: list[int]) -> torch.Tensor:
+        ctx.box, ctx.n = box, x.shape[0]
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        ctx.box[0] += ctx.n
+        return grad, None
+
+
+class WorkCounter(torch.nn.Module):
+    """The model, counting what every attack costs: examples through a forward pass, and examples an input gradient
+    was computed for (PGD, FGSM, the checks and AutoAttack alike, since each calls the model). Host integers only
+    (shapes are known on the host), so counting never synchronises with the device. These counts are what an
+    evaluation's cost is (``attack_work``), and what the estimate printed before it starts predicts."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.forwards = 0
+        self.grads = [0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.forwards += int(x.shape[0])
+        if torch.is_grad_enabled() and x.requires_grad:
+            x = _Tick.apply(x, self.grads)
+        return self.model(x)
 
 
 class _Runner:
@@ -264,10 +332,12 @@ def _acc(mask: torch.Tensor) -> float:
 
 def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torch.device | str = "cpu",
              progress: bool = True, state: Any = None) -> dict[str, Any]:
-    """Every requested attack on the fixed subset, the accuracy-vs-eps curve and the gradient-masking checks.
+    """Exactly the suites ``s.attacks`` names (clean always) on the fixed subset.
 
-    Returns the report (JSON-ready): ``clean_acc``, ``fgsm_acc``, ``pgd_acc``, ``autoattack_acc`` (fractions),
-    ``robust_acc`` (robust to every attack run), settings, ``eps_curve``, ``checks`` and timings.
+    Returns the report (JSON-ready): ``clean_acc``, ``fgsm_acc``, ``pgd_acc``, ``autoattack_acc`` (fractions) for
+    the attacks run, ``robust_acc`` (robust to every attack run at the model's own threat model), ``eps_curve``,
+    ``checks``, ``unseen`` (the other norms, marked unseen) when named, settings, timings, and ``attack_work`` /
+    ``forward_work``: the input-gradient and forward evaluations (examples x passes) each process made.
     """
     from . import checks as checks_mod
 
@@ -275,6 +345,8 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
     device = torch.device(device)
     was_training = model.training
     model.eval().to(device)
+    counter = WorkCounter(model)
+    model = counter
     run = _Runner(model, ex, s.batch_size, device, progress, state)
     t_start = time.perf_counter()
     report: dict[str, Any] = {
@@ -302,10 +374,11 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
                                       "training diverged; nothing was evaluated or written")
             report["clean_acc"] = _acc(clean)
 
-            masks["fgsm"] = run.run("fgsm", lambda x, y, p: p & (predict(
-                model, x + attacks.fgsm(model, x, y, s.eps, norm=s.norm, random_start=False)) == y), clean)
-            report["fgsm_acc"] = _acc(masks["fgsm"])
-            report["fgsm"] = {"norm": s.norm, "eps": s.eps, "alpha": s.eps, "random_start": False}
+            if "fgsm" in s.attacks:
+                masks["fgsm"] = run.run("fgsm", lambda x, y, p: p & (predict(
+                    model, x + attacks.fgsm(model, x, y, s.eps, norm=s.norm, random_start=False)) == y), clean)
+                report["fgsm_acc"] = _acc(masks["fgsm"])
+                report["fgsm"] = {"norm": s.norm, "eps": s.eps, "alpha": s.eps, "random_start": False}
 
             if "pgd" in s.attacks:
                 _run_pgd(run, s, report, masks, extra)
@@ -333,18 +406,47 @@ def evaluate(model: torch.nn.Module, ex: Examples, s: EvalSettings, device: torc
                 report.update(res)
                 report["autoattack_version"] = report["autoattack"]["version"]
                 run.seconds["autoattack"] = round(time.perf_counter() - t0, 2)
+            if "unseen" in s.attacks:
+                _run_unseen(run, s, report, clean)
+            # the common corruptions suite (robustify/evaluate/corruptions/) adds its result here as
+            # report["corruptions"] when named: per corruption x severity accuracy, mean accuracy, mCE
         finally:
             model.train(was_training)
+    work = run.gather(torch.tensor([[counter.grads[0], counter.forwards]]), "attack work") if run.world > 1 else \
+        torch.tensor([[counter.grads[0], counter.forwards]])
+    report["attack_work"] = [int(v) for v in work[:, 0].tolist()]  # input-gradient evaluations per process
+    report["forward_work"] = [int(v) for v in work[:, 1].tolist()]  # forward evaluations per process
     worst = clean.clone()
-    for name in ("fgsm", "pgd", "autoattack"):
-        if name in masks:
-            worst &= masks[name]
-    report["robust_acc"] = _acc(worst)
+    seen = [name for name in ("fgsm", "pgd", "autoattack") if name in masks]
+    for name in seen:
+        worst &= masks[name]
+    if seen:  # no attack at the model's own threat model: no robust accuracy (clean accuracy is not one)
+        report["robust_acc"] = _acc(worst)
     if s.checks:
         report["checks"] = checks_mod.run_checks(report, masks, extra)
     run.seconds["total"] = round(time.perf_counter() - t_start, 2)
     report["seconds"] = run.seconds
     return report
+
+
+def _run_unseen(run: _Runner, s: EvalSettings, report: dict, clean: torch.Tensor) -> None:
+    """The other norms at their standard radii for the data set's kind, each by the preset's attack, every process
+    on its block; marked ``seen: false`` (:mod:`robustify.evaluate.unseen`)."""
+    from . import unseen
+
+    size = tuple(run.ex.x.shape[1:])
+    kind = unseen.data_kind(run.ex.data, size)
+    attack = unseen.unseen_attack(s.preset, s.pgd_steps, s.aa_overrides)
+    a, b = run.shard
+    out = []
+    for norm, eps in unseen.unseen_threats(s.norm, run.ex.data, size):
+        t0 = time.perf_counter()
+        local = unseen.attack_block(run.model, *run.ex.rows(a, b), norm, eps, attack, robust=clean[a:b], seed=s.seed,
+                                    batch_size=s.batch_size, device=run.device, progress=run.progress, offset=a)
+        mask = run.gather(local, f"unseen {norm} masks")
+        out.append(unseen.result(norm, eps, kind, attack, int(mask.sum()), run.ex.n))
+        run.seconds[f"unseen {norm}"] = round(time.perf_counter() - t0, 2)
+    report["unseen"] = out
 
 
 def _run_pgd(run: _Runner, s: EvalSettings, report: dict, masks: dict, extra: dict) -> None:
@@ -421,6 +523,97 @@ def _run_check_attacks(run: _Runner, s: EvalSettings, report: dict, masks: dict,
     extra["zero_grad"] = {k: int(c) / max(run.ex.n, 1) for k, c in zip(counts, run.reduce(
         torch.stack(list(counts.values())), "gradient check counts").tolist(), strict=True)}
     run.seconds["gradients"] = round(time.perf_counter() - t0, 2)
+
+
+# ----------------------------------------------------------------------------------------- the plan line
+def plan_work(s: EvalSettings, ex: Examples, n_classes: int,
+              suite_options: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, float, float]]:
+    """What each suite of ``s`` costs at most, counted as :class:`WorkCounter` counts: (label, forward passes,
+    input-gradient passes), in examples. PGD restarts and AutoAttack's later attacks run only on the examples still
+    robust, so the real counts are usually lower (never higher)."""
+    from . import unseen
+    from .autoattack import aa_work_per_example_of, package_version
+
+    n = ex.n
+    pgd_run = (s.pgd_steps + 1.0, float(s.pgd_steps))  # one PGD run: a forward per step and at the end
+    out: list[tuple[str, float, float]] = [("clean", float(n), 0.0)]
+    if "fgsm" in s.attacks:
+        out.append(("FGSM", 2.0 * n, float(n)))
+    if "pgd" in s.attacks:
+        k = s.pgd_restarts * len(s.pgd_losses)
+        out.append((f"PGD-{s.pgd_steps} x{s.pgd_restarts} ({'+'.join(s.pgd_losses)})", k * pgd_run[0] * n,
+                    k * pgd_run[1] * n))
+    if s.curve:
+        reused = "pgd" in s.attacks and s.pgd_losses[0] == "ce" and s.pgd_alpha is None
+        points = sum(1 for f in CURVE_FACTORS if f and not (f == 1.0 and reused))
+        out.append((f"eps curve ({points} PGD-{s.pgd_steps})", points * pgd_run[0] * n, points * pgd_run[1] * n))
+    if s.checks:
+        out.append(("masking checks", (pgd_run[0] + 2) * n, (pgd_run[1] + 2) * n))
+    if "autoattack" in s.attacks and package_version() is not None:
+        from .autoattack import settings_for
+
+        fwd, grad = aa_work_per_example_of(settings_for(s.aa_version, **s.aa_overrides), s.norm, n_classes)
+        out.append((f"AutoAttack {s.aa_version}", fwd * n, grad * n))
+    if "unseen" in s.attacks:
+        attack = unseen.unseen_attack(s.preset, s.pgd_steps, s.aa_overrides)
+        size = tuple(ex.x.shape[1:])
+        for norm, eps in unseen.unseen_threats(s.norm, ex.data, size):
+            fwd, grad = unseen.work_per_example(attack, norm, n_classes)
+            out.append((f"unseen {unseen.threat_label(norm, eps)} ({attack.name})", fwd * n, grad * n))
+    if "corruptions" in s.attacks:  # forward passes only (the corrupting itself is CPU work: robustify bench)
+        from .corruptions import settings_from
+
+        cs = settings_from((suite_options or {}).get("corruptions"), seed=s.seed, batch_size=s.batch_size)
+        k = len(cs.corruptions) * len(cs.severities)
+        out.append((f"corruptions ({len(cs.corruptions)} x {len(cs.severities)} severities)", float(k * n), 0.0))
+    return out
+
+
+def measure_step(model: torch.nn.Module, ex: Examples, device: torch.device, gradients: bool,
+                 n: int = 32) -> tuple[float, float]:
+    """Seconds per example of one forward pass and of one input gradient (forward and backward), measured once on
+    the first ``n`` examples this process holds (the second only when ``gradients``): the rate the estimate uses."""
+    if ex.y.shape[0] == 0:
+        return 0.0, 0.0
+    x, y = ex.rows(ex.offset, ex.offset + min(n, int(ex.y.shape[0])))
+    x, y = to_unit(x.to(device)), y.to(device)
+    with fp32_math():
+        with torch.no_grad():
+            model(x[:1]).argmax(1).tolist()  # the first call's one-off costs (allocation, kernel choice) left out
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model(x).argmax(1).tolist()  # .tolist(): wait for the device
+        fwd = (time.perf_counter() - t0) / y.numel()
+        if not gradients:
+            return fwd, 0.0
+        t0 = time.perf_counter()
+        grad, _ = attacks.input_gradient(model, x, torch.zeros_like(x), y, attacks.cross_entropy)
+        grad.abs().sum().item()
+        return fwd, max((time.perf_counter() - t0) / y.numel() - fwd, 0.0)
+
+
+def _count(v: float) -> str:
+    return f"{v:,.0f}" if v < 1e5 else f"{v:.2g}"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s" if seconds >= 1 else "under 1 s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def plan_line(s: EvalSettings, ex: Examples, work: list[tuple[str, float, float]], rates: tuple[float, float],
+              world: int = 1) -> str:
+    """The first line ``robustify eval`` prints: what will run, at most how many passes, and roughly how long."""
+    fwd = sum(w[1] for w in work)
+    grad = sum(w[2] for w in work)
+    seconds = (fwd * rates[0] + grad * rates[1]) / max(world, 1)
+    grads = f"{_count(grad)} input-gradient" if grad else "no input-gradient"
+    procs = f" over {world} processes" if world > 1 else ""
+    return (f"robustify eval will run: {', '.join(w[0] for w in work)} on {ex.n} examples ({s.norm} "
+            f"eps={runrecord.eps_text(s.eps)}, preset {s.preset}): at most {_count(fwd)} forward and {grads} passes, "
+            f"up to about {_duration(seconds)}{procs} (from a measured step; attacks skip examples already broken, "
+            "so usually less)")
 
 
 # --------------------------------------------------------------------------------------------- run folders
@@ -589,16 +782,20 @@ def eval_state() -> Any:
 
 def run_eval(model: str, *, data: str | None = None, split: str | None = None, eps: float | None = None,
              norm: str | None = None, n_examples: int | None = None,
-             attacks: tuple[str, ...] = ("clean", "pgd", "autoattack"), preset: str = "standard",
+             attacks: tuple[str, ...] | None = None, preset: str = "standard",
              pgd_steps: int | None = None, pgd_restarts: int | None = None, pgd_loss: str | None = None,
-             aa_version: str | None = None, curve: bool = True, checks: bool = True, seed: int = 0,
+             aa_version: str | None = None, curve: bool | None = None, checks: bool | None = None, seed: int = 0,
              batch_size: int = 250, output: str | Path | None = None, plot: str | Path | None = None,
              update_run: bool = True, progress: bool = True,
-             suite_options: dict[str, dict[str, Any]] | None = None) -> EvalOutcome:
+             suite_options: dict[str, dict[str, Any]] | None = None,
+             announce: Callable[[str], None] | None = None) -> EvalOutcome:
     """``robustify eval``: load any model ``finetune`` accepts, evaluate it, write the JSON / PNG, and update a run
     folder when the evaluation measured the run's own threat model on its own data.
 
-    For a run folder, data, split, eps, norm and the number of examples default to the run's own.
+    For a run folder, data, split, eps, norm and the number of examples default to the run's own. ``attacks``: the
+    suites to run, exactly (None: the preset's full report, :func:`default_attacks`); ``curve`` / ``checks`` False
+    drop those suites. ``announce`` (the main process's) receives the plan line before any attack runs: what will
+    run and roughly how long it takes.
     """
     from ..data.sources import default_eval_split, is_large
     from ..models import load
@@ -623,8 +820,9 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
     n_examples = n_examples or (run.n_examples if run else None) or 1000
     if n_examples < 1:
         raise UserError(f"--n-examples {n_examples} is not accepted; use 1 or more")
+    attacks = default_attacks()[0] if attacks is None else tuple(attacks)
     settings = EvalSettings.from_preset(
-        preset, eps, norm=norm, attacks=tuple(attacks), pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
+        preset, eps, norm=norm, attacks=attacks, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
         pgd_losses=parse_losses(pgd_loss) if pgd_loss else None, aa_version=aa_version, curve=curve, checks=checks,
         seed=seed, batch_size=batch_size).validate()
     if "autoattack" in settings.attacks:
@@ -646,6 +844,10 @@ def run_eval(model: str, *, data: str | None = None, split: str | None = None, e
     if net.num_classes != ex.num_classes:
         raise UserError(f"model {model!r} has {net.num_classes} outputs but {data!r} has {ex.num_classes} classes; "
                         "evaluate a model on the data set it was trained for")
+    if announce is not None and state.is_main_process:
+        work = plan_work(settings, ex, net.num_classes, suite_options)
+        rates = measure_step(FP32(net).eval().to(device), ex, device, any(w[2] for w in work))
+        announce(plan_line(settings, ex, work, rates, state.num_processes))
     report: dict[str, Any] = {"model": model, "robustify_version": __version__}
     suites = [a for a in settings.attacks if a in SUITES]
     settings.attacks = tuple(a for a in settings.attacks if a not in SUITES)

@@ -31,7 +31,7 @@ from .. import sections
 from ..report import pct
 from ..runfolder import EPS_CURVE_PLOT, HISTORY_PLOT
 from . import public
-from .runrecord import Evaluation, RunRecord, eps_text, resolution_text
+from .runrecord import Evaluation, RunRecord, before_after_rows, corruption_rows, eps_text, resolution_text
 
 PLOTS = {  # plots a run folder may hold (written by trainer / evaluation), shown in this order when present
     EPS_CURVE_PLOT: "Robust accuracy as eps grows (it must fall towards 0; a flat curve would mean gradient masking)",
@@ -173,9 +173,13 @@ def _evaluation_section(index: int, ev: Evaluation, record: RunRecord, reported:
                      (f" ({aa['package']})" if aa.get("package") else ""), ev.autoattack_acc, None))
     if ev.robust_acc is not None:
         rows.append(("worst case per example over the attacks above", ev.robust_acc, None))
+    for row in before_after_rows(ev):  # beyond the threat model: unseen norms, corruptions
+        if row["what"] in ("unseen", "corruptions"):
+            rows.append((_beyond_name(row), row["after"], row["before"], row.get("unit")))
     lines += ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
-    for name, value, base in rows:
-        cells = [name, pct(value)] + ([pct(base)] if before else [])
+    for name, value, base, *unit in rows:
+        show = _shown(unit[0] if unit else None)
+        cells = [name, show(value)] + ([show(base)] if before else [])
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     checks = ev.checks
@@ -183,6 +187,77 @@ def _evaluation_section(index: int, ev: Evaluation, record: RunRecord, reported:
         status = "passed" if checks.get("passed") else "FAILED"
         lines += [f"Gradient-masking checks ({status}): {checks['verdict']}", ""]
     return lines
+
+
+def _shown(unit: str | None):  # noqa: ANN202 - a formatter
+    """How a before/after value is written: accuracies as percentages; ``percent`` values (mCE) are already one."""
+    return (lambda v: "n/a" if v is None else f"{v:.1f}%") if unit == "percent" else pct
+
+
+def _beyond_name(row: dict[str, Any]) -> str:
+    """A before/after row's first cell: what was measured and by which attack."""
+    if row["what"] == "unseen":
+        return f"unseen: {row['threat']}, {row['attack']}"
+    return f"{row['threat']} ({row['attack']})"
+
+
+def _beyond_lines(record: RunRecord) -> list[str]:
+    """'Measured beyond the threat model': each unseen threat and the corruptions, the base model beside it when
+    finetune measured both (its evaluation holds ``before``)."""
+    lines = []
+    ev = record.beyond_source("unseen")
+    if ev is not None:
+        base = {(u.get("norm"), u.get("eps")): u.get("acc") for u in (ev.before or {}).get("unseen") or []}
+        parts = []
+        for u in ev.unseen or []:
+            was = base.get((u.get("norm"), u.get("eps")))
+            parts.append(f"{u.get('threat')}: {pct(u.get('acc'))}" + (f" (base model {pct(was)})" if was is not None
+                                                                       else ""))
+        lines.append(f"- **Unseen threat models** (not trained for; {ev.unseen[0].get('label')}, "
+                     f"{ev.n_examples} examples): " + "; ".join(parts) + ".")
+    ev = record.beyond_source("corruptions")
+    if ev is not None:  # corruptions: the corruptions suite's summary (robustify/evaluate/corruptions/)
+        rows = corruption_rows(ev.corruptions, (ev.before or {}).get("corruptions"))
+        text = "; ".join(f"{r['threat']}: {_shown(r.get('unit'))(r['after'])}"
+                         + (f" (base model {_shown(r.get('unit'))(r['before'])})" if r["before"] is not None else "")
+                         for r in rows)
+        lines.append(f"- **Common corruptions**: {text or 'measured'}.")
+    return lines
+
+
+def _not_robust_to(record: RunRecord, eps: str) -> str:
+    """What the model was not measured against, so nothing here has a number: other norms and corruptions drop
+    out once an evaluation measured them."""
+    t = record.training
+    items = [f"larger eps than {eps}"]
+    if record.beyond_source("unseen") is None:
+        items.append(f"other norms than {t.norm}")
+    if record.beyond_source("corruptions") is None:
+        items.append("common corruptions")
+    items += ["patches", "physical or semantic changes", "or inputs unlike the training data"]
+    return ", ".join(items)
+
+
+def _before_after_section(record: RunRecord) -> list[str]:
+    """The trade fine-tuning made, side by side (metrics.json's ``before_after``): only when finetune measured
+    beyond the threat model; clean and seen alone are in its evaluation's own table."""
+    trade = record.before_after()
+    if not trade:
+        return []
+    lines = ["## Before and after fine-tuning",
+             f"The base model `{trade['base_model']}` and this model on the same {trade['n_examples']} examples with "
+             f"the same attacks ({trade['evaluation']}):", "",
+             "| measured | base model (before) | this model (after) | change |", "|---|---|---|---|"]
+    for r in trade["rows"]:
+        show = _shown(r.get("unit"))
+        where = f" [{r['evaluation']}]" if r.get("evaluation") else ""
+        name = {"clean": "clean", "seen": f"seen (the threat model): {r.get('threat')}, {r.get('attack')}"}.get(
+            r["what"]) or _beyond_name(r)
+        change = "n/a" if r["before"] is None or r["after"] is None else (
+            f"{r['after'] - r['before']:+.1f} pts" if r.get("unit") == "percent" else
+            f"{100 * (r['after'] - r['before']):+.1f} pts")
+        lines.append(f"| {name}{where} | {show(r['before'])} | {show(r['after'])} | {change} |")
+    return lines + [""]
 
 
 def _eps_curve_table(evaluation: dict[str, Any] | None) -> list[str]:
@@ -279,8 +354,8 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
         "## What it is robust to, and what not",
         f"- **Robust to**: the threat model above: {_robust_summary(s)}, against {pct(s.clean_acc)} on clean "
         f"inputs ({s.n_examples} `{s.split}` examples, {s.precision}).",
-        f"- **Not robust to**: larger eps than {eps}, other norms than {t.norm}, common corruptions, patches, "
-        "physical or semantic changes, or inputs unlike the training data. Robust accuracy is an upper bound measured "
+        *_beyond_lines(record),
+        f"- **Not robust to**: {_not_robust_to(record, eps)}. Robust accuracy is an upper bound measured "
         "by the attacks named here; stronger or adaptive attacks may find more errors"
         + ("." if s.aa_version == "standard" else
            ", and the standard AutoAttack (RobustBench's evaluation) was not run for the reported numbers."),
@@ -288,7 +363,7 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
     if t.stopped:
         lines.append(f"- Training stopped early: {t.stopped}.")
     worst = record.worst_case(s)
-    lines += ["", "## Results",
+    lines += ["", *_before_after_section(record), "## Results",
               "Each evaluation below names its attacks and budgets, its examples, precision and resolution. The "
               "reported one (the front matter's `model-index` and `robustbench` numbers) is the strongest: the most "
               "examples, then AutoAttack standard > other AutoAttack versions > PGD, then the larger budget; a weaker "

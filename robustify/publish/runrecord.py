@@ -95,6 +95,11 @@ class Evaluation:
     checks: dict[str, Any] | None = None  # gradient-masking checks: passed, verdict
     before: dict[str, Any] | None = None  # the base model on the same examples and attacks (finetune only)
     evaluated_at: str = ""
+    # beyond the threat model (:func:`beyond`): the other norms at their standard radii, each marked unseen
+    # (robustify.evaluate.unseen), and common corruptions (robustify.evaluate.corruptions: per corruption x severity
+    # accuracy, mean accuracy, mCE); ``before`` holds the base model's under the same keys
+    unseen: list[dict[str, Any]] | None = None
+    corruptions: dict[str, Any] | None = None
 
     # ---- what it is
     @property
@@ -169,7 +174,9 @@ class Evaluation:
         """The same attacks with the same budgets on the same examples (a re-run)."""
         def key(e: Evaluation) -> tuple:
             return (e.source, e.preset, e.precision, e.fgsm_acc is not None, e.pgd_acc is not None,
-                    _settings_key(e.pgd), e.aa_version, _settings_key((e.autoattack or {}).get("settings")))
+                    _settings_key(e.pgd), e.aa_version, _settings_key((e.autoattack or {}).get("settings")),
+                    tuple((u.get("norm"), u.get("eps"), u.get("label")) for u in e.unseen or []),
+                    e.corruptions is not None)
         return self.same_examples(other) and key(self) == key(other)
 
     def robust_numbers(self) -> list[tuple[float, str]]:
@@ -211,6 +218,10 @@ class Evaluation:
             d["robust_acc"] = self.robust_acc
         if self.checks is not None:
             d["checks"] = self.checks
+        if self.unseen is not None:
+            d["unseen"] = [dict(u) for u in self.unseen]
+        if self.corruptions is not None:
+            d["corruptions"] = corruption_summary(self.corruptions)
         if self.before is not None:
             d["before"] = self.before
         d["evaluated_at"] = self.evaluated_at
@@ -247,7 +258,8 @@ class Evaluation:
             fgsm_acc=d.get("fgsm_acc"), pgd_acc=d.get("pgd_acc"), pgd=dict(pgd) if pgd is not None else None,
             autoattack_acc=aa_acc, autoattack=aa, robust_acc=d.get("robust_acc"),
             checks=d.get("checks"), before=d.get("before"),
-            evaluated_at=str(d.get("evaluated_at") or ""))
+            evaluated_at=str(d.get("evaluated_at") or ""), unseen=unseen_entries(d.get("unseen")),
+            corruptions=dict(d["corruptions"]) if isinstance(d.get("corruptions"), Mapping) else None)
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any], precision: str = "fp32") -> Evaluation:
@@ -268,7 +280,101 @@ class Evaluation:
             if aa else None,
             robust_acc=report.get("robust_acc"),
             checks={"passed": checks["passed"], "verdict": checks["verdict"]} if checks else None,
-            evaluated_at=now())
+            evaluated_at=now(), unseen=unseen_entries(report.get("unseen")),
+            corruptions=corruption_summary(report.get("corruptions")))
+
+
+UNSEEN_KEYS = ("norm", "eps", "threat", "seen", "radii", "attack", "label", "settings", "acc", "n_examples")
+
+
+def unseen_entries(value: Any) -> list[dict[str, Any]] | None:
+    """The unseen threats of a report or a stored block, as the record keeps them (None: not measured)."""
+    if not isinstance(value, list):
+        return None
+    return [{k: u[k] for k in UNSEEN_KEYS if k in u} | {"seen": False} for u in value if isinstance(u, Mapping)]
+
+
+def corruption_summary(value: Any) -> dict[str, Any] | None:
+    """The corruptions result as the record keeps it (None: not measured). The corruptions suite
+    (robustify/evaluate/corruptions/) owns its fields (per corruption x severity ``accuracy``,
+    ``mean_corruption_acc``, ``mce`` / ``relative_mce`` in percent against its ``baseline``, the ``source``); the
+    record keeps them, less what describes the machine rather than the model (seconds, workers)."""
+    if not isinstance(value, Mapping):
+        return None
+    return {k: v for k, v in value.items() if k not in ("seconds", "workers", "processes")}
+
+
+def beyond(d: Mapping[str, Any] | Evaluation | None) -> dict[str, Any]:
+    """One model's measurements beyond its threat model, from an evaluation or a stored ``before`` block:
+    ``{"unseen": [...], "corruptions": {...}}``, each key only when measured. The generic per-model block the
+    record, the card and ``robustify eval`` share: a new kind of measurement is one more key here."""
+    if d is None:
+        return {}
+    get = (lambda k: getattr(d, k)) if isinstance(d, Evaluation) else d.get
+    out: dict[str, Any] = {}
+    if get("unseen"):
+        out["unseen"] = get("unseen")
+    if get("corruptions"):
+        out["corruptions"] = get("corruptions")
+    return out
+
+
+def before_after_rows(ev: Evaluation) -> list[dict[str, Any]]:
+    """The trade a fine-tuning made, one row per measurement, the base model (``before``) beside the robust one
+    (``after``) on the same examples with the same attacks: clean, the seen threat model, each unseen threat model,
+    then the corruptions suite's rows. A row's ``before`` is None where the base model was not measured."""
+    b = ev.before or {}
+    threat = f"{ev.norm} eps={eps_text(ev.eps)}"
+    rows: list[dict[str, Any]] = [{"what": "clean", "before": b.get("clean_acc"), "after": ev.clean_acc}]
+    if ev.aa_version is not None:
+        rows.append({"what": "seen", "threat": threat, "attack": ev.aa_text, "before": b.get("autoattack_acc"),
+                     "after": ev.autoattack_acc})
+    if ev.pgd_acc is not None:
+        rows.append({"what": "seen", "threat": threat, "attack": ev.pgd_text, "before": b.get("pgd_acc"),
+                     "after": ev.pgd_acc})
+    return rows + unseen_rows(ev) + corruption_rows(ev.corruptions, b.get("corruptions"))
+
+
+def unseen_rows(ev: Evaluation) -> list[dict[str, Any]]:
+    """The before/after rows of ``ev``'s unseen threats (``before`` None where the base model was not measured)."""
+    base = {(u.get("norm"), u.get("eps")): u for u in (ev.before or {}).get("unseen") or []}
+    rows = []
+    for u in ev.unseen or []:
+        was = base.get((u.get("norm"), u.get("eps")), {})
+        rows.append({"what": "unseen", "threat": u.get("threat") or f"{u['norm']} eps={eps_text(u['eps'])}",
+                     "attack": u.get("label"), "before": was.get("acc"), "after": u.get("acc")})
+    return rows
+
+
+# ---- corruptions: the corruptions suite (robustify/evaluate/corruptions/) owns these keys and may refine the rows
+def corruption_rows(after: Mapping[str, Any] | None, before: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The before/after rows of the corruptions result: mean corruption accuracy and mCE, when measured. The base
+    model's numbers come from its own result (``before``: finetune measured both) or else from the result's
+    ``baseline`` (``robustify eval RUN --attack corruptions`` evaluates the run's base model beside it); mCE is
+    relative to that baseline, so the baseline's own is 100% by definition."""
+    if not after:
+        return []
+    base = dict(before or {})
+    baseline = after.get("baseline") if isinstance(after.get("baseline"), Mapping) else None
+    if not base and baseline:
+        base = {"mean_corruption_acc": baseline.get("mean_corruption_acc"), "mce": 100.0, "relative_mce": 100.0}
+    source = str(after.get("published_set") or after.get("source") or "common corruptions")
+    n = len(after.get("corruptions") or []) or 15
+    levels = sorted(int(v) for v in after.get("severities") or [1, 2, 3, 4, 5])
+    sev = f"{levels[0]}-{levels[-1]}" if levels == list(range(levels[0], levels[-1] + 1)) and len(levels) > 1 else \
+        ",".join(str(v) for v in levels)
+    rows = []
+    if after.get("mean_corruption_acc") is not None:
+        rows.append({"what": "corruptions", "threat": f"common corruptions ({n} types, severities {sev}), mean "
+                     "accuracy", "attack": source, "before": base.get("mean_corruption_acc"),
+                     "after": after.get("mean_corruption_acc")})
+    for key, name in (("mce", "mCE"), ("relative_mce", "relative mCE")):
+        if after.get(key) is not None:
+            against = (baseline or {}).get("model") or "the baseline"
+            rows.append({"what": "corruptions", "threat": f"{name} (relative to {against}; lower is better)",
+                         "attack": source, "before": base.get(key), "after": after.get(key), "unit": "percent"})
+    return rows
+# ---- end of corruptions
 
 
 def _settings_key(d: Any) -> tuple:
@@ -385,10 +491,42 @@ class RunRecord:
         ft = self.finetune_evaluation()
         return dict(ft.before) if ft is not None and ft.before else {}
 
+    def before_after(self) -> dict[str, Any] | None:
+        """The base model beside the robust one (:func:`before_after_rows`), from finetune's evaluation, which
+        measured both on the same examples, when it measured beyond the threat model (unseen threats,
+        corruptions); None otherwise (clean and seen are metrics.json's ``before``/``after`` already, and a record
+        without more stays byte for byte what earlier versions wrote)."""
+        ft = self.finetune_evaluation()
+        if ft is None or not ft.before:
+            return None
+        rows = before_after_rows(ft)
+        for key, more in (("unseen", unseen_rows), ("corruptions", lambda e: corruption_rows(
+                e.corruptions, (e.before or {}).get("corruptions")))):
+            other = self.beyond_source(key)
+            if not beyond(ft).get(key) and other is not None:  # measured later (robustify eval RUN), on its examples
+                rows += [r | {"evaluation": other.label} for r in more(other)]
+        if not any(r["what"] in ("unseen", "corruptions") for r in rows):  # clean and seen alone: as before
+            return None
+        return {"base_model": self.training.base_model, "evaluation": ft.label, "n_examples": ft.n_examples,
+                "rows": rows}
+
+    def beyond_source(self, key: str) -> Evaluation | None:
+        """The evaluation whose ``key`` (unseen, corruptions: :func:`beyond`) the record reports: the strongest's
+        when it has one, then finetune's (which measured the base model too), else the latest that measured it."""
+        if not self.evaluations:
+            return None
+        first = [self.strongest(), self.finetune_evaluation()]
+        for e in [e for e in first if e is not None] + list(reversed(self.evaluations)):
+            if beyond(e).get(key):
+                return e
+        return None
+
     def metrics(self) -> dict[str, Any]:
         """metrics.json."""
         t = self.training
-        return {"schema": SCHEMA, "before": self.before(), "after": self.after(), "history": self.history,
+        trade = self.before_after()
+        return {"schema": SCHEMA, "before": self.before(), "after": self.after(),
+                **({"before_after": trade} if trade else {}), "history": self.history,
                 "cost": self.cost, "selected_epoch": t.selected_epoch, "selection": t.selection,
                 "stopped": t.stopped, "weights": t.weights, "probe": t.probe,
                 "evaluations": [e.block() for e in self.evaluations], HASH_KEY: t.weights_sha256,
@@ -627,6 +765,10 @@ def _finetune_evaluation(block: Mapping[str, Any], before: Mapping[str, Any] | N
         keep = ("clean_acc", "pgd_acc", "pgd", "autoattack_acc", "autoattack_version", "n_examples", "split",
                 "precision")
         ev.before = {k: v for k, v in before.items() if k in keep}
+        if before.get("unseen"):
+            ev.before["unseen"] = unseen_entries(before["unseen"])
+        if isinstance(before.get("corruptions"), Mapping):
+            ev.before["corruptions"] = corruption_summary(before["corruptions"])
     return ev
 
 

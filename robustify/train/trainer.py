@@ -434,6 +434,15 @@ def evaluate(run: Run, desc: str) -> dict[str, Any]:
             res.update(sharded_autoattack(model, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
                                           batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator,
                                           total=run.eval_total))
+    if e.unseen:  # the other norms at their standard radii (evaluate/unseen.py), the same way before and after
+        from ..evaluate.unseen import sharded_unseen, unseen_attack
+
+        attack = unseen_attack("standard", e.pgd_steps) if e.autoattack else \
+            unseen_attack("quick", e.pgd_steps, {"apgd_iter": e.pgd_steps})
+        with fp32_math():
+            res["unseen"] = sharded_unseen(model, x, y, cfg.threat.norm, cfg.data.name, tuple(x.shape[1:]), attack,
+                                           seed=cfg.train.seed, batch_size=cfg.data.eval_batch_size,
+                                           accelerator=run.accelerator, total=run.eval_total)
     return res
 
 
