@@ -151,15 +151,16 @@ def heavy(key: str, mode: str) -> tuple[str, dict, str, str, str]:
     """Singh et al. 2023's published heavy setting for ImageNet Linf 4/255 with what robustify has today: APGD-2 from
     the clean input (the attack model in eval mode), EMA 0.9999, AdamW (weight decay 0.05), lr 1e-3 with a linear
     warm-up of 20 epochs (10 under 100 epochs) then cosine to 0, from a clean timm ImageNet-1k checkpoint; ``mode``
-    'full' at the paper's 300 epochs, 'ft' a fine-tune at 50. Their RandAugment, mixup/CutMix, label smoothing and
-    random erasing need keys robustify does not have yet (the header says which)."""
+    'full' at the paper's 300 epochs, 'ft' a fine-tune at 50; timm's RandAugment rand-m9-mstd0.5-inc1, mixup 0.8 /
+    CutMix 1.0 (switch 0.5) and label smoothing 0.1 as theirs. Their random erasing and ConvStem have no key yet."""
     model, _, _, _, channels_last = IMAGENET_MODELS[key]
     epochs = HEAVY_EPOCHS[mode]
     result, entry, arch = SINGH[key]
     name = f"imagenet-{key}-linf4-apgd-heavy" + ("-ft" if mode == "ft" else "")
     r = {
         "model": {"name": model, "pretrained": True, "channels_last": channels_last},
-        "data": {"name": "imagenet-1k", "eval_split": "validation", "streaming": "true", "augment": "rrc-flip",
+        "data": {"name": "imagenet-1k", "eval_split": "validation", "streaming": "true", "augment": "timm",
+                 "auto_augment": "rand-m9-mstd0.5-inc1",
                  "batch_size": 128, "eval_batch_size": 250, "num_workers": 12, "shuffle_buffer": 20000},
         "threat": {"norm": "Linf", "eps": "4/255"},
         "method": {"name": "apgd", "steps": 2, "bn_mode": "eval"},
@@ -167,7 +168,8 @@ def heavy(key: str, mode: str) -> tuple[str, dict, str, str, str]:
                      "end_factor": 0.0, "lr_scale_rule": "sqrt"},
         "optim": ADAMW,
         "train": {"epochs": epochs, "global_batch": 1024, "mixed_precision": "auto", "probe_size": 256, "ema": True,
-                  "ema_decay": 0.9999},
+                  "ema_decay": 0.9999, "label_smoothing": 0.1, "mixup_alpha": 0.8, "cutmix_alpha": 1.0,
+                  "mixup_switch_prob": 0.5},
         "eval": {"n_examples": 5000, "pgd_steps": 10, "pgd_restarts": 1},
         "output_dir": f"runs/{name}-{{time}}",
     }
@@ -176,9 +178,10 @@ def heavy(key: str, mode: str) -> tuple[str, dict, str, str, str]:
     what = (f"ImageNet-1k Linf 4/255 at 224x224 in the published heavy setting of Singh et al. 2023, {how}: APGD-2 "
             f"adversarial training (from the clean input, attack in eval mode) of timm's clean {model}, EMA 0.9999, "
             "AdamW (weight decay 0.05), lr 1e-3 with a linear warm-up then cosine, stated for a global batch of 1024 "
-            "(sqrt rule; Singh et al.'s run_train.sh: 80 per GPU); random-resized crop + flip. Not yet in it (keys "
-            "robustify lacks today): RandAugment rand-m9-mstd0.5-inc1, mixup 0.8 / CutMix 1.0 (switch 0.5), label "
-            "smoothing 0.1, random erasing 0.25; and no ConvStem (timm's own stem). Launch: accelerate launch "
+            "(sqrt rule; Singh et al.'s run_train.sh: 80 per GPU); timm's training transform with RandAugment "
+            "rand-m9-mstd0.5-inc1, mixup 0.8 / CutMix 1.0 (switch 0.5) with label smoothing 0.1, the attack "
+            "maximising the soft-target loss of the mixed images. Not yet in it (keys robustify lacks today): random "
+            "erasing 0.25, and no ConvStem (timm's own stem). Launch: accelerate launch "
             f"--multi_gpu --num_processes 8 -m robustify finetune --recipe {name}")
     target = f"{result} (RobustBench {entry}, {arch} + ConvStem, {HEAVY_EPOCHS['full']} epochs)"
     expected = (f"not yet measured. Aims at Singh et al. 2023 {arch} + ConvStem {result}, Linf 4/255 (RobustBench "

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import UserError, first_line
 from ..fileio import file_sha256
-from ..runfolder import CARD, CONFIG, EVAL, RunFolder
+from ..runfolder import CARD, CONFIG, EVAL, WEIGHTS, RunFolder
 from . import converters
 
 HUB_SOURCE = re.compile(r"hf-hub:([A-Za-z0-9][\w.\-]*/[A-Za-z0-9][\w.\-]*)/(.+)")
@@ -489,7 +489,7 @@ def pull_robustbench(spec: str, out_dir: str | Path, meta: Mapping[str, Any] | N
 
 
 # ------------------------------------------------------------------------------------------------ push
-IMPORTED_FILES = ("model.safetensors", CONFIG, CARD)
+IMPORTED_FILES = (WEIGHTS, CONFIG, CARD)
 
 
 def push_imported(folder: str | Path, repo_id: str, private: bool = False, revision: str | None = None,
