@@ -52,6 +52,7 @@ for n in json.loads(sys.argv[2]):
               "probe": [probe["clean_acc"], probe["pgd_acc"], probe["n_examples"]]}
 if state.is_main_process:
     open(sys.argv[1], "w").write(json.dumps(out))
+acc.end_training()  # a gloo group left alive at exit can abort the process ("terminate called ...")
 """.replace("BATCH", str(BATCH))
 
 
