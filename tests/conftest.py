@@ -26,9 +26,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 SLOW_FIRST = (
     "tests/test_local_sgd.py::test_local_sgd_resumes_exactly_at_an_epoch_end",
     "tests/test_unlabeled.py::test_unlabeled_data_raises_robust_accuracy_at_the_same_steps",
+    "tests/test_extra_data.py::test_extra_labelled_data_raises_robust_accuracy_and_never_reaches_probe_or_evaluation",
     "tests/test_scale.py::test_two_nodes_killed_with_sigkill_resume_exactly",
     "tests/test_recipes.py::test_every_recipe_trains_a_few_steps",  # one group: 29 short trainings
     "tests/test_sign_compression.py::test_sign_compression_resumes_exactly_with_each_process_error_memory",
+    "tests/test_corruptions.py::test_cifar10c_layout_from_the_local_hub_at_world_sizes_1_and_3",
     "tests/test_hub.py::test_second_push_replaces_the_card",
     "tests/test_distributed.py::test_rollback_and_best_model_come_from_memory_on_every_process",
     "tests/test_resume.py::test_kill_9_mid_epoch_then_resume_equals_uninterrupted",
