@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -56,6 +57,20 @@ def launch_env(**extra: str) -> dict[str, str]:
     import os
 
     return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **extra}
+
+
+def hub_client_env(hub: Any, home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a process that talks to the suite's local Hub server ``hub`` as a user's would: no HF_* or
+    proxy variable of the machine (a proxy would hijack 127.0.0.1), the server as HF_ENDPOINT with its token, its own
+    HF_HOME, Xet and telemetry off, no progress bars, this checkout first on the path."""
+    import os
+
+    dropped = ("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith(dropped)}
+    env.update(HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HOME=str(home), HF_HUB_DISABLE_XET="1",
+               HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1",
+               NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(ROOT), **extra)
+    return env
 
 
 def torchrun_cmd(args: list[str], nproc: int = 2, port: int | None = None, nnodes: int = 1,

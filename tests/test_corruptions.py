@@ -169,6 +169,7 @@ def test_cifar10c_layout_from_the_local_hub_at_world_sizes_1_and_3(tmp_path: Pat
     """A CIFAR-10-C-layout stand-in (<corruption>.npy with the 5 severities stacked, labels.npy) uploaded as the
     alias's repo, beside a cifar10 stand-in whose test split it corrupts; `robustify eval --attack corruptions`
     reads it (source: published) and gives the same numbers and subset hash under torchrun at world size 3."""
+    from tests.helpers import hub_client_env
     from tests.hub_server import LocalHub
 
     code = textwrap.dedent(f"""
@@ -214,12 +215,8 @@ def test_cifar10c_layout_from_the_local_hub_at_world_sizes_1_and_3(tmp_path: Pat
         out["files"] = sorted(p.name for p in tmp.iterdir() if p.name.startswith("one_"))
         print(json.dumps(out))
     """)
-    dropped = ("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
     with LocalHub(tmp_path / "hub") as hub:
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(dropped)}
-        env.update(HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HOME=str(tmp_path / "home"), HF_HUB_DISABLE_XET="1",
-                   HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1",
-                   NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        env = hub_client_env(hub, tmp_path / "home", OMP_NUM_THREADS="1")
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                               cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -258,11 +258,11 @@ def test_aliases_load_the_real_hub_ids_from_a_local_hub(tmp_path: Path):
     the test Hub server (Hub parquet layout), loaded by alias through datasets.load_dataset, as a user would, and a
     recipe trained for a few steps on --data cifar10 itself. A fresh interpreter: huggingface_hub reads HF_ENDPOINT
     at import."""
-    import os
     import subprocess
     import sys
     import textwrap
 
+    from tests.helpers import hub_client_env
     from tests.hub_server import LocalHub
 
     code = textwrap.dedent(f"""
@@ -322,12 +322,8 @@ def test_aliases_load_the_real_hub_ids_from_a_local_hub(tmp_path: Path):
         out["eval3_same"] = [three.get(k) == one[k] for k in ("clean_acc", "subset")] + [three.get("processes")]
         print(json.dumps(out))
     """)
-    dropped = ("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
     with LocalHub(tmp_path / "hub") as hub:
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(dropped)}
-        env.update(HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HOME=str(tmp_path / "home"), HF_HUB_DISABLE_XET="1",
-                   HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1",
-                   NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+        env = hub_client_env(hub, tmp_path / "home")
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                               cwd=str(Path(__file__).resolve().parent.parent))
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -86,6 +85,7 @@ def test_npz_stored_compressed_parquet_and_the_hub_give_the_same_draws(tmp_path:
     import datasets
     from PIL import Image
 
+    from tests.helpers import hub_client_env
     from tests.hub_server import LocalHub
 
     x, y = digits["x_train"][:120], digits["y_train"][:120]
@@ -139,12 +139,8 @@ def test_npz_stored_compressed_parquet_and_the_hub_give_the_same_draws(tmp_path:
             out[spec] = [(xd * 255).round().to(torch.uint8).flatten().tolist(), yd.tolist(), len(d.sets[0])]
         print(json.dumps(out))
     """)
-    dropped = ("HF_", "HUGGINGFACE_", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
     with LocalHub(tmp_path / "hub") as hub:
-        env = {k: v for k, v in os.environ.items() if not k.upper().startswith(dropped)}
-        env.update(HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HOME=str(tmp_path / "home"), HF_HUB_DISABLE_XET="1",
-                   HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1", TQDM_DISABLE="1",
-                   NO_PROXY="127.0.0.1,localhost", PYTHONPATH=str(ROOT))
+        env = hub_client_env(hub, tmp_path / "home")
         proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
                               cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]

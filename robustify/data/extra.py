@@ -110,6 +110,16 @@ def _map_images(path: Path, member: str, cache_dir: str | None) -> tuple[np.ndar
     return np.load(out, mmap_mode="r", allow_pickle=False), "memory-mapped from its one-time .npy expansion (cache)"
 
 
+def check_npz(spec: str, path: Path) -> None:
+    """An npz set's file is there and is an .npz archive (asked by the option's preflight and when a run opens it)."""
+    if not path.is_file():
+        raise UserError(f"data.extra {spec!r}: {str(path)!r} does not exist; give an .npz with arrays image and label "
+                        "(as DM-Improves-AT publishes them)")
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"data.extra {spec!r} is not a NumPy .npz archive; write it with np.savez(path, image=..., "
+                        "label=...)")
+
+
 def _resolve_npz(spec: str) -> Path:
     """``npz:PATH`` -> the file; ``npz:hf://datasets/ORG/NAME/FILE.npz`` -> huggingface_hub's cached download."""
     rest = spec[len("npz:"):]
@@ -157,12 +167,7 @@ class ExtraSet:
 
 def _open_npz(spec: str, kind: str, num_classes: int, cache_dir: str | None) -> ExtraSet:
     path = _resolve_npz(spec)
-    if not path.is_file():
-        raise UserError(f"data.extra {spec!r}: {str(path)!r} does not exist; give an .npz with arrays image and label "
-                        "(as DM-Improves-AT publishes them)")
-    if not zipfile.is_zipfile(path):
-        raise UserError(f"data.extra {spec!r} is not a NumPy .npz archive; write it with np.savez(path, image=..., "
-                        "label=...)")
+    check_npz(spec, path)
     with np.load(path, allow_pickle=False) as arrays:
         keys = next((k for k in IMAGE_KEYS if k[0] in arrays.files and k[1] in arrays.files), None)
         if keys is None:

@@ -86,20 +86,13 @@ class ExtraDataOption(Option):
         """A local extra set that is not there is refused before the run loads anything (and by ``--dry-run``);
         Hub sets are checked when the run opens them."""
         import glob
-        import zipfile
         from pathlib import Path
 
         from ...errors import UserError
 
         for spec in cfg.data.extra or []:
             if spec.startswith("npz:") and not spec.startswith("npz:hf://"):
-                path = Path(spec[len("npz:"):]).expanduser()
-                if not path.is_file():
-                    raise UserError(f"data.extra {spec!r}: {str(path)!r} does not exist; give an .npz with arrays "
-                                    "image and label (as DM-Improves-AT publishes them)")
-                if not zipfile.is_zipfile(path):
-                    raise UserError(f"data.extra {spec!r} is not a NumPy .npz archive; write it with "
-                                    "np.savez(path, image=..., label=...)")
+                extra.check_npz(spec, Path(spec[len("npz:"):]).expanduser())
             elif spec.startswith("parquet:") and not glob.glob(str(Path(spec[len("parquet:"):]).expanduser())):
                 raise UserError(f"data.extra {spec!r}: no file or folder matches; give parquet:FILE, a glob or a "
                                 "folder")
