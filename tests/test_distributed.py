@@ -47,7 +47,8 @@ own = sharded_pgd_accuracy(quickstart_model(), x[start:end], y[start:end], 0.1, 
                            batch_size=32, accelerator=acc, progress=False, total=200)
 if acc.is_main_process:
     open(sys.argv[1], "w").write(json.dumps(dict(res, own_block=own)))
-acc.end_training()  # a gloo group left alive at exit can abort the process ("terminate called ...")
+acc.wait_for_everyone()  # every process past its last collective (as trainer._end), then the group destroyed: a
+acc.end_training()  # group left alive, or torn down while a peer still works, can abort ("terminate called ...")
 """
 
 

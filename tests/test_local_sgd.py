@@ -69,7 +69,8 @@ with AveragingLocalSGD(acc, model, opt, K) as local:
 if rank == 0:
     json.dump({"ddp_calls": ddp_calls, "local_calls": local_calls_in_loop, "same": same, "syncs": local.syncs},
               open(sys.argv[1], "w"))
-acc.end_training()  # a gloo group left alive at exit can abort the process ("terminate called ...")
+acc.wait_for_everyone()  # every process past its last collective (as trainer._end), then the group destroyed: a
+acc.end_training()  # group left alive, or torn down while a peer still works, can abort ("terminate called ...")
 """
 
 

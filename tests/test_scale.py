@@ -52,7 +52,8 @@ for n in json.loads(sys.argv[2]):
               "probe": [probe["clean_acc"], probe["pgd_acc"], probe["n_examples"]]}
 if state.is_main_process:
     open(sys.argv[1], "w").write(json.dumps(out))
-acc.end_training()  # a gloo group left alive at exit can abort the process ("terminate called ...")
+acc.wait_for_everyone()  # every process past its last collective (as trainer._end), then the group destroyed: a
+acc.end_training()  # group left alive, or torn down while a peer still works, can abort ("terminate called ...")
 """.replace("BATCH", str(BATCH))
 
 
@@ -266,7 +267,8 @@ broadcast_buffers(model)
 after = ranks_in_sync(model, acc)
 mean = acc.gather(model[1].running_mean[None].clone())
 print(f"RESULT {acc.process_index} {before} {after} {bool((mean == mean[0]).all())}", flush=True)
-acc.end_training()  # a gloo group left alive at exit can abort the process ("terminate called ...")
+acc.wait_for_everyone()  # every process past its last collective (as trainer._end), then the group destroyed: a
+acc.end_training()  # group left alive, or torn down while a peer still works, can abort ("terminate called ...")
 """
 
 
