@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import difflib
 import json
 import os
 import shlex
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
 from . import __version__
-from .errors import Interrupted, UserError
+from .errors import Interrupted, UserError, did_you_mean
 from .runfolder import RECIPE
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -74,8 +73,9 @@ class _Parser(argparse.ArgumentParser):
             parser = self._chosen(ns)
             flags = [o for a in parser._actions for o in a.option_strings]
             unknown = [e for e in extras if e.startswith("-")]  # (an unknown option's value is not named again)
-            parts = [f"unknown option {e!r}" + (f" (did you mean {c[0]}?)" if (c := difflib.get_close_matches(
-                e.split("=", 1)[0], flags, n=1)) else "") for e in unknown]
+            parts = [f"unknown option {e!r}" + (f" ({hint})" if (hint := did_you_mean(e.split("=", 1)[0], flags,
+                                                                                       quote="")) else "")
+                     for e in unknown]
             parser.error("; ".join(parts or [f"unexpected argument {e!r}" for e in extras]))
         return ns
 

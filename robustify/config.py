@@ -10,7 +10,6 @@ Must not: import a registry or a wing (the registries register their sections' c
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import math
 import re
@@ -21,7 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from . import sections
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .runfolder import RECIPE
 
 RECIPES_DIRS = (
@@ -319,10 +318,9 @@ def _unknown_key(key: str, section_keys: set[str], prefix: str) -> ConfigError:
     """An unknown key, with the closest valid key (anywhere in the config: ``train.lr`` -> ``schedule.lr``)."""
     candidates = all_keys()
     leaf = key.rsplit(".", 1)[-1]
-    close = [k for k in candidates if k.rsplit(".", 1)[-1] == leaf][:1]  # the right name in the wrong section
-    close = close or difflib.get_close_matches(key, candidates, n=1, cutoff=0.6)
+    hint = did_you_mean(key, candidates, prefer=[k for k in candidates if k.rsplit(".", 1)[-1] == leaf])
+    hint = f"{hint} " if hint else ""
     where = f"section '{prefix.rstrip('.')}'" if prefix else "the recipe"
-    hint = f"did you mean '{close[0]}'? " if close else ""
     return ConfigError(f"unknown key '{key}' in {where}; {hint}known keys there: {', '.join(sorted(section_keys))}")
 
 

@@ -14,7 +14,6 @@ Must not: list a number without its source.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -23,7 +22,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..runfolder import CONFIG, RunFolder
 
 ZOO_DIRS = (
@@ -172,8 +171,7 @@ def parse_entry(data: Any, source: str = "<zoo entry>", stem: str | None = None)
     known = [f.name for f in fields(ZooEntry)]
     for key in data:
         if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            hint = f" ({hint})" if (hint := did_you_mean(str(key), known)) else ""
             raise UserError(f"zoo entry {source}: unknown field '{key}'{hint}; known fields: {', '.join(known)}")
     kwargs: dict[str, Any] = {}
     for f in fields(ZooEntry):
@@ -294,8 +292,8 @@ def get_entry(name: str, dirs: tuple[Path, ...] | list[Path] | None = None) -> Z
         if e.name == name or e.hub_id == name:
             return e
     names = [e.name for e in entries]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.3)
-    hint = f"; did you mean: {', '.join(close)}" if close else f"; known: {', '.join(names) or '(none)'}"
+    hint = did_you_mean(name, names, n=3, cutoff=0.3)
+    hint = f"; {hint}" if hint else f"; known: {', '.join(names) or '(none)'}"
     raise UserError(f"zoo: no model named {name!r}{hint} (see 'robustify zoo list')")
 
 

@@ -15,9 +15,7 @@ Must not: unpickle anything without --trust-pickle and weights_only=True.
 
 from __future__ import annotations
 
-import difflib
-
-from ...errors import UserError
+from ...errors import UserError, did_you_mean
 from .base import (
     PICKLE_SUFFIXES,
     REGISTRY,
@@ -41,8 +39,7 @@ def _load_builtin() -> None:
 def get(name: str) -> Converter:
     _load_builtin()
     if name not in REGISTRY:
-        close = difflib.get_close_matches(name, list(REGISTRY), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = f" ({hint})" if (hint := did_you_mean(name, REGISTRY)) else ""
         raise UserError(f"--format {name!r} is not accepted{hint}; choose one of: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
