@@ -21,7 +21,7 @@ from accelerate.utils import DistributedType
 
 from ..config import FinetuneConfig
 from . import options
-from .schedules import build_schedule
+from .schedules import Schedule, build_schedule
 
 
 def build_optimizer(model: torch.nn.Module, cfg: FinetuneConfig) -> torch.optim.Optimizer:
@@ -53,8 +53,9 @@ def step_autocast(accelerator: Accelerator) -> Callable[[], contextlib.AbstractC
 
 def _plain_optimizer(accelerator: Accelerator, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The torch optimizer inside Accelerate's wrapper when the wrapper would add nothing to step/zero_grad:
-    no gradient scaler (fp16), no XLA, not DeepSpeed/Megatron (they own the step), and Accelerate's own gradient
-    accumulation unused (robustify accumulates itself, so ``sync_gradients`` stays True)."""
+    no gradient scaler (fp16), no XLA, not DeepSpeed/Megatron (they own the step), and no gradient accumulation
+    (``train.grad_accum`` > 1 keeps the wrapper, whose ``step`` also waits for ``sync_gradients``; the stepper
+    below already does, so this only spares a check, never changes what is stepped)."""
     inner = getattr(optimizer, "optimizer", None)
     plain_types = (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
     if (inner is None or accelerator.scaler is not None or accelerator.distributed_type not in plain_types
@@ -74,11 +75,13 @@ class OptimizerStepper:
     """
 
     def __init__(self, accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                 cfg: FinetuneConfig, total_opt_steps: int, opt_steps: int = 0, lr: float | None = None) -> None:
+                 cfg: FinetuneConfig, total_opt_steps: int, opt_steps: int = 0, lr: float | None = None,
+                 schedule: Schedule | None = None) -> None:
         self.accelerator, self.model, self.optimizer = accelerator, model, optimizer
         self.lr = cfg.schedule.lr if lr is None else lr  # the peak lr, after any global-batch scaling
         self.clip = cfg.optim.grad_clip
-        self.schedule = build_schedule(cfg.schedule)
+        # the lr's shape over the run: the recipe's, or the trainer's with a warm-up for a scaled-up lr
+        self.schedule = build_schedule(cfg.schedule) if schedule is None else schedule
         self.total = max(total_opt_steps, 1)  # optimizer steps in the whole run
         self.opt_steps = opt_steps
         self.after_step: Callable[[], None] | None = None  # called after each optimizer step (weight averaging)

@@ -24,7 +24,7 @@ import os
 import platform
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -77,7 +77,7 @@ from .hardware import (
 from .methods import Method, StepContext, build_method
 from .optim import OptimizerStepper, build_optimizer, step_autocast
 from .preflight import preflight
-from .schedules import warmup_for_scaled_lr
+from .schedules import build_schedule, warmup_for_scaled_lr
 
 
 def make_accelerator(cfg: FinetuneConfig, log_with: str | None = None, project_dir: str | None = None) -> Accelerator:
@@ -207,9 +207,22 @@ def hardware_info(accelerator: Accelerator) -> dict[str, Any]:
             "mixed_precision": accelerator.mixed_precision}
 
 
-@dataclass
+@dataclass(frozen=True)
+class Verdicts:
+    """What the run's verdicts (before/after evaluation, probe, guard, best-robust selection) measure. They are made
+    at the exported resolution: a stage at another resolution (progressive resizing) trains there but is judged by
+    this view of the same weights (``Run.probed`` itself unless the stage's resolution differs) on this probe batch
+    (see :func:`verdict_view`)."""
+
+    model: torch.nn.Module
+    probe_batch: tuple[torch.Tensor, torch.Tensor]
+    eval_set: tuple[torch.Tensor, torch.Tensor]  # this process's block of the evaluation subset (decoded alone)
+    eval_total: int  # the subset's size (all processes' blocks together)
+
+
+@dataclass(kw_only=True)
 class Run:
-    """Everything one fine-tuning run works with; built by :func:`setup`."""
+    """Everything one stage of a fine-tuning run works with; built by :func:`setup`, by keyword, in one place."""
 
     cfg: FinetuneConfig
     accelerator: Accelerator
@@ -227,18 +240,12 @@ class Run:
     ctx: StepContext
     epochs: int
     lr: float  # the peak learning rate after global-batch scaling
-    eval_set: tuple[torch.Tensor, torch.Tensor]  # this process's block of the evaluation subset (decoded alone)
-    eval_total: int  # the subset's size (all processes' blocks together)
-    # the run's verdicts (before/after evaluation, probe, guard, best-robust selection) are made at the exported
-    # resolution: a stage at another resolution (progressive resizing) trains there but is judged by this view of
-    # the same weights (``probed`` itself unless the stage's resolution differs) on this probe batch
-    verdict_model: torch.nn.Module
-    probe_batch: tuple[torch.Tensor, torch.Tensor]
+    verdicts: Verdicts
+    guard: DivergenceGuard  # non-finite or exploding loss / weights stop the run (divergence.py)
+    head_replaced: bool  # the backbone's classifier was replaced for this data's classes (a new head)
+    options: list[options.Option]  # the stage's active options (train/options/)
     clock: float = 0.0  # perf_counter at the last wall-time update (see tick)
     stage_name: str = ""  # the stage's name when the recipe has several
-    guard: DivergenceGuard | None = None  # non-finite or exploding loss / weights stop the run (divergence.py)
-    head_replaced: bool = False  # the backbone's classifier was replaced for this data's classes (a new head)
-    options: list[options.Option] = field(default_factory=list)  # the stage's active options (train/options/)
 
     @property
     def main(self) -> bool:
@@ -255,9 +262,9 @@ class Run:
         self.clock = now
 
     def judged(self) -> torch.nn.Module:
-        """The model every verdict measures: ``verdict_model``, or the fp32 copy of it an option training in its own
+        """The model every verdict measures: ``verdicts.model``, or the fp32 copy of it an option training in its own
         precision gives (the evaluation is fp32 whatever the training precision)."""
-        return self.evaluation_model(self.verdict_model)
+        return self.evaluation_model(self.verdicts.model)
 
     def evaluation_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """``model`` as a verdict or a teacher sees it: itself, or an active option's fp32 copy (pure-bf16)."""
@@ -371,22 +378,22 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
 
     epochs = method.epochs(cfg.train.epochs)
     steps_per_epoch = -(-loaders.batches_per_epoch // cfg.train.grad_accum) * method.optimizer_steps_per_batch
-    stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
-                               lr=lr)
     # a peak lr scaled up for a large global batch reaches its peak gradually (schedules.warmup_for_scaled_lr)
-    stepper.schedule, warmup = warmup_for_scaled_lr(stepper.schedule, lr / cfg.schedule.lr if cfg.schedule.lr else 1.0,
-                                                    epochs)
+    schedule, warmup = warmup_for_scaled_lr(build_schedule(cfg.schedule),
+                                            lr / cfg.schedule.lr if cfg.schedule.lr else 1.0, epochs)
+    stepper = OptimizerStepper(accelerator, model, optimizer, cfg, epochs * steps_per_epoch, opt_steps=state.opt_steps,
+                               lr=lr, schedule=schedule)
     ctx = StepContext(model=model, attack_model=raw, optimize=stepper, autocast=step_autocast(accelerator))
-    verdict_model, verdicts = verdict_view(cfg, verdict_data, accelerator, backbone, probed, loaders)
+    verdict_model, judged_on = verdict_view(cfg, verdict_data, accelerator, backbone, probed, loaders)
     # each process decodes only the evaluation examples it attacks (the kernel's batch-aligned block)
-    block = shard_range(verdicts.eval_size, cfg.data.eval_batch_size, accelerator.process_index,
+    block = shard_range(judged_on.eval_size, cfg.data.eval_batch_size, accelerator.process_index,
                         accelerator.num_processes)
-    run = Run(cfg, accelerator, run_dir, model, raw, probed, weights, optimizer, loaders, method, state, best, stepper,
-              ctx, epochs, lr, verdicts.eval_block(*block), verdicts.eval_size, verdict_model=verdict_model,
-              probe_batch=verdicts.probe)
-    run.guard = DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator)
-    run.head_replaced = head_replaced
-    run.options = active
+    run = Run(cfg=cfg, accelerator=accelerator, run_dir=run_dir, model=model, raw=raw, probed=probed, weights=weights,
+              optimizer=optimizer, loaders=loaders, method=method, state=state, best=best, stepper=stepper, ctx=ctx,
+              epochs=epochs, lr=lr, head_replaced=head_replaced, options=active,
+              verdicts=Verdicts(model=verdict_model, probe_batch=judged_on.probe,
+                                eval_set=judged_on.eval_block(*block), eval_total=judged_on.eval_size),
+              guard=DivergenceGuard(cfg, run_dir, loaders.num_classes, accelerator))
     for opt in run.options:
         opt.setup(run)
     run.say(f"robustify: {cfg.method.name} on {cfg.model.name} / {cfg.data.name}: {loaders.train_size} train, "
@@ -396,8 +403,8 @@ def setup(cfg: FinetuneConfig, accelerator: Accelerator, run_dir: Path, backbone
             + (f" (scaled {cfg.schedule.lr_scale_rule} from {cfg.schedule.lr:g} at global batch "
                f"{cfg.train.global_batch})" if lr != cfg.schedule.lr else "")
             + (f"; {warmup}" if warmup else "")
-            + (f"; probe and evaluations at {verdicts.input_size}, the exported resolution"
-               if verdicts is not loaders else ""))
+            + (f"; probe and evaluations at {judged_on.input_size}, the exported resolution"
+               if judged_on is not loaders else ""))
     return run
 
 
@@ -421,19 +428,19 @@ def verdict_view(cfg: FinetuneConfig, verdict_data: Any, accelerator: Accelerato
 def evaluate(run: Run, desc: str) -> dict[str, Any]:
     """The before/after evaluation: clean + PGD (and AutoAttack when asked) on the fixed subset, sharded, fp32."""
     cfg, e = run.cfg, run.cfg.eval
-    x, y = run.eval_set
+    x, y = run.verdicts.eval_set
     same_buffers(run)
     model = run.judged()
     res = sharded_pgd_accuracy(model, x, y, cfg.threat.eps, cfg.threat.norm, steps=e.pgd_steps,
                                restarts=e.pgd_restarts, loss=e.pgd_loss, seed=cfg.train.seed,
                                batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator, desc=desc,
-                               total=run.eval_total)
+                               total=run.verdicts.eval_total)
     res["split"] = cfg.data.eval_split
     if e.autoattack:
         with fp32_math():  # TF32 off, as in the PGD kernel
             res.update(sharded_autoattack(model, x, y, cfg.threat.eps, cfg.threat.norm, seed=cfg.train.seed,
                                           batch_size=cfg.data.eval_batch_size, accelerator=run.accelerator,
-                                          total=run.eval_total))
+                                          total=run.verdicts.eval_total))
     if e.unseen:  # the other norms at their standard radii (evaluate/unseen.py), the same way before and after
         from ..evaluate.unseen import sharded_unseen, unseen_attack
 
@@ -442,13 +449,13 @@ def evaluate(run: Run, desc: str) -> dict[str, Any]:
         with fp32_math():
             res["unseen"] = sharded_unseen(model, x, y, cfg.threat.norm, cfg.data.name, tuple(x.shape[1:]), attack,
                                            seed=cfg.train.seed, batch_size=cfg.data.eval_batch_size,
-                                           accelerator=run.accelerator, total=run.eval_total)
+                                           accelerator=run.accelerator, total=run.verdicts.eval_total)
     return res
 
 
 def probe(run: Run) -> tuple[float, float]:
     """PGD on the fixed probe minibatch (same examples every epoch), sharded like every evaluation."""
-    x, y = run.probe_batch
+    x, y = run.verdicts.probe_batch
     same_buffers(run)  # also what a best-weights capture after the probe keeps
     res = sharded_pgd_accuracy(run.judged(), x, y, run.cfg.threat.eps, run.cfg.threat.norm,
                                steps=run.cfg.train.probe_steps,
