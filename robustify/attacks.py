@@ -303,46 +303,6 @@ def frozen_batchnorm_stats(model: torch.nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
-def fosc(grad: torch.Tensor, delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
-    """The first-order stationarity condition of Wang et al. 2019, per example: eps * ||grad||_* - <delta, grad>
-    (the dual norm: L1 for Linf, L2 for L2, Linf for L1). It is >= 0 and 0 exactly when no first-order move inside
-    the ball raises the loss: how well ``delta`` solves the inner maximisation (the image box is not part of it)."""
-    g = grad.flatten(1).float()
-    dual = g.abs().sum(1) if norm == "Linf" else g.norm(p=2, dim=1) if norm == "L2" else g.abs().amax(1)
-    return eps * dual - (delta.flatten(1).float() * g).sum(1)
-
-
-def pgd_fosc(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float, steps: int,
-             norm: str, threshold: float, loss_fn: LossFn = cross_entropy,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """PGD whose examples stop once their FOSC is at or below ``threshold`` (Wang et al. 2019's criterion).
-
-    Returns ``(delta, fosc, grads)``: the perturbation, each example's FOSC at its last gradient evaluation while it
-    was running, and the input gradients the attack used (examples x steps while running, a device tensor). The
-    whole batch is forwarded at every step and a stopped example's perturbation is masked, not dropped: a subset
-    forward would change BatchNorm's batch statistics under ``bn_mode: train`` (and refuse a subset of one), and
-    choosing the subset would read the mask back to the host at every step. So there is no host synchronisation,
-    and the compute is PGD's whatever the threshold. FOSC >= 0 always, so threshold 0 stops no example and this
-    returns exactly :func:`pgd`'s perturbation, bit for bit (same random start, same steps, same arithmetic).
-    """
-    check_norm(norm)
-    delta = random_init(x, eps, norm, generator)
-    last = torch.zeros(x.shape[0], device=x.device)
-    grads = torch.zeros((), dtype=torch.long, device=x.device)
-    running = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-    shape = (-1, *([1] * (x.dim() - 1)))
-    for _ in range(steps):
-        grad, _ = input_gradient(model, x, delta, y, loss_fn)
-        grads += running.sum()
-        value = fosc(grad, delta, eps, norm)
-        last = torch.where(running, value, last)
-        # FOSC is never negative, so threshold 0 stops no example (rounding may put an aligned one a hair below 0)
-        if threshold > 0:
-            running = running & (value > threshold)
-        delta = torch.where(running.view(shape), ascent_step(x, delta, grad, alpha, eps, norm), delta)
-    return delta, last, grads
-
-
 # --- APGD (Croce & Hein 2020) as a training attack ---------------------------------------------------------------
 APGD_MOMENTUM = 0.75  # weight of the new step against the last move (Croce & Hein's alpha; 1.0 at the first step)
 APGD_RHO = 0.75  # a checkpoint halves the step where the loss rose in at most this share of the window's steps

@@ -57,7 +57,7 @@ def _set_help() -> str:
     except Exception:  # noqa: BLE001 - help must render even from a broken install
         return f"{text}; the options: docs/configuration.md"
     return (f"{text}; options (docs/methods-frontier.md, docs/seed-methods.md): {listed}; also data.per_class=K "
-            "(few-shot), threat.norm=L1, method.loss=trades, method.fosc=true (pgd) [method.fosc_start]")
+            "(few-shot), threat.norm=L1, method.loss=trades")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -134,7 +134,8 @@ class MethodConfig:
     loss: str = "ce"  # ce | trades (Zhang et al. 2019; fgsm-rs, n-fgsm and pgd)
     beta: float = 6.0  # trades only: weight of KL(f(x) || f(x + delta)) against the clean cross-entropy
     random_start: bool = True  # fgsm-rs only: false is plain FGSM from the clean input (catastrophic overfitting)
-    # FOSC (Wang et al. 2019), pgd only: stop each example's PGD at a FOSC threshold falling from fosc_start to 0
+    # FOSC (Wang et al. 2019; train/options/fosc.py), pgd only: stop each example's PGD at a FOSC threshold falling
+    # from fosc_start to 0
     fosc: bool = False
     fosc_start: float = 0.5  # the first epoch's threshold (the paper's c_max for CIFAR-10 Linf)
 
@@ -479,7 +480,7 @@ STAGE_FIXED |= {"data.per_class"}  # frontier: the same few-shot subset (an opti
 
 def adversarial_only() -> dict[str, Any]:
     """Keys that only mean something against an adversary, with their "off" value, as the registries declare them
-    (an option's class, e.g. train.awp; the methods', method.loss and method.fosc: robustify/sections.py). Set for the
+    (an option's class, e.g. train.awp; the methods', method.loss: robustify/sections.py). Set for the
     whole run (in the recipe's sections or by --set), they apply to the run's adversarial stages; a natural stage
     (LP-FT's linear probe, a head-fitting stage) runs without them instead of refusing the run. A stage that names one
     itself is checked as written (natural + train.awp stays a one-line refusal). See docs/configuration.md, "How

@@ -196,18 +196,19 @@ def test_fosc_with_one_example_left_running_under_train_mode_batchnorm():
     to one example, the attack forwarded that one alone and BatchNorm in train mode refused a batch of one. The
     whole batch is forwarded now, the stopped examples masked: a stopped example keeps its perturbation."""
     from robustify import attacks
+    from robustify.train.options.fosc import pgd_fosc
     from tests.helpers import quickstart_batch, quickstart_model
 
     model = quickstart_model().train()
     x, y = quickstart_batch(8)
     torch.manual_seed(0)
-    _, first, _ = attacks.pgd_fosc(model, x, y, 0.5, 0.25, 1, "L2", threshold=0.0)  # each example's first FOSC
+    _, first, _ = pgd_fosc(model, x, y, 0.5, 0.25, 1, "L2", threshold=0.0)  # each example's first FOSC
     top = first.sort(descending=True).values
     threshold = float(top[0] + top[1]) / 2  # exactly one example keeps running after the first step
     torch.manual_seed(0)
     start = attacks.random_init(x, 0.5, "L2")
     torch.manual_seed(0)
-    delta, value, grads = attacks.pgd_fosc(model, x, y, 0.5, 0.25, 3, "L2", threshold=threshold)
+    delta, value, grads = pgd_fosc(model, x, y, 0.5, 0.25, 3, "L2", threshold=threshold)
     stopped = first < threshold
     assert int(stopped.sum()) == 7
     assert torch.equal(delta[stopped], start[stopped])  # stopped at the first evaluation: still the random start

@@ -11,20 +11,20 @@ import pytest
 import torch
 
 from robustify import attacks
-from robustify.config import MethodConfig, ThreatConfig, build_config
+from robustify.config import build_config
 from robustify.errors import ConfigError
 from robustify.train.methods import build_method
-from robustify.train.methods.fosc import FOSCSchedule
+from robustify.train.options.fosc import FoscOption, FOSCSchedule, fosc, pgd_fosc
 from tests.helpers import quickstart_batch, quickstart_model, step_context
 
 
 def test_fosc_is_zero_at_the_linf_corner_and_positive_elsewhere():
     grad = torch.tensor([[1.0, -2.0, 0.5]])
     corner = 0.1 * grad.sign()
-    assert attacks.fosc(grad, corner, 0.1, "Linf").item() == pytest.approx(0.0, abs=1e-7)
-    assert attacks.fosc(grad, torch.zeros_like(grad), 0.1, "Linf").item() == pytest.approx(0.35)
-    assert attacks.fosc(grad, -corner, 0.1, "Linf").item() == pytest.approx(0.7)
-    assert attacks.fosc(grad, torch.zeros_like(grad), 2.0, "L1").item() == pytest.approx(4.0)  # dual: Linf
+    assert fosc(grad, corner, 0.1, "Linf").item() == pytest.approx(0.0, abs=1e-7)
+    assert fosc(grad, torch.zeros_like(grad), 0.1, "Linf").item() == pytest.approx(0.35)
+    assert fosc(grad, -corner, 0.1, "Linf").item() == pytest.approx(0.7)
+    assert fosc(grad, torch.zeros_like(grad), 2.0, "L1").item() == pytest.approx(4.0)  # dual: Linf
 
 
 @pytest.mark.parametrize("norm,eps", [("Linf", 0.1), ("L2", 1.0)])
@@ -34,7 +34,7 @@ def test_threshold_zero_is_plain_pgd_bit_for_bit(norm: str, eps: float):
     torch.manual_seed(3)
     plain = attacks.pgd(model, x, y, eps, 2.5 * eps / 4, steps=4, norm=norm)
     torch.manual_seed(3)
-    delta, value, grads = attacks.pgd_fosc(model, x, y, eps, 2.5 * eps / 4, 4, norm, threshold=0.0)
+    delta, value, grads = pgd_fosc(model, x, y, eps, 2.5 * eps / 4, 4, norm, threshold=0.0)
     assert torch.equal(plain, delta)
     assert int(grads) == 12 * 4 and (value >= -1e-6).all()
 
@@ -43,12 +43,12 @@ def test_a_large_threshold_costs_fewer_input_gradients_and_stops_examples_early(
     model = quickstart_model()
     x, y = quickstart_batch(12)
     torch.manual_seed(0)
-    _, full_value, full = attacks.pgd_fosc(model, x, y, 0.1, 0.05, 4, "Linf", threshold=0.0)
+    _, full_value, full = pgd_fosc(model, x, y, 0.1, 0.05, 4, "Linf", threshold=0.0)
     median = float(full_value.median())
     torch.manual_seed(0)
-    _, _, some = attacks.pgd_fosc(model, x, y, 0.1, 0.05, 4, "Linf", threshold=median * 50)
+    _, _, some = pgd_fosc(model, x, y, 0.1, 0.05, 4, "Linf", threshold=median * 50)
     torch.manual_seed(0)
-    delta, _, one = attacks.pgd_fosc(model, x, y, 0.1, 0.05, 4, "Linf", threshold=float("inf"))
+    delta, _, one = pgd_fosc(model, x, y, 0.1, 0.05, 4, "Linf", threshold=float("inf"))
     assert int(full) == 48 and int(one) == 12 and int(one) <= int(some) <= int(full)
     # stopped at the first evaluation: still the random start, in the ball and the box
     assert delta.abs().max() <= 0.1 + 1e-6 and ((x + delta) >= 0).all() and ((x + delta) <= 1).all()
@@ -56,17 +56,21 @@ def test_a_large_threshold_costs_fewer_input_gradients_and_stops_examples_early(
 
 def test_a_training_step_at_threshold_zero_equals_plain_pgd_training():
     x, y = quickstart_batch(8)
-    threat = ThreatConfig(eps=0.1)
     models = []
-    for fosc in (False, True):
+    for on in (False, True):
+        cfg = build_config("quickstart", ["method.name=pgd", "method.steps=3", f"method.fosc={str(on).lower()}",
+                                          "method.fosc_start=0", "threat.eps=0.1", "train.epochs=2"])
         torch.manual_seed(0)
         model = quickstart_model().train()
-        method = build_method(MethodConfig(name="pgd", steps=3, fosc=fosc, fosc_start=0.0), threat)
-        method.epochs(2)
+        method = build_method(cfg.method, cfg.threat)
         ctx = step_context(model, [])
+        if on:  # the option hooks its attack into the step, as the trainer attaches it
+            option = FoscOption(cfg)
+            option.attach(ctx, None, model)
         for _ in range(2):
             method.step(ctx, x, y)
         models.append(model)
+    assert option.history_fields(None, 1)["attack_grads"] == 8 * 3 * 2  # the option's attack ran in both steps
     for a, b in zip(models[0].state_dict().values(), models[1].state_dict().values(), strict=True):
         assert torch.equal(a, b)
 

@@ -58,14 +58,6 @@ def validate_section(cfg: FinetuneConfig) -> None:
         raise ConfigError(f"method.name={cfg.method.name!r} with threat.norm='L1' is not accepted: single-step L1 "
                           "training overfits catastrophically (Jiang et al. 2023) and no sound single-step variant is "
                           f"implemented; use one of: {', '.join(L1_METHODS)}")
-    if cfg.method.fosc and cfg.method.name != "pgd":
-        raise ConfigError(f"method.fosc=true with method.name={cfg.method.name!r} is not accepted: FOSC stops PGD's "
-                          "steps early (Wang et al. 2019); use method.name=pgd")
-    if cfg.method.fosc and cfg.method.loss == "trades":
-        raise ConfigError("method.fosc=true with method.loss='trades' is not accepted: FOSC is defined on the "
-                          "cross-entropy attack; use method.loss=ce")
-    if cfg.method.fosc_start < 0:
-        raise ConfigError(f"method.fosc_start={cfg.method.fosc_start:g} is negative; use a threshold >= 0 such as 0.5")
     if cfg.method.name == "free" and cfg.train.grad_accum > 1:
         raise ConfigError(f"train.grad_accum={cfg.train.grad_accum} with method.name='free' is not accepted: free AT "
                           "takes one optimizer step per replay by definition; use train.grad_accum=1")
@@ -74,7 +66,7 @@ def validate_section(cfg: FinetuneConfig) -> None:
 sections.register("method", validate_section)  # config.validate runs it (robustify/sections.py)
 # the method keys that only mean something against an adversary, with their off value (a natural stage runs without
 # them when they are set for the whole run: robustify.config.expand_stages)
-sections.declare("adversarial_only", {"method.loss": "ce", "method.fosc": False})
+sections.declare("adversarial_only", {"method.loss": "ce"})
 
 
 @dataclass
@@ -93,6 +85,10 @@ class StepContext:
     # training inputs, TRADES' clean term, free/DEAT's replays); an option swaps it (train/options/: timm's label
     # smoothing, or Mixup's soft-target CE with soft targets). The attacks keep their own objective.
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+    # an option's replacement for the PGD attack of the methods that run one (pgd), with :func:`attacks.pgd`'s
+    # leading arguments, (attack model, x, y, eps, alpha, steps, norm) -> delta (e.g. an attack that stops some
+    # examples early and keeps statistics of its own); None: the method's own, attacks.pgd
+    pgd_attack: Callable[..., torch.Tensor] | None = None
 
 
 @dataclass

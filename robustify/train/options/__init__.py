@@ -21,6 +21,7 @@ from .base import Option
 from .ema import EmaOption
 from .eps_warmup import EpsWarmup
 from .extra_data import ExtraDataOption
+from .fosc import FoscOption
 from .freeze import FreezeOption
 from .grad_compression import GradCompression
 from .label_smoothing import LabelSmoothingOption
@@ -30,10 +31,12 @@ from .pseudo_labels import UnlabeledOption
 from .pure_bf16 import PureBf16
 
 # the registry, in the order the checks run and the plan, record and card list the options
-OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (EpsWarmup, AwpOption, EmaOption, FreezeOption,
-                                                                    UnlabeledOption, ExtraDataOption, LocalSgdOption,
-                                                                    GradCompression, PureBf16, LabelSmoothingOption,
-                                                                    MixupOption, AutoAugmentOption)}
+# (FOSC first: its history fields come right after the method's, where they were before it was an option)
+OPTIONS: dict[str, type[Option]] = {unit.name: unit for unit in (FoscOption, EpsWarmup, AwpOption, EmaOption,
+                                                                    FreezeOption, UnlabeledOption, ExtraDataOption,
+                                                                    LocalSgdOption, GradCompression, PureBf16,
+                                                                    LabelSmoothingOption, MixupOption,
+                                                                    AutoAugmentOption)}
 
 
 def check(cfg: Any) -> None:
