@@ -157,7 +157,10 @@ def _count_text(n: int) -> str:
 
 def extra_sets(record: RunRecord) -> list[Mapping[str, Any]]:
     """The training sets beyond the target's training split the run record names: each registered option's
-    (``added_data``, train/options/, asked through robustify/sections.py), in registry order."""
+    (``added_data``, train/options/, asked through robustify/sections.py), in registry order. A record without
+    options names none: the registries (which import torch) stay unloaded for a zoo listing."""
+    if not record.training.options:
+        return []
     return [s for unit in sections.options() for s in unit.added_data(record)]
 
 
