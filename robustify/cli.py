@@ -60,6 +60,16 @@ def _set_help() -> str:
             "(few-shot), threat.norm=L1, method.loss=trades")
 
 
+def _precision_help() -> str:
+    """``bench --mixed-precision``'s help: the config's precision choices, with what each option that implements a
+    precision itself declares of it (train/options/, through robustify/sections.py)."""
+    from . import config, sections
+
+    own = "".join(f"; {value}: {unit.precision_help}" for value, unit in sections.declared("precision").items())
+    return (f"training precision, one of {'|'.join(config.choices()['train.mixed_precision'])} (default: the "
+            f"recipe's train.mixed_precision; auto: bf16 autocast on CUDA, fp32 on CPU{own})")
+
+
 class _Parser(argparse.ArgumentParser):
     """Argument mistakes (an unknown flag, a missing argument, a bad choice) are one line like every other user
     error: ``robustify: error: ...`` naming the value, then where to look, and status 2. ``--help`` is unchanged."""
@@ -468,9 +478,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="run length E for the per-run relative cost (default: the recipe's "
                    "train.epochs)")
     p.add_argument("--num-classes", type=int, help="classifier head size (default: the model's own)")
-    p.add_argument("--mixed-precision", metavar="auto|no|bf16|pure-bf16", help="training precision (default: the "
-                   "recipe's train.mixed_precision; auto: bf16 autocast on CUDA, fp32 on CPU; pure-bf16: bf16 "
-                   "weights and optimizer state, Kahan-summed)")
+    p.add_argument("--mixed-precision", metavar="PRECISION", help=_Deferred(_precision_help))
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and inputs")
     p.add_argument("--recipe", default="quickstart", help="recipe YAML path or shipped recipe name to take the "
                    "settings from")

@@ -170,9 +170,9 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 10
     global_batch: int | None = None  # the global batch schedule.lr is stated for (None: whatever the run uses)
-    # auto | no | bf16 | pure-bf16; auto: bf16 on CUDA, no (fp32) on CPU; bf16 is autocast over fp32 weights,
-    # pure-bf16 keeps weights, gradients and optimizer state in bf16 with Kahan-summed updates
-    # (train/options/pure_bf16.py); fp16 is not a choice: its loss scaling would weaken the attacks (train/hardware.py)
+    # auto | no | bf16, or a precision an option implements itself (its file in train/options/ declares it); auto:
+    # bf16 on CUDA, no (fp32) on CPU; bf16 is autocast over fp32 weights; fp16 is not a choice: its loss scaling
+    # would weaken the attacks (train/hardware.py)
     mixed_precision: str = "auto"
     compile: bool = False  # torch.compile the model forward (nn.Module.compile)
     grad_accum: int = 1
@@ -252,11 +252,17 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "method.loss": ("ce", "trades"),
     "train.probe_split": ("heldout", "train"),
     "train.grad_compression": ("none", "fp16", "bf16", "powersgd", "sign"),
-    "train.mixed_precision": ("auto", "no", "bf16", "pure-bf16"),
+    "train.mixed_precision": ("auto", "no", "bf16"),  # Accelerate's; the options declare their own (choices())
     "train.mixup_mode": ("batch", "pair", "elem"),
     "train.select": ("best-robust", "last"),
     "eval.pgd_loss": ("ce", "cw", "ce+cw"),
 }
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+    """:data:`CHOICES` with the training precisions the registered options implement themselves (declared to
+    robustify/sections.py) after Accelerate's: what the config's choice check accepts and the docs list."""
+    return {**CHOICES, "train.mixed_precision": (*CHOICES["train.mixed_precision"], *sections.declared("precision"))}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -362,9 +368,9 @@ def validate(cfg: FinetuneConfig) -> FinetuneConfig:
     validate_data(cfg)
     cfg.model.channels_last = _auto_or_bool(cfg.model.channels_last, "model.channels_last")
     flat = flatten(cfg.to_dict())
-    for key, choices in CHOICES.items():
-        if flat[key] not in choices:
-            raise ConfigError(f"{key}={flat[key]!r} is not accepted; choose one of: {', '.join(choices)}")
+    for key, accepted in choices().items():
+        if flat[key] not in accepted:
+            raise ConfigError(f"{key}={flat[key]!r} is not accepted; choose one of: {', '.join(accepted)}")
     if cfg.data.decode == "device" and cfg.data.augment != "rrc-flip":
         raise ConfigError(f"data.decode=device decodes the JPEGs of augment rrc-flip on the GPU; with "
                           f"data.augment={cfg.data.augment!r} use data.decode=workers, or set data.augment=rrc-flip")

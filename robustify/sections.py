@@ -4,7 +4,9 @@ registry registers its section's check here when it is imported (:func:`register
 (:func:`checks`). The options registry also registers its units here (:func:`register_option`), so the record and
 the card (publish/, a layer below train/) ask each option for its record fields and card lines (:func:`options`)
 without naming any option; and the keys they declare (:func:`declare`: which keys only mean something against an
-adversary, which a stage may or may not change), so config.py holds no option's key table.
+adversary, which a stage may or may not change), so config.py holds no option's key table; and the training
+precisions the options implement themselves (``declared("precision")``: value -> the option), so the config's choice
+check, the CLI, the record, the card and the benchmarks list them without naming one.
 
 Why registration: ``config.py`` sits below the wings (they import its dataclasses), so it may not import them, not
 even by a module name in a string (that was an import cycle config -> train that no walk of the imports could see).
@@ -28,8 +30,9 @@ _checks: dict[str, Check] = {}
 _loaders: list[Callable[[], None]] = []
 _options: dict[str, Any] = {}
 # keys the registries declare, by kind: "adversarial_only" (key -> its off value), "fixed" (keys a stage may not
-# change), "stage" (model keys a stage may change)
-DECLARED = ("adversarial_only", "fixed", "stage")
+# change), "stage" (model keys a stage may change), "precision" (train.mixed_precision values -> the option that
+# implements each)
+DECLARED = ("adversarial_only", "fixed", "stage", "precision")
 _declared: dict[str, dict[str, Any]] = {kind: {} for kind in DECLARED}
 
 

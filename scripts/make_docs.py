@@ -1,7 +1,7 @@
 """Regenerate the reference tables of docs/configuration.md from the code, so that the page cannot drift from it.
 
 - **Every recipe key**: one row per key of ``robustify.config.FinetuneConfig`` (``config.all_keys()``), with its
-  default (the dataclasses'), its accepted values (``config.CHOICES``, the method and schedule registries, the
+  default (the dataclasses'), its accepted values (``config.choices()``, the method and schedule registries, the
   ``--data``/``--model`` forms, the type for booleans) and a one-line meaning. The meaning is the only hand-written
   column: it is kept from the page, and a key the page does not describe yet gets the comment its dataclass field
   carries in config.py (or, without one, the generator stops and names the key).
@@ -96,11 +96,12 @@ def show(value: Any, key: str = "") -> str:
 def choices() -> dict[str, str]:
     """Each key's accepted values, from the tables and registries that check them."""
     from robustify.cli import DATA_FORMS, MODEL_FORMS
-    from robustify.config import CHOICES, FinetuneConfig
+    from robustify.config import FinetuneConfig
+    from robustify.config import choices as config_choices
     from robustify.train.methods import METHODS
     from robustify.train.schedules import SCHEDULES
 
-    out = {k: ", ".join(f"`{c}`" for c in v) for k, v in {**CHOICES, **OTHER_CHOICES}.items()}
+    out = {k: ", ".join(f"`{c}`" for c in v) for k, v in {**config_choices(), **OTHER_CHOICES}.items()}
     out["method.name"] = ", ".join(f"`{m}`" for m in METHODS)
     out["schedule.name"] = ", ".join(f"`{s}`" for s in SCHEDULES)
     out["data.name"] = DATA_FORMS

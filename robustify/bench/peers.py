@@ -50,6 +50,7 @@ from ..config import FinetuneConfig
 from ..errors import UserError
 from ..input_grad import use_default_input_grad
 from ..models import RobustModel
+from ..train import options
 from ..train.hardware import resolve_hardware_settings, target_device_type
 from ..train.optim import build_optimizer
 from .steps import bench_hardware, method_step, parse_methods, release, synthetic_setup
@@ -154,9 +155,9 @@ def run_peers(cfg: FinetuneConfig, methods: Sequence[str] = DEFAULT_PEER_METHODS
     if rounds < 1 or batches < 1 or warmup < 0:
         raise UserError(f"--rounds {rounds} / --batches {batches} / --warmup {warmup}: use rounds and batches >= 1, "
                         "warmup >= 0")
-    if cfg.train.mixed_precision == "pure-bf16":
-        raise UserError("robustify bench --peers with --mixed-precision pure-bf16 is not accepted: the peers train "
-                        "fp32 weights; compare them at no (fp32) or bf16 (autocast)")
+    if options.own_precision(cfg):  # a precision an option implements in the weights themselves (train/options/)
+        raise UserError(f"robustify bench --peers with --mixed-precision {cfg.train.mixed_precision} is not accepted: "
+                        "the peers train fp32 weights; compare them at no (fp32) or bf16 (autocast)")
     cfg = resolve_hardware_settings(copy.deepcopy(cfg), target_device_type())
     base, accelerator, data = synthetic_setup(cfg, num_classes, batches)
     device = accelerator.device

@@ -44,6 +44,7 @@ from accelerate.utils import set_seed
 from rich.console import Console
 from rich.table import Table
 
+from .. import sections
 from ..config import FinetuneConfig, apply_override, config_from_dict, load_recipe, validate
 from ..errors import UserError
 from ..fileio import atomic_write_json
@@ -222,7 +223,7 @@ def method_step(name: str, cfg: FinetuneConfig, base: RobustModel, accelerator: 
     set_seed(cfg.train.seed)
     method = build_method(cfg.method, cfg.threat)
     model = copy.deepcopy(base)
-    options.prepare_backbone(cfg, model.backbone, lambda line: None)  # as the trainer's setup (pure-bf16's cast)
+    options.prepare_backbone(cfg, model.backbone, lambda line: None)  # as the trainer's setup (an option's cast)
     optimizer = build_optimizer(model, cfg)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = maybe_compile(accelerator.unwrap_model(model), cfg.train.compile)
@@ -282,7 +283,11 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dic
     return {"weights": weights, "gradients": grads, "optimizer_state": state}
 
 
-STATE_PRECISIONS = {"no": "fp32 (also bf16 autocast: fp32 weights)", "pure-bf16": "pure-bf16 (Kahan-summed)"}
+def state_precisions() -> dict[str, str]:
+    """The precisions the memory table measures, with their labels: fp32 (bf16 autocast keeps fp32 weights, so it is
+    the same row), then each precision an option implements itself (declared to robustify/sections.py)."""
+    own = {value: f"{value} ({unit.precision_note})" for value, unit in sections.declared("precision").items()}
+    return {"no": "fp32 (also bf16 autocast: fp32 weights)", **own}
 
 
 def state_memory(cfg: FinetuneConfig, base: RobustModel) -> dict[str, Any]:
@@ -290,13 +295,13 @@ def state_memory(cfg: FinetuneConfig, base: RobustModel) -> dict[str, Any]:
     measured on copies of ``base`` after one optimizer step on zero gradients (the step that allocates the state),
     from the tensors themselves. bf16 autocast keeps fp32 weights, gradients and state, so it is the fp32 row."""
     out: dict[str, Any] = {}
-    for precision, label in STATE_PRECISIONS.items():
+    for precision, label in state_precisions().items():
         c = copy.deepcopy(cfg)
         c.train.mixed_precision = precision
-        try:  # pure-bf16 refuses some optimizers (the config's own check), or torch-optimi is missing
+        try:  # an option's own precision may refuse the optimizer (the config's own check) or miss a dependency
             validate(c)
             model = copy.deepcopy(base).cpu()
-            options.prepare_backbone(c, model.backbone, lambda line: None)  # pure-bf16's cast
+            options.prepare_backbone(c, model.backbone, lambda line: None)  # the precision's cast, if it has one
             optimizer = build_optimizer(model, c)
         except UserError as e:
             out[precision] = {"label": label, "error": str(e)}

@@ -317,7 +317,9 @@ def _frontier_lines(record: RunRecord) -> list[str]:
 def _weights_text(record: RunRecord) -> str:
     t = record.training
     epoch = t.selected_epoch if t.selected_epoch is not None else "?"
-    which = "the exponential moving average of the weights (train.ema) at " if t.weights == "ema" else ""
+    # the weights an option exported (the weight average), in its own words (train/options/, through sections)
+    which = next((f"{unit.exported_text} at " for unit in sections.options()
+                  if unit.exported_as is not None and unit.exported_as == t.weights), "")
     probe = "held-out" if (t.probe or {}).get("probe_split") == "heldout" else "training"
     if t.stopped:
         return f"{which}epoch {epoch}, the last good epoch before training stopped ({t.stopped})"
@@ -381,6 +383,7 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
     from .robustbench import card_lines
 
     lines += card_lines(record)  # where it stands on RobustBench's board (cached board only; never online)
+    own = sections.declared("precision").get(t.mixed_precision)  # a precision an option implements: its words
     lines += [
         "## How it was made",
         f"- Base model: `{t.base_model}`" + (f" ([{t.base_model_hub_id}](https://huggingface.co/"
@@ -391,8 +394,7 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
         f"{_method_args(t.method)}.",
         f"- Learning-rate schedule: `{t.schedule.get('name')}`, peak lr {t.schedule.get('lr', 0):g}; {t.epochs} "
         f"epochs, batch size {t.batch_size}, optimizer {t.optimizer}, training precision {t.mixed_precision}"
-        + (" (bf16 weights, gradients and optimizer state with Kahan-summed updates, torch-optimi; exported and "
-           "evaluated in fp32)" if t.mixed_precision == "pure-bf16" else "") + ".",
+        + (f" ({own.precision_card})" if own is not None else "") + ".",
         *_frontier_lines(record),
         f"- Exported weights: {_weights_text(record)}.",
         f"- Cost: {cost.get('wall_seconds', 0.0):.1f} s wall time on {hardware.get('device', '?')} "
@@ -402,8 +404,7 @@ def _body(record: RunRecord, license: str | None, repo_id: str | None, recipe_ya
         + (f"; gradient all-reduce through `{cost['comm_hook']}`" if cost.get("comm_hook") else "")
         + (f" ({cost['comm_bytes_per_step']:,.0f} bytes per step per process)" if cost.get("comm_bytes_per_step")
            else "")
-        + (f"; local SGD: models averaged every {cost['local_sgd_steps']} optimizer steps"
-           if cost.get("local_sgd_steps") else "") + ".",
+        + "".join(unit.cost_text(cost) for unit in sections.options()) + ".",  # each option's clause
         "- Files: `recipe.yaml` (the resolved recipe; local paths reduced to file names), `metrics.json` "
         "(`before`/`after`, every evaluation, per-epoch history, cost), `config.json` (timm config plus a "
         "`robustness` block).",

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .. import sections
 from ..errors import UserError
 from .runrecord import Evaluation, RunRecord, eps_text, resolution_text
 
@@ -155,10 +156,12 @@ def _count_text(n: int) -> str:
 
 
 def extra_sets(record: RunRecord) -> list[Mapping[str, Any]]:
-    """The extra training sets the run record names (``options.extra.sets``, written by the ``data.extra`` option)."""
-    extra = (record.training.options or {}).get("extra")
-    sets = extra.get("sets") if isinstance(extra, Mapping) else None
-    return [s for s in sets if isinstance(s, Mapping)] if isinstance(sets, list) else []
+    """The training sets beyond the target's training split the run record names: each registered option's
+    (``added_data``, train/options/, asked through robustify/sections.py), in registry order. A record without
+    options names none: the registries (which import torch) stay unloaded for a zoo listing."""
+    if not record.training.options:
+        return []
+    return [s for unit in sections.options() for s in unit.added_data(record)]
 
 
 def additional_data(record: RunRecord,
@@ -169,14 +172,14 @@ def additional_data(record: RunRecord,
     ``extra``: the labelled or unlabelled sets mixed into training besides the target's training split, each a
     mapping with ``name``, ``size`` (images, or None) and ``generated`` (true: made by a generative model trained
     on the target's training split only; false: real external images); None: those the record names
-    (:func:`extra_sets`). Starting weights count as other data unless
+    (:func:`extra_sets`; real images the record names count either way). Starting weights count as other data unless
     the run is from scratch or is an ImageNet run from ImageNet-1k-only timm weights (:func:`imagenet1k_only`).
     """
     t = record.training
-    extra = extra_sets(record) if extra is None else extra
-    real = any(not bool(e.get("generated")) for e in extra)
-    if (t.options or {}).get("unlabeled"):  # data.unlabeled: an external pool of real images, pseudo-labelled
-        real = True
+    recorded = extra_sets(record)
+    extra = recorded if extra is None else extra
+    # real images the record names count whatever ``extra`` says (an unlabeled pool, pseudo-labelled, has no size)
+    real = any(not bool(e.get("generated")) for e in [*extra, *recorded])
     if t.pretrained and not (robustbench_dataset(record) == "imagenet" and imagenet1k_only(record)):
         real = True
     generated = [e for e in extra if bool(e.get("generated"))]

@@ -47,7 +47,19 @@ EVAL_KEY = "eval_sha256"  # in metrics.json: the sha256 of the eval.json that ro
 RECIPE_KEY = "recipe_sha256"  # in metrics.json: the sha256 of the recipe.yaml exported with the weights
 AA_RANK = {"standard": 3}  # any other AutoAttack version ranks 2
 AA_KEYS = ("package", "version", "attacks", "per_attack", "settings")  # what a record keeps of an AutoAttack run
-PRECISIONS = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "pure-bf16": "pure-bf16"}
+PRECISIONS = {"no": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}  # Accelerate's, as a record names them
+
+
+def precision_name(value: Any, default: str | None = None) -> str:
+    """A training or evaluation precision as the record names it: Accelerate's by :data:`PRECISIONS`, one an option
+    implements itself (declared to robustify/sections.py) as it is spelled; anything else ``default`` (None: as it
+    is). Only an unknown value with a ``default`` asks the registry, so reading a record stays cheap."""
+    text = str(value)
+    if text in PRECISIONS:
+        return PRECISIONS[text]
+    if default is None or text in sections.declared("precision"):
+        return text
+    return default
 
 
 def eps_text(eps: float) -> str:
@@ -252,7 +264,7 @@ class Evaluation:
             split=str(d.get("split") or sub.get("split") or "test"),
             n_examples=int(d.get("n_examples") or sub.get("first_n") or 0),
             input_size=list(d.get("input_size") or sub.get("input_size") or input_size),
-            precision=PRECISIONS.get(str(d.get("precision") or precision), str(d.get("precision") or precision)),
+            precision=precision_name(d.get("precision") or precision),
             clean_acc=float(d["clean_acc"]), preset=d.get("preset"),
             data=public.dataset_name(str(sub.get("data") or data))[0], sha256_16=sub.get("sha256_16"),
             fgsm_acc=d.get("fgsm_acc"), pgd_acc=d.get("pgd_acc"), pgd=dict(pgd) if pgd is not None else None,
@@ -412,10 +424,10 @@ class Training:
     selected_epoch: int | None = None
     stopped: str | None = None
     mixed_precision: str = "fp32"  # training precision
-    weights: str = "raw"  # which weights were exported: "raw" or "ema" (the weight average, train.ema)
+    weights: str = "raw"  # which weights were exported: "raw", or an option's name for its own (exported_as)
     probe: dict[str, Any] | None = None  # how the probe examples were chosen (held out of training or not)
     options: dict[str, Any] | None = None  # options in use (each option's entries, few-shot)
-    weights_sha256: str | None = None  # sha256 of the exported model.safetensors (raw or EMA, as ``weights`` says)
+    weights_sha256: str | None = None  # sha256 of the exported model.safetensors (as ``weights`` says)
 
 
 @dataclass
@@ -617,8 +629,8 @@ class RunRecord:
                 base, base_hub = public.model_name(str(base), architecture=arch)
             data, data_hub = public.dataset_name(str(r.get("dataset", "")))
             cost = dict(metrics.get("cost") or {})
-            precision = PRECISIONS.get(str(r.get("mixed_precision") or (cost.get("hardware") or {}).get(
-                "mixed_precision") or "no"), "fp32")
+            precision = precision_name(r.get("mixed_precision") or (cost.get("hardware") or {}).get(
+                "mixed_precision") or "no", "fp32")
             training = Training(
                 name=str(r.get("name") or name), architecture=arch, base_model=str(base),
                 base_model_hub_id=base_hub,
@@ -784,7 +796,7 @@ def from_finetune(cfg: Any, model: Any, *, name: str, method: Mapping[str, Any],
     base, base_hub = public.model_name(cfg.model.name, pcfg, arch, pretrained=cfg.model.pretrained,
                                        checkpoint=cfg.model.checkpoint)
     data, data_hub = public.dataset_name(cfg.data.name)
-    precision = PRECISIONS.get(cfg.train.mixed_precision, cfg.train.mixed_precision)
+    precision = precision_name(cfg.train.mixed_precision)
     bn_mode = cfg.method.bn_mode if cfg.method.name != "natural" else None
     training = Training(
         name=name, architecture=arch, base_model=base, base_model_hub_id=base_hub,

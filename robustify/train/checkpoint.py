@@ -51,6 +51,7 @@ from ..runfolder import (  # noqa: F401  (the layout is runfolder.py's; tests an
     checkpoint_path,
     checkpoint_temp_path,
 )
+from . import options
 
 BEST_FILE = "best.safetensors"
 MANIFEST = "manifest.json"  # every file of the checkpoint with its size and sha256, written last
@@ -186,8 +187,9 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, best: BestWeights,
                     device: torch.device) -> tuple[TrainState, dict[str, Any]]:
     """Restore model, optimizer and RNG (Accelerate), then the trainer state, this process's method state (on
     ``device``) and the best-probe weights. A checkpoint without a state the run registers (one written by an
-    earlier robustify, which registered an option's state only in the stages that used it: ``train.ema`` set in a
-    later stage only) is one line saying so, not Accelerate's RuntimeError or FileNotFoundError."""
+    earlier robustify, which registered an option's state only in the stages that used it: an option with a run
+    slot, train/options/, set in a later stage only) is one line saying so, naming those options' keys, not
+    Accelerate's RuntimeError or FileNotFoundError."""
     try:
         accelerator.load_state(str(folder))
     except (FileNotFoundError, RuntimeError) as e:
@@ -196,10 +198,11 @@ def load_checkpoint(accelerator: Accelerator, folder: Path, best: BestWeights,
             raise
         held = (f"holds {counts[0]} option state(s) where this run registers {counts[1]}" if len(counts) == 2
                 else f"has no {Path(getattr(e, 'filename', '') or '').name or 'file the run reads'}")
-        raise UserError(f"checkpoint {folder} {held} (an option's checkpointed state, e.g. the weight average of "
-                        "train.ema set in a later stage only: a checkpoint written by an earlier robustify, which "
-                        "registered it only in the stages using it); finish the run with the robustify that wrote "
-                        "it, or start it again in a new --output-dir") from None
+        keys = " or ".join(options.checkpointed_keys()) or "an option"  # the options with run-level state
+        raise UserError(f"checkpoint {folder} {held} (an option's checkpointed state, e.g. that of {keys} set in a "
+                        "later stage only: a checkpoint written by an earlier robustify, which registered it only in "
+                        "the stages using it); finish the run with the robustify that wrote it, or start it again in "
+                        "a new --output-dir") from None
     state = TrainState.from_json(json.loads((folder / STATE_FILE).read_text()))
     best.load(folder / BEST_FILE)
     method_state: dict[str, Any] = {}

@@ -67,6 +67,13 @@ def own_precision(cfg: Any) -> str | None:
     return next((p for unit in OPTIONS.values() if unit.active(cfg) for p in [unit.own_precision(cfg)] if p), None)
 
 
+def checkpointed_keys() -> list[str]:
+    """The switch keys of the options with run-level checkpointed state (a run slot), for a message about a
+    checkpoint that lacks one."""
+    return [next(iter(unit.keys)) for unit in OPTIONS.values()
+            if getattr(unit.run_slot, "__func__", None) is not Option.run_slot.__func__]
+
+
 def build_optimizer(groups: list[dict[str, Any]], cfg: Any) -> Any:
     """An active option's own optimizer over ``groups`` (pure-bf16's Kahan-summed one), or None."""
     return next((o for unit in OPTIONS.values() if unit.active(cfg) for o in [unit.build_optimizer(groups, cfg)]
@@ -160,8 +167,10 @@ for _unit in OPTIONS.values():
     sections.declare("adversarial_only", _unit.adversarial_only)
     sections.declare("fixed", dict.fromkeys(_unit.fixed_keys))
     sections.declare("stage", dict.fromkeys(_unit.stage_keys))
+    if _unit.precision:  # a training precision of its own: the config's choices, the CLI, record and card list it
+        sections.declare("precision", {_unit.precision: _unit})
 sections.register("options", check)  # config.validate runs it (robustify/sections.py)
 
-__all__ = ["OPTIONS", "Option", "accelerator_kwargs", "active", "build_optimizer", "check", "config_cost",
-           "evaluation_model", "exported", "extra_examples", "extra_passes", "own_precision", "plan_notes",
-           "prepare_backbone", "preflight", "run_slots", "step_scope"]
+__all__ = ["OPTIONS", "Option", "accelerator_kwargs", "active", "build_optimizer", "check", "checkpointed_keys",
+           "config_cost", "evaluation_model", "exported", "extra_examples", "extra_passes", "own_precision",
+           "plan_notes", "prepare_backbone", "preflight", "run_slots", "step_scope"]

@@ -14,7 +14,9 @@ An option is a registered unit, like a method. Its class owns everything about i
   in a precision of its own (pure-bf16) names it (the Accelerator then runs without autocast), builds the optimizer
   for it and gives the fp32 copy every verdict and the export measure;
 - ``record(cfg)`` / ``card_lines(record)``: its entry in the run record's ``training.options`` and its model-card
-  lines (publish/ asks the registry through robustify/sections.py, never naming the option).
+  lines (publish/ asks the registry through robustify/sections.py, never naming the option); ``cost_text(cost)``:
+  its clause in the card's cost line (local SGD's averaging period); ``added_data(record)``: the training sets
+  beyond the target's training split it mixed in (RobustBench's ``additional_data`` asks every option).
 
 Its keys, declared once in its class (the config's schema, the dataclass fields, stays in robustify/config.py):
 
@@ -23,7 +25,12 @@ Its keys, declared once in its class (the config's schema, the dataclass fields,
 - ``adversarial_only``: keys that only mean something against an adversary, with their off value (a natural stage,
   LP-FT's linear probe, runs without them when they are set for the whole run);
 - ``fixed_keys``: keys a stage may not change (the run's data); ``stage_keys``: keys of the ``model`` section a stage
-  may change (``model.freeze``).
+  may change (``model.freeze``);
+- ``precision`` (with ``precision_help``, ``precision_note``, ``precision_card``): a ``train.mixed_precision`` value
+  the option implements itself, declared to robustify/sections.py, so the config's choice check, the CLI's
+  ``--mixed-precision`` help, the run record and the benchmarks list it without naming it, and what each says of it;
+- ``exported_as`` / ``exported_text``: the name the record gives the weights the option exports (``exported()``)
+  and the card's words for them.
 
 An instance (one per stage, built by the trainer from the stage's config) hooks into the run:
 
@@ -65,6 +72,12 @@ class Option:
     adversarial_only: ClassVar[dict[str, Any]] = {}
     fixed_keys: ClassVar[tuple[str, ...]] = ()
     stage_keys: ClassVar[tuple[str, ...]] = ()
+    precision: ClassVar[str | None] = None  # a train.mixed_precision value the option implements (own_precision)
+    precision_help: ClassVar[str] = ""  # what --mixed-precision's help says of it
+    precision_note: ClassVar[str] = ""  # a few words after its name in the step benchmark's memory table
+    precision_card: ClassVar[str] = ""  # the model card's words after "training precision VALUE", in brackets
+    exported_as: ClassVar[str | None] = None  # the record's name for the weights the option exports (exported())
+    exported_text: ClassVar[str] = ""  # the model card's words for those weights
 
     def __init__(self, cfg: Any, slot: Any = None):
         self.cfg = cfg  # the stage's FinetuneConfig
@@ -149,6 +162,18 @@ class Option:
     def card_lines(cls, record: Any) -> list[str]:
         """The model card's lines on the option, from the run record (a folder written before the option's
         migration reads the same: the record's fields are unchanged)."""
+        return []
+
+    @classmethod
+    def cost_text(cls, cost: Any) -> str:
+        """The option's clause in the model card's cost line (``"; ..."``), from the record's cost block, or ""."""
+        return ""
+
+    @classmethod
+    def added_data(cls, record: Any) -> list[dict[str, Any]]:
+        """The training sets beyond the target's training split the option mixed in, from the run record: each a
+        mapping with ``name``, ``size`` (images, or None) and ``generated`` (true: made by a model trained on the
+        target's training split only; false: real images), as RobustBench's ``additional_data`` reads them."""
         return []
 
     @classmethod

@@ -8,8 +8,9 @@ on, so the average covers the short runs of fine-tuning too (the decay rises tow
 
 The option (:class:`EmaOption`) owns the ``train.ema_decay`` check, the run's one checkpointed average slot
 (:meth:`EmaOption.run_slot`, registered once per run whatever the stages), the average's creation
-(:meth:`EmaOption.prepare`), the weights it exports (:meth:`EmaOption.exported`) and its update after every
-optimizer step (:meth:`EmaOption.attach`).
+(:meth:`EmaOption.prepare`), the weights it exports (:meth:`EmaOption.exported`; their name in the record and the
+card's words for them: ``exported_as``, ``exported_text``) and its update after every optimizer step
+(:meth:`EmaOption.attach`).
 
 Must not: average anything but the weights the optimizer steps.
 """
@@ -86,6 +87,8 @@ class EmaOption(Option):
     name = "ema"
     keys = {"train.ema": "true", "train.ema_decay": "0.999"}
     title = "a weight average, probed and exported"
+    exported_as = "ema"  # the record's "weights"
+    exported_text = "the exponential moving average of the weights (train.ema)"  # the card's words for them
 
     def __init__(self, cfg: Any, slot: AverageSlot | None = None):
         super().__init__(cfg)
@@ -118,7 +121,7 @@ class EmaOption(Option):
             accelerator.register_for_checkpointing(self.average)
 
     def exported(self) -> tuple[torch.nn.Module, str] | None:
-        return (self.average.module, "ema") if self.average is not None else None  # probed and exported
+        return (self.average.module, self.exported_as) if self.average is not None else None  # probed and exported
 
     def attach(self, ctx: Any, stepper: Any, model: torch.nn.Module) -> None:
         if self.average is None:  # the step benchmark: no run, no slot

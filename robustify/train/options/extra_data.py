@@ -22,6 +22,7 @@ Must not: change the target's loaders, the probe or the evaluation.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -138,6 +139,14 @@ class ExtraDataOption(Option):
                          + what.get(s.get("kind"), str(s.get("kind"))) for s in e.get("sets", []))
         return [f"- Extra labelled training data, {e.get('fraction', 0):.0%} of each training minibatch ({sets}); the "
                 "probe and the evaluation use the target data set only."]
+
+    @classmethod
+    def added_data(cls, record: Any) -> list[dict[str, Any]]:
+        """The extra sets the record names (``options.extra.sets``), generated or real, as :meth:`record` wrote
+        them."""
+        e = (record.training.options or {}).get("extra")
+        sets = e.get("sets") if isinstance(e, Mapping) else None
+        return [dict(s) for s in sets if isinstance(s, Mapping)] if isinstance(sets, list) else []
 
     def setup(self, run: Any) -> None:
         acc, d = run.accelerator, self.cfg.data

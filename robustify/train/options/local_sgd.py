@@ -13,7 +13,8 @@ synchronisation point. Signals are acted on only at synchronisation points. This
 steps or change the learning rate.
 
 The option (:class:`LocalSgdOption`) owns the key's check and the pairings it refuses, the epoch's context (its
-``begin_epoch`` / ``finish_epoch`` hooks) and where a checkpoint or a stop is exact (its ``after_batch`` hook).
+``begin_epoch`` / ``finish_epoch`` hooks), where a checkpoint or a stop is exact (its ``after_batch`` hook), its cost
+field and the model card's clause on it (``config_cost``, ``cost_text``).
 
 Must not: checkpoint between model averages.
 """
@@ -142,6 +143,11 @@ class LocalSgdOption(Option):
     @classmethod
     def config_cost(cls, cfg: Any) -> dict[str, Any]:
         return {"local_sgd_steps": cfg.train.local_sgd_steps}  # null when off, as every run records it
+
+    @classmethod
+    def cost_text(cls, cost: Any) -> str:
+        k = cost.get("local_sgd_steps")
+        return f"; local SGD: models averaged every {k} optimizer steps" if k else ""
 
     def begin_epoch(self, run: Any, epoch: int) -> None:
         self.local = for_epoch(run.accelerator, run.model, run.optimizer, self.cfg.train.local_sgd_steps)

@@ -22,7 +22,8 @@ labelled loaders, the probe or the evaluation.
 
 The option (:class:`UnlabeledOption`) owns the keys' checks, the plan's extra examples and note, the labelling
 before the stage trains (its setup), the mixing into each minibatch (its batch hook), the cost block's ``unlabeled``
-entry, the record and the card line.
+entry, the record and the card line, and what RobustBench's ``additional_data`` reads of it (``added_data``: real
+images beyond the target's training split).
 
 Must not: label evaluation or probe examples.
 """
@@ -223,6 +224,12 @@ class UnlabeledOption(Option):
             return []
         return [f"- Robust self-training: unlabeled images from `{u.get('data')}`, pseudo-labelled once by the "
                 f"teacher ({u.get('teacher')}), made {u.get('ratio', 0):.0%} of each training minibatch."]
+
+    @classmethod
+    def added_data(cls, record: Any) -> list[dict[str, Any]]:
+        """The unlabeled pool: real images from outside the target's training split (its size is not recorded)."""
+        u = (record.training.options or {}).get("unlabeled")
+        return [] if u is None else [{"name": u.get("data"), "size": None, "generated": False}]
 
     def setup(self, run: Any) -> None:
         # labelled once, before training; the default teacher (the model before adversarial fine-tuning) labels in

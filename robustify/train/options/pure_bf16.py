@@ -23,7 +23,9 @@ torch-optimi lacks; a weight average, train.ema, whose 0.1% update vanishes in b
 is not exact in bf16; local SGD; gradient compression, the gradients already travel in bf16), its preflight
 (torch-optimi installed, and every stage of a recipe in pure-bf16), the backbone's cast (``prepare_backbone``), the
 Accelerator's precision (``own_precision``: no autocast, the weights themselves are bf16), the optimizer
-(``build_optimizer``) and the fp32 copy every verdict and the export measure (``evaluation_model``).
+(``build_optimizer``), the fp32 copy every verdict and the export measure (``evaluation_model``), and its precision
+value with what the CLI's help, the step benchmark and the model card say of it (``precision``, declared to
+robustify/sections.py: no other module names it).
 
 Must not: change anything for the other precisions.
 """
@@ -109,8 +111,13 @@ class PureBf16(Option):
     """``train.mixed_precision: pure-bf16``: bf16 weights, gradients and optimizer state, Kahan-summed updates."""
 
     name = "pure_bf16"
-    keys = {"train.mixed_precision": "pure-bf16"}
+    keys = {"train.mixed_precision": PURE}
     title = "bf16 weights, gradients and optimizer state, Kahan-summed"
+    precision = PURE  # declared: the config's choice check, the CLI, the record and the benchmarks list it
+    precision_help = "bf16 weights and optimizer state, Kahan-summed"
+    precision_note = "Kahan-summed"
+    precision_card = ("bf16 weights, gradients and optimizer state with Kahan-summed updates, torch-optimi; exported "
+                      "and evaluated in fp32")
 
     @classmethod
     def active(cls, cfg: Any) -> bool:
