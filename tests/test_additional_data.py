@@ -112,3 +112,20 @@ def test_the_extra_sets_the_record_names_are_read_from_it():
     real = [dict(sets[0], kind="real", generated=False)]
     named = _with_options(record, {"extra": {"sets": real}})
     assert additional_data(named)[0] is True and robustbench_block(named)["additional_data"] is True
+
+
+def test_the_cards_datasets_name_every_hub_set_the_weights_were_trained_on():
+    """The card's ``datasets`` metadata lists the target and each Hub set an option mixed in (extra labelled data, an
+    unlabeled pool), each once; a local set has no Hub id and is not listed."""
+    from robustify.publish.card import trained_on
+
+    record = make_record(pretrained=False)
+    record = dataclasses.replace(record, training=dataclasses.replace(record.training,
+                                                                      dataset_hub_id="uoft-cs/cifar10"))
+    assert trained_on(record) == ["uoft-cs/cifar10"]
+    sets = [{"name": "org/gen (x.npz)", "hub_id": "org/gen", "kind": "generated", "generated": True, "size": 10},
+            {"name": "local npz data set (a.npz)", "hub_id": None, "kind": "real", "generated": False, "size": 5},
+            {"name": "org/gen (y.npz)", "hub_id": "org/gen", "kind": "generated", "generated": True, "size": 10}]
+    pool = {"data": "org/pool", "hub_id": "org/pool", "ratio": 0.5, "teacher": "default"}
+    named = _with_options(record, {"extra": {"sets": sets}, "unlabeled": pool})
+    assert trained_on(named) == ["uoft-cs/cifar10", "org/pool", "org/gen"]

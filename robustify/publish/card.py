@@ -457,7 +457,7 @@ def render_card(record: RunRecord, license: str | None = None, *, repo_id: str |
         pipeline_tag="image-classification",
         license=license,
         base_model=t.base_model_hub_id if t.pretrained else None,
-        datasets=[t.dataset_hub_id] if t.dataset_hub_id else None,
+        datasets=trained_on(record),
         tags=["image-classification", "timm", "adversarial-robustness", "robustify", f"{t.norm.lower()}-robust",
               t.method.get("name", "?")],
         model_name=t.name,
@@ -465,6 +465,15 @@ def render_card(record: RunRecord, license: str | None = None, *, repo_id: str |
         robustbench=robustbench_block(record),
     )
     return compose(data, _body(record, license, repo_id, recipe_yaml, files, evaluation))
+
+
+def trained_on(record: RunRecord) -> list[str] | None:
+    """The card's ``datasets``: the Hub data sets the weights were trained on, the target's and every set an option
+    mixed in (extra labelled data, an unlabeled pool) that lives on the Hub, each once; None: none on the Hub."""
+    from .robustbench import extra_sets
+
+    ids = [record.training.dataset_hub_id, *(s.get("hub_id") for s in extra_sets(record))]
+    return list(dict.fromkeys(i for i in ids if i)) or None
 
 
 def compose(data: ModelCardData, body: str) -> ModelCard:

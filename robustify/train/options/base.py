@@ -172,8 +172,9 @@ class Option:
     @classmethod
     def added_data(cls, record: Any) -> list[dict[str, Any]]:
         """The training sets beyond the target's training split the option mixed in, from the run record: each a
-        mapping with ``name``, ``size`` (images, or None) and ``generated`` (true: made by a model trained on the
-        target's training split only; false: real images), as RobustBench's ``additional_data`` reads them."""
+        mapping with ``name``, ``hub_id`` (its Hub data set, or None: the card's ``datasets`` lists it), ``size``
+        (images, or None) and ``generated`` (true: made by a model trained on the target's training split only;
+        false: real images), as RobustBench's ``additional_data`` reads them."""
         return []
 
     @classmethod

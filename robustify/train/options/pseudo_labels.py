@@ -214,7 +214,8 @@ class UnlabeledOption(Option):
             return {}
         from ...publish import public
 
-        return {"unlabeled": {"data": public.dataset_name(cfg.data.unlabeled)[0], "ratio": cfg.data.unlabeled_ratio,
+        name, hub_id = public.dataset_name(cfg.data.unlabeled)
+        return {"unlabeled": {"data": name, "hub_id": hub_id, "ratio": cfg.data.unlabeled_ratio,
                               "teacher": public.model_name(cfg.train.teacher)[0] if cfg.train.teacher else "default"}}
 
     @classmethod
@@ -229,7 +230,8 @@ class UnlabeledOption(Option):
     def added_data(cls, record: Any) -> list[dict[str, Any]]:
         """The unlabeled pool: real images from outside the target's training split (its size is not recorded)."""
         u = (record.training.options or {}).get("unlabeled")
-        return [] if u is None else [{"name": u.get("data"), "size": None, "generated": False}]
+        return [] if u is None else [{"name": u.get("data"), "hub_id": u.get("hub_id"), "size": None,
+                                      "generated": False}]
 
     def setup(self, run: Any) -> None:
         # labelled once, before training; the default teacher (the model before adversarial fine-tuning) labels in
