@@ -150,7 +150,8 @@ class FoscOption(Option):
     @classmethod
     def card_lines(cls, record: Any) -> list[str]:
         # a record written before FOSC was an option holds fosc_start in its method block instead
-        start = (record.training.options or {}).get("fosc_start", (record.training.method or {}).get("fosc_start"))
+        t = record.training
+        start = (t.options or {}).get("fosc_start", (getattr(t, "method", None) or {}).get("fosc_start"))
         if start is None:
             return []
         return [f"- FOSC-controlled PGD (Wang et al. 2019): each example's attack stopped once its first-order "
