@@ -253,9 +253,11 @@ def test_grad_compression_maps_to_accelerate_ddp_kwargs():
     from robustify.train.options.grad_compression import ddp_kwargs
 
     assert ddp_kwargs(FinetuneConfig()) == []
-    for value, hook in [("fp16", DDPCommunicationHookType.FP16), ("powersgd", DDPCommunicationHookType.POWER_SGD)]:
+    for value, hook in [("fp16", DDPCommunicationHookType.FP16), ("bf16", DDPCommunicationHookType.BF16)]:
         (handler,) = ddp_kwargs(build_config("quickstart", [f"train.grad_compression={value}"]))
         assert handler.comm_hook == hook
+    for value in ("powersgd", "sign"):  # registered by the option itself, with its state checkpointed
+        assert ddp_kwargs(build_config("quickstart", [f"train.grad_compression={value}"])) == []
     with pytest.raises(ConfigError, match="train.grad_compression"):
         build_config("quickstart", ["train.grad_compression=int8"])
 

@@ -1,13 +1,16 @@
 """Gradient compression (``train.grad_compression``): the DDP communication hook of a multi-process run.
 
-``fp16`` / ``bf16`` (the all-reduce in half precision) and ``powersgd`` (PyTorch's low-rank PowerSGD hook) are
-PyTorch's own hooks, handed to Accelerate (:func:`ddp_kwargs`), which registers them when it wraps the model in
-DDP; ``sign`` is robustify's majority-vote hook with error feedback (sign_hook.py), registered on the prepared model
-before its first backward, whose per-process error memory is saved with each process's checkpointed state.
+``fp16`` / ``bf16`` (the all-reduce in half precision) are PyTorch's own hooks, handed to Accelerate
+(:func:`ddp_kwargs`), which registers them when it wraps the model in DDP. ``sign`` (robustify's majority-vote hook
+with error feedback, sign_hook.py) and ``powersgd`` (PyTorch's low-rank PowerSGD hook with its state laid out per
+parameter, powersgd_hook.py) are registered on the prepared model before its first backward, and their per-process
+state (error memories, PowerSGD's warm-start matrices, counter and generator) is saved with each process's
+checkpointed state, so a resumed run goes on exactly as the uninterrupted one.
 
-The option (:class:`GradCompression`) owns the Accelerator's kwargs, the sign hook's registration and checkpointed
-state, the cost block's ``comm_bytes_per_step`` and the optimizer stepper's RNG guard for PowerSGD (which reseeds
-the device generators inside the backward: :func:`reseeding_hook_devices`). Nothing happens for a single process.
+The option (:class:`GradCompression`) owns the Accelerator's kwargs, the registration and checkpointed state of the
+hooks it registers, the cost block's ``comm_bytes_per_step`` and the optimizer stepper's RNG guard for PowerSGD
+(which reseeds the device generators inside the backward: :func:`reseeding_hook_devices`). Nothing happens for a
+single process.
 
 Must not: change the gradients' value beyond what the chosen hook computes, or step the optimizer.
 """
@@ -22,26 +25,31 @@ from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKw
 from ..hardware import comm_hook_name
 from .base import Option
 
-COMM_HOOKS = {"fp16": DDPCommunicationHookType.FP16, "bf16": DDPCommunicationHookType.BF16,
-              "powersgd": DDPCommunicationHookType.POWER_SGD}
+COMM_HOOKS = {"fp16": DDPCommunicationHookType.FP16, "bf16": DDPCommunicationHookType.BF16}
 
 
 def ddp_kwargs(cfg: Any) -> list[KwargsHandler]:
     """Accelerate kwargs handlers for ``Accelerator(kwargs_handlers=...)``: ``train.grad_compression`` as a PyTorch
-    DDP communication hook (fp16 / bf16 compression of the gradient all-reduce, or PowerSGD low-rank compression),
-    registered by Accelerate when it wraps the model in DDP; nothing for a single process."""
+    DDP communication hook (fp16 / bf16 compression of the gradient all-reduce), registered by Accelerate when it
+    wraps the model in DDP; nothing for a single process, nor for the hooks robustify registers itself (sign,
+    PowerSGD: :func:`register_custom_hook`), whose state Accelerate would not hand back for a checkpoint."""
     hook = COMM_HOOKS.get(cfg.train.grad_compression)
     return [DistributedDataParallelKwargs(comm_hook=hook)] if hook is not None else []
 
 
 def register_custom_hook(model: torch.nn.Module, cfg: Any) -> Any:
-    """``train.grad_compression: sign``: robustify's own DDP hook (sign_hook.py), registered on the prepared model
-    before its first backward; returns its state (error memory, bytes sent), None otherwise or for one process."""
-    if cfg.train.grad_compression != "sign":
-        return None
-    from . import sign_hook
+    """``train.grad_compression: sign`` or ``powersgd``: the DDP hook robustify registers itself (sign_hook.py,
+    powersgd_hook.py) on the prepared model before its first backward; returns its state (what it checkpoints),
+    None otherwise or for one process."""
+    if cfg.train.grad_compression == "sign":
+        from . import sign_hook
 
-    return sign_hook.register(model)
+        return sign_hook.register(model)
+    if cfg.train.grad_compression == "powersgd":
+        from . import powersgd_hook
+
+        return powersgd_hook.register(model)
+    return None
 
 
 def reseeding_hook_devices(model: torch.nn.Module, device: torch.device) -> list[int] | None:
@@ -49,11 +57,11 @@ def reseeding_hook_devices(model: torch.nn.Module, device: torch.device) -> list
     when its hook leaves every generator alone.
 
     torch's ``powerSGD_hook`` calls ``torch.manual_seed`` inside ``fork_rng(devices=[])`` whenever it draws fresh
-    low-rank matrices (the first compressed step, and again after every resume, its memory being empty): the CPU
-    generator is restored, every CUDA generator is left reseeded to the same value on all processes. The training
-    random starts would then repeat across processes and differ between a resumed and an uninterrupted run. A
-    backward pass draws no random numbers itself, so restoring the generators around it (``OptimizerStepper``)
-    undoes only the hook's reseeding."""
+    low-rank matrices (the first compressed step; a resume restores the saved ones and draws none, except from a
+    checkpoint of an earlier robustify, which has none): the CPU generator is restored, every CUDA generator is left
+    reseeded to the same value on all processes. The training random starts would then repeat across processes and
+    differ between a resumed and an uninterrupted run. A backward pass draws no random numbers itself, so restoring
+    the generators around it (``OptimizerStepper``) undoes only the hook's reseeding."""
     name = comm_hook_name(model) or ""
     if "powerSGD" not in name:
         return None
@@ -69,7 +77,7 @@ class GradCompression(Option):
     name = "grad_compression"
     keys = {"train.grad_compression": "fp16|bf16|powersgd|sign"}
     title = "a DDP communication hook"
-    state: Any = None  # the sign hook's state (error memory, bytes sent); None for the other hooks or one process
+    state: Any = None  # the sign or PowerSGD hook's state; None for fp16 / bf16 or one process
 
     @classmethod
     def active(cls, cfg: Any) -> bool:
@@ -80,7 +88,7 @@ class GradCompression(Option):
         return ddp_kwargs(cfg)
 
     def wrap(self, model: torch.nn.Module) -> None:
-        self.state = register_custom_hook(model, self.cfg)  # sign: per-process error memory
+        self.state = register_custom_hook(model, self.cfg)  # sign, powersgd: per-process checkpointed state
 
     def attach(self, ctx: Any, stepper: Any, model: torch.nn.Module) -> None:
         stepper.rng_devices = reseeding_hook_devices(stepper.model, stepper.accelerator.device)
@@ -89,11 +97,15 @@ class GradCompression(Option):
         return self.state.state_dict() if self.state is not None else {}
 
     def load_state_dict(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Restore the hook's state (a checkpoint of an earlier robustify has no PowerSGD state: the hook then starts
+        afresh, as it did then) and hand back the rest, the method's."""
+        from .powersgd_hook import PREFIX
         from .sign_hook import ERROR_PREFIX
 
         if self.state is not None:
             self.state.load_state_dict(state)
-        return {k: v for k, v in state.items() if not k.startswith(ERROR_PREFIX)}
+        return {k: v for k, v in state.items() if not k.startswith((ERROR_PREFIX, PREFIX))}
 
     def cost_fields(self, run: Any) -> dict[str, Any]:
-        return {"comm_bytes_per_step": self.state.bytes_per_step} if self.state is not None else {}
+        per_step = getattr(self.state, "bytes_per_step", None)  # the sign hook counts what it sends
+        return {"comm_bytes_per_step": per_step} if per_step is not None else {}
