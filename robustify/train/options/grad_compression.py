@@ -2,15 +2,15 @@
 
 ``fp16`` / ``bf16`` (the all-reduce in half precision) are PyTorch's own hooks, handed to Accelerate
 (:func:`ddp_kwargs`), which registers them when it wraps the model in DDP. ``sign`` (robustify's majority-vote hook
-with error feedback, sign_hook.py) and ``powersgd`` (PyTorch's low-rank PowerSGD hook with its state laid out per
-parameter, powersgd_hook.py) are registered on the prepared model before its first backward, and their per-process
-state (error memories, PowerSGD's warm-start matrices, counter and generator) is saved with each process's
-checkpointed state, so a resumed run goes on exactly as the uninterrupted one.
+with error feedback, sign_hook.py) and ``powersgd`` (PowerSGD with torch's defaults and its memories per parameter,
+powersgd_hook.py) are registered on the prepared model before its first backward, and their per-process state
+(error memories, PowerSGD's warm-start matrices and counter) is saved with each process's checkpointed state, so a
+resumed run goes on exactly as the uninterrupted one.
 
 The option (:class:`GradCompression`) owns the Accelerator's kwargs, the registration and checkpointed state of the
-hooks it registers, the cost block's ``comm_bytes_per_step`` and the optimizer stepper's RNG guard for PowerSGD
-(which reseeds the device generators inside the backward: :func:`reseeding_hook_devices`). Nothing happens for a
-single process.
+hooks it registers, the cost block's ``comm_bytes_per_step`` and the optimizer stepper's RNG guard for torch's
+PowerSGD hook (which reseeds the device generators inside the backward: :func:`reseeding_hook_devices`). Nothing
+happens for a single process.
 
 Must not: change the gradients' value beyond what the chosen hook computes, or step the optimizer.
 """
@@ -26,6 +26,7 @@ from ..hardware import comm_hook_name
 from .base import Option
 
 COMM_HOOKS = {"fp16": DDPCommunicationHookType.FP16, "bf16": DDPCommunicationHookType.BF16}
+TORCH_RESEEDING_HOOKS = ("powerSGD_hook", "batched_powerSGD_hook")  # torch's hooks that reseed the generators
 
 
 def ddp_kwargs(cfg: Any) -> list[KwargsHandler]:
@@ -56,14 +57,14 @@ def reseeding_hook_devices(model: torch.nn.Module, device: torch.device) -> list
     """The CUDA devices whose RNG the model's communication hook reseeds (``[]``: the CPU generator only), or None
     when its hook leaves every generator alone.
 
-    torch's ``powerSGD_hook`` calls ``torch.manual_seed`` inside ``fork_rng(devices=[])`` whenever it draws fresh
-    low-rank matrices (the first compressed step; a resume restores the saved ones and draws none, except from a
-    checkpoint of an earlier robustify, which has none): the CPU generator is restored, every CUDA generator is left
-    reseeded to the same value on all processes. The training random starts would then repeat across processes and
-    differ between a resumed and an uninterrupted run. A backward pass draws no random numbers itself, so restoring
-    the generators around it (``OptimizerStepper``) undoes only the hook's reseeding."""
+    torch's own ``powerSGD_hook`` calls ``torch.manual_seed`` inside ``fork_rng(devices=[])`` whenever it draws fresh
+    low-rank matrices: the CPU generator is restored, every CUDA generator is left reseeded to the same value on all
+    processes. The training random starts would then repeat across processes and differ between a resumed and an
+    uninterrupted run. A backward pass draws no random numbers itself, so restoring the generators around it
+    (``OptimizerStepper``) undoes only the hook's reseeding. robustify's PowerSGD (powersgd_hook.py) draws from a
+    generator of its own and needs no guard; this one stays for torch's hooks registered on the model otherwise."""
     name = comm_hook_name(model) or ""
-    if "powerSGD" not in name:
+    if name not in TORCH_RESEEDING_HOOKS:
         return None
     if torch.device(device).type != "cuda":
         return []

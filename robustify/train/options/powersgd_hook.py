@@ -1,20 +1,22 @@
-"""PowerSGD (``train.grad_compression: powersgd``): PyTorch's ``powerSGD_hook``, registered by robustify so that its
-state is saved in each process's checkpoint and a resumed run goes on exactly where the uninterrupted one is.
+"""PowerSGD (``train.grad_compression: powersgd``, Vogels et al. 2019) as a DDP communication hook whose state is kept
+per parameter and saved in each process's checkpoint, so a resumed run goes on bit-identical to the uninterrupted one.
 
-torch's ``PowerSGDState`` holds an iteration counter (compression starts at ``start_powerSGD_iter``, 1,000 by
-default), a numpy generator (the seeds of fresh low-rank matrices), the error-feedback memory and the warm-start P
-and Q matrices. A fresh state after a resume would run 1,000 more uncompressed steps, then draw new matrices.
+The algorithm and its defaults are torch's ``powerSGD_hook`` with ``PowerSGDState`` as Accelerate builds it (rank 1,
+compression from the 1,001st step on, error feedback and warm start on, ``min_compression_rate`` 2): per bucket, the
+error memory is added to the gradients; tensors not worth compressing are averaged whole; each matrix M is sent as
+P = M Q (all-reduced, orthogonalised) and Q = M^T P (all-reduced, averaged), M ~ P Q^T; the error memory keeps what
+this process's message left out, and Q is reused (orthogonalised) next step. Written here rather than registering
+torch's hook because torch keys its memories by DDP bucket index and computes on views at offsets in the bucket:
+DDP lays its buckets out at construction in parameter order and rebuilds them after the first backward in the order
+gradients became ready, so a resumed run's first step runs under another layout than the uninterrupted run, and
+both the memories' meaning and the matrix products' rounding (BLAS kernels depend on the operands' alignment)
+change. Here every memory (error, P, Q) is a tensor per parameter name, and every matrix product runs on a fresh
+copy, so neither depends on the layout. Fresh Q matrices (the first compressed step) come from a generator seeded
+per parameter, not from the global ones (torch's hook reseeds every CUDA generator to draw them), and the
+blocking waits torch's hook makes inside its future callbacks (which deadlock gloo with more than one bucket in
+flight) are avoided: only the last all-reduce of a bucket is awaited in a callback.
 
-torch keys the memories by DDP bucket index, and a bucket index names different parameters over a run: DDP lays its
-buckets out at construction in parameter order, then rebuilds them once, after the first backward, in the order
-the gradients became ready. A resumed run's first step therefore runs under the layout the uninterrupted run used
-only for its very first step. The memories are saved per parameter name instead (the error memory sliced at each
-gradient's offset in its bucket, P and Q at each compressed matrix's offset, in the order torch's hook lays them
-out), and :func:`checkpointed_powerSGD_hook` lays them out again for whichever bucket DDP hands it: after a load,
-and when a rebuild moved a bucket's parameters. Slicing and concatenating copies values, so the hook computes on the
-same numbers either way.
-
-Must not: change what torch's hook computes, or draw fresh low-rank matrices where restored ones exist.
+Must not: touch the global random generators, or change anything but the bucket's gradients.
 """
 
 # no `from __future__ import annotations`: DDP checks the hook's annotations as objects (dist.GradBucket)
@@ -23,171 +25,135 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import PowerSGDState, _should_compress, powerSGD_hook
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+from torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook import _orthogonalize, _should_compress
 
 PREFIX = "powersgd."  # keys of the hook's state in a process's checkpointed method state
-META = PREFIX + "state"  # the counter, the numpy generator and the statistics (JSON)
-KINDS = ("error", "p", "q")  # the per-parameter memories: error feedback, warm-start P and Q
+META = PREFIX + "state"  # the iteration counter (JSON)
+KINDS = ("error", "p", "q")  # the per-parameter memories: error feedback, the last P and Q
 
 
-class Layout:
-    """Where each parameter of one bucket sits in torch's memories for it: (offset, length) in the flat error
-    memory (the bucket's buffer) and, for a matrix the hook compresses, in the P and Q memories (grouped by matrix
-    shape in order of first appearance, as ``powerSGD_hook`` packs them)."""
+class PowerSGDMemory:
+    """The hook's settings (torch's defaults), its iteration counter and its memories per parameter name."""
 
-    def __init__(self, names: tuple[str, ...], shapes: list[torch.Size], rank: int, min_rate: float) -> None:
-        self.names = names
-        self.slots: dict[str, dict[str, tuple[int, int]]] = {name: {} for name in names}
-        offset = 0
-        groups: dict[tuple[int, int], list[tuple[str, int, int]]] = {}
-        for name, shape in zip(names, shapes, strict=True):
-            numel = shape.numel()
-            self.slots[name]["error"] = (offset, numel)
-            offset += numel
-            n = shape[0] if len(shape) else 1  # as the hook views it: shape[0] rows (a 0-d tensor fails there too)
-            m = numel // max(n, 1)
-            r = min(n, m, rank)
-            if _should_compress(n, m, r, min_rate)[0]:
-                groups.setdefault((n, m), []).append((name, n * r, m * r))
-        self.sizes = {"error": offset, "p": 0, "q": 0}
-        for members in groups.values():
-            for name, p_len, q_len in members:
-                self.slots[name]["p"] = (self.sizes["p"], p_len)
-                self.slots[name]["q"] = (self.sizes["q"], q_len)
-                self.sizes["p"] += p_len
-                self.sizes["q"] += q_len
-
-    def split(self, kind: str, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The memory ``flat`` of one kind as copies per parameter."""
-        return {name: flat[s[kind][0]:s[kind][0] + s[kind][1]].detach().clone()
-                for name, s in self.slots.items() if kind in s}
-
-    def join(self, kind: str, pieces: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor | None:
-        """The bucket's memory of one kind built from ``pieces`` (popped), or None when a piece is missing or the wrong
-        size: the error memory then starts at zero for that parameter; P and Q are drawn afresh by the hook."""
-        slots = [(name, s[kind]) for name, s in self.slots.items() if kind in s]
-        if not slots or not any(name in pieces for name, _ in slots):
-            return None
-        complete = all(name in pieces and pieces[name].numel() == n for name, (_, n) in slots)
-        if kind != "error" and not complete:
-            for name, _ in slots:
-                pieces.pop(name, None)
-            return None
-        flat = torch.zeros(self.sizes[kind], dtype=like.dtype, device=like.device)
-        for name, (offset, n) in slots:
-            piece = pieces.pop(name, None)
-            if piece is not None and piece.numel() == n:
-                flat[offset:offset + n] = piece.to(like.device, like.dtype).flatten()
-        return flat
-
-
-class CheckpointedPowerSGD:
-    """torch's ``PowerSGDState`` (Accelerate's defaults: rank 1, start after 1,000 iterations, error feedback and
-    warm start), the bucket layouts its memories were written in, and restored memories awaiting their bucket."""
+    rank = 1  # matrix_approximation_rank
+    start_iter = 1000  # start_powerSGD_iter: plain all-reduce before (DDP rebuilds its buckets after the first)
+    min_compression_rate = 2  # a matrix is compressed when (n + m) * rank * 2 < n * m
+    seed = 0  # of the first Q matrices, per parameter
 
     def __init__(self, model: torch.nn.Module, process_group: Any = None) -> None:
         module = getattr(model, "module", model)
         self.names = {id(p): name for name, p in module.named_parameters()}
-        self.psgd = PowerSGDState(process_group)
-        self.layouts: dict[int, Layout] = {}  # bucket index -> the layout of its memories
-        self.cache: dict[tuple[str, ...], Layout] = {}
-        self.pending: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in KINDS}  # restored, per parameter
+        self.index = {name: i for i, name in enumerate(self.names.values())}
+        self.process_group = process_group
+        self.iter = 0  # backward passes through the hook (one per optimizer step), as torch's state counts them
+        self.memory: dict[str, dict[str, torch.Tensor]] = {kind: {} for kind in KINDS}
 
-    def memories(self) -> tuple[dict[int, torch.Tensor], ...]:
-        return self.psgd.error_dict, self.psgd.p_memory_dict, self.psgd.q_memory_dict
-
-    def layout(self, bucket: dist.GradBucket) -> Layout:
-        params = bucket.parameters()
-        names = tuple(self.names.get(id(p), str(id(p))) for p in params)
-        found = self.cache.get(names)
-        if found is None:
-            found = self.cache[names] = Layout(names, [p.shape for p in params], self.psgd.matrix_approximation_rank,
-                                               self.psgd.min_compression_rate)
-        return found
-
-    def split(self, index: int) -> None:
-        """Move bucket ``index``'s memories out of torch's state into per-parameter pieces."""
-        layout = self.layouts.pop(index)
-        for kind, memory in zip(KINDS, self.memories(), strict=True):
-            flat = memory.pop(index, None)
-            if flat is not None:
-                self.pending[kind].update(layout.split(kind, flat))
-
-    def align(self, bucket: dist.GradBucket) -> None:
-        """Before torch's hook sees ``bucket``: if DDP rebuilt its buckets since this index's memories were written,
-        move them, and those of every later bucket, to per-parameter pieces (DDP reduces buckets in index order, so
-        the later ones are not in flight; an earlier one whose layout changed was caught at its own turn); then
-        build the bucket's memories from any pieces of its parameters."""
-        index = bucket.index()
-        layout = self.layout(bucket)
-        old = self.layouts.get(index)
-        if old is not layout:
-            if old is not None:
-                for i in [i for i in self.layouts if i >= index]:
-                    self.split(i)
-            self.layouts[index] = layout
-        if any(self.pending.values()):
-            buffer = bucket.buffer()
-            for kind, memory in zip(KINDS, self.memories(), strict=True):
-                if index not in memory:
-                    flat = layout.join(kind, self.pending[kind], buffer)
-                    if flat is not None:
-                        memory[index] = flat
+    def first_q(self, name: str, m: int, r: int, like: torch.Tensor) -> torch.Tensor:
+        """A random (m, r) matrix, the same on every process and whatever the bucket layout."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.index.get(name, len(self.index)))
+        return torch.randn(m, r, generator=gen, dtype=like.dtype).to(like.device)
 
     def state_dict(self) -> dict[str, Any]:
-        """The memories per parameter (copies: the live state is untouched), the counter, the numpy generator's
-        state and the compression statistics."""
-        out: dict[str, Any] = {}
-        for kind, memory in zip(KINDS, self.memories(), strict=True):
-            for name, piece in self.pending[kind].items():
-                out[f"{PREFIX}{kind}.{name}"] = piece.detach().clone()
-            for index, flat in memory.items():
-                if index in self.layouts:
-                    out.update({f"{PREFIX}{kind}.{name}": piece
-                                for name, piece in self.layouts[index].split(kind, flat).items()})
-        s = self.psgd
-        name, keys, pos, has_gauss, cached = s.rng.get_state()
-        out[META] = {"iter": s.iter, "rng": [name, keys.tolist(), int(pos), int(has_gauss), float(cached)],
-                     "numel_before": s.total_numel_before_compression,
-                     "numel_after": s.total_numel_after_compression, "next_stats_report": s.next_stats_report}
+        out: dict[str, Any] = {f"{PREFIX}{kind}.{name}": t.detach().clone()
+                               for kind, memory in self.memory.items() for name, t in memory.items()}
+        out[META] = {"iter": self.iter}
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> bool:
-        """Restore what :meth:`state_dict` saved; False (the hook starts fresh) for a checkpoint without it."""
+        """Restore what :meth:`state_dict` saved; False (the hook starts afresh) for a checkpoint without it."""
         meta = state.get(META)
         if not isinstance(meta, dict):
             return False
-        import numpy as np
-
-        s = self.psgd
-        s.iter = int(meta["iter"])
-        name, keys, pos, has_gauss, cached = meta["rng"]
-        s.rng.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-        s.total_numel_before_compression = meta["numel_before"]
-        s.total_numel_after_compression = meta["numel_after"]
-        s.next_stats_report = meta["next_stats_report"]
-        for memory in self.memories():
-            memory.clear()
-        self.layouts.clear()
-        self.pending = {kind: {} for kind in KINDS}
+        self.iter = int(meta["iter"])
+        self.memory = {kind: {} for kind in KINDS}
         for key, value in state.items():
-            kind, _, param = key[len(PREFIX):].partition(".")
+            kind, _, name = key[len(PREFIX):].partition(".")
             if key.startswith(PREFIX) and kind in KINDS and isinstance(value, torch.Tensor):
-                self.pending[kind][param] = value.detach().clone()
+                self.memory[kind][name] = value.detach().clone()
         return True
 
 
-def checkpointed_powerSGD_hook(state: CheckpointedPowerSGD,
+def _orthogonal(matrix: torch.Tensor) -> torch.Tensor:
+    _orthogonalize(matrix.unsqueeze(0))  # torch's Gram-Schmidt (rank <= 2) or QR, in place
+    return matrix
+
+
+def _split(flat: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """Fresh copies (not views at layout-dependent offsets) of consecutive pieces of ``flat``."""
+    out, offset = [], 0
+    for n, m in shapes:
+        out.append(flat[offset:offset + n * m].view(n, m).clone())
+        offset += n * m
+    return out
+
+
+def checkpointed_powerSGD_hook(state: PowerSGDMemory,
                                bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
-    """torch's ``powerSGD_hook``, on memories laid out for this bucket's parameters (``CheckpointedPowerSGD.align``)."""
-    state.align(bucket)
-    return powerSGD_hook(state.psgd, bucket)
+    """PowerSGD on one bucket (module docstring); a plain averaging all-reduce before ``start_iter``."""
+    if state.iter < state.start_iter:
+        state.iter += int(bucket.is_last())
+        return allreduce_hook(state.process_group, bucket)
+    group = state.process_group
+    world = dist.get_world_size(group)
+    buffer = bucket.buffer()
+    grads = bucket.gradients()  # views into the buffer
+    names = [state.names.get(id(p), str(id(p))) for p in bucket.parameters()]
+    errors, ps, qs = (state.memory[kind] for kind in KINDS)
+    for name, g in zip(names, grads, strict=True):
+        e = errors.get(name)
+        if e is not None and e.numel() == g.numel():
+            g.add_(e.view_as(g))
+    sent = buffer.detach().clone()  # what this process meant to send (error feedback keeps what it did not)
+    compressed, plain = [], []
+    for name, g in zip(names, grads, strict=True):
+        n = g.shape[0] if g.dim() else 1
+        m = g.numel() // max(n, 1)
+        r = min(n, m, state.rank)
+        if g.dim() and _should_compress(n, m, r, state.min_compression_rate)[0]:
+            compressed.append((name, g, n, m, r))
+        else:
+            plain.append(g)
+    if plain:
+        flat = torch.cat([g.reshape(-1) for g in plain])
+        dist.all_reduce(flat, group=group)
+        flat.div_(world)
+        for g, piece in zip(plain, _split(flat, [(g.numel(), 1) for g in plain]), strict=True):
+            g.copy_(piece.view_as(g))
+    mats = [g.reshape(n, m).clone() for _, g, n, m, _ in compressed]  # fresh: the products' rounding is the layout's
+    qs_now = []
+    for (name, _, _, m, r), mat in zip(compressed, mats, strict=True):
+        q = qs.get(name)
+        q = q.to(mat.device, mat.dtype).clone() if q is not None and q.shape == (m, r) else state.first_q(name, m, r,
+                                                                                                             mat)
+        qs_now.append(_orthogonal(q))
+    p_flat = torch.cat([(mat @ q).reshape(-1) for mat, q in zip(mats, qs_now, strict=True)]) if mats else None
+    if p_flat is not None:
+        dist.all_reduce(p_flat, group=group)
+        p_now = [_orthogonal(p) for p in _split(p_flat, [(n, r) for _, _, n, _, r in compressed])]
+        q_flat = torch.cat([(mat.T @ p).reshape(-1) for mat, p in zip(mats, p_now, strict=True)])
+    else:
+        p_now, q_flat = [], buffer.new_empty(0)
+
+    def decompress(fut: torch.futures.Future) -> torch.Tensor:
+        q_avg = _split(fut.value()[0].div_(world), [(m, r) for _, _, _, m, r in compressed])
+        for (name, g, _, _, _), p, q in zip(compressed, p_now, q_avg, strict=True):
+            g.copy_((p @ q.T).view_as(g))
+            ps[name], qs[name] = p, q
+        offset = 0
+        for name, g in zip(names, grads, strict=True):
+            errors[name] = sent[offset:offset + g.numel()] - g.reshape(-1)
+            offset += g.numel()
+        state.iter += int(bucket.is_last())
+        return buffer
+
+    return dist.all_reduce(q_flat, group=group, async_op=True).get_future().then(decompress)
 
 
-def register(model: torch.nn.Module) -> CheckpointedPowerSGD | None:
+def register(model: torch.nn.Module) -> PowerSGDMemory | None:
     """Register the hook on a DDP-wrapped ``model``; None (nothing to compress) for a single process."""
     if not hasattr(model, "register_comm_hook"):
         return None
-    state = CheckpointedPowerSGD(model)
+    state = PowerSGDMemory(model)
     model.register_comm_hook(state, checkpointed_powerSGD_hook)
     return state
