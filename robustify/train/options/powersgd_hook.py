@@ -120,13 +120,13 @@ def checkpointed_powerSGD_hook(state: PowerSGDMemory,
         flat.div_(world)
         for g, piece in zip(plain, _split(flat, [(g.numel(), 1) for g in plain]), strict=True):
             g.copy_(piece.view_as(g))
-    mats = [g.reshape(n, m).clone() for _, g, n, m, _ in compressed]  # fresh: the products' rounding is the layout's
+    # fresh copies: the products' rounding then does not depend on where the bucket layout put each gradient
+    mats = [g.reshape(n, m).clone() for _, g, n, m, _ in compressed]
     qs_now = []
     for (name, _, _, m, r), mat in zip(compressed, mats, strict=True):
         q = qs.get(name)
-        q = q.to(mat.device, mat.dtype).clone() if q is not None and q.shape == (m, r) else state.first_q(name, m, r,
-                                                                                                             mat)
-        qs_now.append(_orthogonal(q))
+        warm = q is not None and q.shape == (m, r)  # the last step's Q (warm start), or a first one
+        qs_now.append(_orthogonal(q.to(mat.device, mat.dtype).clone() if warm else state.first_q(name, m, r, mat)))
     p_flat = torch.cat([(mat @ q).reshape(-1) for mat, q in zip(mats, qs_now, strict=True)]) if mats else None
     if p_flat is not None:
         dist.all_reduce(p_flat, group=group)
