@@ -145,36 +145,6 @@ def test_default_teacher_labels_in_fp32_although_accelerate_wrapped_its_forward_
     assert torch.equal(labels, p.argmax(dim=1))
 
 
-def test_a_powersgd_reseed_inside_the_backward_leaves_the_training_rng_as_it_was():
-    """torch's powerSGD_hook reseeds every CUDA generator inside the backward (``torch.manual_seed`` under
-    ``fork_rng(devices=[])``). On a CPU the device generator is the CPU one: a backward hook reseeding it stands in
-    for PowerSGD, and the stepper must hand the stream back as it was."""
-    from accelerate import Accelerator
-    from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook
-
-    from robustify.config import build_config
-    from robustify.train.optim import OptimizerStepper
-    from robustify.train.options.grad_compression import GradCompression, reseeding_hook_devices
-
-    model = torch.nn.Linear(4, 2)
-    assert reseeding_hook_devices(model, torch.device("cpu")) is None  # no hook: nothing forked per step
-    model._comm_hooks = [(powerSGD_hook.powerSGD_hook, None)]  # what DDP.register_comm_hook records
-    assert reseeding_hook_devices(model, torch.device("cpu")) == []
-    assert reseeding_hook_devices(model, torch.device("cuda", 3)) == [3]
-    model.weight.register_hook(lambda g: (torch.manual_seed(123), g)[1])  # the hook's reseed, mid-backward
-    acc = Accelerator(cpu=True)
-    cfg = build_config("quickstart", ["train.grad_compression=powersgd"])
-    stepper = OptimizerStepper(acc, model, torch.optim.SGD(model.parameters(), lr=0.1), cfg, total_opt_steps=4)
-    GradCompression(cfg).attach(None, stepper, model)  # as the trainer and the step benchmark attach the option
-    assert stepper.rng_devices == []
-    torch.manual_seed(0)
-    expected = torch.rand(6)  # the stream without any reseed
-    torch.manual_seed(0)
-    first = torch.rand(3)
-    stepper(model(torch.ones(1, 4)).sum())
-    assert torch.equal(torch.cat([first, torch.rand(3)]), expected)
-
-
 def _lp_ft(run: Path, *extra: str):
     from robustify.config import build_config
 

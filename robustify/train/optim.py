@@ -92,16 +92,9 @@ class OptimizerStepper:
         self.progress: float | None = None
         self._step_optimizer = _plain_optimizer(accelerator, optimizer)
         self._lr_set: float | None = None  # the lr last written into the param groups
-        # the device generators a communication hook reseeds inside the backward (set by the option that registers
-        # it, train/options/), given back their state after it; None: none
-        self.rng_devices: list[int] | None = None
 
     def __call__(self, loss: torch.Tensor) -> None:
-        if self.rng_devices is None:
-            self.accelerator.backward(loss)
-        else:  # a communication hook reseeds the device generators inside the backward: give them back their state
-            with torch.random.fork_rng(devices=self.rng_devices):
-                self.accelerator.backward(loss)
+        self.accelerator.backward(loss)
         if self.after_backward is not None:
             self.after_backward()
         if not self.accelerator.sync_gradients:

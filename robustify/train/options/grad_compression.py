@@ -8,9 +8,9 @@ powersgd_hook.py) are registered on the prepared model before its first backward
 resumed run goes on exactly as the uninterrupted one.
 
 The option (:class:`GradCompression`) owns the Accelerator's kwargs, the registration and checkpointed state of the
-hooks it registers, the cost block's ``comm_bytes_per_step`` and the optimizer stepper's RNG guard for torch's
-PowerSGD hook (which reseeds the device generators inside the backward: :func:`reseeding_hook_devices`). Nothing
-happens for a single process.
+hooks it registers and the cost block's ``comm_bytes_per_step``. Neither hook touches the global random generators
+(torch's own ``powerSGD_hook`` reseeds every CUDA generator when it draws its matrices, one reason robustify registers
+its own). Nothing happens for a single process.
 
 Must not: change the gradients' value beyond what the chosen hook computes, or step the optimizer.
 """
@@ -22,11 +22,9 @@ from typing import Any
 import torch
 from accelerate.utils import DDPCommunicationHookType, DistributedDataParallelKwargs, KwargsHandler
 
-from ..hardware import comm_hook_name
 from .base import Option
 
 COMM_HOOKS = {"fp16": DDPCommunicationHookType.FP16, "bf16": DDPCommunicationHookType.BF16}
-TORCH_RESEEDING_HOOKS = ("powerSGD_hook", "batched_powerSGD_hook")  # torch's hooks that reseed the generators
 
 
 def ddp_kwargs(cfg: Any) -> list[KwargsHandler]:
@@ -53,25 +51,6 @@ def register_custom_hook(model: torch.nn.Module, cfg: Any) -> Any:
     return None
 
 
-def reseeding_hook_devices(model: torch.nn.Module, device: torch.device) -> list[int] | None:
-    """The CUDA devices whose RNG the model's communication hook reseeds (``[]``: the CPU generator only), or None
-    when its hook leaves every generator alone.
-
-    torch's own ``powerSGD_hook`` calls ``torch.manual_seed`` inside ``fork_rng(devices=[])`` whenever it draws fresh
-    low-rank matrices: the CPU generator is restored, every CUDA generator is left reseeded to the same value on all
-    processes. The training random starts would then repeat across processes and differ between a resumed and an
-    uninterrupted run. A backward pass draws no random numbers itself, so restoring the generators around it
-    (``OptimizerStepper``) undoes only the hook's reseeding. robustify's PowerSGD (powersgd_hook.py) draws from a
-    generator of its own and needs no guard; this one stays for torch's hooks registered on the model otherwise."""
-    name = comm_hook_name(model) or ""
-    if name not in TORCH_RESEEDING_HOOKS:
-        return None
-    if torch.device(device).type != "cuda":
-        return []
-    index = torch.device(device).index
-    return [torch.cuda.current_device() if index is None else index]
-
-
 class GradCompression(Option):
     """``train.grad_compression`` other than ``none``: the registered unit."""
 
@@ -90,9 +69,6 @@ class GradCompression(Option):
 
     def wrap(self, model: torch.nn.Module) -> None:
         self.state = register_custom_hook(model, self.cfg)  # sign, powersgd: per-process checkpointed state
-
-    def attach(self, ctx: Any, stepper: Any, model: torch.nn.Module) -> None:
-        stepper.rng_devices = reseeding_hook_devices(stepper.model, stepper.accelerator.device)
 
     def state_dict(self) -> dict[str, Any]:
         return self.state.state_dict() if self.state is not None else {}
