@@ -657,9 +657,8 @@ def _eval(args: argparse.Namespace) -> Any:
     """Evaluate; print the tables (not with --json) and the summary lines. Returns the report with --json."""
     import time
 
-    import torch
-
     from .config import parse_number
+    from .evaluate.collectives import end_group
     from .evaluate.report import run_eval
     from .report import checks_table, eps_curve_table, eval_table, print_tables
 
@@ -687,11 +686,7 @@ def _eval(args: argparse.Namespace) -> Any:
                    checks=False if args.no_checks else None, seed=args.seed, batch_size=args.batch_size,
                    output=args.output, plot=args.plot, update_run=not args.no_update, announce=announce,
                    suite_options={"corruptions": _corruption_options(args)})
-    # every process is done with collectives: destroy the group (as PyTorch asks; on exit without it gloo's worker
-    # threads can abort the process, and torchrun then reports a failed evaluation); after an error it is left alone
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    end_group()  # every process is done with collectives (evaluate/collectives.py)
     report = res.report
     if not res.main:
         return None if args.json else 0

@@ -54,6 +54,17 @@ def distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+def end_group() -> None:
+    """At the end of a command that ran collectives (``robustify eval``): every process past its last one, then the
+    process group destroyed, as PyTorch asks. On exit without it, gloo's worker threads can abort a process
+    ("terminate called without an active exception") and torchrun then reports a finished evaluation as failed.
+    The command calls it once its work is done; after an error the group is left alone. (Training does the same
+    through Accelerate: ``trainer._end``.)"""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _is_timeout(error: BaseException) -> bool:
     text = str(error).lower()
     return "timed out" in text or "timeout" in text or type(error).__name__ == "DistStoreError"
