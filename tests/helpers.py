@@ -90,6 +90,23 @@ def torchrun(args: list[str], cwd: Path | None = None, nproc: int = 2, timeout: 
     return subprocess.run(torchrun_cmd(args, nproc), capture_output=True, text=True, env=env, timeout=timeout, cwd=cwd)
 
 
+class Recorder(torch.nn.Module):
+    """A tiny linear classifier that records every input batch it is called with (method unit tests): ``features``
+    inputs (a flattened C x H x W batch), ``classes`` logits; ``zero``: constant logits, so the input gradient is
+    exactly zero and sign(grad) = 0."""
+
+    def __init__(self, features: int = 3 * 8 * 8, classes: int = 4, zero: bool = False) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(features, classes)
+        if zero:
+            torch.nn.init.zeros_(self.fc.weight)
+        self.inputs: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.fc(x.flatten(1))
+
+
 def step_context(model: torch.nn.Module, steps: list[int], lr: float = 0.1):
     """A StepContext around plain SGD, recording one entry in ``steps`` per optimizer step (method unit tests)."""
     import contextlib

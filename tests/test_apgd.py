@@ -17,7 +17,7 @@ from robustify import attacks
 from robustify.config import MethodConfig, ThreatConfig, build_config
 from robustify.errors import ConfigError
 from robustify.train.methods import build_method
-from tests.helpers import quickstart_batch, quickstart_model, step_context
+from tests.helpers import Recorder, quickstart_batch, quickstart_model, step_context
 
 EPS = {"Linf": 0.1, "L2": 1.0, "L1": 12.0}
 
@@ -63,16 +63,6 @@ def test_apgd_k_reaches_a_higher_loss_than_pgd_k(norm: str):
 
 
 def test_the_method_declares_its_cost_and_trains_on_the_highest_loss_point():
-    class Recorder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = torch.nn.Linear(3 * 8 * 8, 4)
-            self.inputs: list[torch.Tensor] = []
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            self.inputs.append(x.detach().clone())
-            return self.fc(x.flatten(1))
-
     method = build_method(MethodConfig(name="apgd", steps=3), ThreatConfig(eps=0.05))
     assert method.passes_per_batch == 5 and method.alpha == pytest.approx(0.1)  # 3 steps + scoring + training
     assert method.describe()["momentum"] == 0.75 and method.describe()["start"] == "clean"

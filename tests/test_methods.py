@@ -7,20 +7,7 @@ import torch.nn.functional as F
 
 from robustify.config import MethodConfig, ThreatConfig
 from robustify.train.methods import METHODS, build_method
-from tests.helpers import step_context
-
-
-class Recorder(torch.nn.Module):
-    """A tiny linear classifier that records every input it is called with."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(3 * 4 * 4, 3)
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.detach().clone())
-        return self.fc(x.flatten(1))
+from tests.helpers import Recorder, step_context
 
 
 def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,7 +17,7 @@ def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_free_replays_m_optimizer_steps_and_carries_delta():
     torch.manual_seed(0)
-    model, steps = Recorder(), []
+    model, steps = Recorder(3 * 4 * 4, 3), []
     method = build_method(MethodConfig(name="free", replays=3), ThreatConfig(eps=0.1))
     ctx = step_context(model, steps)
     x1, y1 = _batch(1)
@@ -68,7 +55,7 @@ def test_fgsm_rs_default_alpha_and_single_optimizer_step():
     m = build_method(MethodConfig(name="fgsm-rs"), threat)
     assert abs(m.alpha - 1.25 * 0.08) < 1e-12
     torch.manual_seed(0)
-    model, steps = Recorder(), []
+    model, steps = Recorder(3 * 4 * 4, 3), []
     x, y = _batch(3)
     res = m.step(step_context(model, steps), x, y)
     assert len(steps) == 1
@@ -82,7 +69,7 @@ def test_every_method_reduces_its_training_loss():
     """A few steps of each method on a fixed batch lower the loss on the inputs it trains on."""
     for name in METHODS:
         torch.manual_seed(0)
-        model, steps = Recorder(), []
+        model, steps = Recorder(3 * 4 * 4, 3), []
         method = build_method(MethodConfig(name=name, steps=3, replays=2), ThreatConfig(eps=0.02))
         x, y = _batch(4)
         ctx = step_context(model, steps)

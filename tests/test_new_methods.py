@@ -17,22 +17,7 @@ from robustify.errors import ConfigError, UserError
 from robustify.train.checkpoint import checkpoint_dirs
 from robustify.train.methods import build_method
 from robustify.train.methods.trades import kl_to_clean, trades_loss
-from tests.helpers import step_context, torchrun
-
-
-class Recorder(torch.nn.Module):
-    """A tiny linear classifier that records every input batch it is called with."""
-
-    def __init__(self, zero: bool = False) -> None:
-        super().__init__()
-        self.fc = torch.nn.Linear(3 * 8 * 8, 4)
-        if zero:  # constant logits: the input gradient is exactly zero, so sign(grad) = 0
-            torch.nn.init.zeros_(self.fc.weight)
-        self.inputs: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.inputs.append(x.detach().clone())
-        return self.fc(x.flatten(1))
+from tests.helpers import Recorder, step_context, torchrun
 
 
 def _mid_batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
